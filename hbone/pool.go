@@ -1,0 +1,439 @@
+package hbone
+
+// pool.go: the HBONE client, a pool of HTTP/2 connections (ztunnel's proxy/pool.rs).
+//
+// Invariants:
+//   - Connections are keyed by (source identity, expected destination identities, next hop, source IP);
+//     a connection only ever carries streams of its key, since both its certificate and its peer check
+//     depend on it.
+//   - A connection carries at most min(MaxStreamsPerConn, the peer's SETTINGS_MAX_CONCURRENT_STREAMS)
+//     streams. A slot is reserved under mu before a stream is opened and released when the stream leaves
+//     the connection (conn.onStreamDone), so reserved never undercounts what the peer sees.
+//   - At most one dial per key is in flight; callers that find no free connection wait for it and then
+//     look again (x/net/http2's dialCall pattern). The dial runs under the pool's context, not a
+//     caller's, so one caller giving up does not fail the others.
+//   - A connection leaves the pool (and is never handed out again) when it closes, receives GOAWAY or has
+//     had no reserved slot for IdleTimeout; in the last case it is closed with GOAWAY.
+//   - Every goroutine (dials and connection readers) is owned by the pool; Close waits for them.
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/net/http2/hpack"
+)
+
+// Target describes one stream to open.
+type Target struct {
+	// NextHop is where the HBONE connection goes: the destination pod's or waypoint's IP and port 15008.
+	NextHop netip.AddrPort
+	// Authority is the CONNECT :authority, the final target "ip:port" (or "host:port").
+	Authority string
+	// Source is the client identity; its certificate comes from PoolOptions.Credentials.
+	Source spiffeid.ID
+	// SourceIP, if valid, is the local address to dial from.
+	SourceIP netip.Addr
+	// Expected lists the server identities accepted: the server certificate must have a URI SAN equal to
+	// one of them. When empty, any identity in Source's trust domain is accepted.
+	Expected []spiffeid.ID
+	// Header holds extra request headers (Baggage, Forwarded, Traceparent...).
+	Header http.Header
+}
+
+// Dialer opens HBONE streams. *Pool implements it.
+type Dialer interface {
+	Dial(ctx context.Context, t Target) (net.Conn, error)
+}
+
+var _ Dialer = (*Pool)(nil)
+
+// PoolOptions configure a Pool. Zero durations take the defaults; negative ones disable the feature.
+type PoolOptions struct {
+	// Credentials returns the client certificate and trust bundle for a source identity. Required.
+	Credentials func(ctx context.Context, src spiffeid.ID) (*Credentials, error)
+	// DialTCP opens the TCP connection to dst, from src when src is valid. Nil uses a net.Dialer. Set it
+	// to mark sockets (SO_MARK) or bind source addresses.
+	DialTCP func(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn, error)
+	// Logger; nil discards.
+	Logger *slog.Logger
+	// Settings announced to servers; zero fields take the defaults.
+	Settings Settings
+	// MaxStreamsPerConn caps concurrent streams per connection (default 100).
+	MaxStreamsPerConn int
+	// KeepaliveInterval and KeepaliveTimeout configure PING keepalive (10 s, 20 s).
+	KeepaliveInterval, KeepaliveTimeout time.Duration
+	// IdleTimeout closes connections without streams for this long (5 min).
+	IdleTimeout time.Duration
+	// ConnectTimeout bounds TCP connect, TLS handshake and the server's first SETTINGS (10 s).
+	ConnectTimeout time.Duration
+}
+
+// Pool dials HBONE streams over pooled connections. It is safe for concurrent use.
+type Pool struct {
+	opts   PoolOptions
+	cfg    connConfig
+	logger *slog.Logger
+	ctx    context.Context // cancelled by Close; parent of dials
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu      sync.Mutex
+	conns   map[poolKey][]*pconn // connections that may take new streams
+	dialing map[poolKey]*dialCall
+	all     map[*pconn]struct{} // every live connection, for Close and Stats
+	closed  bool
+}
+
+type poolKey struct {
+	src      spiffeid.ID
+	expected string // sorted expected IDs joined by a space
+	nextHop  netip.AddrPort
+	srcIP    netip.Addr
+}
+
+func makeKey(t Target) poolKey {
+	ids := make([]string, len(t.Expected))
+	for i, id := range t.Expected {
+		ids[i] = id.String()
+	}
+	slices.Sort(ids)
+	ids = slices.Compact(ids)
+	return poolKey{src: t.Source, expected: strings.Join(ids, " "), nextHop: t.NextHop, srcIP: t.SourceIP}
+}
+
+// pconn is a pooled connection. Fields other than c are guarded by Pool.mu.
+type pconn struct {
+	c         *conn
+	key       poolKey
+	reserved  int
+	pooled    bool // in Pool.conns
+	idleTimer *time.Timer
+}
+
+// dialCall is an in-flight dial for a key; err is valid after done is closed.
+type dialCall struct {
+	done chan struct{}
+	err  error
+}
+
+// NewPool returns a Pool. It starts no goroutine until the first Dial.
+func NewPool(opts PoolOptions) (*Pool, error) {
+	if opts.Credentials == nil {
+		return nil, errors.New("hbone: PoolOptions.Credentials is required")
+	}
+	settings, err := opts.Settings.withDefaults(false)
+	if err != nil {
+		return nil, err
+	}
+	if opts.MaxStreamsPerConn <= 0 {
+		opts.MaxStreamsPerConn = DefaultMaxStreamsPerConn
+	}
+	if opts.IdleTimeout == 0 {
+		opts.IdleTimeout = DefaultIdleTimeout
+	}
+	if opts.ConnectTimeout <= 0 {
+		opts.ConnectTimeout = DefaultConnectTimeout
+	}
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Pool{
+		opts:   opts,
+		logger: logger,
+		cfg: connConfig{
+			settings:  settings,
+			keepalive: keepalive{Interval: opts.KeepaliveInterval, Timeout: opts.KeepaliveTimeout}.withDefaults(),
+			logger:    logger,
+		},
+		ctx:     ctx,
+		cancel:  cancel,
+		conns:   make(map[poolKey][]*pconn),
+		dialing: make(map[poolKey]*dialCall),
+		all:     make(map[*pconn]struct{}),
+	}, nil
+}
+
+// Dial opens a CONNECT stream to t.Authority through t.NextHop, reusing a pooled connection of t's key
+// when one has a free slot. It returns the stream (a *Stream) once the server answered 200; another
+// status is a *StatusError. Streams refused because a connection was going away are retried on another.
+func (p *Pool) Dial(ctx context.Context, t Target) (net.Conn, error) {
+	if !t.NextHop.IsValid() || t.Source.IsZero() {
+		return nil, errors.New("hbone: dial needs Target.NextHop and Target.Source")
+	}
+	if _, err := ParseAuthority(t.Authority); err != nil {
+		return nil, fmt.Errorf("dial hbone: %w", err)
+	}
+	key := makeKey(t)
+	fields := requestFields(t)
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		var pc *pconn
+		pc, err = p.getConn(ctx, key, t)
+		if err != nil {
+			return nil, err
+		}
+		var s *Stream
+		s, err = pc.c.openStream(ctx, fields)
+		if err == nil {
+			return s, nil
+		}
+		if !errors.Is(err, errRefused) {
+			break
+		}
+	}
+	return nil, fmt.Errorf("dial hbone %s via %s: %w", t.Authority, t.NextHop, err)
+}
+
+func requestFields(t Target) []hpack.HeaderField {
+	fields := make([]hpack.HeaderField, 0, 2+len(t.Header))
+	fields = append(fields,
+		hpack.HeaderField{Name: ":method", Value: http.MethodConnect},
+		hpack.HeaderField{Name: ":authority", Value: t.Authority})
+	return appendRegular(fields, t.Header)
+}
+
+// getConn returns a connection of key with a slot reserved for the caller, dialing one if needed.
+func (p *Pool) getConn(ctx context.Context, key poolKey, t Target) (*pconn, error) {
+	p.mu.Lock()
+	for {
+		if p.closed {
+			p.mu.Unlock()
+			return nil, ErrPoolClosed
+		}
+		for _, pc := range p.conns[key] {
+			if pc.reserved < p.capacity(pc) {
+				pc.reserved++
+				if pc.idleTimer != nil {
+					pc.idleTimer.Stop()
+				}
+				p.mu.Unlock()
+				return pc, nil
+			}
+		}
+		call := p.dialing[key]
+		if call == nil {
+			call = &dialCall{done: make(chan struct{})}
+			p.dialing[key] = call
+			p.wg.Add(1)
+			go p.dial(key, t, call)
+		}
+		p.mu.Unlock()
+		select {
+		case <-call.done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		if call.err != nil {
+			return nil, call.err
+		}
+		p.mu.Lock()
+	}
+}
+
+// capacity is the number of streams pc may carry. p.mu is held; the peer's limit is read under conn.mu.
+func (p *Pool) capacity(pc *pconn) int {
+	pc.c.mu.Lock()
+	peerMax := pc.c.peerMaxStreams
+	pc.c.mu.Unlock()
+	return int(min(uint32(p.opts.MaxStreamsPerConn), peerMax))
+}
+
+// dial establishes a connection for key and adds it to the pool (owned goroutine).
+func (p *Pool) dial(key poolKey, t Target, call *dialCall) {
+	defer p.wg.Done()
+	pc, err := p.connect(key, t)
+	p.mu.Lock()
+	delete(p.dialing, key)
+	if err == nil && p.closed {
+		err = ErrPoolClosed
+	}
+	if err == nil {
+		pc.pooled = true
+		p.conns[key] = append(p.conns[key], pc)
+		p.all[pc] = struct{}{}
+		p.armIdleLocked(pc)
+	}
+	call.err = err
+	close(call.done)
+	p.mu.Unlock()
+	if err != nil && pc != nil {
+		pc.c.close(err)
+	}
+}
+
+func (p *Pool) connect(key poolKey, t Target) (*pconn, error) {
+	ctx, cancel := context.WithTimeout(p.ctx, p.opts.ConnectTimeout)
+	defer cancel()
+	creds, err := p.opts.Credentials(ctx, t.Source)
+	if err == nil {
+		err = creds.validate()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get credentials for %s: %w", t.Source, err)
+	}
+	nc, err := p.dialTCP(ctx, t.SourceIP, t.NextHop)
+	if err != nil {
+		return nil, fmt.Errorf("connect %s: %w", t.NextHop, err)
+	}
+	var peer spiffeid.ID
+	tc := tls.Client(nc, clientTLSConfig(creds, t.Expected, &peer))
+	if err := tc.HandshakeContext(ctx); err != nil {
+		_ = nc.Close()
+		return nil, fmt.Errorf("tls handshake with %s: %w", t.NextHop, err)
+	}
+	if tc.ConnectionState().NegotiatedProtocol != alpnH2 {
+		_ = tc.Close()
+		return nil, fmt.Errorf("connect %s: %w", t.NextHop, ErrNotH2)
+	}
+	pc := &pconn{key: key}
+	cfg := p.cfg
+	cfg.onStreamDone = func() { p.release(pc) }
+	cfg.onClose = func(error) { p.forget(pc, true) }
+	cfg.onGoAway = func() { p.forget(pc, false) }
+	pc.c = newConn(tc, cfg, peer)
+	if err := pc.c.start(); err != nil {
+		_ = tc.Close()
+		return nil, fmt.Errorf("connect %s: %w", t.NextHop, err)
+	}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		pc.c.readLoop()
+	}()
+	select {
+	case <-pc.c.settingsRecv:
+		return pc, nil
+	case <-pc.c.done:
+		return pc, fmt.Errorf("connect %s: %w", t.NextHop, pc.c.err())
+	case <-ctx.Done():
+		return pc, fmt.Errorf("connect %s: wait for SETTINGS: %w", t.NextHop, ctx.Err())
+	}
+}
+
+func (p *Pool) dialTCP(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
+	if p.opts.DialTCP != nil {
+		return p.opts.DialTCP(ctx, src, dst)
+	}
+	var d net.Dialer
+	if src.IsValid() {
+		d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
+	}
+	return d.DialContext(ctx, "tcp", dst.String())
+}
+
+// release frees the slot of a stream that left pc.
+func (p *Pool) release(pc *pconn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	pc.reserved--
+	if pc.reserved == 0 {
+		p.armIdleLocked(pc)
+	}
+}
+
+func (p *Pool) armIdleLocked(pc *pconn) {
+	if p.opts.IdleTimeout <= 0 || !pc.pooled || pc.reserved > 0 {
+		return
+	}
+	if pc.idleTimer == nil {
+		pc.idleTimer = time.AfterFunc(p.opts.IdleTimeout, func() { p.idleExpired(pc) })
+		return
+	}
+	pc.idleTimer.Reset(p.opts.IdleTimeout)
+}
+
+func (p *Pool) idleExpired(pc *pconn) {
+	p.mu.Lock()
+	if pc.reserved > 0 || !pc.pooled {
+		p.mu.Unlock()
+		return
+	}
+	p.unpoolLocked(pc)
+	p.mu.Unlock()
+	pc.c.goAway()
+}
+
+// forget takes pc out of the pool: when it closed (gone) or received GOAWAY.
+func (p *Pool) forget(pc *pconn, gone bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.unpoolLocked(pc)
+	if gone {
+		delete(p.all, pc)
+	}
+}
+
+func (p *Pool) unpoolLocked(pc *pconn) {
+	if pc.idleTimer != nil {
+		pc.idleTimer.Stop()
+	}
+	if !pc.pooled {
+		return
+	}
+	pc.pooled = false
+	list := p.conns[pc.key]
+	if i := slices.Index(list, pc); i >= 0 {
+		list = slices.Delete(list, i, i+1)
+	}
+	if len(list) == 0 {
+		delete(p.conns, pc.key)
+	} else {
+		p.conns[pc.key] = list
+	}
+}
+
+// PoolStats is a snapshot of a Pool.
+type PoolStats struct {
+	Conns   int // live connections, pooled or draining
+	Pooled  int // connections that may take new streams
+	Streams int // streams open on live connections
+}
+
+// Stats returns a snapshot of the pool.
+func (p *Pool) Stats() PoolStats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var st PoolStats
+	for pc := range p.all {
+		st.Conns++
+		if pc.pooled {
+			st.Pooled++
+		}
+		st.Streams += int(pc.c.streamCount.Load())
+	}
+	return st
+}
+
+// Close closes every connection (open streams fail) and waits for the pool's goroutines. Later Dials
+// return ErrPoolClosed.
+func (p *Pool) Close() error {
+	p.mu.Lock()
+	p.closed = true
+	all := make([]*pconn, 0, len(p.all))
+	for pc := range p.all {
+		all = append(all, pc)
+		if pc.idleTimer != nil {
+			pc.idleTimer.Stop()
+		}
+	}
+	p.mu.Unlock()
+	p.cancel()
+	for _, pc := range all {
+		pc.c.close(nil)
+	}
+	p.wg.Wait()
+	return nil
+}

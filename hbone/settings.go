@@ -1,0 +1,81 @@
+package hbone
+
+import (
+	"fmt"
+	"time"
+)
+
+// Defaults, as ztunnel (ztunnel-protocols.md 2.2 and 2.5).
+const (
+	DefaultStreamWindow         = 4 << 20  // SETTINGS_INITIAL_WINDOW_SIZE
+	DefaultConnWindow           = 16 << 20 // connection receive window
+	DefaultMaxFrameSize         = 1 << 20  // SETTINGS_MAX_FRAME_SIZE
+	DefaultClientMaxHeaderList  = 16 << 10
+	DefaultServerMaxHeaderList  = 64 << 10
+	DefaultMaxConcurrentStreams = 200 // server
+	DefaultMaxStreamsPerConn    = 100 // client pool
+	DefaultKeepaliveInterval    = 10 * time.Second
+	DefaultKeepaliveTimeout     = 20 * time.Second
+	DefaultIdleTimeout          = 5 * time.Minute
+	DefaultConnectTimeout       = 10 * time.Second
+
+	http2DefaultWindow    = 65535
+	http2DefaultFrameSize = 16384
+	maxWindow             = 1<<31 - 1
+)
+
+// Settings are the HTTP/2 parameters one endpoint announces and enforces. Zero fields take the defaults
+// above; tests and benchmarks lower them to exercise flow control.
+type Settings struct {
+	StreamWindow         uint32 // per-stream receive window (SETTINGS_INITIAL_WINDOW_SIZE)
+	ConnWindow           uint32 // connection receive window
+	MaxFrameSize         uint32 // largest frame accepted (SETTINGS_MAX_FRAME_SIZE)
+	MaxHeaderListSize    uint32 // SETTINGS_MAX_HEADER_LIST_SIZE
+	MaxConcurrentStreams uint32 // server only: SETTINGS_MAX_CONCURRENT_STREAMS
+}
+
+func (s Settings) withDefaults(server bool) (Settings, error) {
+	if s.StreamWindow == 0 {
+		s.StreamWindow = DefaultStreamWindow
+	}
+	if s.ConnWindow == 0 {
+		s.ConnWindow = DefaultConnWindow
+	}
+	if s.MaxFrameSize == 0 {
+		s.MaxFrameSize = DefaultMaxFrameSize
+	}
+	if s.MaxHeaderListSize == 0 {
+		s.MaxHeaderListSize = DefaultClientMaxHeaderList
+		if server {
+			s.MaxHeaderListSize = DefaultServerMaxHeaderList
+		}
+	}
+	if s.MaxConcurrentStreams == 0 && server {
+		s.MaxConcurrentStreams = DefaultMaxConcurrentStreams
+	}
+	switch {
+	case s.StreamWindow > maxWindow:
+		return s, fmt.Errorf("validate settings: stream window %d above 2^31-1", s.StreamWindow)
+	case s.ConnWindow < http2DefaultWindow || s.ConnWindow > maxWindow:
+		return s, fmt.Errorf("validate settings: connection window %d outside [65535, 2^31-1]", s.ConnWindow)
+	case s.MaxFrameSize < http2DefaultFrameSize || s.MaxFrameSize > 1<<24-1:
+		return s, fmt.Errorf("validate settings: max frame size %d outside [16384, 2^24-1]", s.MaxFrameSize)
+	}
+	return s, nil
+}
+
+// keepalive configures PING keepalive: a PING every Interval, the connection closed when one is not
+// acknowledged within Timeout. Interval <= 0 disables it.
+type keepalive struct {
+	Interval, Timeout time.Duration
+}
+
+func (k keepalive) withDefaults() keepalive {
+	if k.Interval == 0 {
+		k.Interval = DefaultKeepaliveInterval
+	}
+	if k.Timeout == 0 {
+		k.Timeout = DefaultKeepaliveTimeout
+	}
+	return k
+}

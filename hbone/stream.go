@@ -1,0 +1,530 @@
+package hbone
+
+// stream.go: one CONNECT stream as a net.Conn.
+//
+// Invariants:
+//   - Receive side (rmu): bytes queue in rbuf and are read in order; rerr is reported only once rbuf is
+//     empty. A Read that finds nothing registers its buffer in pending; readLoop may then claim it
+//     (filling) and read a DATA payload straight into it, so such bytes are copied once, by crypto/tls.
+//     A claimed buffer belongs to readLoop until it clears filling, and Read never returns before that.
+//   - Send side: wmu serialises Write, CloseWrite and the end of Close, so frames of one stream are in
+//     order and END_STREAM follows the last DATA. sendWindow, localEnded, remoteEnded and werr are
+//     guarded by conn.mu.
+//   - Terminal states: END_STREAM from the peer reads as io.EOF; RST_STREAM NO_ERROR or CANCEL also reads
+//     as io.EOF, other codes as *ResetError; writes after either RST fail with *ResetError. After Close,
+//     reads and writes fail with net.ErrClosed.
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/net/http2"
+)
+
+// Stream is one HBONE CONNECT stream, returned by Pool.Dial and Request.Accept as a net.Conn. Besides
+// net.Conn it offers CloseWrite (half-close: END_STREAM), PeerID and ResponseHeader. It is safe for
+// one reader and one writer at a time, plus concurrent Close and deadline changes.
+type Stream struct {
+	c  *conn
+	id uint32
+
+	rready  chan struct{} // capacity 1: receive side changed
+	wready  chan struct{} // capacity 1: send window or state changed
+	done    chan struct{} // closed by Close
+	closed  atomic.Bool
+	readDL  deadline
+	writeDL deadline
+
+	// client response; set once, before respReady is closed
+	respReady  chan struct{}
+	status     int
+	respHeader http.Header
+	respErr    error
+
+	wmu sync.Mutex
+
+	// guarded by conn.mu
+	sendWindow  int64
+	localEnded  bool
+	remoteEnded bool
+	werr        error
+
+	rmu         sync.Mutex
+	rbuf        recvBuffer
+	rerr        error // terminal read error, after rbuf drains
+	rclosed     bool  // Close was called: reads fail, data is discarded
+	recvWindow  int64
+	recvUnacked int64
+	pending     []byte // buffer of a waiting Read
+	pendingN    int    // bytes readLoop put into pending
+	filling     bool   // readLoop owns pending
+	respDone    bool
+	cancel      context.CancelFunc // server: cancels the handler's context
+}
+
+var _ net.Conn = (*Stream)(nil)
+
+func newStream(c *conn, id uint32) *Stream {
+	return &Stream{
+		c:          c,
+		id:         id,
+		rready:     make(chan struct{}, 1),
+		wready:     make(chan struct{}, 1),
+		done:       make(chan struct{}),
+		recvWindow: int64(c.cfg.settings.StreamWindow),
+	}
+}
+
+// Read reads bytes the peer sent. It returns io.EOF after the peer's END_STREAM (or a RST_STREAM with
+// NO_ERROR or CANCEL) once earlier bytes are read.
+func (s *Stream) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	s.rmu.Lock()
+	for {
+		if s.rclosed {
+			s.rmu.Unlock()
+			return 0, net.ErrClosed
+		}
+		if s.rbuf.len() > 0 {
+			n := s.rbuf.read(p)
+			s.rmu.Unlock()
+			s.consumed(n)
+			return n, nil
+		}
+		if s.rerr != nil {
+			err := s.rerr
+			s.rmu.Unlock()
+			return 0, err
+		}
+		dl := s.readDL.wait()
+		if isClosed(dl) {
+			s.rmu.Unlock()
+			return 0, os.ErrDeadlineExceeded
+		}
+		s.pending = p
+		s.rmu.Unlock()
+		timedOut := false
+		select {
+		case <-s.rready:
+		case <-dl:
+			timedOut = true
+		}
+		s.rmu.Lock()
+		for s.filling {
+			s.rmu.Unlock()
+			<-s.rready
+			s.rmu.Lock()
+		}
+		s.pending = nil
+		if n := s.pendingN; n > 0 {
+			s.pendingN = 0
+			s.rmu.Unlock()
+			s.consumed(n)
+			return n, nil
+		}
+		if timedOut && s.rbuf.len() == 0 {
+			s.rmu.Unlock()
+			return 0, os.ErrDeadlineExceeded
+		}
+	}
+}
+
+// consumed returns flow-control credit for n bytes the application read.
+func (s *Stream) consumed(n int) {
+	s.rmu.Lock()
+	s.recvUnacked += int64(n)
+	var inc int64
+	if s.recvUnacked >= int64(s.c.cfg.settings.StreamWindow)/4 && s.rerr == nil {
+		inc = s.recvUnacked
+		s.recvUnacked = 0
+		s.recvWindow += inc
+	}
+	s.rmu.Unlock()
+	if inc > 0 {
+		s.c.queue(ctrlFrame{kind: ctrlWindowUpdate, streamID: s.id, val: uint32(inc)})
+	}
+	s.c.consumed(int64(n))
+}
+
+// receive takes the payload of a DATA frame for s off the connection (readLoop only).
+func (s *Stream) receive(fh http2.FrameHeader) error {
+	c := s.c
+	n := int(fh.Length)
+	var padded []byte // the data of a padded frame, read in full
+	if fh.Flags.Has(http2.FlagDataPadded) {
+		buf := make([]byte, n)
+		if _, err := io.ReadFull(c.br, buf); err != nil {
+			return err
+		}
+		if n == 0 || int(buf[0]) >= n {
+			return connError{http2.ErrCodeProtocol, "DATA padding exceeds payload"}
+		}
+		padded = buf[1 : n-int(buf[0])]
+	}
+	discard := func() error {
+		if padded == nil {
+			if _, err := c.br.Discard(n); err != nil {
+				return err
+			}
+		}
+		c.consumed(int64(n))
+		return nil
+	}
+
+	s.rmu.Lock()
+	if s.rerr != nil && !s.rclosed {
+		// END_STREAM or reset already seen: the peer broke the stream's state machine.
+		s.rmu.Unlock()
+		if err := discard(); err != nil {
+			return err
+		}
+		c.resetStream(s.id, http2.ErrCodeStreamClosed)
+		return nil
+	}
+	if int64(n) > s.recvWindow {
+		s.rmu.Unlock()
+		if err := discard(); err != nil {
+			return err
+		}
+		c.resetStream(s.id, http2.ErrCodeFlowControl)
+		return nil
+	}
+	s.recvWindow -= int64(n)
+	if s.rclosed {
+		s.rmu.Unlock()
+		return discard()
+	}
+	var direct []byte
+	if padded == nil && n > 0 && s.pending != nil && s.rbuf.len() == 0 {
+		direct = s.pending[:min(len(s.pending), n)]
+		s.filling = true
+	}
+	s.rmu.Unlock()
+
+	var err error
+	rest := n
+	var small, big []byte
+	switch {
+	case padded != nil:
+		rest = len(padded)
+		small = padded
+	default:
+		if direct != nil {
+			err = c.readDirect(direct)
+			rest -= len(direct)
+		}
+		if err == nil && rest > 0 {
+			if rest <= smallData {
+				small, err = c.br.Peek(rest)
+			} else {
+				big = getChunk(rest)
+				err = c.readDirect(big[:rest])
+			}
+		}
+	}
+
+	s.rmu.Lock()
+	dropped := 0
+	if direct != nil {
+		s.filling = false
+		s.pending = nil
+		if err == nil {
+			s.pendingN = len(direct)
+		}
+	}
+	if err == nil && rest > 0 {
+		switch {
+		case s.rclosed:
+			dropped = rest
+			if big != nil {
+				putChunk(big)
+			}
+		case big != nil:
+			s.rbuf.appendChunk(big, rest)
+		default:
+			s.rbuf.appendCopy(small)
+		}
+	} else if big != nil {
+		putChunk(big)
+	}
+	s.rmu.Unlock()
+	signal(s.rready)
+	if err != nil {
+		return err
+	}
+	if padded == nil && small != nil {
+		if _, err := c.br.Discard(rest); err != nil {
+			return err
+		}
+	}
+	if credit := n - len(padded); padded != nil && credit > 0 {
+		// Padding and the pad-length byte are flow-controlled but never read: credit them now.
+		s.consumed(credit)
+	}
+	c.consumed(int64(dropped))
+	if fh.Flags.Has(http2.FlagDataEndStream) {
+		c.remoteEnd(s)
+	}
+	return nil
+}
+
+// readDirect fills p from the connection: first what br holds, then straight from the TLS connection.
+func (c *conn) readDirect(p []byte) error {
+	if k := c.br.Buffered(); k > 0 {
+		m, _ := c.br.Read(p[:min(len(p), k)])
+		p = p[m:]
+	}
+	if len(p) == 0 {
+		return nil
+	}
+	_, err := io.ReadFull(c.nc, p)
+	return err
+}
+
+// remoteEOFLocked records the peer's END_STREAM. rmu is held.
+func (s *Stream) remoteEOFLocked() {
+	if s.rerr == nil {
+		s.rerr = io.EOF
+	}
+	signal(s.rready)
+}
+
+// Write sends p as DATA frames, waiting for flow-control window. It honours the write deadline.
+func (s *Stream) Write(p []byte) (int, error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	total := 0
+	for len(p) > 0 {
+		dl := s.writeDL.wait()
+		if isClosed(dl) {
+			return total, os.ErrDeadlineExceeded
+		}
+		n, err := s.c.reserveSend(s, len(p), dl)
+		if err != nil {
+			return total, s.writeErr(err)
+		}
+		if err := s.c.writeData(s.id, p[:n], dl, s.done); err != nil {
+			s.c.unreserve(s, n)
+			return total, s.writeErr(err)
+		}
+		total += n
+		p = p[n:]
+	}
+	return total, nil
+}
+
+// writeErr maps a wait interrupted by Close to net.ErrClosed.
+func (s *Stream) writeErr(err error) error {
+	if s.closed.Load() {
+		return net.ErrClosed
+	}
+	return err
+}
+
+func (s *Stream) writeErrLocked() error {
+	if s.werr != nil {
+		return s.werr
+	}
+	if s.localEnded {
+		return ErrWriteAfterClose
+	}
+	return nil
+}
+
+// CloseWrite half-closes the stream: it sends END_STREAM after the data already written. Reading goes
+// on until the peer ends its side. Calling it again is a no-op.
+func (s *Stream) CloseWrite() error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	c := s.c
+	c.mu.Lock()
+	if err := s.writeErrLocked(); err != nil {
+		c.mu.Unlock()
+		if err == ErrWriteAfterClose {
+			return nil
+		}
+		return err
+	}
+	s.localEnded = true
+	gone := s.remoteEnded
+	if gone {
+		c.removeLocked(s)
+	}
+	c.queueLocked(ctrlFrame{kind: ctrlEndStream, streamID: s.id})
+	c.mu.Unlock()
+	c.settle()
+	if gone {
+		c.streamLeft()
+	}
+	return nil
+}
+
+// Close ends the stream. If this side has not sent END_STREAM it does so, and if the peer has not ended
+// its side the stream is reset with CANCEL (which ztunnel reads as a clean end). Unread bytes are
+// dropped. Blocked Reads and Writes return net.ErrClosed.
+func (s *Stream) Close() error {
+	if !s.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	close(s.done)
+	c := s.c
+	s.rmu.Lock()
+	s.rclosed = true
+	dropped := s.rbuf.reset()
+	cancel := s.cancel
+	s.rmu.Unlock()
+	signal(s.rready)
+	c.mu.Lock()
+	if s.werr == nil {
+		s.werr = net.ErrClosed
+	}
+	c.mu.Unlock()
+	signal(s.wready)
+
+	s.wmu.Lock() // let an in-flight Write finish
+	c.mu.Lock()
+	_, open := c.streams[s.id]
+	if open {
+		if !s.localEnded {
+			s.localEnded = true
+			c.queueLocked(ctrlFrame{kind: ctrlEndStream, streamID: s.id})
+		}
+		if !s.remoteEnded {
+			c.queueLocked(ctrlFrame{kind: ctrlRST, streamID: s.id, code: http2.ErrCodeCancel})
+		}
+		c.removeLocked(s)
+	}
+	c.mu.Unlock()
+	s.wmu.Unlock()
+	c.settle()
+	c.consumed(int64(dropped))
+	if open {
+		c.streamLeft()
+	}
+	s.readDL.stop()
+	s.writeDL.stop()
+	if cancel != nil {
+		cancel()
+	}
+	return nil
+}
+
+// fail ends the stream with err, without telling the peer (it was reset, refused or the connection
+// closed). The caller has removed s from the connection.
+func (s *Stream) fail(err error) {
+	s.failWith(err, err, err)
+}
+
+// peerReset handles RST_STREAM from the peer.
+func (s *Stream) peerReset(code http2.ErrCode) {
+	rerr := &ResetError{Code: code, Remote: true}
+	var readErr error = rerr
+	if code == http2.ErrCodeNo || code == http2.ErrCodeCancel {
+		readErr = io.EOF
+	}
+	var respErr error = rerr
+	if code == http2.ErrCodeRefusedStream {
+		respErr = errRefused
+	}
+	s.failWith(readErr, rerr, respErr)
+}
+
+func (s *Stream) failWith(readErr, writeErr, respErr error) {
+	c := s.c
+	c.mu.Lock()
+	if s.werr == nil {
+		s.werr = writeErr
+	}
+	c.mu.Unlock()
+	signal(s.wready)
+	s.rmu.Lock()
+	if s.rerr == nil {
+		s.rerr = readErr
+	}
+	cancel := s.cancel
+	s.setResponseLocked(0, nil, respErr)
+	s.rmu.Unlock()
+	signal(s.rready)
+	if cancel != nil {
+		cancel()
+	}
+}
+
+// setResponse records the response headers (client).
+func (s *Stream) setResponse(status int, h http.Header) {
+	s.rmu.Lock()
+	s.setResponseLocked(status, h, nil)
+	s.rmu.Unlock()
+}
+
+func (s *Stream) setResponseLocked(status int, h http.Header, err error) {
+	if s.respDone || s.respReady == nil {
+		return
+	}
+	s.respDone = true
+	s.status, s.respHeader, s.respErr = status, h, err
+	close(s.respReady)
+}
+
+// responded reports whether the response headers were received (client) or sent (server).
+func (s *Stream) responded() bool {
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	return s.respDone
+}
+
+// setCancel installs the handler context's cancel func (server), cancelling at once if s already failed.
+func (s *Stream) setCancel(cancel context.CancelFunc) {
+	s.rmu.Lock()
+	s.cancel = cancel
+	failed := s.rerr != nil && s.rerr != io.EOF
+	s.rmu.Unlock()
+	if failed {
+		cancel()
+	}
+}
+
+// LocalAddr returns the local address of the HBONE connection.
+func (s *Stream) LocalAddr() net.Addr { return s.c.nc.LocalAddr() }
+
+// RemoteAddr returns the remote address of the HBONE connection.
+func (s *Stream) RemoteAddr() net.Addr { return s.c.nc.RemoteAddr() }
+
+// SetDeadline sets the read and write deadlines.
+func (s *Stream) SetDeadline(t time.Time) error {
+	s.readDL.set(t)
+	s.writeDL.set(t)
+	signal(s.rready)
+	signal(s.wready)
+	return nil
+}
+
+// SetReadDeadline sets the deadline for Read; a Read waiting past it returns os.ErrDeadlineExceeded.
+func (s *Stream) SetReadDeadline(t time.Time) error {
+	s.readDL.set(t)
+	signal(s.rready)
+	return nil
+}
+
+// SetWriteDeadline sets the deadline for Write; a Write waiting past it (for flow-control window or the
+// connection) returns os.ErrDeadlineExceeded.
+func (s *Stream) SetWriteDeadline(t time.Time) error {
+	s.writeDL.set(t)
+	signal(s.wready)
+	return nil
+}
+
+// PeerID returns the SPIFFE ID the peer's certificate was verified for.
+func (s *Stream) PeerID() spiffeid.ID { return s.c.peerID }
+
+// ResponseHeader returns the headers of the peer's 200 response (client streams; nil on the server).
+func (s *Stream) ResponseHeader() http.Header { return s.respHeader }
