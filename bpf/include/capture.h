@@ -1,0 +1,54 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * capture.h: the single definition of the types shared between the capture
+ * program and Go (bpf2go generates Go types from these with -type).
+ */
+#ifndef AMBIT_CAPTURE_H
+#define AMBIT_CAPTURE_H
+
+#include "bpf_min.h"
+
+/* verdict is what the program decided for one packet. It is written to
+ * skb->cb[0] (so BPF_PROG_TEST_RUN returns it in ContextOut) and counted in
+ * the stats map. */
+enum verdict {
+	VERDICT_PASS = 0,          /* not ours: the next program or the stack decides */
+	VERDICT_ESTABLISHED = 1,   /* belongs to an existing node socket: assigned and marked */
+	VERDICT_OUTBOUND = 2,      /* SYN from an enrolled pod: assigned to the outbound listener */
+	VERDICT_INBOUND = 3,       /* SYN to an enrolled pod: assigned to the inbound plaintext listener */
+	VERDICT_HBONE = 4,         /* SYN to an enrolled pod's HBONE port: assigned to the HBONE listener */
+	VERDICT_NO_LISTENER = 5,   /* SYN to capture but the listener is missing (agent restarting): dropped */
+	VERDICT_ASSIGN_FAILED = 6, /* bpf_sk_assign refused the socket (cb[1] holds the error): dropped */
+	VERDICT_MAX = 7,
+};
+
+/* listener is the key of the listeners SOCKMAP. */
+enum listener {
+	LISTENER_OUTBOUND = 0,
+	LISTENER_INBOUND = 1,
+	LISTENER_HBONE = 2,
+	LISTENER_MAX = 3,
+};
+
+/* pod_flags are the bits of pod_info.flags. A pod entry without
+ * POD_ENROLLED is draining: its new connections are no longer captured but
+ * packets of connections the agent already holds still reach them. */
+enum pod_flags {
+	POD_ENROLLED = 1,
+};
+
+/* pod_key is an IPv6 address; IPv4 addresses are stored v4-mapped
+ * (::ffff:a.b.c.d). */
+struct pod_key {
+	__u8 addr[16];
+};
+
+/* pod_info is the value of the pods map. */
+struct pod_info {
+	__u32 ifindex;     /* host-side interface of the pod (anti-spoofing for outbound) */
+	enum pod_flags flags;
+	__u64 drain_since; /* CLOCK_MONOTONIC ns when unenrolled, 0 while enrolled; read by user space only */
+	__u8 uid[64];      /* pod UID, NUL padded; read by user space only */
+};
+
+#endif /* AMBIT_CAPTURE_H */

@@ -1,0 +1,379 @@
+package redirect_test
+
+import (
+	"context"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+
+	"github.com/ambit-mesh/ambit/redirect"
+	"github.com/ambit-mesh/ambit/test/lab"
+	"github.com/ambit-mesh/ambit/test/testutil"
+)
+
+// family picks a pod's IPv4 or IPv6 address.
+type family struct {
+	name string
+	ip   func(*lab.Pod) netip.Addr
+	node func(*lab.Node) netip.Addr
+}
+
+var families = []family{
+	{"v4", func(p *lab.Pod) netip.Addr { return p.IP }, func(n *lab.Node) netip.Addr { return n.IP }},
+	{"v6", func(p *lab.Pod) netip.Addr { return p.IP6 }, func(n *lab.Node) netip.Addr { return n.IP6 }},
+}
+
+// gateway is the address of the pods' host-side veths in the lab, the source of node connections to local pods.
+func gateway(f family) netip.Addr {
+	if f.name == "v4" {
+		return netip.MustParseAddr("169.254.1.1")
+	}
+	return netip.MustParseAddr("fe80::1")
+}
+
+// setup builds a two-node lab with echo servers in every pod and an agent on node 0 in mode, with pod n0-p0
+// enrolled.
+func setup(t *testing.T, mode redirect.Mode) (*lab.Lab, *agent, *lab.Pod, *lab.Pod) {
+	t.Helper()
+	testutil.CheckGoroutines(t)
+	l := lab.Start(t, lab.Options{Nodes: 2, PodsPerNode: 2})
+	serveEcho(t, l)
+	a := startAgent(t, l.Nodes[0], agentOptions(l.Nodes[0], mode))
+	if got := a.r.Mode(); got != mode {
+		t.Fatalf("mode = %s, want %s", got, mode)
+	}
+	enrolled, remote := l.Nodes[0].Pods[0], l.Nodes[1].Pods[0]
+	a.enroll(t, enrolled)
+	return l, a, enrolled, remote
+}
+
+func TestCapture(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(string(mode), func(t *testing.T) {
+			t.Run("outbound", func(t *testing.T) { testOutbound(t, mode) })
+			t.Run("inbound plaintext", func(t *testing.T) { testInbound(t, mode) })
+			t.Run("inbound hbone", func(t *testing.T) { testHBONE(t, mode) })
+			t.Run("same node", func(t *testing.T) { testSameNode(t, mode) })
+			t.Run("own connections", func(t *testing.T) { testOwnConnections(t, mode) })
+			t.Run("pre-existing connections", func(t *testing.T) { testPreExisting(t, mode) })
+			t.Run("unenroll", func(t *testing.T) { testUnenroll(t, mode) })
+			t.Run("restart", func(t *testing.T) { testRestart(t, mode) })
+			t.Run("cleanup", func(t *testing.T) { testCleanup(t, mode) })
+		})
+	}
+}
+
+// Outbound: TCP from an enrolled pod to anywhere reaches 15001 with the original destination; the agent's
+// upstream connection comes from the node.
+func testOutbound(t *testing.T, mode redirect.Mode) {
+	l, a, pod, remote := setup(t, mode)
+	for _, f := range families {
+		t.Run(f.name, func(t *testing.T) {
+			dst := netip.AddrPortFrom(f.ip(remote), 8080)
+			c := dial(t, pod.NS, dst)
+			got := a.next(t)
+			if got.role != "outbound" || got.orig != dst || got.remote.Addr() != f.ip(pod) {
+				t.Fatalf("agent saw %+v, want outbound to %s from %s", got, dst, f.ip(pod))
+			}
+			if peer := peerOf(t, c.say(t, "hello")); peer != f.node(l.Nodes[0]) {
+				t.Errorf("server saw %s, want the node address %s (proxied)", peer, f.node(l.Nodes[0]))
+			}
+		})
+	}
+}
+
+// Inbound plaintext: TCP to an enrolled pod on a port other than 15008 reaches 15006 with the original
+// destination and source; the agent delivers it keeping the client's address.
+func testInbound(t *testing.T, mode redirect.Mode) {
+	_, a, pod, remote := setup(t, mode)
+	for _, f := range families {
+		t.Run(f.name, func(t *testing.T) {
+			dst := netip.AddrPortFrom(f.ip(pod), 8080)
+			c := dial(t, remote.NS, dst)
+			got := a.next(t)
+			if got.role != "inbound" || got.orig != dst || got.remote.Addr() != f.ip(remote) {
+				t.Fatalf("agent saw %+v, want inbound to %s from %s", got, dst, f.ip(remote))
+			}
+			if peer := peerOf(t, c.say(t, "hello")); peer != f.ip(remote) {
+				t.Errorf("pod saw %s, want the original client %s", peer, f.ip(remote))
+			}
+			a.none(t)
+		})
+	}
+}
+
+// Inbound HBONE: TCP to an enrolled pod's 15008 reaches the HBONE listener, which knows the dialled pod.
+func testHBONE(t *testing.T, mode redirect.Mode) {
+	_, a, pod, remote := setup(t, mode)
+	for _, f := range families {
+		t.Run(f.name, func(t *testing.T) {
+			dst := netip.AddrPortFrom(f.ip(pod), 15008)
+			c := dial(t, remote.NS, dst)
+			got := a.next(t)
+			if got.role != "hbone" || got.orig != dst || got.remote.Addr() != f.ip(remote) {
+				t.Fatalf("agent saw %+v, want hbone to %s from %s", got, dst, f.ip(remote))
+			}
+			if reply := c.say(t, "x"); reply != "hbone "+dst.String() {
+				t.Errorf("reply %q, want the agent's", reply)
+			}
+		})
+	}
+}
+
+// Same node: an unenrolled pod's connection to an enrolled pod on the same node is captured as inbound, and an
+// enrolled pod's connection to a local unenrolled pod as outbound.
+func testSameNode(t *testing.T, mode redirect.Mode) {
+	l, a, pod, _ := setup(t, mode)
+	other := l.Nodes[0].Pods[1]
+	for _, f := range families {
+		t.Run(f.name, func(t *testing.T) {
+			dst := netip.AddrPortFrom(f.ip(pod), 8080)
+			c := dial(t, other.NS, dst)
+			if got := a.next(t); got.role != "inbound" || got.orig != dst {
+				t.Fatalf("agent saw %+v, want inbound to %s", got, dst)
+			}
+			if peer := peerOf(t, c.say(t, "in")); peer != f.ip(other) {
+				t.Errorf("pod saw %s, want %s", peer, f.ip(other))
+			}
+			dst = netip.AddrPortFrom(f.ip(other), 8080)
+			c = dial(t, pod.NS, dst)
+			if got := a.next(t); got.role != "outbound" || got.orig != dst {
+				t.Fatalf("agent saw %+v, want outbound to %s", got, dst)
+			}
+			c.say(t, "out")
+		})
+	}
+}
+
+// Own connections: the agent's connections to an enrolled pod (plaintext and 15008) and to a remote pod are
+// never captured by itself.
+func testOwnConnections(t *testing.T, mode redirect.Mode) {
+	l, a, pod, remote := setup(t, mode)
+	for _, f := range families {
+		t.Run(f.name, func(t *testing.T) {
+			for _, dst := range []netip.AddrPort{
+				netip.AddrPortFrom(f.ip(pod), 8080),
+				netip.AddrPortFrom(f.ip(pod), 15008),
+				netip.AddrPortFrom(f.ip(remote), 15008),
+			} {
+				ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+				conn, err := a.sf.DialContext(ctx, "tcp", dst.String())
+				cancel()
+				if err != nil {
+					t.Fatalf("agent dial %s: %v", dst, err)
+				}
+				c := &client{c: conn, br: newReader(conn)}
+				// The pod's own server answers (the agent's HBONE stand-in would not echo), from a node address.
+				if peer := peerOf(t, c.say(t, "own")); peer != f.node(l.Nodes[0]) && peer != gateway(f) {
+					t.Errorf("%s saw %s, want a node address", dst, peer)
+				}
+				conn.Close()
+			}
+			a.none(t)
+		})
+	}
+}
+
+// Pre-existing connections keep their direct path after enrollment; new ones are captured.
+func testPreExisting(t *testing.T, mode redirect.Mode) {
+	l := lab.Start(t, lab.Options{Nodes: 2, PodsPerNode: 1})
+	serveEcho(t, l)
+	a := startAgent(t, l.Nodes[0], agentOptions(l.Nodes[0], mode))
+	pod, remote := l.Nodes[0].Pods[0], l.Nodes[1].Pods[0]
+	out := dial(t, pod.NS, netip.AddrPortFrom(remote.IP, 8080))
+	in := dial(t, remote.NS, netip.AddrPortFrom(pod.IP6, 8080))
+	out.say(t, "before")
+	in.say(t, "before")
+	a.enroll(t, pod)
+	if peer := peerOf(t, out.say(t, "after")); peer != pod.IP {
+		t.Errorf("outbound pre-existing: server saw %s, want the pod %s (direct)", peer, pod.IP)
+	}
+	if peer := peerOf(t, in.say(t, "after")); peer != remote.IP6 {
+		t.Errorf("inbound pre-existing: pod saw %s, want %s", peer, remote.IP6)
+	}
+	a.none(t)
+	c := dial(t, pod.NS, netip.AddrPortFrom(remote.IP, 8080))
+	if got := a.next(t); got.role != "outbound" {
+		t.Fatalf("new connection after enroll: agent saw %+v", got)
+	}
+	c.say(t, "new")
+}
+
+// Unenroll: connections the agent holds keep working; new connections go direct.
+func testUnenroll(t *testing.T, mode redirect.Mode) {
+	_, a, pod, remote := setup(t, mode)
+	out := dial(t, pod.NS, netip.AddrPortFrom(remote.IP, 8080))
+	a.next(t)
+	in := dial(t, remote.NS, netip.AddrPortFrom(pod.IP6, 8080))
+	a.next(t)
+	out.say(t, "before")
+	in.say(t, "before")
+	if err := a.r.Unenroll(t.Context(), pod.UID); err != nil {
+		t.Fatalf("unenroll: %v", err)
+	}
+	if err := a.r.Unenroll(t.Context(), pod.UID); err != nil {
+		t.Fatalf("second unenroll: %v", err)
+	}
+	if pods, err := a.r.Enrolled(t.Context()); err != nil || len(pods) != 0 {
+		t.Fatalf("enrolled after unenroll = %v, %v", pods, err)
+	}
+	out.say(t, "held outbound")
+	in.say(t, "held inbound")
+	c := dial(t, pod.NS, netip.AddrPortFrom(remote.IP, 8080))
+	if peer := peerOf(t, c.say(t, "new")); peer != pod.IP {
+		t.Errorf("new outbound after unenroll: server saw %s, want the pod %s (direct)", peer, pod.IP)
+	}
+	c = dial(t, remote.NS, netip.AddrPortFrom(pod.IP, 8080))
+	c.say(t, "new")
+	a.none(t)
+	// Enrolling again captures again.
+	a.enroll(t, pod)
+	c = dial(t, pod.NS, netip.AddrPortFrom(remote.IP, 8080))
+	if got := a.next(t); got.role != "outbound" {
+		t.Fatalf("after re-enroll: agent saw %+v", got)
+	}
+	c.say(t, "again")
+}
+
+// Restart: capture stays while no agent runs (new SYNs wait), and a new agent re-adopts it without duplicating
+// programs or links.
+func testRestart(t *testing.T, mode redirect.Mode) {
+	l, a, pod, remote := setup(t, mode)
+	node := l.Nodes[0]
+	before := hooks(t, node)
+	a.stop()
+
+	// While no agent runs, a new connection from the enrolled pod is held (its SYNs are dropped), not leaked.
+	type result struct {
+		c   *client
+		err error
+	}
+	res := make(chan result, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		defer cancel()
+		conn, err := pod.NS.Dial(ctx, "tcp", netip.AddrPortFrom(remote.IP, 8080).String())
+		if err != nil {
+			res <- result{err: err}
+			return
+		}
+		res <- result{c: &client{c: conn, br: newReader(conn)}}
+	}()
+	select {
+	case r := <-res:
+		if r.err == nil {
+			r.c.c.Close()
+		}
+		t.Fatalf("connection completed while no agent ran (err %v)", r.err)
+	case <-time.After(300 * time.Millisecond):
+	}
+
+	b := startAgent(t, node, agentOptions(node, mode))
+	pods, err := b.r.Enrolled(t.Context())
+	if err != nil || len(pods) != 1 || pods[0].UID != pod.UID || len(pods[0].IPs) != 2 {
+		t.Fatalf("enrolled after restart = %+v, %v", pods, err)
+	}
+	r := <-res
+	if r.err != nil {
+		t.Fatalf("connection started during the restart: %v", r.err)
+	}
+	defer r.c.c.Close()
+	if got := b.next(t); got.role != "outbound" {
+		t.Fatalf("agent saw %+v", got)
+	}
+	if peer := peerOf(t, r.c.say(t, "late")); peer != node.IP {
+		t.Errorf("server saw %s, want the node %s", peer, node.IP)
+	}
+	if after := hooks(t, node); after != before {
+		t.Errorf("hooks after restart = %+v, before = %+v", after, before)
+	}
+}
+
+// Cleanup removes everything; traffic flows directly again.
+func testCleanup(t *testing.T, mode redirect.Mode) {
+	l, a, pod, remote := setup(t, mode)
+	node := l.Nodes[0]
+	a.stop()
+	opts := agentOptions(node, mode)
+	for range 2 {
+		if err := redirect.Cleanup(t.Context(), opts); err != nil {
+			t.Fatalf("cleanup: %v", err)
+		}
+	}
+	if h := hooks(t, node); h != (hookState{}) {
+		t.Errorf("after cleanup: %+v", h)
+	}
+	c := dial(t, pod.NS, netip.AddrPortFrom(remote.IP, 8080))
+	if peer := peerOf(t, c.say(t, "direct")); peer != pod.IP {
+		t.Errorf("after cleanup: server saw %s, want the pod %s", peer, pod.IP)
+	}
+}
+
+// hookState summarises what capture installed in a node.
+type hookState struct {
+	Programs    int  // TCX ingress programs over all interfaces
+	MaxPerIface int  // most TCX ingress programs on one interface
+	PinnedLinks int  // files under <PinDir>/links
+	PinnedMaps  int  // map pins under <PinDir>
+	Rules       int  // policy rules pointing at the capture table
+	Routes      int  // routes in the capture table
+	NFTTable    bool // the nftables table exists
+}
+
+func hooks(tb testing.TB, node *lab.Node) hookState {
+	tb.Helper()
+	var h hookState
+	if ents, err := os.ReadDir(filepath.Join(node.PinDir, "links")); err == nil {
+		h.PinnedLinks = len(ents)
+	}
+	for _, m := range []string{"pods", "listeners", "stats"} {
+		if _, err := os.Stat(filepath.Join(node.PinDir, m)); err == nil {
+			h.PinnedMaps++
+		}
+	}
+	nh, err := node.NS.Handle()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer nh.Close()
+	links, err := nh.LinkList()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	err = node.NS.Do(func() error {
+		for _, l := range links {
+			res, err := link.QueryPrograms(link.QueryOptions{Target: l.Attrs().Index, Attach: ebpf.AttachTCXIngress})
+			if err != nil {
+				return err
+			}
+			h.Programs += len(res.Programs)
+			h.MaxPerIface = max(h.MaxPerIface, len(res.Programs))
+		}
+		return nil
+	})
+	if err != nil {
+		tb.Fatalf("query tcx: %v", err)
+	}
+	rules, err := nh.RuleList(netlink.FAMILY_ALL)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, r := range rules {
+		if r.Table == redirect.DefaultRouteTable {
+			h.Rules++
+		}
+	}
+	routes, err := nh.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: redirect.DefaultRouteTable}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	h.Routes = len(routes)
+	h.NFTTable = node.NS.Command(tb.Context(), "nft", "list", "table", "inet", redirect.DefaultNFTTable).Run() == nil
+	return h
+}

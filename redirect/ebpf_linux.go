@@ -1,0 +1,620 @@
+package redirect
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/ambit-mesh/ambit/bpf"
+)
+
+// linkPinPrefix names pinned TCX links: <PinDir>/links/tcx_<ifindex>.
+const linkPinPrefix = "tcx_"
+
+// ebpfRedirector is ModeEBPF: the capture program attached with TCX to every veth and uplink of the node
+// namespace, enrollment in the pinned pods map.
+type ebpfRedirector struct {
+	o       Options
+	ns      nsRunner
+	log     *slog.Logger
+	nl      *netlink.Handle
+	objs    bpf.CaptureObjects
+	linkDir string
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+
+	mu     sync.Mutex
+	closed bool
+	links  map[int]link.Link       // attached (or adopted) TCX links by ifindex
+	pods   map[string][]netip.Addr // enrolled pods: UID -> addresses
+	names  map[string]string       // UID -> Pod.Name, for pods enrolled by this process
+}
+
+var _ Redirector = (*ebpfRedirector)(nil)
+
+func newEBPF(ctx context.Context, o Options, ns nsRunner) (_ *ebpfRedirector, err error) {
+	if err := probeEBPF(o); err != nil {
+		return nil, err
+	}
+	r := &ebpfRedirector{
+		o:       o,
+		ns:      ns,
+		log:     o.Logger.With("component", "redirect", "mode", ModeEBPF),
+		linkDir: filepath.Join(o.PinDir, "links"),
+		links:   map[int]link.Link{},
+		pods:    map[string][]netip.Addr{},
+		names:   map[string]string{},
+	}
+	defer func() {
+		if err != nil {
+			r.release()
+		}
+	}()
+	if r.nl, err = ns.handle(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(r.linkDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create %s: %w", r.linkDir, err)
+	}
+	// A TPROXY table left by an earlier run in the other mode would capture twice.
+	if haveNFT() == nil {
+		if err := applyNFT(ctx, ns, deleteTableRuleset(o.NFTTable)); err != nil {
+			return nil, fmt.Errorf("remove tproxy table: %w", err)
+		}
+	}
+	if err := r.load(); err != nil {
+		return nil, err
+	}
+	if err := r.setListeners(o.Listeners); err != nil {
+		return nil, err
+	}
+	if err := installRouting(r.nl, o); err != nil {
+		return nil, err
+	}
+	if !o.DisableNoTrack {
+		if err := haveNFT(); err != nil {
+			r.log.Warn("captured flows stay in conntrack; node NAT may break them", "reason", err)
+		} else if err := applyNFT(ctx, ns, ebpfRuleset(r.nftConfig())); err != nil {
+			return nil, fmt.Errorf("install notrack rule: %w", err)
+		}
+	}
+	if err := r.adoptLinks(); err != nil {
+		return nil, err
+	}
+	if err := r.attachAll(); err != nil {
+		return nil, err
+	}
+	if err := r.readPods(); err != nil {
+		return nil, err
+	}
+	wctx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	if err := r.watchLinks(wctx); err != nil {
+		return nil, err
+	}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		r.sweepDraining(wctx)
+	}()
+	r.log.Info("capture ready", "links", len(r.links), "pods", len(r.pods), "pin_dir", o.PinDir)
+	return r, nil
+}
+
+func (r *ebpfRedirector) nftConfig() nftConfig {
+	return nftConfig{Table: r.o.NFTTable, Marks: r.o.Marks, NoTrack: !r.o.DisableNoTrack}
+}
+
+// load loads the program with the runtime constants and the pinned maps (created on first use). Pinned maps
+// whose layout changed (an upgrade) are replaced, which drops their entries.
+func (r *ebpfRedirector) load() error {
+	spec, err := bpf.LoadCapture()
+	if err != nil {
+		return fmt.Errorf("load capture spec: %w", err)
+	}
+	m := r.o.Marks
+	vars := []struct {
+		name string
+		v    any
+	}{
+		{bpf.CaptureVarCaptureMark, m.Capture},
+		{bpf.CaptureVarCaptureMarkMask, m.CaptureMask},
+		{bpf.CaptureVarOwnMark, m.Own},
+		{bpf.CaptureVarOwnMarkMask, m.OwnMask},
+		{bpf.CaptureVarHbonePort, r.o.HBONEPort},
+	}
+	for _, v := range vars {
+		if err := spec.Variables[v.name].Set(v.v); err != nil {
+			return fmt.Errorf("set %s: %w", v.name, err)
+		}
+	}
+	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: r.o.PinDir}}
+	err = spec.LoadAndAssign(&r.objs, opts)
+	if errors.Is(err, ebpf.ErrMapIncompatible) {
+		r.log.Warn("pinned maps have an old layout; replacing them (enrollment is lost)", "error", err)
+		for name := range spec.Maps {
+			os.Remove(filepath.Join(r.o.PinDir, name))
+		}
+		err = spec.LoadAndAssign(&r.objs, opts)
+	}
+	if err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return fmt.Errorf("load capture objects: %+v", ve)
+		}
+		return fmt.Errorf("load capture objects: %w", err)
+	}
+	return nil
+}
+
+// setListeners puts the listeners in the SOCKMAP (replacing those of an earlier process).
+func (r *ebpfRedirector) setListeners(l Listeners) error {
+	for _, e := range []struct {
+		key bpf.CaptureListener
+		ln  *net.TCPListener
+	}{
+		{bpf.CaptureListenerLISTENER_OUTBOUND, l.Outbound},
+		{bpf.CaptureListenerLISTENER_INBOUND, l.Inbound},
+		{bpf.CaptureListenerLISTENER_HBONE, l.HBONE},
+	} {
+		raw, err := e.ln.SyscallConn()
+		if err != nil {
+			return fmt.Errorf("listener %s: %w", e.ln.Addr(), err)
+		}
+		err = control(raw, func(fd int) error {
+			return r.objs.Listeners.Update(e.key, uint64(fd), ebpf.UpdateAny)
+		})
+		if errors.Is(err, unix.EOPNOTSUPP) {
+			return fmt.Errorf("put listener %s in sockmap: %w (an MPTCP listener? make it with SocketFactory.Listen)", e.ln.Addr(), err)
+		}
+		if err != nil {
+			return fmt.Errorf("put listener %s in sockmap: %w", e.ln.Addr(), err)
+		}
+	}
+	return nil
+}
+
+// adoptLinks takes over the TCX links pinned by an earlier process: it replaces their program with the one just
+// loaded (atomically, so capture never stops) and drops the links whose interface is gone.
+func (r *ebpfRedirector) adoptLinks() error {
+	ents, err := os.ReadDir(r.linkDir)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", r.linkDir, err)
+	}
+	for _, e := range ents {
+		path := filepath.Join(r.linkDir, e.Name())
+		l, err := link.LoadPinnedLink(path, nil)
+		if err != nil {
+			r.log.Warn("dropping unreadable pinned link", "path", path, "error", err)
+			os.Remove(path)
+			continue
+		}
+		ifindex := 0
+		if info, err := l.Info(); err == nil && info.TCX() != nil {
+			ifindex = int(info.TCX().Ifindex)
+		}
+		if _, err := r.nl.LinkByIndex(ifindex); ifindex == 0 || err != nil {
+			r.log.Debug("dropping pinned link of a removed interface", "path", path)
+			l.Unpin()
+			l.Close()
+			continue
+		}
+		if err := l.Update(r.objs.Capture); err != nil {
+			l.Close()
+			return fmt.Errorf("replace program of pinned link %s: %w", path, err)
+		}
+		if want := filepath.Join(r.linkDir, linkPinPrefix+strconv.Itoa(ifindex)); want != path {
+			if err := l.Pin(want); err != nil {
+				l.Close()
+				return fmt.Errorf("re-pin link %s: %w", path, err)
+			}
+		}
+		r.links[ifindex] = l
+	}
+	return nil
+}
+
+// hookable reports whether capture attaches to l: every veth, plus the uplinks.
+func (r *ebpfRedirector) hookable(l netlink.Link, uplinks map[string]bool) bool {
+	return l.Type() == "veth" || uplinks[l.Attrs().Name]
+}
+
+// attachAll attaches to the uplinks and to every existing veth.
+func (r *ebpfRedirector) attachAll() error {
+	names := r.o.Uplinks
+	if len(names) == 0 {
+		var err error
+		if names, err = defaultRouteLinks(r.nl); err != nil {
+			return err
+		}
+		if len(names) == 0 {
+			r.log.Warn("no uplink given and no default route: inbound capture from other nodes is off")
+		}
+	}
+	uplinks := map[string]bool{}
+	for _, n := range names {
+		if _, err := r.nl.LinkByName(n); err != nil {
+			return fmt.Errorf("find uplink %s: %w", n, err)
+		}
+		uplinks[n] = true
+	}
+	links, err := r.nl.LinkList()
+	if err != nil {
+		return fmt.Errorf("list links: %w", err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, l := range links {
+		if !r.hookable(l, uplinks) {
+			continue
+		}
+		if err := r.attachLocked(l); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// attachLocked attaches the program at the head of l's TCX ingress chain and pins the link, unless that is done.
+// It requires r.mu.
+func (r *ebpfRedirector) attachLocked(l netlink.Link) error {
+	idx := l.Attrs().Index
+	if _, ok := r.links[idx]; ok {
+		return nil
+	}
+	if l.Attrs().EncapType != "ether" {
+		return fmt.Errorf("%w: capture on %s (link type %s): only Ethernet devices are supported", ErrNotSupported, l.Attrs().Name, l.Attrs().EncapType)
+	}
+	var tl link.Link
+	err := r.ns.do(func() error {
+		var err error
+		tl, err = link.AttachTCX(link.TCXOptions{Interface: idx, Program: r.objs.Capture, Attach: ebpf.AttachTCXIngress, Anchor: link.Head()})
+		return err
+	})
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		return missing("TCX links (Linux 6.6)", err)
+	}
+	if err != nil {
+		return fmt.Errorf("attach tcx to %s: %w", l.Attrs().Name, err)
+	}
+	path := filepath.Join(r.linkDir, linkPinPrefix+strconv.Itoa(idx))
+	os.Remove(path)
+	if err := tl.Pin(path); err != nil {
+		tl.Close()
+		return fmt.Errorf("pin tcx link of %s: %w", l.Attrs().Name, err)
+	}
+	r.links[idx] = tl
+	r.log.Debug("attached", "interface", l.Attrs().Name, "ifindex", idx)
+	return nil
+}
+
+// detachLocked forgets the link of a removed interface. It requires r.mu.
+func (r *ebpfRedirector) detachLocked(idx int) {
+	l, ok := r.links[idx]
+	if !ok {
+		return
+	}
+	delete(r.links, idx)
+	l.Unpin()
+	l.Close()
+}
+
+// watchLinks attaches to veths as they appear and drops the links of interfaces that go away.
+func (r *ebpfRedirector) watchLinks(ctx context.Context) error {
+	ch := make(chan netlink.LinkUpdate, 64)
+	opts := netlink.LinkSubscribeOptions{ErrorCallback: func(err error) {
+		r.log.Warn("link watch", "error", err)
+	}}
+	h, ok, err := r.ns.nsHandle()
+	if err != nil {
+		return err
+	}
+	if ok {
+		defer h.Close()
+		opts.Namespace = &h
+	}
+	if err := netlink.LinkSubscribeWithOptions(ch, ctx.Done(), opts); err != nil {
+		return fmt.Errorf("subscribe to link updates: %w", err)
+	}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		for {
+			select {
+			case <-ctx.Done():
+				// Drain so that the subscription goroutine, which closes ch, never blocks.
+				for range ch {
+				}
+				return
+			case u, ok := <-ch:
+				if !ok {
+					return
+				}
+				r.onLinkUpdate(u)
+			}
+		}
+	}()
+	return nil
+}
+
+func (r *ebpfRedirector) onLinkUpdate(u netlink.LinkUpdate) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return
+	}
+	idx := int(u.Index)
+	switch u.Header.Type {
+	case unix.RTM_DELLINK:
+		r.detachLocked(idx)
+	case unix.RTM_NEWLINK:
+		if u.Link == nil || u.Link.Type() != "veth" {
+			return
+		}
+		if err := r.attachLocked(u.Link); err != nil {
+			r.log.Warn("attach to new interface", "interface", u.Link.Attrs().Name, "error", err)
+		}
+	}
+}
+
+// readPods rebuilds the UID index from the pinned pods map.
+func (r *ebpfRedirector) readPods() error {
+	var k bpf.CapturePodKey
+	var v bpf.CapturePodInfo
+	it := r.objs.Pods.Iterate()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for it.Next(&k, &v) {
+		if v.Flags&bpf.CapturePodFlagsPOD_ENROLLED == 0 {
+			continue
+		}
+		uid := string(bytes.TrimRight(v.Uid[:], "\x00"))
+		r.pods[uid] = append(r.pods[uid], netip.AddrFrom16(k.Addr).Unmap())
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read pods map: %w", err)
+	}
+	return nil
+}
+
+func podKey(a netip.Addr) bpf.CapturePodKey {
+	return bpf.CapturePodKey{Addr: a.Unmap().As16()}
+}
+
+func podInfo(uid string, ifindex int, enrolled bool, drainSince uint64) bpf.CapturePodInfo {
+	v := bpf.CapturePodInfo{Ifindex: uint32(ifindex), DrainSince: drainSince}
+	if enrolled {
+		v.Flags = bpf.CapturePodFlagsPOD_ENROLLED
+	}
+	copy(v.Uid[:], uid)
+	return v
+}
+
+func monotonicNow() uint64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return 0
+	}
+	return uint64(ts.Nano())
+}
+
+func (r *ebpfRedirector) Enroll(ctx context.Context, pod Pod) error {
+	if err := pod.validate(); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return ErrClosed
+	}
+	ifindex := make([]int, len(pod.IPs))
+	for i, a := range pod.IPs {
+		l, err := podLink(r.nl, a.AsSlice())
+		if err != nil {
+			return fmt.Errorf("enroll %s: %w", pod.UID, err)
+		}
+		if err := r.attachLocked(l); err != nil {
+			return fmt.Errorf("enroll %s: %w", pod.UID, err)
+		}
+		ifindex[i] = l.Attrs().Index
+	}
+	keep := map[netip.Addr]bool{}
+	for i, a := range pod.IPs {
+		a = a.Unmap()
+		keep[a] = true
+		if err := r.objs.Pods.Update(podKey(a), podInfo(pod.UID, ifindex[i], true, 0), ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("enroll %s address %s: %w", pod.UID, a, err)
+		}
+		// An address that moved from another pod (IP reuse) leaves that pod's list.
+		for uid, addrs := range r.pods {
+			if uid != pod.UID {
+				r.pods[uid] = removeAddr(addrs, a)
+			}
+		}
+	}
+	for _, a := range r.pods[pod.UID] {
+		if !keep[a] {
+			r.drainLocked(pod.UID, a)
+		}
+	}
+	addrs := make([]netip.Addr, 0, len(keep))
+	for _, a := range pod.IPs {
+		addrs = append(addrs, a.Unmap())
+	}
+	r.pods[pod.UID] = addrs
+	r.names[pod.UID] = pod.Name
+	r.log.Info("enrolled", "pod", pod.Name, "uid", pod.UID, "ips", addrs)
+	return nil
+}
+
+func removeAddr(addrs []netip.Addr, a netip.Addr) []netip.Addr {
+	out := addrs[:0]
+	for _, x := range addrs {
+		if x != a {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// drainLocked stops new captures for a, keeping packets of held connections flowing until the sweeper removes
+// the entry (or removes it now when draining is off). It requires r.mu.
+func (r *ebpfRedirector) drainLocked(uid string, a netip.Addr) {
+	k := podKey(a)
+	if r.o.DrainTimeout < 0 {
+		if err := r.objs.Pods.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			r.log.Warn("remove pod address", "uid", uid, "ip", a, "error", err)
+		}
+		return
+	}
+	var v bpf.CapturePodInfo
+	if err := r.objs.Pods.Lookup(k, &v); err != nil {
+		return
+	}
+	v.Flags &^= bpf.CapturePodFlagsPOD_ENROLLED
+	v.DrainSince = monotonicNow()
+	if err := r.objs.Pods.Update(k, v, ebpf.UpdateExist); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		r.log.Warn("drain pod address", "uid", uid, "ip", a, "error", err)
+	}
+}
+
+func (r *ebpfRedirector) Unenroll(ctx context.Context, uid string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return ErrClosed
+	}
+	addrs, ok := r.pods[uid]
+	if !ok {
+		return nil
+	}
+	for _, a := range addrs {
+		r.drainLocked(uid, a)
+	}
+	delete(r.pods, uid)
+	name := r.names[uid]
+	delete(r.names, uid)
+	r.log.Info("unenrolled", "pod", name, "uid", uid)
+	return nil
+}
+
+// sweepDraining deletes draining pod entries older than DrainTimeout.
+func (r *ebpfRedirector) sweepDraining(ctx context.Context) {
+	if r.o.DrainTimeout < 0 {
+		return
+	}
+	every := min(max(r.o.DrainTimeout/4, 50*time.Millisecond), 10*time.Second)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		r.sweepOnce()
+	}
+}
+
+func (r *ebpfRedirector) sweepOnce() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := monotonicNow()
+	var k bpf.CapturePodKey
+	var v bpf.CapturePodInfo
+	var expired []bpf.CapturePodKey
+	it := r.objs.Pods.Iterate()
+	for it.Next(&k, &v) {
+		if v.Flags&bpf.CapturePodFlagsPOD_ENROLLED == 0 && now-v.DrainSince >= uint64(r.o.DrainTimeout) {
+			expired = append(expired, k)
+		}
+	}
+	for _, k := range expired {
+		if err := r.objs.Pods.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			r.log.Warn("remove drained pod address", "error", err)
+		}
+	}
+}
+
+func (r *ebpfRedirector) Enrolled(ctx context.Context) ([]Pod, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return nil, ErrClosed
+	}
+	return enrolledList(r.pods, r.names), nil
+}
+
+func (r *ebpfRedirector) OriginalDst(conn net.Conn) (netip.AddrPort, error) { return OriginalDst(conn) }
+
+func (r *ebpfRedirector) Mode() Mode { return ModeEBPF }
+
+func (r *ebpfRedirector) Close() error {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return nil
+	}
+	r.closed = true
+	r.mu.Unlock()
+	r.release()
+	return nil
+}
+
+// release stops the goroutines and closes every handle; pinned objects stay.
+func (r *ebpfRedirector) release() {
+	if r.cancel != nil {
+		r.cancel()
+	}
+	r.wg.Wait()
+	r.mu.Lock()
+	for idx, l := range r.links {
+		l.Close()
+		delete(r.links, idx)
+	}
+	r.mu.Unlock()
+	r.objs.Close()
+	if r.nl != nil {
+		r.nl.Close()
+	}
+}
+
+// cleanupEBPF removes the pinned links (detaching the program) and maps, and the pin directory.
+func cleanupEBPF(o Options) error {
+	var errs []error
+	linkDir := filepath.Join(o.PinDir, "links")
+	if ents, err := os.ReadDir(linkDir); err == nil {
+		for _, e := range ents {
+			if !strings.HasPrefix(e.Name(), linkPinPrefix) {
+				continue
+			}
+			path := filepath.Join(linkDir, e.Name())
+			if l, err := link.LoadPinnedLink(path, nil); err == nil {
+				// Detach now rather than when the last reference goes.
+				if err := l.Detach(); err != nil && !errors.Is(err, ebpf.ErrNotSupported) {
+					errs = append(errs, fmt.Errorf("detach %s: %w", path, err))
+				}
+				l.Close()
+			}
+		}
+	}
+	if err := os.RemoveAll(o.PinDir); err != nil {
+		errs = append(errs, fmt.Errorf("remove %s: %w", o.PinDir, err))
+	}
+	return errors.Join(errs...)
+}

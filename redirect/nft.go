@@ -1,0 +1,222 @@
+package redirect
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+)
+
+// nftConfig is what the nftables rulesets depend on.
+type nftConfig struct {
+	Table                    string
+	Marks                    Marks
+	Outbound, Inbound, HBONE uint16 // listener ports
+	HBONEPort                uint16 // original destination port of inbound HBONE
+	NoTrack                  bool
+}
+
+// markSet is the nft statement that sets the capture mark under its mask, keeping the other bits.
+func (c nftConfig) markSet() string {
+	return fmt.Sprintf("meta mark set meta mark & %#08x | %#08x", ^c.Marks.CaptureMask, c.Marks.Capture)
+}
+
+const synOnly = "tcp flags & (fin | syn | rst | ack) == syn"
+
+// tproxyRuleset renders the transaction that installs (or re-adopts) ModeTPROXY's table: sets of enrolled pods
+// (kept across re-adoption), a raw chain that exempts captured flows from conntrack, and a mangle chain that
+// tproxies the first SYN of new connections of enrolled pods to the listeners and keeps the other packets of
+// the agent's transparent sockets local. Only SYNs are tproxied, so connections that existed before enrollment
+// keep their direct path.
+func tproxyRuleset(c nftConfig) string {
+	var b strings.Builder
+	t := "inet " + c.Table
+	fmt.Fprintf(&b, "add table %s\n", t)
+	fmt.Fprintf(&b, "add set %s pods4 { type ipv4_addr; }\n", t)
+	fmt.Fprintf(&b, "add set %s pods6 { type ipv6_addr; }\n", t)
+	fmt.Fprintf(&b, "add set %s podsrc4 { type iface_index . ipv4_addr; }\n", t)
+	fmt.Fprintf(&b, "add set %s podsrc6 { type iface_index . ipv6_addr; }\n", t)
+	fmt.Fprintf(&b, "add chain %s raw { type filter hook prerouting priority raw; policy accept; }\n", t)
+	fmt.Fprintf(&b, "add chain %s mangle { type filter hook prerouting priority mangle; policy accept; }\n", t)
+	fmt.Fprintf(&b, "flush chain %s raw\n", t)
+	fmt.Fprintf(&b, "flush chain %s mangle\n", t)
+	// Rule order matters (here and in raw): the first SYN of a new connection of an enrolled pod is captured
+	// whatever sockets exist; other packets that hit a full wildcard socket (a listener, possibly the agent's
+	// own 0.0.0.0:15008) are left alone; the rest that belong to a transparent socket (the agent's accepted or
+	// spoofed connections, and their half-open request sockets, for which "socket wildcard" never matches)
+	// stay local.
+	if c.NoTrack {
+		fmt.Fprintf(&b, "add rule %s raw meta l4proto tcp %s meta iif . ip saddr @podsrc4 notrack\n", t, synOnly)
+		fmt.Fprintf(&b, "add rule %s raw meta l4proto tcp %s meta iif . ip6 saddr @podsrc6 notrack\n", t, synOnly)
+		fmt.Fprintf(&b, "add rule %s raw meta l4proto tcp %s ip daddr @pods4 notrack\n", t, synOnly)
+		fmt.Fprintf(&b, "add rule %s raw meta l4proto tcp %s ip6 daddr @pods6 notrack\n", t, synOnly)
+		fmt.Fprintf(&b, "add rule %s raw meta l4proto tcp socket wildcard 1 return\n", t)
+		fmt.Fprintf(&b, "add rule %s raw meta l4proto tcp socket transparent 1 notrack\n", t)
+	}
+	mark := c.markSet()
+	m := c.Marks
+	fmt.Fprintf(&b, "add rule %s mangle meta l4proto != tcp return\n", t)
+	fmt.Fprintf(&b, "add rule %s mangle meta mark & %#08x == %#08x return\n", t, m.OwnMask, m.Own)
+	fmt.Fprintf(&b, "add rule %s mangle %s meta iif . ip saddr @podsrc4 tproxy ip to :%d %s accept\n", t, synOnly, c.Outbound, mark)
+	fmt.Fprintf(&b, "add rule %s mangle %s meta iif . ip6 saddr @podsrc6 tproxy ip6 to :%d %s accept\n", t, synOnly, c.Outbound, mark)
+	fmt.Fprintf(&b, "add rule %s mangle %s ip daddr @pods4 tcp dport %d tproxy ip to :%d %s accept\n", t, synOnly, c.HBONEPort, c.HBONE, mark)
+	fmt.Fprintf(&b, "add rule %s mangle %s ip6 daddr @pods6 tcp dport %d tproxy ip6 to :%d %s accept\n", t, synOnly, c.HBONEPort, c.HBONE, mark)
+	fmt.Fprintf(&b, "add rule %s mangle %s ip daddr @pods4 tproxy ip to :%d %s accept\n", t, synOnly, c.Inbound, mark)
+	fmt.Fprintf(&b, "add rule %s mangle %s ip6 daddr @pods6 tproxy ip6 to :%d %s accept\n", t, synOnly, c.Inbound, mark)
+	// No listener (the agent is restarting): hold the SYN (the client retransmits) rather than let it pass.
+	fmt.Fprintf(&b, "add rule %s mangle %s meta iif . ip saddr @podsrc4 drop\n", t, synOnly)
+	fmt.Fprintf(&b, "add rule %s mangle %s meta iif . ip6 saddr @podsrc6 drop\n", t, synOnly)
+	fmt.Fprintf(&b, "add rule %s mangle %s ip daddr @pods4 drop\n", t, synOnly)
+	fmt.Fprintf(&b, "add rule %s mangle %s ip6 daddr @pods6 drop\n", t, synOnly)
+	fmt.Fprintf(&b, "add rule %s mangle socket wildcard 1 return\n", t)
+	fmt.Fprintf(&b, "add rule %s mangle socket transparent 1 %s accept\n", t, mark)
+	return b.String()
+}
+
+// ebpfRuleset renders ModeEBPF's table: only the raw chain that exempts captured (marked by the program) packets
+// from conntrack. Any ModeTPROXY content of the table is deleted first.
+func ebpfRuleset(c nftConfig) string {
+	var b strings.Builder
+	t := "inet " + c.Table
+	fmt.Fprintf(&b, "add table %s\n", t)
+	fmt.Fprintf(&b, "delete table %s\n", t)
+	if !c.NoTrack {
+		return b.String()
+	}
+	fmt.Fprintf(&b, "add table %s\n", t)
+	fmt.Fprintf(&b, "add chain %s raw { type filter hook prerouting priority raw; policy accept; }\n", t)
+	fmt.Fprintf(&b, "add rule %s raw meta mark & %#08x == %#08x notrack\n", t, c.Marks.CaptureMask, c.Marks.Capture)
+	return b.String()
+}
+
+// deleteTableRuleset removes the table whether or not it exists.
+func deleteTableRuleset(table string) string {
+	return fmt.Sprintf("add table inet %s\ndelete table inet %s\n", table, table)
+}
+
+// nftPod is one enrolled pod as ModeTPROXY stores it: its addresses with their host interface names.
+type nftPod struct {
+	UID   string
+	Addrs map[netip.Addr]string // address -> host-side interface name
+}
+
+func setSuffix(a netip.Addr) string {
+	if a.Is4() {
+		return "4"
+	}
+	return "6"
+}
+
+// nftQuote quotes s for nft. UIDs are validated to printable characters without quotes.
+func nftQuote(s string) string { return `"` + s + `"` }
+
+// enrollRuleset renders the transaction that moves a pod's set elements from old (nil if not enrolled) to new.
+func enrollRuleset(table string, old *nftPod, pod nftPod) string {
+	var b strings.Builder
+	t := "inet " + table
+	if old != nil {
+		for _, a := range sortedAddrs(old.Addrs) {
+			if pod.Addrs[a] == old.Addrs[a] && old.UID == pod.UID {
+				continue
+			}
+			s := setSuffix(a)
+			fmt.Fprintf(&b, "delete element %s pods%s { %s }\n", t, s, a)
+			fmt.Fprintf(&b, "delete element %s podsrc%s { %s . %s }\n", t, s, nftQuote(old.Addrs[a]), a)
+		}
+	}
+	for _, a := range sortedAddrs(pod.Addrs) {
+		if old != nil && old.Addrs[a] == pod.Addrs[a] && old.UID == pod.UID {
+			continue
+		}
+		s := setSuffix(a)
+		fmt.Fprintf(&b, "add element %s pods%s { %s comment %s }\n", t, s, a, nftQuote(pod.UID))
+		fmt.Fprintf(&b, "add element %s podsrc%s { %s . %s }\n", t, s, nftQuote(pod.Addrs[a]), a)
+	}
+	return b.String()
+}
+
+// unenrollRuleset renders the transaction that removes a pod's set elements.
+func unenrollRuleset(table string, old nftPod) string {
+	var b strings.Builder
+	t := "inet " + table
+	for _, a := range sortedAddrs(old.Addrs) {
+		s := setSuffix(a)
+		fmt.Fprintf(&b, "delete element %s pods%s { %s }\n", t, s, a)
+		fmt.Fprintf(&b, "delete element %s podsrc%s { %s . %s }\n", t, s, nftQuote(old.Addrs[a]), a)
+	}
+	return b.String()
+}
+
+func sortedAddrs(m map[netip.Addr]string) []netip.Addr {
+	out := make([]netip.Addr, 0, len(m))
+	for a := range m {
+		out = append(out, a)
+	}
+	slices.SortFunc(out, func(a, b netip.Addr) int { return a.Compare(b) })
+	return out
+}
+
+// parseNFTPods reads the enrolled pods from `nft -j list table inet <table>` output: UIDs from the comments of
+// the pods4/pods6 elements and interface names from the podsrc4/podsrc6 elements.
+func parseNFTPods(data []byte) (map[string]*nftPod, error) {
+	var doc struct {
+		Nftables []struct {
+			Set *struct {
+				Name string            `json:"name"`
+				Elem []json.RawMessage `json:"elem"`
+			} `json:"set"`
+		} `json:"nftables"`
+	}
+	if err := json.Unmarshal(data, &doc); err != nil {
+		return nil, fmt.Errorf("parse nft json: %w", err)
+	}
+	uids := map[netip.Addr]string{}
+	ifaces := map[netip.Addr]string{}
+	for _, o := range doc.Nftables {
+		if o.Set == nil {
+			continue
+		}
+		for _, raw := range o.Set.Elem {
+			switch o.Set.Name {
+			case "pods4", "pods6":
+				var e struct {
+					Elem struct {
+						Val     string `json:"val"`
+						Comment string `json:"comment"`
+					} `json:"elem"`
+				}
+				if err := json.Unmarshal(raw, &e); err != nil {
+					return nil, fmt.Errorf("parse element of %s: %w", o.Set.Name, err)
+				}
+				a, err := netip.ParseAddr(e.Elem.Val)
+				if err != nil {
+					return nil, fmt.Errorf("parse element of %s: %w", o.Set.Name, err)
+				}
+				uids[a] = e.Elem.Comment
+			case "podsrc4", "podsrc6":
+				var e struct {
+					Concat []string `json:"concat"`
+				}
+				if err := json.Unmarshal(raw, &e); err != nil || len(e.Concat) != 2 {
+					return nil, fmt.Errorf("parse element of %s: %s", o.Set.Name, raw)
+				}
+				a, err := netip.ParseAddr(e.Concat[1])
+				if err != nil {
+					return nil, fmt.Errorf("parse element of %s: %w", o.Set.Name, err)
+				}
+				ifaces[a] = e.Concat[0]
+			}
+		}
+	}
+	pods := map[string]*nftPod{}
+	for a, uid := range uids {
+		p := pods[uid]
+		if p == nil {
+			p = &nftPod{UID: uid, Addrs: map[netip.Addr]string{}}
+			pods[uid] = p
+		}
+		p.Addrs[a] = ifaces[a]
+	}
+	return pods, nil
+}
