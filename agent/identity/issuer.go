@@ -8,8 +8,8 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
-	"net/url"
 	"fmt"
+	"net/url"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
