@@ -9,8 +9,8 @@
 #include "bpf_min.h"
 
 /* verdict is what the program decided for one packet. It is written to
- * skb->cb[0] (so BPF_PROG_TEST_RUN returns it in ContextOut) and counted in
- * the stats map. */
+ * skb->cb[0] (so BPF_PROG_TEST_RUN returns it in ContextOut) and, except
+ * VERDICT_PASS, counted in the per-CPU stats map. */
 enum verdict {
 	VERDICT_PASS = 0,          /* not ours: the next program or the stack decides */
 	VERDICT_ESTABLISHED = 1,   /* belongs to an existing node socket: assigned and marked */

@@ -1,0 +1,423 @@
+//go:build linux
+
+package bpf_test
+
+import (
+	"encoding/binary"
+	"errors"
+	"net"
+	"net/netip"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/rlimit"
+
+	"github.com/ambit-mesh/ambit/bpf"
+	"github.com/ambit-mesh/ambit/test/testutil"
+)
+
+// skBuff mirrors struct __sk_buff (UAPI) for BPF_PROG_TEST_RUN contexts.
+type skBuff struct {
+	Len, PktType, Mark, QueueMapping, Protocol, VlanPresent, VlanTCI, VlanProto uint32
+	Priority, IngressIfindex, Ifindex, TCIndex                                  uint32
+	CB                                                                          [5]uint32
+	Hash, TCClassid, Data, DataEnd, NapiID, Family, RemoteIP4, LocalIP4         uint32
+	RemoteIP6, LocalIP6                                                         [4]uint32
+	RemotePort, LocalPort, DataMeta                                             uint32
+	FlowKeys, Tstamp                                                            uint64
+	WireLen, GSOSegs                                                            uint32
+	Sk                                                                          uint64
+	GSOSize                                                                     uint32
+	TstampType                                                                  uint8
+	_                                                                           [3]uint8
+	HWTstamp                                                                    uint64
+}
+
+const (
+	tcActUnspec = ^uint32(0) // -1
+	tcActOK     = 0
+	tcActShot   = 2
+	eopnotsupp  = uint32(0xffffffff - 95 + 1)
+)
+
+type tcpFlags struct{ syn, ack bool }
+
+var (
+	syn    = tcpFlags{syn: true}
+	synAck = tcpFlags{syn: true, ack: true}
+	ack    = tcpFlags{ack: true}
+)
+
+// packet builds an Ethernet frame with an IPv4 or IPv6 TCP segment from src to dst.
+func packet(src, dst netip.AddrPort, fl tcpFlags) []byte {
+	tcp := make([]byte, 20)
+	binary.BigEndian.PutUint16(tcp[0:], src.Port())
+	binary.BigEndian.PutUint16(tcp[2:], dst.Port())
+	tcp[12] = 5 << 4
+	if fl.syn {
+		tcp[13] |= 0x02
+	}
+	if fl.ack {
+		tcp[13] |= 0x10
+	}
+	eth := make([]byte, 14)
+	var ip []byte
+	if src.Addr().Is4() {
+		binary.BigEndian.PutUint16(eth[12:], 0x0800)
+		ip = make([]byte, 20)
+		ip[0] = 0x45
+		binary.BigEndian.PutUint16(ip[2:], uint16(20+len(tcp)))
+		ip[8] = 64
+		ip[9] = 6
+		s, d := src.Addr().As4(), dst.Addr().As4()
+		copy(ip[12:], s[:])
+		copy(ip[16:], d[:])
+	} else {
+		binary.BigEndian.PutUint16(eth[12:], 0x86dd)
+		ip = make([]byte, 40)
+		ip[0] = 0x60
+		binary.BigEndian.PutUint16(ip[4:], uint16(len(tcp)))
+		ip[6] = 6
+		ip[7] = 64
+		s, d := src.Addr().As16(), dst.Addr().As16()
+		copy(ip[8:], s[:])
+		copy(ip[24:], d[:])
+	}
+	return append(append(eth, ip...), tcp...)
+}
+
+type fixture struct {
+	objs bpf.CaptureObjects
+}
+
+func loadFixture(tb testing.TB) *fixture {
+	tb.Helper()
+	testutil.RequireRoot(tb)
+	if err := rlimit.RemoveMemlock(); err != nil {
+		tb.Fatalf("remove memlock: %v", err)
+	}
+	spec, err := bpf.LoadCapture()
+	if err != nil {
+		tb.Fatalf("load spec: %v", err)
+	}
+	for _, m := range spec.Maps {
+		m.Pinning = ebpf.PinNone
+	}
+	f := &fixture{}
+	if err := spec.LoadAndAssign(&f.objs, nil); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			tb.Fatalf("load objects: %+v", ve)
+		}
+		tb.Fatalf("load objects: %v", err)
+	}
+	tb.Cleanup(func() { f.objs.Close() })
+	return f
+}
+
+func key(a netip.Addr) bpf.CapturePodKey {
+	return bpf.CapturePodKey{Addr: a.As16()}
+}
+
+func (f *fixture) enroll(tb testing.TB, a netip.Addr, ifindex uint32, enrolled bool) {
+	tb.Helper()
+	v := bpf.CapturePodInfo{Ifindex: ifindex}
+	if enrolled {
+		v.Flags = bpf.CapturePodFlagsPOD_ENROLLED
+	}
+	if err := f.objs.Pods.Put(key(a), v); err != nil {
+		tb.Fatalf("put pod: %v", err)
+	}
+}
+
+func (f *fixture) listen(tb testing.TB, l bpf.CaptureListener) {
+	tb.Helper()
+	var lc net.ListenConfig
+	lc.SetMultipathTCP(false)
+	ln, err := lc.Listen(tb.Context(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatalf("listen: %v", err)
+	}
+	tb.Cleanup(func() { ln.Close() })
+	raw, err := ln.(*net.TCPListener).SyscallConn()
+	if err != nil {
+		tb.Fatalf("syscall conn: %v", err)
+	}
+	var perr error
+	if err := raw.Control(func(fd uintptr) {
+		perr = f.objs.Listeners.Put(l, uint64(fd))
+	}); err != nil {
+		tb.Fatalf("control: %v", err)
+	}
+	if perr != nil {
+		tb.Fatalf("put listener: %v", perr)
+	}
+}
+
+type result struct {
+	ret      uint32
+	verdict  bpf.CaptureVerdict // cb[0]: the final verdict
+	err      uint32             // cb[1]: the bpf_sk_assign error
+	decision bpf.CaptureVerdict // cb[2]: the capture decision, set before the listener assignment
+	mark     uint32
+}
+
+func (f *fixture) run(tb testing.TB, pkt []byte, ifindex, mark uint32) result {
+	tb.Helper()
+	in := skBuff{IngressIfindex: ifindex, Mark: mark}
+	var out skBuff
+	ret, err := f.objs.Capture.Run(&ebpf.RunOptions{Data: pkt, Context: in, ContextOut: &out})
+	if err != nil {
+		tb.Fatalf("run: %v", err)
+	}
+	return result{ret: ret, verdict: bpf.CaptureVerdict(out.CB[0]), err: out.CB[1], decision: bpf.CaptureVerdict(out.CB[2]), mark: out.Mark}
+}
+
+// stats sums the per-CPU counter of v.
+func (f *fixture) stats(tb testing.TB, v bpf.CaptureVerdict) uint64 {
+	tb.Helper()
+	var per []uint64
+	if err := f.objs.Stats.Lookup(v, &per); err != nil {
+		tb.Fatalf("lookup stats: %v", err)
+	}
+	var n uint64
+	for _, x := range per {
+		n += x
+	}
+	return n
+}
+
+var (
+	pod4     = netip.MustParseAddr("10.0.0.2")
+	pod6     = netip.MustParseAddr("fd00::2")
+	draining = netip.MustParseAddr("10.0.0.3")
+	remote4  = netip.MustParseAddr("192.168.1.2")
+	remote6  = netip.MustParseAddr("fd00:1::2")
+)
+
+const (
+	podIf    = 7
+	drainIf  = 8
+	uplinkIf = 2
+)
+
+// standardFixture has pod4/pod6 enrolled on podIf, draining on drainIf, and all three listeners.
+func standardFixture(tb testing.TB) *fixture {
+	f := loadFixture(tb)
+	f.enroll(tb, pod4, podIf, true)
+	f.enroll(tb, pod6, podIf, true)
+	f.enroll(tb, draining, drainIf, false)
+	for _, l := range []bpf.CaptureListener{bpf.CaptureListenerLISTENER_OUTBOUND, bpf.CaptureListenerLISTENER_INBOUND, bpf.CaptureListenerLISTENER_HBONE} {
+		f.listen(tb, l)
+	}
+	return f
+}
+
+func ap(a netip.Addr, port uint16) netip.AddrPort { return netip.AddrPortFrom(a, port) }
+
+// withIPOptions turns a plain IPv4 packet into one with a 4-byte IP options field (IHL 6).
+func withIPOptions(pkt []byte) []byte {
+	out := append([]byte{}, pkt[:14+20]...)
+	out = append(out, 1, 1, 1, 0) // NOP, NOP, NOP, EOL
+	out = append(out, pkt[14+20:]...)
+	out[14] = 0x46
+	return out
+}
+
+// fragment marks an IPv4 packet as a non-first fragment.
+func fragment(pkt []byte) []byte {
+	out := append([]byte{}, pkt...)
+	binary.BigEndian.PutUint16(out[14+6:], 185)
+	return out
+}
+
+func udp(pkt []byte) []byte {
+	out := append([]byte{}, pkt...)
+	out[14+9] = 17
+	return out
+}
+
+func TestCaptureDecisions(t *testing.T) {
+	f := standardFixture(t)
+	cases := []struct {
+		name    string
+		pkt     []byte
+		ifindex uint32
+		mark    uint32
+		want    bpf.CaptureVerdict // the decision (cb[2] when the assignment was attempted)
+	}{
+		{"outbound syn", packet(ap(pod4, 40000), ap(remote4, 80), syn), podIf, 0, bpf.CaptureVerdictVERDICT_OUTBOUND},
+		{"outbound syn v6", packet(ap(pod6, 40000), ap(remote6, 80), syn), podIf, 0, bpf.CaptureVerdictVERDICT_OUTBOUND},
+		{"outbound syn to a remote 15008", packet(ap(pod4, 40000), ap(remote4, 15008), syn), podIf, 0, bpf.CaptureVerdictVERDICT_OUTBOUND},
+		{"outbound syn with ip options", withIPOptions(packet(ap(pod4, 40000), ap(remote4, 80), syn)), podIf, 0, bpf.CaptureVerdictVERDICT_OUTBOUND},
+		{"spoofed pod source on another interface", packet(ap(pod4, 40000), ap(remote4, 80), syn), uplinkIf, 0, bpf.CaptureVerdictVERDICT_PASS},
+		{"inbound syn", packet(ap(remote4, 40000), ap(pod4, 8080), syn), uplinkIf, 0, bpf.CaptureVerdictVERDICT_INBOUND},
+		{"inbound syn v6", packet(ap(remote6, 40000), ap(pod6, 8080), syn), uplinkIf, 0, bpf.CaptureVerdictVERDICT_INBOUND},
+		{"hbone syn", packet(ap(remote4, 40000), ap(pod4, 15008), syn), uplinkIf, 0, bpf.CaptureVerdictVERDICT_HBONE},
+		{"hbone syn v6", packet(ap(remote6, 40000), ap(pod6, 15008), syn), uplinkIf, 0, bpf.CaptureVerdictVERDICT_HBONE},
+		{"spoofed enrolled source to enrolled pod is inbound", packet(ap(pod6, 1), ap(pod6, 15008), syn), uplinkIf, 0, bpf.CaptureVerdictVERDICT_HBONE},
+		{"neither end enrolled", packet(ap(remote4, 40000), ap(netip.MustParseAddr("10.0.0.9"), 80), syn), uplinkIf, 0, bpf.CaptureVerdictVERDICT_PASS},
+		{"draining destination", packet(ap(remote4, 40000), ap(draining, 80), syn), uplinkIf, 0, bpf.CaptureVerdictVERDICT_PASS},
+		{"draining source", packet(ap(draining, 40000), ap(remote4, 80), syn), drainIf, 0, bpf.CaptureVerdictVERDICT_PASS},
+		{"ack of a pre-existing flow", packet(ap(pod4, 40000), ap(remote4, 80), ack), podIf, 0, bpf.CaptureVerdictVERDICT_PASS},
+		{"syn-ack to a pod", packet(ap(remote4, 80), ap(pod4, 40000), synAck), uplinkIf, 0, bpf.CaptureVerdictVERDICT_PASS},
+		{"agent's own mark", packet(ap(pod4, 40000), ap(remote4, 80), syn), podIf, 0x539, bpf.CaptureVerdictVERDICT_PASS},
+		{"own mark under its mask", packet(ap(pod4, 40000), ap(remote4, 80), syn), podIf, 0x10539, bpf.CaptureVerdictVERDICT_PASS},
+		{"udp", udp(packet(ap(pod4, 40000), ap(remote4, 53), syn)), podIf, 0, bpf.CaptureVerdictVERDICT_PASS},
+		{"non-first fragment", fragment(packet(ap(pod4, 40000), ap(remote4, 80), syn)), podIf, 0, bpf.CaptureVerdictVERDICT_PASS},
+		{"truncated tcp header", packet(ap(pod4, 40000), ap(remote4, 80), syn)[:14+20+10], podIf, 0, bpf.CaptureVerdictVERDICT_PASS},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			before := f.stats(t, bpf.CaptureVerdictVERDICT_ASSIGN_FAILED)
+			r := f.run(t, tc.pkt, tc.ifindex, tc.mark)
+			counted := f.stats(t, bpf.CaptureVerdictVERDICT_ASSIGN_FAILED) - before
+			if tc.want == bpf.CaptureVerdictVERDICT_PASS {
+				if r.verdict != tc.want || r.ret != tcActUnspec || r.mark != tc.mark || counted != 0 {
+					t.Fatalf("got %+v (counted %d), want pass to the next program with the mark unchanged", r, counted)
+				}
+				return
+			}
+			// Under BPF_PROG_TEST_RUN bpf_sk_assign returns -EOPNOTSUPP: the decision is in cb[2] and the
+			// packet is dropped, as it would be if the kernel refused the listener.
+			if r.verdict != bpf.CaptureVerdictVERDICT_ASSIGN_FAILED || r.err != eopnotsupp || r.decision != tc.want || r.ret != tcActShot || counted != 1 {
+				t.Fatalf("got %+v (counted %d), want decision %d with the assignment attempted", r, counted, tc.want)
+			}
+		})
+	}
+}
+
+func TestCaptureNoListener(t *testing.T) {
+	f := standardFixture(t)
+	if err := f.objs.Listeners.Delete(bpf.CaptureListenerLISTENER_HBONE); err != nil {
+		t.Fatalf("delete listener: %v", err)
+	}
+	r := f.run(t, packet(ap(remote4, 40000), ap(pod4, 15008), syn), uplinkIf, 0)
+	if r.verdict != bpf.CaptureVerdictVERDICT_NO_LISTENER || r.ret != tcActShot {
+		t.Fatalf("got %+v, want the SYN dropped while the agent is away", r)
+	}
+	// Other roles are unaffected.
+	r = f.run(t, packet(ap(remote4, 40000), ap(pod4, 80), syn), uplinkIf, 0)
+	if r.decision != bpf.CaptureVerdictVERDICT_INBOUND {
+		t.Fatalf("got %+v, want inbound", r)
+	}
+}
+
+// TestCaptureEstablished checks the established-first lookup against real sockets of this network namespace
+// (test runs use its loopback device).
+func TestCaptureEstablished(t *testing.T) {
+	f := standardFixture(t)
+	lo := netip.MustParseAddr("127.0.0.1")
+	f.enroll(t, lo, 1, true)
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	server, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	srv := ln.Addr().(*net.TCPAddr).AddrPort()
+	cli := client.LocalAddr().(*net.TCPAddr).AddrPort()
+
+	t.Run("packet of an established socket", func(t *testing.T) {
+		r := f.run(t, packet(cli, srv, ack), 1, 0)
+		if r.verdict != bpf.CaptureVerdictVERDICT_ESTABLISHED || r.err != eopnotsupp || r.ret != tcActOK || r.mark != 0x400 {
+			t.Fatalf("got %+v, want established, assigned and marked 0x400", r)
+		}
+	})
+	t.Run("mark keeps bits outside the mask", func(t *testing.T) {
+		r := f.run(t, packet(cli, srv, ack), 1, 0x10f00)
+		if r.mark != 0x10400 {
+			t.Fatalf("mark = %#x, want 0x10400", r.mark)
+		}
+	})
+	t.Run("syn matching only a listening socket is a new capture", func(t *testing.T) {
+		r := f.run(t, packet(ap(lo, 50000), srv, syn), 1, 0)
+		if r.decision != bpf.CaptureVerdictVERDICT_OUTBOUND {
+			t.Fatalf("got %+v, want outbound (listeners are never assigned by the lookup)", r)
+		}
+	})
+	t.Run("draining keeps established flows", func(t *testing.T) {
+		f.enroll(t, lo, 1, false)
+		defer f.enroll(t, lo, 1, true)
+		if r := f.run(t, packet(cli, srv, ack), 1, 0); r.verdict != bpf.CaptureVerdictVERDICT_ESTABLISHED {
+			t.Fatalf("got %+v, want established", r)
+		}
+		if r := f.run(t, packet(ap(lo, 50001), srv, syn), 1, 0); r.verdict != bpf.CaptureVerdictVERDICT_PASS {
+			t.Fatalf("got %+v, want pass for a new connection of a draining pod", r)
+		}
+	})
+}
+
+// BenchmarkCapture measures the program's cost per packet with BPF_PROG_TEST_RUN's repeat loop.
+func BenchmarkCapture(b *testing.B) {
+	f := standardFixture(b)
+	cases := []struct {
+		name    string
+		pkt     []byte
+		ifindex uint32
+	}{
+		{"udp", udp(packet(ap(pod4, 40000), ap(remote4, 53), syn)), podIf},
+		{"tcp not enrolled", packet(ap(remote4, 40000), ap(netip.MustParseAddr("10.0.0.9"), 80), ack), uplinkIf},
+		{"tcp enrolled no socket", packet(ap(pod4, 40000), ap(remote4, 80), ack), podIf},
+		{"syn outbound", packet(ap(pod4, 40000), ap(remote4, 80), syn), podIf},
+		{"syn outbound v6", packet(ap(pod6, 40000), ap(remote6, 80), syn), podIf},
+	}
+	// A real established socket in this namespace, for the established-first path.
+	lo := netip.MustParseAddr("127.0.0.1")
+	f.enroll(b, lo, 1, true)
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer client.Close()
+	server, err := ln.Accept()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer server.Close()
+	cases = append(cases, struct {
+		name    string
+		pkt     []byte
+		ifindex uint32
+	}{"tcp established", packet(client.LocalAddr().(*net.TCPAddr).AddrPort(), ln.Addr().(*net.TCPAddr).AddrPort(), ack), 1})
+
+	// The harness's own cost per repeat, to subtract: a program that only returns.
+	empty, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:         ebpf.SchedCLS,
+		Instructions: asm.Instructions{asm.LoadImm(asm.R0, -1, asm.DWord), asm.Return()},
+		License:      "Dual BSD/GPL",
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer empty.Close()
+	b.Run("baseline empty program", func(b *testing.B) {
+		if _, err := empty.Run(&ebpf.RunOptions{Data: cases[0].pkt, Context: skBuff{}, Repeat: uint32(b.N)}); err != nil {
+			b.Fatal(err)
+		}
+	})
+	for _, tc := range cases {
+		b.Run(tc.name, func(b *testing.B) {
+			in := skBuff{IngressIfindex: tc.ifindex}
+			b.ResetTimer()
+			if _, err := f.objs.Capture.Run(&ebpf.RunOptions{Data: tc.pkt, Context: in, Repeat: uint32(b.N)}); err != nil {
+				b.Fatal(err)
+			}
+		})
+	}
+}
