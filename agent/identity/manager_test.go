@@ -233,7 +233,7 @@ func TestManagerBackoffKeepsOldCertificate(t *testing.T) {
 			if st.State != StateAvailable || st.Failures != i+1 || !strings.Contains(st.LastError, errBoom.Error()) {
 				t.Fatalf("after failure %d: state %v failures %d err %q", i+1, st.State, st.Failures, st.LastError)
 			}
-			if gap := st.NextAttempt.Sub(time.Now()); gap != d {
+			if gap := time.Until(st.NextAttempt); gap != d {
 				t.Fatalf("retry %d scheduled in %v, want %v", i+1, gap, d)
 			}
 			if mustFetch(t, m, testID) != c1 {
@@ -247,7 +247,7 @@ func TestManagerBackoffKeepsOldCertificate(t *testing.T) {
 		}
 
 		// Past expiry the old certificate is gone: Fetch fails instead of serving it.
-		time.Sleep(c1.NotAfter().Sub(time.Now()))
+		time.Sleep(time.Until(c1.NotAfter()))
 		c, err := m.Fetch(context.Background(), testID)
 		if err == nil || !(errors.Is(err, ErrUnavailable) || errors.Is(err, errBoom)) {
 			t.Fatalf("Fetch after expiry with CA down = %v, %v; want an error", c, err)
@@ -399,7 +399,7 @@ func TestManagerRefreshAndStaleIssuer(t *testing.T) {
 		// An issuer that keeps answering with the certificate due for renewal is retried with backoff,
 		// and the certificate is kept meanwhile.
 		iss.set(func(f *faultyIssuer) { f.sticky = true })
-		time.Sleep(c2.RefreshAt().Sub(time.Now()))
+		time.Sleep(time.Until(c2.RefreshAt()))
 		synctest.Wait()
 		st := m.Snapshot()[0]
 		if st.State != StateAvailable || st.Failures != 1 || !strings.Contains(st.LastError, "no newer certificate") {
