@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
+	sigsjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
@@ -248,8 +249,12 @@ func (o *Objects) decodeDoc(src Source, raw []byte) error {
 // decodeInto strictly decodes js (unknown fields are errors) into a new T and appends it to *list.
 func decodeInto[T any](o *Objects, src Source, js []byte, list *[]*T, ierr func(error) error) error {
 	obj := new(T)
-	if err := yaml.UnmarshalStrict(js, obj); err != nil {
+	strictErrs, err := sigsjson.UnmarshalStrict(js, obj)
+	if err != nil {
 		return ierr(fmt.Errorf("decode: %w", err))
+	}
+	if len(strictErrs) > 0 {
+		return ierr(fmt.Errorf("decode: %w", errors.Join(strictErrs...)))
 	}
 	*list = append(*list, obj)
 	o.add(obj, src)

@@ -105,7 +105,7 @@ type View interface {
 	WorkloadByAddr(state.NetworkAddress) *state.Workload
 	ServiceByVIP(addr state.NetworkAddress, clientNamespace string) *state.Service
 	Service(state.NamespacedHostname) *state.Service
-	Endpoints(state.NamespacedHostname) []state.Endpoint
+	Endpoints(state.NamespacedHostname) []*state.Workload
 }
 
 var _ View = (*state.Store)(nil)
@@ -167,7 +167,7 @@ func Build(v View, r *Request) Plan {
 		if !ok {
 			return Plan{Path: PathReject, Service: svc, Reason: ReasonNoHealthyEndpoint}
 		}
-		p := direct(ep.Workload, svc, dst, target, ReasonServiceEndpoint)
+		p := direct(ep, svc, dst, target, ReasonServiceEndpoint)
 		p.Service = svc
 		return p
 	}
@@ -294,7 +294,7 @@ func resolveWaypoint(v View, r *Request, g *state.GatewayAddress) (*state.Worklo
 	if !ok {
 		return nil, wsvc, 0, ReasonNoWaypointEndpoint
 	}
-	return ep.Workload, wsvc, target, 0
+	return ep, wsvc, target, 0
 }
 
 // fromWaypoint reports whether the caller is an instance of waypoint g: its identity and source IP
@@ -308,7 +308,7 @@ func fromWaypoint(v View, r *Request, g *state.GatewayAddress) bool {
 	if g.IsHostname() {
 		if wsvc := v.Service(g.Hostname); wsvc != nil {
 			for _, ep := range v.Endpoints(wsvc.Key()) {
-				if is(ep.Workload) {
+				if is(ep) {
 					return true
 				}
 			}
@@ -320,7 +320,7 @@ func fromWaypoint(v View, r *Request, g *state.GatewayAddress) bool {
 	}
 	if wsvc := v.ServiceByVIP(g.Address, src.Namespace); wsvc != nil {
 		for _, ep := range v.Endpoints(wsvc.Key()) {
-			if is(ep.Workload) {
+			if is(ep) {
 				return true
 			}
 		}
@@ -331,7 +331,7 @@ func fromWaypoint(v View, r *Request, g *state.GatewayAddress) bool {
 // pickEndpoint load-balances over eps (7.3): healthy endpoints (or all, with AllowAll) that have an IP
 // and a port mapping, narrowed by the service's routing preferences, chosen at random weighted by
 // capacity. It returns the endpoint and its target port.
-func pickEndpoint(eps []state.Endpoint, svc *state.Service, port state.Port, src *state.Workload, r *Request, waypointMode bool) (state.Endpoint, uint16, bool) {
+func pickEndpoint(eps []*state.Workload, svc *state.Service, port state.Port, src *state.Workload, r *Request, waypointMode bool) (*state.Workload, uint16, bool) {
 	lb := svc.LoadBalancing
 	allowAll := lb != nil && lb.HealthPolicy == state.AllowAll
 	var prefs []state.LoadBalancingScope
@@ -340,43 +340,42 @@ func pickEndpoint(eps []state.Endpoint, svc *state.Service, port state.Port, src
 		prefs = lb.RoutingPreference
 		strict = lb.Mode == state.LBStrict
 	}
-	usable := func(ep *state.Endpoint) (uint16, bool) {
-		w := ep.Workload
+	key := svc.Key()
+	usable := func(w *state.Workload) (uint16, bool) {
 		if w.Status != state.Healthy && !allowAll || len(w.Addresses) == 0 {
 			return 0, false
 		}
-		if t, ok := ep.Target(port.ServicePort); ok {
-			return t, true
+		if ref := w.ServiceRef(key); ref != nil {
+			if t, ok := ref.Target(port.ServicePort); ok {
+				return t, true
+			}
 		}
 		if port.TargetPort != 0 {
 			return port.TargetPort, true
 		}
-		if waypointMode && w.ApplicationTunnel != nil && w.ApplicationTunnel.Port != 0 {
-			return port.ServicePort, true
-		}
-		if waypointMode && port.TargetPort == 0 && len(svc.Ports) == 0 {
+		if waypointMode && (w.ApplicationTunnel != nil && w.ApplicationTunnel.Port != 0 || len(svc.Ports) == 0) {
 			return port.ServicePort, true
 		}
 		return 0, false
 	}
 	maxRank, total := -1, uint64(0)
-	for i := range eps {
-		if _, ok := usable(&eps[i]); !ok {
+	for _, w := range eps {
+		if _, ok := usable(w); !ok {
 			continue
 		}
-		rk := rank(prefs, src, eps[i].Workload)
+		rk := rank(prefs, src, w)
 		if strict && rk < len(prefs) {
 			continue
 		}
 		switch {
 		case rk > maxRank:
-			maxRank, total = rk, uint64(eps[i].Workload.Capacity)
+			maxRank, total = rk, uint64(w.Capacity)
 		case rk == maxRank:
-			total += uint64(eps[i].Workload.Capacity)
+			total += uint64(w.Capacity)
 		}
 	}
 	if total == 0 {
-		return state.Endpoint{}, 0, false
+		return nil, 0, false
 	}
 	var n uint64
 	if r.Rand != nil {
@@ -384,18 +383,18 @@ func pickEndpoint(eps []state.Endpoint, svc *state.Service, port state.Port, src
 	} else {
 		n = rand.Uint64N(total)
 	}
-	for i := range eps {
-		t, ok := usable(&eps[i])
-		if !ok || rank(prefs, src, eps[i].Workload) != maxRank {
+	for _, w := range eps {
+		t, ok := usable(w)
+		if !ok || rank(prefs, src, w) != maxRank {
 			continue
 		}
-		c := uint64(eps[i].Workload.Capacity)
-		if n < c {
-			return eps[i], t, true
+		if c := uint64(w.Capacity); n >= c {
+			n -= c
+			continue
 		}
-		n -= c
+		return w, t, true
 	}
-	return state.Endpoint{}, 0, false // unreachable: total counted the same endpoints
+	return nil, 0, false // unreachable: total counted the same endpoints
 }
 
 // rank counts how many leading routing preferences the endpoint shares with the source.

@@ -67,8 +67,8 @@ type index struct {
 // endpointSet is the set of workloads behind one service. list is rebuilt (copy on write) after each
 // batch that touched byUID, so readers may keep the slice they got.
 type endpointSet struct {
-	byUID map[string]Endpoint
-	list  []Endpoint
+	byUID map[string]*Workload
+	list  []*Workload
 	dirty bool
 }
 
@@ -177,10 +177,10 @@ func (ix *index) addWorkload(w *Workload) {
 	for _, ref := range w.Services {
 		es := ix.endpoints[ref.Service]
 		if es == nil {
-			es = &endpointSet{byUID: map[string]Endpoint{}}
+			es = &endpointSet{byUID: map[string]*Workload{}}
 			ix.endpoints[ref.Service] = es
 		}
-		es.byUID[w.UID] = Endpoint{Workload: w, Ports: ref.Ports}
+		es.byUID[w.UID] = w
 		es.dirty = true
 	}
 }
@@ -220,12 +220,12 @@ func (ix *index) removeWorkload(uid string) {
 }
 
 func (es *endpointSet) rebuild() {
-	list := make([]Endpoint, 0, len(es.byUID))
-	for _, e := range es.byUID {
-		list = append(list, e)
+	list := make([]*Workload, 0, len(es.byUID))
+	for _, w := range es.byUID {
+		list = append(list, w)
 	}
 	// A stable order keeps load balancing and dumps deterministic for a given state.
-	slices.SortFunc(list, func(a, b Endpoint) int { return strings.Compare(a.Workload.UID, b.Workload.UID) })
+	slices.SortFunc(list, func(a, b *Workload) int { return strings.Compare(a.UID, b.UID) })
 	es.list = list
 	es.dirty = false
 }
@@ -367,9 +367,10 @@ func (s *Store) Service(key NamespacedHostname) *Service {
 	return s.idx.services[key]
 }
 
-// Endpoints returns the endpoints of the service key (whether or not the service itself is known yet),
-// in a stable order. The slice is shared and must not be modified.
-func (s *Store) Endpoints(key NamespacedHostname) []Endpoint {
+// Endpoints returns the workloads behind the service key (whether or not the service itself is known
+// yet), sorted by UID. Each one's ports for the service are in its ServiceRef(key). The slice is shared
+// and must not be modified.
+func (s *Store) Endpoints(key NamespacedHostname) []*Workload {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if es := s.idx.endpoints[key]; es != nil {

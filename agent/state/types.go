@@ -191,7 +191,6 @@ type Workload struct {
 	Addresses []netip.Addr
 	Hostname  string
 	Network   string
-	Protocol  TunnelProtocol
 	// TrustDomain and ServiceAccount form the workload's SPIFFE identity; Validate fills defaults.
 	TrustDomain    string
 	ServiceAccount string
@@ -201,21 +200,22 @@ type Workload struct {
 	Node              string
 	CanonicalName     string
 	CanonicalRevision string
-	WorkloadType      WorkloadType
 	WorkloadName      string
-	// NativeTunnel is set for workloads that terminate HBONE themselves (sidecars, waypoints).
-	NativeTunnel      bool
 	ApplicationTunnel *ApplicationTunnel
 	// Services lists the services this workload is an endpoint of.
 	Services []ServiceRef
 	// AuthorizationPolicies names ("ns/name") the workload-selector policies that apply.
 	AuthorizationPolicies []string
-	Status                WorkloadStatus
 	ClusterID             string
 	Locality              Locality
-	NetworkMode           NetworkMode
 	// Capacity is the load-balancing weight; Validate turns 0 into 1.
-	Capacity uint32
+	Capacity     uint32
+	Protocol     TunnelProtocol
+	Status       WorkloadStatus
+	NetworkMode  NetworkMode
+	WorkloadType WorkloadType
+	// NativeTunnel is set for workloads that terminate HBONE themselves (sidecars, waypoints).
+	NativeTunnel bool
 
 	identity string // spiffe://<td>/ns/<ns>/sa/<sa>, set by Validate
 }
@@ -360,21 +360,4 @@ func (s *Service) Port(port uint16) (Port, bool) {
 		}
 	}
 	return Port{}, false
-}
-
-// Endpoint is one workload behind a service, as stored in the endpoint index.
-type Endpoint struct {
-	Workload *Workload
-	// Ports are the workload's mappings for this service.
-	Ports []PortMapping
-}
-
-// Target returns the endpoint's target port for a service port.
-func (e *Endpoint) Target(servicePort uint16) (uint16, bool) {
-	for _, p := range e.Ports {
-		if p.ServicePort == servicePort {
-			return p.TargetPort, true
-		}
-	}
-	return 0, false
 }
