@@ -204,9 +204,12 @@ static __always_inline int steer(struct __sk_buff *skb, __u32 l2)
 		if (sk->state == BPF_TCP_LISTEN || (sk->state == BPF_TCP_TIME_WAIT && f.syn && !f.ack)) {
 			bpf_sk_release(sk);
 		} else {
-			err = bpf_sk_assign(skb, sk, 0);
+			/* Marking is enough: policy routing delivers the packet
+			 * locally and the stack finds this socket itself, through
+			 * early demux (which bpf_sk_assign would disable, costing
+			 * a full route lookup per packet). */
 			bpf_sk_release(sk);
-			return finish(skb, VERDICT_ESTABLISHED, err);
+			return finish(skb, VERDICT_ESTABLISHED, 0);
 		}
 	}
 

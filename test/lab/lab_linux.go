@@ -472,3 +472,18 @@ func addr(p netip.Prefix) *netlink.Addr {
 func ipnet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
+
+// List returns the names of the labs that exist (found by their fabric namespaces).
+func List() ([]string, error) {
+	names, err := listNS(NamePrefix)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, n := range names {
+		if lab, ok := strings.CutSuffix(n, "-fab"); ok {
+			out = append(out, lab)
+		}
+	}
+	return out, nil
+}
