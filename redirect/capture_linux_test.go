@@ -2,6 +2,7 @@ package redirect_test
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -376,4 +377,84 @@ func hooks(tb testing.TB, node *lab.Node) hookState {
 	h.Routes = len(routes)
 	h.NFTTable = node.NS.Command(tb.Context(), "nft", "list", "table", "inet", redirect.DefaultNFTTable).Run() == nil
 	return h
+}
+
+func TestProbeAndAutoMode(t *testing.T) {
+	l := lab.Start(t, lab.Options{Nodes: 1, PodsPerNode: 1})
+	opts := agentOptions(l.Nodes[0], redirect.ModeAuto)
+	for _, m := range []redirect.Mode{redirect.ModeEBPF, redirect.ModeTPROXY} {
+		if err := redirect.Probe(t.Context(), m, opts); err != nil {
+			t.Errorf("probe %s on Linux 6.18: %v", m, err)
+		}
+	}
+	// This kernel has every feature, so auto picks eBPF.
+	a := startAgent(t, l.Nodes[0], opts)
+	if a.r.Mode() != redirect.ModeEBPF {
+		t.Errorf("auto mode chose %s", a.r.Mode())
+	}
+}
+
+func TestEnrollErrors(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(string(mode), func(t *testing.T) {
+			testutil.CheckFDs(t)
+			l := lab.Start(t, lab.Options{Nodes: 2, PodsPerNode: 1})
+			a := startAgent(t, l.Nodes[0], agentOptions(l.Nodes[0], mode))
+			remotePod := l.Nodes[1].Pods[0]
+			cases := []struct {
+				name string
+				pod  redirect.Pod
+				want error
+			}{
+				{"pod of another node", redirect.Pod{UID: "x", IPs: []netip.Addr{remotePod.IP}}, redirect.ErrNotLocal},
+				{"node address", redirect.Pod{UID: "x", IPs: []netip.Addr{l.Nodes[0].IP}}, redirect.ErrNotLocal},
+				{"no addresses", redirect.Pod{UID: "x"}, redirect.ErrInvalidPod},
+			}
+			for _, tc := range cases {
+				t.Run(tc.name, func(t *testing.T) {
+					if err := a.r.Enroll(t.Context(), tc.pod); !errors.Is(err, tc.want) {
+						t.Errorf("Enroll = %v, want %v", err, tc.want)
+					}
+				})
+			}
+			if err := a.r.Unenroll(t.Context(), "never-enrolled"); err != nil {
+				t.Errorf("unenroll unknown: %v", err)
+			}
+			a.stop()
+			if err := a.r.Enroll(t.Context(), redirect.Pod{UID: "x", IPs: l.Nodes[0].Pods[0].IPs()}); !errors.Is(err, redirect.ErrClosed) {
+				t.Errorf("enroll after close = %v, want ErrClosed", err)
+			}
+			if err := redirect.Cleanup(t.Context(), a.opts); err != nil {
+				t.Errorf("cleanup: %v", err)
+			}
+		})
+	}
+}
+
+// TestReenrollMovesAddresses checks that enrolling a UID again replaces its addresses and that an address taken
+// over by another pod (IP reuse) leaves its previous owner.
+func TestReenrollMovesAddresses(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(string(mode), func(t *testing.T) {
+			l := lab.Start(t, lab.Options{Nodes: 1, PodsPerNode: 2})
+			a := startAgent(t, l.Nodes[0], agentOptions(l.Nodes[0], mode))
+			p0, p1 := l.Nodes[0].Pods[0], l.Nodes[0].Pods[1]
+			ctx := t.Context()
+			must := func(err error) {
+				t.Helper()
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			must(a.r.Enroll(ctx, redirect.Pod{UID: "a", IPs: p0.IPs()}))
+			must(a.r.Enroll(ctx, redirect.Pod{UID: "a", IPs: []netip.Addr{p0.IP}}))
+			must(a.r.Enroll(ctx, redirect.Pod{UID: "b", IPs: []netip.Addr{p1.IP, p0.IP}}))
+			got, err := a.r.Enrolled(ctx)
+			must(err)
+			// "a" lost its only remaining address to "b".
+			if len(got) != 1 || got[0].UID != "b" || len(got[0].IPs) != 2 || got[0].IPs[0] != p0.IP || got[0].IPs[1] != p1.IP {
+				t.Fatalf("enrolled = %+v, want only b with %s and %s", got, p0.IP, p1.IP)
+			}
+		})
+	}
 }

@@ -83,7 +83,7 @@ func TestPodValidate(t *testing.T) {
 
 func TestEnrolledList(t *testing.T) {
 	a, b := netip.MustParseAddr("fd00::2"), netip.MustParseAddr("10.0.0.2")
-	got := enrolledList(map[string][]netip.Addr{"z": {a, b}, "a": {b}}, map[string]string{"z": "ns/z"})
+	got := enrolledList(map[string][]netip.Addr{"z": {a, b}, "a": {b}, "empty": {}}, map[string]string{"z": "ns/z"})
 	if len(got) != 2 || got[0].UID != "a" || got[1].UID != "z" || got[1].Name != "ns/z" || got[1].IPs[0] != b || got[1].IPs[1] != a {
 		t.Fatalf("enrolledList = %+v", got)
 	}
