@@ -49,9 +49,11 @@ end=$(date +%s)
 	echo "built $(date -u +%Y-%m-%dT%H:%M:%SZ) in $((end - start)) s"
 } >"$STAGE/BUILDINFO"
 rm -rf "$STAGE/mod"
+chmod 0755 "$STAGE"
 
 # Publish atomically; if a concurrent build won the race, keep its result.
 if ! mv -T "$STAGE" "$DEST" 2>/dev/null; then
+	[[ -x "$DEST/bin/spire-server" && -x "$DEST/bin/spire-agent" ]] || { echo "build-spire: cannot publish $DEST" >&2; exit 1; }
 	echo "build-spire: $DEST appeared concurrently; using it" >&2
 fi
 trap - EXIT
