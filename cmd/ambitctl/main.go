@@ -1,4 +1,81 @@
-// Command ambitctl is Ambit's command-line tool: waypoint management and node-level debugging.
+// Command ambitctl is Ambit's command-line tool: waypoint management in istioctl's words, and offline
+// inspection of a local configuration (which waypoint binds what, and how a connection is routed).
 package main
 
-func main() {}
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/spf13/cobra"
+)
+
+// Exit codes: 1 for failures, 2 for bad input (flags, arguments, configuration files).
+const (
+	exitFailure  = 1
+	exitBadInput = 2
+)
+
+// inputError marks an error caused by the user's input; it exits with code 2.
+type inputError struct{ err error }
+
+func (e inputError) Error() string { return e.err.Error() }
+func (e inputError) Unwrap() error { return e.err }
+
+func badInput(format string, args ...any) error { return inputError{fmt.Errorf(format, args...)} }
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run executes ambitctl with args and returns the exit code. It is the only place that decides one.
+func run(args []string, stdout, stderr io.Writer) int {
+	root := newRootCmd()
+	// Cobra validates arguments and flags before any PersistentPreRun; an error before it is bad input.
+	parsed := false
+	root.PersistentPreRun = func(*cobra.Command, []string) { parsed = true }
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	err := root.Execute()
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintf(stderr, "Error: %v\n", err)
+	var ie inputError
+	if errors.As(err, &ie) || isFlagError(err) || !parsed {
+		return exitBadInput
+	}
+	return exitFailure
+}
+
+// rootFlags are the flags every command shares.
+type rootFlags struct {
+	namespace string
+}
+
+func newRootCmd() *cobra.Command {
+	rf := &rootFlags{}
+	root := &cobra.Command{
+		Use:           "ambitctl",
+		Short:         "Ambit's command-line tool",
+		Long:          "ambitctl manages waypoints the way istioctl does and explains how Ambit binds and routes traffic.",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return flagError{err} })
+	root.PersistentFlags().StringVarP(&rf.namespace, "namespace", "n", "", "Kubernetes namespace")
+	root.AddCommand(newWaypointCmd(rf), newExplainCmd(rf))
+	return root
+}
+
+// flagError marks a flag parsing error (bad input).
+type flagError struct{ err error }
+
+func (e flagError) Error() string { return e.err.Error() }
+
+func isFlagError(err error) bool {
+	var fe flagError
+	return errors.As(err, &fe)
+}
