@@ -2,10 +2,43 @@
 
 .DEFAULT_GOAL := help
 GO ?= go
+BIN ?= bin
+FUZZTIME ?= 30s
+# Root-only tests skip without root; CI sets AMBIT_REQUIRE_ROOT=1 so that they fail instead.
+TEST_TIMEOUT ?= 30m
 
 .PHONY: help
 help: ## list targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: build
+build: ## build bin/ambit and bin/ambitctl (no clang needed: BPF objects are committed)
+	$(GO) build -o $(BIN)/ambit ./cmd/ambit
+	$(GO) build -o $(BIN)/ambitctl ./cmd/ambitctl
+
+.PHONY: test
+test: lint verify-gen ## everything CI runs: lint, generated-code check, all tests with -race (root tiers need root)
+	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+.PHONY: test-short
+test-short: ## unit tests only, no race detector (fast inner loop)
+	$(GO) test -count=1 -short ./...
+
+.PHONY: lint
+lint: ## gofmt, go vet, staticcheck, go.mod tidiness
+	@files=$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfel.go$$')); if [ -n "$$files" ]; then echo "gofmt needed:"; echo "$$files"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) tool staticcheck ./...
+	$(GO) mod tidy -diff
+
+.PHONY: fuzz
+fuzz: ## run every fuzz target for FUZZTIME each (default 30s)
+	$(GO) test -run '^$$' -fuzz '^FuzzCompile$$' -fuzztime $(FUZZTIME) ./agent/localconfig/
+
+.PHONY: bench
+bench: ## foundation benchmarks: config compile, state memory, route planning (medians of 5)
+	$(GO) test -run '^$$' -bench 'Compile|StateMemory' -benchtime 5x -count 5 ./agent/localconfig/
+	$(GO) test -run '^$$' -bench 'Build' -count 5 ./agent/route/
 
 .PHONY: generate
 generate: ## regenerate the bpf2go output in bpf/ (needs clang and llvm-strip)
