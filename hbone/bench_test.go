@@ -1,0 +1,500 @@
+package hbone
+
+// Benchmarks comparing HBONE with raw TCP, plain TLS 1.3 and an HBONE built on net/http's HTTP/2, all on
+// loopback in one process with the same certificates and buffer sizes. hack/bench-hbone runs them in
+// interleaved rounds and prints medians and ratios.
+//
+// Every variant serves the same tiny protocol on one stream: the client sends a mode byte, then
+//   'u' upload:   the client writes, half-closes; the server counts to EOF and answers the count (8 bytes).
+//   'd' download: the client sends a byte count; the server writes that many bytes and half-closes.
+//   'p' ping:     the server echoes every byte at once, until EOF.
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"runtime"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+const benchBuf = 256 << 10
+
+// benchConn is one established client stream of any variant.
+type benchConn interface {
+	io.ReadWriter
+	CloseWrite() error
+	Close() error
+}
+
+// serveBench runs the benchmark protocol on one server-side stream.
+func serveBench(c benchConn, flush func()) error {
+	var mode [1]byte
+	if _, err := io.ReadFull(c, mode[:]); err != nil {
+		return err
+	}
+	buf := make([]byte, benchBuf)
+	switch mode[0] {
+	case 'u':
+		var n int64
+		for {
+			m, err := c.Read(buf)
+			n += int64(m)
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				return err
+			}
+		}
+		var b [8]byte
+		binary.LittleEndian.PutUint64(b[:], uint64(n))
+		if _, err := c.Write(b[:]); err != nil {
+			return err
+		}
+		flush()
+		return c.CloseWrite()
+	case 'd':
+		var b [8]byte
+		if _, err := io.ReadFull(c, b[:]); err != nil {
+			return err
+		}
+		for n := int64(binary.LittleEndian.Uint64(b[:])); n > 0; {
+			m := min(n, int64(len(buf)))
+			if _, err := c.Write(buf[:m]); err != nil {
+				return err
+			}
+			flush()
+			n -= m
+		}
+		return c.CloseWrite()
+	case 'p':
+		for {
+			m, err := c.Read(buf)
+			if m > 0 {
+				if _, err := c.Write(buf[:m]); err != nil {
+					return err
+				}
+				flush()
+			}
+			if err == io.EOF {
+				return c.CloseWrite()
+			}
+			if err != nil {
+				return err
+			}
+		}
+	}
+	return fmt.Errorf("bad mode %q", mode[0])
+}
+
+// benchVariant starts a server and returns a dial func for client streams.
+type benchVariant struct {
+	name  string
+	start func(tb testing.TB, pki *testPKI) func() (benchConn, error)
+}
+
+var benchVariants = []benchVariant{
+	{"tcp", startTCPBench},
+	{"tls", startTLSBench},
+	{"hbone", startHBONEBench},
+	{"h2default", startH2DefaultBench},
+}
+
+func listenLoopback(tb testing.TB) net.Listener {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return ln
+}
+
+// acceptLoop serves every accepted connection with wrap+serveBench until ln closes.
+func acceptLoop(tb testing.TB, ln net.Listener, wrap func(net.Conn) (benchConn, error)) {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer nc.Close()
+				c, err := wrap(nc)
+				if err != nil {
+					return
+				}
+				_ = serveBench(c, func() {})
+			}()
+		}
+	}()
+	tb.Cleanup(func() { _ = ln.Close(); wg.Wait() })
+}
+
+func startTCPBench(tb testing.TB, _ *testPKI) func() (benchConn, error) {
+	ln := listenLoopback(tb)
+	acceptLoop(tb, ln, func(nc net.Conn) (benchConn, error) { return nc.(*net.TCPConn), nil })
+	return func() (benchConn, error) {
+		nc, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			return nil, err
+		}
+		return nc.(*net.TCPConn), nil
+	}
+}
+
+// plainTLSConfigs are TLS 1.3 configs with the same certificates HBONE uses, without ALPN.
+func plainTLSConfigs(pki *testPKI) (srv, cli *tls.Config) {
+	srv = &tls.Config{
+		MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{pki.server.Certificate},
+		ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pki.server.Roots, SessionTicketsDisabled: true,
+	}
+	cli = &tls.Config{
+		MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{pki.client.Certificate},
+		RootCAs: pki.client.Roots, InsecureSkipVerify: true,
+	}
+	return srv, cli
+}
+
+func startTLSBench(tb testing.TB, pki *testPKI) func() (benchConn, error) {
+	ln := listenLoopback(tb)
+	scfg, ccfg := plainTLSConfigs(pki)
+	acceptLoop(tb, ln, func(nc net.Conn) (benchConn, error) {
+		tc := tls.Server(nc, scfg)
+		return tc, tc.Handshake()
+	})
+	return func() (benchConn, error) {
+		return tls.Dial("tcp", ln.Addr().String(), ccfg)
+	}
+}
+
+func startHBONEBench(tb testing.TB, pki *testPKI) func() (benchConn, error) {
+	h := HandlerFunc(func(ctx context.Context, r *Request) error {
+		c, err := r.Accept(nil)
+		if err != nil {
+			return err
+		}
+		return serveBench(c.(*Stream), func() {})
+	})
+	ts := startServer(tb, pki, h, nil)
+	p := newTestPool(tb, pki, nil)
+	t := ts.target(pki)
+	return func() (benchConn, error) {
+		c, err := p.Dial(context.Background(), t)
+		if err != nil {
+			return nil, err
+		}
+		return c.(*Stream), nil
+	}
+}
+
+// h2Stream is a CONNECT stream over net/http's HTTP/2 client.
+type h2Stream struct {
+	pw   *io.PipeWriter
+	body io.ReadCloser
+}
+
+func (s *h2Stream) Read(p []byte) (int, error)  { return s.body.Read(p) }
+func (s *h2Stream) Write(p []byte) (int, error) { return s.pw.Write(p) }
+func (s *h2Stream) CloseWrite() error           { return s.pw.Close() }
+func (s *h2Stream) Close() error {
+	_ = s.pw.Close()
+	return s.body.Close()
+}
+
+// h2ServerStream is the server side of a CONNECT over net/http's HTTP/2 server.
+type h2ServerStream struct {
+	r  *http.Request
+	w  http.ResponseWriter
+	rc *http.ResponseController
+}
+
+func (s *h2ServerStream) Read(p []byte) (int, error) { return s.r.Body.Read(p) }
+func (s *h2ServerStream) Write(p []byte) (int, error) {
+	n, err := s.w.Write(p)
+	if err == nil {
+		err = s.rc.Flush()
+	}
+	return n, err
+}
+func (s *h2ServerStream) CloseWrite() error { return nil } // the handler returning ends the stream
+func (s *h2ServerStream) Close() error      { return nil }
+
+// startH2DefaultBench is HBONE built the obvious way: net/http's HTTP/2 server and client with default
+// settings, CONNECT with a pipe as the request body.
+func startH2DefaultBench(tb testing.TB, pki *testPKI) func() (benchConn, error) {
+	ln := listenLoopback(tb)
+	scfg, ccfg := plainTLSConfigs(pki)
+	scfg.NextProtos = []string{"h2"}
+	ccfg.NextProtos = []string{"h2"}
+	var protos http.Protocols
+	protos.SetHTTP2(true)
+	srv := &http.Server{
+		Protocols: &protos,
+		TLSConfig: scfg,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method != http.MethodConnect {
+				w.WriteHeader(http.StatusMethodNotAllowed)
+				return
+			}
+			rc := http.NewResponseController(w)
+			_ = rc.EnableFullDuplex()
+			w.WriteHeader(http.StatusOK)
+			_ = rc.Flush()
+			_ = serveBench(&h2ServerStream{r: r, w: w, rc: rc}, func() {})
+		}),
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.ServeTLS(ln, "", "") }()
+	tb.Cleanup(func() { _ = srv.Close(); <-done })
+	tr := &http.Transport{TLSClientConfig: ccfg, Protocols: &protos}
+	tb.Cleanup(tr.CloseIdleConnections)
+	url := "https://" + ln.Addr().String()
+	return func() (benchConn, error) {
+		pr, pw := io.Pipe()
+		req, err := http.NewRequest(http.MethodConnect, url, pr)
+		if err != nil {
+			return nil, err
+		}
+		req.Host = "127.0.0.1:8080"
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			return nil, err
+		}
+		if resp.StatusCode != http.StatusOK {
+			resp.Body.Close()
+			return nil, fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return &h2Stream{pw: pw, body: resp.Body}, nil
+	}
+}
+
+// BenchmarkBulk measures one-stream bulk throughput, upload and download, for every variant.
+func BenchmarkBulk(b *testing.B) {
+	pki := newPKI(b)
+	for _, v := range benchVariants {
+		b.Run(v.name, func(b *testing.B) {
+			dial := v.start(b, pki)
+			for _, dir := range []string{"up", "down"} {
+				b.Run(dir, func(b *testing.B) {
+					c, err := dial()
+					if err != nil {
+						b.Fatal(err)
+					}
+					defer c.Close()
+					// Warm up the connection (TLS record sizing, windows) outside the timer.
+					buf := make([]byte, benchBuf)
+					b.SetBytes(benchBuf)
+					b.ResetTimer()
+					if dir == "up" {
+						err = benchUpload(c, buf, b.N)
+					} else {
+						err = benchDownload(c, buf, b.N)
+					}
+					b.StopTimer()
+					if err != nil {
+						b.Fatal(err)
+					}
+				})
+			}
+		})
+	}
+}
+
+func benchUpload(c benchConn, buf []byte, n int) error {
+	if _, err := c.Write([]byte{'u'}); err != nil {
+		return err
+	}
+	for range n {
+		if _, err := c.Write(buf); err != nil {
+			return err
+		}
+	}
+	if err := c.CloseWrite(); err != nil {
+		return err
+	}
+	var got [8]byte
+	if _, err := io.ReadFull(c, got[:]); err != nil {
+		return err
+	}
+	if want := uint64(n) * uint64(len(buf)); binary.LittleEndian.Uint64(got[:]) != want {
+		return fmt.Errorf("server counted %d bytes, want %d", binary.LittleEndian.Uint64(got[:]), want)
+	}
+	return nil
+}
+
+func benchDownload(c benchConn, buf []byte, n int) error {
+	var req [9]byte
+	req[0] = 'd'
+	want := int64(n) * int64(len(buf))
+	binary.LittleEndian.PutUint64(req[1:], uint64(want))
+	if _, err := c.Write(req[:]); err != nil {
+		return err
+	}
+	var got int64
+	for {
+		m, err := c.Read(buf)
+		got += int64(m)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if got != want {
+		return fmt.Errorf("got %d bytes, want %d", got, want)
+	}
+	return nil
+}
+
+// BenchmarkRTT measures a 1-byte request/response round trip over an established stream.
+func BenchmarkRTT(b *testing.B) {
+	pki := newPKI(b)
+	for _, v := range benchVariants {
+		b.Run(v.name, func(b *testing.B) {
+			dial := v.start(b, pki)
+			c, err := dial()
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			if _, err := c.Write([]byte{'p'}); err != nil {
+				b.Fatal(err)
+			}
+			one := []byte{1}
+			in := make([]byte, 1)
+			for range 100 { // warm up
+				if err := pingOnce(c, one, in); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ResetTimer()
+			for range b.N {
+				if err := pingOnce(c, one, in); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+func pingOnce(c benchConn, out, in []byte) error {
+	if _, err := c.Write(out); err != nil {
+		return err
+	}
+	_, err := io.ReadFull(c, in)
+	return err
+}
+
+// BenchmarkStreamSetup measures opening and closing one stream on a warm pool (client and server CPU in
+// this process, reported as cpu-ns/op).
+func BenchmarkStreamSetup(b *testing.B) {
+	pki := newPKI(b)
+	h := HandlerFunc(func(ctx context.Context, r *Request) error {
+		c, err := r.Accept(nil)
+		if err != nil {
+			return err
+		}
+		_, err = io.Copy(io.Discard, c)
+		return err
+	})
+	ts := startServer(b, pki, h, nil)
+	p := newTestPool(b, pki, nil)
+	t := ts.target(pki)
+	ctx := context.Background()
+	warm, err := p.Dial(ctx, t)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer warm.Close()
+	b.ReportAllocs()
+	cpu0 := cpuTime()
+	b.ResetTimer()
+	for range b.N {
+		c, err := p.Dial(ctx, t)
+		if err != nil {
+			b.Fatal(err)
+		}
+		_ = c.(*Stream).CloseWrite()
+		_ = c.Close()
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/op")
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkIdleStreams opens 10,000 streams on pooled connections (100 per connection), leaves them
+// idle, and reports heap plus goroutine stacks per stream, both ends (this process hosts both).
+func BenchmarkIdleStreams(b *testing.B) {
+	const n = 10000
+	pki := newPKI(b)
+	h := HandlerFunc(func(ctx context.Context, r *Request) error {
+		c, err := r.Accept(nil)
+		if err != nil {
+			return err
+		}
+		var one [1]byte
+		_, err = c.Read(one[:]) // an idle relay: blocked reading
+		return err
+	})
+	var perStream float64
+	for range b.N {
+		ts := startServer(b, pki, h, nil)
+		p := newTestPool(b, pki, nil)
+		t := ts.target(pki)
+		before := memInUse()
+		streams := make([]net.Conn, 0, n)
+		for range n {
+			c, err := p.Dial(context.Background(), t)
+			if err != nil {
+				b.Fatal(err)
+			}
+			streams = append(streams, c)
+		}
+		after := memInUse()
+		perStream = float64(after-before) / n
+		runtime.KeepAlive(streams)
+		for _, c := range streams {
+			_ = c.Close()
+		}
+		_ = p.Close()
+		_ = ts.Close()
+	}
+	b.ReportMetric(perStream, "B/stream")
+}
+
+// memInUse returns heap in use plus goroutine stacks after settling GC (stacks shrink at GC).
+func memInUse() uint64 {
+	var ms runtime.MemStats
+	for range 3 {
+		runtime.GC()
+	}
+	time.Sleep(50 * time.Millisecond)
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	return ms.HeapInuse + ms.StackInuse
+}
+
+var _ = errors.New
+var _ = netip.AddrPort{}
+var _ = spiffeid.ID{}
