@@ -351,11 +351,40 @@ func convertAuthorizationPolicy(root string, ap *securityv1.AuthorizationPolicy)
 	slices.Sort(l7)
 	l7 = slices.Compact(l7)
 	boiler := "Within an ALLOW policy, rules matching HTTP attributes are omitted. This will be more restrictive than requested."
-	if pol.Action == state.ActionDeny {
+	switch {
+	case pol.Action == state.ActionDeny && !hasEffectiveRules(pol.Groups):
+		boiler = "After omitting unsupported HTTP attributes, this DENY policy has no enforceable rules at ztunnel and will have no effect. " +
+			"Deploy a waypoint proxy and use a targetRef to enforce this policy."
+	case pol.Action == state.ActionDeny:
 		boiler = "DENY policy with HTTP attributes is enforced without the HTTP rules. This will be more restrictive than requested."
 	}
 	return pol, fmt.Sprintf("ztunnel does not support HTTP attributes (found: %s). In ambient mode you must use a waypoint proxy to enforce HTTP rules. %s",
 		strings.Join(l7, ", "), boiler), nil
+}
+
+// hasEffectiveRules reports whether some group can match at a node agent: a group without rules matches
+// everything; otherwise every rule needs a non-empty match (empty matches match nothing).
+func hasEffectiveRules(groups []state.Group) bool {
+	for _, g := range groups {
+		effective := true
+		for _, r := range g.Rules {
+			nonEmpty := false
+			for i := range r.Matches {
+				if !r.Matches[i].IsEmpty() {
+					nonEmpty = true
+					break
+				}
+			}
+			if !nonEmpty {
+				effective = false
+				break
+			}
+		}
+		if effective {
+			return true
+		}
+	}
+	return false
 }
 
 func validatePolicy(spec *securityapi.AuthorizationPolicy) error {
