@@ -57,7 +57,11 @@ type Manager struct {
 	wg     sync.WaitGroup // every goroutine the Manager starts
 	wake   chan struct{}  // signals workers that queue is not empty
 
-	mu      sync.RWMutex
+	// view is a copy-on-write snapshot of entries for the lock-free fast path of Fetch; it is replaced
+	// (under mu) whenever an identity is added or forgotten.
+	view atomic.Pointer[map[spiffeid.ID]*entry]
+
+	mu      sync.Mutex
 	entries map[spiffeid.ID]*entry
 	queue   []*entry // background jobs in arrival order
 	running bool
@@ -118,6 +122,7 @@ func NewManager(opts ManagerOptions) (*Manager, error) {
 	if m.backoffMax <= 0 {
 		m.backoffMax = DefaultMaxBackoff
 	}
+	m.view.Store(&map[spiffeid.ID]*entry{})
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	return m, nil
 }
@@ -169,10 +174,7 @@ func (m *Manager) Close() error {
 // its last issuance failed, Fetch fails at once with ErrUnavailable (wrapping the cause) until the background
 // retry is due. The identity stays managed (renewed) until Forget.
 func (m *Manager) Fetch(ctx context.Context, id spiffeid.ID) (*Certificate, error) {
-	m.mu.RLock()
-	e := m.entries[id]
-	m.mu.RUnlock()
-	if e != nil {
+	if e := (*m.view.Load())[id]; e != nil {
 		if c := e.cur.Load(); c != nil && c.ValidAt(time.Now()) {
 			return c, nil
 		}
@@ -267,6 +269,7 @@ func (m *Manager) Forget(id spiffeid.ID) {
 		return
 	}
 	delete(m.entries, id)
+	m.publishLocked()
 	e.gone = true
 	m.stopTimerLocked(e)
 	e.cur.Store(nil)
@@ -277,8 +280,19 @@ func (m *Manager) entryLocked(id spiffeid.ID) *entry {
 	if e == nil {
 		e = &entry{id: id}
 		m.entries[id] = e
+		m.publishLocked()
 	}
 	return e
+}
+
+// publishLocked replaces the Fetch fast-path view with a copy of entries. Identities change at workload
+// churn rate, so the O(n) copy is cheap next to a certificate issuance.
+func (m *Manager) publishLocked() {
+	v := make(map[spiffeid.ID]*entry, len(m.entries))
+	for id, e := range m.entries {
+		v[id] = e
+	}
+	m.view.Store(&v)
 }
 
 func (m *Manager) newCallLocked(e *entry) *call {

@@ -66,7 +66,7 @@ type Status struct {
 // Snapshot returns the status of every managed identity, sorted by identity.
 func (m *Manager) Snapshot() []Status {
 	now := time.Now()
-	m.mu.RLock()
+	m.mu.Lock()
 	out := make([]Status, 0, len(m.entries))
 	for _, e := range m.entries {
 		st := Status{Identity: e.id.String(), Failures: e.failures, CertChain: []CertInfo{}, RootCerts: []CertInfo{}}
@@ -91,7 +91,7 @@ func (m *Manager) Snapshot() []Status {
 		}
 		out = append(out, st)
 	}
-	m.mu.RUnlock()
+	m.mu.Unlock()
 	slices.SortFunc(out, func(a, b Status) int { return strings.Compare(a.Identity, b.Identity) })
 	return out
 }
