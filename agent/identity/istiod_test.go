@@ -222,6 +222,7 @@ func newIstiodClient(t *testing.T, opts IstiodCAOptions) *IstiodCA {
 
 func TestIstiodCARequestShape(t *testing.T) {
 	testutil.CheckGoroutines(t)
+	testutil.CheckFDs(t)
 	env := startFakeIstiod(t, false)
 	c := newIstiodClient(t, IstiodCAOptions{
 		Address:      env.addr,
@@ -319,6 +320,7 @@ func TestIstiodCAPlaintextWithoutImpersonation(t *testing.T) {
 
 func TestIstiodCAResponseErrors(t *testing.T) {
 	testutil.CheckGoroutines(t)
+	testutil.CheckFDs(t)
 	env := startFakeIstiod(t, true)
 	c := newIstiodClient(t, IstiodCAOptions{Address: env.addr, Plaintext: true, TokenFile: env.tokenFile})
 	other := newTestCA(t, time.Hour)
@@ -545,17 +547,21 @@ func envOr(key, def string) string {
 	return def
 }
 
+// requireIstiodEnv is the variable that turns a skipped real-istiod test into a failure. It is separate from
+// AMBIT_REQUIRE_PEERS (which the SPIRE tier sets) because the istiod tier is brought up by its own scripts.
+const requireIstiodEnv = "AMBIT_REQUIRE_ISTIOD"
+
 // requirePeerEnv returns the value of env, or skips the test naming the missing peer, unless
-// AMBIT_REQUIRE_PEERS=1, in which case the test fails.
+// AMBIT_REQUIRE_ISTIOD=1, in which case the test fails.
 func requirePeerEnv(t *testing.T, env, what string) string {
 	t.Helper()
 	if v := os.Getenv(env); v != "" {
 		return v
 	}
-	if os.Getenv("AMBIT_REQUIRE_PEERS") == "1" {
-		t.Fatalf("test needs %s (%s unset) and AMBIT_REQUIRE_PEERS=1 forbids skipping", what, env)
+	if os.Getenv(requireIstiodEnv) == "1" {
+		t.Fatalf("test needs %s (%s unset) and %s=1 forbids skipping", what, env, requireIstiodEnv)
 	}
-	t.Skipf("test needs %s: set %s (peer tier; AMBIT_REQUIRE_PEERS=1 makes this a failure)", what, env)
+	t.Skipf("test needs %s: set %s (peer tier; %s=1 makes this a failure)", what, env, requireIstiodEnv)
 	return ""
 }
 

@@ -21,6 +21,7 @@ import (
 func TestWorkloadAPIWithRealSPIRE(t *testing.T) {
 	bin := RequireBinaries(t)
 	testutil.CheckGoroutines(t)
+	testutil.CheckFDs(t)
 	cl := Start(t, Options{BinDir: bin})
 	td := spiffeid.RequireTrustDomainFromString(cl.TrustDomain())
 	echo, err := identity.WorkloadID(td.Name(), "demo", "echo")
