@@ -1,13 +1,113 @@
-// Command ambit is Ambit's data-plane binary: the node agent (ambit agent) and the
-// embedded L7 waypoint (ambit waypoint).
+// Command ambit is Ambit's data-plane binary: `ambit agent` is the node agent (the role of Istio's
+// ztunnel); `ambit waypoint` is the waypoint (the role of Envoy waypoints).
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/ambit-mesh/ambit/agent"
 )
 
 func main() {
-	fmt.Fprintln(os.Stderr, "ambit: no mode implemented yet")
-	os.Exit(2)
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
+
+// run executes the command line and returns the exit code; it is the only place that decides one.
+func run(args []string, stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	root := &cobra.Command{
+		Use:           "ambit",
+		Short:         "Ambit: an eBPF-assisted Istio ambient node agent and waypoint",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.AddCommand(newAgentCmd(stderr), newVersionCmd())
+	if err := root.ExecuteContext(ctx); err != nil {
+		fmt.Fprintf(stderr, "Error: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func newVersionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), agent.Version) },
+	}
+}
+
+// logFlags configure the process logger.
+type logFlags struct {
+	level  string
+	format string
+}
+
+func (l *logFlags) register(fs *pflag.FlagSet, envs map[string]string) {
+	fs.StringVar(&l.level, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&l.format, "log-format", "text", "log format: text or json")
+	envs["log-level"] = "LOG_LEVEL"
+	envs["log-format"] = "LOG_FORMAT"
+}
+
+// logger builds the process logger; the returned LevelVar changes its level at runtime (admin API).
+func (l *logFlags) logger(w io.Writer) (*slog.Logger, *slog.LevelVar, error) {
+	lv := new(slog.LevelVar)
+	if err := lv.UnmarshalText([]byte(l.level)); err != nil {
+		return nil, nil, fmt.Errorf("--log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch l.format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), lv, nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), lv, nil
+	}
+	return nil, nil, fmt.Errorf("--log-format %q: use text or json", l.format)
+}
+
+// applyEnv sets every flag that was not given on the command line from its environment variable.
+func applyEnv(fs *pflag.FlagSet, envs map[string]string) error {
+	var errs []error
+	fs.VisitAll(func(f *pflag.Flag) {
+		env, ok := envs[f.Name]
+		if !ok || f.Changed {
+			return
+		}
+		if v, set := os.LookupEnv(env); set && v != "" {
+			if err := fs.Set(f.Name, v); err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: %w", env, v, err))
+			}
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// envTable documents the flag/environment pairs (used by `ambit agent --help`).
+func envTable(fs *pflag.FlagSet, envs map[string]string) string {
+	var b strings.Builder
+	b.WriteString("\nEnvironment (used when the flag is not given):\n")
+	fs.VisitAll(func(f *pflag.Flag) {
+		if env, ok := envs[f.Name]; ok {
+			fmt.Fprintf(&b, "  %-26s --%s\n", env, f.Name)
+		}
+	})
+	return b.String()
+}
+
+func lookupEnv(name string) (string, bool) { return os.LookupEnv(name) }

@@ -1,0 +1,310 @@
+// Package agent is Ambit's node agent: it captures the traffic of the ambient pods on its node and
+// carries each connection as agent/route plans it, terminates HBONE for those pods, enforces L4
+// authorization, and reports telemetry. It is the composition root: it wires state, identity, capture
+// (redirect), HBONE and relaying together; the decisions live in agent/route and agent/authz.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/ambit-mesh/ambit/agent/connmgr"
+	"github.com/ambit-mesh/ambit/agent/identity"
+	"github.com/ambit-mesh/ambit/agent/metrics"
+	"github.com/ambit-mesh/ambit/agent/state"
+	"github.com/ambit-mesh/ambit/hbone"
+	"github.com/ambit-mesh/ambit/redirect"
+)
+
+// Version is reported in metrics and the admin API; set at build time with -ldflags.
+var Version = "dev"
+
+// Agent is one node agent. Create it with New, then call Run once.
+type Agent struct {
+	cfg     Config
+	log     *slog.Logger
+	Store   *state.Store
+	Metrics *metrics.Metrics
+	Conns   connmgr.Manager
+
+	certs   *identity.Manager
+	issuers []runner // issuers that need a running goroutine (Workload API)
+	sockets redirect.SocketFactory
+	pool    *hbone.Pool
+	hbone   *hbone.Server
+	source  *fileSource
+
+	lnOut, lnIn, lnHBONE *net.TCPListener
+	redir                redirect.Redirector
+
+	mu       sync.Mutex
+	enrolled map[string]redirect.Pod // guarded by mu; capture UID -> pod
+	certIDs  map[spiffeid.ID]bool     // guarded by mu; identities of local captured workloads
+
+	ready atomic.Bool
+}
+
+type runner interface{ Run(ctx context.Context) error }
+
+// New validates cfg and prepares an agent: it loads the configuration and the CA, but binds nothing.
+func New(cfg Config, log *slog.Logger) (*Agent, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("agent config: %w", err)
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	a := &Agent{
+		cfg:      cfg,
+		log:      log.With("component", "agent", "node", cfg.NodeName),
+		Store:    state.NewStore(),
+		Metrics:  metrics.New(Version),
+		sockets:  redirect.SocketFactory{NetNS: cfg.NetNS},
+		enrolled: map[string]redirect.Pod{},
+	}
+	a.source = &fileSource{files: cfg.ConfigFiles, poll: cfg.ConfigPoll, cfg: cfg, store: a.Store, metrics: a.Metrics, log: a.log.With("component", "config")}
+	if err := a.source.load(); err != nil {
+		return nil, err
+	}
+	issuer, err := a.newIssuer()
+	if err != nil {
+		return nil, err
+	}
+	a.certs, err = identity.NewManager(identity.ManagerOptions{Issuer: issuer, Logger: a.log.With("component", "identity")})
+	if err != nil {
+		return nil, fmt.Errorf("identity manager: %w", err)
+	}
+	a.pool, err = hbone.NewPool(hbone.PoolOptions{
+		Credentials: a.credentialsFor,
+		DialTCP:     a.dialHBONE,
+		Logger:      a.log.With("component", "hbone-client"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("hbone pool: %w", err)
+	}
+	a.hbone = &hbone.Server{
+		Credentials: a.serverCredentials,
+		Handler:     hbone.HandlerFunc(a.serveHBONE),
+		Logger:      a.log.With("component", "hbone-server"),
+	}
+	return a, nil
+}
+
+func (a *Agent) newIssuer() (identity.Issuer, error) {
+	switch a.cfg.Identity {
+	case IdentityIstiod:
+		ca, err := identity.NewIstiodCA(identity.IstiodCAOptions{
+			Address: a.cfg.CAAddress, RootCertFile: a.cfg.CARootFile, TokenFile: a.cfg.TokenFile,
+			ClusterID: a.cfg.ClusterID, Impersonate: true, TTL: a.cfg.CertTTL,
+			Logger: a.log.With("component", "istiod-ca"),
+		})
+		if err != nil {
+			return nil, fmt.Errorf("istiod CA client: %w", err)
+		}
+		return ca, nil
+	case IdentitySPIFFE:
+		w := identity.NewWorkloadAPI(identity.WorkloadAPIOptions{Address: a.cfg.SPIFFESocket, Logger: a.log.With("component", "workload-api")})
+		a.issuers = append(a.issuers, w)
+		return w, nil
+	default:
+		ca, err := identity.NewLocalCA(identity.LocalCAOptions{Dir: a.cfg.CADir, TrustDomain: a.cfg.TrustDomain, TTL: a.cfg.CertTTL,
+			Logger: a.log.With("component", "local-ca")})
+		if err != nil {
+			return nil, fmt.Errorf("local CA: %w", err)
+		}
+		return ca, nil
+	}
+}
+
+// Ready reports whether the agent serves traffic: listeners bound, capture installed, first
+// configuration applied.
+func (a *Agent) Ready() (bool, []string) {
+	if a.ready.Load() {
+		return true, nil
+	}
+	return false, []string{"proxy"}
+}
+
+// Run binds every listener, installs capture and serves until ctx ends; then it stops accepting,
+// drains open connections for up to Config.DrainTimeout and closes what remains. Capture stays
+// installed (a restarted agent re-adopts it).
+func (a *Agent) Run(ctx context.Context) error {
+	if err := a.bind(ctx); err != nil {
+		a.closeListeners()
+		return err
+	}
+	if a.cfg.Capture != CaptureNone {
+		r, err := redirect.New(ctx, redirect.Options{
+			Mode:      redirect.Mode(a.cfg.Capture),
+			Listeners: redirect.Listeners{Outbound: a.lnOut, Inbound: a.lnIn, HBONE: a.lnHBONE},
+			HBONEPort: a.cfg.HBONEAddr.Port(),
+			NetNS:     a.cfg.NetNS,
+			Uplinks:   a.cfg.Uplinks,
+			PinDir:    a.cfg.PinDir,
+			Logger:    a.log.With("component", "capture"),
+		})
+		if err != nil {
+			a.closeListeners()
+			return fmt.Errorf("install capture: %w", err)
+		}
+		a.redir = r
+		a.log.Info("capture installed", "mode", r.Mode())
+	}
+
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 8)
+	goRun := func(name string, f func(context.Context) error) {
+		wg.Go(func() {
+			if err := f(runCtx); err != nil && !errors.Is(err, context.Canceled) {
+				a.log.Error("component stopped", "name", name, "err", err)
+				errc <- fmt.Errorf("%s: %w", name, err)
+				cancel()
+			}
+		})
+	}
+	goRun("identity", a.certs.Run)
+	for _, r := range a.issuers {
+		goRun("workload-api", r.Run)
+	}
+	goRun("config", a.source.run)
+	goRun("reconcile", a.reconcileLoop)
+	goRun("outbound", func(ctx context.Context) error { return a.acceptLoop(ctx, a.lnOut, a.serveOutbound) })
+	goRun("inbound", func(ctx context.Context) error { return a.acceptLoop(ctx, a.lnIn, a.servePlaintext) })
+	goRun("hbone", func(ctx context.Context) error {
+		err := a.hbone.Serve(ctx, a.lnHBONE)
+		if errors.Is(err, hbone.ErrServerClosed) {
+			return nil
+		}
+		return err
+	})
+	a.reconcile(runCtx)
+	a.ready.Store(true)
+	a.log.Info("agent ready", "outbound", a.lnOut.Addr(), "inbound", a.lnIn.Addr(), "hbone", a.lnHBONE.Addr())
+
+	<-runCtx.Done()
+	a.ready.Store(false)
+	// Stop accepting, then give open connections DrainTimeout to finish.
+	a.closeListeners()
+	drainCtx, stop := context.WithTimeout(context.Background(), a.cfg.DrainTimeout)
+	if err := a.Conns.Drain(drainCtx); err != nil {
+		a.log.Warn("drain deadline passed; closing remaining connections", "open", a.Conns.Len())
+	}
+	_ = a.hbone.Shutdown(drainCtx)
+	stop()
+	a.hbone.Close()
+	cancel()
+	wg.Wait()
+	a.pool.Close()
+	a.certs.Close()
+	if a.redir != nil {
+		a.redir.Close()
+	}
+	close(errc)
+	var errs []error
+	for err := range errc {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func (a *Agent) bind(ctx context.Context) error {
+	var err error
+	listen := func(addr netip.AddrPort) *net.TCPListener {
+		if err != nil {
+			return nil
+		}
+		var ln *net.TCPListener
+		ln, err = a.sockets.Listen(ctx, addr)
+		if err != nil {
+			err = fmt.Errorf("listen %s: %w", addr, err)
+		}
+		return ln
+	}
+	a.lnOut = listen(a.cfg.OutboundAddr)
+	a.lnIn = listen(a.cfg.InboundAddr)
+	a.lnHBONE = listen(a.cfg.HBONEAddr)
+	return err
+}
+
+func (a *Agent) closeListeners() {
+	for _, ln := range []*net.TCPListener{a.lnOut, a.lnIn, a.lnHBONE} {
+		if ln != nil {
+			ln.Close()
+		}
+	}
+}
+
+// acceptLoop serves every accepted connection on its own goroutine until the listener closes.
+func (a *Agent) acceptLoop(ctx context.Context, ln *net.TCPListener, serve func(context.Context, *net.TCPConn)) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		c, err := ln.AcceptTCP()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			a.log.Warn("accept", "addr", ln.Addr(), "err", err)
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		wg.Go(func() { serve(ctx, c) })
+	}
+}
+
+// credentialsFor supplies the HBONE client certificate of a local workload identity.
+func (a *Agent) credentialsFor(ctx context.Context, id spiffeid.ID) (*hbone.Credentials, error) {
+	c, err := a.certs.Fetch(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return &hbone.Credentials{ID: c.ID(), Certificate: *c.TLSCertificate(), Roots: c.RootPool()}, nil
+}
+
+// serverCredentials presents the certificate of the local workload whose address the HBONE connection
+// was accepted on (the pod the peer dialled), never chosen by SNI.
+func (a *Agent) serverCredentials(ctx context.Context, local netip.AddrPort) (*hbone.Credentials, error) {
+	w := a.localWorkload(local.Addr())
+	if w == nil {
+		return nil, fmt.Errorf("no local workload with address %s", local.Addr())
+	}
+	id, err := spiffeid.FromString(w.Identity())
+	if err != nil {
+		return nil, fmt.Errorf("workload %s identity: %w", w.UID, err)
+	}
+	return a.credentialsFor(ctx, id)
+}
+
+// localWorkload returns the workload on this node that owns ip, or nil.
+func (a *Agent) localWorkload(ip netip.Addr) *state.Workload {
+	w := a.Store.WorkloadByAddr(state.NetworkAddress{Network: a.cfg.Network, Addr: ip.Unmap()})
+	if w == nil || w.Node != a.cfg.NodeName {
+		return nil
+	}
+	return w
+}
+
+// dialHBONE opens the TCP connection under an HBONE connection, from the source pod's IP when source
+// preservation is on (as ztunnel does from inside the pod), marked so capture ignores it.
+func (a *Agent) dialHBONE(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
+	if src.IsValid() {
+		return a.sockets.DialFrom(ctx, src, dst)
+	}
+	return a.sockets.DialContext(ctx, "tcp", dst.String())
+}

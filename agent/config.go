@@ -1,0 +1,149 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/ambit-mesh/ambit/redirect"
+)
+
+// Capture modes. CaptureNone runs without kernel capture (the listeners still work when traffic is
+// sent to them directly), for development and tests that drive the listeners themselves.
+const (
+	CaptureAuto   = "auto"
+	CaptureEBPF   = "ebpf"
+	CaptureTPROXY = "tproxy"
+	CaptureNone   = "none"
+)
+
+// Identity sources.
+const (
+	IdentityLocalCA = "local-ca"
+	IdentityIstiod  = "istiod"
+	IdentitySPIFFE  = "spiffe"
+)
+
+// Config is everything `ambit agent` is configured with. Each field has a flag and an environment
+// variable (see cmd/ambit, and the table in README.md); the zero value of a field means its default.
+type Config struct {
+	// NodeName is the Kubernetes node this agent serves (env NODE_NAME). Workloads whose node matches are
+	// local: their traffic is captured and their certificates are requested.
+	NodeName string
+	// ConfigFiles are local Kubernetes YAML files or directories (env AMBIT_CONFIG_FILE). They are
+	// re-read when they change; an invalid version is rejected and the last good state keeps serving.
+	ConfigFiles []string
+	// ConfigPoll is how often the files are checked for changes (default 1 s).
+	ConfigPoll time.Duration
+	// TrustDomain of workload identities (default cluster.local), DomainSuffix of service hostnames
+	// (default cluster.local), ClusterID (default Kubernetes) and Network ("" by default).
+	TrustDomain, DomainSuffix, ClusterID, Network string
+
+	// Identity is the certificate source: local-ca (default), istiod or spiffe.
+	Identity string
+	// CADir keeps the local CA's root (created on first start, key mode 0600).
+	CADir string
+	// CertTTL is the lifetime of certificates from the local CA, or requested from istiod (default 24 h).
+	CertTTL time.Duration
+	// CAAddress is istiod's CA (host:port, env CA_ADDRESS); CARootFile the PEM root istiod's serving
+	// certificate chains to; TokenFile the projected service-account token sent as bearer token.
+	CAAddress, CARootFile, TokenFile string
+	// SPIFFESocket is the SPIFFE Workload API address (for example unix:///run/spire/agent.sock).
+	SPIFFESocket string
+
+	// Capture is the capture mode: auto (default), ebpf, tproxy or none.
+	Capture string
+	// NetNS runs listeners, capture and dials in this network namespace path (default: the process's).
+	NetNS string
+	// Uplinks are the node's interfaces towards other nodes (default: those of the default routes).
+	Uplinks []string
+	// PinDir is the bpffs directory for pinned capture state (default /sys/fs/bpf/ambit).
+	PinDir string
+
+	// Listen addresses.
+	OutboundAddr, InboundAddr, HBONEAddr, AdminAddr, MetricsAddr, ReadinessAddr netip.AddrPort
+
+	// DrainTimeout bounds graceful shutdown: open connections get this long to finish (default 5 s).
+	DrainTimeout time.Duration
+	// PreserveSourceIP makes connections to local pods come from the original client IP and HBONE
+	// connections come from the source pod's IP, as ztunnel does (default true; needs capture).
+	PreserveSourceIP *bool
+}
+
+// Default listen ports, as ztunnel.
+var (
+	DefaultOutboundAddr  = netip.MustParseAddrPort("[::]:15001")
+	DefaultInboundAddr   = netip.MustParseAddrPort("[::]:15006")
+	DefaultHBONEAddr     = netip.MustParseAddrPort("[::]:15008")
+	DefaultAdminAddr     = netip.MustParseAddrPort("127.0.0.1:15000")
+	DefaultMetricsAddr   = netip.MustParseAddrPort("[::]:15020")
+	DefaultReadinessAddr = netip.MustParseAddrPort("[::]:15021")
+)
+
+// withDefaults returns c with every zero field set to its default.
+func (c Config) withDefaults() Config {
+	set := func(p *netip.AddrPort, d netip.AddrPort) {
+		if !p.IsValid() {
+			*p = d
+		}
+	}
+	set(&c.OutboundAddr, DefaultOutboundAddr)
+	set(&c.InboundAddr, DefaultInboundAddr)
+	set(&c.HBONEAddr, DefaultHBONEAddr)
+	set(&c.AdminAddr, DefaultAdminAddr)
+	set(&c.MetricsAddr, DefaultMetricsAddr)
+	set(&c.ReadinessAddr, DefaultReadinessAddr)
+	if c.ConfigPoll == 0 {
+		c.ConfigPoll = time.Second
+	}
+	if c.TrustDomain == "" {
+		c.TrustDomain = "cluster.local"
+	}
+	if c.Identity == "" {
+		c.Identity = IdentityLocalCA
+	}
+	if c.Capture == "" {
+		c.Capture = CaptureAuto
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = 5 * time.Second
+	}
+	if c.PreserveSourceIP == nil {
+		v := c.Capture != CaptureNone
+		c.PreserveSourceIP = &v
+	}
+	if c.PinDir == "" {
+		c.PinDir = redirect.DefaultPinDir
+	}
+	return c
+}
+
+// Validate reports the first problem with c (after defaults).
+func (c Config) Validate() error {
+	if c.NodeName == "" {
+		return errors.New("node name is required (--node-name or NODE_NAME)")
+	}
+	if len(c.ConfigFiles) == 0 {
+		return errors.New("a configuration source is required (--config-file)")
+	}
+	switch c.Identity {
+	case IdentityLocalCA:
+		if c.CADir == "" {
+			return errors.New("--ca-dir is required with the local-ca identity source")
+		}
+	case IdentityIstiod:
+		if c.CAAddress == "" {
+			return errors.New("--ca-address is required with the istiod identity source")
+		}
+	case IdentitySPIFFE:
+	default:
+		return fmt.Errorf("unknown identity source %q (local-ca, istiod or spiffe)", c.Identity)
+	}
+	switch c.Capture {
+	case CaptureAuto, CaptureEBPF, CaptureTPROXY, CaptureNone:
+	default:
+		return fmt.Errorf("unknown capture mode %q (auto, ebpf, tproxy or none)", c.Capture)
+	}
+	return nil
+}

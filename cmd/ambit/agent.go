@@ -1,0 +1,116 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"net/netip"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/ambit-mesh/ambit/agent"
+)
+
+// addrPortValue is a pflag.Value for a netip.AddrPort.
+type addrPortValue struct{ p *netip.AddrPort }
+
+func (v addrPortValue) String() string {
+	if v.p == nil || !v.p.IsValid() {
+		return ""
+	}
+	return v.p.String()
+}
+func (v addrPortValue) Set(s string) error {
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		return fmt.Errorf("want IP:PORT: %w", err)
+	}
+	*v.p = ap
+	return nil
+}
+func (addrPortValue) Type() string { return "ip:port" }
+
+func newAgentCmd(stderr io.Writer) *cobra.Command {
+	var cfg agent.Config
+	var lf logFlags
+	var preserve bool
+	envs := map[string]string{}
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the node agent",
+		Long: `Run Ambit's node agent: capture the traffic of this node's ambient pods, carry it over HBONE to
+waypoints and peer agents (or as plain TCP outside the mesh), terminate HBONE for local pods, enforce L4
+authorization, and serve admin (localhost:15000), metrics (:15020) and readiness (:15021).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := applyEnv(cmd.Flags(), envs); err != nil {
+				return err
+			}
+			if cmd.Flags().Changed("preserve-source-ip") || envSet("AMBIT_PRESERVE_SOURCE_IP") {
+				cfg.PreserveSourceIP = &preserve
+			}
+			log, level, err := lf.logger(stderr)
+			if err != nil {
+				return err
+			}
+			a, err := agent.New(cfg, log)
+			if err != nil {
+				return err
+			}
+			_ = level // handed to the admin API once it is wired
+			return a.Run(cmd.Context())
+		},
+	}
+	fs := cmd.Flags()
+	str := func(p *string, name, env, def, usage string) {
+		fs.StringVar(p, name, def, usage)
+		envs[name] = env
+	}
+	str(&cfg.NodeName, "node-name", "NODE_NAME", "", "Kubernetes node this agent serves")
+	fs.StringSliceVar(&cfg.ConfigFiles, "config-file", nil, "local Kubernetes YAML/JSON files or directories (re-read on change)")
+	envs["config-file"] = "AMBIT_CONFIG_FILE"
+	fs.DurationVar(&cfg.ConfigPoll, "config-poll", time.Second, "how often the config files are checked for changes")
+	str(&cfg.TrustDomain, "trust-domain", "TRUST_DOMAIN", "cluster.local", "trust domain of workload identities")
+	str(&cfg.DomainSuffix, "domain-suffix", "CLUSTER_DOMAIN", "cluster.local", "DNS suffix of service hostnames")
+	str(&cfg.ClusterID, "cluster-id", "CLUSTER_ID", "Kubernetes", "cluster ID of workloads")
+	str(&cfg.Network, "network", "NETWORK", "", "network of this node")
+	str(&cfg.Identity, "identity", "AMBIT_IDENTITY", agent.IdentityLocalCA, "certificate source: local-ca, istiod or spiffe")
+	str(&cfg.CADir, "ca-dir", "AMBIT_CA_DIR", "/var/lib/ambit/ca", "local CA directory (root created on first start)")
+	fs.DurationVar(&cfg.CertTTL, "cert-ttl", 24*time.Hour, "lifetime of workload certificates")
+	envs["cert-ttl"] = "SECRET_TTL"
+	str(&cfg.CAAddress, "ca-address", "CA_ADDRESS", "", "istiod CA address host:port (identity istiod)")
+	str(&cfg.CARootFile, "ca-root-file", "CA_ROOT_CA", "/var/run/secrets/istio/root-cert.pem", "root certificate of istiod's serving certificate")
+	str(&cfg.TokenFile, "token-file", "AUTH_TOKEN", "/var/run/secrets/tokens/istio-token", "projected service-account token for istiod")
+	str(&cfg.SPIFFESocket, "spiffe-socket", "SPIFFE_ENDPOINT_SOCKET", "", "SPIFFE Workload API address (identity spiffe)")
+	str(&cfg.Capture, "capture", "AMBIT_CAPTURE", agent.CaptureAuto, "capture mode: auto, ebpf, tproxy or none")
+	str(&cfg.NetNS, "netns", "AMBIT_NETNS", "", "network namespace path to run in (default: the process's)")
+	fs.StringSliceVar(&cfg.Uplinks, "uplinks", nil, "node interfaces towards other nodes (default: default-route interfaces)")
+	envs["uplinks"] = "AMBIT_UPLINKS"
+	str(&cfg.PinDir, "pin-dir", "AMBIT_PIN_DIR", "/sys/fs/bpf/ambit", "bpffs directory for pinned capture state")
+	addr := func(p *netip.AddrPort, def netip.AddrPort, name, env, usage string) {
+		*p = def
+		fs.Var(addrPortValue{p}, name, usage)
+		envs[name] = env
+	}
+	addr(&cfg.OutboundAddr, agent.DefaultOutboundAddr, "outbound-addr", "AMBIT_OUTBOUND_ADDR", "outbound capture listener")
+	addr(&cfg.InboundAddr, agent.DefaultInboundAddr, "inbound-addr", "AMBIT_INBOUND_ADDR", "inbound plaintext listener")
+	addr(&cfg.HBONEAddr, agent.DefaultHBONEAddr, "hbone-addr", "AMBIT_HBONE_ADDR", "inbound HBONE listener")
+	addr(&cfg.AdminAddr, agent.DefaultAdminAddr, "admin-addr", "AMBIT_ADMIN_ADDR", "admin API (keep it on localhost)")
+	addr(&cfg.MetricsAddr, agent.DefaultMetricsAddr, "metrics-addr", "AMBIT_METRICS_ADDR", "Prometheus metrics")
+	addr(&cfg.ReadinessAddr, agent.DefaultReadinessAddr, "readiness-addr", "AMBIT_READINESS_ADDR", "readiness probe")
+	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 5*time.Second, "graceful shutdown: how long open connections may take to finish")
+	envs["drain-timeout"] = "AMBIT_DRAIN_TIMEOUT"
+	fs.BoolVar(&preserve, "preserve-source-ip", true, "connect to pods from the original client IP, and send HBONE from the source pod's IP")
+	envs["preserve-source-ip"] = "AMBIT_PRESERVE_SOURCE_IP"
+	lf.register(fs, envs)
+	cmd.Long += "\n" + envTable(fs, envs)
+	return cmd
+}
+
+func envSet(name string) bool {
+	_, ok := lookupEnv(name)
+	return ok
+}
+
+var _ pflag.Value = addrPortValue{}
