@@ -48,12 +48,14 @@ type Agent struct {
 
 	mu       sync.Mutex
 	enrolled map[string]redirect.Pod // guarded by mu; capture UID -> pod
-	certIDs  map[spiffeid.ID]bool     // guarded by mu; identities of local captured workloads
+	certIDs  map[spiffeid.ID]bool    // guarded by mu; identities of local captured workloads
 
 	ready atomic.Bool
 }
 
-type runner interface{ Run(ctx context.Context) error }
+type runner interface {
+	Run(ctx context.Context) error
+}
 
 // New validates cfg and prepares an agent: it loads the configuration and the CA, but binds nothing.
 func New(cfg Config, log *slog.Logger) (*Agent, error) {

@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/ambit-mesh/ambit/agent"
 	"github.com/ambit-mesh/ambit/test/lab"
 	tu "github.com/ambit-mesh/ambit/test/testutil"
@@ -206,7 +205,6 @@ func counter(a *agent.Agent, name string) float64 {
 	}
 	return total
 }
-
 
 func TestAgentMesh(t *testing.T) {
 	for _, mode := range []string{agent.CaptureEBPF, agent.CaptureTPROXY} {

@@ -138,4 +138,3 @@ func (s *fileSource) apply(files []fileData) error {
 	s.log.Info("configuration applied", "workloads", wl, "services", svc, "policies", pol)
 	return nil
 }
-
