@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# build-istiod.sh builds istiod (pilot-discovery, from the istio.io/istio module, pinned) into the peer cache,
+# copies the CRDs it needs (Istio's crd-all.gen.yaml and the Gateway API standard CRDs at the version istio
+# requires) next to it, and prints the cache entry's directory.
+#
+# Cache layout: ${AMBIT_PEER_CACHE:-/var/cache/ambit-peers}/istiod-${ISTIO_VERSION}/
+#   bin/pilot-discovery
+#   crds/istio/crd-all.gen.yaml
+#   crds/gateway-api/*.yaml
+# istio.io/istio has no semver tags, only pseudo-versions; the default is master of 2026-08-27 (1.31-dev).
+#
+# Environment: AMBIT_PEER_CACHE, ISTIO_VERSION (default v0.0.0-20260827124520-eed52ebb66ad; test/e2e expects
+# it), ISTIO_LABEL (version string baked into the binary, default 1.31-dev), GO.
+# Usage: hack/peers/build-istiod.sh   -> prints the entry directory on stdout, progress on stderr
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+ISTIO_VERSION=${ISTIO_VERSION:-v0.0.0-20260827124520-eed52ebb66ad}
+ISTIO_LABEL=${ISTIO_LABEL:-1.31-dev}
+DEST="$CACHE_ROOT/istiod-$ISTIO_VERSION"
+if peer_hit "$DEST" bin/pilot-discovery crds/istio/crd-all.gen.yaml crds/gateway-api; then
+	echo "build-istiod: cache hit in $DEST" >&2
+	echo "$DEST"
+	exit 0
+fi
+
+rev=${ISTIO_VERSION##*-}
+start=$(date +%s)
+STAGE=$(peer_stage istiod "$ISTIO_VERSION")
+trap 'rm -rf "$STAGE"' EXIT
+echo "build-istiod: building pilot-discovery $ISTIO_VERSION in $STAGE (cold: ~3.5 min of compile on 2 cores)" >&2
+(
+	cd "$STAGE/mod"
+	export GOFLAGS=-mod=mod GOWORK=off
+	printf 'module ambit.local/peers/istiod\n\ngo 1.26.0\n\nrequire istio.io/istio %s\n' "$ISTIO_VERSION" >go.mod
+	printf '//go:build tools\n\npackage tools\n\nimport _ "istio.io/istio/pilot/cmd/pilot-discovery"\n' >tools.go
+	"$GO" mod tidy >&2
+	"$GO" build -trimpath -ldflags "-X istio.io/istio/pkg/version.buildVersion=$ISTIO_LABEL \
+		-X istio.io/istio/pkg/version.buildGitRevision=$rev -X istio.io/istio/pkg/version.buildStatus=Clean" \
+		-o "$STAGE/bin/pilot-discovery" istio.io/istio/pilot/cmd/pilot-discovery >&2
+	istio=$("$GO" list -m -f '{{.Dir}}' istio.io/istio)
+	gw=$("$GO" list -m -f '{{.Dir}}' sigs.k8s.io/gateway-api)
+	"$GO" list -m sigs.k8s.io/gateway-api >"$STAGE/GATEWAY_API_VERSION"
+	mkdir -p "$STAGE/crds/istio" "$STAGE/crds/gateway-api"
+	cp "$istio/manifests/charts/base/files/crd-all.gen.yaml" "$STAGE/crds/istio/"
+	cp "$gw"/config/crd/standard/*.yaml "$STAGE/crds/gateway-api/"
+	chmod -R u+w "$STAGE/crds"
+	cp go.mod "$STAGE/go.mod.used"
+)
+peer_publish istiod "$STAGE" "$DEST" "$start" bin/pilot-discovery crds/istio/crd-all.gen.yaml
+trap - EXIT
+echo "$DEST"
