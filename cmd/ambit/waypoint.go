@@ -1,0 +1,90 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"net/netip"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ambit-mesh/ambit/agent"
+)
+
+// addrValue is a pflag.Value for a netip.Addr.
+type addrValue struct{ p *netip.Addr }
+
+func (v addrValue) String() string {
+	if v.p == nil || !v.p.IsValid() {
+		return ""
+	}
+	return v.p.String()
+}
+func (v addrValue) Set(s string) error {
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return fmt.Errorf("want an IP address: %w", err)
+	}
+	*v.p = a
+	return nil
+}
+func (addrValue) Type() string { return "ip" }
+
+func newWaypointCmd(stderr io.Writer) *cobra.Command {
+	var cfg agent.WaypointConfig
+	var lf logFlags
+	envs := map[string]string{}
+	cmd := &cobra.Command{
+		Use:   "waypoint",
+		Short: "Run a waypoint",
+		Long: `Run Ambit as a waypoint (the role of an Envoy waypoint): accept HBONE on :15008 with the waypoint's
+identity for the services and workloads bound to it, and forward each connection over HBONE to the chosen
+endpoint, so the destination sees the waypoint's identity.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := applyEnv(cmd.Flags(), envs); err != nil {
+				return err
+			}
+			log, _, err := lf.logger(stderr)
+			if err != nil {
+				return err
+			}
+			w, err := agent.NewWaypoint(cfg, log)
+			if err != nil {
+				return err
+			}
+			return w.Run(cmd.Context())
+		},
+	}
+	fs := cmd.Flags()
+	str := func(p *string, name, env, def, usage string) {
+		fs.StringVar(p, name, def, usage)
+		envs[name] = env
+	}
+	str(&cfg.Name, "name", "GATEWAY_NAME", "", "waypoint Gateway name")
+	str(&cfg.Namespace, "namespace", "POD_NAMESPACE", "", "waypoint namespace")
+	str(&cfg.ServiceAccount, "service-account", "SERVICE_ACCOUNT", "", "service account (default: the Gateway name)")
+	fs.Var(addrValue{&cfg.PodIP}, "pod-ip", "this instance's IP address")
+	envs["pod-ip"] = "INSTANCE_IP"
+	fs.StringSliceVar(&cfg.ConfigFiles, "config-file", nil, "local Kubernetes YAML/JSON files or directories (re-read on change)")
+	envs["config-file"] = "AMBIT_CONFIG_FILE"
+	fs.DurationVar(&cfg.ConfigPoll, "config-poll", time.Second, "how often the config files are checked for changes")
+	str(&cfg.TrustDomain, "trust-domain", "TRUST_DOMAIN", "cluster.local", "trust domain of workload identities")
+	str(&cfg.DomainSuffix, "domain-suffix", "CLUSTER_DOMAIN", "cluster.local", "DNS suffix of service hostnames")
+	str(&cfg.ClusterID, "cluster-id", "CLUSTER_ID", "Kubernetes", "cluster ID")
+	str(&cfg.Network, "network", "NETWORK", "", "network of this instance")
+	str(&cfg.Identity, "identity", "AMBIT_IDENTITY", agent.IdentityLocalCA, "certificate source: local-ca, istiod or spiffe")
+	str(&cfg.CADir, "ca-dir", "AMBIT_CA_DIR", "/var/lib/ambit/ca", "local CA directory")
+	fs.DurationVar(&cfg.CertTTL, "cert-ttl", 24*time.Hour, "lifetime of the waypoint certificate")
+	str(&cfg.CAAddress, "ca-address", "CA_ADDRESS", "", "istiod CA address host:port (identity istiod)")
+	str(&cfg.CARootFile, "ca-root-file", "CA_ROOT_CA", "/var/run/secrets/istio/root-cert.pem", "root certificate of istiod's serving certificate")
+	str(&cfg.TokenFile, "token-file", "AUTH_TOKEN", "/var/run/secrets/tokens/istio-token", "projected service-account token for istiod")
+	str(&cfg.SPIFFESocket, "spiffe-socket", "SPIFFE_ENDPOINT_SOCKET", "", "SPIFFE Workload API address (identity spiffe)")
+	cfg.HBONEAddr = agent.DefaultHBONEAddr
+	fs.Var(addrPortValue{&cfg.HBONEAddr}, "hbone-addr", "HBONE listener")
+	envs["hbone-addr"] = "AMBIT_HBONE_ADDR"
+	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 5*time.Second, "graceful shutdown: how long open connections may take to finish")
+	lf.register(fs, envs)
+	cmd.Long += "\n" + envTable(fs, envs)
+	return cmd
+}
