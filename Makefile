@@ -64,3 +64,7 @@ lab-up: ## bring up a network-namespace lab by hand (LAB=name NODES=2 PODS=2; ro
 .PHONY: lab-down
 lab-down: ## remove the lab LAB (default demo)
 	$(GO) run ./hack/lab down -name $(LAB)
+
+.PHONY: demo
+demo: build ## the one-command demo (root): two lab nodes, agents, waypoints and the waypoint walkthrough
+	$(GO) run ./hack/demo -bin $(BIN)
