@@ -310,7 +310,7 @@ func (d *demo) writeConfig(s scene) error {
 		return "gateway.networking.k8s.io/gateway-name: " + name + ", istio.io/dataplane-mode: none"
 	}
 	data := map[string]any{
-		"S": map[string]bool{"namespaceWaypoint": s.namespaceWaypoint, "serviceWaypoint": s.serviceWaypoint, "egress": s.egress, "deny": s.deny},
+		"S":          map[string]bool{"namespaceWaypoint": s.namespaceWaypoint, "serviceWaypoint": s.serviceWaypoint, "egress": s.egress, "deny": s.deny},
 		"ReviewsVIP": reviewsVIP, "LegacyVIP": legacyVIP, "ExternalIP": externalIP, "ExternalPodIP": d.pods["external"].IP.String(),
 		"Pods": []podDoc{
 			pod("client", "demo", "app: client"),
