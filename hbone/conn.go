@@ -47,9 +47,9 @@ import (
 )
 
 const (
-	readBufSize  = 32 << 10 // br: holds any "small" DATA payload for Peek
+	readBufSize  = 4 << 10  // br: frame headers and control frames; DATA payloads bypass it
 	writeBufSize = 16 << 10 // bw: one TLS record
-	smallData    = 16 << 10 // DATA payloads up to this are copied out of br; larger ones read directly
+	pieceSize    = 16 << 10 // DATA is published to a stream one TLS record at a time
 )
 
 // connConfig is what a conn needs from its owner (Server or Pool).
@@ -94,6 +94,7 @@ type conn struct {
 	nc     net.Conn // the TLS connection
 	br     *bufio.Reader
 	fr     *http2.Framer
+	piece  []byte // readLoop's buffer for the next piece of DATA
 	peerID spiffeid.ID
 	local  netip.AddrPort
 	remote netip.AddrPort

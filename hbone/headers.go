@@ -375,6 +375,9 @@ func (p *forwardedParser) pair() (string, string, error) {
 				if p.done() {
 					return "", "", fmt.Errorf("%w: dangling escape", errForwarded)
 				}
+				if e := p.s[p.i]; e < 0x20 && e != '\t' || e == 0x7f {
+					return "", "", fmt.Errorf("%w: escaped control character", errForwarded)
+				}
 				sb.WriteByte(p.s[p.i])
 				p.i++
 			case c < 0x20 && c != '\t', c == 0x7f:

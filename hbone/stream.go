@@ -155,11 +155,14 @@ func (s *Stream) consumed(n int) {
 	s.c.consumed(int64(n))
 }
 
-// receive takes the payload of a DATA frame for s off the connection (readLoop only).
+// receive takes the payload of a DATA frame for s off the connection (readLoop only). The payload goes
+// straight into the buffer of a waiting Read when there is one and nothing is queued before it; otherwise
+// it is published to rbuf piece by piece (one TLS record at a time), so the reader can start copying
+// while the rest of the frame is decrypted, and can claim the remainder directly once it waits again.
 func (s *Stream) receive(fh http2.FrameHeader) error {
 	c := s.c
 	n := int(fh.Length)
-	var padded []byte // the data of a padded frame, read in full
+	var padded []byte // the data of a padded frame, read in full (rare)
 	if fh.Flags.Has(http2.FlagDataPadded) {
 		buf := make([]byte, n)
 		if _, err := io.ReadFull(c.br, buf); err != nil {
@@ -170,13 +173,13 @@ func (s *Stream) receive(fh http2.FrameHeader) error {
 		}
 		padded = buf[1 : n-int(buf[0])]
 	}
-	discard := func() error {
+	discard := func(k int) error {
 		if padded == nil {
-			if _, err := c.br.Discard(n); err != nil {
+			if _, err := c.br.Discard(k); err != nil {
 				return err
 			}
 		}
-		c.consumed(int64(n))
+		c.consumed(int64(k))
 		return nil
 	}
 
@@ -184,7 +187,7 @@ func (s *Stream) receive(fh http2.FrameHeader) error {
 	if s.rerr != nil && !s.rclosed {
 		// END_STREAM or reset already seen: the peer broke the stream's state machine.
 		s.rmu.Unlock()
-		if err := discard(); err != nil {
+		if err := discard(n); err != nil {
 			return err
 		}
 		c.resetStream(s.id, http2.ErrCodeStreamClosed)
@@ -192,87 +195,92 @@ func (s *Stream) receive(fh http2.FrameHeader) error {
 	}
 	if int64(n) > s.recvWindow {
 		s.rmu.Unlock()
-		if err := discard(); err != nil {
+		if err := discard(n); err != nil {
 			return err
 		}
 		c.resetStream(s.id, http2.ErrCodeFlowControl)
 		return nil
 	}
 	s.recvWindow -= int64(n)
-	if s.rclosed {
+	if padded != nil {
+		dropped := s.rclosed
+		if !dropped {
+			s.rbuf.appendCopy(padded)
+		}
 		s.rmu.Unlock()
-		return discard()
-	}
-	var direct []byte
-	if padded == nil && n > 0 && s.pending != nil && s.rbuf.len() == 0 {
-		direct = s.pending[:min(len(s.pending), n)]
-		s.filling = true
-	}
-	s.rmu.Unlock()
-
-	var err error
-	rest := n
-	var small, big []byte
-	switch {
-	case padded != nil:
-		rest = len(padded)
-		small = padded
-	default:
-		if direct != nil {
-			err = c.readDirect(direct)
-			rest -= len(direct)
+		signal(s.rready)
+		// Padding and the pad-length byte are flow-controlled but never read: credit them now.
+		s.consumed(n - len(padded))
+		if dropped {
+			c.consumed(int64(len(padded)))
 		}
-		if err == nil && rest > 0 {
-			if rest <= smallData {
-				small, err = c.br.Peek(rest)
-			} else {
-				big = getChunk(rest)
-				err = c.readDirect(big[:rest])
-			}
-		}
-	}
-
-	s.rmu.Lock()
-	dropped := 0
-	if direct != nil {
-		s.filling = false
-		s.pending = nil
-		if err == nil {
-			s.pendingN = len(direct)
-		}
-	}
-	if err == nil && rest > 0 {
-		switch {
-		case s.rclosed:
-			dropped = rest
-			if big != nil {
-				putChunk(big)
-			}
-		case big != nil:
-			s.rbuf.appendChunk(big, rest)
-		default:
-			s.rbuf.appendCopy(small)
-		}
-	} else if big != nil {
-		putChunk(big)
-	}
-	s.rmu.Unlock()
-	signal(s.rready)
-	if err != nil {
-		return err
-	}
-	if padded == nil && small != nil {
-		if _, err := c.br.Discard(rest); err != nil {
+	} else {
+		s.rmu.Unlock()
+		if err := s.receiveData(n); err != nil {
 			return err
 		}
 	}
-	if credit := n - len(padded); padded != nil && credit > 0 {
-		// Padding and the pad-length byte are flow-controlled but never read: credit them now.
-		s.consumed(credit)
-	}
-	c.consumed(int64(dropped))
 	if fh.Flags.Has(http2.FlagDataEndStream) {
 		c.remoteEnd(s)
+	}
+	return nil
+}
+
+// receiveData moves n payload bytes from the connection to s (see receive).
+func (s *Stream) receiveData(n int) error {
+	c := s.c
+	for n > 0 {
+		s.rmu.Lock()
+		if s.rclosed {
+			s.rmu.Unlock()
+			if _, err := c.br.Discard(n); err != nil {
+				return err
+			}
+			c.consumed(int64(n))
+			return nil
+		}
+		if s.pending != nil && s.rbuf.len() == 0 {
+			dst := s.pending[:min(len(s.pending), n)]
+			s.filling = true
+			s.rmu.Unlock()
+			err := c.readDirect(dst)
+			s.rmu.Lock()
+			s.filling = false
+			s.pending = nil
+			if err == nil {
+				s.pendingN = len(dst)
+			}
+			s.rmu.Unlock()
+			signal(s.rready)
+			if err != nil {
+				return err
+			}
+			n -= len(dst)
+			continue
+		}
+		s.rmu.Unlock()
+		if c.piece == nil {
+			c.piece = getChunk(pieceSize)
+		}
+		m, err := c.readSome(c.piece[:min(n, len(c.piece))])
+		if m > 0 {
+			s.rmu.Lock()
+			switch {
+			case s.rclosed:
+				c.consumed(int64(m))
+			case m >= len(c.piece)/2:
+				s.rbuf.appendChunk(c.piece, m) // hand the piece over, no copy
+				c.piece = nil
+			default:
+				s.rbuf.appendCopy(c.piece[:m]) // pack small pieces: memory stays within 2x the window
+			}
+			s.rmu.Unlock()
+			signal(s.rready)
+			n -= m
+		}
+		if err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -288,6 +296,22 @@ func (c *conn) readDirect(p []byte) error {
 	}
 	_, err := io.ReadFull(c.nc, p)
 	return err
+}
+
+// readSome reads at least one byte into p with a single read: from br if it holds bytes, else from the
+// TLS connection (which returns at most one record).
+func (c *conn) readSome(p []byte) (int, error) {
+	if c.br.Buffered() > 0 {
+		return c.br.Read(p[:min(len(p), c.br.Buffered())])
+	}
+	n, err := c.nc.Read(p)
+	if n > 0 {
+		err = nil // a later read reports it
+	}
+	if n == 0 && err == nil {
+		err = io.ErrNoProgress
+	}
+	return n, err
 }
 
 // remoteEOFLocked records the peer's END_STREAM. rmu is held.
