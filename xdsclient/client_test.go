@@ -126,7 +126,7 @@ func TestWildcardSnapshotUpdatesRemovals(t *testing.T) {
 	testutil.CheckGoroutines(t)
 	srv := xdstest.Start(t, xdstest.Options{TypeURLs: []string{xdstest.AddressType, xdstest.AuthorizationType}})
 	srv.Set(xdstest.AddressType, map[string]proto.Message{
-		xdstest.PodUID("demo", "a"):     xdstest.Pod("demo", "a", "10.244.0.5"),
+		xdstest.PodUID("demo", "a"):      xdstest.Pod("demo", "a", "10.244.0.5"),
 		xdstest.ServiceName("demo", "s"): xdstest.Service("demo", "s", "10.96.0.10"),
 	})
 	srv.Set(xdstest.AuthorizationType, map[string]proto.Message{
@@ -385,7 +385,9 @@ func TestRunAndFetchAfterClose(t *testing.T) {
 		_, err := c.Fetch(context.Background(), xdstest.AddressType, "never")
 		fetched <- err
 	}()
-	srv.WaitRequest(0, func(r *discovery.DeltaDiscoveryRequest) bool { return slices.Contains(r.GetResourceNamesSubscribe(), "never") })
+	srv.WaitRequest(0, func(r *discovery.DeltaDiscoveryRequest) bool {
+		return slices.Contains(r.GetResourceNamesSubscribe(), "never")
+	})
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
 	}
