@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -37,7 +38,8 @@ type Agent struct {
 	Conns   connmgr.Manager
 
 	certs   *identity.Manager
-	issuers []runner // issuers that need a running goroutine (Workload API)
+	issuers []runner    // issuers that need a running goroutine (Workload API)
+	closers []io.Closer // issuers that hold connections (istiod CA)
 	sockets redirect.SocketFactory
 	pool    *hbone.Pool
 	hbone   *hbone.Server
@@ -113,9 +115,16 @@ func (a *Agent) newIssuer() (identity.Issuer, error) {
 		if err != nil {
 			return nil, fmt.Errorf("istiod CA client: %w", err)
 		}
+		a.closers = append(a.closers, ca)
 		return ca, nil
 	case IdentitySPIFFE:
-		w := identity.NewWorkloadAPI(identity.WorkloadAPIOptions{Address: a.cfg.SPIFFESocket, Logger: a.log.With("component", "workload-api")})
+		// Hand SPIRE's rotations to the manager as they arrive rather than at the next renewal.
+		w := identity.NewWorkloadAPI(identity.WorkloadAPIOptions{Address: a.cfg.SPIFFESocket, Logger: a.log.With("component", "workload-api"),
+			OnUpdate: func(id spiffeid.ID) {
+				if a.certs != nil {
+					a.certs.Refresh(id)
+				}
+			}})
 		a.issuers = append(a.issuers, w)
 		return w, nil
 	default:
@@ -210,6 +219,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Wait()
 	a.pool.Close()
 	a.certs.Close()
+	for _, c := range a.closers {
+		c.Close()
+	}
 	if a.redir != nil {
 		a.redir.Close()
 	}

@@ -66,6 +66,8 @@ type Config struct {
 
 	// DrainTimeout bounds graceful shutdown: open connections get this long to finish (default 5 s).
 	DrainTimeout time.Duration
+	// ConnectTimeout bounds establishing an upstream: a TCP connect or an HBONE stream (default 10 s).
+	ConnectTimeout time.Duration
 	// PreserveSourceIP makes connections to local pods come from the original client IP and HBONE
 	// connections come from the source pod's IP, as ztunnel does (default true; needs capture).
 	PreserveSourceIP *bool
@@ -108,6 +110,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = 5 * time.Second
+	}
+	if c.ConnectTimeout == 0 {
+		c.ConnectTimeout = 10 * time.Second
 	}
 	if c.PreserveSourceIP == nil {
 		v := c.Capture != CaptureNone

@@ -51,7 +51,7 @@ func (a *Agent) prepare(ctx context.Context, in *inbound) (net.Conn, authz.Decis
 	if !d.Allow {
 		return nil, d, statusErr(http.StatusUnauthorized, "RBAC: %s", d.Reason())
 	}
-	dctx, cancel := context.WithTimeout(ctx, connectTimeout)
+	dctx, cancel := context.WithTimeout(ctx, a.cfg.ConnectTimeout)
 	defer cancel()
 	var up net.Conn
 	var err error

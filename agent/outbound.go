@@ -20,9 +20,6 @@ import (
 	"github.com/ambit-mesh/ambit/redirect"
 )
 
-// connectTimeout bounds establishing an upstream (TCP connect, or HBONE stream set-up).
-const connectTimeout = 10 * time.Second
-
 // serveOutbound carries one captured outbound connection as route.Build plans it.
 func (a *Agent) serveOutbound(ctx context.Context, down *net.TCPConn) {
 	srcAddr := addrPort(down.RemoteAddr())
@@ -66,7 +63,7 @@ func (a *Agent) serveOutbound(ctx context.Context, down *net.TCPConn) {
 		return
 	}
 
-	dctx, cancel := context.WithTimeout(ctx, connectTimeout)
+	dctx, cancel := context.WithTimeout(ctx, a.cfg.ConnectTimeout)
 	up, err := a.dialUpstream(dctx, src, srcAddr, &plan)
 	cancel()
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -62,6 +63,7 @@ type Waypoint struct {
 	id      spiffeid.ID
 	certs   *identity.Manager
 	issuers []runner
+	closers []io.Closer
 	source  *fileSource
 	sockets redirect.SocketFactory
 	pool    *hbone.Pool
@@ -116,7 +118,7 @@ func NewWaypoint(cfg WaypointConfig, log *slog.Logger) (*Waypoint, error) {
 	if err != nil {
 		return nil, err
 	}
-	w.issuers = helper.issuers
+	w.issuers, w.closers = helper.issuers, helper.closers
 	if w.certs, err = identity.NewManager(identity.ManagerOptions{Issuer: issuer, Logger: w.log.With("component", "identity")}); err != nil {
 		return nil, fmt.Errorf("identity manager: %w", err)
 	}
@@ -193,6 +195,9 @@ func (w *Waypoint) Run(ctx context.Context) error {
 	wg.Wait()
 	w.pool.Close()
 	w.certs.Close()
+	for _, c := range w.closers {
+		c.Close()
+	}
 	close(errc)
 	var errs []error
 	for err := range errc {
@@ -287,7 +292,7 @@ func (w *Waypoint) serveHBONE(ctx context.Context, r *hbone.Request) error {
 		w.record(c, lbl, nil, err)
 		return err
 	}
-	dctx, cancel := context.WithTimeout(ctx, connectTimeout)
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	up, err := w.dial(dctx, me, r, &plan)
 	cancel()
 	if err != nil {

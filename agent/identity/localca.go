@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -236,6 +237,20 @@ func newRoot(td spiffeid.TrustDomain, ttl time.Duration) (*x509.Certificate, cry
 }
 
 func loadOrCreateRoot(dir string, td spiffeid.TrustDomain, ttl time.Duration, log *slog.Logger) (*x509.Certificate, crypto.Signer, error) {
+	// Several processes may start on one directory at once (agents and waypoints on one machine): an
+	// exclusive lock makes exactly one of them create the root and the others load it.
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, nil, fmt.Errorf("create root dir: %w", err)
+	}
+	lock, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, nil, fmt.Errorf("lock root dir: %w", err)
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		return nil, nil, fmt.Errorf("lock root dir: %w", err)
+	}
+	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN)
 	certPath, keyPath := filepath.Join(dir, RootCertFileName), filepath.Join(dir, RootKeyFileName)
 	certExists, err := exists(certPath)
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -283,4 +284,33 @@ func poolOf(certs ...*x509.Certificate) *x509.CertPool {
 		p.AddCert(c)
 	}
 	return p
+}
+
+// TestLocalCAConcurrentCreate starts several CAs on one empty directory at once, as agents and waypoints
+// on one machine do: exactly one root is created and every CA uses it.
+func TestLocalCAConcurrentCreate(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "ca")
+	const n = 8
+	roots := make(chan *x509.Certificate, n)
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() {
+			ca, err := NewLocalCA(LocalCAOptions{Dir: dir})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			roots <- ca.Root()
+		})
+	}
+	wg.Wait()
+	close(roots)
+	var first *x509.Certificate
+	for r := range roots {
+		if first == nil {
+			first = r
+		} else if !first.Equal(r) {
+			t.Fatal("concurrent starts created different roots")
+		}
+	}
 }

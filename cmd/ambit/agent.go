@@ -101,6 +101,8 @@ authorization, and serve admin (localhost:15000), metrics (:15020) and readiness
 	addr(&cfg.ReadinessAddr, agent.DefaultReadinessAddr, "readiness-addr", "AMBIT_READINESS_ADDR", "readiness probe")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 5*time.Second, "graceful shutdown: how long open connections may take to finish")
 	envs["drain-timeout"] = "AMBIT_DRAIN_TIMEOUT"
+	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", 10*time.Second, "how long establishing an upstream connection may take")
+	envs["connect-timeout"] = "AMBIT_CONNECT_TIMEOUT"
 	fs.BoolVar(&preserve, "preserve-source-ip", true, "connect to pods from the original client IP, and send HBONE from the source pod's IP")
 	envs["preserve-source-ip"] = "AMBIT_PRESERVE_SOURCE_IP"
 	lf.register(fs, envs)
