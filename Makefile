@@ -68,3 +68,16 @@ lab-down: ## remove the lab LAB (default demo)
 .PHONY: demo
 demo: build ## the one-command demo (root): two lab nodes, agents, waypoints and the waypoint walkthrough
 	$(GO) run ./hack/demo -bin $(BIN)
+
+.PHONY: test-interop
+test-interop: ## HBONE interop with istio.io/istio/pkg/hbone (separate module test/hboneinterop; needs the Go module proxy)
+	cd test/hboneinterop && $(GO) test -mod=mod -race -count=1 ./...
+
+.PHONY: fuzz-hbone
+fuzz-hbone: ## run the hbone fuzz targets (frames both roles, authority, baggage, forwarded, traceparent) for FUZZTIME each
+	for f in FuzzServerFrames FuzzClientFrames FuzzParseAuthority FuzzParseBaggage FuzzParseForwarded FuzzParseTraceparent; do \
+		$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) ./hbone/ || exit 1; done
+
+.PHONY: bench-hbone
+bench-hbone: ## HBONE vs raw TCP, plain TLS 1.3 and net/http h2: table of medians and ratios (ROUNDS=5)
+	$(GO) run ./hack/bench-hbone -rounds $(or $(ROUNDS),5)
