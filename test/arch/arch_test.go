@@ -76,7 +76,9 @@ func TestDependencyRules(t *testing.T) {
 		{"bpf holds generated objects only", func(p string) bool { return under(p, "bpf") }, ours("agent", "hbone", "xdsclient", "redirect")},
 		{"redirect does not make policy decisions", func(p string) bool { return under(p, "redirect") }, ours("agent", "hbone", "xdsclient")},
 		{"only redirect and bpf touch x/sys/unix for capture",
-			func(p string) bool { return !under(p, "redirect") && !under(p, "bpf") && !under(p, "test") && !under(p, "hack") },
+			func(p string) bool {
+				return !under(p, "redirect") && !under(p, "bpf") && !under(p, "test") && !under(p, "hack")
+			},
 			func(imp string) bool { return imp == "golang.org/x/sys/unix" }},
 		{"decisions do no I/O", func(p string) bool {
 			return under(p, "agent/route") || under(p, "agent/authz") || under(p, "agent/binding")
