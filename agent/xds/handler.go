@@ -85,8 +85,11 @@ func (h *AddressHandler) HandleUpdate(_ context.Context, u *xdsclient.Update) []
 	order := make([]string, 0, len(u.Resources))
 	for i := range u.Resources {
 		r := &u.Resources[i]
-		if dups[r.Name] {
-			rej = append(rej, h.reject(r.Name, ErrDuplicate))
+		if reported, dup := dups[r.Name]; dup {
+			if !reported {
+				dups[r.Name] = true
+				rej = append(rej, h.reject(r.Name, ErrDuplicate))
+			}
 			continue
 		}
 		a, err := DecodeAddress(r.Body)
@@ -232,7 +235,8 @@ func serviceKey(name string) (state.NamespacedHostname, bool) {
 	return state.NamespacedHostname{Namespace: ns, Hostname: host}, true
 }
 
-// duplicates returns the names that occur more than once in rs, or nil.
+// duplicates returns the names that occur more than once in rs (mapped to false: not reported yet), or
+// nil.
 func duplicates(rs []xdsclient.Resource) map[string]bool {
 	seen := make(map[string]struct{}, len(rs))
 	var dups map[string]bool
@@ -241,7 +245,7 @@ func duplicates(rs []xdsclient.Resource) map[string]bool {
 			if dups == nil {
 				dups = map[string]bool{}
 			}
-			dups[rs[i].Name] = true
+			dups[rs[i].Name] = false
 			continue
 		}
 		seen[rs[i].Name] = struct{}{}
@@ -271,8 +275,11 @@ func (h *AuthorizationHandler) HandleUpdate(_ context.Context, u *xdsclient.Upda
 	upd := &state.Update{RemovePolicies: u.Removed}
 	for i := range u.Resources {
 		r := &u.Resources[i]
-		if dups[r.Name] {
-			rej = append(rej, xdsclient.Rejection{Name: r.Name, Err: ErrDuplicate, Keep: h.store.Policy(r.Name) != nil})
+		if reported, dup := dups[r.Name]; dup {
+			if !reported {
+				dups[r.Name] = true
+				rej = append(rej, xdsclient.Rejection{Name: r.Name, Err: ErrDuplicate, Keep: h.store.Policy(r.Name) != nil})
+			}
 			continue
 		}
 		a, err := DecodeAuthorization(r.Body)

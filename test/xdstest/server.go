@@ -41,6 +41,8 @@ type Options struct {
 	ServerName string
 	// Token, when set, is required as "authorization: Bearer <Token>" on every stream.
 	Token string
+	// Hold lists type URLs whose watches get no response until Release is called (to test readiness).
+	Hold []string
 }
 
 // Server is a running test server.
@@ -52,6 +54,7 @@ type Server struct {
 	// RootFile is the PEM CA file to trust (TLS only).
 	RootFile string
 	caches   map[string]*cache.LinearCache
+	gates    map[string]*gate
 	mux      *cache.MuxCache
 	creds    credentials.TransportCredentials
 
@@ -76,6 +79,12 @@ func Start(tb testing.TB, opts Options) *Server {
 	}
 	for t, c := range s.caches {
 		s.mux.Caches[t] = c
+	}
+	s.gates = map[string]*gate{}
+	for _, t := range opts.Hold {
+		g := &gate{inner: s.caches[t]}
+		s.gates[t] = g
+		s.mux.Caches[t] = g
 	}
 	if opts.TLS {
 		name := opts.ServerName
@@ -261,3 +270,70 @@ func serverCert(tb testing.TB, name string) (tls.Certificate, []byte) {
 
 // String describes the server for logs.
 func (s *Server) String() string { return fmt.Sprintf("xdstest server %s", s.Addr) }
+
+// Release lets the watches of a held type URL (Options.Hold) through.
+func (s *Server) Release(typeURL string) {
+	s.tb.Helper()
+	if err := s.gates[typeURL].release(); err != nil {
+		s.tb.Fatal(err)
+	}
+}
+
+// gate is a cache that parks delta watches until released.
+type gate struct {
+	inner cache.Cache
+
+	mu     sync.Mutex
+	open   bool          // guarded by mu
+	parked []parkedWatch // guarded by mu
+}
+
+type parkedWatch struct {
+	req    *cache.DeltaRequest
+	sub    cache.Subscription
+	out    chan cache.DeltaResponse
+	cancel *func()
+}
+
+var _ cache.Cache = (*gate)(nil)
+
+func (g *gate) CreateWatch(r *cache.Request, sub cache.Subscription, out chan cache.Response) (func(), error) {
+	return g.inner.CreateWatch(r, sub, out)
+}
+
+func (g *gate) CreateDeltaWatch(r *cache.DeltaRequest, sub cache.Subscription, out chan cache.DeltaResponse) (func(), error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.open {
+		return g.inner.CreateDeltaWatch(r, sub, out)
+	}
+	cancel := new(func())
+	*cancel = func() {}
+	g.parked = append(g.parked, parkedWatch{req: r, sub: sub, out: out, cancel: cancel})
+	return func() {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		(*cancel)()
+	}, nil
+}
+
+func (g *gate) Fetch(ctx context.Context, r *cache.Request) (cache.Response, error) {
+	return g.inner.Fetch(ctx, r)
+}
+
+func (g *gate) release() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.open = true
+	for _, p := range g.parked {
+		c, err := g.inner.CreateDeltaWatch(p.req, p.sub, p.out)
+		if err != nil {
+			return err
+		}
+		if c != nil {
+			*p.cancel = c
+		}
+	}
+	g.parked = nil
+	return nil
+}
