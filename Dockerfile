@@ -1,0 +1,24 @@
+# syntax=docker/dockerfile:1
+# Ambit image: the `ambit` binary (agent and waypoint modes) and `ambitctl`.
+# No clang is needed: the BPF objects are generated and committed in bpf/.
+FROM golang:1.26-bookworm AS build
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN go mod download
+COPY . .
+ARG VERSION=dev
+RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X github.com/ambit-mesh/ambit/agent.Version=${VERSION}" -o /out/ambit ./cmd/ambit \
+ && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o /out/ambitctl ./cmd/ambitctl
+
+# The agent drives nftables (TPROXY mode, and the notrack rule of eBPF mode) through the nft tool.
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends nftables libcap2-bin ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=build /out/ambit /out/ambitctl /usr/local/bin/
+# File capabilities let the agent run as a non-root user: BPF programs and maps, TCX links,
+# transparent sockets, marks and routing rules.
+RUN setcap cap_bpf,cap_net_admin,cap_net_raw,cap_sys_admin,cap_perfmon,cap_sys_resource+ep /usr/local/bin/ambit \
+ && useradd --system --uid 1337 --no-create-home ambit
+USER 1337:1337
+ENTRYPOINT ["/usr/local/bin/ambit"]
