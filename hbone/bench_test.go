@@ -19,7 +19,9 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"runtime"
+	"runtime/pprof"
 	"sync"
 	"syscall"
 	"testing"
@@ -473,6 +475,17 @@ func BenchmarkIdleStreams(b *testing.B) {
 		}
 		after := memInUse()
 		perStream = float64(after-before) / n
+		if path := os.Getenv("HBONE_IDLE_HEAPPROFILE"); path != "" {
+			if f, err := os.Create(path); err == nil {
+				_ = pprof.WriteHeapProfile(f)
+				_ = f.Close()
+			}
+		}
+		if testing.Verbose() {
+			var ms runtime.MemStats
+			runtime.ReadMemStats(&ms)
+			b.Logf("heap in use %d MB, stacks %d MB, goroutines %d", ms.HeapInuse>>20, ms.StackInuse>>20, runtime.NumGoroutine())
+		}
 		runtime.KeepAlive(streams)
 		for _, c := range streams {
 			_ = c.Close()

@@ -869,7 +869,7 @@ func (c *conn) writeFailed(err error) {
 
 // reserveSend waits until s may send and reserves up to want bytes of both windows, at most one frame.
 func (c *conn) reserveSend(s *Stream, want int, cancel <-chan struct{}) (int, error) {
-	// s.done (Close) also interrupts the wait.
+	// Close interrupts the wait by expiring the write deadline (cancel) and signalling wready.
 	for {
 		c.mu.Lock()
 		if err := s.writeErrLocked(); err != nil {
@@ -893,8 +893,6 @@ func (c *conn) reserveSend(s *Stream, want int, cancel <-chan struct{}) (int, er
 		case <-connCh:
 		case <-cancel:
 			return 0, os.ErrDeadlineExceeded
-		case <-s.done:
-			return 0, net.ErrClosed
 		case <-c.done:
 			return 0, c.err()
 		}
@@ -996,7 +994,7 @@ func (c *conn) openStream(ctx context.Context, fields []hpack.HeaderField) (*Str
 	s := newStream(c, c.nextID)
 	c.nextID += 2
 	s.sendWindow = c.peerInitWindow
-	s.respReady = make(chan struct{})
+	s.client = true
 	c.streams[s.id] = s
 	c.streamCount.Add(1)
 	c.mu.Unlock()
@@ -1010,11 +1008,9 @@ func (c *conn) openStream(ctx context.Context, fields []hpack.HeaderField) (*Str
 		c.streamLeft()
 		return nil, err
 	}
-	select {
-	case <-s.respReady:
-	case <-ctx.Done():
+	if err := s.waitResponse(ctx); err != nil {
 		_ = s.Close()
-		return nil, ctx.Err()
+		return nil, err
 	}
 	if s.respErr != nil {
 		_ = s.Close()

@@ -52,6 +52,17 @@ func (d *deadline) wait() <-chan struct{} {
 	return d.cancel
 }
 
+// waitAlloc is wait, but creates the channel if needed, so that a later set (Close expires the write
+// deadline to interrupt writers) is always seen.
+func (d *deadline) waitAlloc() <-chan struct{} {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.cancel == nil {
+		d.cancel = make(chan struct{})
+	}
+	return d.cancel
+}
+
 // stop releases the timer, if any.
 func (d *deadline) stop() {
 	d.mu.Lock()

@@ -86,7 +86,7 @@ func (r *Request) Accept(respHeader http.Header) (net.Conn, error) {
 // ended) the stream and removes it.
 func (s *Stream) writeResponse(fields []hpack.HeaderField, endStream bool) error {
 	c := s.c
-	if err := c.lockWrite(s.done, nil); err != nil {
+	if err := c.lockWrite(s.writeDL.waitAlloc(), nil); err != nil {
 		return err
 	}
 	c.mu.Lock()
@@ -387,7 +387,7 @@ func parseRequest(fields []hpack.HeaderField, truncated bool) (*Request, int, er
 	}
 	var method, authority string
 	var hasAuthority, extra bool
-	h := make(http.Header)
+	var h http.Header
 	for _, f := range fields {
 		switch f.Name {
 		case ":method":
@@ -398,6 +398,9 @@ func parseRequest(fields []hpack.HeaderField, truncated bool) (*Request, int, er
 			extra = true
 		default:
 			if !f.IsPseudo() {
+				if h == nil {
+					h = make(http.Header)
+				}
 				k := textproto.CanonicalMIMEHeaderKey(f.Name)
 				h[k] = append(h[k], f.Value)
 			}

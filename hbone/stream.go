@@ -37,13 +37,12 @@ type Stream struct {
 
 	rready  chan struct{} // capacity 1: receive side changed
 	wready  chan struct{} // capacity 1: send window or state changed
-	done    chan struct{} // closed by Close
 	closed  atomic.Bool
 	readDL  deadline
 	writeDL deadline
 
-	// client response; set once, before respReady is closed
-	respReady  chan struct{}
+	// client response; set once, with respDone, under rmu
+	client     bool
 	status     int
 	respHeader http.Header
 	respErr    error
@@ -77,7 +76,6 @@ func newStream(c *conn, id uint32) *Stream {
 		id:         id,
 		rready:     make(chan struct{}, 1),
 		wready:     make(chan struct{}, 1),
-		done:       make(chan struct{}),
 		recvWindow: int64(c.cfg.settings.StreamWindow),
 	}
 }
@@ -328,15 +326,15 @@ func (s *Stream) Write(p []byte) (int, error) {
 	defer s.wmu.Unlock()
 	total := 0
 	for len(p) > 0 {
-		dl := s.writeDL.wait()
+		dl := s.writeDL.waitAlloc()
 		if isClosed(dl) {
-			return total, os.ErrDeadlineExceeded
+			return total, s.writeErr(os.ErrDeadlineExceeded)
 		}
 		n, err := s.c.reserveSend(s, len(p), dl)
 		if err != nil {
 			return total, s.writeErr(err)
 		}
-		if err := s.c.writeData(s.id, p[:n], dl, s.done); err != nil {
+		if err := s.c.writeData(s.id, p[:n], dl, nil); err != nil {
 			s.c.unreserve(s, n)
 			return total, s.writeErr(err)
 		}
@@ -399,8 +397,8 @@ func (s *Stream) Close() error {
 	if !s.closed.CompareAndSwap(false, true) {
 		return nil
 	}
-	close(s.done)
 	c := s.c
+	s.writeDL.set(time.Unix(1, 0)) // interrupts a Write waiting for the write lock
 	s.rmu.Lock()
 	s.rclosed = true
 	dropped := s.rbuf.reset()
@@ -491,12 +489,29 @@ func (s *Stream) setResponse(status int, h http.Header) {
 }
 
 func (s *Stream) setResponseLocked(status int, h http.Header, err error) {
-	if s.respDone || s.respReady == nil {
+	if s.respDone || !s.client {
 		return
 	}
 	s.respDone = true
 	s.status, s.respHeader, s.respErr = status, h, err
-	close(s.respReady)
+	signal(s.rready)
+}
+
+// waitResponse waits for the response headers (or a failure) of a client stream.
+func (s *Stream) waitResponse(ctx context.Context) error {
+	for {
+		s.rmu.Lock()
+		done := s.respDone
+		s.rmu.Unlock()
+		if done {
+			return nil
+		}
+		select {
+		case <-s.rready:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 // responded reports whether the response headers were received (client) or sent (server).

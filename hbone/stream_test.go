@@ -22,17 +22,19 @@ import (
 // serverStream starts a server whose handler hands each accepted stream to the test.
 func serverStream(tb testing.TB, pki *testPKI, mod func(*Server)) (*testServer, <-chan *Stream) {
 	ch := make(chan *Stream, 16)
+	release := make(chan struct{})
 	h := HandlerFunc(func(ctx context.Context, r *Request) error {
 		c, err := r.Accept(nil)
 		if err != nil {
 			return err
 		}
-		s := c.(*Stream)
-		ch <- s
-		<-s.done // the test closes it
+		ch <- c.(*Stream)
+		<-release // the test uses and closes the stream; the handler returns at cleanup
 		return nil
 	})
-	return startServer(tb, pki, h, mod), ch
+	ts := startServer(tb, pki, h, mod)
+	tb.Cleanup(func() { close(release) })
+	return ts, ch
 }
 
 func TestHalfCloseClientFirst(t *testing.T) {
@@ -233,14 +235,16 @@ func TestDeadlines(t *testing.T) {
 		_ = c.SetReadDeadline(time.Time{})
 	})
 	t.Run("write blocked on flow control", func(t *testing.T) {
-		_ = c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
-		n, err := c.Write(make([]byte, 8<<20)) // the server is not reading
-		if !errors.Is(err, os.ErrDeadlineExceeded) {
-			t.Fatalf("Write = %d, %v", n, err)
+		// The server is not reading: one stream window fits, the next byte must wait for credit.
+		if _, err := c.Write(make([]byte, DefaultStreamWindow)); err != nil {
+			t.Fatal(err)
 		}
-		if n < DefaultStreamWindow/2 || n > DefaultStreamWindow {
-			t.Fatalf("wrote %d bytes before the deadline, want about one stream window", n)
+		_ = c.SetWriteDeadline(time.Now().Add(30 * time.Millisecond))
+		n, err := c.Write([]byte{1})
+		if !errors.Is(err, os.ErrDeadlineExceeded) || n != 0 {
+			t.Fatalf("Write past the window = %d, %v", n, err)
 		}
+		n = DefaultStreamWindow
 		// Draining on the server reopens the window; a cleared deadline lets writing continue.
 		_ = c.SetWriteDeadline(time.Time{})
 		go func() { _, _ = io.CopyN(io.Discard, s, int64(n)+10) }()
