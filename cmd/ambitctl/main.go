@@ -66,7 +66,7 @@ func newRootCmd() *cobra.Command {
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return flagError{err} })
 	root.PersistentFlags().StringVarP(&rf.namespace, "namespace", "n", "", "Kubernetes namespace")
-	root.AddCommand(newWaypointCmd(rf), newExplainCmd(rf))
+	root.AddCommand(newWaypointCmd(rf), newExplainCmd(rf), newNodeCmd(rf), newZtunnelConfigCmd(rf))
 	return root
 }
 
