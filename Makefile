@@ -36,9 +36,15 @@ fuzz: ## run every fuzz target for FUZZTIME each (default 30s)
 	$(GO) test -run '^$$' -fuzz '^FuzzCompile$$' -fuzztime $(FUZZTIME) ./agent/localconfig/
 
 .PHONY: bench
-bench: ## foundation benchmarks: config compile, state memory, route planning (medians of 5)
+bench: ## Go micro-benchmarks (config compile, state memory, route planning; medians of 5), then bench-agent (root)
 	$(GO) test -run '^$$' -bench 'Compile|StateMemory' -benchtime 5x -count 5 ./agent/localconfig/
 	$(GO) test -run '^$$' -bench 'Build' -count 5 ./agent/route/
+	$(MAKE) bench-agent
+
+.PHONY: bench-agent
+bench-agent: ## node agent vs direct in the lab: iperf3, fortio latency and conn/s, agent CPU and RSS; medians of ROUNDS=5 (root, ~10 min; needs iperf3)
+	$(GO) build -o $(BIN)/ambit ./cmd/ambit
+	$(GO) run ./hack/bench-agent -bin $(BIN) -rounds $(or $(ROUNDS),5)
 
 .PHONY: generate
 generate: ## regenerate the bpf2go output in bpf/ (needs clang and llvm-strip)

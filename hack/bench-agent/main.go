@@ -1,0 +1,206 @@
+// Command bench-agent measures Ambit's node agent end to end in the network-namespace lab (root). A client
+// pod talks to a server pod two ways, side by side in one run: directly (pods outside the mesh, nothing
+// captured) and through Ambit (source agent, HBONE, destination agent), on the same node and across nodes.
+// The load comes from real tools: iperf3 for one bulk TCP stream, fortio for HTTP latency at a fixed rate
+// and for new connections per second, and this program's own helpers for 10,000 idle connections.
+//
+// The agents are `ambit agent` processes started with `ip netns exec <node>` exactly as in the demo: a
+// local configuration file listing the pods, the local CA, --capture auto. Agent CPU comes from
+// /proc/<pid>/stat (utime+stime of both agents around each measurement), memory from VmRSS. Every phase
+// runs each topology once per round, topologies shuffled; the table shows medians over the rounds, and
+// ratios and added latencies are medians of the per-round values (direct and mesh measured minutes apart
+// at most, so a busy machine affects both).
+//
+//	make bench-agent                      # builds bin/ambit, then runs this with -bin bin
+//	go run ./hack/bench-agent -bin bin [-rounds 5] [-phases throughput,latency,cps,memory]
+//
+// Needs root, iperf3 (apt-get install -y iperf3) and fortio v1.68.2, which is built on first use into
+// ${AMBIT_PEER_CACHE:-/var/cache/ambit-peers}/fortio-v1.68.2/ (the Go module proxy is needed once).
+// Ctrl-C stops every process it started and removes the lab.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/signal"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "hold", "open": // helpers run inside pod namespaces (see idle.go)
+			if err := helper(os.Args[1], os.Args[2:]); err != nil {
+				fmt.Fprintln(os.Stderr, "bench-agent "+os.Args[1]+":", err)
+				os.Exit(1)
+			}
+			return
+		}
+	}
+	var o options
+	flag.StringVar(&o.bin, "bin", "bin", "directory holding the ambit binary")
+	flag.IntVar(&o.rounds, "rounds", 5, "rounds; medians are taken over them (at least 5 for quoted numbers)")
+	flag.StringVar(&o.phases, "phases", "throughput,latency,cps,memory", "phases to run, comma separated")
+	flag.DurationVar(&o.iperfTime, "iperf-time", 5*time.Second, "length of one iperf3 run")
+	flag.DurationVar(&o.latencyTime, "latency-time", 10*time.Second, "length of one fortio run at the fixed rate (10 s = 10,000 requests)")
+	flag.DurationVar(&o.cpsTime, "cps-time", 5*time.Second, "length of one connections-per-second run")
+	flag.IntVar(&o.idleConns, "idle-conns", 10000, "idle connections opened through the mesh in the memory phase")
+	flag.StringVar(&o.capture, "capture", "auto", "agent capture mode: auto, ebpf or tproxy")
+	flag.BoolVar(&o.keep, "keep", false, "keep the lab and the agents running after the table until Ctrl-C")
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, o); err != nil {
+		fmt.Fprintln(os.Stderr, "bench-agent:", err)
+		os.Exit(1)
+	}
+}
+
+// options are the command-line settings.
+type options struct {
+	bin, phases, capture            string
+	rounds, idleConns               int
+	iperfTime, latencyTime, cpsTime time.Duration
+	keep                            bool
+}
+
+// phase is one kind of measurement. run measures one topology once and returns named values; work maps
+// a CPU metric name to the units of work done (GB, 10k requests), and the harness turns it into agent
+// CPU seconds per unit from the agents' CPU time around run.
+type phase struct {
+	name string
+	what string
+	// topologies selects where the phase runs (nil: all four).
+	topologies func(b *bench) []topology
+	run        func(b *bench, ctx context.Context, t topology) (sample, error)
+}
+
+// sample is what one run of a phase measured.
+type sample struct {
+	vals map[string]float64
+	work map[string]float64
+}
+
+// phases is the benchmark, in the order each round runs it.
+var phases = []phase{
+	{name: "throughput", what: "one TCP stream for -iperf-time (iperf3 client in the client pod, iperf3 -s in the server pod)",
+		run: (*bench).throughput},
+	{name: "latency", what: "HTTP/1.1 at a fixed 1,000 req/s over 4 keep-alive connections, 1 KB responses (fortio load -> fortio server)",
+		run: (*bench).latency},
+	{name: "cps", what: "a new TCP connection per tiny HTTP request, 16 concurrent, as fast as possible (fortio load -keepalive=false)",
+		run: (*bench).connRate},
+	{name: "memory", what: "agents restarted; RSS of both agents idle, then with -idle-conns idle connections open through the mesh",
+		topologies: func(b *bench) []topology { return []topology{b.topo("cross", true)} },
+		run:        (*bench).memory},
+}
+
+func run(ctx context.Context, o options) error {
+	if os.Geteuid() != 0 {
+		return errors.New("needs root (network namespaces and eBPF capture); run it with sudo")
+	}
+	if o.rounds < 1 {
+		return errors.New("-rounds must be at least 1")
+	}
+	selected, err := selectPhases(o.phases)
+	if err != nil {
+		return err
+	}
+	tools, err := findTools(ctx)
+	if err != nil {
+		return err
+	}
+	b, err := newBench(ctx, o, tools)
+	if err != nil {
+		return err
+	}
+	defer b.close()
+	fmt.Fprintf(os.Stderr, "lab %s up; agents ready (capture %s); logs in %s\n", b.lab.Name, b.captureMode, b.dir)
+
+	res := newResults(o.rounds)
+	for r := range o.rounds {
+		for _, p := range selected {
+			topos := b.topologies()
+			if p.topologies != nil {
+				topos = p.topologies(b)
+			}
+			rand.Shuffle(len(topos), func(i, j int) { topos[i], topos[j] = topos[j], topos[i] })
+			for _, t := range topos {
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+				s, err := b.measure(ctx, p, t)
+				if err != nil {
+					if ctx.Err() != nil {
+						return ctx.Err()
+					}
+					fmt.Fprintf(os.Stderr, "round %d/%d %-10s %-13s FAILED: %v\n", r+1, o.rounds, p.name, t.name(), err)
+					res.fail(p.name, t)
+					continue
+				}
+				res.add(r, t, s.vals)
+				fmt.Fprintf(os.Stderr, "round %d/%d %-10s %-13s %s\n", r+1, o.rounds, p.name, t.name(), formatSample(s.vals))
+			}
+		}
+	}
+	report(os.Stdout, b, o, res, selected)
+	if o.keep {
+		fmt.Fprintf(os.Stderr, "-keep: lab %s and agents stay up until Ctrl-C\n", b.lab.Name)
+		<-ctx.Done()
+	}
+	return nil
+}
+
+func selectPhases(list string) ([]phase, error) {
+	var out []phase
+	for _, name := range strings.Split(list, ",") {
+		name = strings.TrimSpace(name)
+		i := slices.IndexFunc(phases, func(p phase) bool { return p.name == name })
+		if i < 0 {
+			return nil, fmt.Errorf("unknown phase %q (have throughput, latency, cps, memory)", name)
+		}
+		out = append(out, phases[i])
+	}
+	return out, nil
+}
+
+// measure runs one phase on one topology, with the agents' CPU time read around it.
+func (b *bench) measure(ctx context.Context, p phase, t topology) (sample, error) {
+	before, err := b.agentCPU()
+	if err != nil {
+		return sample{}, err
+	}
+	s, err := p.run(b, ctx, t)
+	if err != nil {
+		return sample{}, err
+	}
+	after, err := b.agentCPU()
+	if err != nil {
+		return sample{}, err
+	}
+	for name, units := range s.work {
+		if units > 0 {
+			s.vals[name] = (after - before).Seconds() / units
+		}
+	}
+	return s, nil
+}
+
+func formatSample(vals map[string]float64) string {
+	keys := make([]string, 0, len(vals))
+	for k := range vals {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	var b strings.Builder
+	for _, k := range keys {
+		fmt.Fprintf(&b, " %s=%.4g", k, vals[k])
+	}
+	return strings.TrimSpace(b.String())
+}

@@ -1,0 +1,231 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Metric names (keys of sample.vals; report.go lays them out).
+const (
+	mGbps         = "gbps"
+	mCPUPerGB     = "cpu_s_per_gb"
+	mP50          = "p50_ms"
+	mP99          = "p99_ms"
+	mQPS          = "qps"
+	mCPUPer10kReq = "cpu_s_per_10k_req"
+	mCPS          = "conn_per_s"
+	mCPUPer10kCon = "cpu_s_per_10k_conn"
+	mRSSIdle      = "rss_idle_mb"
+	mRSSConns     = "rss_conns_mb"
+	mRSSAfter     = "rss_after_mb"
+	mKBPerConn    = "kb_per_conn"
+)
+
+// iperfResult is the part of `iperf3 -J` output the benchmark reads.
+type iperfResult struct {
+	End struct {
+		SumReceived struct {
+			Bytes         float64 `json:"bytes"`
+			BitsPerSecond float64 `json:"bits_per_second"`
+		} `json:"sum_received"`
+	} `json:"end"`
+	Error string `json:"error"`
+}
+
+func (b *bench) throughput(ctx context.Context, t topology) (sample, error) {
+	secs := max(1, int(b.o.iperfTime.Seconds()))
+	out, err := runIn(ctx, t.client, b.o.iperfTime+30*time.Second, b.tools.iperf3,
+		"-c", t.server.IP.String(), "-p", strconv.Itoa(iperfPort), "-t", strconv.Itoa(secs), "-J")
+	var r iperfResult
+	if jerr := json.Unmarshal(out, &r); jerr == nil && r.Error != "" {
+		return sample{}, fmt.Errorf("iperf3: %s", r.Error)
+	}
+	if err != nil {
+		return sample{}, err
+	}
+	if err := json.Unmarshal(out, &r); err != nil {
+		return sample{}, fmt.Errorf("parse iperf3 output: %w", err)
+	}
+	if r.End.SumReceived.Bytes == 0 {
+		return sample{}, fmt.Errorf("iperf3 moved no bytes")
+	}
+	return sample{
+		vals: map[string]float64{mGbps: r.End.SumReceived.BitsPerSecond / 1e9},
+		work: map[string]float64{mCPUPerGB: r.End.SumReceived.Bytes / 1e9},
+	}, nil
+}
+
+// fortioResult is the part of fortio's JSON result the benchmark reads.
+type fortioResult struct {
+	ActualQPS         float64
+	ActualDuration    int64 // ns
+	RetCodes          map[string]int64
+	SocketCount       int64
+	DurationHistogram struct {
+		Count       int64
+		Percentiles []struct {
+			Percentile float64
+			Value      float64 // seconds
+		}
+	}
+	ErrorsDurationHistogram struct{ Count int64 }
+}
+
+func (r fortioResult) percentile(p float64) float64 {
+	for _, x := range r.DurationHistogram.Percentiles {
+		if x.Percentile == p {
+			return x.Value
+		}
+	}
+	return 0
+}
+
+// fortioLoad runs `fortio load` in the client pod against the server pod's fortio server.
+func (b *bench) fortioLoad(ctx context.Context, t topology, d time.Duration, path string, args ...string) (fortioResult, error) {
+	out := filepath.Join(b.dir, "fortio-result.json")
+	os.Remove(out)
+	url := fmt.Sprintf("http://%s:%d%s", t.server.IP, httpPort, path)
+	args = append(args, "-t", d.String(), "-json", out, url)
+	if _, err := runIn(ctx, t.client, d+60*time.Second, b.tools.fortio, append([]string{"load", "-quiet"}, args...)...); err != nil {
+		return fortioResult{}, err
+	}
+	var r fortioResult
+	data, err := os.ReadFile(out)
+	if err != nil {
+		return r, fmt.Errorf("read fortio result: %w", err)
+	}
+	if err := json.Unmarshal(data, &r); err != nil {
+		return r, fmt.Errorf("parse fortio result: %w", err)
+	}
+	var bad int64
+	for code, n := range r.RetCodes {
+		if code != "200" {
+			bad += n
+		}
+	}
+	if ok := r.RetCodes["200"]; ok == 0 || bad > ok/1000 {
+		return r, fmt.Errorf("fortio: %d ok, %d failed (codes %v)", ok, bad, r.RetCodes)
+	}
+	return r, nil
+}
+
+// latency: the Istio performance suite's standard point, 1,000 req/s of 1 KB responses (istio.io
+// "Performance and Scalability"), 4 connections as in its 1.24+ setup. Resolution 10 µs: fortio's
+// histogram then has 10-100 µs buckets up to 1 ms and interpolates inside them.
+func (b *bench) latency(ctx context.Context, t topology) (sample, error) {
+	r, err := b.fortioLoad(ctx, t, b.o.latencyTime, "/echo?size=1024",
+		"-qps", "1000", "-c", "4", "-r", "0.00001", "-p", "50,99")
+	if err != nil {
+		return sample{}, err
+	}
+	return sample{
+		vals: map[string]float64{mP50: r.percentile(50) * 1e3, mP99: r.percentile(99) * 1e3, mQPS: r.ActualQPS},
+		work: map[string]float64{mCPUPer10kReq: float64(r.DurationHistogram.Count) / 1e4},
+	}, nil
+}
+
+// connRate: every request on its own new TCP connection (HTTP/1.1 Connection: close), tiny request and
+// response, 16 at a time, unthrottled.
+func (b *bench) connRate(ctx context.Context, t topology) (sample, error) {
+	r, err := b.fortioLoad(ctx, t, b.o.cpsTime, "/echo", "-qps", "0", "-c", "16", "-keepalive=false")
+	if err != nil {
+		return sample{}, err
+	}
+	secs := float64(r.ActualDuration) / 1e9
+	return sample{
+		vals: map[string]float64{mCPS: float64(r.SocketCount) / secs},
+		work: map[string]float64{mCPUPer10kCon: float64(r.SocketCount) / 1e4},
+	}, nil
+}
+
+// memory restarts both agents, reads their RSS once idle, opens idle connections from the mesh client to
+// the holder in the server pod (each exchanges one byte first, so both agents have carried data on it),
+// reads RSS again, closes them and reads it a last time.
+func (b *bench) memory(ctx context.Context, t topology) (sample, error) {
+	if err := b.restartAgents(ctx); err != nil {
+		return sample{}, err
+	}
+	settle := func() { sleep(ctx, 3*time.Second) }
+	settle()
+	idle, err := b.agentRSS()
+	if err != nil {
+		return sample{}, err
+	}
+	n := b.o.idleConns
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", t.client.NS.Name, b.tools.self, "open",
+		"-to", fmt.Sprintf("%s:%d", t.server.IP, holdPort), "-n", strconv.Itoa(n))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return sample{}, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return sample{}, err
+	}
+	if err := cmd.Start(); err != nil {
+		return sample{}, fmt.Errorf("start opener: %w", err)
+	}
+	lines := make(chan string, 4)
+	go func() { // ends at the opener's exit, which every path below waits for
+		defer close(lines)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+	finish := func() error {
+		stdin.Close() // the opener closes its connections and exits
+		for range lines {
+		}
+		if err := cmd.Wait(); err != nil {
+			return fmt.Errorf("opener: %w: %s", err, strings.TrimSpace(stderr.String()))
+		}
+		return nil
+	}
+	line, ok := <-lines
+	if !ok || !strings.HasPrefix(line, "open ") {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		err := finish()
+		return sample{}, fmt.Errorf("opener did not open %d connections (%q): %v", n, line, err)
+	}
+	settle()
+	held, err := b.agentRSS()
+	if err != nil {
+		finish()
+		return sample{}, err
+	}
+	if err := finish(); err != nil {
+		return sample{}, err
+	}
+	settle()
+	after, err := b.agentRSS()
+	if err != nil {
+		return sample{}, err
+	}
+	return sample{vals: map[string]float64{
+		mRSSIdle:   float64(idle) / 1024,
+		mRSSConns:  float64(held) / 1024,
+		mRSSAfter:  float64(after) / 1024,
+		mKBPerConn: float64(held-idle) / float64(n),
+	}}, nil
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
