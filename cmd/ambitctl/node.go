@@ -250,7 +250,7 @@ func nodeGroup(rf *rootFlags, zc bool) *cobra.Command {
 // "<pod>[.<namespace>]" filter.
 func dumpCommand(rf *rootFlags, names nodeCommandNames, zc bool, maxArgs int,
 	show func(cmd *cobra.Command, nf *nodeFlags, args []string, raw []byte, d *dump.ConfigDump) error,
-) (*cobra.Command, *nodeFlags) {
+) *cobra.Command {
 	nf := &nodeFlags{rootFlags: rf}
 	name, aliases := names.use(zc)
 	use := name
@@ -278,12 +278,12 @@ func dumpCommand(rf *rootFlags, names nodeCommandNames, zc bool, maxArgs int,
 		},
 	}
 	nf.register(cmd, true)
-	return cmd, nf
+	return cmd
 }
 
 func newNodeWorkloadsCmd(rf *rootFlags, zc bool) *cobra.Command {
 	var f workloadFilter
-	cmd, _ := dumpCommand(rf, namesWorkloads, zc, 1, func(cmd *cobra.Command, nf *nodeFlags, args []string, _ []byte, d *dump.ConfigDump) error {
+	cmd := dumpCommand(rf, namesWorkloads, zc, 1, func(cmd *cobra.Command, nf *nodeFlags, args []string, _ []byte, d *dump.ConfigDump) error {
 		filter := f
 		if len(args) == 1 {
 			filter.name = targetFilter(args[0], nf.namespace, &filter.namespace)
@@ -303,7 +303,7 @@ func newNodeWorkloadsCmd(rf *rootFlags, zc bool) *cobra.Command {
 
 func newNodeServicesCmd(rf *rootFlags, zc bool) *cobra.Command {
 	var namespace string
-	cmd, _ := dumpCommand(rf, namesServices, zc, 0, func(cmd *cobra.Command, nf *nodeFlags, _ []string, _ []byte, d *dump.ConfigDump) error {
+	cmd := dumpCommand(rf, namesServices, zc, 0, func(cmd *cobra.Command, nf *nodeFlags, _ []string, _ []byte, d *dump.ConfigDump) error {
 		if nf.output == outputShort {
 			return printServices(cmd.OutOrStdout(), d, namespace)
 		}
@@ -317,7 +317,7 @@ func newNodeServicesCmd(rf *rootFlags, zc bool) *cobra.Command {
 
 func newNodePoliciesCmd(rf *rootFlags, zc bool) *cobra.Command {
 	var namespace string
-	cmd, _ := dumpCommand(rf, namesPolicies, zc, 0, func(cmd *cobra.Command, nf *nodeFlags, _ []string, _ []byte, d *dump.ConfigDump) error {
+	cmd := dumpCommand(rf, namesPolicies, zc, 0, func(cmd *cobra.Command, nf *nodeFlags, _ []string, _ []byte, d *dump.ConfigDump) error {
 		if nf.output == outputShort {
 			return printPolicies(cmd.OutOrStdout(), d, namespace)
 		}
@@ -330,7 +330,7 @@ func newNodePoliciesCmd(rf *rootFlags, zc bool) *cobra.Command {
 }
 
 func newNodeCertificatesCmd(rf *rootFlags, zc bool) *cobra.Command {
-	cmd, _ := dumpCommand(rf, namesCertificates, zc, 0, func(cmd *cobra.Command, nf *nodeFlags, _ []string, _ []byte, d *dump.ConfigDump) error {
+	cmd := dumpCommand(rf, namesCertificates, zc, 0, func(cmd *cobra.Command, nf *nodeFlags, _ []string, _ []byte, d *dump.ConfigDump) error {
 		if nf.output == outputShort {
 			return printCertificates(cmd.OutOrStdout(), d, time.Now())
 		}
@@ -347,7 +347,7 @@ func newNodeCertificatesCmd(rf *rootFlags, zc bool) *cobra.Command {
 
 func newNodeConnectionsCmd(rf *rootFlags, zc bool) *cobra.Command {
 	var f connFilter
-	cmd, _ := dumpCommand(rf, namesConnections, zc, 1, func(cmd *cobra.Command, nf *nodeFlags, args []string, _ []byte, d *dump.ConfigDump) error {
+	cmd := dumpCommand(rf, namesConnections, zc, 1, func(cmd *cobra.Command, nf *nodeFlags, args []string, _ []byte, d *dump.ConfigDump) error {
 		filter := f
 		if len(args) == 1 {
 			filter.name = targetFilter(args[0], nf.namespace, &filter.namespace)
@@ -377,7 +377,7 @@ func newNodeConnectionsCmd(rf *rootFlags, zc bool) *cobra.Command {
 
 func newNodeAllCmd(rf *rootFlags, zc bool) *cobra.Command {
 	var withHeaders bool
-	cmd, _ := dumpCommand(rf, namesAll, zc, 0, func(cmd *cobra.Command, nf *nodeFlags, _ []string, raw []byte, d *dump.ConfigDump) error {
+	cmd := dumpCommand(rf, namesAll, zc, 0, func(cmd *cobra.Command, nf *nodeFlags, _ []string, raw []byte, d *dump.ConfigDump) error {
 		if nf.output == outputShort {
 			return printAll(cmd.OutOrStdout(), d, withHeaders, time.Now())
 		}

@@ -8,10 +8,6 @@ import (
 	"slices"
 )
 
-// ServiceNames is a workload's list of "<namespace>/<hostname>". It decodes from a list (ztunnel's dump)
-// or from a map keyed by those names (ztunnel's local configuration format), sorted then.
-type ServiceNames []string
-
 // UnmarshalJSON accepts a list of strings or an object whose keys are the names.
 func (s *ServiceNames) UnmarshalJSON(b []byte) error {
 	if b = bytes.TrimSpace(b); len(b) > 0 && b[0] == '{' {

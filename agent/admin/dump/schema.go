@@ -59,6 +59,10 @@ type Workload struct {
 	Capacity uint32       `json:"capacity"`
 }
 
+// ServiceNames is a workload's list of "<namespace>/<hostname>". It decodes from a list (ztunnel's dump)
+// or from a map keyed by those names (ztunnel's local configuration format), sorted then.
+type ServiceNames []string
+
 // GatewayAddress references a waypoint or network gateway. Destination is "<namespace>/<hostname>" or
 // "<network>/<ip>" (the default network is empty: "/10.96.0.10").
 type GatewayAddress struct {
