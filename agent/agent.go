@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/ambit-mesh/ambit/agent/admin"
 	"github.com/ambit-mesh/ambit/agent/connmgr"
 	"github.com/ambit-mesh/ambit/agent/identity"
 	"github.com/ambit-mesh/ambit/agent/metrics"
@@ -45,8 +47,9 @@ type Agent struct {
 	hbone   *hbone.Server
 	source  *fileSource
 
-	lnOut, lnIn, lnHBONE *net.TCPListener
-	redir                redirect.Redirector
+	lnOut, lnIn, lnHBONE        *net.TCPListener
+	lnAdmin, lnMetrics, lnReady *net.TCPListener
+	redir                       redirect.Redirector
 
 	mu       sync.Mutex
 	enrolled map[string]redirect.Pod // guarded by mu; capture UID -> pod
@@ -151,7 +154,7 @@ func (a *Agent) Ready() (bool, []string) {
 // installed (a restarted agent re-adopts it).
 func (a *Agent) Run(ctx context.Context) error {
 	if err := a.bind(ctx); err != nil {
-		a.closeListeners()
+		a.closeAll()
 		return err
 	}
 	if a.cfg.Capture != CaptureNone {
@@ -165,7 +168,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			Logger:    a.log.With("component", "capture"),
 		})
 		if err != nil {
-			a.closeListeners()
+			a.closeAll()
 			return fmt.Errorf("install capture: %w", err)
 		}
 		a.redir = r
@@ -185,6 +188,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 		})
 	}
+	a.serveAdmin(goRun, cancel)
 	goRun("identity", a.certs.Run)
 	for _, r := range a.issuers {
 		goRun("workload-api", r.Run)
@@ -249,14 +253,57 @@ func (a *Agent) bind(ctx context.Context) error {
 	a.lnOut = listen(a.cfg.OutboundAddr)
 	a.lnIn = listen(a.cfg.InboundAddr)
 	a.lnHBONE = listen(a.cfg.HBONEAddr)
+	a.lnAdmin = listen(a.cfg.AdminAddr)
+	a.lnMetrics = listen(a.cfg.MetricsAddr)
+	a.lnReady = listen(a.cfg.ReadinessAddr)
 	return err
 }
 
+// closeListeners stops accepting traffic; closeAll also closes the admin surfaces (which otherwise
+// close themselves when their server stops).
 func (a *Agent) closeListeners() {
 	for _, ln := range []*net.TCPListener{a.lnOut, a.lnIn, a.lnHBONE} {
 		if ln != nil {
 			ln.Close()
 		}
+	}
+}
+
+func (a *Agent) closeAll() {
+	a.closeListeners()
+	for _, ln := range []*net.TCPListener{a.lnAdmin, a.lnMetrics, a.lnReady} {
+		if ln != nil {
+			ln.Close()
+		}
+	}
+}
+
+// serveAdmin starts the admin API (localhost), metrics and readiness servers.
+func (a *Agent) serveAdmin(goRun func(string, func(context.Context) error), quit context.CancelFunc) {
+	opts := admin.Options{
+		Store:        a.Store,
+		Certificates: a.certs.Snapshot,
+		Connections:  a.Conns.Snapshot,
+		Level:        a.cfg.LogLevel,
+		Registry:     a.Metrics.Registry,
+		Ready:        a.Ready,
+		Version:      admin.BuildInfoFromBinary(Version),
+		Config:       a.cfg,
+		Quit:         quit,
+		NodeName:     a.cfg.NodeName,
+		Logger:       a.log.With("component", "admin"),
+	}
+	servers := []struct {
+		name string
+		ln   *net.TCPListener
+		h    http.Handler
+	}{
+		{"admin", a.lnAdmin, admin.NewAdminHandler(opts)},
+		{"metrics", a.lnMetrics, admin.NewMetricsHandler(a.Metrics.Registry)},
+		{"readiness", a.lnReady, admin.NewReadinessHandler(a.Ready)},
+	}
+	for _, s := range servers {
+		goRun(s.name, func(ctx context.Context) error { return admin.Serve(ctx, s.ln, s.h) })
 	}
 }
 

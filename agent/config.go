@@ -3,6 +3,7 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"time"
 
@@ -68,6 +69,8 @@ type Config struct {
 	DrainTimeout time.Duration
 	// ConnectTimeout bounds establishing an upstream: a TCP connect or an HBONE stream (default 10 s).
 	ConnectTimeout time.Duration
+	// LogLevel, when set, is the level of the agent's logger, changed at runtime by the admin API.
+	LogLevel *slog.LevelVar
 	// PreserveSourceIP makes connections to local pods come from the original client IP and HBONE
 	// connections come from the source pod's IP, as ztunnel does (default true; needs capture).
 	PreserveSourceIP *bool

@@ -4,9 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -306,6 +309,43 @@ func testAgentMesh(t *testing.T, mode string) {
 	if counter(c.agents[0], "istio_tcp_connections_opened_total") == 0 || counter(c.agents[1], "istio_tcp_received_bytes_total") == 0 {
 		t.Error("no TCP metrics recorded")
 	}
+	t.Run("admin, metrics and readiness endpoints", func(t *testing.T) {
+		node := c.lab.Nodes[0].NS
+		get := func(addr, path string) (int, string) {
+			t.Helper()
+			hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				return node.Dial(ctx, "tcp", addr)
+			}}}
+			resp, err := hc.Get("http://" + addr + path)
+			if err != nil {
+				t.Fatalf("GET %s%s: %v", addr, path, err)
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			return resp.StatusCode, string(b)
+		}
+		if code, body := get("127.0.0.1:15021", "/healthz/ready"); code != 200 || strings.TrimSpace(body) != "ready" {
+			t.Errorf("readiness: %d %q", code, body)
+		}
+		if code, body := get("127.0.0.1:15020", "/metrics"); code != 200 || !strings.Contains(body, "istio_tcp_connections_opened_total{") {
+			t.Errorf("metrics: %d, %d bytes", code, len(body))
+		}
+		code, body := get("127.0.0.1:15000", "/config_dump")
+		var dump struct {
+			Workloads    []map[string]any `json:"workloads"`
+			Services     []map[string]any `json:"services"`
+			Certificates []map[string]any `json:"certificates"`
+		}
+		if err := json.Unmarshal([]byte(body), &dump); code != 200 || err != nil {
+			t.Fatalf("config_dump: %d %v", code, err)
+		}
+		if len(dump.Workloads) != 5 || len(dump.Services) != 1 || len(dump.Certificates) == 0 {
+			t.Errorf("config_dump has %d workloads, %d services, %d certificates", len(dump.Workloads), len(dump.Services), len(dump.Certificates))
+		}
+		if strings.Contains(body, "PRIVATE KEY") {
+			t.Error("config_dump leaks a private key")
+		}
+	})
 
 	t.Run("STRICT peer authentication denies plaintext, closes open ones, keeps HBONE", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

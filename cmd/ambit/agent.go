@@ -54,11 +54,11 @@ authorization, and serve admin (localhost:15000), metrics (:15020) and readiness
 			if err != nil {
 				return err
 			}
+			cfg.LogLevel = level
 			a, err := agent.New(cfg, log)
 			if err != nil {
 				return err
 			}
-			_ = level // handed to the admin API once it is wired
 			return a.Run(cmd.Context())
 		},
 	}
