@@ -32,8 +32,11 @@ lint: ## gofmt, go vet, staticcheck, go.mod tidiness
 	$(GO) mod tidy -diff
 
 .PHONY: fuzz
-fuzz: ## run every fuzz target for FUZZTIME each (default 30s)
-	$(GO) test -run '^$$' -fuzz '^FuzzCompile$$' -fuzztime $(FUZZTIME) ./agent/localconfig/
+fuzz: ## run every fuzz target for FUZZTIME each (default 30s); crashers land in testdata/fuzz
+	@grep -rl --include='*_test.go' '^func Fuzz' --exclude-dir=hboneinterop . | xargs -n1 dirname | sort -u | while read -r d; do \
+		for f in $$(grep -h '^func Fuzz' $$d/*_test.go | sed 's/^func \(Fuzz[A-Za-z0-9_]*\).*/\1/'); do \
+			echo "== $$d $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$d/ || exit 1; \
+		done; done
 
 .PHONY: bench
 bench: ## Go micro-benchmarks (config compile, state memory, route planning; medians of 5), then bench-agent (root)

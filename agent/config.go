@@ -31,49 +31,59 @@ const (
 type Config struct {
 	// NodeName is the Kubernetes node this agent serves (env NODE_NAME). Workloads whose node matches are
 	// local: their traffic is captured and their certificates are requested.
-	NodeName string
+	NodeName string `json:"nodeName"`
 	// ConfigFiles are local Kubernetes YAML files or directories (env AMBIT_CONFIG_FILE). They are
 	// re-read when they change; an invalid version is rejected and the last good state keeps serving.
-	ConfigFiles []string
+	ConfigFiles []string `json:"configFiles"`
 	// ConfigPoll is how often the files are checked for changes (default 1 s).
-	ConfigPoll time.Duration
+	ConfigPoll time.Duration `json:"configPoll"`
 	// TrustDomain of workload identities (default cluster.local), DomainSuffix of service hostnames
 	// (default cluster.local), ClusterID (default Kubernetes) and Network ("" by default).
-	TrustDomain, DomainSuffix, ClusterID, Network string
+	TrustDomain  string `json:"trustDomain"`
+	DomainSuffix string `json:"domainSuffix"`
+	ClusterID    string `json:"clusterId"`
+	Network      string `json:"network"`
 
 	// Identity is the certificate source: local-ca (default), istiod or spiffe.
-	Identity string
+	Identity string `json:"identity"`
 	// CADir keeps the local CA's root (created on first start, key mode 0600).
-	CADir string
+	CADir string `json:"caDir"`
 	// CertTTL is the lifetime of certificates from the local CA, or requested from istiod (default 24 h).
-	CertTTL time.Duration
+	CertTTL time.Duration `json:"certTtl"`
 	// CAAddress is istiod's CA (host:port, env CA_ADDRESS); CARootFile the PEM root istiod's serving
 	// certificate chains to; TokenFile the projected service-account token sent as bearer token.
-	CAAddress, CARootFile, TokenFile string
+	CAAddress  string `json:"caAddress"`
+	CARootFile string `json:"caRootFile"`
+	TokenFile  string `json:"tokenFile"`
 	// SPIFFESocket is the SPIFFE Workload API address (for example unix:///run/spire/agent.sock).
-	SPIFFESocket string
+	SPIFFESocket string `json:"spiffeSocket"`
 
 	// Capture is the capture mode: auto (default), ebpf, tproxy or none.
-	Capture string
+	Capture string `json:"capture"`
 	// NetNS runs listeners, capture and dials in this network namespace path (default: the process's).
-	NetNS string
+	NetNS string `json:"netns"`
 	// Uplinks are the node's interfaces towards other nodes (default: those of the default routes).
-	Uplinks []string
+	Uplinks []string `json:"uplinks"`
 	// PinDir is the bpffs directory for pinned capture state (default /sys/fs/bpf/ambit).
-	PinDir string
+	PinDir string `json:"pinDir"`
 
 	// Listen addresses.
-	OutboundAddr, InboundAddr, HBONEAddr, AdminAddr, MetricsAddr, ReadinessAddr netip.AddrPort
+	OutboundAddr  netip.AddrPort `json:"outboundAddr"`
+	InboundAddr   netip.AddrPort `json:"inboundAddr"`
+	HBONEAddr     netip.AddrPort `json:"hboneAddr"`
+	AdminAddr     netip.AddrPort `json:"adminAddr"`
+	MetricsAddr   netip.AddrPort `json:"metricsAddr"`
+	ReadinessAddr netip.AddrPort `json:"readinessAddr"`
 
 	// DrainTimeout bounds graceful shutdown: open connections get this long to finish (default 5 s).
-	DrainTimeout time.Duration
+	DrainTimeout time.Duration `json:"drainTimeout"`
 	// ConnectTimeout bounds establishing an upstream: a TCP connect or an HBONE stream (default 10 s).
-	ConnectTimeout time.Duration
+	ConnectTimeout time.Duration `json:"connectTimeout"`
 	// LogLevel, when set, is the level of the agent's logger, changed at runtime by the admin API.
-	LogLevel *slog.LevelVar
+	LogLevel *slog.LevelVar `json:"-"`
 	// PreserveSourceIP makes connections to local pods come from the original client IP and HBONE
 	// connections come from the source pod's IP, as ztunnel does (default true; needs capture).
-	PreserveSourceIP *bool
+	PreserveSourceIP *bool `json:"preserveSourceIp"`
 }
 
 // Default listen ports, as ztunnel.

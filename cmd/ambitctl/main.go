@@ -1,4 +1,5 @@
-// Command ambitctl is Ambit's command-line tool: waypoint management in istioctl's words, and offline
+// Command ambitctl is Ambit's command-line tool: waypoint management in istioctl's words, node-level debugging
+// of a running agent (ambitctl node ..., also ztunnel-config/zc, as istioctl ztunnel-config), and offline
 // inspection of a local configuration (which waypoint binds what, and how a connection is routed).
 package main
 
