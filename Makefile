@@ -20,6 +20,10 @@ build: ## build bin/ambit and bin/ambitctl (no clang needed: BPF objects are com
 test: lint verify-gen ## everything CI runs: lint, generated-code check, all tests with -race (root tiers need root)
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
 
+.PHONY: test-e2e
+test-e2e: ## real-istiod tier: build etcd, kube-apiserver, istiod into AMBIT_PEER_CACHE (cold ~10 min, warm <1 s), run test/e2e
+	set -e; peers=$$(hack/peers/build-istio-stack.sh); env $$peers $(GO) test -tags e2e -race -count=1 -timeout 20m -v ./test/e2e/
+
 .PHONY: test-short
 test-short: ## unit tests only, no race detector (fast inner loop)
 	$(GO) test -count=1 -short ./...
