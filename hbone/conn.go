@@ -50,6 +50,7 @@ const (
 	readBufSize  = 4 << 10  // br: frame headers and control frames; DATA payloads bypass it
 	writeBufSize = 16 << 10 // bw: one TLS record
 	pieceSize    = 16 << 10 // DATA is published to a stream one TLS record at a time
+	tlsRecord    = 16 << 10 // crypto/tls's largest record payload
 )
 
 // connConfig is what a conn needs from its owner (Server or Pool).
@@ -91,10 +92,12 @@ type ctrlFrame struct {
 
 type conn struct {
 	cfg    connConfig
-	nc     net.Conn // the TLS connection
+	nc     net.Conn   // the TLS connection
+	sock   *coalescer // the socket under nc; nil when nc is not TLS over a coalescer (fuzz tests)
 	br     *bufio.Reader
 	fr     *http2.Framer
-	piece  []byte // readLoop's buffer for the next piece of DATA
+	piece  []byte      // readLoop's buffer for the next piece of DATA
+	spare  spareChunks // pieces recycled by readers
 	peerID spiffeid.ID
 	local  netip.AddrPort
 	remote netip.AddrPort
@@ -141,8 +144,9 @@ type conn struct {
 
 // newConn wraps an established TLS connection (ALPN h2 already checked). The caller has consumed nothing
 // from nc; on the server the client preface is read by run.
-func newConn(nc net.Conn, cfg connConfig, peer spiffeid.ID) *conn {
+func newConn(nc net.Conn, sock *coalescer, cfg connConfig, peer spiffeid.ID) *conn {
 	c := &conn{
+		sock:           sock,
 		cfg:            cfg,
 		nc:             nc,
 		br:             bufio.NewReaderSize(nc, readBufSize),
@@ -723,7 +727,9 @@ func (c *conn) close(err error) {
 			select {
 			case c.wsem <- struct{}{}:
 				c.writeCtrlLocked()
-				_ = c.bw.Flush()
+				if c.bw.Flush() == nil && c.sock != nil {
+					_ = c.sock.setBatching(false)
+				}
 				<-c.wsem
 			default:
 			}
@@ -795,7 +801,11 @@ func (c *conn) unlockWrite() {
 func (c *conn) finishWriteLocked() {
 	c.writeCtrlLocked()
 	if c.wwait.Load() == 0 {
-		if err := c.bw.Flush(); err != nil {
+		err := c.bw.Flush()
+		if err == nil && c.sock != nil {
+			err = c.sock.setBatching(false)
+		}
+		if err != nil {
 			c.writeFailed(err)
 		}
 		c.dirty.Store(false)
@@ -907,9 +917,11 @@ func (c *conn) unreserve(s *Stream, n int) {
 	c.mu.Unlock()
 }
 
-// writeData writes one DATA frame (flow control already reserved) straight from p: the 9-byte header
-// goes through bw and the payload fills bw's buffer and then goes to the TLS connection directly, so
-// large payloads are never copied into an intermediate buffer.
+// writeData writes one DATA frame (flow control already reserved). Small payloads are copied into bw with
+// the 9-byte header. Large ones go to the TLS connection straight from p, aligned so that all but the
+// first TLS record are full 16 KiB records: the header and the odd-sized head of p form the first record,
+// which the coalescer holds and sends with the next one in a single writev. A large Write thus costs the
+// same records and syscalls as on plain TLS.
 func (c *conn) writeData(id uint32, p []byte, cancel, cancel2 <-chan struct{}) error {
 	if err := c.lockWrite(cancel, cancel2); err != nil {
 		return err
@@ -919,7 +931,26 @@ func (c *conn) writeData(id uint32, p []byte, cancel, cancel2 <-chan struct{}) e
 		byte(id >> 24 & 0x7f), byte(id >> 16), byte(id >> 8), byte(id)}
 	_, err := c.bw.Write(c.hdr[:])
 	if err == nil {
-		_, err = c.bw.Write(p)
+		if n < tlsRecord || c.sock == nil {
+			_, err = c.bw.Write(p)
+		} else {
+			k := n % tlsRecord
+			if c.bw.Buffered()+k > tlsRecord {
+				err = c.bw.Flush()
+			}
+			if err == nil {
+				_, err = c.bw.Write(p[:k])
+			}
+			if err == nil {
+				err = c.sock.setBatching(true)
+			}
+			if err == nil {
+				err = c.bw.Flush()
+			}
+			if err == nil {
+				_, err = c.nc.Write(p[k:])
+			}
+		}
 	}
 	if err != nil {
 		c.writeFailed(err)
@@ -982,13 +1013,18 @@ func (c *conn) openStream(ctx context.Context, fields []hpack.HeaderField) (*Str
 	}
 	c.mu.Lock()
 	if c.closed || c.goAwayRecv || c.goAwaySent || c.nextID > maxWindow {
-		closed := c.closed
+		exhausted := !c.closed && c.nextID > maxWindow && !c.goAwaySent
+		if exhausted {
+			// Out of stream ids: drain like a GOAWAY so the pool dials a fresh connection.
+			c.goAwaySent = true
+			c.queueLocked(ctrlFrame{kind: ctrlGoAway, code: http2.ErrCodeNo})
+		}
 		c.mu.Unlock()
 		c.unlockWrite()
-		c.cfg.onStreamDone()
-		if closed {
-			return nil, errRefused
+		if exhausted && c.cfg.onGoAway != nil {
+			c.cfg.onGoAway()
 		}
+		c.streamLeft()
 		return nil, errRefused
 	}
 	s := newStream(c, c.nextID)

@@ -139,26 +139,6 @@ func echoHandler() Handler {
 	})
 }
 
-// sinkHandler accepts, reads everything, and writes back the byte count as 8 bytes.
-func sinkHandler() Handler {
-	return HandlerFunc(func(ctx context.Context, r *Request) error {
-		c, err := r.Accept(nil)
-		if err != nil {
-			return err
-		}
-		n, err := io.Copy(io.Discard, c)
-		if err != nil {
-			return err
-		}
-		var b [8]byte
-		for i := range b {
-			b[i] = byte(n >> (8 * i))
-		}
-		_, err = c.Write(b[:])
-		return err
-	})
-}
-
 func dialT(tb testing.TB, p *Pool, t Target) *Stream {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

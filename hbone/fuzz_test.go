@@ -107,7 +107,7 @@ func fuzzSettings(server bool) Settings {
 func runPipeConn(t *testing.T, cfg connConfig, input []byte, setup func(c *conn, wg *sync.WaitGroup)) {
 	peer, local := net.Pipe()
 	var wg sync.WaitGroup
-	c := newConn(local, cfg, spiffeid.ID{})
+	c := newConn(local, nil, cfg, spiffeid.ID{})
 	wg.Add(1)
 	go func() { // the peer reads (and drops) whatever the conn writes
 		defer wg.Done()

@@ -289,7 +289,8 @@ func (p *Pool) connect(key poolKey, t Target) (*pconn, error) {
 		return nil, fmt.Errorf("connect %s: %w", t.NextHop, err)
 	}
 	var peer spiffeid.ID
-	tc := tls.Client(nc, clientTLSConfig(creds, t.Expected, &peer))
+	sock := &coalescer{Conn: nc}
+	tc := tls.Client(sock, clientTLSConfig(creds, t.Expected, &peer))
 	if err := tc.HandshakeContext(ctx); err != nil {
 		_ = nc.Close()
 		return nil, fmt.Errorf("tls handshake with %s: %w", t.NextHop, err)
@@ -303,7 +304,7 @@ func (p *Pool) connect(key poolKey, t Target) (*pconn, error) {
 	cfg.onStreamDone = func() { p.release(pc) }
 	cfg.onClose = func(error) { p.forget(pc, true) }
 	cfg.onGoAway = func() { p.forget(pc, false) }
-	pc.c = newConn(tc, cfg, peer)
+	pc.c = newConn(tc, sock, cfg, peer)
 	if err := pc.c.start(); err != nil {
 		_ = tc.Close()
 		return nil, fmt.Errorf("connect %s: %w", t.NextHop, err)
@@ -315,6 +316,12 @@ func (p *Pool) connect(key poolKey, t Target) (*pconn, error) {
 	}()
 	select {
 	case <-pc.c.settingsRecv:
+		pc.c.mu.Lock()
+		none := pc.c.peerMaxStreams == 0
+		pc.c.mu.Unlock()
+		if none {
+			return pc, fmt.Errorf("connect %s: %w: peer allows no streams", t.NextHop, ErrNotH2)
+		}
 		return pc, nil
 	case <-pc.c.done:
 		return pc, fmt.Errorf("connect %s: %w", t.NextHop, pc.c.err())

@@ -49,8 +49,56 @@ type chunk struct {
 
 // recvBuffer is a FIFO of bytes received on a stream and not yet read.
 type recvBuffer struct {
-	q []chunk
-	n int // total unread bytes
+	q     []chunk
+	n     int           // total unread bytes
+	spare *spareChunks // the connection's recycled pieces; nil: use the pools only
+}
+
+// spareChunks keeps a few piece-sized chunks per connection, so that the pieces readLoop fills and
+// Read empties rotate through memory that is still in cache instead of going through sync.Pool (whose
+// per-P caches empty on the reading P and fill on the consuming one).
+type spareChunks struct {
+	mu   sync.Mutex
+	free [][]byte
+}
+
+const maxSpare = 4
+
+func (sc *spareChunks) get() []byte {
+	sc.mu.Lock()
+	if n := len(sc.free); n > 0 {
+		b := sc.free[n-1]
+		sc.free[n-1] = nil
+		sc.free = sc.free[:n-1]
+		sc.mu.Unlock()
+		return b
+	}
+	sc.mu.Unlock()
+	return getChunk(pieceSize)
+}
+
+func (sc *spareChunks) put(b []byte) {
+	if cap(b) != pieceSize {
+		putChunk(b)
+		return
+	}
+	sc.mu.Lock()
+	if len(sc.free) < maxSpare {
+		sc.free = append(sc.free, b[:cap(b)])
+		b = nil
+	}
+	sc.mu.Unlock()
+	if b != nil {
+		putChunk(b)
+	}
+}
+
+func (rb *recvBuffer) release(b []byte) {
+	if rb.spare != nil {
+		rb.spare.put(b)
+		return
+	}
+	putChunk(b)
 }
 
 func (rb *recvBuffer) len() int { return rb.n }
@@ -87,7 +135,7 @@ func (rb *recvBuffer) read(p []byte) int {
 		total += m
 		p = p[m:]
 		if h.r == h.w {
-			putChunk(h.b)
+			rb.release(h.b)
 			rb.q[0] = chunk{}
 			rb.q = rb.q[1:]
 		}
@@ -103,7 +151,7 @@ func (rb *recvBuffer) read(p []byte) int {
 func (rb *recvBuffer) reset() int {
 	n := rb.n
 	for _, c := range rb.q {
-		putChunk(c.b)
+		rb.release(c.b)
 	}
 	rb.q, rb.n = nil, 0
 	return n

@@ -272,7 +272,8 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn, cfg connConfig, wg 
 		return
 	}
 	var peer spiffeid.ID
-	tc := tls.Server(nc, serverTLSConfig(creds, &peer))
+	sock := &coalescer{Conn: nc}
+	tc := tls.Server(sock, serverTLSConfig(creds, &peer))
 	if err := tc.HandshakeContext(hctx); err != nil {
 		log.Debug("hbone: tls handshake", "remote", nc.RemoteAddr(), "err", err)
 		_ = nc.Close()
@@ -298,7 +299,7 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn, cfg connConfig, wg 
 			s.serveStream(sctx, c, st, fields, truncated, creds.ID)
 		}()
 	}
-	c = newConn(tc, cfg, peer)
+	c = newConn(tc, sock, cfg, peer)
 	s.mu.Lock()
 	s.conns[c] = struct{}{}
 	draining := s.draining

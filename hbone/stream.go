@@ -5,8 +5,9 @@ package hbone
 // Invariants:
 //   - Receive side (rmu): bytes queue in rbuf and are read in order; rerr is reported only once rbuf is
 //     empty. A Read that finds nothing registers its buffer in pending; readLoop may then claim it
-//     (filling) and read a DATA payload straight into it, so such bytes are copied once, by crypto/tls.
-//     A claimed buffer belongs to readLoop until it clears filling, and Read never returns before that.
+//     (filling): it moves whatever was queued in the meantime into it and reads the rest of a DATA
+//     payload straight into it, so such bytes are copied once, by crypto/tls. A claimed buffer belongs
+//     to readLoop until it clears filling, and Read never returns before that.
 //   - Send side: wmu serialises Write, CloseWrite and the end of Close, so frames of one stream are in
 //     order and END_STREAM follows the last DATA. sendWindow, localEnded, remoteEnded and werr are
 //     guarded by conn.mu.
@@ -77,6 +78,7 @@ func newStream(c *conn, id uint32) *Stream {
 		rready:     make(chan struct{}, 1),
 		wready:     make(chan struct{}, 1),
 		recvWindow: int64(c.cfg.settings.StreamWindow),
+		rbuf:       recvBuffer{spare: &c.spare},
 	}
 }
 
@@ -237,16 +239,20 @@ func (s *Stream) receiveData(n int) error {
 			c.consumed(int64(n))
 			return nil
 		}
-		if s.pending != nil && s.rbuf.len() == 0 {
-			dst := s.pending[:min(len(s.pending), n)]
+		if s.pending != nil && s.rbuf.len() < len(s.pending) {
+			// A Read waits: move what is queued into its buffer (its own copy, done here) and read the
+			// rest of its buffer's worth straight from the connection.
+			k := s.rbuf.read(s.pending)
+			dst := s.pending[k : k+min(len(s.pending)-k, n)]
 			s.filling = true
 			s.rmu.Unlock()
 			err := c.readDirect(dst)
 			s.rmu.Lock()
 			s.filling = false
 			s.pending = nil
+			s.pendingN = k
 			if err == nil {
-				s.pendingN = len(dst)
+				s.pendingN += len(dst)
 			}
 			s.rmu.Unlock()
 			signal(s.rready)
@@ -258,7 +264,7 @@ func (s *Stream) receiveData(n int) error {
 		}
 		s.rmu.Unlock()
 		if c.piece == nil {
-			c.piece = getChunk(pieceSize)
+			c.piece = c.spare.get()
 		}
 		m, err := c.readSome(c.piece[:min(n, len(c.piece))])
 		if m > 0 {
