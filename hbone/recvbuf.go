@@ -50,7 +50,7 @@ type chunk struct {
 // recvBuffer is a FIFO of bytes received on a stream and not yet read.
 type recvBuffer struct {
 	q     []chunk
-	n     int           // total unread bytes
+	n     int          // total unread bytes
 	spare *spareChunks // the connection's recycled pieces; nil: use the pools only
 }
 
