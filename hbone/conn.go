@@ -132,6 +132,7 @@ type conn struct {
 	peerTableSize  uint32 // latest SETTINGS_HEADER_TABLE_SIZE, applied by the next HEADERS writer
 	tableSizeDirty bool
 	ctrl           []ctrlFrame
+	ctrlSpare      []ctrlFrame // the drained queue's array, reused
 	goAwaySent     bool
 	goAwayRecv     bool
 	closed         bool
@@ -840,9 +841,17 @@ func (c *conn) writeCtrlLocked() {
 	}
 	c.mu.Lock()
 	q := c.ctrl
-	c.ctrl = nil
+	c.ctrl = c.ctrlSpare[:0]
+	c.ctrlSpare = nil
 	c.ctrlNew.Store(false)
 	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		if cap(q) <= 64 {
+			c.ctrlSpare = q[:0]
+		}
+		c.mu.Unlock()
+	}()
 	var err error
 	for _, f := range q {
 		switch f.kind {

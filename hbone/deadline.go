@@ -63,6 +63,22 @@ func (d *deadline) waitAlloc() <-chan struct{} {
 	return d.cancel
 }
 
+// expire makes the deadline pass now if anything waits on it (its channel exists); it does not allocate.
+func (d *deadline) expire() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.cancel == nil {
+		return
+	}
+	if d.timer != nil && !d.timer.Stop() {
+		<-d.cancel
+	}
+	d.timer = nil
+	if !isClosed(d.cancel) {
+		close(d.cancel)
+	}
+}
+
 // stop releases the timer, if any.
 func (d *deadline) stop() {
 	d.mu.Lock()

@@ -404,7 +404,6 @@ func (s *Stream) Close() error {
 		return nil
 	}
 	c := s.c
-	s.writeDL.set(time.Unix(1, 0)) // interrupts a Write waiting for the write lock
 	s.rmu.Lock()
 	s.rclosed = true
 	dropped := s.rbuf.reset()
@@ -416,6 +415,7 @@ func (s *Stream) Close() error {
 		s.werr = net.ErrClosed
 	}
 	c.mu.Unlock()
+	s.writeDL.expire() // after werr: a Write that fetched its channel earlier is interrupted, a later one sees werr
 	signal(s.wready)
 
 	s.wmu.Lock() // let an in-flight Write finish
