@@ -1,7 +1,10 @@
 package agent
 
 import (
+	"bufio"
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -13,10 +16,17 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/ambit-mesh/ambit/agent/authz"
 	"github.com/ambit-mesh/ambit/agent/connmgr"
 	"github.com/ambit-mesh/ambit/agent/identity"
+	"github.com/ambit-mesh/ambit/agent/l7"
+	"github.com/ambit-mesh/ambit/agent/l7/model"
+	"github.com/ambit-mesh/ambit/agent/l7/policy"
+	"github.com/ambit-mesh/ambit/agent/l7/telemetry"
+	"github.com/ambit-mesh/ambit/agent/localconfig"
 	"github.com/ambit-mesh/ambit/agent/metrics"
 	"github.com/ambit-mesh/ambit/agent/relay"
 	"github.com/ambit-mesh/ambit/agent/route"
@@ -47,12 +57,23 @@ type WaypointConfig struct {
 	NetNS        string
 	HBONEAddr    netip.AddrPort
 	DrainTimeout time.Duration
+	// MetricsAddr serves Prometheus metrics (/metrics and /stats/prometheus) when valid.
+	MetricsAddr netip.AddrPort
+	// OTLPEndpoint is the OpenTelemetry collector for spans (OTLP/HTTP, "host:port" or a URL); empty
+	// exports nothing but still propagates trace context. TraceSampling is the fraction of new traces
+	// sampled (default 1 when an endpoint is set).
+	OTLPEndpoint  string
+	TraceSampling float64
+	// L7StreamWindow is the HTTP/2 stream window of the HBONE streams the L7 engine opens to endpoints
+	// (default 256 KiB): it bounds how much of a response the waypoint buffers for a slow client.
+	L7StreamWindow uint32
 }
 
 // Waypoint is the waypoint mode: it terminates HBONE addressed to the services and workloads bound to
 // it and forwards each stream over HBONE to the chosen endpoint, with its own identity, so the
 // destination's agent sees the waypoint as the client. This is the L4 core; HTTP-aware processing
-// builds on it.
+// builds on it: streams to HTTP service ports (appProtocol or port name http, http2, h2c, grpc) are served
+// by the L7 engine (agent/l7), the rest is forwarded as TCP with L4 authorization.
 type Waypoint struct {
 	cfg     WaypointConfig
 	log     *slog.Logger
@@ -70,6 +91,11 @@ type Waypoint struct {
 	server  *hbone.Server
 	ln      *net.TCPListener
 	ready   atomic.Bool
+
+	engine   *l7.Engine
+	tracing  *telemetry.Tracing
+	l7pool   *hbone.Pool
+	l7digest [sha256.Size]byte // of the last L7 configuration seen; owned by runL7Config
 }
 
 // NewWaypoint validates cfg and loads the configuration; it binds nothing.
@@ -144,7 +170,172 @@ func NewWaypoint(cfg WaypointConfig, log *slog.Logger) (*Waypoint, error) {
 		Handler:     hbone.HandlerFunc(w.serveHBONE),
 		Logger:      w.log.With("component", "hbone-server"),
 	}
+	if err := w.newEngine(creds); err != nil {
+		return nil, err
+	}
 	return w, nil
+}
+
+// newEngine builds the L7 engine, its HBONE pool (smaller stream windows, see L7StreamWindow) and
+// tracing, and loads the L7 configuration; an invalid one fails the start like the state does.
+func (w *Waypoint) newEngine(creds func(context.Context) (*hbone.Credentials, error)) error {
+	window := w.cfg.L7StreamWindow
+	if window == 0 {
+		window = 256 << 10
+	}
+	var err error
+	w.l7pool, err = hbone.NewPool(hbone.PoolOptions{
+		Credentials: func(ctx context.Context, _ spiffeid.ID) (*hbone.Credentials, error) { return creds(ctx) },
+		DialTCP: func(ctx context.Context, _ netip.Addr, dst netip.AddrPort) (net.Conn, error) {
+			return w.sockets.DialContext(ctx, "tcp", dst.String())
+		},
+		Settings: hbone.Settings{StreamWindow: window, ConnWindow: max(4*window, 1<<20)},
+		Logger:   w.log.With("component", "hbone-client-l7"),
+	})
+	if err != nil {
+		return fmt.Errorf("hbone pool: %w", err)
+	}
+	sampling := w.cfg.TraceSampling
+	if sampling == 0 && w.cfg.OTLPEndpoint != "" {
+		sampling = 1
+	}
+	w.tracing, err = telemetry.NewTracing(context.Background(), telemetry.TracingOptions{Endpoint: w.cfg.OTLPEndpoint,
+		Sampling: sampling, ServiceName: w.cfg.Name + "." + w.cfg.Namespace})
+	if err != nil {
+		return err
+	}
+	w.engine, err = l7.New(l7.Options{
+		Logger: w.log.With("component", "l7"), Registerer: w.Metrics.Registry, State: w.Store, Dial: w.dialEndpoint,
+		Namespace: w.cfg.Namespace, Name: w.cfg.Name, Network: w.cfg.Network, Tracing: w.tracing,
+	})
+	if err != nil {
+		return fmt.Errorf("l7 engine: %w", err)
+	}
+	data, digest, err := w.source.read()
+	if err != nil {
+		return err
+	}
+	cfg, err := w.compileL7(data)
+	if err != nil {
+		return err
+	}
+	w.l7digest = digest
+	w.engine.Update(cfg)
+	return nil
+}
+
+func (w *Waypoint) compileL7(files []fileData) (*model.Config, error) {
+	objs := &localconfig.Objects{}
+	for _, f := range files {
+		if err := objs.Decode(f.name, bytes.Clone(f.data)); err != nil {
+			return nil, err
+		}
+	}
+	return localconfig.CompileL7(objs, localconfig.Options{TrustDomain: w.source.cfg.TrustDomain,
+		DomainSuffix: w.source.cfg.DomainSuffix, ClusterID: w.source.cfg.ClusterID, Network: w.cfg.Network})
+}
+
+// runL7Config re-reads the configuration files and swaps the engine's L7 configuration when they
+// change; an invalid version is logged (naming the object and field) and the previous one keeps serving.
+func (w *Waypoint) runL7Config(ctx context.Context) error {
+	t := time.NewTicker(w.source.poll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		data, digest, err := w.source.read()
+		if digest == w.l7digest {
+			continue
+		}
+		w.l7digest = digest
+		var cfg *model.Config
+		if err == nil {
+			cfg, err = w.compileL7(data)
+		}
+		if err != nil {
+			w.Metrics.ConfigReloads.WithLabelValues("rejected").Inc()
+			w.log.Error("L7 configuration rejected; keeping the previous configuration", "err", err)
+			continue
+		}
+		w.engine.Update(cfg)
+		for _, warn := range cfg.Warnings {
+			w.log.Warn("L7 configuration warning", "warning", warn)
+		}
+		w.log.Info("L7 configuration applied", "routes", len(cfg.Routes), "destinationRules", len(cfg.Destinations),
+			"authorizationPolicies", len(cfg.Authz), "requestAuthentications", len(cfg.JWT), "rateLimits", len(cfg.RateLimits))
+	}
+}
+
+// dialEndpoint opens the L7 engine's connection to an endpoint (pod IP and target port): HBONE to the
+// pod's :15008 with the waypoint's identity when the pod is in the mesh, else plain TCP.
+func (w *Waypoint) dialEndpoint(ctx context.Context, addr netip.AddrPort) (net.Conn, error) {
+	wl := w.Store.WorkloadByAddr(state.NetworkAddress{Network: w.cfg.Network, Addr: addr.Addr()})
+	if wl == nil || wl.Protocol != state.TunnelHBONE {
+		return w.sockets.DialContext(ctx, "tcp", addr.String())
+	}
+	id, err := spiffeid.FromString(wl.Identity())
+	if err != nil {
+		return nil, fmt.Errorf("endpoint identity: %w", err)
+	}
+	h := http.Header{}
+	h.Set(hbone.HeaderForwarded, hbone.Forwarded{For: netip.AddrPortFrom(w.cfg.PodIP, 0).String()}.String())
+	return w.l7pool.Dial(ctx, hbone.Target{NextHop: netip.AddrPortFrom(addr.Addr(), state.HBONEPort), Authority: addr.String(),
+		Source: w.id, Expected: []spiffeid.ID{id}, Header: h})
+}
+
+// protocol returns the application protocol of the stream's destination port: the service port's, or
+// for workload-addressed traffic the port of a service of the workload that targets it.
+func (w *Waypoint) protocol(svc *state.Service, wl *state.Workload, target netip.AddrPort) state.AppProtocol {
+	if svc != nil {
+		if p, ok := svc.Port(target.Port()); ok {
+			return p.AppProtocol
+		}
+		return state.AppProtocolUnknown
+	}
+	if wl == nil {
+		return state.AppProtocolUnknown
+	}
+	for _, ref := range wl.Services {
+		s := w.Store.Service(ref.Service)
+		if s == nil {
+			continue
+		}
+		for _, p := range s.Ports {
+			if t, ok := ref.Target(p.ServicePort); ok && t == target.Port() || p.TargetPort == target.Port() {
+				return p.AppProtocol
+			}
+		}
+	}
+	return state.AppProtocolUnknown
+}
+
+func isHTTP(p state.AppProtocol) bool {
+	return p == state.AppProtocolHTTP11 || p == state.AppProtocolHTTP2 || p == state.AppProtocolGRPC
+}
+
+// authorizeTCP applies the L7 AuthorizationPolicies targeting the destination to a TCP stream with
+// Istio's TCP semantics: HTTP-only conditions make an ALLOW rule never match and are ignored in a DENY rule.
+func (w *Waypoint) authorizeTCP(r *hbone.Request, svc *state.Service, target netip.AddrPort) policy.Decision {
+	cfg := w.engine.Config()
+	var pols []*model.AuthzPolicy
+	for _, p := range cfg.Authz {
+		for _, t := range p.Targets {
+			if t.Kind == model.KindGateway && t.Namespace == w.cfg.Namespace && t.Name == w.cfg.Name ||
+				svc != nil && (t.Kind == model.KindService || t.Kind == model.KindServiceEntry) && t.Namespace == svc.Namespace && t.Name == svc.Name {
+				pols = append(pols, p)
+				break
+			}
+		}
+	}
+	if len(pols) == 0 {
+		return policy.Decision{Allow: true}
+	}
+	peer := authz.PeerFromSPIFFE(r.PeerID.String())
+	return policy.EvaluateTCP(pols, &policy.Request{Principal: peer.Principal, Namespace: peer.Namespace,
+		SourceIP: r.Remote.Addr().Unmap(), Port: target.Port()})
 }
 
 // Ready reports whether the waypoint accepts traffic.
@@ -179,7 +370,28 @@ func (w *Waypoint) Run(ctx context.Context) error {
 		goRun("workload-api", r.Run)
 	}
 	goRun("config", w.source.run)
+	goRun("l7-config", w.runL7Config)
 	goRun("hbone", func(ctx context.Context) error { return w.server.Serve(ctx, ln) })
+	if w.cfg.MetricsAddr.IsValid() {
+		mln, err := w.sockets.Listen(ctx, w.cfg.MetricsAddr)
+		if err != nil {
+			cancel()
+			wg.Wait()
+			return fmt.Errorf("listen %s: %w", w.cfg.MetricsAddr, err)
+		}
+		mux := http.NewServeMux()
+		h := promhttp.HandlerFor(w.Metrics.Registry, promhttp.HandlerOpts{})
+		mux.Handle("/metrics", h)
+		mux.Handle("/stats/prometheus", h)
+		msrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		goRun("metrics", func(ctx context.Context) error {
+			go func() { <-ctx.Done(); msrv.Close() }()
+			if err := msrv.Serve(mln); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+	}
 	w.certs.Prefetch(w.id)
 	w.ready.Store(true)
 	w.log.Info("waypoint ready", "hbone", ln.Addr(), "identity", w.id)
@@ -193,7 +405,9 @@ func (w *Waypoint) Run(ctx context.Context) error {
 	w.server.Close()
 	cancel()
 	wg.Wait()
+	_ = w.engine.Close()
 	w.pool.Close()
+	w.l7pool.Close()
 	w.certs.Close()
 	for _, c := range w.closers {
 		c.Close()
@@ -275,10 +489,97 @@ func (w *Waypoint) serveHBONE(ctx context.Context, r *hbone.Request) error {
 			return statusErr(http.StatusForbidden, "service %s/%s is not bound to waypoint %s/%s", svc.Namespace, svc.Name, w.cfg.Namespace, w.cfg.Name)
 		}
 	}
+	peerWl := w.Store.WorkloadByAddr(state.NetworkAddress{Network: w.cfg.Network, Addr: r.Remote.Addr().Unmap()})
+	proto := w.protocol(svc, dstWl, target)
+	if !isHTTP(proto) {
+		return w.forwardTCP(ctx, r, me, peerWl, svc, target, nil)
+	}
+	down, err := r.Accept(nil)
+	if err != nil {
+		return nil
+	}
+	pc := &peekConn{Conn: down, r: bufio.NewReaderSize(down, 64)}
+	if !pc.looksHTTP() {
+		// Non-HTTP bytes on a port declared HTTP (a misnamed port, or a server-first protocol that
+		// never speaks): forward as TCP, with TCP authorization semantics (HTTP-only ALLOW rules never
+		// match, so L7 policies cannot be bypassed this way).
+		w.log.Debug("non-HTTP stream on an HTTP port; forwarding as TCP", "dst.hbone_addr", target)
+		return w.forwardTCP(ctx, r, me, peerWl, svc, target, pc)
+	}
+	c := &connmgr.Conn{Direction: connmgr.Inbound, Src: r.Remote, Dst: target, Protocol: "HTTP", Peer: peerWl, Service: svc,
+		PeerIdentity: r.PeerID.String(), Start: time.Now(), Counters: &relay.Counters{}}
+	sctx, cancel := context.WithCancelCause(ctx)
+	untrack := w.Conns.Track(c, cancel)
+	err = w.engine.ServeConn(sctx, pc, &l7.ConnInfo{PeerID: r.PeerID.String(), Source: peerWl, Remote: r.Remote,
+		Target: target, Service: svc, Workload: dstWl, Protocol: proto})
+	untrack()
+	cancel(nil)
+	if err != nil {
+		w.log.Debug("HTTP stream ended", "err", err)
+	}
+	return nil
+}
+
+// peekConn is an accepted stream with its first bytes buffered for protocol detection.
+type peekConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (p *peekConn) Read(b []byte) (int, error) { return p.r.Read(b) }
+
+// CloseWrite half-closes the stream (relay uses it).
+func (p *peekConn) CloseWrite() error {
+	if cw, ok := p.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return p.Conn.Close()
+}
+
+// looksHTTP reads the start of the stream (waiting up to 10 s for the client to speak) and reports
+// whether it is an HTTP/1.x request line (an upper-case method and a space) or the HTTP/2 preface.
+func (p *peekConn) looksHTTP() bool {
+	p.Conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	defer p.Conn.SetReadDeadline(time.Time{})
+	for n := 1; n <= 16; n++ {
+		b, err := p.r.Peek(n)
+		if len(b) < n {
+			return false // closed or silent: not an HTTP client
+		}
+		c := b[n-1]
+		switch {
+		case c == ' ':
+			return n > 1
+		case c < 'A' || c > 'Z':
+			return false
+		}
+		if err != nil {
+			return false
+		}
+	}
+	return false
+}
+
+// forwardTCP relays one stream at L4 to the endpoint route.Build picks, after L4 authorization. down is
+// the already accepted stream, or nil to accept once the upstream is connected (so that failures are
+// reported as the CONNECT status).
+func (w *Waypoint) forwardTCP(ctx context.Context, r *hbone.Request, me, peerWl *state.Workload, svc *state.Service, target netip.AddrPort, down net.Conn) error {
+	fail := func(err error) error {
+		if down != nil {
+			down.Close()
+			return nil
+		}
+		return err
+	}
+	if d := w.authorizeTCP(r, svc, target); !d.Allow {
+		w.log.Info("connection denied", "src.addr", r.Remote, "src.identity", r.PeerID, "dst.hbone_addr", target, "reason", d.Reason())
+		w.Metrics.Failed.WithLabelValues((&metrics.ConnLabels{Reporter: ReporterWaypoint, Source: peerWl, SourcePrincipal: r.PeerID.String(),
+			Service: svc, MutualTLS: true, ResponseFlags: metrics.FlagDeny}).Values()...).Inc()
+		return fail(statusErr(http.StatusUnauthorized, "%s", d.Reason()))
+	}
 	// Planned as traffic from this instance: a waypoint's own traffic goes direct to the endpoint.
 	req := route.Request{Source: me, SourceIP: w.cfg.PodIP, Destination: target, Network: w.cfg.Network}
 	plan := route.Build(w.Store, &req)
-	peerWl := w.Store.WorkloadByAddr(state.NetworkAddress{Network: w.cfg.Network, Addr: r.Remote.Addr().Unmap()})
 	c := &connmgr.Conn{Direction: connmgr.Inbound, Src: r.Remote, Dst: target, Hop: plan.NextHop, Protocol: plan.Protocol.String(),
 		Workload: plan.Workload, Peer: peerWl, Service: svc, PeerIdentity: r.PeerID.String(), Start: time.Now(), Counters: &relay.Counters{}}
 	if plan.Authority.IsValid() {
@@ -290,7 +591,7 @@ func (w *Waypoint) serveHBONE(ctx context.Context, r *hbone.Request) error {
 		lbl.ResponseFlags = metrics.FlagConnect
 		err := statusErr(http.StatusServiceUnavailable, "no route: %s", route.Describe(w.Store, &req, &plan))
 		w.record(c, lbl, nil, err)
-		return err
+		return fail(err)
 	}
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	up, err := w.dial(dctx, me, r, &plan)
@@ -298,12 +599,13 @@ func (w *Waypoint) serveHBONE(ctx context.Context, r *hbone.Request) error {
 	if err != nil {
 		lbl.ResponseFlags = metrics.FlagConnect
 		w.record(c, lbl, nil, err)
-		return statusErr(http.StatusServiceUnavailable, "connect to %s: %w", plan.NextHop, err)
+		return fail(statusErr(http.StatusServiceUnavailable, "connect to %s: %w", plan.NextHop, err))
 	}
-	down, err := r.Accept(nil)
-	if err != nil {
-		up.Close()
-		return nil
+	if down == nil {
+		if down, err = r.Accept(nil); err != nil {
+			up.Close()
+			return nil
+		}
 	}
 	rctx, rcancel := context.WithCancelCause(ctx)
 	untrack := w.Conns.Track(c, rcancel)

@@ -77,6 +77,14 @@ type Objects struct {
 	AuthorizationPolicies []*securityv1.AuthorizationPolicy
 	PeerAuthentications   []*securityv1.PeerAuthentication
 
+	// L7 kinds, compiled by CompileL7 for the L7 waypoint (Compile ignores them).
+	HTTPRoutes             []*gwv1.HTTPRoute
+	GRPCRoutes             []*gwv1.GRPCRoute
+	VirtualServices        []*networkingv1.VirtualService
+	DestinationRules       []*networkingv1.DestinationRule
+	RequestAuthentications []*securityv1.RequestAuthentication
+	RateLimitPolicies      []*LocalRateLimitPolicy
+
 	// sources maps each object (by pointer) to its origin.
 	sources map[any]Source
 }
@@ -227,6 +235,10 @@ func (o *Objects) decodeDoc(src Source, raw []byte) error {
 			return decodeInto(o, src, js, &o.Gateways, ierr)
 		case "GatewayClass":
 			return decodeInto(o, src, js, &o.GatewayClasses, ierr)
+		case "HTTPRoute":
+			return decodeInto(o, src, js, &o.HTTPRoutes, ierr)
+		case "GRPCRoute":
+			return decodeInto(o, src, js, &o.GRPCRoutes, ierr)
 		}
 	case group == "networking.istio.io":
 		switch head.Kind {
@@ -234,6 +246,10 @@ func (o *Objects) decodeDoc(src Source, raw []byte) error {
 			return decodeInto(o, src, js, &o.ServiceEntries, ierr)
 		case "WorkloadEntry":
 			return decodeInto(o, src, js, &o.WorkloadEntries, ierr)
+		case "VirtualService":
+			return decodeInto(o, src, js, &o.VirtualServices, ierr)
+		case "DestinationRule":
+			return decodeInto(o, src, js, &o.DestinationRules, ierr)
 		}
 	case group == "security.istio.io":
 		switch head.Kind {
@@ -241,7 +257,11 @@ func (o *Objects) decodeDoc(src Source, raw []byte) error {
 			return decodeInto(o, src, js, &o.AuthorizationPolicies, ierr)
 		case "PeerAuthentication":
 			return decodeInto(o, src, js, &o.PeerAuthentications, ierr)
+		case "RequestAuthentication":
+			return decodeInto(o, src, js, &o.RequestAuthentications, ierr)
 		}
+	case group == RateLimitGroup && head.APIVersion == RateLimitGroup+"/v1alpha1" && head.Kind == "LocalRateLimitPolicy":
+		return decodeInto(o, src, js, &o.RateLimitPolicies, ierr)
 	}
 	return ierr(fmt.Errorf("%w %s %s", ErrUnknownKind, head.APIVersion, head.Kind))
 }

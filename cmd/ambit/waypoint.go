@@ -39,7 +39,10 @@ func newWaypointCmd(stderr io.Writer) *cobra.Command {
 		Short: "Run a waypoint",
 		Long: `Run Ambit as a waypoint (the role of an Envoy waypoint): accept HBONE on :15008 with the waypoint's
 identity for the services and workloads bound to it, and forward each connection over HBONE to the chosen
-endpoint, so the destination sees the waypoint's identity.`,
+endpoint, so the destination sees the waypoint's identity. Streams to HTTP service ports (appProtocol or port
+name http, http2, h2c, grpc) are served by the L7 engine: HTTPRoute, GRPCRoute, VirtualService,
+DestinationRule, AuthorizationPolicy and RequestAuthentication with targetRefs, LocalRateLimitPolicy,
+Istio's HTTP metrics, access logs and OTLP tracing.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := applyEnv(cmd.Flags(), envs); err != nil {
@@ -84,6 +87,11 @@ endpoint, so the destination sees the waypoint's identity.`,
 	fs.Var(addrPortValue{&cfg.HBONEAddr}, "hbone-addr", "HBONE listener")
 	envs["hbone-addr"] = "AMBIT_HBONE_ADDR"
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 5*time.Second, "graceful shutdown: how long open connections may take to finish")
+	cfg.MetricsAddr = agent.DefaultMetricsAddr
+	fs.Var(addrPortValue{&cfg.MetricsAddr}, "metrics-addr", "Prometheus metrics listener (/metrics, /stats/prometheus)")
+	envs["metrics-addr"] = "AMBIT_METRICS_ADDR"
+	str(&cfg.OTLPEndpoint, "otlp-endpoint", "AMBIT_OTLP_ENDPOINT", "", "OpenTelemetry collector for spans (OTLP/HTTP host:port or URL); empty: propagate trace context only")
+	fs.Float64Var(&cfg.TraceSampling, "trace-sampling", 0, "fraction of new traces sampled (default 1 with --otlp-endpoint)")
 	lf.register(fs, envs)
 	cmd.Long += "\n" + envTable(fs, envs)
 	return cmd
