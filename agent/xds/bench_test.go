@@ -122,6 +122,18 @@ func heapPeak() (stop func() uint64) {
 // the heap the store retains afterwards.
 func BenchmarkIngest(b *testing.B) {
 	raw := benchResponse(b)
+	for _, mode := range []struct {
+		name      string
+		threshold int
+	}{{"parallel", 2048}, {"serial", 1 << 30}} {
+		b.Run(mode.name, func(b *testing.B) {
+			defer xds.SetParallelThreshold(xds.SetParallelThreshold(mode.threshold))
+			benchIngest(b, raw)
+		})
+	}
+}
+
+func benchIngest(b *testing.B, raw []byte) {
 	b.SetBytes(int64(len(raw)))
 	var peak, retained uint64
 	for b.Loop() {

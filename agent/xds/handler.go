@@ -2,6 +2,7 @@ package xds
 
 import (
 	"context"
+	"runtime"
 
 	"fmt"
 	"log/slog"
@@ -83,6 +84,7 @@ func (h *AddressHandler) HandleUpdate(_ context.Context, u *xdsclient.Update) []
 	upd := &state.Update{}
 	batch := map[string]*parkedAddress{} // converted, by name
 	order := make([]string, 0, len(u.Resources))
+	conv := convertAddresses(u.Resources)
 	for i := range u.Resources {
 		r := &u.Resources[i]
 		if reported, dup := dups[r.Name]; dup {
@@ -92,12 +94,7 @@ func (h *AddressHandler) HandleUpdate(_ context.Context, u *xdsclient.Update) []
 			}
 			continue
 		}
-		a, err := DecodeAddress(r.Body)
-		if err != nil {
-			rej = append(rej, h.reject(r.Name, err))
-			continue
-		}
-		w, s, err := ConvertAddress(r.Name, a)
+		w, s, err := conv[i].workload, conv[i].service, conv[i].err
 		if err != nil {
 			rej = append(rej, h.reject(r.Name, err))
 			continue
@@ -139,6 +136,49 @@ func (h *AddressHandler) HandleUpdate(_ context.Context, u *xdsclient.Update) []
 	}
 	h.store.Apply(upd)
 	return rej
+}
+
+// converted is the outcome of decoding and converting one Address resource.
+type converted struct {
+	workload *state.Workload
+	service  *state.Service
+	err      error
+}
+
+// parallelThreshold is the response size from which decoding and conversion are spread over the CPUs;
+// below it the goroutines cost more than they save.
+var parallelThreshold = 2048
+
+// convertAddresses decodes and converts every resource of rs, in parallel for large responses (istiod's
+// first response holds the whole mesh). It is pure: the results are indexed like rs.
+func convertAddresses(rs []xdsclient.Resource) []converted {
+	out := make([]converted, len(rs))
+	one := func(i int) {
+		a, err := DecodeAddress(rs[i].Body)
+		if err == nil {
+			out[i].workload, out[i].service, err = ConvertAddress(rs[i].Name, a)
+		}
+		out[i].err = err
+	}
+	workers := min(runtime.GOMAXPROCS(0), len(rs)/parallelThreshold+1)
+	if workers <= 1 {
+		for i := range rs {
+			one(i)
+		}
+		return out
+	}
+	var wg sync.WaitGroup
+	chunk := (len(rs) + workers - 1) / workers
+	for lo := 0; lo < len(rs); lo += chunk {
+		hi := min(lo+chunk, len(rs))
+		wg.Go(func() {
+			for i := lo; i < hi; i++ {
+				one(i)
+			}
+		})
+	}
+	wg.Wait()
+	return out
 }
 
 // reject reports a resource that failed conversion. The previous version of it, if any, keeps serving;

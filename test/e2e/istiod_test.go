@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ambit-mesh/ambit/agent/identity"
+	"github.com/ambit-mesh/ambit/agent/localconfig"
 	"github.com/ambit-mesh/ambit/agent/state"
 	"github.com/ambit-mesh/ambit/agent/xds"
 	"github.com/ambit-mesh/ambit/test/testutil"
@@ -382,6 +383,56 @@ spec: {nodeName: node1, serviceAccountName: echo, containers: [{name: app, image
 			t.Fatal(err)
 		}
 		testutil.WaitFor(t, 30*time.Second, "echo-3 removed", func() bool { return st.Workload(podUID("demo", "echo-3")) == nil })
+	})
+
+	// The same cluster objects compiled by Ambit's local-file compiler (what ambit agent --config-file and
+	// ambitctl use) must give istiod's bindings: one set of rules, two producers.
+	t.Run("local compiler agrees with istiod", func(t *testing.T) {
+		out, err := stack.Kubectl(ctx, "get", "namespaces,nodes,services,pods,gateways.gateway.networking.k8s.io,"+
+			"gatewayclasses.gateway.networking.k8s.io,authorizationpolicies.security.istio.io,"+
+			"peerauthentications.security.istio.io", "-A", "-o", "yaml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		objs := &localconfig.Objects{}
+		if err := objs.Decode("cluster.yaml", out); err != nil {
+			t.Fatal(err)
+		}
+		res, err := localconfig.Compile(objs, localconfig.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		compared := 0
+		for _, ls := range res.Snapshot.Services {
+			is := st.Service(ls.Key())
+			if is == nil || (ls.Namespace != "demo" && ls.Namespace != "other") {
+				continue
+			}
+			compared++
+			if a, b := waypointOf(ls.Waypoint), waypointOf(is.Waypoint); a != b {
+				t.Errorf("service %s: local compiler waypoint %q, istiod %q", ls.Key(), a, b)
+			}
+		}
+		for _, lw := range res.Snapshot.Workloads {
+			iw := st.Workload(lw.UID)
+			if iw == nil || (lw.Namespace != "demo" && lw.Namespace != "other") {
+				continue
+			}
+			compared++
+			if a, b := waypointOf(lw.Waypoint), waypointOf(iw.Waypoint); a != b {
+				t.Errorf("workload %s: local compiler waypoint %q, istiod %q", lw.UID, a, b)
+			}
+			if lw.Protocol != iw.Protocol || lw.Identity() != iw.Identity() {
+				t.Errorf("workload %s: local %v %s, istiod %v %s", lw.UID, lw.Protocol, lw.Identity(), iw.Protocol, iw.Identity())
+			}
+			a, b := slices.Sorted(slices.Values(lw.AuthorizationPolicies)), slices.Sorted(slices.Values(iw.AuthorizationPolicies))
+			if !slices.Equal(a, b) {
+				t.Errorf("workload %s: local policies %v, istiod %v", lw.UID, a, b)
+			}
+		}
+		if compared < 8 {
+			t.Errorf("only %d objects compared", compared)
+		}
 	})
 
 	// istiod agreed with everything it sent: no NACK, nothing parked.
