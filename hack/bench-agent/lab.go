@@ -33,6 +33,7 @@ type bench struct {
 	agents      []*proc // by node index
 	servers     []*proc
 	pods        map[string]*lab.Pod
+	profiling   bool // the -profile pass is running
 }
 
 // Pod roles: node index and pod index in the lab. The "mesh" namespace is ambient, "plain" is not, so the

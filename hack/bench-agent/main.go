@@ -53,6 +53,9 @@ func main() {
 	flag.DurationVar(&o.cpsTime, "cps-time", 5*time.Second, "length of one connections-per-second run")
 	flag.IntVar(&o.idleConns, "idle-conns", 10000, "idle connections opened through the mesh in the memory phase")
 	flag.StringVar(&o.capture, "capture", "auto", "agent capture mode: auto, ebpf or tproxy")
+	flag.StringVar(&o.profile, "profile", "", "after the rounds, one more unrecorded pass across nodes through the mesh with CPU profiles\n"+
+		"of both agents per phase, and heap and goroutine profiles while the idle connections are open, written to this directory")
+	flag.IntVar(&o.nice, "nice", 0, "scheduling priority for this program and everything it starts (e.g. -5 on a shared machine)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the lab and the agents running after the table until Ctrl-C")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -65,8 +68,8 @@ func main() {
 
 // options are the command-line settings.
 type options struct {
-	bin, phases, capture            string
-	rounds, idleConns               int
+	bin, phases, capture, profile   string
+	rounds, idleConns, nice         int
 	iperfTime, latencyTime, cpsTime time.Duration
 	keep                            bool
 }
@@ -80,6 +83,9 @@ type phase struct {
 	// topologies selects where the phase runs (nil: all four).
 	topologies func(b *bench) []topology
 	run        func(b *bench, ctx context.Context, t topology) (sample, error)
+	// length is how long one run puts load on the agents (nil: not a load phase; -profile takes heap
+	// profiles during it instead of a CPU profile).
+	length func(o options) time.Duration
 }
 
 // sample is what one run of a phase measured.
@@ -91,11 +97,11 @@ type sample struct {
 // phases is the benchmark, in the order each round runs it.
 var phases = []phase{
 	{name: "throughput", what: "one TCP stream for -iperf-time (iperf3 client in the client pod, iperf3 -s in the server pod)",
-		run: (*bench).throughput},
+		run: (*bench).throughput, length: func(o options) time.Duration { return o.iperfTime }},
 	{name: "latency", what: "HTTP/1.1 at a fixed 1,000 req/s over 4 keep-alive connections, 1 KB responses (fortio load -> fortio server)",
-		run: (*bench).latency},
+		run: (*bench).latency, length: func(o options) time.Duration { return o.latencyTime }},
 	{name: "cps", what: "a new TCP connection per tiny HTTP request, 16 concurrent, as fast as possible (fortio load -keepalive=false)",
-		run: (*bench).connRate},
+		run: (*bench).connRate, length: func(o options) time.Duration { return o.cpsTime }},
 	{name: "memory", what: "agents restarted; RSS of both agents idle, then with -idle-conns idle connections open through the mesh",
 		topologies: func(b *bench) []topology { return []topology{b.topo("cross", true)} },
 		run:        (*bench).memory},
@@ -107,6 +113,16 @@ func run(ctx context.Context, o options) error {
 	}
 	if o.rounds < 1 {
 		return errors.New("-rounds must be at least 1")
+	}
+	if o.nice != 0 {
+		if err := syscall.Setpriority(syscall.PRIO_PROCESS, 0, o.nice); err != nil {
+			return fmt.Errorf("set priority: %w", err)
+		}
+	}
+	if o.profile != "" {
+		if err := os.MkdirAll(o.profile, 0o755); err != nil {
+			return fmt.Errorf("make profile directory: %w", err)
+		}
 	}
 	selected, err := selectPhases(o.phases)
 	if err != nil {
@@ -150,10 +166,38 @@ func run(ctx context.Context, o options) error {
 		}
 	}
 	report(os.Stdout, b, o, res, selected)
+	if o.profile != "" {
+		if err := b.profilePass(ctx, selected); err != nil {
+			return fmt.Errorf("profile pass: %w", err)
+		}
+	}
 	if o.keep {
 		fmt.Fprintf(os.Stderr, "-keep: lab %s and agents stay up until Ctrl-C\n", b.lab.Name)
 		<-ctx.Done()
 	}
+	return nil
+}
+
+// profilePass runs every selected phase once more across nodes through the mesh, unrecorded, with
+// profiles of both agents (CPU during load phases, heap and goroutines while the idle connections are
+// open). Profiling slows the agents, which is why these runs are not part of the table.
+func (b *bench) profilePass(ctx context.Context, selected []phase) error {
+	t := b.topo("cross", true)
+	b.profiling = true
+	defer func() { b.profiling = false }()
+	for _, p := range selected {
+		fmt.Fprintf(os.Stderr, "profiling %s (%s)\n", p.name, t.name())
+		var err error
+		if p.length == nil {
+			_, err = p.run(b, ctx, t)
+		} else {
+			err = b.cpuProfiles(ctx, p.name, p.length(b.o), func() error { _, err := p.run(b, ctx, t); return err })
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", p.name, err)
+		}
+	}
+	fmt.Fprintf(os.Stderr, "profiles in %s; read them with: go tool pprof -top %s %s/<file>.pprof\n", b.o.profile, b.tools.ambit, b.o.profile)
 	return nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,6 +29,12 @@ const (
 	mRSSConns     = "rss_conns_mb"
 	mRSSAfter     = "rss_after_mb"
 	mKBPerConn    = "kb_per_conn"
+	mKBSrc        = "kb_per_conn_node0"
+	mKBDst        = "kb_per_conn_node1"
+	mKBStack      = "kb_stack_per_conn"
+	mKBHeap       = "kb_live_heap_per_conn"
+	mFailedReq    = "failed_req"
+	mFailedConn   = "failed_conn"
 )
 
 // iperfResult is the part of `iperf3 -J` output the benchmark reads.
@@ -80,6 +87,19 @@ type fortioResult struct {
 	ErrorsDurationHistogram struct{ Count int64 }
 }
 
+// counts returns the successful (HTTP 200) and failed requests; failures include connection errors
+// (fortio's code -1).
+func (r fortioResult) counts() (ok, failed int64) {
+	for code, n := range r.RetCodes {
+		if code == "200" {
+			ok += n
+		} else {
+			failed += n
+		}
+	}
+	return ok, failed
+}
+
 func (r fortioResult) percentile(p float64) float64 {
 	for _, x := range r.DurationHistogram.Percentiles {
 		if x.Percentile == p {
@@ -106,13 +126,8 @@ func (b *bench) fortioLoad(ctx context.Context, t topology, d time.Duration, pat
 	if err := json.Unmarshal(data, &r); err != nil {
 		return r, fmt.Errorf("parse fortio result: %w", err)
 	}
-	var bad int64
-	for code, n := range r.RetCodes {
-		if code != "200" {
-			bad += n
-		}
-	}
-	if ok := r.RetCodes["200"]; ok == 0 || bad > ok/1000 {
+	ok, bad := r.counts()
+	if ok == 0 || bad*20 > ok+bad {
 		return r, fmt.Errorf("fortio: %d ok, %d failed (codes %v)", ok, bad, r.RetCodes)
 	}
 	return r, nil
@@ -128,7 +143,8 @@ func (b *bench) latency(ctx context.Context, t topology) (sample, error) {
 		return sample{}, err
 	}
 	return sample{
-		vals: map[string]float64{mP50: r.percentile(50) * 1e3, mP99: r.percentile(99) * 1e3, mQPS: r.ActualQPS},
+		vals: map[string]float64{mP50: r.percentile(50) * 1e3, mP99: r.percentile(99) * 1e3, mQPS: r.ActualQPS,
+			mFailedReq: float64(failed(r))},
 		work: map[string]float64{mCPUPer10kReq: float64(r.DurationHistogram.Count) / 1e4},
 	}, nil
 }
@@ -142,14 +158,16 @@ func (b *bench) connRate(ctx context.Context, t topology) (sample, error) {
 	}
 	secs := float64(r.ActualDuration) / 1e9
 	return sample{
-		vals: map[string]float64{mCPS: float64(r.SocketCount) / secs},
+		vals: map[string]float64{mCPS: float64(r.SocketCount) / secs, mFailedConn: float64(failed(r))},
 		work: map[string]float64{mCPUPer10kCon: float64(r.SocketCount) / 1e4},
 	}, nil
 }
 
 // memory restarts both agents, reads their RSS once idle, opens idle connections from the mesh client to
 // the holder in the server pod (each exchanges one byte first, so both agents have carried data on it),
-// reads RSS again, closes them and reads it a last time.
+// reads RSS again, closes them and reads it a last time. RSS is read as it is (what an operator sees);
+// then a forced GC (pprof's heap?gc=1 on the admin API) gives the live heap and the goroutine stacks.
+// Both agents are restarted again at the end, so the next phases do not inherit a grown heap.
 func (b *bench) memory(ctx context.Context, t topology) (sample, error) {
 	if err := b.restartAgents(ctx); err != nil {
 		return sample{}, err
@@ -160,54 +178,29 @@ func (b *bench) memory(ctx context.Context, t topology) (sample, error) {
 	if err != nil {
 		return sample{}, err
 	}
+	idleMem, err := b.liveMemory(ctx)
+	if err != nil {
+		return sample{}, err
+	}
 	n := b.o.idleConns
-	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", t.client.NS.Name, b.tools.self, "open",
-		"-to", fmt.Sprintf("%s:%d", t.server.IP, holdPort), "-n", strconv.Itoa(n))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	stdin, err := cmd.StdinPipe()
+	op, err := b.openIdle(ctx, t, n)
 	if err != nil {
 		return sample{}, err
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return sample{}, err
-	}
-	if err := cmd.Start(); err != nil {
-		return sample{}, fmt.Errorf("start opener: %w", err)
-	}
-	lines := make(chan string, 4)
-	go func() { // ends at the opener's exit, which every path below waits for
-		defer close(lines)
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-	}()
-	finish := func() error {
-		stdin.Close() // the opener closes its connections and exits
-		for range lines {
-		}
-		if err := cmd.Wait(); err != nil {
-			return fmt.Errorf("opener: %w: %s", err, strings.TrimSpace(stderr.String()))
-		}
-		return nil
-	}
-	line, ok := <-lines
-	if !ok || !strings.HasPrefix(line, "open ") {
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		err := finish()
-		return sample{}, fmt.Errorf("opener did not open %d connections (%q): %v", n, line, err)
 	}
 	settle()
 	held, err := b.agentRSS()
 	if err != nil {
-		finish()
+		op.close()
 		return sample{}, err
 	}
-	if err := finish(); err != nil {
+	heldMem, err := b.liveMemory(ctx)
+	if err == nil && b.profiling {
+		err = b.heapProfiles(ctx, "memory")
+	}
+	if cerr := op.close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return sample{}, err
 	}
 	settle()
@@ -215,12 +208,79 @@ func (b *bench) memory(ctx context.Context, t topology) (sample, error) {
 	if err != nil {
 		return sample{}, err
 	}
+	if err := b.restartAgents(ctx); err != nil {
+		return sample{}, err
+	}
+	perConn := func(before, with int64) float64 { return float64(with-before) / float64(n) }
 	return sample{vals: map[string]float64{
-		mRSSIdle:   float64(idle) / 1024,
-		mRSSConns:  float64(held) / 1024,
-		mRSSAfter:  float64(after) / 1024,
-		mKBPerConn: float64(held-idle) / float64(n),
+		mRSSIdle:   float64(sum(idle)) / 1024,
+		mRSSConns:  float64(sum(held)) / 1024,
+		mRSSAfter:  float64(sum(after)) / 1024,
+		mKBPerConn: perConn(sum(idle), sum(held)),
+		mKBSrc:     perConn(idle[0], held[0]),
+		mKBDst:     perConn(idle[1], held[1]),
+		mKBStack:   perConn(idleMem.stack, heldMem.stack) / 1024,
+		mKBHeap:    perConn(idleMem.heapLive, heldMem.heapLive) / 1024,
 	}}, nil
+}
+
+// opener is the running `open` helper holding idle connections.
+type opener struct {
+	cmd    *exec.Cmd
+	stdin  io.Closer
+	lines  chan string
+	stderr *strings.Builder
+}
+
+// openIdle starts the `open` helper in the client pod and waits until it holds n connections.
+func (b *bench) openIdle(ctx context.Context, t topology, n int) (*opener, error) {
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", t.client.NS.Name, b.tools.self, "open",
+		"-to", fmt.Sprintf("%s:%d", t.server.IP, holdPort), "-n", strconv.Itoa(n))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	op := &opener{cmd: cmd, lines: make(chan string, 4), stderr: &strings.Builder{}}
+	cmd.Stderr = op.stderr
+	var err error
+	if op.stdin, err = cmd.StdinPipe(); err != nil {
+		return nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start opener: %w", err)
+	}
+	go func() { // ends at the opener's exit, which close waits for
+		defer close(op.lines)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			op.lines <- sc.Text()
+		}
+	}()
+	line, ok := <-op.lines
+	if !ok || !strings.HasPrefix(line, "open ") {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		err := op.close()
+		return nil, fmt.Errorf("opener did not open %d connections (%q): %v", n, line, err)
+	}
+	return op, nil
+}
+
+// close makes the opener close its connections and waits for it to exit.
+func (op *opener) close() error {
+	op.stdin.Close()
+	for range op.lines {
+	}
+	if err := op.cmd.Wait(); err != nil {
+		return fmt.Errorf("opener: %w: %s", err, strings.TrimSpace(op.stderr.String()))
+	}
+	return nil
+}
+
+func failed(r fortioResult) int64 {
+	_, bad := r.counts()
+	return bad
 }
 
 func sleep(ctx context.Context, d time.Duration) {

@@ -65,15 +65,23 @@ func (b *bench) agentCPU() (time.Duration, error) {
 	return total, nil
 }
 
-// agentRSS is the resident memory of both agents together, in KiB.
-func (b *bench) agentRSS() (int64, error) {
-	var total int64
-	for _, a := range b.agents {
+// agentRSS is the resident memory of each agent (by node), in KiB.
+func (b *bench) agentRSS() ([]int64, error) {
+	out := make([]int64, len(b.agents))
+	for i, a := range b.agents {
 		kb, err := rssKB(a.cmd.Process.Pid)
 		if err != nil {
-			return 0, err
+			return nil, err
 		}
-		total += kb
+		out[i] = kb
 	}
-	return total, nil
+	return out, nil
+}
+
+func sum(xs []int64) int64 {
+	var s int64
+	for _, x := range xs {
+		s += x
+	}
+	return s
 }

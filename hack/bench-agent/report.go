@@ -82,7 +82,9 @@ var mainRows = []row{
 	{"HTTP p50 latency at 1,000 req/s, 1 KB (ms; fortio)", mP50, "%.3f", "added", ""},
 	{"HTTP p99 latency at 1,000 req/s, 1 KB (ms; fortio)", mP99, "%.3f", "added", "added < 0.4 ms (2x ztunnel's 0.2 ms)"},
 	{"Achieved req/s in the latency run", mQPS, "%.0f", "", "1000"},
+	{"Failed requests per latency run (fortio code -1: connect/read errors)", mFailedReq, "%.0f", "", "0"},
 	{"New connections/s, tiny request each (fortio -keepalive=false)", mCPS, "%.0f", "ratio", ""},
+	{"Failed connections per cps run", mFailedConn, "%.0f", "", "0"},
 	{"Agent CPU s per GB transferred (throughput run)", mCPUPerGB, "%.2f", "", ""},
 	{"Agent CPU s per 10,000 requests (latency run)", mCPUPer10kReq, "%.2f", "", ""},
 	{"Agent CPU s per 10,000 new connections (cps run)", mCPUPer10kCon, "%.2f", "", ""},
@@ -91,7 +93,11 @@ var mainRows = []row{
 var memoryRows = []row{
 	{"RSS idle, freshly started (MB)", mRSSIdle, "%.1f", "", "tens of MB"},
 	{"RSS with the idle connections open (MB)", mRSSConns, "%.1f", "", ""},
-	{"RSS per idle connection (KB)", mKBPerConn, "%.2f", "", "< 8 KB"},
+	{"RSS per idle connection, both agents (KB)", mKBPerConn, "%.2f", "", "< 8 KB"},
+	{"  of which source agent, node0 (KB)", mKBSrc, "%.2f", "", ""},
+	{"  of which destination agent, node1 (KB)", mKBDst, "%.2f", "", ""},
+	{"Goroutine stacks per connection, both agents (KB)", mKBStack, "%.2f", "", ""},
+	{"Live heap per connection after a forced GC, both agents (KB)", mKBHeap, "%.2f", "", ""},
 	{"RSS after closing them (MB)", mRSSAfter, "%.1f", "", ""},
 }
 
@@ -103,7 +109,10 @@ func report(w io.Writer, b *bench, o options, res *results, selected []phase) {
 		"Host %s: %d CPUs, Linux %s, %s; capture %s. Agent CPU and RSS count both agents.\n",
 		o.rounds, host, runtime.NumCPU(), strings.TrimSpace(string(kernel)), runtime.Version(), b.captureMode)
 	fmt.Fprintf(w, "\"direct\": client and server pods outside the mesh (nothing captured); \"mesh\": the same nodes, "+
-		"pods in an ambient namespace (source agent -> HBONE -> destination agent). In the direct columns, the agent CPU rows show the agents' background use.\n\n")
+		"pods in an ambient namespace: across nodes source agent -> HBONE (mTLS) -> destination agent; on the same node the agent "+
+		"hands the connection from its outbound to its inbound side itself (no HBONE, no TLS). In the direct columns, the agent CPU "+
+		"rows show the agents' background use. Agent CPU counts the kernel work done in the agents' system calls (on veth pairs "+
+		"that includes delivering the packets to the receiving namespace).\n\n")
 	has := func(name string) bool {
 		return slices.ContainsFunc(selected, func(p phase) bool { return p.name == name })
 	}
