@@ -104,7 +104,7 @@ type Options struct {
 	// Plaintext disables TLS (istiod's 15010, local development and tests).
 	Plaintext bool
 	// RootCertFile holds the PEM roots that the server's certificate must chain to; it is read again when it
-	// changes. Required unless Plaintext.
+	// changes. SystemRoots means the operating system's roots. Required unless Plaintext.
 	RootCertFile string
 	// ServerName is the name the server certificate must carry (default: the host of Address).
 	// AltServerName is accepted as well (ztunnel's ALT_XDS_HOSTNAME).

@@ -359,9 +359,13 @@ func TestTLSRejectsWrongServerName(t *testing.T) {
 	rec := newRecorder()
 	start(t, xdsclient.Options{Address: srv.Addr, RootCertFile: srv.RootFile, ServerName: "evil.example.com",
 		Subscriptions: []xdsclient.Subscription{{TypeURL: xdstest.AddressType, Handler: rec}}})
+	// The operating system's roots do not trust the test CA either.
+	recSys := newRecorder()
+	start(t, xdsclient.Options{Address: srv.Addr, RootCertFile: xdsclient.SystemRoots, ServerName: "istiod.istio-system.svc",
+		Subscriptions: []xdsclient.Subscription{{TypeURL: xdstest.AddressType, Handler: recSys}}})
 	time.Sleep(300 * time.Millisecond) // several reconnect attempts at the test backoff
-	if rec.count() != 0 || len(srv.Requests()) != 0 {
-		t.Fatal("client talked to a server with the wrong name")
+	if rec.count() != 0 || recSys.count() != 0 || len(srv.Requests()) != 0 {
+		t.Fatal("client talked to a server it must not trust")
 	}
 	// AltServerName (ALT_XDS_HOSTNAME) is accepted instead.
 	rec2 := newRecorder()

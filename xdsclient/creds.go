@@ -48,6 +48,9 @@ func (c *tokenCreds) GetRequestMetadata(context.Context, ...string) (map[string]
 
 func (c *tokenCreds) RequireTransportSecurity() bool { return c.secure }
 
+// SystemRoots as Options.RootCertFile trusts the operating system's roots (ztunnel's XDS_ROOT_CA=SYSTEM).
+const SystemRoots = "SYSTEM"
+
 // rootFile holds a PEM root file, parsed again whenever its contents change, so that a rotated root
 // (istio-ca-root-cert) takes effect on the next connection without a restart.
 type rootFile struct {
@@ -59,6 +62,13 @@ type rootFile struct {
 }
 
 func (r *rootFile) load() (*x509.CertPool, error) {
+	if r.path == SystemRoots {
+		pool, err := x509.SystemCertPool()
+		if err != nil {
+			return nil, fmt.Errorf("read system roots: %w", err)
+		}
+		return pool, nil
+	}
 	raw, err := os.ReadFile(r.path)
 	if err != nil {
 		return nil, fmt.Errorf("read roots: %w", err)

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -168,9 +169,16 @@ var podIPs = map[string]string{
 	"demo/special": "10.244.0.7", "other/cross-1": "10.244.0.8",
 }
 
-// setUpScenario creates the scenario, then does what kubelet and the gateway controller would: pod IPs and
-// readiness, and waypoint Gateway addresses (hostname first, as istiod prefers).
+var scenarioOnce sync.Once
+
+// setUpScenario creates the scenario once per run, then does what kubelet and the gateway controller would:
+// pod IPs and readiness, and waypoint Gateway addresses (hostname first, as istiod prefers).
 func setUpScenario(t *testing.T, ctx context.Context) {
+	t.Helper()
+	scenarioOnce.Do(func() { createScenario(t, ctx) })
+}
+
+func createScenario(t *testing.T, ctx context.Context) {
 	t.Helper()
 	if err := stack.Apply(ctx, scenario); err != nil {
 		t.Fatal(err)
@@ -457,6 +465,7 @@ func TestIstiodCertificates(t *testing.T) {
 	ctx := context.Background()
 	st := state.NewStore()
 	startSource(t, ctx, st)
+	setUpScenario(t, ctx)
 	testutil.WaitFor(t, 60*time.Second, "the scenario's workloads", func() bool {
 		return st.Workload(podUID("demo", "echo-1")) != nil && st.Workload(podUID("demo", "remote-1")) != nil
 	})
