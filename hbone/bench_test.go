@@ -8,6 +8,9 @@ package hbone
 //   'u' upload:   the client writes, half-closes; the server counts to EOF and answers the count (8 bytes).
 //   'd' download: the client sends a byte count; the server writes that many bytes and half-closes.
 //   'p' ping:     the server echoes every byte at once, until EOF.
+//   'r' repeated: the client sends requests of 9 bytes, 'U' or 'D' plus a little-endian length L: for 'U'
+//                 it then sends L bytes and the server answers 1 byte after reading them; for 'D' the
+//                 server sends L bytes. Used by BenchmarkInterleaved to reuse one stream.
 
 import (
 	"context"
@@ -80,6 +83,37 @@ func serveBench(c benchConn, flush func()) error {
 			n -= m
 		}
 		return c.CloseWrite()
+	case 'r':
+		var req [9]byte
+		for {
+			if _, err := io.ReadFull(c, req[:]); err != nil {
+				if err == io.EOF {
+					return c.CloseWrite()
+				}
+				return err
+			}
+			n := int64(binary.LittleEndian.Uint64(req[1:]))
+			switch req[0] {
+			case 'U':
+				if err := readN(c, buf, n); err != nil {
+					return err
+				}
+				if _, err := c.Write([]byte{1}); err != nil {
+					return err
+				}
+			case 'D':
+				for n > 0 {
+					m := min(n, int64(len(buf)))
+					if _, err := c.Write(buf[:m]); err != nil {
+						return err
+					}
+					n -= m
+				}
+			default:
+				return fmt.Errorf("bad request %q", req[0])
+			}
+			flush()
+		}
 	case 'p':
 		for {
 			m, err := c.Read(buf)
@@ -515,3 +549,120 @@ func memInUse() uint64 {
 var _ = errors.New
 var _ = netip.AddrPort{}
 var _ = spiffeid.ID{}
+
+// readN reads and drops n bytes with reads of up to len(buf) (io.Discard's ReadFrom would use 8 KiB).
+func readN(r io.Reader, buf []byte, n int64) error {
+	for n > 0 {
+		m, err := r.Read(buf[:min(int64(len(buf)), n)])
+		n -= int64(m)
+		if err != nil && (n > 0 || err != io.EOF) {
+			return err
+		}
+	}
+	return nil
+}
+
+// BenchmarkInterleaved runs the variants in alternation inside each iteration, so that changes in other
+// load on the machine hit all of them alike: each iteration moves 8 MiB up and 8 MiB down and does 200
+// one-byte round trips on every variant's single established stream, rotating the order. It reports
+// per variant MB/s up and down, round-trip µs and CPU per MB (both ends, this process). hack/bench-hbone
+// takes medians over several runs of it.
+func BenchmarkInterleaved(b *testing.B) {
+	const (
+		chunk = 8 << 20
+		pings = 200
+	)
+	pki := newPKI(b)
+	type variant struct {
+		name        string
+		bulk, ping  benchConn
+		upNs, dnNs  time.Duration
+		upCPU, dCPU time.Duration
+		rttNs       time.Duration
+	}
+	var vs []*variant
+	for _, bv := range benchVariants {
+		dial := bv.start(b, pki)
+		bulk, err := dial()
+		if err != nil {
+			b.Fatal(err)
+		}
+		ping, err := dial()
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { _ = bulk.Close(); _ = ping.Close() })
+		if _, err := bulk.Write([]byte{'r'}); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := ping.Write([]byte{'p'}); err != nil {
+			b.Fatal(err)
+		}
+		vs = append(vs, &variant{name: bv.name, bulk: bulk, ping: ping})
+	}
+	buf := make([]byte, benchBuf)
+	one, in := []byte{1}, make([]byte, 1)
+	up := func(v *variant) error {
+		var req [9]byte
+		req[0] = 'U'
+		binary.LittleEndian.PutUint64(req[1:], chunk)
+		if _, err := v.bulk.Write(req[:]); err != nil {
+			return err
+		}
+		for n := 0; n < chunk; n += len(buf) {
+			if _, err := v.bulk.Write(buf); err != nil {
+				return err
+			}
+		}
+		_, err := io.ReadFull(v.bulk, in)
+		return err
+	}
+	down := func(v *variant) error {
+		var req [9]byte
+		req[0] = 'D'
+		binary.LittleEndian.PutUint64(req[1:], chunk)
+		if _, err := v.bulk.Write(req[:]); err != nil {
+			return err
+		}
+		return readN(v.bulk, buf, chunk)
+	}
+	measure := func(f func() error) (time.Duration, time.Duration) {
+		c0, t0 := cpuTime(), time.Now()
+		if err := f(); err != nil {
+			b.Fatal(err)
+		}
+		return time.Since(t0), cpuTime() - c0
+	}
+	for _, v := range vs { // warm up: TLS record sizing, windows, pools
+		measure(func() error { return up(v) })
+		measure(func() error { return down(v) })
+	}
+	b.ResetTimer()
+	for i := range b.N {
+		for j := range vs {
+			v := vs[(i+j)%len(vs)]
+			t, c := measure(func() error { return up(v) })
+			v.upNs, v.upCPU = v.upNs+t, v.upCPU+c
+			t, c = measure(func() error { return down(v) })
+			v.dnNs, v.dCPU = v.dnNs+t, v.dCPU+c
+			t, _ = measure(func() error {
+				for range pings {
+					if err := pingOnce(v.ping, one, in); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			v.rttNs += t
+		}
+	}
+	b.StopTimer()
+	mb := float64(b.N) * chunk / 1e6
+	for _, v := range vs {
+		b.ReportMetric(mb/v.upNs.Seconds(), v.name+"-up-MB/s")
+		b.ReportMetric(mb/v.dnNs.Seconds(), v.name+"-down-MB/s")
+		b.ReportMetric(float64(v.upCPU.Nanoseconds())/mb, v.name+"-up-cpu-ns/MB")
+		b.ReportMetric(float64(v.dCPU.Nanoseconds())/mb, v.name+"-down-cpu-ns/MB")
+		b.ReportMetric(float64(v.rttNs.Nanoseconds())/float64(b.N*pings), v.name+"-rtt-ns")
+	}
+}

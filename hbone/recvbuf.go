@@ -147,6 +147,18 @@ func (rb *recvBuffer) read(p []byte) int {
 	return total
 }
 
+// pop removes and returns the head chunk, which the caller must release. The queue must not be empty.
+func (rb *recvBuffer) pop() chunk {
+	h := rb.q[0]
+	rb.q[0] = chunk{}
+	rb.q = rb.q[1:]
+	rb.n -= h.w - h.r
+	if len(rb.q) == 0 {
+		rb.q = nil
+	}
+	return h
+}
+
 // reset drops all unread bytes and returns how many there were.
 func (rb *recvBuffer) reset() int {
 	n := rb.n

@@ -21,6 +21,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,7 +31,8 @@ import (
 )
 
 // Stream is one HBONE CONNECT stream, returned by Pool.Dial and Request.Accept as a net.Conn. Besides
-// net.Conn it offers CloseWrite (half-close: END_STREAM), PeerID and ResponseHeader. It is safe for
+// net.Conn it offers CloseWrite (half-close: END_STREAM), PeerID, ResponseHeader and WriteTo (so that
+// io.Copy from a stream moves received chunks without an intermediate copy). It is safe for
 // one reader and one writer at a time, plus concurrent Close and deadline changes.
 type Stream struct {
 	c  *conn
@@ -69,7 +71,10 @@ type Stream struct {
 	cancel      context.CancelFunc // server: cancels the handler's context
 }
 
-var _ net.Conn = (*Stream)(nil)
+var (
+	_ net.Conn    = (*Stream)(nil)
+	_ io.WriterTo = (*Stream)(nil)
+)
 
 func newStream(c *conn, id uint32) *Stream {
 	return &Stream{
@@ -112,6 +117,14 @@ func (s *Stream) Read(p []byte) (int, error) {
 		}
 		s.pending = p
 		s.rmu.Unlock()
+		for range spins {
+			// Data often arrives within microseconds (readLoop is decrypting it on another P): yield a
+			// few times before parking, which costs a futex wake and a spinning thread.
+			runtime.Gosched()
+			if s.pendingReady() {
+				break
+			}
+		}
 		timedOut := false
 		select {
 		case <-s.rready:
@@ -136,6 +149,58 @@ func (s *Stream) Read(p []byte) (int, error) {
 			return 0, os.ErrDeadlineExceeded
 		}
 	}
+}
+
+// WriteTo writes the bytes the peer sends to w until the peer's END_STREAM (then it returns nil), an
+// error, or the read deadline. It implements io.WriterTo, so io.Copy(w, s) hands w the received chunks
+// themselves instead of copying them into an intermediate buffer first.
+func (s *Stream) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	for {
+		s.rmu.Lock()
+		for s.rbuf.len() == 0 && s.rerr == nil && !s.rclosed {
+			dl := s.readDL.wait()
+			if isClosed(dl) {
+				s.rmu.Unlock()
+				return total, os.ErrDeadlineExceeded
+			}
+			s.rmu.Unlock()
+			select {
+			case <-s.rready:
+			case <-dl:
+			}
+			s.rmu.Lock()
+		}
+		if s.rclosed {
+			s.rmu.Unlock()
+			return total, net.ErrClosed
+		}
+		if s.rbuf.len() == 0 {
+			err := s.rerr
+			s.rmu.Unlock()
+			if err == io.EOF {
+				err = nil
+			}
+			return total, err
+		}
+		ch := s.rbuf.pop()
+		s.rmu.Unlock()
+		n, err := w.Write(ch.b[ch.r:ch.w])
+		s.rbuf.release(ch.b)
+		total += int64(n)
+		s.consumed(ch.w - ch.r) // a short write still consumed the chunk: credit it all
+		if err != nil {
+			return total, err
+		}
+	}
+}
+
+var spins = 3
+
+func (s *Stream) pendingReady() bool {
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	return s.pendingN > 0 || s.rerr != nil
 }
 
 // consumed returns flow-control credit for n bytes the application read.

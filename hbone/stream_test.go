@@ -452,3 +452,60 @@ func TestRecvBuffer(t *testing.T) {
 		t.Fatalf("reset dropped %d, want %d", n, len(want))
 	}
 }
+
+func TestWriteTo(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	pki := newPKI(t)
+	ts, srvc := serverStream(t, pki, nil)
+	p := newTestPool(t, pki, nil)
+	c := dialT(t, p, ts.target(pki))
+	s := <-srvc
+	defer s.Close()
+
+	rng := rand.New(rand.NewPCG(9, 9))
+	data := make([]byte, 16<<20+12345)
+	for i := range data {
+		data[i] = byte(rng.Uint32())
+	}
+	go func() {
+		for p := data; len(p) > 0; {
+			n := min(len(p), 1+rng.IntN(200<<10))
+			if _, err := s.Write(p[:n]); err != nil {
+				return
+			}
+			p = p[n:]
+		}
+		_ = s.CloseWrite()
+	}()
+	h := sha256.New()
+	n, err := io.Copy(h, c) // uses Stream.WriteTo
+	if err != nil || n != int64(len(data)) {
+		t.Fatalf("io.Copy = %d, %v; want %d", n, err, len(data))
+	}
+	if want := sha256.Sum256(data); !bytes.Equal(h.Sum(nil), want[:]) {
+		t.Fatal("digest mismatch")
+	}
+
+	t.Run("deadline", func(t *testing.T) {
+		c := dialT(t, p, ts.target(pki))
+		s := <-srvc
+		defer s.Close()
+		_ = c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+		if _, err := c.WriteTo(io.Discard); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("WriteTo = %v", err)
+		}
+	})
+	t.Run("writer error", func(t *testing.T) {
+		c := dialT(t, p, ts.target(pki))
+		s := <-srvc
+		defer s.Close()
+		go func() { _, _ = s.Write([]byte("x")) }()
+		if _, err := c.WriteTo(failingWriter{}); !errors.Is(err, errTest) {
+			t.Fatalf("WriteTo = %v", err)
+		}
+	})
+}
+
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) { return 0, errTest }

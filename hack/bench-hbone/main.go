@@ -1,9 +1,10 @@
 // Command bench-hbone compares Ambit's HBONE with raw TCP, plain TLS 1.3 and an HBONE built on net/http's
-// default HTTP/2, using the Go benchmarks in package hbone. It builds the hbone test binary once, runs
-// every variant in shuffled order in each of several rounds (same machine, loopback, one process per
-// variant run), and prints medians of the per-round values and ratios as a Markdown table.
+// default HTTP/2, using the Go benchmarks in package hbone. It builds the hbone test binary once; each
+// round runs BenchmarkInterleaved (every variant in alternation inside one process, so that other load on
+// the machine hits them alike) with GOMAXPROCS 2 and 1, BenchmarkStreamSetup and BenchmarkIdleStreams.
+// It prints medians over the rounds of the per-round values and ratios as Markdown tables.
 //
-// Usage: go run ./hack/bench-hbone [-rounds 5] [-benchtime 1s]
+// Usage: go run ./hack/bench-hbone [-rounds 5] [-iters 6]
 package main
 
 import (
@@ -11,7 +12,6 @@ import (
 	"bytes"
 	"flag"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,10 +23,10 @@ import (
 
 func main() {
 	rounds := flag.Int("rounds", 5, "rounds; medians are taken over them (at least 5 for quoted numbers)")
-	benchtime := flag.String("benchtime", "1s", "-test.benchtime for throughput and latency benchmarks")
+	iters := flag.Int("iters", 6, "BenchmarkInterleaved iterations per round (each moves 8 MiB each way per variant)")
 	idle := flag.Bool("idle", true, "also measure memory per idle stream (10,000 streams)")
 	flag.Parse()
-	if err := run(*rounds, *benchtime, *idle); err != nil {
+	if err := run(*rounds, *iters, *idle); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-hbone:", err)
 		os.Exit(1)
 	}
@@ -40,7 +40,7 @@ func key(name, unit string) string { return name + " " + unit }
 // benchLine matches a result line; the name's -N suffix is GOMAXPROCS (absent when 1).
 var benchLine = regexp.MustCompile(`^(Benchmark\S+?)(?:-(\d+))?\s+\d+\s+(.*)$`)
 
-func run(rounds int, benchtime string, idle bool) error {
+func run(rounds, iters int, idle bool) error {
 	dir, err := os.MkdirTemp("", "bench-hbone")
 	if err != nil {
 		return fmt.Errorf("make temp dir: %w", err)
@@ -52,23 +52,19 @@ func run(rounds int, benchtime string, idle bool) error {
 	if err := build.Run(); err != nil {
 		return fmt.Errorf("build hbone test binary: %w", err)
 	}
-	variants := []string{"tcp", "tls", "hbone", "h2default"}
 	res := results{}
 	for r := range rounds {
 		fmt.Fprintf(os.Stderr, "round %d/%d\n", r+1, rounds)
-		var jobs []string
-		for _, v := range variants {
-			jobs = append(jobs, "^BenchmarkBulk$/^"+v+"$", "^BenchmarkRTT$/^"+v+"$", "1:^BenchmarkRTT$/^"+v+"$")
-		}
-		jobs = append(jobs, "^BenchmarkStreamSetup$")
-		rand.Shuffle(len(jobs), func(i, j int) { jobs[i], jobs[j] = jobs[j], jobs[i] })
-		for _, job := range jobs {
-			if err := runBench(bin, job, benchtime, res); err != nil {
-				return err
-			}
+		jobs := []job{
+			{"^BenchmarkInterleaved$", fmt.Sprintf("%dx", iters), "2"},
+			{"^BenchmarkInterleaved$", fmt.Sprintf("%dx", iters), "1"},
+			{"^BenchmarkStreamSetup$", "20000x", "2"},
 		}
 		if idle {
-			if err := runBench(bin, "^BenchmarkIdleStreams$", "1x", res); err != nil {
+			jobs = append(jobs, job{"^BenchmarkIdleStreams$", "1x", "2"})
+		}
+		for _, j := range jobs {
+			if err := runBench(bin, j, res); err != nil {
 				return err
 			}
 		}
@@ -77,21 +73,18 @@ func run(rounds int, benchtime string, idle bool) error {
 	return nil
 }
 
-// runBench runs one benchmark pattern; a "1:" prefix runs it with GOMAXPROCS=1 (client and server on
-// one CPU, as the "same vCPU" RTT in performance-anchors.md section 7) and records it as name@1.
-func runBench(bin, pattern, benchtime string, res results) error {
-	args := []string{"-test.run", "^$", "-test.benchtime", benchtime, "-test.benchmem"}
-	if p, ok := strings.CutPrefix(pattern, "1:"); ok {
-		pattern = p
-		args = append(args, "-test.cpu", "1")
-	}
-	cmd := exec.Command(bin, append(args, "-test.bench", pattern)...)
+type job struct{ pattern, benchtime, cpu string }
+
+// runBench runs one benchmark and records each reported metric as "name@cpu unit".
+func runBench(bin string, j job, res results) error {
+	cmd := exec.Command(bin, "-test.run", "^$", "-test.bench", j.pattern, "-test.benchtime", j.benchtime,
+		"-test.cpu", j.cpu, "-test.benchmem")
 	var out bytes.Buffer
 	cmd.Stdout = &out
 	cmd.Stderr = os.Stderr
 	if err := cmd.Run(); err != nil {
 		os.Stderr.Write(out.Bytes())
-		return fmt.Errorf("run %s: %w", pattern, err)
+		return fmt.Errorf("run %s: %w", j.pattern, err)
 	}
 	sc := bufio.NewScanner(&out)
 	for sc.Scan() {
@@ -99,17 +92,14 @@ func runBench(bin, pattern, benchtime string, res results) error {
 		if m == nil {
 			continue
 		}
-		name := m[1]
-		if m[2] == "" {
-			name += "@1"
-		}
 		f := strings.Fields(m[3])
 		for i := 0; i+1 < len(f); i += 2 {
 			v, err := strconv.ParseFloat(f[i], 64)
 			if err != nil {
 				continue
 			}
-			res[key(name, f[i+1])] = append(res[key(name, f[i+1])], v)
+			k := key(m[1]+"@"+j.cpu, f[i+1])
+			res[k] = append(res[k], v)
 		}
 	}
 	return sc.Err()
@@ -139,24 +129,27 @@ func ratio(a, b []float64) float64 {
 	return median(r)
 }
 
+var variants = []string{"tcp", "tls", "hbone", "h2default"}
+
 func report(res results, rounds int) {
-	bulk := func(v, dir, unit string) []float64 { return res[key("BenchmarkBulk/"+v+"/"+dir, unit)] }
-	rtt := func(v string) []float64 { return res[key("BenchmarkRTT/"+v, "ns/op")] }
-	rtt1 := func(v string) []float64 { return res[key("BenchmarkRTT/"+v+"@1", "ns/op")] }
-	fmt.Printf("\nHBONE comparison: medians over %d rounds of per-round values and ratios; loopback, client and\n", rounds)
-	fmt.Printf("server in one process, 256 KiB writes and reads, TLS 1.3 with the same ECDSA P-256 certificates.\n")
-	fmt.Printf("cpu/MB is the CPU of both ends per MB (getrusage), which other load on the machine barely affects.\n\n")
-	fmt.Println("| variant | up MB/s | down MB/s | up / TLS | down / TLS | up cpu-µs/MB | down cpu-µs/MB | RTT µs | RTT / TLS | RTT µs, 1 CPU | RTT / TLS, 1 CPU |")
-	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|")
-	for _, v := range []string{"tcp", "tls", "hbone", "h2default"} {
-		fmt.Printf("| %s | %.0f | %.0f | %.2f | %.2f | %.0f | %.0f | %.1f | %.2f | %.1f | %.2f |\n", v,
-			median(bulk(v, "up", "MB/s")), median(bulk(v, "down", "MB/s")),
-			ratio(bulk(v, "up", "MB/s"), bulk("tls", "up", "MB/s")), ratio(bulk(v, "down", "MB/s"), bulk("tls", "down", "MB/s")),
-			median(bulk(v, "up", "cpu-ns/MB"))/1000, median(bulk(v, "down", "cpu-ns/MB"))/1000,
-			median(rtt(v))/1000, ratio(rtt(v), rtt("tls")), median(rtt1(v))/1000, ratio(rtt1(v), rtt1("tls")))
+	il := func(cpu, v, metric string) []float64 { return res[key("BenchmarkInterleaved@"+cpu, v+"-"+metric)] }
+	fmt.Printf("\nHBONE comparison, medians over %d rounds of BenchmarkInterleaved (variants alternating in one\n", rounds)
+	fmt.Printf("process; loopback; 8 MiB per transfer in 256 KiB writes and reads; 1-byte ping-pong; TLS 1.3 with\n")
+	fmt.Printf("the same ECDSA P-256 certificates). cpu-µs/MB counts both ends (getrusage of the process).\n")
+	for _, cpu := range []string{"2", "1"} {
+		fmt.Printf("\nGOMAXPROCS=%s\n\n", cpu)
+		fmt.Println("| variant | up MB/s | down MB/s | up / TLS | down / TLS | up cpu-µs/MB | down cpu-µs/MB | RTT µs | RTT / TLS |")
+		fmt.Println("|---|---|---|---|---|---|---|---|---|")
+		for _, v := range variants {
+			fmt.Printf("| %s | %.0f | %.0f | %.2f | %.2f | %.0f | %.0f | %.1f | %.2f |\n", v,
+				median(il(cpu, v, "up-MB/s")), median(il(cpu, v, "down-MB/s")),
+				ratio(il(cpu, v, "up-MB/s"), il(cpu, "tls", "up-MB/s")), ratio(il(cpu, v, "down-MB/s"), il(cpu, "tls", "down-MB/s")),
+				median(il(cpu, v, "up-cpu-ns/MB"))/1000, median(il(cpu, v, "down-cpu-ns/MB"))/1000,
+				median(il(cpu, v, "rtt-ns"))/1000, ratio(il(cpu, v, "rtt-ns"), il(cpu, "tls", "rtt-ns")))
+		}
 	}
 	fmt.Println()
-	fmt.Println("| check | measured | target |")
+	fmt.Println("| check (GOMAXPROCS=2 unless noted) | measured | target |")
 	fmt.Println("|---|---|---|")
 	check := func(name string, got float64, target string, ok bool) {
 		mark := "met"
@@ -166,22 +159,22 @@ func report(res results, rounds int) {
 		fmt.Printf("| %s | %.2f | %s (%s) |\n", name, got, target, mark)
 	}
 	for _, dir := range []string{"up", "down"} {
-		r := ratio(bulk("hbone", dir, "MB/s"), bulk("tls", dir, "MB/s"))
+		r := ratio(il("2", "hbone", dir+"-MB/s"), il("2", "tls", dir+"-MB/s"))
 		check("HBONE / plain TLS throughput, "+dir, r, ">= 0.9", r >= 0.9)
-		c := ratio(bulk("tls", dir, "cpu-ns/MB"), bulk("hbone", dir, "cpu-ns/MB"))
-		check("plain TLS / HBONE CPU per MB (efficiency), "+dir, c, ">= 0.9", c >= 0.9)
-		h := ratio(bulk("hbone", dir, "MB/s"), bulk("h2default", dir, "MB/s"))
+		c := ratio(il("2", "tls", dir+"-cpu-ns/MB"), il("2", "hbone", dir+"-cpu-ns/MB"))
+		check("plain TLS CPU per MB / HBONE CPU per MB, "+dir, c, "(efficiency; 1 = same)", true)
+		h := ratio(il("2", "hbone", dir+"-MB/s"), il("2", "h2default", dir+"-MB/s"))
 		check("HBONE / net/http-h2 HBONE throughput, "+dir, h, ">= 1.3", h >= 1.3)
 	}
-	r := ratio(rtt("hbone"), rtt("tls"))
+	r := ratio(il("2", "hbone", "rtt-ns"), il("2", "tls", "rtt-ns"))
 	check("HBONE RTT / plain TLS RTT", r, "<= 1.1", r <= 1.1)
-	r1 := ratio(rtt1("hbone"), rtt1("tls"))
-	check("HBONE RTT / plain TLS RTT, 1 CPU", r1, "<= 1.1", r1 <= 1.1)
-	if v := res[key("BenchmarkStreamSetup", "cpu-ns/op")]; len(v) > 0 {
+	r1 := ratio(il("1", "hbone", "rtt-ns"), il("1", "tls", "rtt-ns"))
+	check("HBONE RTT / plain TLS RTT, GOMAXPROCS=1 (same vCPU, as the anchor)", r1, "<= 1.1", r1 <= 1.1)
+	if v := res[key("BenchmarkStreamSetup@2", "cpu-ns/op")]; len(v) > 0 {
 		c := median(v) / 1000
 		check("stream open+close CPU on a warm pool, both ends, µs", c, "< 20", c < 20)
 	}
-	if v := res[key("BenchmarkIdleStreams", "B/stream")]; len(v) > 0 {
+	if v := res[key("BenchmarkIdleStreams@2", "B/stream")]; len(v) > 0 {
 		b := median(v)
 		check("memory per idle stream, both ends, KB", b/1000, "<= 8", b <= 8000)
 	}
