@@ -24,8 +24,10 @@ import (
 	"github.com/ambit-mesh/ambit/agent/identity"
 	"github.com/ambit-mesh/ambit/agent/metrics"
 	"github.com/ambit-mesh/ambit/agent/state"
+	"github.com/ambit-mesh/ambit/agent/xds"
 	"github.com/ambit-mesh/ambit/hbone"
 	"github.com/ambit-mesh/ambit/redirect"
+	"github.com/ambit-mesh/ambit/xdsclient"
 )
 
 // Version is reported in metrics and the admin API; set at build time with -ldflags.
@@ -45,7 +47,8 @@ type Agent struct {
 	sockets redirect.SocketFactory
 	pool    *hbone.Pool
 	hbone   *hbone.Server
-	source  *fileSource
+	source  *fileSource // local files, or
+	xds     *xds.Source // istiod
 
 	lnOut, lnIn, lnHBONE        *net.TCPListener
 	lnAdmin, lnMetrics, lnReady *net.TCPListener
@@ -79,9 +82,22 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		sockets:  redirect.SocketFactory{NetNS: cfg.NetNS},
 		enrolled: map[string]redirect.Pod{},
 	}
-	a.source = &fileSource{files: cfg.ConfigFiles, poll: cfg.ConfigPoll, cfg: cfg, store: a.Store, metrics: a.Metrics, log: a.log.With("component", "config")}
-	if err := a.source.load(); err != nil {
-		return nil, err
+	if cfg.XDSAddress != "" {
+		src, err := xds.NewSource(xds.SourceOptions{
+			Address: cfg.XDSAddress, Plaintext: cfg.XDSPlaintext, RootCertFile: cfg.XDSRootFile, TokenFile: cfg.TokenFile,
+			ClusterID: cfg.ClusterID, Store: a.Store, Logger: a.log.With("component", "xds"),
+			Node: xdsclient.NodeInfo{IP: cfg.InstanceIP, PodName: cfg.PodName, PodNamespace: cfg.PodNamespace,
+				NodeName: cfg.NodeName, ClusterID: cfg.ClusterID, ServiceAccount: cfg.ServiceAccount},
+		})
+		if err != nil {
+			return nil, fmt.Errorf("xds source: %w", err)
+		}
+		a.xds = src
+	} else {
+		a.source = &fileSource{files: cfg.ConfigFiles, poll: cfg.ConfigPoll, cfg: cfg, store: a.Store, metrics: a.Metrics, log: a.log.With("component", "config")}
+		if err := a.source.load(); err != nil {
+			return nil, err
+		}
 	}
 	issuer, err := a.newIssuer()
 	if err != nil {
@@ -146,6 +162,13 @@ func (a *Agent) Ready() (bool, []string) {
 	if a.ready.Load() {
 		return true, nil
 	}
+	if a.xds != nil {
+		select {
+		case <-a.xds.Ready():
+		default:
+			return false, []string{"state manager", "proxy"}
+		}
+	}
 	return false, []string{"proxy"}
 }
 
@@ -193,7 +216,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	for _, r := range a.issuers {
 		goRun("workload-api", r.Run)
 	}
-	goRun("config", a.source.run)
+	if a.xds != nil {
+		goRun("xds", a.xds.Run)
+	} else {
+		goRun("config", a.source.run)
+	}
 	goRun("reconcile", a.reconcileLoop)
 	goRun("outbound", func(ctx context.Context) error { return a.acceptLoop(ctx, a.lnOut, a.serveOutbound) })
 	goRun("inbound", func(ctx context.Context) error { return a.acceptLoop(ctx, a.lnIn, a.servePlaintext) })
@@ -204,8 +231,15 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		return err
 	})
+	if a.xds != nil {
+		// Ready only once istiod's first complete state has been applied.
+		select {
+		case <-a.xds.Ready():
+		case <-runCtx.Done():
+		}
+	}
 	a.reconcile(runCtx)
-	a.ready.Store(true)
+	a.ready.Store(runCtx.Err() == nil)
 	a.log.Info("agent ready", "outbound", a.lnOut.Addr(), "inbound", a.lnIn.Addr(), "hbone", a.lnHBONE.Addr())
 
 	<-runCtx.Done()

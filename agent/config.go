@@ -35,6 +35,19 @@ type Config struct {
 	// ConfigFiles are local Kubernetes YAML files or directories (env AMBIT_CONFIG_FILE). They are
 	// re-read when they change; an invalid version is rejected and the last good state keeps serving.
 	ConfigFiles []string `json:"configFiles"`
+	// XDSAddress is istiod's xDS endpoint, host:port (env XDS_ADDRESS). With it, workloads, services and
+	// policies come from istiod over delta xDS instead of ConfigFiles.
+	XDSAddress string `json:"xdsAddress"`
+	// XDSRootFile holds the roots istiod's serving certificate chains to (env XDS_ROOT_CA); XDSPlaintext
+	// disables TLS (istiod's port 15010, for development).
+	XDSRootFile  string `json:"xdsRootFile"`
+	XDSPlaintext bool   `json:"xdsPlaintext"`
+	// PodName, PodNamespace, InstanceIP and ServiceAccount describe the agent's own pod to istiod
+	// (POD_NAME, POD_NAMESPACE, INSTANCE_IP, SERVICE_ACCOUNT), as ztunnel's node metadata.
+	PodName        string `json:"podName"`
+	PodNamespace   string `json:"podNamespace"`
+	InstanceIP     string `json:"instanceIp"`
+	ServiceAccount string `json:"serviceAccount"`
 	// ConfigPoll is how often the files are checked for changes (default 1 s).
 	ConfigPoll time.Duration `json:"configPoll"`
 	// TrustDomain of workload identities (default cluster.local), DomainSuffix of service hostnames
@@ -142,8 +155,15 @@ func (c Config) Validate() error {
 	if c.NodeName == "" {
 		return errors.New("node name is required (--node-name or NODE_NAME)")
 	}
-	if len(c.ConfigFiles) == 0 {
-		return errors.New("a configuration source is required (--config-file)")
+	switch {
+	case len(c.ConfigFiles) == 0 && c.XDSAddress == "":
+		return errors.New("a configuration source is required (--config-file or --xds-address)")
+	case len(c.ConfigFiles) > 0 && c.XDSAddress != "":
+		return errors.New("--config-file and --xds-address are exclusive")
+	case c.XDSAddress != "" && !c.XDSPlaintext && c.XDSRootFile == "":
+		return errors.New("--xds-root-file is required unless --xds-plaintext")
+	case c.XDSAddress != "" && (c.PodName == "" || c.PodNamespace == ""):
+		return errors.New("--pod-name and --pod-namespace (POD_NAME, POD_NAMESPACE) are required with --xds-address")
 	}
 	switch c.Identity {
 	case IdentityLocalCA:
