@@ -1,7 +1,8 @@
 // Package relay copies bytes both ways between two connections with half-close, live byte counters and
 // buffers that cost little while a connection is idle: each direction reads into a 1 KiB buffer and
 // borrows a large pooled one only while data keeps arriving. When both sides are plain TCP the kernel
-// splices instead (io.Copy on *net.TCPConn), with no user-space buffer at all.
+// splices instead (io.Copy on *net.TCPConn), with no user-space buffer at all; an HBONE stream hands
+// over the chunks it received (hbone.Stream.WriteTo), also without a buffer of ours.
 package relay
 
 import (
@@ -11,6 +12,8 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+
+	"github.com/ambit-mesh/ambit/hbone"
 )
 
 // Buffer sizes: small while idle or trickling, big while a read fills the buffer.
@@ -77,6 +80,11 @@ func copyData(dst, src net.Conn, n *atomic.Int64) error {
 		n.Add(w)
 		return cleanEnd(err)
 	}
+	if hs, ok := src.(*hbone.Stream); ok {
+		// The stream hands over the chunks it received; no buffer of ours, none held while idle.
+		_, err := hs.WriteTo(countingWriter{dst, n})
+		return cleanEnd(err)
+	}
 	small := make([]byte, smallSize)
 	buf := small
 	var big *[]byte
@@ -107,6 +115,18 @@ func copyData(dst, src net.Conn, n *atomic.Int64) error {
 			big, buf = nil, small
 		}
 	}
+}
+
+// countingWriter counts what it writes to w.
+type countingWriter struct {
+	w io.Writer
+	n *atomic.Int64
+}
+
+func (c countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n.Add(int64(n))
+	return n, err
 }
 
 // cleanEnd maps the ways a connection ends normally to nil.
