@@ -17,8 +17,9 @@ build: ## build bin/ambit and bin/ambitctl (no clang needed: BPF objects are com
 	$(GO) build -o $(BIN)/ambitctl ./cmd/ambitctl
 
 .PHONY: test
-test: lint verify-gen ## everything CI runs: lint, generated-code check, all tests with -race (root tiers need root)
+test: lint verify-gen ## everything CI runs: lint, generated-code check, all tests with -race (root tiers need root), HBONE interop
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
+	$(MAKE) test-interop
 
 .PHONY: test-e2e
 test-e2e: ## real-istiod tier: build etcd, kube-apiserver, istiod into AMBIT_PEER_CACHE (cold ~10 min, warm <1 s), run test/e2e
