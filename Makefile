@@ -95,3 +95,14 @@ fuzz-hbone: ## run the hbone fuzz targets (frames both roles, authority, baggage
 .PHONY: bench-hbone
 bench-hbone: ## HBONE vs raw TCP, plain TLS 1.3 and net/http h2: table of medians and ratios (ROUNDS=5)
 	$(GO) run ./hack/bench-hbone -rounds $(or $(ROUNDS),5)
+
+.PHONY: bench-waypoint
+bench-waypoint: ## L7 waypoint: Ambit vs nginx and HAProxy (apt) per core, latency, memory; HBONE path vs direct (root) (ROUNDS=5)
+	$(GO) build -o $(BIN)/bench-waypoint ./hack/bench-waypoint
+	$(BIN)/bench-waypoint -rounds $(or $(ROUNDS),5) -duration $(or $(DURATION),3s)
+
+.PHONY: fuzz-l7
+fuzz-l7: ## run the L7 waypoint fuzz targets (path templates, header matching, raw client bytes) for FUZZTIME each
+	$(GO) test -run '^$$' -fuzz '^FuzzPathTemplate$$' -fuzztime $(FUZZTIME) ./agent/l7/policy/
+	$(GO) test -run '^$$' -fuzz '^FuzzMatches$$' -fuzztime $(FUZZTIME) ./agent/l7/routing/
+	$(GO) test -run '^$$' -fuzz '^FuzzServeConn$$' -fuzztime $(FUZZTIME) ./agent/l7/

@@ -475,7 +475,7 @@ spec:
 `)
 		for range 5 {
 			if r := do(t, h1, http.MethodGet, "http://10.96.0.10/x", map[string]string{"X-Canary": "yes"}); r.pod != "server-b" {
-				t.Fatalf("header match went to %q", r.pod)
+				t.Fatalf("header match went to %q: %d %q", r.pod, r.code, r.body)
 			}
 		}
 		if r := get(t, "/x"); r.pod != "server-a" {

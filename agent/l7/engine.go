@@ -157,8 +157,6 @@ func New(opts Options) (*Engine, error) {
 		MaxIdleConnsPerHost: 256,
 		IdleConnTimeout:     90 * time.Second,
 		DisableCompression:  true,
-		WriteBufferSize:     16 << 10,
-		ReadBufferSize:      16 << 10,
 	}
 	var h2c http.Protocols
 	h2c.SetUnencryptedHTTP2(true)
@@ -172,7 +170,7 @@ func New(opts Options) (*Engine, error) {
 	e.proxy = &httputil.ReverseProxy{
 		Rewrite:        e.rewrite,
 		Transport:      roundTripFunc(e.roundTrip),
-		FlushInterval:  -1,
+		FlushInterval:  0, // streamed responses (unknown length, gRPC, event streams) are still flushed per write
 		BufferPool:     bufferPool{},
 		ModifyResponse: e.modifyResponse,
 		ErrorHandler:   e.proxyError,
@@ -270,9 +268,19 @@ type streamConn struct {
 }
 
 func (s *streamConn) Close() error {
+	s.CloseWrite() // END_STREAM first: the client reads a clean end, not a reset
 	err := s.Conn.Close()
 	s.once.Do(func() { close(s.done) })
 	return err
+}
+
+// CloseWrite half-closes the stream (END_STREAM), which the HTTP server does before closing a
+// connection it ends, so the client sees a clean end rather than a reset.
+func (s *streamConn) CloseWrite() error {
+	if cw, ok := s.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
 }
 
 // chanListener hands connections to the shared HTTP/1.1 server.

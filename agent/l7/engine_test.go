@@ -60,7 +60,9 @@ func newHarness(t testing.TB, backends int, handler http.Handler) *harness {
 	store.Replace(&state.Snapshot{Workloads: eps, Services: []*state.Service{svc}})
 	var d net.Dialer
 	eng, err := New(Options{Registerer: prometheus.NewRegistry(), State: store, Namespace: "app", Name: "wp",
-		Dial: func(ctx context.Context, a netip.AddrPort) (net.Conn, error) { return d.DialContext(ctx, "tcp", a.String()) }})
+		Dial: func(ctx context.Context, a netip.AddrPort) (net.Conn, error) {
+			return d.DialContext(ctx, "tcp", a.String())
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}

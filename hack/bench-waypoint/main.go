@@ -1,0 +1,597 @@
+// Command bench-waypoint compares Ambit's L7 engine with nginx and HAProxy (Debian packages) configured
+// as equivalent reverse proxies, side by side in one run, and measures the full HBONE waypoint path
+// against the direct path.
+//
+// Phase "proxies" (no root needed): each proxy runs as its own process pinned to CPU 1 with one worker
+// (GOMAXPROCS=1, worker_processes 1, nbthread 1); the load generator and a Go backend answering 1 KB run
+// pinned to CPU 0. Downstream HTTP/1.1 (keep-alive and not) and HTTP/2 (h2c prior knowledge); upstream
+// HTTP/1.1 keep-alive for all three. For each: the maximum rate (closed loop, requests/s on the one
+// proxy core), latency at a fixed rate (open loop, p50/p99 added over the direct path), resident memory
+// at 1,000 requests/s, and memory growth while slow clients download a large body.
+//
+// Phase "hbone" (root): a two-node lab with one agent per node and an L7 waypoint, all in-process:
+// client -> agent -> waypoint -> agent -> server, against the same server reached without the mesh.
+//
+//	make bench-waypoint            # both phases, medians of ROUNDS (default 5) rounds
+//	go run ./hack/bench-waypoint -phase proxies -rounds 5 -duration 3s
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"text/tabwriter"
+	"time"
+)
+
+func main() {
+	phase := flag.String("phase", "all", "proxies, hbone or all")
+	rounds := flag.Int("rounds", 5, "rounds per measurement (medians are reported)")
+	dur := flag.Duration("duration", 3*time.Second, "length of one measurement")
+	rate := flag.Int("rate", 1000, "fixed rate for latency and memory (requests/s)")
+	serve := flag.String("serve-ambit", "", "internal: run the Ambit engine as a reverse proxy on this address")
+	backend := flag.String("backend", "", "internal: backend address for -serve-ambit")
+	cpuProfile := flag.String("cpuprofile", "", "internal: write a CPU profile of -serve-ambit here")
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if *serve != "" {
+		if *cpuProfile != "" {
+			f, err := os.Create(*cpuProfile)
+			if err == nil {
+				pprof.StartCPUProfile(f)
+				defer pprof.StopCPUProfile()
+			}
+		}
+		if err := serveAmbit(ctx, *serve, *backend); err != nil {
+			fmt.Fprintln(os.Stderr, "serve-ambit:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	var err error
+	switch *phase {
+	case "proxies":
+		err = pinned(func() error { return benchProxies(ctx, *rounds, *dur, *rate) })
+	case "hbone":
+		err = benchHBONE(ctx, *rounds, *dur)
+	case "all":
+		if err = pinned(func() error { return benchProxies(ctx, *rounds, *dur, *rate) }); err == nil {
+			err = benchHBONE(ctx, *rounds, *dur)
+		}
+	default:
+		err = fmt.Errorf("unknown phase %q", *phase)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench-waypoint:", err)
+		os.Exit(1)
+	}
+}
+
+const pinEnv = "AMBIT_BENCH_PINNED"
+
+// pinned runs f in a copy of this process pinned to CPU 0 (the proxies get CPU 1).
+func pinned(f func() error) error {
+	if os.Getenv(pinEnv) != "" {
+		return f()
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	args := append([]string{"-c", "0", self}, os.Args[1:]...)
+	for i, a := range args {
+		if a == "all" {
+			args[i] = "proxies"
+		}
+	}
+	if !slices.Contains(os.Args[1:], "-phase") && !slices.Contains(os.Args[1:], "--phase") {
+		args = append(args, "-phase", "proxies")
+	}
+	cmd := exec.Command("taskset", args...)
+	cmd.Env = append(os.Environ(), pinEnv+"=1")
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("run pinned: %w", err)
+	}
+	return nil
+}
+
+// ---- backend ----
+
+var payload = []byte(strings.Repeat("x", 1024))
+
+func startBackend() (string, func(), error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	protos.SetUnencryptedHTTP2(true)
+	srv := &http.Server{Protocols: &protos, ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/big" {
+			w.Header().Set("Content-Length", strconv.Itoa(256<<20))
+			buf := make([]byte, 64<<10)
+			for i := 0; i < (256<<20)/len(buf); i++ {
+				if _, err := w.Write(buf); err != nil {
+					return
+				}
+			}
+			return
+		}
+		w.Header().Set("Content-Length", "1024")
+		w.Write(payload)
+	})}
+	go srv.Serve(ln)
+	return ln.Addr().String(), func() { srv.Close() }, nil
+}
+
+// ---- proxies ----
+
+type proxy struct {
+	name string
+	// h1 and h2 are the addresses for HTTP/1.1 and h2c clients.
+	h1, h2 string
+	cmd    *exec.Cmd
+	dir    string
+}
+
+func freePort() int {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func ensureTools() error {
+	var missing []string
+	for _, b := range []string{"nginx", "haproxy", "taskset"} {
+		if _, err := exec.LookPath(b); err != nil {
+			if _, err := os.Stat("/usr/sbin/" + b); err != nil {
+				missing = append(missing, b)
+			}
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	fmt.Println("installing nginx-light and haproxy (Debian packages)...")
+	cmd := exec.Command("apt-get", "install", "-y", "-q", "nginx-light", "haproxy")
+	cmd.Stdout, cmd.Stderr = io.Discard, os.Stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("install %v (run apt-get update first?): %w", missing, err)
+	}
+	return nil
+}
+
+func bin(name string) string {
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	return "/usr/sbin/" + name
+}
+
+func startProxy(ctx context.Context, name, backend, dir string) (*proxy, error) {
+	p := &proxy{name: name, dir: filepath.Join(dir, name)}
+	if err := os.MkdirAll(p.dir, 0o755); err != nil {
+		return nil, err
+	}
+	h1, h2 := freePort(), freePort()
+	p.h1, p.h2 = fmt.Sprintf("127.0.0.1:%d", h1), fmt.Sprintf("127.0.0.1:%d", h2)
+	var args []string
+	switch name {
+	case "nginx":
+		conf := fmt.Sprintf(`daemon off;
+master_process off;
+worker_processes 1;
+pid %[1]s/nginx.pid;
+error_log %[1]s/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path %[1]s/body; proxy_temp_path %[1]s/proxy; fastcgi_temp_path %[1]s/fcgi;
+  uwsgi_temp_path %[1]s/uwsgi; scgi_temp_path %[1]s/scgi;
+  keepalive_requests 1000000;
+  upstream backend { server %[2]s; keepalive 256; }
+  server {
+    listen 127.0.0.1:%[3]d;
+    listen 127.0.0.1:%[4]d http2;
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+`, p.dir, backend, h1, h2)
+		f := filepath.Join(p.dir, "nginx.conf")
+		if err := os.WriteFile(f, []byte(conf), 0o644); err != nil {
+			return nil, err
+		}
+		args = []string{bin("nginx"), "-c", f, "-p", p.dir, "-e", filepath.Join(p.dir, "error.log")}
+	case "haproxy":
+		conf := fmt.Sprintf(`global
+  nbthread 1
+  maxconn 4000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+frontend fe1
+  bind 127.0.0.1:%[2]d
+  default_backend be
+frontend fe2
+  bind 127.0.0.1:%[3]d proto h2
+  default_backend be
+backend be
+  server s1 %[1]s
+`, backend, h1, h2)
+		f := filepath.Join(p.dir, "haproxy.cfg")
+		if err := os.WriteFile(f, []byte(conf), 0o644); err != nil {
+			return nil, err
+		}
+		args = []string{bin("haproxy"), "-f", f, "-db"}
+	case "ambit":
+		self, err := os.Executable()
+		if err != nil {
+			return nil, err
+		}
+		// One listener serves HTTP/1.1 and h2c (the engine tells them apart by the preface).
+		p.h2 = p.h1
+		args = []string{self, "-serve-ambit", p.h1, "-backend", backend}
+		if prof := os.Getenv("AMBIT_BENCH_CPUPROFILE"); prof != "" {
+			args = append(args, "-cpuprofile", prof)
+		}
+	}
+	cmd := exec.CommandContext(ctx, "taskset", append([]string{"-c", "1"}, args...)...)
+	cmd.Env = append(os.Environ(), "GOMAXPROCS=1")
+	cmd.Stdout, cmd.Stderr = io.Discard, os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	p.cmd = cmd
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.Dial("tcp", p.h1)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			p.stop()
+			return nil, fmt.Errorf("%s did not start listening", name)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return p, nil
+}
+
+func (p *proxy) stop() {
+	if p.cmd != nil && p.cmd.Process != nil {
+		syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { p.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+			<-done
+		}
+	}
+}
+
+// rss returns the summed resident memory (bytes) of the proxy's process group.
+func (p *proxy) rss() int64 {
+	var total int64
+	pgid := p.cmd.Process.Pid
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if g, err := syscall.Getpgid(pid); err != nil || g != pgid {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
+				kb, _ := strconv.ParseInt(f[1], 10, 64)
+				total += kb << 10
+			}
+		}
+	}
+	return total
+}
+
+// ---- load ----
+
+type mode struct {
+	name      string
+	h2        bool
+	keepAlive bool
+}
+
+var modes = []mode{{"HTTP/1.1 keep-alive", false, true}, {"HTTP/1.1 no keep-alive", false, false}, {"HTTP/2 (h2c)", true, true}}
+
+func client(m mode, conns int) (*http.Client, func()) {
+	d := &net.Dialer{}
+	tr := &http.Transport{DialContext: d.DialContext, MaxIdleConnsPerHost: conns, MaxConnsPerHost: conns, DisableKeepAlives: !m.keepAlive,
+		DisableCompression: true}
+	if m.h2 {
+		var p http.Protocols
+		p.SetUnencryptedHTTP2(true)
+		tr.Protocols = &p
+		tr.MaxConnsPerHost = 0
+	}
+	return &http.Client{Transport: tr, Timeout: 10 * time.Second}, tr.CloseIdleConnections
+}
+
+func get(c *http.Client, url string) error {
+	resp, err := c.Get(url)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return err
+}
+
+// maxRate runs a closed loop with `workers` concurrent requests for d and returns requests/s.
+func maxRate(ctx context.Context, m mode, addr string, d time.Duration, workers int) (float64, error) {
+	var clients []*http.Client
+	var closers []func()
+	nclients := 1
+	if m.h2 {
+		nclients = 4 // a few h2 connections, each multiplexing workers/4 streams
+	}
+	for range nclients {
+		c, cl := client(m, workers)
+		clients = append(clients, c)
+		closers = append(closers, cl)
+	}
+	defer func() {
+		for _, cl := range closers {
+			cl()
+		}
+	}()
+	url := "http://" + addr + "/"
+	for range 20 { // warm-up
+		if err := get(clients[0], url); err != nil {
+			return 0, err
+		}
+	}
+	var n, errs atomic.Int64
+	stopAt := time.Now().Add(d)
+	var wg sync.WaitGroup
+	for i := range workers {
+		c := clients[i%len(clients)]
+		wg.Go(func() {
+			for time.Now().Before(stopAt) && ctx.Err() == nil {
+				if err := get(c, url); err != nil {
+					errs.Add(1)
+					continue
+				}
+				n.Add(1)
+			}
+		})
+	}
+	start := time.Now()
+	wg.Wait()
+	if e := errs.Load(); e > n.Load()/100 {
+		return 0, fmt.Errorf("%d errors in %d requests", e, n.Load())
+	}
+	return float64(n.Load()) / time.Since(start).Seconds(), nil
+}
+
+// fixedRate sends rate requests/s for d (open loop: latency counts from the scheduled send time) and
+// returns the p50 and p99 latencies.
+func fixedRate(ctx context.Context, m mode, addr string, d time.Duration, rate int) (p50, p99 time.Duration, err error) {
+	c, cl := client(m, 128)
+	defer cl()
+	url := "http://" + addr + "/"
+	for range 20 {
+		if err := get(c, url); err != nil {
+			return 0, 0, err
+		}
+	}
+	total := int(d.Seconds() * float64(rate))
+	lat := make([]time.Duration, total)
+	var failed atomic.Int64
+	interval := time.Second / time.Duration(rate)
+	start := time.Now()
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 512)
+	for i := range total {
+		at := start.Add(time.Duration(i) * interval)
+		if w := time.Until(at); w > 0 {
+			time.Sleep(w)
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if err := get(c, url); err != nil {
+				failed.Add(1)
+			}
+			lat[i] = time.Since(at)
+		})
+	}
+	wg.Wait()
+	if f := failed.Load(); f > int64(total/100) {
+		return 0, 0, fmt.Errorf("%d of %d requests failed", f, total)
+	}
+	slices.Sort(lat)
+	return lat[len(lat)/2], lat[len(lat)*99/100], nil
+}
+
+// slowClients starts n downloads of /big read at bytesPerSec each and returns the proxy's peak RSS
+// growth over its idle RSS during d.
+func slowClients(ctx context.Context, p *proxy, n int, bytesPerSec int, d time.Duration) int64 {
+	base := p.rss()
+	cctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() {
+			req, _ := http.NewRequestWithContext(cctx, http.MethodGet, "http://"+p.h1+"/big", nil)
+			resp, err := http.DefaultTransport.RoundTrip(req)
+			if err != nil {
+				return
+			}
+			defer resp.Body.Close()
+			buf := make([]byte, bytesPerSec/10)
+			t := time.NewTicker(100 * time.Millisecond)
+			defer t.Stop()
+			for {
+				if _, err := io.ReadFull(resp.Body, buf); err != nil {
+					return
+				}
+				select {
+				case <-t.C:
+				case <-cctx.Done():
+					return
+				}
+			}
+		})
+	}
+	var peak int64
+	for cctx.Err() == nil {
+		peak = max(peak, p.rss())
+		time.Sleep(100 * time.Millisecond)
+	}
+	wg.Wait()
+	return peak - base
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+type row struct {
+	proxy, mode         string
+	rps, p50, p99       []float64
+	rssAtRate, slowPeak []float64
+}
+
+func benchProxies(ctx context.Context, rounds int, d time.Duration, rate int) error {
+	if err := ensureTools(); err != nil {
+		return err
+	}
+	backend, stopBackend, err := startBackend()
+	if err != nil {
+		return err
+	}
+	defer stopBackend()
+	dir, err := os.MkdirTemp("", "bench-waypoint-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	names := []string{"direct", "ambit", "nginx", "haproxy"}
+	rows := map[string]*row{}
+	key := func(p, m string) string { return p + "|" + m }
+	for _, n := range names {
+		for _, m := range modes {
+			rows[key(n, m.name)] = &row{proxy: n, mode: m.name}
+		}
+	}
+	fmt.Printf("bench-waypoint: %d rounds of %v; proxies on CPU 1 (one worker), load and backend on CPU 0; 1 KB responses\n", rounds, d)
+	for r := range rounds {
+		for _, n := range names {
+			var p *proxy
+			if n == "direct" {
+				p = &proxy{name: n, h1: backend, h2: backend}
+			} else if p, err = startProxy(ctx, n, backend, dir); err != nil {
+				return err
+			}
+			for _, m := range modes {
+				rw := rows[key(n, m.name)]
+				addr := p.h1
+				if m.h2 {
+					addr = p.h2
+				}
+				rps, err := maxRate(ctx, m, addr, d, 32)
+				if err != nil {
+					p.stop()
+					return fmt.Errorf("%s %s max rate: %w", n, m.name, err)
+				}
+				p50, p99, err := fixedRate(ctx, m, addr, d, rate)
+				if err != nil {
+					p.stop()
+					return fmt.Errorf("%s %s fixed rate: %w", n, m.name, err)
+				}
+				rw.rps = append(rw.rps, rps)
+				rw.p50 = append(rw.p50, float64(p50.Microseconds()))
+				rw.p99 = append(rw.p99, float64(p99.Microseconds()))
+				if n != "direct" && m.keepAlive && !m.h2 {
+					rw.rssAtRate = append(rw.rssAtRate, float64(p.rss())/(1<<20))
+					rw.slowPeak = append(rw.slowPeak, float64(slowClients(ctx, p, 4, 1<<20, d))/(1<<20))
+				}
+			}
+			if n != "direct" {
+				p.stop()
+			}
+			fmt.Printf("  round %d/%d: %s done\n", r+1, rounds, n)
+		}
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "proxy\tmode\treq/s (1 core)\tvs nginx\tp50 µs\tp99 µs\tadded p50 µs\tadded p99 µs\tp99 vs nginx\tRSS MiB @"+strconv.Itoa(rate)+"/s\tslow-client growth MiB\t")
+	for _, m := range modes {
+		direct := rows[key("direct", m.name)]
+		ng := rows[key("nginx", m.name)]
+		for _, n := range names {
+			rw := rows[key(n, m.name)]
+			added50 := median(rw.p50) - median(direct.p50)
+			added99 := median(rw.p99) - median(direct.p99)
+			vs, p99vs, mem, slow := "-", "-", "-", "-"
+			if n != "direct" {
+				vs = fmt.Sprintf("%.2fx", median(rw.rps)/median(ng.rps))
+				p99vs = fmt.Sprintf("%.2fx", median(rw.p99)/median(ng.p99))
+			}
+			if len(rw.rssAtRate) > 0 {
+				mem = fmt.Sprintf("%.1f", median(rw.rssAtRate))
+				slow = fmt.Sprintf("%.1f", median(rw.slowPeak))
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%s\t%.0f\t%.0f\t%.0f\t%.0f\t%s\t%s\t%s\t\n", n, m.name, median(rw.rps), vs,
+				median(rw.p50), median(rw.p99), added50, added99, p99vs, mem, slow)
+		}
+	}
+	tw.Flush()
+	fmt.Println("(direct = load generator to the backend with no proxy; added = proxy minus direct at the same fixed rate;")
+	fmt.Println(" slow-client growth = peak RSS increase while 4 clients download 256 MiB at 1 MiB/s each; nginx spills")
+	fmt.Println(" buffered responses to temp files, so its memory stays flat while its disk use grows)")
+	return nil
+}
+
+var errNotRoot = errors.New("the HBONE phase needs root (network namespaces, eBPF); skipping it")
