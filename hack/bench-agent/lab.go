@@ -178,7 +178,7 @@ func (b *bench) tune() error {
 func (b *bench) startAgent(ctx context.Context, i int) error {
 	n := b.lab.Nodes[i]
 	name := fmt.Sprintf("agent-node%d", i)
-	p, err := b.start(n.NS, name, b.tools.ambit, "agent",
+	p, err := b.start(n.NS, name, b.agentEnv(), b.tools.ambit, "agent",
 		"--node-name", fmt.Sprintf("node%d", i), "--config-file", b.config,
 		"--ca-dir", filepath.Join(b.dir, "ca"), "--capture", b.o.capture,
 		"--uplinks", n.Uplink, "--pin-dir", n.PinDir, "--drain-timeout", "1s")
@@ -204,16 +204,16 @@ func (b *bench) restartAgents(ctx context.Context) error {
 }
 
 func (b *bench) startServers(ctx context.Context, role string, p *lab.Pod) error {
-	iperf, err := b.start(p.NS, role+"-iperf3", b.tools.iperf3, "-s", "-p", fmt.Sprint(iperfPort))
+	iperf, err := b.start(p.NS, role+"-iperf3", nil, b.tools.iperf3, "-s", "-p", fmt.Sprint(iperfPort))
 	if err != nil {
 		return err
 	}
-	fortio, err := b.start(p.NS, role+"-fortio", b.tools.fortio, "server", "-http-port", fmt.Sprint(httpPort),
+	fortio, err := b.start(p.NS, role+"-fortio", nil, b.tools.fortio, "server", "-http-port", fmt.Sprint(httpPort),
 		"-grpc-port", "disabled", "-redirect-port", "disabled", "-tcp-port", "disabled", "-udp-port", "disabled")
 	if err != nil {
 		return err
 	}
-	hold, err := b.start(p.NS, role+"-hold", b.tools.self, "hold", "-addr", fmt.Sprintf(":%d", holdPort))
+	hold, err := b.start(p.NS, role+"-hold", nil, b.tools.self, "hold", "-addr", fmt.Sprintf(":%d", holdPort))
 	if err != nil {
 		return err
 	}
@@ -274,7 +274,19 @@ type proc struct {
 	done chan struct{}
 }
 
-func (b *bench) start(ns lab.NS, name, bin string, args ...string) (*proc, error) {
+// agentEnv is the agents' environment: this program's plus -agent-env.
+func (b *bench) agentEnv() []string {
+	env := os.Environ()
+	for _, kv := range strings.Split(b.o.agentEnv, ",") {
+		if kv = strings.TrimSpace(kv); kv != "" {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+// start runs bin inside ns with its output in <name>.log; env nil means this program's environment.
+func (b *bench) start(ns lab.NS, name string, env []string, bin string, args ...string) (*proc, error) {
 	logName := filepath.Join(b.dir, name+".log")
 	f, err := os.OpenFile(logName, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -287,6 +299,7 @@ func (b *bench) start(ns lab.NS, name, bin string, args ...string) (*proc, error
 	}
 	cmd := exec.Command("ip", append([]string{"netns", "exec", ns.Name, bin}, args...)...)
 	cmd.Stdout, cmd.Stderr = f, f
+	cmd.Env = env
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)

@@ -107,7 +107,7 @@ func report(w io.Writer, b *bench, o options, res *results, selected []phase) {
 	fmt.Fprintf(w, "\n## Ambit node agent vs direct, network-namespace lab (%s)\n\n", time.Now().Format("2006-01-02 15:04"))
 	fmt.Fprintf(w, "Medians of %d interleaved rounds; ratios and added latency are medians of per-round values. "+
 		"Host %s: %d CPUs, Linux %s, %s; capture %s. Agent CPU and RSS count both agents.\n",
-		o.rounds, host, runtime.NumCPU(), strings.TrimSpace(string(kernel)), runtime.Version(), b.captureMode)
+		o.rounds, host, runtime.NumCPU(), strings.TrimSpace(string(kernel)), runtime.Version(), b.captureMode+agentEnvNote(o))
 	fmt.Fprintf(w, "\"direct\": client and server pods outside the mesh (nothing captured); \"mesh\": the same nodes, "+
 		"pods in an ambient namespace: across nodes source agent -> HBONE (mTLS) -> destination agent; on the same node the agent "+
 		"hands the connection from its outbound to its inbound side itself (no HBONE, no TLS). In the direct columns, the agent CPU "+
@@ -189,4 +189,18 @@ func compareCell(res *results, where string, rw row, rounds int) string {
 		return cell("%+.3f ms", v, n, ok, rounds)
 	}
 	return ""
+}
+
+func agentEnvNote(o options) string {
+	var notes []string
+	if o.agentEnv != "" {
+		notes = append(notes, "agent environment "+o.agentEnv)
+	}
+	if o.nice != 0 {
+		notes = append(notes, fmt.Sprintf("run at nice %d", o.nice))
+	}
+	if len(notes) == 0 {
+		return ""
+	}
+	return "; " + strings.Join(notes, "; ")
 }
