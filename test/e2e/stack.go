@@ -240,6 +240,13 @@ func Start(ctx context.Context, bin Binaries, dir string) (s *Stack, err error) 
 		if err := os.MkdirAll(filepath.Join(work, "etc/istio/config"), 0o755); err != nil {
 			return err
 		}
+		// istiod's own self-signed root would be seconds old, while the leaves it signs are backdated by two
+		// minutes (its clock-skew grace); a cluster's CA is normally far older. Plug in a CA (root →
+		// intermediate, valid since an hour ago) the way operators do, through istiod's cacerts directory
+		// (ROOT_CA_DIR, ./etc/cacerts, which the cacerts secret is mounted on in a cluster).
+		if err := writePluggedCA(filepath.Join(work, "etc/cacerts")); err != nil {
+			return err
+		}
 		mesh := "trustDomain: cluster.local\nrootNamespace: istio-system\n"
 		if err := os.WriteFile(filepath.Join(work, "etc/istio/config/mesh"), []byte(mesh), 0o644); err != nil {
 			return err
@@ -541,4 +548,57 @@ current-context: e2e
 		}
 	}
 	return caPEM, nil
+}
+
+// writePluggedCA writes an istiod "cacerts" set into dir: an ECDSA root and an intermediate signing CA for
+// trust domain cluster.local, both valid from an hour ago for two days.
+func writePluggedCA(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	now := time.Now()
+	rootKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	rootTmpl := &x509.Certificate{SerialNumber: big.NewInt(10), Subject: pkix.Name{Organization: []string{"cluster.local"},
+		CommonName: "ambit-e2e root"}, NotBefore: now.Add(-time.Hour), NotAfter: now.Add(48 * time.Hour), IsCA: true,
+		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}
+	rootDER, err := x509.CreateCertificate(rand.Reader, rootTmpl, rootTmpl, &rootKey.PublicKey, rootKey)
+	if err != nil {
+		return err
+	}
+	root, err := x509.ParseCertificate(rootDER)
+	if err != nil {
+		return err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(11), Subject: pkix.Name{Organization: []string{"cluster.local"},
+		CommonName: "ambit-e2e intermediate"}, NotBefore: now.Add(-time.Hour), NotAfter: now.Add(47 * time.Hour), IsCA: true,
+		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, root, &key.PublicKey, rootKey)
+	if err != nil {
+		return err
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return err
+	}
+	rootPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: rootDER})
+	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	files := map[string][]byte{
+		"root-cert.pem":  rootPEM,
+		"ca-cert.pem":    caPEM,
+		"ca-key.pem":     pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
+		"cert-chain.pem": append(append([]byte{}, caPEM...), rootPEM...),
+	}
+	for name, data := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
 }
