@@ -238,6 +238,11 @@ spec: {clusterIP: 10.96.0.20, selector: {app: web}, ports: [{name: grpc, port: 9
 ---
 apiVersion: v1
 kind: Service
+metadata: {name: raw, namespace: app, labels: {istio.io/use-waypoint: wp}}
+spec: {clusterIP: 10.96.0.30, selector: {app: web}, ports: [{name: tcp, port: 7000, targetPort: 8080}]}
+---
+apiVersion: v1
+kind: Service
 metadata: {name: echo-b, namespace: app}
 spec: {clusterIP: 10.96.0.21, selector: {app: web, version: b}, ports: [{name: grpc, port: 9000, targetPort: 9090}]}
 `
@@ -753,6 +758,34 @@ spec:
 				t.Fatalf("request %d after ejection: %d from %q", i, r.code, r.pod)
 			}
 		}
+	})
+
+	t.Run("TCP port: L4 forwarding with L4 authorization semantics", func(t *testing.T) {
+		apply(t, "")
+		if r := do(t, h1, http.MethodGet, "http://10.96.0.30:7000/tcp", nil); r.code != 200 {
+			t.Fatalf("TCP port: %d", r.code)
+		}
+		tu.WaitFor(t, 5*time.Second, "L4 connection log", func() bool {
+			return strings.Contains(wpLog.String(), "dst.addr=10.96.0.30:7000")
+		})
+		// An ALLOW rule with HTTP fields never matches TCP, so nothing is allowed.
+		apply(t, `---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: raw-get-only, namespace: app}
+spec:
+  targetRefs: [{kind: Service, group: "", name: raw}]
+  action: ALLOW
+  rules: [{to: [{operation: {methods: [GET]}}]}]
+`)
+		req, _ := http.NewRequest(http.MethodGet, "http://10.96.0.30:7000/tcp", nil)
+		if resp, err := h1.Do(req); err == nil {
+			resp.Body.Close()
+			t.Fatalf("TCP stream allowed by an HTTP-only ALLOW rule: %d", resp.StatusCode)
+		}
+		tu.WaitFor(t, 5*time.Second, "denial logged", func() bool {
+			return strings.Contains(wpLog.String(), "allow policies exist, but none allowed")
+		})
 	})
 
 	t.Run("W3C and B3 trace context propagate and spans reach the OTLP receiver", func(t *testing.T) {

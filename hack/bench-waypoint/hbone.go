@@ -53,13 +53,17 @@ spec: {clusterIP: 10.96.1.1, selector: {gateway.networking.k8s.io/gateway-name: 
 `
 
 func podYAML(name, ns, app string, extra string, p *lab.Pod) string {
+	sa := name
+	if app == "wp" {
+		sa = "wp" // the waypoint's identity is its Gateway's service account
+	}
 	return fmt.Sprintf(`---
 apiVersion: v1
 kind: Pod
 metadata: {name: %s, namespace: %s, labels: {app: %s%s}}
 spec: {nodeName: node%d, serviceAccountName: %s, containers: [{name: c, image: c}]}
 status: {podIP: %s}
-`, name, ns, app, extra, p.Node.Index, name, p.IP)
+`, name, ns, app, extra, p.Node.Index, sa, p.IP)
 }
 
 // benchHBONE measures the full waypoint path against the mesh L4 path and the direct path.

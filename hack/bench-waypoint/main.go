@@ -64,6 +64,13 @@ func main() {
 		}
 		return
 	}
+	if *cpuProfile != "" && *serve == "" {
+		f, err := os.Create(*cpuProfile)
+		if err == nil {
+			pprof.StartCPUProfile(f)
+			defer pprof.StopCPUProfile()
+		}
+	}
 	var err error
 	switch *phase {
 	case "proxies":
@@ -298,7 +305,12 @@ func (p *proxy) stop() {
 }
 
 // rss returns the summed resident memory (bytes) of the proxy's process group.
-func (p *proxy) rss() int64 {
+func (p *proxy) rss() int64 { return p.mem("VmRSS:") }
+
+// anon returns the summed anonymous resident memory (heap, stacks; not the mapped binary).
+func (p *proxy) anon() int64 { return p.mem("RssAnon:") }
+
+func (p *proxy) mem(field string) int64 {
 	var total int64
 	pgid := p.cmd.Process.Pid
 	ents, _ := os.ReadDir("/proc")
@@ -315,7 +327,7 @@ func (p *proxy) rss() int64 {
 			continue
 		}
 		for _, l := range strings.Split(string(b), "\n") {
-			if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
+			if f := strings.Fields(l); len(f) >= 2 && f[0] == field {
 				kb, _ := strconv.ParseInt(f[1], 10, 64)
 				total += kb << 10
 			}
@@ -453,7 +465,7 @@ func fixedRate(ctx context.Context, m mode, addr string, d time.Duration, rate i
 // slowClients starts n downloads of /big read at bytesPerSec each and returns the proxy's peak RSS
 // growth over its idle RSS during d.
 func slowClients(ctx context.Context, p *proxy, n int, bytesPerSec int, d time.Duration) int64 {
-	base := p.rss()
+	base := p.anon()
 	cctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -482,7 +494,7 @@ func slowClients(ctx context.Context, p *proxy, n int, bytesPerSec int, d time.D
 	}
 	var peak int64
 	for cctx.Err() == nil {
-		peak = max(peak, p.rss())
+		peak = max(peak, p.anon())
 		time.Sleep(100 * time.Millisecond)
 	}
 	wg.Wait()
@@ -499,9 +511,9 @@ func median(v []float64) float64 {
 }
 
 type row struct {
-	proxy, mode         string
-	rps, p50, p99       []float64
-	rssAtRate, slowPeak []float64
+	proxy, mode                     string
+	rps, p50, p99                   []float64
+	rssAtRate, anonAtRate, slowPeak []float64
 }
 
 func benchProxies(ctx context.Context, rounds int, d time.Duration, rate int) error {
@@ -556,6 +568,7 @@ func benchProxies(ctx context.Context, rounds int, d time.Duration, rate int) er
 				rw.p99 = append(rw.p99, float64(p99.Microseconds()))
 				if n != "direct" && m.keepAlive && !m.h2 {
 					rw.rssAtRate = append(rw.rssAtRate, float64(p.rss())/(1<<20))
+					rw.anonAtRate = append(rw.anonAtRate, float64(p.anon())/(1<<20))
 					rw.slowPeak = append(rw.slowPeak, float64(slowClients(ctx, p, 4, 1<<20, d))/(1<<20))
 				}
 			}
@@ -580,7 +593,7 @@ func benchProxies(ctx context.Context, rounds int, d time.Duration, rate int) er
 				p99vs = fmt.Sprintf("%.2fx", median(rw.p99)/median(ng.p99))
 			}
 			if len(rw.rssAtRate) > 0 {
-				mem = fmt.Sprintf("%.1f", median(rw.rssAtRate))
+				mem = fmt.Sprintf("%.1f (%.1f)", median(rw.rssAtRate), median(rw.anonAtRate))
 				slow = fmt.Sprintf("%.1f", median(rw.slowPeak))
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%s\t%.0f\t%.0f\t%.0f\t%.0f\t%s\t%s\t%s\t\n", n, m.name, median(rw.rps), vs,
@@ -589,8 +602,9 @@ func benchProxies(ctx context.Context, rounds int, d time.Duration, rate int) er
 	}
 	tw.Flush()
 	fmt.Println("(direct = load generator to the backend with no proxy; added = proxy minus direct at the same fixed rate;")
-	fmt.Println(" slow-client growth = peak RSS increase while 4 clients download 256 MiB at 1 MiB/s each; nginx spills")
-	fmt.Println(" buffered responses to temp files, so its memory stays flat while its disk use grows)")
+	fmt.Println(" RSS includes the mapped binary (Ambit's single binary is ~45 MB); anon = heap and stacks only;")
+	fmt.Println(" slow-client growth = peak anonymous RSS increase while 4 clients download 256 MiB at 1 MiB/s each;")
+	fmt.Println(" nginx spills buffered responses to temp files, so its memory stays flat while its disk use grows)")
 	return nil
 }
 

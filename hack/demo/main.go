@@ -166,6 +166,10 @@ func run(ctx context.Context, bin string, keep bool) error {
 	d.requests(ctx, "reviews-v1 (pod IP, denied)", d.pods["reviews-v1"].IP.String()+":9080", 1)
 	d.requests(ctx, "reviews-v3 (pod IP, allowed)", d.pods["reviews-v3"].IP.String()+":9080", 1)
 
+	if err := d.l7Steps(ctx); err != nil {
+		return err
+	}
+
 	step("Done. Everything above came from the agents' and waypoints' access logs.")
 	if keep {
 		fmt.Println("  -keep: the lab stays up until Ctrl-C; try: ip netns exec", d.pods["client"].NS.Name, "curl", reviewsVIP+":9080")
@@ -179,6 +183,8 @@ func step(s string) { fmt.Printf("\n\033[1m== %s\033[0m\n", s) }
 // scene selects what the configuration contains.
 type scene struct {
 	namespaceWaypoint, serviceWaypoint, podWaypoint, egress, deny bool
+	// l7 holds extra documents (routes and L7 policies) for the L7 steps.
+	l7 string
 }
 
 var configTmpl = template.Must(template.New("mesh").Parse(`
@@ -289,6 +295,19 @@ spec:
   selector: {matchLabels: {version: v1}}
   action: DENY
   rules: [{from: [{source: {principals: [cluster.local/ns/demo/sa/client]}}]}]
+{{end}}
+{{- if .L7}}---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews-v1, namespace: demo}
+spec: {clusterIP: 10.96.0.21, selector: {app: reviews, version: v1}, ports: [{name: http, port: 9080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews-v2, namespace: demo, labels: {istio.io/use-waypoint: reviews-svc-waypoint}}
+spec: {clusterIP: 10.96.0.22, selector: {app: reviews, version: v2}, ports: [{name: http, port: 9080}]}
+---
+{{.L7}}
 {{end}}`))
 
 type podDoc struct{ Name, Namespace, Labels, Node, SA, IP string }
@@ -311,6 +330,7 @@ func (d *demo) writeConfig(s scene) error {
 	}
 	data := map[string]any{
 		"S":          map[string]bool{"namespaceWaypoint": s.namespaceWaypoint, "serviceWaypoint": s.serviceWaypoint, "egress": s.egress, "deny": s.deny},
+		"L7":         s.l7,
 		"ReviewsVIP": reviewsVIP, "LegacyVIP": legacyVIP, "ExternalIP": externalIP, "ExternalPodIP": d.pods["external"].IP.String(),
 		"Pods": []podDoc{
 			pod("client", "demo", "app: client"),
@@ -421,6 +441,11 @@ func (d *demo) serve(name string, port int) {
 	}
 	go http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		host, _, _ := net.SplitHostPort(r.RemoteAddr)
+		if strings.HasPrefix(r.URL.Path, "/flaky/") && firstTry(r.URL.Path) {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintf(w, "%s failed the first try\n", name)
+			return
+		}
 		fmt.Fprintf(w, "%s saw %s\n", name, host)
 	}))
 }
