@@ -527,3 +527,52 @@ func TestIstiodCertificates(t *testing.T) {
 		t.Errorf("impersonating a workload on another node = %v, want Unauthenticated", err)
 	}
 }
+
+// TestIstiodPlaintextAndOnDemand uses istiod's plaintext port (development mode) with an on-demand Address
+// subscription: nothing but this node's workloads is pushed until a lookup by "<network>/<ip>" or by name
+// asks; a name istiod does not know is answered with a removal.
+func TestIstiodPlaintextAndOnDemand(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	ctx := context.Background()
+	setUpScenario(t, ctx)
+	st := state.NewStore()
+	src, err := xds.NewSource(xds.SourceOptions{Address: stack.PlainXDSAddr, Plaintext: true, Node: nodeInfo, Store: st,
+		OnDemand: true, Logger: Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- src.Run(rctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Errorf("source Run = %v", err)
+		}
+	}()
+	select {
+	case <-src.Ready():
+	case <-time.After(30 * time.Second):
+		t.Fatal("on-demand source not ready")
+	}
+	lctx, lcancel := context.WithTimeout(ctx, 30*time.Second)
+	defer lcancel()
+	// remote-1 runs on node2, so istiod does not push it to node1 unasked.
+	if st.Workload(podUID("demo", "remote-1")) != nil {
+		t.Fatal("a workload of another node was pushed without a lookup")
+	}
+	found, err := src.Lookup(lctx, "/"+podIPs["demo/remote-1"])
+	if err != nil || !found {
+		t.Fatalf("Lookup by address = %v, %v", found, err)
+	}
+	if w := st.WorkloadByAddr(state.AddrOf(netip.MustParseAddr(podIPs["demo/remote-1"]))); w == nil || w.Name != "remote-1" {
+		t.Errorf("looked-up workload = %+v", w)
+	}
+	found, err = src.Lookup(lctx, "demo/nothing.demo.svc.cluster.local")
+	if err != nil || found {
+		t.Errorf("Lookup of an unknown service = %v, %v; want false, nil", found, err)
+	}
+	if p := st.Policy("istio-system/istio_converted_static_strict"); p == nil {
+		t.Error("Authorization (always wildcard) missing")
+	}
+}
