@@ -148,6 +148,11 @@ func report(w io.Writer, b *bench, o options, res *results, selected []phase) {
 		}
 		fmt.Fprintln(w)
 	}
+	fmt.Fprintln(w, "Phases (each round runs every phase on every topology, topologies shuffled):")
+	for _, p := range selected {
+		fmt.Fprintf(w, "- %s: %s\n", p.name, p.what)
+	}
+	fmt.Fprintln(w)
 	if len(res.fails) > 0 {
 		keys := make([]string, 0, len(res.fails))
 		for k := range res.fails {
