@@ -16,7 +16,9 @@
 //
 // Needs root, iperf3 (apt-get install -y iperf3) and fortio v1.68.2, which is built on first use into
 // ${AMBIT_PEER_CACHE:-/var/cache/ambit-peers}/fortio-v1.68.2/ (the Go module proxy is needed once).
-// Ctrl-C stops every process it started and removes the lab.
+// Ctrl-C stops every process it started and removes the lab; after a SIGKILL the next run removes the
+// leftover lab first (or `make lab-down LAB=bench`). -profile DIR adds an unrecorded pass with pprof
+// profiles of both agents (from their admin API); -agent-env tries runtime settings such as GOMAXPROCS=1.
 package main
 
 import (
