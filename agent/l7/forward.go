@@ -111,12 +111,15 @@ type attemptCtx struct{ cancel context.CancelFunc }
 
 // attempt sends the request once to ep, with the per-try timeout.
 func (e *Engine) attempt(req *http.Request, rs *reqState, ep upstream.Endpoint, i int) (*http.Response, attemptCtx, error) {
-	ctx, cancel := context.WithCancel(req.Context())
+	ctx, cancel := req.Context(), context.CancelFunc(func() {})
 	if t := rs.rule.PerTryTimeout; t > 0 {
 		ctx, cancel = context.WithTimeout(req.Context(), t)
 	}
-	out := req.Clone(ctx)
-	out.URL.Host = ep.Addr.String()
+	// req is the proxy's own outgoing request: a shallow copy with the endpoint address is enough.
+	out := req.WithContext(ctx)
+	u := *req.URL
+	u.Host = ep.Addr.String()
+	out.URL = &u
 	if i > 0 && rs.body != nil {
 		out.Body = io.NopCloser(strings.NewReader(string(rs.body)))
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	crand "crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -107,10 +108,13 @@ func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	r.Body = body
 
 	ctx := e.tracing.Propagator.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
-	ctx, span := e.tracing.Tracer.Start(ctx, r.Host+r.URL.Path, trace.WithSpanKind(trace.SpanKindServer),
-		trace.WithAttributes(attribute.String("http.request.method", r.Method), attribute.String("url.path", r.URL.Path),
+	ctx, span := e.tracing.Tracer.Start(ctx, "waypoint", trace.WithSpanKind(trace.SpanKindServer))
+	if span.IsRecording() {
+		span.SetName(r.Host + r.URL.Path)
+		span.SetAttributes(attribute.String("http.request.method", r.Method), attribute.String("url.path", r.URL.Path),
 			attribute.String("server.address", r.Host), attribute.String("component", "proxy"),
-			attribute.String("istio.waypoint", e.opts.Namespace+"/"+e.opts.Name)))
+			attribute.String("istio.waypoint", e.opts.Namespace+"/"+e.opts.Name))
+	}
 	rs.span = span
 	ctx = context.WithValue(ctx, reqKey{}, rs)
 	r = r.WithContext(ctx)
@@ -149,15 +153,20 @@ func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	respBytes := rw.n + headerSize(rw.Header())
 	e.metrics.Observe(lbl, dur, reqBytes, respBytes)
 
-	span.SetAttributes(attribute.Int("http.response.status_code", code), attribute.String("response_flags", rs.flagString()))
-	if rs.upstream.IsValid() {
-		span.SetAttributes(attribute.String("upstream_address", rs.upstream.String()))
-	}
-	if code >= 500 {
-		span.SetStatus(codes.Error, http.StatusText(code))
+	if span.IsRecording() {
+		span.SetAttributes(attribute.Int("http.response.status_code", code), attribute.String("response_flags", rs.flagString()))
+		if rs.upstream.IsValid() {
+			span.SetAttributes(attribute.String("upstream_address", rs.upstream.String()))
+		}
+		if code >= 500 {
+			span.SetStatus(codes.Error, http.StatusText(code))
+		}
 	}
 	span.End()
 
+	if !e.log.Enabled(ctx, slog.LevelInfo) {
+		return
+	}
 	attrs := []slog.Attr{
 		slog.String("src.addr", info.Remote.String()), slog.String("src.identity", info.PeerID),
 		slog.String("method", r.Method), slog.String("authority", r.Host), slog.String("path", r.URL.RequestURI()),
@@ -561,6 +570,14 @@ func (e *Engine) chooseBackend(r *http.Request, rs *reqState) error {
 	return nil
 }
 
+// requestID returns a random 128-bit hex ID (math/rand/v2's ChaCha8 source: unique, not secret).
+func requestID() string {
+	var b [16]byte
+	binary.LittleEndian.PutUint64(b[:8], rand.Uint64())
+	binary.LittleEndian.PutUint64(b[8:], rand.Uint64())
+	return hex.EncodeToString(b[:])
+}
+
 func randomHex(n int) string {
 	b := make([]byte, n)
 	crand.Read(b) //nolint:errcheck // crypto/rand.Read never fails
@@ -665,12 +682,19 @@ func (e *Engine) rewrite(pr *httputil.ProxyRequest) {
 	}
 	out.Header.Set("X-Forwarded-Proto", "http")
 	if out.Header.Get("X-Request-Id") == "" {
-		out.Header.Set("X-Request-Id", randomHex(16))
+		out.Header.Set("X-Request-Id", requestID())
 	}
-	for _, h := range []string{"Traceparent", "Tracestate", "X-B3-Traceid", "X-B3-Spanid", "X-B3-Parentspanid", "X-B3-Sampled", "X-B3-Flags", "B3"} {
-		out.Header.Del(h)
+	// W3C trace context always; B3 too when the client used B3 (the formats the client understands).
+	b3 := out.Header.Get("X-B3-Traceid") != "" || out.Header.Get("B3") != ""
+	if b3 {
+		for _, h := range []string{"X-B3-Traceid", "X-B3-Spanid", "X-B3-Parentspanid", "X-B3-Sampled", "X-B3-Flags", "B3"} {
+			out.Header.Del(h)
+		}
+		e.tracing.Propagator.Inject(pr.In.Context(), propagation.HeaderCarrier(out.Header))
+	} else {
+		out.Header.Del("Tracestate")
+		e.tracing.W3C.Inject(pr.In.Context(), propagation.HeaderCarrier(out.Header))
 	}
-	e.tracing.Propagator.Inject(pr.In.Context(), propagation.HeaderCarrier(out.Header))
 	if rs.http1 && out.ProtoMajor == 2 {
 		out.Header.Del("Te") // h2 "te: trailers" is meaningless to an HTTP/1.1 upstream
 	}

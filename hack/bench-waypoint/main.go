@@ -44,6 +44,7 @@ func main() {
 	rounds := flag.Int("rounds", 5, "rounds per measurement (medians are reported)")
 	dur := flag.Duration("duration", 3*time.Second, "length of one measurement")
 	rate := flag.Int("rate", 1000, "fixed rate for latency and memory (requests/s)")
+	only := flag.String("proxies", "ambit,nginx,haproxy", "proxies to compare (comma-separated)")
 	serve := flag.String("serve-ambit", "", "internal: run the Ambit engine as a reverse proxy on this address")
 	backend := flag.String("backend", "", "internal: backend address for -serve-ambit")
 	cpuProfile := flag.String("cpuprofile", "", "internal: write a CPU profile of -serve-ambit here")
@@ -74,11 +75,11 @@ func main() {
 	var err error
 	switch *phase {
 	case "proxies":
-		err = pinned(func() error { return benchProxies(ctx, *rounds, *dur, *rate) })
+		err = pinned(func() error { return benchProxies(ctx, *rounds, *dur, *rate, *only) })
 	case "hbone":
 		err = benchHBONE(ctx, *rounds, *dur)
 	case "all":
-		if err = pinned(func() error { return benchProxies(ctx, *rounds, *dur, *rate) }); err == nil {
+		if err = pinned(func() error { return benchProxies(ctx, *rounds, *dur, *rate, *only) }); err == nil {
 			err = benchHBONE(ctx, *rounds, *dur)
 		}
 	default:
@@ -516,7 +517,7 @@ type row struct {
 	rssAtRate, anonAtRate, slowPeak []float64
 }
 
-func benchProxies(ctx context.Context, rounds int, d time.Duration, rate int) error {
+func benchProxies(ctx context.Context, rounds int, d time.Duration, rate int, only string) error {
 	if err := ensureTools(); err != nil {
 		return err
 	}
@@ -530,7 +531,10 @@ func benchProxies(ctx context.Context, rounds int, d time.Duration, rate int) er
 		return err
 	}
 	defer os.RemoveAll(dir)
-	names := []string{"direct", "ambit", "nginx", "haproxy"}
+	names := append([]string{"direct"}, strings.Split(only, ",")...)
+	if !slices.Contains(names, "nginx") {
+		return errors.New("-proxies must include nginx (the reference)")
+	}
 	rows := map[string]*row{}
 	key := func(p, m string) string { return p + "|" + m }
 	for _, n := range names {

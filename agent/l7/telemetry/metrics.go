@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -42,7 +43,19 @@ type Metrics struct {
 	Duration      *prometheus.HistogramVec
 	RequestBytes  *prometheus.HistogramVec
 	ResponseBytes *prometheus.HistogramVec
+
+	mu     sync.RWMutex
+	series map[Labels]*series // guarded by mu; resolved children per label set (bounded by maxSeriesCache)
 }
+
+// series are the children of the four collectors for one label set.
+type series struct {
+	requests              prometheus.Counter
+	duration, reqB, respB prometheus.Observer
+}
+
+// maxSeriesCache bounds the per-label-set cache; it is cleared when full (workload churn).
+const maxSeriesCache = 4096
 
 // NewMetrics registers the collectors on reg.
 func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
@@ -128,11 +141,24 @@ func (l *Labels) Values() []string {
 
 // Observe records one finished request.
 func (m *Metrics) Observe(l *Labels, d time.Duration, reqBytes, respBytes int64) {
-	vals := l.Values()
-	m.Requests.WithLabelValues(vals...).Inc()
-	m.Duration.WithLabelValues(vals...).Observe(float64(d.Microseconds()) / 1000)
-	m.RequestBytes.WithLabelValues(vals...).Observe(float64(reqBytes))
-	m.ResponseBytes.WithLabelValues(vals...).Observe(float64(respBytes))
+	m.mu.RLock()
+	s := m.series[*l]
+	m.mu.RUnlock()
+	if s == nil {
+		vals := l.Values()
+		s = &series{requests: m.Requests.WithLabelValues(vals...), duration: m.Duration.WithLabelValues(vals...),
+			reqB: m.RequestBytes.WithLabelValues(vals...), respB: m.ResponseBytes.WithLabelValues(vals...)}
+		m.mu.Lock()
+		if m.series == nil || len(m.series) >= maxSeriesCache {
+			m.series = map[Labels]*series{}
+		}
+		m.series[*l] = s
+		m.mu.Unlock()
+	}
+	s.requests.Inc()
+	s.duration.Observe(float64(d.Microseconds()) / 1000)
+	s.reqB.Observe(float64(reqBytes))
+	s.respB.Observe(float64(respBytes))
 }
 
 // TracingOptions configure tracing.
@@ -148,9 +174,11 @@ type TracingOptions struct {
 
 // Tracing is a tracer provider and the propagators (W3C trace context and baggage, B3 single and multi).
 type Tracing struct {
-	Provider   *sdktrace.TracerProvider
-	Tracer     trace.Tracer
+	Provider *sdktrace.TracerProvider
+	Tracer   trace.Tracer
+	// Propagator reads and writes W3C trace context and B3; W3C writes only W3C trace context.
 	Propagator propagation.TextMapPropagator
+	W3C        propagation.TextMapPropagator
 }
 
 // NewTracing builds the provider; Shutdown flushes it.
@@ -178,6 +206,7 @@ func NewTracing(ctx context.Context, o TracingOptions) (*Tracing, error) {
 		Tracer:   tp.Tracer("github.com/ambit-mesh/ambit/agent/l7"),
 		Propagator: propagation.NewCompositeTextMapPropagator(propagation.TraceContext{},
 			b3.New(b3.WithInjectEncoding(b3.B3MultipleHeader))),
+		W3C: propagation.TraceContext{},
 	}, nil
 }
 
