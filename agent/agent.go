@@ -239,8 +239,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	a.reconcile(runCtx)
-	a.ready.Store(runCtx.Err() == nil)
-	a.log.Info("agent ready", "outbound", a.lnOut.Addr(), "inbound", a.lnIn.Addr(), "hbone", a.lnHBONE.Addr())
+	if runCtx.Err() == nil {
+		a.ready.Store(true)
+		a.log.Info("agent ready", "outbound", a.lnOut.Addr(), "inbound", a.lnIn.Addr(), "hbone", a.lnHBONE.Addr())
+	}
 
 	<-runCtx.Done()
 	a.ready.Store(false)

@@ -17,8 +17,9 @@ import (
 )
 
 // fileSource keeps the state equal to the compiled local configuration files. It re-reads them when
-// their content changes; a version that does not load or compile is rejected, logged and counted, and
-// the last good state keeps serving.
+// their content changes and has stayed the same for one poll interval (so a half-written file is never
+// applied); a version that does not load or compile is rejected, logged and counted, and the last good
+// state keeps serving.
 type fileSource struct {
 	files   []string
 	poll    time.Duration
@@ -27,7 +28,8 @@ type fileSource struct {
 	metrics *metrics.Metrics
 	log     *slog.Logger
 
-	digest [sha256.Size]byte // of the last content seen (good or bad); owned by run
+	digest  [sha256.Size]byte // of the last content handled (applied or rejected); owned by run
+	pending [sha256.Size]byte // of new content seen once; applied when the next poll sees it unchanged
 }
 
 // load reads and applies the files once; it fails when they are invalid (used at start-up).
@@ -50,17 +52,20 @@ func (s *fileSource) run(ctx context.Context) error {
 		case <-t.C:
 		}
 		data, digest, err := s.read()
-		if err != nil {
-			if digest != s.digest {
-				s.digest = digest
-				s.reject(err)
-			}
-			continue
-		}
 		if digest == s.digest {
 			continue
 		}
+		// An editor or a copy may be half-way through writing: only content that stays the same for one
+		// poll interval is applied (or rejected).
+		if digest != s.pending {
+			s.pending = digest
+			continue
+		}
 		s.digest = digest
+		if err != nil {
+			s.reject(err)
+			continue
+		}
 		if err := s.apply(data); err != nil {
 			s.reject(err)
 		}

@@ -8,6 +8,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"strings"
 	"sync"
@@ -33,15 +34,17 @@ func (c *tokenCreds) GetRequestMetadata(context.Context, ...string) (map[string]
 	}
 	md["clusterid"] = c.clusterID
 	if c.tokenFile != "" {
+		// As ztunnel: a token file that does not exist means no token (plaintext development set-ups).
 		raw, err := os.ReadFile(c.tokenFile)
-		if err != nil {
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+		case err != nil:
 			return nil, fmt.Errorf("read token: %w", err)
-		}
-		tok := strings.TrimSpace(string(raw))
-		if tok == "" {
+		case strings.TrimSpace(string(raw)) == "":
 			return nil, fmt.Errorf("read token %s: empty", c.tokenFile)
+		default:
+			md["authorization"] = "Bearer " + strings.TrimSpace(string(raw))
 		}
-		md["authorization"] = "Bearer " + tok
 	}
 	return md, nil
 }

@@ -64,6 +64,15 @@ func NewCertificate(id spiffeid.ID, chain []*x509.Certificate, key crypto.Signer
 	if !notAfter.After(notBefore) {
 		return nil, fmt.Errorf("build certificate: empty validity window: %w", ErrInvalidChain)
 	}
+	// Verify at the current time when it falls in the chain's window: istiod backdates leaves by two
+	// minutes but not a freshly created root, so verifying at the leaf's NotBefore would reject every
+	// certificate of a new CA for its first minutes.
+	if now := time.Now(); now.After(verifyAt) {
+		verifyAt = now
+		if now.After(notAfter) {
+			verifyAt = notAfter
+		}
+	}
 	pool := x509.NewCertPool()
 	for _, r := range roots {
 		pool.AddCert(r)

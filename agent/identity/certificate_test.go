@@ -2,8 +2,11 @@ package identity
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/x509"
 	"errors"
+	"math/big"
+	"net/url"
 	"testing"
 	"time"
 )
@@ -93,5 +96,35 @@ func TestParseCertificatesPEMRejects(t *testing.T) {
 				t.Fatalf("err = %v, want ErrInvalidChain", err)
 			}
 		})
+	}
+}
+
+// TestNewCertificateBackdatedLeaf accepts a leaf backdated before its (new) root's NotBefore, as istiod
+// issues them: the chain is valid now, which is what matters.
+func TestNewCertificateBackdatedLeaf(t *testing.T) {
+	ca := newTestCA(t, time.Hour)
+	key, err := newKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, _ := url.Parse(testID.String())
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(42),
+		NotBefore:    ca.Root().NotBefore.Add(-2 * time.Minute),
+		NotAfter:     time.Now().Add(time.Hour),
+		URIs:         []*url.URL{u},
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Root(), key.Public(), ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewCertificate(testID, []*x509.Certificate{leaf}, key, []*x509.Certificate{ca.Root()}); err != nil {
+		t.Fatalf("backdated leaf of a new root rejected: %v", err)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -178,15 +179,17 @@ func (c *IstiodCA) requestMetadata() (metadata.MD, error) {
 	}
 	md.Set("clusterid", c.opts.ClusterID)
 	if c.opts.TokenFile != "" {
+		// As ztunnel: a token file that does not exist means no token.
 		tok, err := os.ReadFile(c.opts.TokenFile)
-		if err != nil {
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+		case err != nil:
 			return nil, fmt.Errorf("read token: %w", err)
-		}
-		t := strings.TrimSpace(string(tok))
-		if t == "" {
+		case strings.TrimSpace(string(tok)) == "":
 			return nil, fmt.Errorf("read token %s: empty", c.opts.TokenFile)
+		default:
+			md.Set("authorization", "Bearer "+strings.TrimSpace(string(tok)))
 		}
-		md.Set("authorization", "Bearer "+t)
 	}
 	return md, nil
 }

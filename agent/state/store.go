@@ -62,6 +62,8 @@ type index struct {
 	nsPolicies map[string][]*Authorization
 	global     []*Authorization
 	generation uint64
+	// dirty lists the endpoint sets touched by the batch being applied, so that apply rebuilds only them.
+	dirty []*endpointSet
 }
 
 // endpointSet is the set of workloads behind one service. list is rebuilt (copy on write) after each
@@ -151,10 +153,20 @@ func (ix *index) apply(u *Update) {
 		ix.removePolicy(p.Key())
 		ix.addPolicy(p)
 	}
-	for _, es := range ix.endpoints {
+	for _, es := range ix.dirty {
 		if es.dirty {
 			es.rebuild()
 		}
+	}
+	clear(ix.dirty)
+	ix.dirty = ix.dirty[:0]
+}
+
+// markDirty schedules es for a rebuild at the end of the batch.
+func (ix *index) markDirty(es *endpointSet) {
+	if !es.dirty {
+		es.dirty = true
+		ix.dirty = append(ix.dirty, es)
 	}
 }
 
@@ -181,7 +193,7 @@ func (ix *index) addWorkload(w *Workload) {
 			ix.endpoints[ref.Service] = es
 		}
 		es.byUID[w.UID] = w
-		es.dirty = true
+		ix.markDirty(es)
 	}
 }
 
@@ -211,7 +223,7 @@ func (ix *index) removeWorkload(uid string) {
 	for _, ref := range w.Services {
 		if es := ix.endpoints[ref.Service]; es != nil {
 			delete(es.byUID, uid)
-			es.dirty = true
+			ix.markDirty(es)
 			if len(es.byUID) == 0 {
 				delete(ix.endpoints, ref.Service)
 			}

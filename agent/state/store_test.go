@@ -144,7 +144,7 @@ func TestValidate(t *testing.T) {
 	}{
 		{"no uid", state.Workload{Name: "a", Namespace: "b", Hostname: "h"}, false},
 		{"no namespace", state.Workload{UID: "u", Name: "a", Hostname: "h"}, false},
-		{"no address", state.Workload{UID: "u", Name: "a", Namespace: "b"}, false},
+		{"no address (reached through a network gateway)", state.Workload{UID: "u", Name: "a", Namespace: "b"}, true},
 		{"zero address", state.Workload{UID: "u", Name: "a", Namespace: "b", Addresses: []netip.Addr{{}}}, false},
 		{"gateway without destination", state.Workload{UID: "u", Name: "a", Namespace: "b", Hostname: "h", Waypoint: &state.GatewayAddress{}}, false},
 		{"hostname only", state.Workload{UID: "u", Name: "a", Namespace: "b", Hostname: "h"}, true},

@@ -12,7 +12,6 @@ import (
 var (
 	ErrMissingUID      = errors.New("missing uid")
 	ErrMissingName     = errors.New("missing name")
-	ErrMissingAddress  = errors.New("workload has neither addresses nor hostname")
 	ErrInvalidAddress  = errors.New("invalid address")
 	ErrInvalidGateway  = errors.New("gateway address has no destination")
 	ErrMissingHostname = errors.New("missing hostname")
@@ -29,9 +28,8 @@ func (w *Workload) Validate() error {
 	if w.Name == "" || w.Namespace == "" {
 		return fmt.Errorf("workload %s: %w", w.UID, ErrMissingName)
 	}
-	if len(w.Addresses) == 0 && w.Hostname == "" {
-		return fmt.Errorf("workload %s: %w", w.UID, ErrMissingAddress)
-	}
+	// A workload with neither addresses nor a hostname is accepted, as ztunnel does: it may be reachable
+	// only through its network gateway. The planner never picks it as a direct destination.
 	for _, a := range w.Addresses {
 		if !a.IsValid() || a.Zone() != "" {
 			return fmt.Errorf("workload %s: %w %q", w.UID, ErrInvalidAddress, a)

@@ -208,7 +208,6 @@ func TestConvertRejects(t *testing.T) {
 		{"empty uid", "", pod(func(w *wapi.Workload) { w.Uid = "" }), state.ErrMissingUID},
 		{"empty name", podName, pod(func(w *wapi.Workload) { w.Name = "" }), state.ErrMissingName},
 		{"empty namespace", podName, pod(func(w *wapi.Workload) { w.Namespace = "" }), state.ErrMissingName},
-		{"no address nor hostname", podName, pod(func(w *wapi.Workload) { w.Addresses = nil }), state.ErrMissingAddress},
 		{"5-byte address", podName, pod(func(w *wapi.Workload) { w.Addresses = [][]byte{{1, 2, 3, 4, 5}} }), xds.ErrAddressLength},
 		{"empty address bytes", podName, pod(func(w *wapi.Workload) { w.Addresses = [][]byte{{}} }), xds.ErrAddressLength},
 		{"legacy istio mtls", podName, pod(func(w *wapi.Workload) { w.TunnelProtocol = wapi.TunnelProtocol_LEGACY_ISTIO_MTLS }), xds.ErrUnknownEnum},
