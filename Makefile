@@ -17,9 +17,15 @@ build: ## build bin/ambit and bin/ambitctl (no clang needed: BPF objects are com
 	$(GO) build -o $(BIN)/ambitctl ./cmd/ambitctl
 
 .PHONY: test
-test: lint verify-gen ## everything CI runs: lint, generated-code check, all tests with -race (root tiers need root), HBONE interop
+test: lint verify-gen test-unit test-interop test-spire test-e2e ## everything CI runs (root; builds peers into AMBIT_PEER_CACHE on first use)
+
+.PHONY: test-unit
+test-unit: ## all Go tests of the module with -race: pure, in-process, and root network-namespace tiers
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
-	$(MAKE) test-interop
+
+.PHONY: test-spire
+test-spire: ## SPIFFE Workload API against a real SPIRE server and agent (built into AMBIT_PEER_CACHE on first use)
+	set -e; bin=$$(hack/peers/build-spire.sh); AMBIT_SPIRE_BIN_DIR=$$bin AMBIT_REQUIRE_PEERS=1 $(GO) test -race -count=1 -v ./test/spire/
 
 .PHONY: test-e2e
 test-e2e: ## real-istiod tier: build etcd, kube-apiserver, istiod into AMBIT_PEER_CACHE (cold ~10 min, warm <1 s), run test/e2e
