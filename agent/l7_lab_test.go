@@ -29,10 +29,16 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	dynfake "k8s.io/client-go/dynamic/fake"
+	"sigs.k8s.io/yaml"
 
 	coltrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 
 	"github.com/ambit-mesh/ambit/agent"
+	"github.com/ambit-mesh/ambit/agent/l7/kube"
 	"github.com/ambit-mesh/ambit/test/lab"
 	tu "github.com/ambit-mesh/ambit/test/testutil"
 )
@@ -186,14 +192,18 @@ func (o *otlpReceiver) spans(traceID string) int {
 }
 
 // startL7Waypoint runs `ambit waypoint` in pod p with tracing to the OTLP receiver.
-func startL7Waypoint(t *testing.T, c *cluster, p *lab.Pod, ns, name, otlp string) (*agent.Waypoint, *syncBuffer) {
+func startL7Waypoint(t *testing.T, c *cluster, p *lab.Pod, ns, name, otlp string, mutate ...func(*agent.WaypointConfig)) (*agent.Waypoint, *syncBuffer) {
 	t.Helper()
 	buf := &syncBuffer{}
 	log := slog.New(slog.NewTextHandler(io.MultiWriter(buf, testWriter{t, 100 + p.Index}), &slog.HandlerOptions{Level: slog.LevelDebug}))
-	w, err := agent.NewWaypoint(agent.WaypointConfig{
+	cfg := agent.WaypointConfig{
 		Name: name, Namespace: ns, PodIP: p.IP, ConfigFiles: []string{c.config}, ConfigPoll: 100 * time.Millisecond,
 		CADir: filepath.Join(filepath.Dir(c.config), "ca"), NetNS: p.NS.Path(), OTLPEndpoint: otlp,
-	}, log)
+	}
+	for _, m := range mutate {
+		m(&cfg)
+	}
+	w, err := agent.NewWaypoint(cfg, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -894,4 +904,60 @@ func l7Metric(w *agent.Waypoint, name string, want map[string]string) float64 {
 		}
 	}
 	return total
+}
+
+// TestL7WaypointKubernetesSource runs the waypoint with routes from the Kubernetes API (a fake dynamic
+// client with informers) instead of the files, through the real HBONE path.
+func TestL7WaypointKubernetesSource(t *testing.T) {
+	var wpPod *lab.Pod
+	c := startCluster(t, 2, 3, agent.CaptureEBPF, func(l *lab.Lab) string {
+		n0, n1 := l.Nodes[0].Pods, l.Nodes[1].Pods
+		wpPod = n0[2]
+		return l7BaseYAML + pod("client", "app", "client", "", n0[0]) + pod("server-a", "app", "web", ", version: a", n0[1]) +
+			pod("server-b", "app", "web", ", version: b", n1[0]) + waypointYAML("app", "wp", "service", "", "10.96.1.1", wpPod)
+	})
+	client := c.lab.Nodes[0].Pods[0]
+	startL7Backend(t, c.lab.Nodes[0].Pods[1], "server-a", healthpb.HealthCheckResponse_SERVING)
+	startL7Backend(t, c.lab.Nodes[1].Pods[0], "server-b", healthpb.HealthCheckResponse_SERVING)
+	route := func(backend string) *unstructured.Unstructured {
+		js, _ := yaml.YAMLToJSON([]byte(`apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: only, namespace: app}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web}]
+  rules: [{backendRefs: [{name: ` + backend + `, port: 80}]}]
+`))
+		u := &unstructured.Unstructured{}
+		u.UnmarshalJSON(js)
+		return u
+	}
+	kc := dynfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), kube.ListKinds, route("web-b"))
+	_, wpLog := startL7Waypoint(t, c, wpPod, "app", "wp", "", func(cfg *agent.WaypointConfig) {
+		cfg.L7Source, cfg.KubeClient = agent.L7SourceKubernetes, kc
+	})
+	tu.WaitFor(t, 10*time.Second, "configuration from the API", func() bool {
+		return strings.Contains(wpLog.String(), "source=kubernetes")
+	})
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, _, a string) (net.Conn, error) { return client.NS.Dial(ctx, "tcp", a) }}}
+	answers := func() map[string]int {
+		out := map[string]int{}
+		for range 6 {
+			resp, err := hc.Get("http://10.96.0.10/k")
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			out[resp.Header.Get("X-Pod")]++
+		}
+		return out
+	}
+	if got := answers(); got["server-b"] != 6 {
+		t.Fatalf("answers %v, want all from server-b", got)
+	}
+	if _, err := kc.Resource(kube.Resources[1]).Namespace("app").Update(context.Background(), route("web-a"), metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	tu.WaitFor(t, 10*time.Second, "route update applied", func() bool { return answers()["server-a"] == 6 })
 }

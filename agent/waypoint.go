@@ -18,11 +18,14 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/rest"
 
 	"github.com/ambit-mesh/ambit/agent/authz"
 	"github.com/ambit-mesh/ambit/agent/connmgr"
 	"github.com/ambit-mesh/ambit/agent/identity"
 	"github.com/ambit-mesh/ambit/agent/l7"
+	"github.com/ambit-mesh/ambit/agent/l7/kube"
 	"github.com/ambit-mesh/ambit/agent/l7/model"
 	"github.com/ambit-mesh/ambit/agent/l7/policy"
 	"github.com/ambit-mesh/ambit/agent/l7/telemetry"
@@ -67,7 +70,18 @@ type WaypointConfig struct {
 	// L7StreamWindow is the HTTP/2 stream window of the HBONE streams the L7 engine opens to endpoints
 	// (default 256 KiB): it bounds how much of a response the waypoint buffers for a slow client.
 	L7StreamWindow uint32
+	// L7Source is where routes and L7 policies come from: "file" (default: ConfigFiles) or
+	// "kubernetes" (the Kubernetes API through informers; in-cluster credentials unless KubeClient is set).
+	L7Source string
+	// KubeClient overrides the in-cluster client of the kubernetes L7 source (tests).
+	KubeClient dynamic.Interface
 }
+
+// L7 configuration sources.
+const (
+	L7SourceFile       = "file"
+	L7SourceKubernetes = "kubernetes"
+)
 
 // Waypoint is the waypoint mode: it terminates HBONE addressed to the services and workloads bound to
 // it and forwards each stream over HBONE to the chosen endpoint, with its own identity, so the
@@ -96,6 +110,7 @@ type Waypoint struct {
 	tracing  *telemetry.Tracing
 	l7pool   *hbone.Pool
 	l7digest [sha256.Size]byte // of the last L7 configuration seen; owned by runL7Config
+	kube     *kube.Source      // the kubernetes L7 source, when configured
 }
 
 // NewWaypoint validates cfg and loads the configuration; it binds nothing.
@@ -210,6 +225,26 @@ func (w *Waypoint) newEngine(creds func(context.Context) (*hbone.Credentials, er
 	})
 	if err != nil {
 		return fmt.Errorf("l7 engine: %w", err)
+	}
+	switch w.cfg.L7Source {
+	case "", L7SourceFile:
+	case L7SourceKubernetes:
+		client := w.cfg.KubeClient
+		if client == nil {
+			rc, err := rest.InClusterConfig()
+			if err != nil {
+				return fmt.Errorf("kubernetes L7 source: %w", err)
+			}
+			if client, err = dynamic.NewForConfig(rc); err != nil {
+				return fmt.Errorf("kubernetes L7 source: %w", err)
+			}
+		}
+		w.kube = &kube.Source{Client: client, Logger: w.log.With("component", "l7-kube"), OnUpdate: w.engine.Update,
+			Options: localconfig.Options{TrustDomain: w.source.cfg.TrustDomain, DomainSuffix: w.source.cfg.DomainSuffix,
+				ClusterID: w.source.cfg.ClusterID, Network: w.cfg.Network}}
+		return nil
+	default:
+		return fmt.Errorf("waypoint config: unknown L7 source %q (file or kubernetes)", w.cfg.L7Source)
 	}
 	data, digest, err := w.source.read()
 	if err != nil {
@@ -370,7 +405,11 @@ func (w *Waypoint) Run(ctx context.Context) error {
 		goRun("workload-api", r.Run)
 	}
 	goRun("config", w.source.run)
-	goRun("l7-config", w.runL7Config)
+	if w.kube != nil {
+		goRun("l7-kubernetes", w.kube.Run)
+	} else {
+		goRun("l7-config", w.runL7Config)
+	}
 	goRun("hbone", func(ctx context.Context) error { return w.server.Serve(ctx, ln) })
 	if w.cfg.MetricsAddr.IsValid() {
 		mln, err := w.sockets.Listen(ctx, w.cfg.MetricsAddr)

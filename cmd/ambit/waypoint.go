@@ -92,6 +92,7 @@ Istio's HTTP metrics, access logs and OTLP tracing.`,
 	envs["metrics-addr"] = "AMBIT_METRICS_ADDR"
 	str(&cfg.OTLPEndpoint, "otlp-endpoint", "AMBIT_OTLP_ENDPOINT", "", "OpenTelemetry collector for spans (OTLP/HTTP host:port or URL); empty: propagate trace context only")
 	fs.Float64Var(&cfg.TraceSampling, "trace-sampling", 0, "fraction of new traces sampled (default 1 with --otlp-endpoint)")
+	str(&cfg.L7Source, "l7-source", "AMBIT_L7_SOURCE", agent.L7SourceFile, "where routes and L7 policies come from: file (--config-file) or kubernetes (the API server, in-cluster credentials)")
 	lf.register(fs, envs)
 	cmd.Long += "\n" + envTable(fs, envs)
 	return cmd
