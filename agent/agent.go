@@ -204,7 +204,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	errc := make(chan error, 8)
 	goRun := func(name string, f func(context.Context) error) {
 		wg.Go(func() {
-			if err := f(runCtx); err != nil && !errors.Is(err, context.Canceled) {
+			// Errors after shutdown began (listeners closed under a server) are part of stopping.
+			if err := f(runCtx); err != nil && !errors.Is(err, context.Canceled) && runCtx.Err() == nil {
 				a.log.Error("component stopped", "name", name, "err", err)
 				errc <- fmt.Errorf("%s: %w", name, err)
 				cancel()

@@ -394,7 +394,7 @@ func (w *Waypoint) Run(ctx context.Context) error {
 	errc := make(chan error, 4)
 	goRun := func(name string, f func(context.Context) error) {
 		wg.Go(func() {
-			if err := f(runCtx); err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, hbone.ErrServerClosed) {
+			if err := f(runCtx); err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, hbone.ErrServerClosed) && runCtx.Err() == nil {
 				errc <- fmt.Errorf("%s: %w", name, err)
 				cancel()
 			}
