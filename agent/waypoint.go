@@ -106,11 +106,12 @@ type Waypoint struct {
 	ln      *net.TCPListener
 	ready   atomic.Bool
 
-	engine   *l7.Engine
-	tracing  *telemetry.Tracing
-	l7pool   *hbone.Pool
-	l7digest [sha256.Size]byte // of the last L7 configuration seen; owned by runL7Config
-	kube     *kube.Source      // the kubernetes L7 source, when configured
+	engine    *l7.Engine
+	tracing   *telemetry.Tracing
+	l7pool    *hbone.Pool
+	l7digest  [sha256.Size]byte // of the last L7 configuration seen; owned by runL7Config
+	l7pending [sha256.Size]byte // new content seen once, used when seen again
+	kube      *kube.Source      // the kubernetes L7 source, when configured
 }
 
 // NewWaypoint validates cfg and loads the configuration; it binds nothing.
@@ -283,6 +284,12 @@ func (w *Waypoint) runL7Config(ctx context.Context) error {
 		}
 		data, digest, err := w.source.read()
 		if digest == w.l7digest {
+			continue
+		}
+		// As the state source does: only content unchanged for one poll interval is used, so a
+		// half-written file is never applied.
+		if digest != w.l7pending {
+			w.l7pending = digest
 			continue
 		}
 		w.l7digest = digest
