@@ -315,12 +315,9 @@ func (e *Engine) handle(w http.ResponseWriter, r *http.Request, rs *reqState) {
 		}
 		pr := &policy.Request{Principal: peer, Namespace: ns, SourceIP: info.Remote.Addr().Unmap(), Host: r.Host,
 			Port: info.Target.Port(), Method: r.Method, Path: r.URL.Path, Header: r.Header, Auth: claims}
-		if xff := r.Header.Get("X-Forwarded-For"); xff != "" {
-			first, _, _ := strings.Cut(xff, ",")
-			if a, err := netip.ParseAddr(strings.TrimSpace(first)); err == nil {
-				pr.RemoteIP = a
-			}
-		}
+		// remote.ip and remoteIpBlocks: with Istio's default of no trusted proxies (numTrustedProxies 0),
+		// the remote address is the downstream peer; X-Forwarded-For is not trusted.
+		pr.RemoteIP = pr.SourceIP
 		d := policy.Evaluate(pols, pr)
 		if !d.Allow {
 			rs.flag(FlagRBAC)
