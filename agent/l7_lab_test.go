@@ -584,7 +584,7 @@ spec:
 		}
 		aborted := 0
 		for range 100 {
-			r := get(t, "/fault-abort")
+			r := do(t, h1ka, http.MethodGet, "http://10.96.0.10/fault-abort", nil)
 			switch r.code {
 			case 418:
 				aborted++
