@@ -13,15 +13,20 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/ambit-mesh/ambit/agent/admin"
 	"github.com/ambit-mesh/ambit/agent/connmgr"
 	"github.com/ambit-mesh/ambit/agent/identity"
+	"github.com/ambit-mesh/ambit/agent/kube"
 	"github.com/ambit-mesh/ambit/agent/metrics"
 	"github.com/ambit-mesh/ambit/agent/state"
 	"github.com/ambit-mesh/ambit/agent/xds"
@@ -47,8 +52,9 @@ type Agent struct {
 	sockets redirect.SocketFactory
 	pool    *hbone.Pool
 	hbone   *hbone.Server
-	source  *fileSource // local files, or
-	xds     *xds.Source // istiod
+	source  *fileSource   // local files, or
+	xds     *xds.Source   // istiod
+	kube    *kube.Watcher // pod enrollment from the Kubernetes API (Config.KubeEnroll), or nil
 
 	lnOut, lnIn, lnHBONE        *net.TCPListener
 	lnAdmin, lnMetrics, lnReady *net.TCPListener
@@ -99,6 +105,22 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 			return nil, err
 		}
 	}
+	inCluster := os.Getenv("KUBERNETES_SERVICE_HOST") != "" && os.Getenv("KUBERNETES_SERVICE_PORT") != ""
+	if cfg.kubeEnrollment(inCluster) {
+		client := cfg.KubeClient
+		if client == nil {
+			var err error
+			if client, err = newKubeClient(cfg.Kubeconfig); err != nil {
+				return nil, err
+			}
+		}
+		w, err := kube.New(kube.Options{Client: client, NodeName: cfg.NodeName, ClusterID: cfg.ClusterID,
+			TrustDomain: cfg.TrustDomain, Logger: a.log.With("component", "kube-enroll")})
+		if err != nil {
+			return nil, fmt.Errorf("kube enrollment: %w", err)
+		}
+		a.kube = w
+	}
 	issuer, err := a.newIssuer()
 	if err != nil {
 		return nil, err
@@ -121,6 +143,26 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		Logger:      a.log.With("component", "hbone-server"),
 	}
 	return a, nil
+}
+
+// newKubeClient builds an API client from a kubeconfig file, or from in-cluster credentials when it is empty.
+func newKubeClient(kubeconfig string) (kubernetes.Interface, error) {
+	var rc *rest.Config
+	var err error
+	if kubeconfig != "" {
+		rc, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+	} else {
+		rc, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kube enrollment: load credentials: %w", err)
+	}
+	rc.UserAgent = "ambit-agent/" + Version
+	c, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("kube enrollment: create client: %w", err)
+	}
+	return c, nil
 }
 
 func (a *Agent) newIssuer() (identity.Issuer, error) {
@@ -162,14 +204,18 @@ func (a *Agent) Ready() (bool, []string) {
 	if a.ready.Load() {
 		return true, nil
 	}
+	var pending []string
 	if a.xds != nil {
 		select {
 		case <-a.xds.Ready():
 		default:
-			return false, []string{"state manager", "proxy"}
+			pending = append(pending, "state manager")
 		}
 	}
-	return false, []string{"proxy"}
+	if a.kube != nil && !a.kubeSynced() {
+		pending = append(pending, "pod watch")
+	}
+	return false, append(pending, "proxy")
 }
 
 // Run binds every listener, installs capture and serves until ctx ends; then it stops accepting,
@@ -196,6 +242,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		a.redir = r
 		a.log.Info("capture installed", "mode", r.Mode())
+		if a.kube != nil {
+			a.adoptCapture(ctx)
+		}
 	}
 
 	runCtx, cancel := context.WithCancel(ctx)
@@ -222,6 +271,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	} else {
 		goRun("config", a.source.run)
 	}
+	if a.kube != nil {
+		goRun("kube-enroll", a.kube.Run)
+	}
 	goRun("reconcile", a.reconcileLoop)
 	goRun("outbound", func(ctx context.Context) error { return a.acceptLoop(ctx, a.lnOut, a.serveOutbound) })
 	goRun("inbound", func(ctx context.Context) error { return a.acceptLoop(ctx, a.lnIn, a.servePlaintext) })
@@ -236,6 +288,14 @@ func (a *Agent) Run(ctx context.Context) error {
 		// Ready only once istiod's first complete state has been applied.
 		select {
 		case <-a.xds.Ready():
+		case <-runCtx.Done():
+		}
+	}
+	if a.kube != nil {
+		// Capture is reconciled only against a complete listing of the node's pods, so that a restart
+		// re-adopts what is captured instead of dropping it.
+		select {
+		case <-a.kube.Synced():
 		case <-runCtx.Done():
 		}
 	}

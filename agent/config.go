@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"time"
 
+	"k8s.io/client-go/kubernetes"
+
 	"github.com/ambit-mesh/ambit/redirect"
 )
 
@@ -17,6 +19,13 @@ const (
 	CaptureEBPF   = "ebpf"
 	CaptureTPROXY = "tproxy"
 	CaptureNone   = "none"
+)
+
+// Pod enrollment modes (Config.KubeEnroll).
+const (
+	KubeEnrollAuto = "auto"
+	KubeEnrollOn   = "true"
+	KubeEnrollOff  = "false"
 )
 
 // Identity sources.
@@ -48,6 +57,16 @@ type Config struct {
 	PodNamespace   string `json:"podNamespace"`
 	InstanceIP     string `json:"instanceIp"`
 	ServiceAccount string `json:"serviceAccount"`
+	// KubeEnroll decides where the set of captured pods comes from (env AMBIT_KUBE_ENROLL): "true" takes it
+	// from the Kubernetes API (this node's pods that istio-cni's default selector picks, Running with an IP;
+	// see agent/kube) and sets the ambient.istio.io/redirection annotation once capture is in place, as
+	// istio-cni does; "false" takes it from the state (the HBONE workloads of this node); "auto" (default)
+	// means true when XDSAddress is set and Kubeconfig is set or in-cluster credentials exist.
+	KubeEnroll string `json:"kubeEnroll"`
+	// Kubeconfig is the kubeconfig file used by KubeEnroll (env KUBECONFIG; default in-cluster credentials).
+	Kubeconfig string `json:"kubeconfig"`
+	// KubeClient, when set, is the API client KubeEnroll uses instead of Kubeconfig (tests).
+	KubeClient kubernetes.Interface `json:"-"`
 	// ConfigPoll is how often the files are checked for changes (default 1 s).
 	ConfigPoll time.Duration `json:"configPoll"`
 	// TrustDomain of workload identities (default cluster.local), DomainSuffix of service hostnames
@@ -147,7 +166,22 @@ func (c Config) withDefaults() Config {
 	if c.PinDir == "" {
 		c.PinDir = redirect.DefaultPinDir
 	}
+	if c.KubeEnroll == "" {
+		c.KubeEnroll = KubeEnrollAuto
+	}
 	return c
+}
+
+// kubeEnrollment reports whether the captured pods come from the Kubernetes API; inCluster tells whether
+// in-cluster credentials exist.
+func (c Config) kubeEnrollment(inCluster bool) bool {
+	switch c.KubeEnroll {
+	case KubeEnrollOn:
+		return true
+	case KubeEnrollOff:
+		return false
+	}
+	return c.XDSAddress != "" && (c.KubeClient != nil || c.Kubeconfig != "" || inCluster)
 }
 
 // Validate reports the first problem with c (after defaults).
@@ -164,6 +198,15 @@ func (c Config) Validate() error {
 		return errors.New("--xds-root-file is required unless --xds-plaintext")
 	case c.XDSAddress != "" && (c.PodName == "" || c.PodNamespace == ""):
 		return errors.New("--pod-name and --pod-namespace (POD_NAME, POD_NAMESPACE) are required with --xds-address")
+	}
+	switch c.KubeEnroll {
+	case KubeEnrollAuto, KubeEnrollOff:
+	case KubeEnrollOn:
+		if c.XDSAddress == "" {
+			return errors.New("--kube-enroll needs --xds-address (istiod marks the pods it annotates HBONE)")
+		}
+	default:
+		return fmt.Errorf("unknown kube enrollment mode %q (auto, true or false)", c.KubeEnroll)
 	}
 	switch c.Identity {
 	case IdentityLocalCA:

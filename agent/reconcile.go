@@ -18,10 +18,15 @@ import (
 func (a *Agent) reconcileLoop(ctx context.Context) error {
 	for {
 		changed := a.Store.Changed()
+		var podsChanged <-chan struct{}
+		if a.kube != nil {
+			podsChanged = a.kube.Changed()
+		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-changed:
+		case <-podsChanged:
 		}
 		a.reconcile(ctx)
 		if n := a.Conns.Recheck(); n > 0 {
@@ -51,9 +56,54 @@ func captureUID(uid string) string {
 	return "h:" + hex.EncodeToString(sum[:24])
 }
 
-func (a *Agent) reconcile(ctx context.Context) {
+// kubeSynced reports whether the pod watch has its first complete listing.
+func (a *Agent) kubeSynced() bool {
+	select {
+	case <-a.kube.Synced():
+		return true
+	default:
+		return false
+	}
+}
+
+// adoptCapture records the pods a previous agent process enrolled (kube enrollment), so that the first
+// reconcile keeps those still wanted and releases the others.
+func (a *Agent) adoptCapture(ctx context.Context) {
+	pods, err := a.redir.Enrolled(ctx)
+	if err != nil {
+		a.log.Warn("list pods enrolled by a previous agent", "err", err)
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, p := range pods {
+		if p.Name == "" {
+			p.Name = p.UID
+		}
+		a.enrolled[p.UID] = p
+	}
+	if len(pods) > 0 {
+		a.log.Info("re-adopted capture of a previous agent", "pods", len(pods))
+	}
+}
+
+// wanted returns the pods to capture by capture UID, their identities, and (kube enrollment) the workload UID
+// of each.
+func (a *Agent) wanted() (map[string]redirect.Pod, map[spiffeid.ID]bool, map[string]string) {
 	want := map[string]redirect.Pod{}
 	ids := map[spiffeid.ID]bool{}
+	if a.kube != nil {
+		uids := map[string]string{}
+		for _, p := range a.kube.Wanted() {
+			key := captureUID(p.UID)
+			want[key] = redirect.Pod{UID: key, Name: p.Namespace + "/" + p.Name, IPs: p.IPs}
+			uids[key] = p.UID
+			if id, err := spiffeid.FromString(p.Identity); err == nil {
+				ids[id] = true
+			}
+		}
+		return want, ids, uids
+	}
 	for _, w := range a.Store.WorkloadsOnNode(a.cfg.NodeName) {
 		if !a.captured(w) {
 			continue
@@ -63,6 +113,14 @@ func (a *Agent) reconcile(ctx context.Context) {
 			ids[id] = true
 		}
 	}
+	return want, ids, nil
+}
+
+func (a *Agent) reconcile(ctx context.Context) {
+	if a.kube != nil && !a.kubeSynced() {
+		return // an incomplete listing would release pods that are still wanted
+	}
+	want, ids, uids := a.wanted()
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for id := range ids {
@@ -103,4 +161,14 @@ func (a *Agent) reconcile(ctx context.Context) {
 		a.log.Info("pod captured", "pod", pod.Name, "ips", pod.IPs)
 	}
 	a.Metrics.EnrolledPods.Set(float64(len(a.enrolled)))
+	if a.kube != nil {
+		// Only pods whose capture is in place carry the redirection annotation istiod reads.
+		var captured []string
+		for key, uid := range uids {
+			if _, ok := a.enrolled[key]; ok {
+				captured = append(captured, uid)
+			}
+		}
+		a.kube.SetCaptured(captured)
+	}
 }

@@ -75,6 +75,10 @@ authorization, and serve admin (localhost:15000), metrics (:15020) and readiness
 	str(&cfg.XDSRootFile, "xds-root-file", "XDS_ROOT_CA", "/var/run/secrets/istio/root-cert.pem", "root certificate of istiod's serving certificate")
 	fs.BoolVar(&cfg.XDSPlaintext, "xds-plaintext", false, "connect to istiod without TLS (port 15010; development only)")
 	envs["xds-plaintext"] = "AMBIT_XDS_PLAINTEXT"
+	str(&cfg.KubeEnroll, "kube-enroll", "AMBIT_KUBE_ENROLL", agent.KubeEnrollAuto,
+		"take the pods to capture from the Kubernetes API and annotate them for istiod: true, false, or auto (with --xds-address, when a kubeconfig or in-cluster credentials exist)")
+	fs.Lookup("kube-enroll").NoOptDefVal = agent.KubeEnrollOn
+	str(&cfg.Kubeconfig, "kubeconfig", "KUBECONFIG", "", "kubeconfig file for --kube-enroll (default: in-cluster credentials)")
 	str(&cfg.PodName, "pod-name", "POD_NAME", "", "the agent's pod name (sent to istiod)")
 	str(&cfg.PodNamespace, "pod-namespace", "POD_NAMESPACE", "", "the agent's pod namespace (sent to istiod)")
 	str(&cfg.InstanceIP, "instance-ip", "INSTANCE_IP", "", "the agent's pod IP (sent to istiod)")
