@@ -5,20 +5,36 @@
  * capture.c: steer the TCP connections of enrolled pods into the agent's
  * transparent listeners in the node network namespace.
  *
- * Attached with TCX (or clsact) at ingress of every pod's host-side veth and
- * of every uplink. For a TCP packet whose source or destination is a pod in
- * the pods map it:
- *   1. looks up an existing socket for the exact tuple (established first) and,
- *      if there is one, assigns the packet to it: this carries the agent's own
+ * Two programs share the maps:
+ *
+ * capture (tc) is attached with TCX (or clsact) at ingress of every pod's
+ * host-side veth and of every uplink. For a TCP packet whose source or
+ * destination is a pod in the pods map it:
+ *   1. looks up an existing socket for the exact tuple (established first)
+ *      and, if there is one, marks the packet: this carries the agent's own
  *      flows (replies to spoofed upstream connections, packets of accepted
  *      connections) and keeps draining pods working;
- *   2. otherwise, for a pure SYN of an enrolled pod, assigns the agent's
- *      outbound (from the pod), HBONE (to the pod's hbone_port) or inbound
- *      plaintext (to any other port) listener, taken from the listeners
- *      SOCKMAP.
- * Every assigned packet gets capture_mark so that policy routing
- * (fwmark -> local table) delivers it locally. Packets are never rewritten:
- * the agent reads the original destination with getsockname().
+ *   2. otherwise, for a pure SYN of an enrolled pod that is to be captured
+ *      (see decide), checks that the listener is there and marks the SYN.
+ * Marked packets (capture_mark) are delivered locally by policy routing
+ * (fwmark -> local table), where the kernel's own TCP input takes over.
+ *
+ * capture_lookup (sk_lookup) is attached to the node network namespace and
+ * runs when TCP input looks for a listener, after the established table
+ * missed or when a SYN may reopen a TIME_WAIT connection. It applies the same
+ * decide() to the lookup's tuple and arriving interface and selects the
+ * listener from the listeners SOCKMAP.
+ *
+ * Selecting the listener at lookup time, rather than with bpf_sk_assign at tc,
+ * matters when a new SYN reuses the 4-tuple of a connection the agent closed
+ * first and still holds in TIME_WAIT: the kernel then retires the TIME_WAIT
+ * socket (tcp_timewait_state_process, TCP_TW_SYN) before it asks for the
+ * listener. A listener assigned at tc skips that, and the request socket it
+ * creates collides with the TIME_WAIT entry and is silently dropped until the
+ * entry expires.
+ *
+ * Packets are never rewritten: the agent reads the original destination with
+ * getsockname().
  */
 
 #include "bpf_min.h"
@@ -69,17 +85,20 @@ struct flow {
 	__u8 v6;
 };
 
-static __always_inline int finish(struct __sk_buff *skb, enum verdict v, long err)
+static __always_inline void count(enum verdict v)
+{
+	__u64 *n = bpf_map_lookup_elem(&stats, &v);
+	if (n)
+		*n += 1;
+}
+
+static __always_inline int finish(struct __sk_buff *skb, enum verdict v)
 {
 	/* PASS, by far the most common verdict, is not counted: it would cost
 	 * a map lookup for every packet of the node. */
-	if (v != VERDICT_PASS) {
-		__u64 *n = bpf_map_lookup_elem(&stats, &v);
-		if (n)
-			*n += 1;
-	}
+	if (v != VERDICT_PASS)
+		count(v);
 	skb->cb[0] = v;
-	skb->cb[1] = (__u32)err;
 	switch (v) {
 	case VERDICT_ESTABLISHED:
 	case VERDICT_OUTBOUND:
@@ -88,7 +107,6 @@ static __always_inline int finish(struct __sk_buff *skb, enum verdict v, long er
 		skb->mark = (skb->mark & ~capture_mark_mask) | capture_mark;
 		return TC_ACT_OK;
 	case VERDICT_NO_LISTENER:
-	case VERDICT_ASSIGN_FAILED:
 		return TC_ACT_SHOT;
 	default:
 		return TC_ACT_UNSPEC;
@@ -168,30 +186,52 @@ static __always_inline int parse(struct __sk_buff *skb, __u32 l2, struct flow *f
 	return 0;
 }
 
+/* pods_of looks up the pod entries of a connection's source and destination.
+ * A pod's entry only speaks for packets that arrive on its own interface
+ * (ifindex): a spoofed source elsewhere is not outbound capture. */
+static __always_inline void pods_of(struct pod_key *src_key, struct pod_key *dst_key, __u32 ifindex,
+				    struct pod_info **src, struct pod_info **dst)
+{
+	struct pod_info *s = bpf_map_lookup_elem(&pods, src_key);
+	if (s && s->ifindex != ifindex)
+		s = 0;
+	*src = s;
+	*dst = bpf_map_lookup_elem(&pods, dst_key);
+}
+
+/* decide returns the listener that a new connection from src to dst (their
+ * pod entries, either may be missing) on destination port dport is captured
+ * into, or LISTENER_MAX when it is not captured. Both programs use it, so tc
+ * never marks a SYN that sk_lookup would not steer. */
+static __always_inline enum listener decide(struct pod_info *src, struct pod_info *dst, __be16 dport)
+{
+	if (src && (src->flags & POD_ENROLLED))
+		return LISTENER_OUTBOUND;
+	if (dst && (dst->flags & POD_ENROLLED)) {
+		if (dport == bpf_htons(hbone_port))
+			return LISTENER_HBONE;
+		return LISTENER_INBOUND;
+	}
+	return LISTENER_MAX; /* neither end enrolled, or draining */
+}
+
 static __always_inline int steer(struct __sk_buff *skb, __u32 l2)
 {
 	struct flow f = {};
 	struct pod_info *src, *dst;
 	struct bpf_sock *sk;
-	enum listener key;
-	long err;
 
 	if ((skb->mark & own_mark_mask) == own_mark)
-		return finish(skb, VERDICT_PASS, 0);
+		return finish(skb, VERDICT_PASS);
 	if (parse(skb, l2, &f) < 0)
-		return finish(skb, VERDICT_PASS, 0);
+		return finish(skb, VERDICT_PASS);
 
-	/* A pod's entry only speaks for packets that arrive on its own
-	 * interface: a spoofed source elsewhere is not outbound capture. */
-	src = bpf_map_lookup_elem(&pods, &f.src);
-	if (src && src->ifindex != skb->ingress_ifindex)
-		src = 0;
-	dst = bpf_map_lookup_elem(&pods, &f.dst);
+	pods_of(&f.src, &f.dst, skb->ingress_ifindex, &src, &dst);
 	/* Sequential branches: clang may fold (!src && !dst) into a pointer OR
 	 * that the verifier rejects. */
 	if (!src) {
 		if (!dst)
-			return finish(skb, VERDICT_PASS, 0);
+			return finish(skb, VERDICT_PASS);
 	}
 
 	/* Established (or half-open, or time-wait) socket first, so flows the
@@ -201,51 +241,52 @@ static __always_inline int steer(struct __sk_buff *skb, __u32 l2)
 	else
 		sk = bpf_skc_lookup_tcp(skb, &f.tuple, sizeof(f.tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
 	if (sk) {
-		if (sk->state == BPF_TCP_LISTEN || (sk->state == BPF_TCP_TIME_WAIT && f.syn && !f.ack)) {
-			bpf_sk_release(sk);
-		} else {
-			/* Marking is enough: policy routing delivers the packet
-			 * locally and the stack finds this socket itself, through
-			 * early demux (which bpf_sk_assign would disable, costing
-			 * a full route lookup per packet). */
-			bpf_sk_release(sk);
-			return finish(skb, VERDICT_ESTABLISHED, 0);
-		}
+		/* A listener means no connection exists: the lookup fell
+		 * through to the listener lookup (where capture_lookup itself
+		 * answers for connections to capture). A pure SYN that meets a
+		 * TIME_WAIT socket may open a new connection: it is decided
+		 * below like any SYN, and TCP input retires the TIME_WAIT
+		 * socket before capture_lookup selects the listener. Anything
+		 * else on a TIME_WAIT socket (a retransmitted FIN, a late ACK)
+		 * is that socket's. */
+		int is_new = sk->state == BPF_TCP_LISTEN || (sk->state == BPF_TCP_TIME_WAIT && f.syn && !f.ack);
+		bpf_sk_release(sk);
+		/* Marking is enough: policy routing delivers the packet
+		 * locally and the stack finds this socket itself, through
+		 * early demux (which bpf_sk_assign would disable, costing a
+		 * full route lookup per packet). */
+		if (!is_new)
+			return finish(skb, VERDICT_ESTABLISHED);
 	}
 
 	/* Only a connection's first SYN is ever captured: flows that started
 	 * before enrollment stay on their direct path. */
 	if (!f.syn || f.ack)
-		return finish(skb, VERDICT_PASS, 0);
+		return finish(skb, VERDICT_PASS);
 
+	enum listener key = decide(src, dst, f.dport);
 	enum verdict v;
-	if (src && (src->flags & POD_ENROLLED)) {
-		key = LISTENER_OUTBOUND;
+	switch (key) {
+	case LISTENER_OUTBOUND:
 		v = VERDICT_OUTBOUND;
-	} else if (dst && (dst->flags & POD_ENROLLED)) {
-		if (f.dport == bpf_htons(hbone_port)) {
-			key = LISTENER_HBONE;
-			v = VERDICT_HBONE;
-		} else {
-			key = LISTENER_INBOUND;
-			v = VERDICT_INBOUND;
-		}
-	} else {
-		return finish(skb, VERDICT_PASS, 0); /* draining */
+		break;
+	case LISTENER_INBOUND:
+		v = VERDICT_INBOUND;
+		break;
+	case LISTENER_HBONE:
+		v = VERDICT_HBONE;
+		break;
+	default:
+		return finish(skb, VERDICT_PASS);
 	}
-
+	/* Without its listener (the agent is restarting) the SYN is dropped
+	 * here, so that its client retransmits it, rather than delivered
+	 * locally to nothing (a reset) or to some other node listener. */
 	sk = bpf_map_lookup_elem(&listeners, &key);
 	if (!sk)
-		return finish(skb, VERDICT_NO_LISTENER, 0);
-	/* The verdict is recorded before the assignment result is known so
-	 * that BPF_PROG_TEST_RUN, where bpf_sk_assign returns -EOPNOTSUPP,
-	 * still shows the decision; cb[1] carries the error. */
-	skb->cb[2] = v;
-	err = bpf_sk_assign(skb, sk, 0);
+		return finish(skb, VERDICT_NO_LISTENER);
 	bpf_sk_release(sk);
-	if (err)
-		return finish(skb, VERDICT_ASSIGN_FAILED, err);
-	return finish(skb, v, 0);
+	return finish(skb, v);
 }
 
 /* capture is attached to Ethernet devices (veth, physical NICs, vxlan,
@@ -255,4 +296,67 @@ SEC("tc")
 int capture(struct __sk_buff *skb)
 {
 	return steer(skb, ETH_HLEN);
+}
+
+static __always_inline void v6_key(struct pod_key *k, const __u32 *addr)
+{
+	__u32 *w = (__u32 *)k->addr;
+	/* Word by word: sk_lookup context fields allow loads of 4 bytes at most. */
+	w[0] = addr[0];
+	w[1] = addr[1];
+	w[2] = addr[2];
+	w[3] = addr[3];
+}
+
+/* capture_lookup is attached to the node network namespace (sk_lookup). It
+ * runs for every TCP listener lookup there (TCP input, but also
+ * bpf_skc_lookup_tcp in capture and netfilter socket matches), so it only
+ * acts on connections that decide() captures. Those only reach TCP input
+ * because capture marked their SYN (pod addresses are never local), except
+ * connections from an enrolled pod to a node address, which capture marks
+ * too. It cannot see TCP flags: a non-SYN segment that misses the
+ * established table gets the listener too, which answers it with a reset as
+ * any listener would. */
+SEC("sk_lookup")
+int capture_lookup(struct bpf_sk_lookup *ctx)
+{
+	struct pod_key src_key, dst_key;
+	struct pod_info *src, *dst;
+	struct bpf_sock *sk;
+
+	if (ctx->protocol != IPPROTO_TCP)
+		return SK_PASS;
+	if (ctx->family == AF_INET) {
+		v4_key(&src_key, ctx->remote_ip4);
+		v4_key(&dst_key, ctx->local_ip4);
+	} else if (ctx->family == AF_INET6) {
+		v6_key(&src_key, ctx->remote_ip6);
+		v6_key(&dst_key, ctx->local_ip6);
+	} else {
+		return SK_PASS;
+	}
+	pods_of(&src_key, &dst_key, ctx->ingress_ifindex, &src, &dst);
+	if (!src) {
+		if (!dst)
+			return SK_PASS;
+	}
+	enum listener key = decide(src, dst, bpf_htons((__u16)ctx->local_port));
+	if (key == LISTENER_MAX)
+		return SK_PASS;
+
+	/* From here on the connection is the agent's: rather than let the
+	 * regular lookup find some other node listener, drop it (TCP input
+	 * then answers with a reset). */
+	sk = bpf_map_lookup_elem(&listeners, &key);
+	if (!sk) {
+		count(VERDICT_NO_LISTENER);
+		return SK_DROP;
+	}
+	long err = bpf_sk_assign(ctx, sk, 0);
+	bpf_sk_release(sk);
+	if (err) {
+		count(VERDICT_ASSIGN_FAILED);
+		return SK_DROP;
+	}
+	return SK_PASS;
 }

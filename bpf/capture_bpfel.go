@@ -62,6 +62,7 @@ const (
 	CaptureMapPods            = "pods"
 	CaptureMapStats           = "stats"
 	CaptureProgCapture        = "capture"
+	CaptureProgCaptureLookup  = "capture_lookup"
 	CaptureVarCaptureMark     = "capture_mark"
 	CaptureVarCaptureMarkMask = "capture_mark_mask"
 	CaptureVarHbonePort       = "hbone_port"
@@ -111,7 +112,8 @@ type CaptureSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type CaptureProgramSpecs struct {
-	Capture *ebpf.ProgramSpec `ebpf:"capture"`
+	Capture       *ebpf.ProgramSpec `ebpf:"capture"`
+	CaptureLookup *ebpf.ProgramSpec `ebpf:"capture_lookup"`
 }
 
 // CaptureMapSpecs contains maps before they are loaded into the kernel.
@@ -182,12 +184,14 @@ type CaptureVariables struct {
 //
 // It can be passed to LoadCaptureObjects or ebpf.CollectionSpec.LoadAndAssign.
 type CapturePrograms struct {
-	Capture *ebpf.Program `ebpf:"capture"`
+	Capture       *ebpf.Program `ebpf:"capture"`
+	CaptureLookup *ebpf.Program `ebpf:"capture_lookup"`
 }
 
 func (p *CapturePrograms) Close() error {
 	return _CaptureClose(
 		p.Capture,
+		p.CaptureLookup,
 	)
 }
 

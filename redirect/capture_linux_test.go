@@ -249,6 +249,9 @@ func testRestart(t *testing.T, mode redirect.Mode) {
 	l, a, pod, remote := setup(t, mode)
 	node := l.Nodes[0]
 	before := hooks(t, node)
+	if mode == redirect.ModeEBPF && (before.MaxPerIface != 1 || before.Lookups != 1) {
+		t.Fatalf("hooks = %+v, want one tc program per hooked interface and one sk_lookup program", before)
+	}
 	a.stop()
 
 	// While no agent runs, a new connection from the enrolled pod is held (its SYNs are dropped), not leaked.
@@ -321,6 +324,7 @@ func testCleanup(t *testing.T, mode redirect.Mode) {
 type hookState struct {
 	Programs    int  // TCX ingress programs over all interfaces
 	MaxPerIface int  // most TCX ingress programs on one interface
+	Lookups     int  // sk_lookup programs attached to the node namespace
 	PinnedLinks int  // files under <PinDir>/links
 	PinnedMaps  int  // map pins under <PinDir>
 	Rules       int  // policy rules pointing at the capture table
@@ -357,6 +361,16 @@ func hooks(tb testing.TB, node *lab.Node) hookState {
 			h.Programs += len(res.Programs)
 			h.MaxPerIface = max(h.MaxPerIface, len(res.Programs))
 		}
+		ns, err := os.Open(node.NS.Path())
+		if err != nil {
+			return err
+		}
+		defer ns.Close()
+		res, err := link.QueryPrograms(link.QueryOptions{Target: int(ns.Fd()), Attach: ebpf.AttachSkLookup})
+		if err != nil {
+			return err
+		}
+		h.Lookups = len(res.Programs)
 		return nil
 	})
 	if err != nil {

@@ -12,17 +12,23 @@
 // Two modes do the same job with the same listeners, policy routing and original-destination handling:
 //
 //   - ModeEBPF: a tc program (package bpf) attached with TCX at ingress of every veth and uplink of the node
-//     namespace assigns the SYNs of enrolled pods to the listeners (kept in a SOCKMAP) and the packets of existing
-//     node sockets to those sockets, and marks them; a policy rule sends marked packets to a local routing table.
-//     Enrollment is a write to a pinned hash map. Needs Linux 6.6 (TCX) with bpf_sk_assign and SOCKMAP lookups.
+//     namespace marks the SYNs of enrolled pods and the packets of existing node sockets; a policy rule sends
+//     marked packets to a local routing table, so the kernel's own TCP input receives them. When that input looks
+//     for a listener, an sk_lookup program attached to the node namespace selects the agent's listener (kept in a
+//     SOCKMAP) for the connections to capture. Choosing the listener there, not at tc, lets the kernel retire a
+//     TIME_WAIT socket of the agent's that a new SYN reuses (TPROXY does the same), instead of dropping that SYN
+//     until the TIME_WAIT socket expires. Enrollment is a write to a pinned hash map.
+//     Kernel features: TCX links (Linux 6.6), bpf_skc_lookup_tcp in tc (5.2), SOCKMAP lookups from BPF (5.9),
+//     sk_lookup programs with bpf_sk_assign (5.9) and their ingress_ifindex (5.17), netns bpf_links. The
+//     minimum is Linux 6.6 (TCX); Probe checks each.
 //   - ModeTPROXY: nftables "tproxy" rules in the node namespace, driven by nftables sets of enrolled pods.
 //
 // ModeAuto probes the kernel and uses eBPF when it can, TPROXY otherwise; Probe reports the missing feature by
 // name.
 //
-// Capture outlives the process: maps and links are pinned under bpffs (eBPF) and the nftables table stays in the
-// kernel (TPROXY), so a restarted agent calls New again and re-adopts what is installed, replacing the program
-// in the existing links. While no agent runs, the SYNs of enrolled pods are dropped (retransmitted by their
+// Capture outlives the process: maps and links (TCX and sk_lookup) are pinned under bpffs (eBPF) and the nftables
+// table stays in the kernel (TPROXY), so a restarted agent calls New again and re-adopts what is installed,
+// replacing the programs in the existing links. While no agent runs, the SYNs of enrolled pods are dropped (retransmitted by their
 // clients) rather than leaking past the mesh. Close releases the process's handles and leaves capture in place;
 // Cleanup removes everything that New installed.
 //

@@ -26,8 +26,11 @@ import (
 // linkPinPrefix names pinned TCX links: <PinDir>/links/tcx_<ifindex>.
 const linkPinPrefix = "tcx_"
 
+// lookupPinName names the pinned sk_lookup link of the node namespace: <PinDir>/links/sk_lookup.
+const lookupPinName = "sk_lookup"
+
 // ebpfRedirector is ModeEBPF: the capture program attached with TCX to every veth and uplink of the node
-// namespace, enrollment in the pinned pods map.
+// namespace, its listener selection attached to the namespace (sk_lookup), enrollment in the pinned pods map.
 type ebpfRedirector struct {
 	o       Options
 	ns      nsRunner
@@ -35,6 +38,7 @@ type ebpfRedirector struct {
 	nl      *netlink.Handle
 	objs    bpf.CaptureObjects
 	linkDir string
+	lookup  link.Link // the sk_lookup link of the node namespace
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 
@@ -92,6 +96,10 @@ func newEBPF(ctx context.Context, o Options, ns nsRunner) (_ *ebpfRedirector, er
 		} else if err := applyNFT(ctx, ns, ebpfRuleset(r.nftConfig())); err != nil {
 			return nil, fmt.Errorf("install notrack rule: %w", err)
 		}
+	}
+	// Listener selection first: the tc program adopted links get from here on only marks SYNs.
+	if err := r.attachLookup(); err != nil {
+		return nil, err
 	}
 	if err := r.adoptLinks(); err != nil {
 		return nil, err
@@ -189,6 +197,56 @@ func (r *ebpfRedirector) setListeners(l Listeners) error {
 	return nil
 }
 
+// attachLookup attaches capture_lookup to the node namespace and pins the link, or takes over the link an
+// earlier process pinned there, replacing its program (atomically, so listener selection never stops).
+func (r *ebpfRedirector) attachLookup() error {
+	path := filepath.Join(r.linkDir, lookupPinName)
+	var ns *os.File
+	err := r.ns.do(func() error {
+		var err error
+		ns, err = os.Open("/proc/thread-self/ns/net")
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("open node netns: %w", err)
+	}
+	defer ns.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(ns.Fd()), &st); err != nil {
+		return fmt.Errorf("stat node netns: %w", err)
+	}
+	if l, err := link.LoadPinnedLink(path, nil); err == nil {
+		info, ierr := l.Info()
+		if ierr == nil && info.NetNs() != nil && info.NetNs().NetnsInode == uint32(st.Ino) {
+			if err := l.Update(r.objs.CaptureLookup); err != nil {
+				l.Close()
+				return fmt.Errorf("replace program of pinned link %s: %w", path, err)
+			}
+			r.lookup = l
+			return nil
+		}
+		r.log.Warn("dropping pinned sk_lookup link of another namespace", "path", path)
+		l.Unpin()
+		l.Close()
+	} else if !errors.Is(err, os.ErrNotExist) {
+		r.log.Warn("dropping unreadable pinned link", "path", path, "error", err)
+		os.Remove(path)
+	}
+	l, err := link.AttachNetNs(int(ns.Fd()), r.objs.CaptureLookup)
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		return missing("sk_lookup programs (Linux 5.9)", err)
+	}
+	if err != nil {
+		return fmt.Errorf("attach sk_lookup to the node namespace: %w", err)
+	}
+	if err := l.Pin(path); err != nil {
+		l.Close()
+		return fmt.Errorf("pin sk_lookup link: %w", err)
+	}
+	r.lookup = l
+	return nil
+}
+
 // adoptLinks takes over the TCX links pinned by an earlier process: it replaces their program with the one just
 // loaded (atomically, so capture never stops) and drops the links whose interface is gone.
 func (r *ebpfRedirector) adoptLinks() error {
@@ -197,6 +255,9 @@ func (r *ebpfRedirector) adoptLinks() error {
 		return fmt.Errorf("read %s: %w", r.linkDir, err)
 	}
 	for _, e := range ents {
+		if e.Name() == lookupPinName {
+			continue
+		}
 		path := filepath.Join(r.linkDir, e.Name())
 		l, err := link.LoadPinnedLink(path, nil)
 		if err != nil {
@@ -588,19 +649,22 @@ func (r *ebpfRedirector) release() {
 		delete(r.links, idx)
 	}
 	r.mu.Unlock()
+	if r.lookup != nil {
+		r.lookup.Close()
+	}
 	r.objs.Close()
 	if r.nl != nil {
 		r.nl.Close()
 	}
 }
 
-// cleanupEBPF removes the pinned links (detaching the program) and maps, and the pin directory.
+// cleanupEBPF removes the pinned links (detaching the programs) and maps, and the pin directory.
 func cleanupEBPF(o Options) error {
 	var errs []error
 	linkDir := filepath.Join(o.PinDir, "links")
 	if ents, err := os.ReadDir(linkDir); err == nil {
 		for _, e := range ents {
-			if !strings.HasPrefix(e.Name(), linkPinPrefix) {
+			if !strings.HasPrefix(e.Name(), linkPinPrefix) && e.Name() != lookupPinName {
 				continue
 			}
 			path := filepath.Join(linkDir, e.Name())

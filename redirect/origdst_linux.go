@@ -16,7 +16,7 @@ const soOriginalDst = 80
 
 // OriginalDst returns the destination that the client of conn dialled. It asks conntrack first
 // (SO_ORIGINAL_DST, for connections that were NATed by a REDIRECT or DNAT rule) and otherwise returns the local
-// address, which is the original destination for connections captured by bpf_sk_assign or tproxy. IPv4 addresses
+// address, which is the original destination for connections captured by eBPF (sk_lookup) or tproxy. IPv4 addresses
 // are returned unmapped.
 func OriginalDst(conn net.Conn) (netip.AddrPort, error) {
 	sc, ok := conn.(syscall.Conn)

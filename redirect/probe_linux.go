@@ -50,7 +50,6 @@ func probeEBPF(o Options) error {
 		name string
 	}{
 		{asm.FnSkcLookupTcp, "bpf_skc_lookup_tcp helper in tc programs (Linux 5.2)"},
-		{asm.FnSkAssign, "bpf_sk_assign helper in tc programs (Linux 5.7)"},
 		{asm.FnSkRelease, "bpf_sk_release helper in tc programs (Linux 4.20)"},
 	}
 	for _, h := range helpers {
@@ -60,6 +59,12 @@ func probeEBPF(o Options) error {
 	}
 	if err := features.HaveMapType(ebpf.SockMap); err != nil {
 		return missing("SOCKMAP maps (Linux 4.14)", err)
+	}
+	if err := features.HaveProgramType(ebpf.SkLookup); err != nil {
+		return missing("BPF sk_lookup programs (Linux 5.9)", err)
+	}
+	if err := features.HaveProgramHelper(ebpf.SkLookup, asm.FnSkAssign); err != nil {
+		return missing("bpf_sk_assign helper in sk_lookup programs (Linux 5.9)", err)
 	}
 	if err := probeTCX(); err != nil {
 		return err

@@ -16,7 +16,8 @@ type Mode string
 const (
 	// ModeAuto uses ModeEBPF when Probe finds every feature it needs, else ModeTPROXY.
 	ModeAuto Mode = "auto"
-	// ModeEBPF captures with a TCX program and bpf_sk_assign (Linux 6.6+).
+	// ModeEBPF captures with a TCX program that marks packets and an sk_lookup program that selects the
+	// listeners (Linux 6.6+).
 	ModeEBPF Mode = "ebpf"
 	// ModeTPROXY captures with nftables tproxy rules.
 	ModeTPROXY Mode = "tproxy"

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * bpf_min.h: the small part of the Linux UAPI and of the libbpf helper
- * macros that Ambit's tc programs use, so that building them needs only
+ * macros that Ambit's tc and sk_lookup programs use, so that building them needs only
  * clang (no kernel or libbpf headers). Layouts are copied from the stable
  * UAPI (linux/bpf.h, linux/if_ether.h, linux/ip.h, linux/ipv6.h,
  * linux/tcp.h, linux/pkt_cls.h); helper numbers are from enum bpf_func_id.
@@ -135,6 +135,26 @@ struct bpf_sock {
 	__s32 rx_queue_mapping;
 };
 
+/* struct bpf_sk_lookup is the context of BPF_PROG_TYPE_SK_LOOKUP programs
+ * (ingress_ifindex since Linux 5.17). Fields are read with loads of at most
+ * 4 bytes. */
+struct bpf_sk_lookup {
+	union {
+		__bpf_md_ptr(struct bpf_sock *, sk); /* selected socket */
+		__u64 cookie; /* non-zero if a socket was selected in BPF_PROG_TEST_RUN */
+	};
+	__u32 family;
+	__u32 protocol;
+	__u32 remote_ip4;    /* network byte order */
+	__u32 remote_ip6[4]; /* network byte order */
+	__be16 remote_port;  /* network byte order */
+	__u16 : 16;
+	__u32 local_ip4;    /* network byte order */
+	__u32 local_ip6[4]; /* network byte order */
+	__u32 local_port;   /* host byte order */
+	__u32 ingress_ifindex;
+};
+
 struct bpf_sock_tuple {
 	union {
 		struct {
@@ -158,7 +178,14 @@ static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)1;
 static long (*bpf_sk_release)(void *sock) = (void *)86;
 static struct bpf_sock *(*bpf_skc_lookup_tcp)(void *ctx, struct bpf_sock_tuple *tuple, __u32 tuple_size,
 					      __u64 netns, __u64 flags) = (void *)99;
+/* In tc programs ctx is the skb; in sk_lookup programs it is the lookup
+ * context (then sk must be a listening TCP socket for TCP lookups). */
 static long (*bpf_sk_assign)(void *ctx, void *sk, __u64 flags) = (void *)124;
+
+/* ---- sk_lookup verdicts (enum sk_action) ---- */
+
+#define SK_DROP 0
+#define SK_PASS 1
 
 /* ---- linux/pkt_cls.h (tc and TCX verdicts) ---- */
 
@@ -173,6 +200,8 @@ static long (*bpf_sk_assign)(void *ctx, void *sk, __u64 flags) = (void *)124;
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
 #define IPPROTO_TCP 6
+#define AF_INET 2
+#define AF_INET6 10
 
 struct ethhdr {
 	unsigned char h_dest[ETH_ALEN];

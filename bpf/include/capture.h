@@ -8,17 +8,18 @@
 
 #include "bpf_min.h"
 
-/* verdict is what the program decided for one packet. It is written to
- * skb->cb[0] (so BPF_PROG_TEST_RUN returns it in ContextOut) and, except
- * VERDICT_PASS, counted in the per-CPU stats map. */
+/* verdict is what a program decided. The tc program writes its verdict to
+ * skb->cb[0] (so BPF_PROG_TEST_RUN returns it in ContextOut); both programs
+ * count every verdict but VERDICT_PASS in the per-CPU stats map. */
 enum verdict {
 	VERDICT_PASS = 0,          /* not ours: the next program or the stack decides */
-	VERDICT_ESTABLISHED = 1,   /* belongs to an existing node socket: assigned and marked */
-	VERDICT_OUTBOUND = 2,      /* SYN from an enrolled pod: assigned to the outbound listener */
-	VERDICT_INBOUND = 3,       /* SYN to an enrolled pod: assigned to the inbound plaintext listener */
-	VERDICT_HBONE = 4,         /* SYN to an enrolled pod's HBONE port: assigned to the HBONE listener */
-	VERDICT_NO_LISTENER = 5,   /* SYN to capture but the listener is missing (agent restarting): dropped */
-	VERDICT_ASSIGN_FAILED = 6, /* bpf_sk_assign refused the socket (cb[1] holds the error): dropped */
+	VERDICT_ESTABLISHED = 1,   /* tc: belongs to an existing node socket: marked */
+	VERDICT_OUTBOUND = 2,      /* tc: SYN from an enrolled pod: marked for the outbound listener */
+	VERDICT_INBOUND = 3,       /* tc: SYN to an enrolled pod: marked for the inbound plaintext listener */
+	VERDICT_HBONE = 4,         /* tc: SYN to an enrolled pod's HBONE port: marked for the HBONE listener */
+	VERDICT_NO_LISTENER = 5,   /* tc or sk_lookup: connection to capture but the listener is missing
+	                            * (agent restarting): dropped */
+	VERDICT_ASSIGN_FAILED = 6, /* sk_lookup: bpf_sk_assign refused the listener: dropped */
 	VERDICT_MAX = 7,
 };
 
