@@ -153,7 +153,13 @@ func New(opts Options) (*Engine, error) {
 		return opts.Dial(ctx, ap)
 	}
 	e.h1 = &http.Transport{
-		DialContext:         func(ctx context.Context, _, addr string) (net.Conn, error) { return dial(ctx, addr) },
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			c, err := dial(ctx, addr)
+			if err != nil {
+				return nil, err
+			}
+			return &countedConn{Conn: c}, nil
+		},
 		MaxIdleConnsPerHost: 256,
 		IdleConnTimeout:     90 * time.Second,
 		DisableCompression:  true,
@@ -332,3 +338,10 @@ type bufferPool struct{}
 
 func (bufferPool) Get() []byte  { return *(copyBuffers.Get().(*[]byte)) }
 func (bufferPool) Put(b []byte) { copyBuffers.Put(&b) }
+
+// countedConn counts the HTTP/1.1 requests sent on an upstream connection, for
+// maxRequestsPerConnection: the request that reaches the limit closes the connection when it ends.
+type countedConn struct {
+	net.Conn
+	requests atomic.Int64
+}

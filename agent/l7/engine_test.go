@@ -188,3 +188,45 @@ func FuzzServeConn(f *testing.F) {
 		}
 	})
 }
+
+func TestEngineMaxRequestsPerConnection(t *testing.T) {
+	tests := []struct {
+		name     string
+		limit    int
+		requests int
+		conns    int
+	}{
+		{"unlimited reuses one connection", 0, 6, 1},
+		{"one request per connection", 1, 4, 4},
+		{"two requests per connection", 2, 6, 3},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var mu sync.Mutex
+			remotes := map[string]bool{}
+			h := newHarness(t, 1, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				mu.Lock()
+				remotes[r.RemoteAddr] = true
+				mu.Unlock()
+			}))
+			h.eng.Update(&model.Config{Destinations: map[string]*model.Destination{h.svc.Hostname: {
+				Host: h.svc.Hostname, Policy: model.TrafficPolicy{Pool: model.ConnPool{MaxRequestsPerConn: tc.limit}}}}})
+			tr := &http.Transport{}
+			defer tr.CloseIdleConnections()
+			for range tc.requests {
+				resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("http://" + h.addr + "/")
+				if err != nil {
+					t.Fatal(err)
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				time.Sleep(5 * time.Millisecond) // let a retired connection close before the next request
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if len(remotes) != tc.conns {
+				t.Errorf("%d upstream connections, want %d", len(remotes), tc.conns)
+			}
+		})
+	}
+}

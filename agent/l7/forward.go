@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -126,9 +127,18 @@ func (e *Engine) attempt(req *http.Request, rs *reqState, ep upstream.Endpoint, 
 	if i > 0 {
 		out.Header.Set("X-Envoy-Attempt-Count", strconv.Itoa(i+1))
 	}
+	var conn *countedConn
 	if rs.http1 {
-		if rs.cluster.Policy().Pool.MaxRequestsPerConn == 1 {
+		switch limit := rs.cluster.Policy().Pool.MaxRequestsPerConn; {
+		case limit == 1:
 			out.Close = true
+		case limit > 1:
+			// Find the connection the transport uses; the request that reaches the limit retires it.
+			out = out.WithContext(httptrace.WithClientTrace(out.Context(), &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) {
+				if c, ok := i.Conn.(*countedConn); ok && c.requests.Add(1) >= int64(limit) {
+					conn = c
+				}
+			}}))
 		}
 		out.Proto, out.ProtoMajor, out.ProtoMinor = "HTTP/1.1", 1, 1
 	}
@@ -148,6 +158,10 @@ func (e *Engine) attempt(req *http.Request, rs *reqState, ep upstream.Endpoint, 
 			err = errTimeout
 		}
 		return nil, attemptCtx{}, err
+	}
+	if conn != nil {
+		// Close the connection once this response has been read; the transport then drops it.
+		resp.Body = wrapBody(resp.Body, func() { conn.Close() })
 	}
 	return resp, attemptCtx{cancel: cancel}, nil
 }
