@@ -45,3 +45,29 @@ func BenchmarkEngineDials(b *testing.B) {
 		resp.Body.Close()
 	}
 }
+
+// BenchmarkEngineH2C measures requests from one h2c client connection through the engine (HTTP/1.1
+// upstream), 1 KB responses.
+func BenchmarkEngineH2C(b *testing.B) {
+	body := make([]byte, 1024)
+	h := newHarness(b, 1, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write(body) }))
+	var protos http.Protocols
+	protos.SetUnencryptedHTTP2(true)
+	tr := &http.Transport{Protocols: &protos}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr}
+	url := "http://" + h.addr + "/"
+	b.ReportAllocs()
+	b.SetParallelism(8)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			resp, err := c.Get(url)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	})
+}
