@@ -21,30 +21,6 @@ import (
 	"github.com/ambit-mesh/ambit/agent/l7/policy"
 )
 
-// Errors returned by Authenticate; each means 401.
-var (
-	ErrUnknownIssuer = errors.New("jwt issuer is not configured")
-	ErrVerification  = errors.New("jwt verification fails")
-	ErrExpired       = errors.New("jwt is expired")
-	ErrAudience      = errors.New("audiences in jwt are not allowed")
-	ErrJWKS          = errors.New("jwks fetch failed")
-)
-
-// Message returns the 401 body Envoy's jwt_authn filter sends for err.
-func Message(err error) string {
-	switch {
-	case errors.Is(err, ErrUnknownIssuer):
-		return "Jwt issuer is not configured"
-	case errors.Is(err, ErrExpired):
-		return "Jwt is expired"
-	case errors.Is(err, ErrAudience):
-		return "Audiences in Jwt are not allowed"
-	case errors.Is(err, ErrJWKS):
-		return "Jwks remote fetch is failed"
-	}
-	return "Jwt verification fails"
-}
-
 // MaxTokenSize bounds the token read from a request (larger tokens fail verification).
 const MaxTokenSize = 16 << 10
 

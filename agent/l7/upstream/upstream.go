@@ -2,7 +2,6 @@ package upstream
 
 import (
 	"context"
-	"errors"
 	"hash/fnv"
 	"math/rand/v2"
 	"net/netip"
@@ -11,14 +10,6 @@ import (
 
 	"github.com/ambit-mesh/ambit/agent/l7/model"
 	"github.com/ambit-mesh/ambit/agent/state"
-)
-
-// Errors of Admit and Pick.
-var (
-	// ErrOverflow means a connection pool limit was hit (503, response flag UO).
-	ErrOverflow = errors.New("upstream overflow")
-	// ErrNoHealthy means no endpoint can take the request (503, response flag UH).
-	ErrNoHealthy = errors.New("no healthy upstream")
 )
 
 // Endpoint is one destination: a workload and its address (pod IP and target port).
