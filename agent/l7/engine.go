@@ -289,6 +289,12 @@ func (s *streamConn) CloseWrite() error {
 	return nil
 }
 
+var (
+	_ http.Handler = (*Engine)(nil)
+	_ net.Listener = (*chanListener)(nil)
+	_ net.Conn     = (*streamConn)(nil)
+)
+
 // chanListener hands connections to the shared HTTP/1.1 server.
 type chanListener struct {
 	ch     chan net.Conn

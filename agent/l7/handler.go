@@ -483,7 +483,7 @@ func redirectURL(r *http.Request, red *model.Redirect, m *model.Match) string {
 	if red.Port != 0 && !(scheme == "http" && red.Port == 80 || scheme == "https" && red.Port == 443) {
 		host = net.JoinHostPort(host, strconv.Itoa(int(red.Port)))
 	}
-	path := routing.RewritePath(r.URL.Path, red.FullPath, red.Prefix, red.PrefixSet, m)
+	path := routing.RewritePath(r.URL.Path, red.PathModifier, m)
 	u := scheme + "://" + host + path
 	if r.URL.RawQuery != "" {
 		u += "?" + r.URL.RawQuery
@@ -704,7 +704,7 @@ func applyRequestFilters(r *http.Request, f *model.Filters, m *model.Match) {
 			r.Host = rw.Hostname
 		}
 		if rw.FullPath != "" || rw.PrefixSet {
-			r.URL.Path = routing.RewritePath(r.URL.Path, rw.FullPath, rw.Prefix, rw.PrefixSet, m)
+			r.URL.Path = routing.RewritePath(r.URL.Path, rw.PathModifier, m)
 			r.URL.RawPath = ""
 		}
 	}

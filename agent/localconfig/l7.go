@@ -220,23 +220,23 @@ func headerMod(path string, f *gwv1.HTTPHeaderFilter) (model.HeaderMod, error) {
 	return m, nil
 }
 
-func pathModifier(path string, p *gwv1.HTTPPathModifier) (full, prefix string, prefixSet bool, err error) {
+func pathModifier(path string, p *gwv1.HTTPPathModifier) (model.PathModifier, error) {
 	if p == nil {
-		return "", "", false, nil
+		return model.PathModifier{}, nil
 	}
 	switch p.Type {
 	case gwv1.FullPathHTTPPathModifier:
 		if p.ReplaceFullPath == nil || !strings.HasPrefix(*p.ReplaceFullPath, "/") {
-			return "", "", false, fieldErr(path+".replaceFullPath", errors.New("must be an absolute path"))
+			return model.PathModifier{}, fieldErr(path+".replaceFullPath", errors.New("must be an absolute path"))
 		}
-		return *p.ReplaceFullPath, "", false, nil
+		return model.PathModifier{FullPath: *p.ReplaceFullPath}, nil
 	case gwv1.PrefixMatchHTTPPathModifier:
 		if p.ReplacePrefixMatch == nil {
-			return "", "", false, fieldErr(path+".replacePrefixMatch", errors.New("required"))
+			return model.PathModifier{}, fieldErr(path+".replacePrefixMatch", errors.New("required"))
 		}
-		return "", *p.ReplacePrefixMatch, true, nil
+		return model.PathModifier{Prefix: *p.ReplacePrefixMatch, PrefixSet: true}, nil
 	}
-	return "", "", false, fieldErr(path+".type", fmt.Errorf("unsupported %q", p.Type))
+	return model.PathModifier{}, fieldErr(path+".type", fmt.Errorf("unsupported %q", p.Type))
 }
 
 func (c *l7compiler) backendRef(path string, ref gwv1.BackendObjectReference, weight *int32, ns string) (model.Backend, error) {
@@ -308,7 +308,7 @@ func (c *l7compiler) filters(path string, fs []gwv1.HTTPRouteFilter, ns string, 
 			if f.URLRewrite.Hostname != nil {
 				rw.Hostname = string(*f.URLRewrite.Hostname)
 			}
-			rw.FullPath, rw.Prefix, rw.PrefixSet, err = pathModifier(p+".urlRewrite.path", f.URLRewrite.Path)
+			rw.PathModifier, err = pathModifier(p+".urlRewrite.path", f.URLRewrite.Path)
 			out.Rewrite = rw
 		case gwv1.HTTPRouteFilterRequestRedirect:
 			if rule == nil {
@@ -334,7 +334,7 @@ func (c *l7compiler) filters(path string, fs []gwv1.HTTPRouteFilter, ns string, 
 			if rr.Port != nil {
 				red.Port = uint16(*rr.Port)
 			}
-			red.FullPath, red.Prefix, red.PrefixSet, err = pathModifier(p+".requestRedirect.path", rr.Path)
+			red.PathModifier, err = pathModifier(p+".requestRedirect.path", rr.Path)
 			rule.Redirect = red
 		case gwv1.HTTPRouteFilterRequestMirror:
 			if rule == nil {
@@ -746,8 +746,8 @@ func (c *l7compiler) virtualService(ns, name string, spec *networkingapi.Virtual
 			}
 		}
 		if hr.Redirect != nil {
-			rule.Redirect = &model.Redirect{FullPath: hr.Redirect.Uri, Hostname: hr.Redirect.Authority, Scheme: hr.Redirect.Scheme,
-				StatusCode: int(cmp.Or(hr.Redirect.RedirectCode, 301)), Port: uint16(hr.Redirect.GetPort())}
+			rule.Redirect = &model.Redirect{PathModifier: model.PathModifier{FullPath: hr.Redirect.Uri}, Hostname: hr.Redirect.Authority,
+				Scheme: hr.Redirect.Scheme, StatusCode: int(cmp.Or(hr.Redirect.RedirectCode, 301)), Port: uint16(hr.Redirect.GetPort())}
 		}
 		if rule.Timeout, err = pbDuration(path+".timeout", hr.Timeout); err != nil {
 			return nil, err

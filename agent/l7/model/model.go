@@ -140,13 +140,18 @@ func (m *HeaderMod) Empty() bool { return len(m.Set) == 0 && len(m.Add) == 0 && 
 // Header is a name and value.
 type Header struct{ Name, Value string }
 
-// Rewrite rewrites the host and path before forwarding.
-type Rewrite struct {
-	Hostname string
-	// FullPath replaces the whole path; PrefixSet replaces the matched PathPrefix with Prefix.
+// PathModifier changes a path: FullPath replaces the whole path; with PrefixSet, the matched
+// PathPrefix is replaced by Prefix.
+type PathModifier struct {
 	FullPath  string
 	Prefix    string
 	PrefixSet bool
+}
+
+// Rewrite rewrites the host and path before forwarding.
+type Rewrite struct {
+	Hostname string
+	PathModifier
 }
 
 // Redirect answers with a redirect instead of forwarding.
@@ -154,10 +159,8 @@ type Redirect struct {
 	Scheme     string
 	Hostname   string
 	Port       uint16
-	FullPath   string
-	Prefix     string
-	PrefixSet  bool
 	StatusCode int
+	PathModifier
 }
 
 // Mirror sends a copy of Percent of the requests to Backend, ignoring the answer.

@@ -260,13 +260,14 @@ func PickBackend(bs []model.Backend, n func(total uint64) uint64) (*model.Backen
 
 // RewritePath applies a rewrite or redirect path modifier: the full path, or the matched prefix
 // replaced (Gateway API ReplacePrefixMatch semantics).
-func RewritePath(path string, full string, prefix string, prefixSet bool, m *model.Match) string {
-	if full != "" {
-		return full
+func RewritePath(path string, mod model.PathModifier, m *model.Match) string {
+	if mod.FullPath != "" {
+		return mod.FullPath
 	}
-	if !prefixSet || m == nil || m.PathKind != model.PathPrefix {
+	if !mod.PrefixSet || m == nil || m.PathKind != model.PathPrefix {
 		return path
 	}
+	prefix := mod.Prefix
 	matched := strings.TrimSuffix(m.Path, "/")
 	rest := strings.TrimPrefix(path, matched)
 	np := strings.TrimSuffix(prefix, "/")

@@ -140,7 +140,7 @@ func TestRewritePath(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := RewritePath(tc.path, tc.full, tc.prefix, tc.set, pm); got != tc.want {
+			if got := RewritePath(tc.path, model.PathModifier{FullPath: tc.full, Prefix: tc.prefix, PrefixSet: tc.set}, pm); got != tc.want {
 				t.Errorf("got %q, want %q", got, tc.want)
 			}
 		})
