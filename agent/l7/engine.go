@@ -31,7 +31,11 @@ const (
 	h2StreamUploadLimit = 256 << 10
 	h2ConnUploadLimit   = 1 << 20
 	maxMirrorsInFlight  = 64
+	// DefaultConnectTimeout bounds connecting to an endpoint without a DestinationRule connectTimeout.
+	DefaultConnectTimeout = 10 * time.Second
 )
+
+type connectTimeoutKey struct{}
 
 // View is the state the engine reads: services, their endpoints and workloads.
 type View interface {
@@ -150,7 +154,18 @@ func New(opts Options) (*Engine, error) {
 		if err != nil {
 			return nil, fmt.Errorf("dial endpoint %q: %w", addr, err)
 		}
-		return opts.Dial(ctx, ap)
+		// The DestinationRule's connect timeout (Istio's default 10 s) bounds establishing the connection.
+		d, _ := ctx.Value(connectTimeoutKey{}).(time.Duration)
+		if d <= 0 {
+			d = DefaultConnectTimeout
+		}
+		ctx, cancel := context.WithTimeout(ctx, d)
+		defer cancel()
+		c, err := opts.Dial(ctx, ap)
+		if err != nil {
+			return nil, &connectError{err: err}
+		}
+		return c, nil
 	}
 	e.h1 = &http.Transport{
 		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {

@@ -230,3 +230,39 @@ func TestEngineMaxRequestsPerConnection(t *testing.T) {
 		})
 	}
 }
+
+// TestEngineConnectTimeout checks that the DestinationRule connect timeout bounds establishing an
+// upstream connection (503 UF), using a dialer that never connects.
+func TestEngineConnectTimeout(t *testing.T) {
+	h := newHarness(t, 1, http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	svc := h.svc
+	store := state.NewStore()
+	w := &state.Workload{UID: "Kubernetes//Pod/app/stuck", Name: "stuck", Namespace: "app", Addresses: []netip.Addr{netip.MustParseAddr("127.0.0.9")},
+		Services: []state.ServiceRef{{Service: svc.Key()}}, Status: state.Healthy}
+	w.Validate()
+	store.Replace(&state.Snapshot{Workloads: []*state.Workload{w}, Services: []*state.Service{svc}})
+	eng, err := New(Options{Registerer: prometheus.NewRegistry(), State: store, Namespace: "app", Name: "wp",
+		Dial: func(ctx context.Context, _ netip.AddrPort) (net.Conn, error) { <-ctx.Done(); return nil, ctx.Err() }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close()
+	eng.Update(&model.Config{Destinations: map[string]*model.Destination{svc.Hostname: {Host: svc.Hostname,
+		Policy: model.TrafficPolicy{Pool: model.ConnPool{ConnectTimeout: 100 * time.Millisecond}}}}})
+	client, server := net.Pipe()
+	defer client.Close()
+	go eng.ServeConn(context.Background(), server, &ConnInfo{Remote: netip.MustParseAddrPort("127.0.0.1:1"),
+		Target: netip.MustParseAddrPort("10.96.0.10:80"), Service: svc, Protocol: state.AppProtocolHTTP11})
+	start := time.Now()
+	client.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(client, "GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(client), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	// Three tries (the default retry policy retries connect failures twice), each bounded by 100 ms.
+	if resp.StatusCode != http.StatusServiceUnavailable || time.Since(start) > 3*time.Second {
+		t.Errorf("status %d after %v, want 503 within the connect timeouts", resp.StatusCode, time.Since(start))
+	}
+}

@@ -116,6 +116,9 @@ func (e *Engine) attempt(req *http.Request, rs *reqState, ep upstream.Endpoint, 
 	if t := rs.rule.PerTryTimeout; t > 0 {
 		ctx, cancel = context.WithTimeout(req.Context(), t)
 	}
+	if d := rs.cluster.Policy().Pool.ConnectTimeout; d > 0 {
+		ctx = context.WithValue(ctx, connectTimeoutKey{}, d)
+	}
 	// req is the proxy's own outgoing request: a shallow copy with the endpoint address is enough.
 	out := req.WithContext(ctx)
 	u := *req.URL
@@ -151,7 +154,7 @@ func (e *Engine) attempt(req *http.Request, rs *reqState, ep upstream.Endpoint, 
 	}
 	if err != nil {
 		cancel()
-		if isDialError(err) {
+		if !errors.As(err, new(*connectError)) && isDialError(err) {
 			err = &connectError{err: err}
 		}
 		if ctx.Err() == context.DeadlineExceeded && req.Context().Err() == nil {
