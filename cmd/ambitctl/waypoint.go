@@ -49,6 +49,7 @@ func newWaypointCmd(rf *rootFlags) *cobra.Command {
 	}
 	cmd.PersistentFlags().StringVar(&wf.name, "name", defaultWaypointName, "name of the waypoint")
 	cmd.AddCommand(newGenerateCmd(wf), newBindingsCmd(rf))
+	addClusterCommands(cmd, wf)
 	return cmd
 }
 
