@@ -487,17 +487,26 @@ func deleteWaypoints(ctx context.Context, out io.Writer, c *clusterClients, ns s
 	return multiError(errs)
 }
 
-// multiError formats errors as hashicorp/go-multierror does (istioctl aggregates delete failures with it).
+// multiError aggregates errors and formats them as hashicorp/go-multierror does (istioctl aggregates delete
+// failures with it).
 func multiError(errs []error) error {
-	switch len(errs) {
-	case 0:
+	if len(errs) == 0 {
 		return nil
-	case 1:
-		return fmt.Errorf("1 error occurred:\n\t* %s\n\n", errs[0])
 	}
-	points := make([]string, len(errs))
-	for i, err := range errs {
+	return aggregate(errs)
+}
+
+type aggregate []error
+
+func (a aggregate) Error() string {
+	if len(a) == 1 {
+		return fmt.Sprintf("1 error occurred:\n\t* %s\n\n", a[0])
+	}
+	points := make([]string, len(a))
+	for i, err := range a {
 		points[i] = "* " + err.Error()
 	}
-	return fmt.Errorf("%d errors occurred:\n\t%s\n\n", len(errs), strings.Join(points, "\n\t"))
+	return fmt.Sprintf("%d errors occurred:\n\t%s\n\n", len(a), strings.Join(points, "\n\t"))
 }
+
+func (a aggregate) Unwrap() []error { return a }
