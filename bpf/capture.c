@@ -74,11 +74,30 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } stats SEC(".maps");
 
+/* reopen holds the connections of a SYN that capture delivered to a TIME_WAIT
+ * socket of the agent although the connection is not captured (a draining
+ * pod reusing the 4-tuple of a connection the agent closed first). Forwarded,
+ * that SYN would be dropped: early demux attaches the TIME_WAIT socket to it
+ * and the forwarding path drops packets that carry a socket. Delivered
+ * locally, the TIME_WAIT socket may accept it as a new connection and ask for
+ * a listener; capture_lookup refuses one for the connections listed here (and
+ * forgets them), so the TIME_WAIT socket answers with an ACK, the client
+ * resets it (retiring it) and retransmits the SYN at once, and that SYN takes
+ * the direct path. Without the refusal a node listener on the same port could
+ * take the connection. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct flow_key);
+	__type(value, __u8);
+} reopen SEC(".maps");
+
 /* flow is what the parser extracts from one TCP packet. */
 struct flow {
 	struct bpf_sock_tuple tuple;
 	struct pod_key src;
 	struct pod_key dst;
+	__be16 sport;
 	__be16 dport;
 	__u8 syn;
 	__u8 ack;
@@ -180,6 +199,7 @@ static __always_inline int parse(struct __sk_buff *skb, __u32 l2, struct flow *f
 	} else {
 		return -1;
 	}
+	f->sport = tcp->source;
 	f->dport = tcp->dest;
 	f->syn = tcp->syn;
 	f->ack = tcp->ack;
@@ -240,6 +260,7 @@ static __always_inline int steer(struct __sk_buff *skb, __u32 l2)
 		sk = bpf_skc_lookup_tcp(skb, &f.tuple, sizeof(f.tuple.ipv6), BPF_F_CURRENT_NETNS, 0);
 	else
 		sk = bpf_skc_lookup_tcp(skb, &f.tuple, sizeof(f.tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
+	int reopen_tw = 0;
 	if (sk) {
 		/* A listener means no connection exists: the lookup fell
 		 * through to the listener lookup (where capture_lookup itself
@@ -249,7 +270,8 @@ static __always_inline int steer(struct __sk_buff *skb, __u32 l2)
 		 * socket before capture_lookup selects the listener. Anything
 		 * else on a TIME_WAIT socket (a retransmitted FIN, a late ACK)
 		 * is that socket's. */
-		int is_new = sk->state == BPF_TCP_LISTEN || (sk->state == BPF_TCP_TIME_WAIT && f.syn && !f.ack);
+		reopen_tw = sk->state == BPF_TCP_TIME_WAIT && f.syn && !f.ack;
+		int is_new = reopen_tw || sk->state == BPF_TCP_LISTEN;
 		bpf_sk_release(sk);
 		/* Marking is enough: policy routing delivers the packet
 		 * locally and the stack finds this socket itself, through
@@ -265,6 +287,15 @@ static __always_inline int steer(struct __sk_buff *skb, __u32 l2)
 		return finish(skb, VERDICT_PASS);
 
 	enum listener key = decide(src, dst, f.dport);
+	if (key == LISTENER_MAX && reopen_tw) {
+		/* Not captured, but it meets the agent's TIME_WAIT socket: see
+		 * reopen. Without the entry the SYN must not go local. */
+		struct flow_key fk = {.src = f.src, .dst = f.dst, .sport = f.sport, .dport = f.dport};
+		__u8 one = 1;
+		if (bpf_map_update_elem(&reopen, &fk, &one, BPF_ANY))
+			return finish(skb, VERDICT_PASS);
+		return finish(skb, VERDICT_ESTABLISHED);
+	}
 	enum verdict v;
 	switch (key) {
 	case LISTENER_OUTBOUND:
@@ -341,8 +372,16 @@ int capture_lookup(struct bpf_sk_lookup *ctx)
 			return SK_PASS;
 	}
 	enum listener key = decide(src, dst, bpf_htons((__u16)ctx->local_port));
-	if (key == LISTENER_MAX)
-		return SK_PASS;
+	if (key == LISTENER_MAX) {
+		/* A draining pod's connection: refuse a listener if capture
+		 * delivered its SYN to the agent's TIME_WAIT socket. */
+		struct flow_key fk = {.src = src_key, .dst = dst_key, .sport = ctx->remote_port,
+				      .dport = bpf_htons((__u16)ctx->local_port)};
+		if (!bpf_map_lookup_elem(&reopen, &fk))
+			return SK_PASS;
+		bpf_map_delete_elem(&reopen, &fk);
+		return SK_DROP;
+	}
 
 	/* From here on the connection is the agent's: rather than let the
 	 * regular lookup find some other node listener, drop it (TCP input

@@ -13,6 +13,14 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type CaptureFlowKey struct {
+	_     structs.HostLayout
+	Src   CapturePodKey
+	Dst   CapturePodKey
+	Sport uint16
+	Dport uint16
+}
+
 type CaptureListener uint32
 
 const (
@@ -60,6 +68,7 @@ const (
 const (
 	CaptureMapListeners       = "listeners"
 	CaptureMapPods            = "pods"
+	CaptureMapReopen          = "reopen"
 	CaptureMapStats           = "stats"
 	CaptureProgCapture        = "capture"
 	CaptureProgCaptureLookup  = "capture_lookup"
@@ -122,6 +131,7 @@ type CaptureProgramSpecs struct {
 type CaptureMapSpecs struct {
 	Listeners *ebpf.MapSpec `ebpf:"listeners"`
 	Pods      *ebpf.MapSpec `ebpf:"pods"`
+	Reopen    *ebpf.MapSpec `ebpf:"reopen"`
 	Stats     *ebpf.MapSpec `ebpf:"stats"`
 }
 
@@ -158,6 +168,7 @@ func (o *CaptureObjects) Close() error {
 type CaptureMaps struct {
 	Listeners *ebpf.Map `ebpf:"listeners"`
 	Pods      *ebpf.Map `ebpf:"pods"`
+	Reopen    *ebpf.Map `ebpf:"reopen"`
 	Stats     *ebpf.Map `ebpf:"stats"`
 }
 
@@ -165,6 +176,7 @@ func (m *CaptureMaps) Close() error {
 	return _CaptureClose(
 		m.Listeners,
 		m.Pods,
+		m.Reopen,
 		m.Stats,
 	)
 }

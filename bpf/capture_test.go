@@ -181,6 +181,22 @@ func (f *fixture) run(tb testing.TB, pkt []byte, ifindex, mark uint32) result {
 	return result{ret: ret, verdict: bpf.CaptureVerdict(out.CB[0]), mark: out.Mark}
 }
 
+// reopenEntries counts the entries of the reopen map.
+func (f *fixture) reopenEntries(tb testing.TB) int {
+	tb.Helper()
+	var k bpf.CaptureFlowKey
+	var v uint8
+	n := 0
+	it := f.objs.Reopen.Iterate()
+	for it.Next(&k, &v) {
+		n++
+	}
+	if err := it.Err(); err != nil {
+		tb.Fatalf("iterate reopen: %v", err)
+	}
+	return n
+}
+
 // stats sums the per-CPU counter of v.
 func (f *fixture) stats(tb testing.TB, v bpf.CaptureVerdict) uint64 {
 	tb.Helper()
@@ -382,6 +398,30 @@ func TestCaptureEstablished(t *testing.T) {
 			if r := f.run(t, packet(srv, twCli, fl), 1, 0); r.verdict != bpf.CaptureVerdictVERDICT_ESTABLISHED || r.mark != 0x400 {
 				t.Errorf("%+v: got %+v, want established, marked", fl, r)
 			}
+		}
+		if n := f.reopenEntries(t); n != 0 {
+			t.Errorf("%d reopen entries for captured connections, want none", n)
+		}
+
+		// A draining pod's SYN is not captured, but it must reach the TIME_WAIT socket (forwarded, it would be
+		// dropped), and capture_lookup then refuses it a listener, once.
+		f.enroll(t, lo, 1, false)
+		defer f.enroll(t, lo, 1, true)
+		if r := f.run(t, packet(srv, twCli, syn), 1, 0); r.verdict != bpf.CaptureVerdictVERDICT_ESTABLISHED || r.mark != 0x400 {
+			t.Fatalf("draining syn: got %+v, want established, marked", r)
+		}
+		if n := f.reopenEntries(t); n != 1 {
+			t.Fatalf("%d reopen entries, want 1", n)
+		}
+		ctx := lookupCtx(srv, twCli, unix.IPPROTO_TCP)
+		if ret, cookie := f.lookup(t, ctx); ret != skDrop || cookie != 0 {
+			t.Fatalf("lookup for the reopened connection: verdict %d cookie %d, want drop", ret, cookie)
+		}
+		if ret, cookie := f.lookup(t, ctx); ret != skPass || cookie != 0 {
+			t.Fatalf("second lookup: verdict %d cookie %d, want pass with nothing selected", ret, cookie)
+		}
+		if n := f.reopenEntries(t); n != 0 {
+			t.Fatalf("%d reopen entries after the lookup, want none", n)
 		}
 	})
 	t.Run("draining keeps established flows", func(t *testing.T) {

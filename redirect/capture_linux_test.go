@@ -63,6 +63,7 @@ func TestCapture(t *testing.T) {
 			t.Run("same node", func(t *testing.T) { testSameNode(t, mode) })
 			t.Run("own connections", func(t *testing.T) { testOwnConnections(t, mode) })
 			t.Run("time-wait reuse", func(t *testing.T) { testTimeWaitReuse(t, mode) })
+			t.Run("time-wait reuse after unenroll", func(t *testing.T) { testTimeWaitReuseDraining(t, mode) })
 			t.Run("pre-existing connections", func(t *testing.T) { testPreExisting(t, mode) })
 			t.Run("unenroll", func(t *testing.T) { testUnenroll(t, mode) })
 			t.Run("restart", func(t *testing.T) { testRestart(t, mode) })

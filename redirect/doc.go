@@ -17,7 +17,9 @@
 //     for a listener, an sk_lookup program attached to the node namespace selects the agent's listener (kept in a
 //     SOCKMAP) for the connections to capture. Choosing the listener there, not at tc, lets the kernel retire a
 //     TIME_WAIT socket of the agent's that a new SYN reuses (TPROXY does the same), instead of dropping that SYN
-//     until the TIME_WAIT socket expires. Enrollment is a write to a pinned hash map.
+//     until the TIME_WAIT socket expires. A draining pod's SYN that reuses such a 4-tuple is delivered to the
+//     TIME_WAIT socket too (forwarded, it would be dropped) but refused a listener, so the socket is reset by
+//     the client, which retries at once on the direct path. Enrollment is a write to a pinned hash map.
 //     Kernel features: TCX links (Linux 6.6), bpf_skc_lookup_tcp in tc (5.2), SOCKMAP lookups from BPF (5.9),
 //     sk_lookup programs with bpf_sk_assign (5.9) and their ingress_ifindex (5.17), netns bpf_links. The
 //     minimum is Linux 6.6 (TCX); Probe checks each.

@@ -223,3 +223,66 @@ func waitFor(cond func() bool) bool {
 	}
 	return false
 }
+
+// testTimeWaitReuseDraining checks that after a pod is unenrolled, its new connections, which go direct, connect
+// even when they reuse the 4-tuple of a captured connection that the agent closed first and still holds in
+// TIME_WAIT.
+func testTimeWaitReuseDraining(t *testing.T, mode redirect.Mode) {
+	l, a, pod, remote := setup(t, mode)
+	serveGreeter(t, l)
+	node := l.Nodes[0]
+	type conn struct {
+		name     string
+		client   *lab.Pod
+		src, dst netip.AddrPort
+	}
+	var conns []conn
+	port := uint16(42000)
+	for _, f := range families {
+		port++
+		conns = append(conns,
+			conn{"outbound/" + f.name, pod, netip.AddrPortFrom(f.ip(pod), port), netip.AddrPortFrom(f.ip(remote), greetPort)},
+			conn{"inbound/" + f.name, remote, netip.AddrPortFrom(f.ip(remote), port), netip.AddrPortFrom(f.ip(pod), greetPort)})
+	}
+	// greet connects from src to dst and reads the greeting and the server's close; it returns the address the
+	// server saw.
+	greet := func(t *testing.T, c conn) netip.Addr {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		nc, err := dialFromPort(ctx, c.client.NS, c.src, c.dst)
+		cancel()
+		if err != nil {
+			t.Fatalf("connect %s->%s: %v", c.src, c.dst, err)
+		}
+		defer nc.Close()
+		nc.SetDeadline(time.Now().Add(5 * time.Second))
+		line, err := bufio.NewReader(nc).ReadString('\n')
+		if err == nil {
+			_, err = nc.Read(make([]byte, 1))
+		}
+		if err != io.EOF {
+			t.Fatalf("%s->%s: read %q then %v, want a line then EOF", c.src, c.dst, line, err)
+		}
+		return peerOf(t, line)
+	}
+	for _, c := range conns {
+		greet(t, c)
+		if got := a.next(t); got.orig != c.dst || got.remote != c.src {
+			t.Fatalf("agent saw %+v, want %s from %s", got, c.dst, c.src)
+		}
+		if !waitFor(func() bool { return agentTimeWait(t, node, c.dst, c.src) }) {
+			t.Fatalf("the agent's side of %s->%s is not in TIME_WAIT: the test does not exercise reuse", c.src, c.dst)
+		}
+	}
+	if err := a.r.Unenroll(t.Context(), pod.UID); err != nil {
+		t.Fatalf("unenroll: %v", err)
+	}
+	for _, c := range conns {
+		t.Run(c.name, func(t *testing.T) {
+			if peer := greet(t, c); peer != c.src.Addr() {
+				t.Errorf("server saw %s, want the client %s (direct)", peer, c.src.Addr())
+			}
+			a.none(t)
+		})
+	}
+}

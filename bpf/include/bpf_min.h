@@ -41,12 +41,15 @@ typedef __u32 __wsum;
 enum {
 	BPF_MAP_TYPE_HASH = 1,
 	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
+	BPF_MAP_TYPE_LRU_HASH = 9,
 	BPF_MAP_TYPE_SOCKMAP = 15,
 };
 
 enum {
 	BPF_F_NO_PREALLOC = (1U << 0),
 };
+
+#define BPF_ANY 0
 
 enum {
 	LIBBPF_PIN_NONE = 0,
@@ -175,6 +178,8 @@ struct bpf_sock_tuple {
 /* ---- helpers (numbers from enum bpf_func_id) ---- */
 
 static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)1;
+static long (*bpf_map_update_elem)(void *map, const void *key, const void *value, __u64 flags) = (void *)2;
+static long (*bpf_map_delete_elem)(void *map, const void *key) = (void *)3;
 static long (*bpf_sk_release)(void *sock) = (void *)86;
 static struct bpf_sock *(*bpf_skc_lookup_tcp)(void *ctx, struct bpf_sock_tuple *tuple, __u32 tuple_size,
 					      __u64 netns, __u64 flags) = (void *)99;

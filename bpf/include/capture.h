@@ -13,7 +13,8 @@
  * count every verdict but VERDICT_PASS in the per-CPU stats map. */
 enum verdict {
 	VERDICT_PASS = 0,          /* not ours: the next program or the stack decides */
-	VERDICT_ESTABLISHED = 1,   /* tc: belongs to an existing node socket: marked */
+	VERDICT_ESTABLISHED = 1,   /* tc: belongs to an existing node socket (or is a SYN of a connection
+	                            * not captured that meets the agent's TIME_WAIT socket): marked */
 	VERDICT_OUTBOUND = 2,      /* tc: SYN from an enrolled pod: marked for the outbound listener */
 	VERDICT_INBOUND = 3,       /* tc: SYN to an enrolled pod: marked for the inbound plaintext listener */
 	VERDICT_HBONE = 4,         /* tc: SYN to an enrolled pod's HBONE port: marked for the HBONE listener */
@@ -42,6 +43,15 @@ enum pod_flags {
  * (::ffff:a.b.c.d). */
 struct pod_key {
 	__u8 addr[16];
+};
+
+/* flow_key names a TCP connection: addresses as in pod_key, ports in
+ * network byte order. */
+struct flow_key {
+	struct pod_key src;
+	struct pod_key dst;
+	__be16 sport;
+	__be16 dport;
 };
 
 /* pod_info is the value of the pods map. */
