@@ -121,7 +121,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		}
 		a.kube = w
 	}
-	issuer, err := a.newIssuer()
+	issuer, err := a.newIssuer(true)
 	if err != nil {
 		return nil, err
 	}
@@ -165,12 +165,14 @@ func newKubeClient(kubeconfig string) (kubernetes.Interface, error) {
 	return c, nil
 }
 
-func (a *Agent) newIssuer() (identity.Issuer, error) {
+// newIssuer builds the certificate source. A node agent impersonates the workloads of its node when it
+// asks istiod's CA; a waypoint asks for its own identity.
+func (a *Agent) newIssuer(impersonate bool) (identity.Issuer, error) {
 	switch a.cfg.Identity {
 	case IdentityIstiod:
 		ca, err := identity.NewIstiodCA(identity.IstiodCAOptions{
 			Address: a.cfg.CAAddress, RootCertFile: a.cfg.CARootFile, TokenFile: a.cfg.TokenFile,
-			ClusterID: a.cfg.ClusterID, Impersonate: true, TTL: a.cfg.CertTTL,
+			ClusterID: a.cfg.ClusterID, Impersonate: impersonate, TTL: a.cfg.CertTTL,
 			Logger: a.log.With("component", "istiod-ca"),
 		})
 		if err != nil {

@@ -3,6 +3,7 @@ package agent
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -34,8 +35,10 @@ import (
 	"github.com/ambit-mesh/ambit/agent/relay"
 	"github.com/ambit-mesh/ambit/agent/route"
 	"github.com/ambit-mesh/ambit/agent/state"
+	"github.com/ambit-mesh/ambit/agent/xds"
 	"github.com/ambit-mesh/ambit/hbone"
 	"github.com/ambit-mesh/ambit/redirect"
+	"github.com/ambit-mesh/ambit/xdsclient"
 )
 
 // ReporterWaypoint is the reporter label of metrics a waypoint records.
@@ -75,6 +78,12 @@ type WaypointConfig struct {
 	L7Source string
 	// KubeClient overrides the in-cluster client of the kubernetes L7 source (tests).
 	KubeClient dynamic.Interface
+	// XDSAddress, XDSRootFile and XDSPlaintext take workloads and services from istiod over delta xDS
+	// instead of ConfigFiles (which may then hold only L7 resources, or be empty with L7Source kubernetes).
+	// PodName and NodeName describe this instance to istiod.
+	XDSAddress, XDSRootFile string
+	XDSPlaintext            bool
+	PodName, NodeName       string
 }
 
 // L7 configuration sources.
@@ -112,6 +121,8 @@ type Waypoint struct {
 	l7digest  [sha256.Size]byte // of the last L7 configuration seen; owned by runL7Config
 	l7pending [sha256.Size]byte // new content seen once, used when seen again
 	kube      *kube.Source      // the kubernetes L7 source, when configured
+	xds       *xds.Source       // istiod, when the state comes from it (else source)
+	acfg      Config            // the settings shared with the agent (trust domain, domain suffix, ...)
 }
 
 // NewWaypoint validates cfg and loads the configuration; it binds nothing.
@@ -136,7 +147,15 @@ func NewWaypoint(cfg WaypointConfig, log *slog.Logger) (*Waypoint, error) {
 		DomainSuffix: cfg.DomainSuffix, ClusterID: cfg.ClusterID, Network: cfg.Network, Identity: cfg.Identity,
 		CADir: cfg.CADir, CAAddress: cfg.CAAddress, CARootFile: cfg.CARootFile, TokenFile: cfg.TokenFile,
 		SPIFFESocket: cfg.SPIFFESocket, CertTTL: cfg.CertTTL, Capture: CaptureNone}.withDefaults()
-	if err := ac.Validate(); err != nil {
+	if cfg.XDSAddress != "" {
+		// Validate the rest as an agent with an xDS source; the files, if any, only carry L7 resources.
+		vc := ac
+		vc.ConfigFiles, vc.XDSAddress, vc.XDSRootFile, vc.XDSPlaintext = nil, cfg.XDSAddress, cfg.XDSRootFile, cfg.XDSPlaintext
+		vc.PodName, vc.PodNamespace = cmp.Or(cfg.PodName, cfg.Name), cfg.Namespace
+		if err := vc.Validate(); err != nil {
+			return nil, fmt.Errorf("waypoint config: %w", err)
+		}
+	} else if err := ac.Validate(); err != nil {
 		return nil, fmt.Errorf("waypoint config: %w", err)
 	}
 	if log == nil {
@@ -151,12 +170,26 @@ func NewWaypoint(cfg WaypointConfig, log *slog.Logger) (*Waypoint, error) {
 		log:     log.With("component", "waypoint", "waypoint", cfg.Namespace+"/"+cfg.Name),
 		sockets: redirect.SocketFactory{NetNS: cfg.NetNS},
 	}
-	w.source = &fileSource{files: ac.ConfigFiles, poll: ac.ConfigPoll, cfg: ac, store: w.Store, metrics: w.Metrics, log: w.log.With("component", "config")}
-	if err := w.source.load(); err != nil {
+	w.acfg = ac
+	if len(ac.ConfigFiles) > 0 {
+		w.source = &fileSource{files: ac.ConfigFiles, poll: ac.ConfigPoll, cfg: ac, store: w.Store, metrics: w.Metrics, log: w.log.With("component", "config")}
+	}
+	if cfg.XDSAddress != "" {
+		src, err := xds.NewSource(xds.SourceOptions{
+			Address: cfg.XDSAddress, Plaintext: cfg.XDSPlaintext, RootCertFile: cfg.XDSRootFile, TokenFile: cfg.TokenFile,
+			ClusterID: ac.ClusterID, Store: w.Store, Logger: w.log.With("component", "xds"),
+			Node: xdsclient.NodeInfo{IP: cfg.PodIP.String(), PodName: cmp.Or(cfg.PodName, cfg.Name), PodNamespace: cfg.Namespace,
+				NodeName: cfg.NodeName, ClusterID: ac.ClusterID, ServiceAccount: cfg.ServiceAccount},
+		})
+		if err != nil {
+			return nil, fmt.Errorf("xds source: %w", err)
+		}
+		w.xds = src
+	} else if err := w.source.load(); err != nil {
 		return nil, err
 	}
 	helper := &Agent{cfg: ac, log: w.log}
-	issuer, err := helper.newIssuer()
+	issuer, err := helper.newIssuer(false)
 	if err != nil {
 		return nil, err
 	}
@@ -241,11 +274,14 @@ func (w *Waypoint) newEngine(creds func(context.Context) (*hbone.Credentials, er
 			}
 		}
 		w.kube = &kube.Source{Client: client, Logger: w.log.With("component", "l7-kube"), OnUpdate: w.engine.Update,
-			Options: localconfig.Options{TrustDomain: w.source.cfg.TrustDomain, DomainSuffix: w.source.cfg.DomainSuffix,
-				ClusterID: w.source.cfg.ClusterID, Network: w.cfg.Network}}
+			Options: localconfig.Options{TrustDomain: w.acfg.TrustDomain, DomainSuffix: w.acfg.DomainSuffix,
+				ClusterID: w.acfg.ClusterID, Network: w.cfg.Network}}
 		return nil
 	default:
 		return fmt.Errorf("waypoint config: unknown L7 source %q (file or kubernetes)", w.cfg.L7Source)
+	}
+	if w.source == nil {
+		return errors.New("waypoint config: the file L7 source needs --config-file (or use --l7-source kubernetes)")
 	}
 	data, digest, err := w.source.read()
 	if err != nil {
@@ -267,8 +303,8 @@ func (w *Waypoint) compileL7(files []fileData) (*model.Config, error) {
 			return nil, err
 		}
 	}
-	return localconfig.CompileL7(objs, localconfig.Options{TrustDomain: w.source.cfg.TrustDomain,
-		DomainSuffix: w.source.cfg.DomainSuffix, ClusterID: w.source.cfg.ClusterID, Network: w.cfg.Network})
+	return localconfig.CompileL7(objs, localconfig.Options{TrustDomain: w.acfg.TrustDomain,
+		DomainSuffix: w.acfg.DomainSuffix, ClusterID: w.acfg.ClusterID, Network: w.cfg.Network})
 }
 
 // runL7Config re-reads the configuration files and swaps the engine's L7 configuration when they
@@ -411,7 +447,11 @@ func (w *Waypoint) Run(ctx context.Context) error {
 	for _, r := range w.issuers {
 		goRun("workload-api", r.Run)
 	}
-	goRun("config", w.source.run)
+	if w.xds != nil {
+		goRun("xds", w.xds.Run)
+	} else {
+		goRun("config", w.source.run)
+	}
 	if w.kube != nil {
 		goRun("l7-kubernetes", w.kube.Run)
 	} else {
@@ -439,7 +479,14 @@ func (w *Waypoint) Run(ctx context.Context) error {
 		})
 	}
 	w.certs.Prefetch(w.id)
-	w.ready.Store(true)
+	if w.xds != nil {
+		// Ready only once istiod's first complete state has been applied.
+		select {
+		case <-w.xds.Ready():
+		case <-runCtx.Done():
+		}
+	}
+	w.ready.Store(runCtx.Err() == nil)
 	w.log.Info("waypoint ready", "hbone", ln.Addr(), "identity", w.id)
 	<-runCtx.Done()
 	w.ready.Store(false)

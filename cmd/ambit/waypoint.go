@@ -72,6 +72,12 @@ Istio's HTTP metrics, access logs and OTLP tracing.`,
 	fs.StringSliceVar(&cfg.ConfigFiles, "config-file", nil, "local Kubernetes YAML/JSON files or directories (re-read on change)")
 	envs["config-file"] = "AMBIT_CONFIG_FILE"
 	fs.DurationVar(&cfg.ConfigPoll, "config-poll", time.Second, "how often the config files are checked for changes")
+	str(&cfg.XDSAddress, "xds-address", "XDS_ADDRESS", "", "istiod xDS address host:port for workloads and services (instead of --config-file)")
+	str(&cfg.XDSRootFile, "xds-root-file", "XDS_ROOT_CA", "/var/run/secrets/istio/root-cert.pem", "root certificate of istiod's serving certificate")
+	fs.BoolVar(&cfg.XDSPlaintext, "xds-plaintext", false, "connect to istiod without TLS (port 15010; development only)")
+	envs["xds-plaintext"] = "AMBIT_XDS_PLAINTEXT"
+	str(&cfg.PodName, "pod-name", "POD_NAME", "", "this instance's pod name (sent to istiod)")
+	str(&cfg.NodeName, "node-name", "NODE_NAME", "", "this instance's node (sent to istiod)")
 	str(&cfg.TrustDomain, "trust-domain", "TRUST_DOMAIN", "cluster.local", "trust domain of workload identities")
 	str(&cfg.DomainSuffix, "domain-suffix", "CLUSTER_DOMAIN", "cluster.local", "DNS suffix of service hostnames")
 	str(&cfg.ClusterID, "cluster-id", "CLUSTER_ID", "Kubernetes", "cluster ID")
