@@ -260,6 +260,7 @@ spec: {clusterIP: 10.96.0.21, selector: {app: web, version: b}, ports: [{name: g
 // TestL7Waypoint drives every L7 feature through the real path: client pod -> client agent (HBONE) ->
 // waypoint pod (L7 engine) -> HBONE -> server agent -> server pods.
 func TestL7Waypoint(t *testing.T) {
+	failOnce.Clear() // fresh backends for every run (-count)
 	var wpPod *lab.Pod
 	yamlWith := func(extra string) func(*lab.Lab) string {
 		return func(l *lab.Lab) string {
