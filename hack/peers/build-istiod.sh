@@ -7,6 +7,7 @@
 #   bin/pilot-discovery
 #   crds/istio/crd-all.gen.yaml
 #   crds/gateway-api/*.yaml
+#   charts/istio-discovery/{files/waypoint.yaml,values.yaml}   istiod's waypoint template and chart defaults
 # istio.io/istio has no semver tags, only pseudo-versions; the default is master of 2026-08-27 (1.31-dev).
 #
 # Environment: AMBIT_PEER_CACHE, ISTIO_VERSION (default v0.0.0-20260827124520-eed52ebb66ad; test/e2e expects
@@ -18,7 +19,26 @@ set -euo pipefail
 ISTIO_VERSION=${ISTIO_VERSION:-v0.0.0-20260827124520-eed52ebb66ad}
 ISTIO_LABEL=${ISTIO_LABEL:-1.31-dev}
 DEST="$CACHE_ROOT/istiod-$ISTIO_VERSION"
+
+# copy_charts MODULE_DIR TARGET: the parts of Istio's istio-discovery chart that istiod's injection
+# configuration is made of (test/e2e renders waypoint Deployments with them).
+copy_charts() {
+	local src="$1/manifests/charts/istio-control/istio-discovery" dst="$2/charts/istio-discovery"
+	mkdir -p "$dst/files"
+	cp "$src/values.yaml" "$dst/"
+	cp "$src/files/waypoint.yaml" "$dst/files/"
+	chmod -R u+w "$dst"
+}
+
 if peer_hit "$DEST" bin/pilot-discovery crds/istio/crd-all.gen.yaml crds/gateway-api; then
+	if ! peer_hit "$DEST" charts/istio-discovery/files/waypoint.yaml; then
+		# An entry from before the charts were cached: add them (module download only, no build).
+		dir=$(GOFLAGS=-mod=mod "$GO" mod download -json "istio.io/istio@$ISTIO_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+		copy_charts "$dir" "$DEST.charts.$$"
+		mkdir -p "$DEST/charts"
+		mv -T "$DEST.charts.$$/charts/istio-discovery" "$DEST/charts/istio-discovery" 2>/dev/null || true
+		rm -rf "$DEST.charts.$$"
+	fi
 	echo "build-istiod: cache hit in $DEST" >&2
 	echo "$DEST"
 	exit 0
@@ -44,6 +64,7 @@ echo "build-istiod: building pilot-discovery $ISTIO_VERSION in $STAGE (cold: ~3.
 	mkdir -p "$STAGE/crds/istio" "$STAGE/crds/gateway-api"
 	cp "$istio/manifests/charts/base/files/crd-all.gen.yaml" "$STAGE/crds/istio/"
 	cp "$gw"/config/crd/standard/*.yaml "$STAGE/crds/gateway-api/"
+	copy_charts "$istio" "$STAGE"
 	chmod -R u+w "$STAGE/crds"
 	cp go.mod "$STAGE/go.mod.used"
 )

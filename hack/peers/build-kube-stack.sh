@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# build-kube-stack.sh builds (or finds in the peer cache) everything the Kubernetes tier of test/e2e needs on top
+# of build-istio-stack.sh: kube-controller-manager and kube-scheduler, and istioctl for the CLI parity checks. It
+# prints the cache directories as shell assignments that test/e2e understands, like build-istio-stack.sh.
+set -euo pipefail
+here=$(dirname "$0")
+"$here/build-istio-stack.sh"
+echo "AMBIT_KUBE_CONTROLLERS_BIN_DIR=$("$here/build-kube-controllers.sh")"
+echo "AMBIT_ISTIOCTL_BIN_DIR=$("$here/build-istioctl.sh")"
