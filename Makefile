@@ -17,7 +17,7 @@ build: ## build bin/ambit and bin/ambitctl (no clang needed: BPF objects are com
 	$(GO) build -o $(BIN)/ambitctl ./cmd/ambitctl
 
 .PHONY: test
-test: lint verify-gen test-unit test-interop test-spire test-e2e ## everything CI runs (root; builds peers into AMBIT_PEER_CACHE on first use)
+test: lint verify-gen test-unit test-interop test-spire test-e2e test-e2e-kube ## everything CI runs (root; builds peers into AMBIT_PEER_CACHE on first use)
 
 .PHONY: test-unit
 test-unit: ## all Go tests of the module with -race: pure, in-process, and root network-namespace tiers
@@ -30,6 +30,10 @@ test-spire: ## SPIFFE Workload API against a real SPIRE server and agent (built 
 .PHONY: test-e2e
 test-e2e: ## real-istiod tier: build etcd, kube-apiserver, istiod into AMBIT_PEER_CACHE (cold ~10 min, warm <1 s), run test/e2e
 	set -e; peers=$$(hack/peers/build-istio-stack.sh); env $$peers $(GO) test -tags e2e -race -count=1 -timeout 20m -v ./test/e2e/
+
+.PHONY: test-e2e-kube
+test-e2e-kube: ## Kubernetes tier: the above plus kube-controller-manager, kube-scheduler, istioctl; netns kubelet, DaemonSet, walkthrough
+	set -e; peers=$$(hack/peers/build-kube-stack.sh); env $$peers $(GO) test -tags e2e -race -count=1 -timeout 25m -v ./test/e2e/kube/
 
 .PHONY: test-short
 test-short: ## unit tests only, no race detector (fast inner loop)

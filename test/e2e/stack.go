@@ -37,6 +37,8 @@ const (
 	EtcdDirEnv       = "AMBIT_ETCD_BIN_DIR"
 	KubeAPIDirEnv    = "AMBIT_KUBE_APISERVER_BIN_DIR"
 	IstiodDirEnv     = "AMBIT_ISTIOD_DIR"
+	ControllersEnv   = "AMBIT_KUBE_CONTROLLERS_BIN_DIR"
+	IstioctlEnv      = "AMBIT_ISTIOCTL_BIN_DIR"
 	KubectlEnv       = "AMBIT_KUBECTL"
 	DefaultPeerCache = "/var/cache/ambit-peers"
 	adminToken       = "ambit-e2e-admin-token"
@@ -45,6 +47,12 @@ const (
 // Binaries locates the peers.
 type Binaries struct {
 	Etcd, KubeAPIServer, PilotDiscovery, Kubectl string
+	// KubeControllerManager and KubeScheduler (hack/peers/build-kube-controllers.sh) and Istioctl
+	// (build-istioctl.sh) are needed only by the tests that use them; FindBinaries leaves a missing one empty.
+	KubeControllerManager, KubeScheduler, Istioctl string
+	// IstioCharts holds the files of Istio's istio-discovery chart that istiod's injection configuration is made
+	// of (files/waypoint.yaml, values.yaml), copied into the peer cache by build-istiod.sh; empty when missing.
+	IstioCharts string
 	// IstioCRDs is Istio's crd-all.gen.yaml; GatewayCRDs the directory of Gateway API standard CRDs.
 	IstioCRDs, GatewayCRDs string
 }
@@ -84,6 +92,17 @@ func FindBinaries() (Binaries, error) {
 			return b, fmt.Errorf("find peers: %w (build them with hack/peers/build-istio-stack.sh)", err)
 		}
 	}
+	optional := func(p string) string {
+		if _, err := os.Stat(p); err != nil {
+			return ""
+		}
+		return p
+	}
+	kc := or(ControllersEnv, filepath.Join(cache, "kube-controllers-"+KubeAPIServerVersion, "bin"))
+	b.KubeControllerManager = optional(filepath.Join(kc, "kube-controller-manager"))
+	b.KubeScheduler = optional(filepath.Join(kc, "kube-scheduler"))
+	b.Istioctl = optional(filepath.Join(or(IstioctlEnv, filepath.Join(cache, "istioctl-"+IstioVersion, "bin")), "istioctl"))
+	b.IstioCharts = optional(filepath.Join(istiod, "charts", "istio-discovery"))
 	return b, nil
 }
 
@@ -122,9 +141,24 @@ type Stack struct {
 	IstiodServerName string
 	// Timings records how long each start-up phase took.
 	Timings []Timing
+	// APIServerAddr is kube-apiserver's host:port on loopback.
+	APIServerAddr string
+	// Opts are the options the stack was started with.
+	Opts Options
 
 	procs    []*proc
 	httpAddr string
+}
+
+// Options selects what runs besides etcd, kube-apiserver and istiod.
+type Options struct {
+	// Controllers runs kube-controller-manager and kube-scheduler (Deployments, ReplicaSets, DaemonSets,
+	// EndpointSlices, service accounts, scheduling): a cluster with real controllers, for a kubelet.
+	Controllers bool
+	// IstiodControllers lets istiod deploy waypoints from its real waypoint template and write Gateway
+	// status (its deployment, status and GatewayClass controllers); without it nothing runs the waypoints and
+	// the tests write Services and Gateway status themselves.
+	IstiodControllers bool
 }
 
 // Timing is one start-up phase.
@@ -138,11 +172,24 @@ type proc struct {
 	cmd  *exec.Cmd
 	done chan struct{}
 	log  *os.File
+	// How it was started, to restart it.
+	env      []string
+	dir, bin string
+	args     []string
 }
 
-// Start brings the stack up in dir. On error, everything started so far is stopped.
-func Start(ctx context.Context, bin Binaries, dir string) (s *Stack, err error) {
-	s = &Stack{Bin: bin, Dir: dir, IstiodServerName: "istiod.istio-system.svc"}
+// Start brings the stack up in dir: etcd, kube-apiserver and istiod, with the tests writing what controllers
+// would. On error, everything started so far is stopped.
+func Start(ctx context.Context, bin Binaries, dir string) (*Stack, error) {
+	return StartWith(ctx, bin, dir, Options{})
+}
+
+// StartWith brings the stack up in dir with opts. On error, everything started so far is stopped.
+func StartWith(ctx context.Context, bin Binaries, dir string, opts Options) (s *Stack, err error) {
+	s = &Stack{Bin: bin, Dir: dir, IstiodServerName: "istiod.istio-system.svc", Opts: opts}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return s, err
+	}
 	defer func() {
 		if err != nil {
 			s.Stop()
@@ -157,7 +204,13 @@ func Start(ctx context.Context, bin Binaries, dir string) (s *Stack, err error) 
 		s.Timings = append(s.Timings, Timing{name, time.Since(t0)})
 		return nil
 	}
-	ports, err := freePorts(10)
+	if opts.Controllers && (bin.KubeControllerManager == "" || bin.KubeScheduler == "") {
+		return s, errors.New("kube-controller-manager or kube-scheduler not found (build them with hack/peers/build-kube-controllers.sh)")
+	}
+	if opts.IstiodControllers && bin.IstioCharts == "" {
+		return s, errors.New("istiod's charts not found in the peer cache (run hack/peers/build-istiod.sh)")
+	}
+	ports, err := freePorts(12)
 	if err != nil {
 		return s, err
 	}
@@ -168,6 +221,8 @@ func Start(ctx context.Context, bin Binaries, dir string) (s *Stack, err error) 
 	httpsAddr, monAddr := fmt.Sprintf("127.0.0.1:%d", ports[5]), fmt.Sprintf("127.0.0.1:%d", ports[6])
 	s.httpAddr = fmt.Sprintf("127.0.0.1:%d", ports[7])
 	ctrlz := ports[8]
+	kcmPort, schedPort := ports[9], ports[10]
+	s.APIServerAddr = fmt.Sprintf("127.0.0.1:%d", apiPort)
 
 	if err := phase("etcd", func() error {
 		url := fmt.Sprintf("http://127.0.0.1:%d", etcdClient)
@@ -231,8 +286,18 @@ func Start(ctx context.Context, bin Binaries, dir string) (s *Stack, err error) 
 		return s, err
 	}
 
-	if err := phase("base objects", func() error { return s.Apply(ctx, baseObjects) }); err != nil {
+	base := baseObjects
+	if opts.IstiodControllers {
+		base = clusterBaseObjects
+	}
+	if err := phase("base objects", func() error { return s.Apply(ctx, base) }); err != nil {
 		return s, err
+	}
+
+	if opts.Controllers {
+		if err := phase("controllers", func() error { return s.startControllers(ctx, kdir, kcmPort, schedPort) }); err != nil {
+			return s, err
+		}
 	}
 
 	if err := phase("istiod", func() error {
@@ -254,10 +319,19 @@ func Start(ctx context.Context, bin Binaries, dir string) (s *Stack, err error) 
 		env := []string{"KUBECONFIG=" + s.Kubeconfig, "POD_NAMESPACE=istio-system", "POD_NAME=istiod-e2e",
 			"REVISION=default", "CLUSTER_ID=Kubernetes", "PILOT_ENABLE_AMBIENT=true",
 			"CA_TRUSTED_NODE_ACCOUNTS=istio-system/ztunnel", "VALIDATION_WEBHOOK_CONFIG_NAME=", "INJECTION_WEBHOOK_CONFIG_NAME=",
+			"ENABLE_LEADER_ELECTION=false"}
+		if opts.IstiodControllers {
+			// istiod renders waypoint Deployments from its injection templates (./var/lib/istio/inject, as the
+			// istio-sidecar-injector ConfigMap is mounted in a cluster).
+			if err := writeInjectionConfig(filepath.Join(work, "var/lib/istio/inject"), bin.IstioCharts); err != nil {
+				return err
+			}
+		} else {
 			// Nothing runs the waypoints: the tests create their Services and patch Gateway status themselves, so
 			// istiod must neither deploy Gateways nor rewrite their status; GatewayClasses come from the tests too.
-			"PILOT_ENABLE_GATEWAY_API_DEPLOYMENT_CONTROLLER=false", "PILOT_ENABLE_GATEWAY_API_STATUS=false",
-			"PILOT_ENABLE_GATEWAY_API_GATEWAYCLASS_CONTROLLER=false", "ENABLE_LEADER_ELECTION=false"}
+			env = append(env, "PILOT_ENABLE_GATEWAY_API_DEPLOYMENT_CONTROLLER=false", "PILOT_ENABLE_GATEWAY_API_STATUS=false",
+				"PILOT_ENABLE_GATEWAY_API_GATEWAYCLASS_CONTROLLER=false")
+		}
 		if err := s.spawn("istiod", env, work, bin.PilotDiscovery, "discovery", "--kubeconfig", s.Kubeconfig,
 			"--meshConfig", "./etc/istio/config/mesh", "--networksConfig", "./etc/istio/config/meshNetworks",
 			"--grpcAddr", s.PlainXDSAddr, "--secureGRPCAddr", s.XDSAddr, "--httpsAddr", httpsAddr,
@@ -285,6 +359,9 @@ func Start(ctx context.Context, bin Binaries, dir string) (s *Stack, err error) 
 		s.RootCertFile = filepath.Join(dir, "root-cert.pem")
 		if err := os.WriteFile(s.RootCertFile, root, 0o644); err != nil {
 			return err
+		}
+		if opts.IstiodControllers {
+			return nil // no ztunnel-abc pod: agents run as DaemonSet pods with their own tokens
 		}
 		tok, err := s.Kubectl(ctx, "create", "token", "ztunnel", "-n", "istio-system", "--audience", "istio-ca",
 			"--bound-object-kind", "Pod", "--bound-object-name", "ztunnel-abc", "--duration", "24h")
@@ -365,48 +442,94 @@ func (s *Stack) kubectlIn(ctx context.Context, stdin *strings.Reader, args ...st
 
 // spawn starts a peer with its output in <Dir>/<name>.log.
 func (s *Stack) spawn(name string, env []string, dir, bin string, args ...string) error {
-	logf, err := os.Create(filepath.Join(s.Dir, name+".log"))
-	if err != nil {
+	p := &proc{name: name, env: env, dir: dir, bin: bin, args: args}
+	if err := s.startProc(p); err != nil {
 		return err
 	}
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr, cmd.Dir = logf, logf, dir
-	cmd.Env = append(os.Environ(), env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		return fmt.Errorf("start %s: %w", name, err)
-	}
-	p := &proc{name: name, cmd: cmd, done: make(chan struct{}), log: logf}
-	go func() {
-		_ = cmd.Wait()
-		close(p.done)
-	}()
 	s.procs = append(s.procs, p)
 	return nil
 }
 
-// Stop terminates the peers in reverse order of start (SIGTERM, then SIGKILL after 10 s), by the process
-// ids it started.
+func (s *Stack) startProc(p *proc) error {
+	logf, err := os.OpenFile(filepath.Join(s.Dir, p.name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(p.bin, p.args...)
+	cmd.Stdout, cmd.Stderr, cmd.Dir = logf, logf, p.dir
+	cmd.Env = append(os.Environ(), p.env...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("start %s: %w", p.name, err)
+	}
+	p.cmd, p.log, p.done = cmd, logf, make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(p.done)
+	}()
+	return nil
+}
+
+// stopProc terminates p (SIGTERM, then SIGKILL after 10 s) by the process id it started.
+func stopProc(p *proc) {
+	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+		<-p.done
+	}
+	p.log.Close()
+}
+
+// Stop terminates the peers in reverse order of start.
 func (s *Stack) Stop() {
 	for i := len(s.procs) - 1; i >= 0; i-- {
-		p := s.procs[i]
-		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
-		select {
-		case <-p.done:
-		case <-time.After(10 * time.Second):
-			_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-			<-p.done
-		}
-		p.log.Close()
+		stopProc(s.procs[i])
 	}
 	s.procs = nil
+}
+
+// Restart stops the peer named name (etcd, kube-apiserver, istiod, kube-controller-manager, kube-scheduler),
+// waits down for the outage, starts it again with the same flags and ports, and waits until it is ready.
+func (s *Stack) Restart(ctx context.Context, name string, down time.Duration) error {
+	for _, p := range s.procs {
+		if p.name != name {
+			continue
+		}
+		stopProc(p)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(down):
+		}
+		if err := s.startProc(p); err != nil {
+			return err
+		}
+		return s.waitReady(ctx, name)
+	}
+	return fmt.Errorf("restart %s: no such peer", name)
+}
+
+// waitReady polls a restarted peer's readiness.
+func (s *Stack) waitReady(ctx context.Context, name string) error {
+	switch name {
+	case "kube-apiserver":
+		return poll(ctx, 90*time.Second, func() error {
+			_, err := s.Kubectl(ctx, "get", "--raw", "/readyz")
+			return err
+		})
+	case "istiod":
+		return poll(ctx, 60*time.Second, func() error { return httpOK(ctx, nil, "http://"+s.httpAddr+"/ready", "") })
+	}
+	return nil
 }
 
 // Logs returns the last n lines of every peer's log, for failure reports.
 func (s *Stack) Logs(n int) string {
 	var b strings.Builder
-	for _, name := range []string{"etcd", "kube-apiserver", "istiod"} {
+	for _, name := range []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "istiod"} {
 		data, err := os.ReadFile(filepath.Join(s.Dir, name+".log"))
 		if err != nil {
 			continue
