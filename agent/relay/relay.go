@@ -13,10 +13,15 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"golang.org/x/net/http2"
+
 	"github.com/ambit-mesh/ambit/hbone"
 )
 
-// Buffer sizes: small while idle or trickling, big while a read fills the buffer.
+// Buffer sizes: small while idle or trickling, big while a read fills the buffer. A connection that goes
+// idle right after a burst keeps its big buffer while blocked in the next Read (it is given back only
+// after a short read), so bigSize is also what such a connection holds: 256 KiB measured about 9% less
+// mesh CPU per MB than 64 KiB, but 260 KB instead of 76 KB per connection idle after a burst.
 const (
 	smallSize = 1 << 10
 	bigSize   = 64 << 10
@@ -62,8 +67,8 @@ func Bidi(ctx context.Context, a, b net.Conn, c *Counters) error {
 func copyHalf(dst, src net.Conn, n *atomic.Int64) error {
 	err := copyData(dst, src, n)
 	if cw, ok := dst.(closeWriter); ok {
-		if cerr := cw.CloseWrite(); err == nil && cerr != nil && !errors.Is(cerr, net.ErrClosed) {
-			err = cerr
+		if cerr := cw.CloseWrite(); err == nil {
+			err = cleanEnd(cerr) // a stream the peer already reset cannot half-close
 		}
 	} else {
 		dst.Close()
@@ -129,9 +134,15 @@ func (c countingWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// cleanEnd maps the ways a connection ends normally to nil.
+// cleanEnd maps the ways a connection ends normally to nil: end of stream, a connection closed here, and
+// an HBONE stream the peer reset with NO_ERROR or CANCEL (how a peer closes a stream it no longer wants;
+// reads see it as io.EOF, writes as *hbone.ResetError).
 func cleanEnd(err error) error {
 	if err == nil || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	var re *hbone.ResetError
+	if errors.As(err, &re) && re.Remote && (re.Code == http2.ErrCodeNo || re.Code == http2.ErrCodeCancel) {
 		return nil
 	}
 	return err

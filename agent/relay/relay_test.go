@@ -5,11 +5,19 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"net/netip"
+	"os"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/net/http2"
+
+	"github.com/ambit-mesh/ambit/hbone"
 	"github.com/ambit-mesh/ambit/test/testutil"
 )
 
@@ -137,6 +145,154 @@ func BenchmarkBidi(b *testing.B) {
 			}
 			client.Close()
 			server.Close()
+		})
+	}
+}
+
+func TestCleanEnd(t *testing.T) {
+	peerCancel := &hbone.ResetError{Code: http2.ErrCodeCancel, Remote: true}
+	peerInternal := &hbone.ResetError{Code: http2.ErrCodeInternal, Remote: true}
+	localCancel := &hbone.ResetError{Code: http2.ErrCodeCancel}
+	tests := map[string]struct {
+		err   error
+		clean bool
+	}{
+		"nil":                           {nil, true},
+		"end of stream":                 {io.EOF, true},
+		"wrapped end of stream":         {fmt.Errorf("read: %w", io.EOF), true},
+		"closed here":                   {net.ErrClosed, true},
+		"peer reset NO_ERROR":           {&hbone.ResetError{Code: http2.ErrCodeNo, Remote: true}, true},
+		"peer reset CANCEL":             {peerCancel, true},
+		"wrapped peer reset CANCEL":     {fmt.Errorf("write: %w", peerCancel), true},
+		"peer reset INTERNAL_ERROR":     {peerInternal, false},
+		"peer reset REFUSED_STREAM":     {&hbone.ResetError{Code: http2.ErrCodeRefusedStream, Remote: true}, false},
+		"local reset CANCEL":            {localCancel, false},
+		"connection reset":              {syscall.ECONNRESET, false},
+		"deadline exceeded":             {os.ErrDeadlineExceeded, false},
+		"HBONE connection closed early": {fmt.Errorf("%w: write: %w", hbone.ErrConnClosed, syscall.EPIPE), false},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			got := cleanEnd(tt.err)
+			if tt.clean && got != nil {
+				t.Errorf("cleanEnd(%v) = %v, want nil", tt.err, got)
+			}
+			if !tt.clean && got != tt.err {
+				t.Errorf("cleanEnd(%v) = %v, want the error unchanged", tt.err, got)
+			}
+		})
+	}
+}
+
+// hboneStream returns both ends of one HBONE stream over loopback mTLS: the client's (from a Pool) and
+// the server's (accepted by a Server's handler). Cleanup closes the pool and the server.
+func hboneStream(t *testing.T) (client, server net.Conn) {
+	t.Helper()
+	ca, err := testutil.NewCA("cluster.local")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srvID := spiffeid.RequireFromString("spiffe://cluster.local/ns/demo/sa/server")
+	cliID := spiffeid.RequireFromString("spiffe://cluster.local/ns/demo/sa/client")
+	creds := func(id spiffeid.ID) *hbone.Credentials {
+		cert, roots, err := ca.Issue(id, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &hbone.Credentials{ID: id, Certificate: cert, Roots: roots}
+	}
+	srvCreds, cliCreds := creds(srvID), creds(cliID)
+	accepted := make(chan net.Conn, 1)
+	release := make(chan struct{}) // the handler owns the stream until it returns
+	srv := &hbone.Server{
+		Credentials: func(context.Context, netip.AddrPort) (*hbone.Credentials, error) { return srvCreds, nil },
+		Handler: hbone.HandlerFunc(func(ctx context.Context, r *hbone.Request) error {
+			c, err := r.Accept(nil)
+			if err != nil {
+				return err
+			}
+			accepted <- c
+			<-release
+			return nil
+		}),
+	}
+	ln := listen(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		_ = srv.Serve(ctx, ln)
+	}()
+	pool, err := hbone.NewPool(hbone.PoolOptions{
+		Credentials: func(context.Context, spiffeid.ID) (*hbone.Credentials, error) { return cliCreds, nil },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		close(release)
+		_ = pool.Close()
+		cancel()
+		_ = srv.Close()
+		<-served
+	})
+	client, err = pool.Dial(ctx, hbone.Target{
+		NextHop: ln.Addr().(*net.TCPAddr).AddrPort(), Authority: "10.0.0.1:80",
+		Source: cliID, Expected: []spiffeid.ID{srvID},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return client, <-accepted
+}
+
+// TestBidiPeerCancel relays a TCP connection to an HBONE stream whose peer closes it (RST_STREAM CANCEL):
+// a normal end, so Bidi reports no error whether the TCP side then writes or closes.
+func TestBidiPeerCancel(t *testing.T) {
+	for _, clientWrites := range []bool{true, false} {
+		name := map[bool]string{true: "client writes after the reset", false: "client closes after the reset"}[clientWrites]
+		t.Run(name, func(t *testing.T) {
+			testutil.CheckGoroutines(t)
+			client, a := pair(t)
+			defer client.Close()
+			up, peer := hboneStream(t)
+			done := make(chan error, 1)
+			go func() { done <- Bidi(context.Background(), a, up, nil) }()
+			if _, err := client.Write([]byte("hello")); err != nil {
+				t.Fatal(err)
+			}
+			got := make([]byte, 5)
+			if _, err := io.ReadFull(peer, got); err != nil || string(got) != "hello" {
+				t.Fatalf("peer read %q, %v", got, err)
+			}
+			peer.Close() // END_STREAM and RST_STREAM(CANCEL): the peer no longer wants the stream
+			if _, err := io.ReadAll(client); err != nil {
+				t.Fatalf("client read after reset: %v", err)
+			}
+			if clientWrites {
+				// The relay's write to the reset stream fails with a CANCEL reset from the peer.
+				for range 100 {
+					if _, err := client.Write([]byte("more")); err != nil {
+						break
+					}
+					select {
+					case err := <-done:
+						done <- err
+					case <-time.After(10 * time.Millisecond):
+						continue
+					}
+					break
+				}
+			}
+			client.Close()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("Bidi = %v, want nil for a stream the peer cancelled", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("Bidi did not return")
+			}
 		})
 	}
 }
