@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
 
+	"github.com/ambit-mesh/ambit/agent/admin"
 	"github.com/ambit-mesh/ambit/agent/authz"
 	"github.com/ambit-mesh/ambit/agent/connmgr"
 	"github.com/ambit-mesh/ambit/agent/identity"
@@ -65,6 +66,9 @@ type WaypointConfig struct {
 	DrainTimeout time.Duration
 	// MetricsAddr serves Prometheus metrics (/metrics and /stats/prometheus) when valid.
 	MetricsAddr netip.AddrPort
+	// ReadinessAddr serves GET /healthz/ready (200 once ready, 503 before and while draining) when valid:
+	// istiod's waypoint template probes it on :15021, as Envoy waypoints serve it.
+	ReadinessAddr netip.AddrPort
 	// OTLPEndpoint is the OpenTelemetry collector for spans (OTLP/HTTP, "host:port" or a URL); empty
 	// exports nothing but still propagates trace context. TraceSampling is the fraction of new traces
 	// sampled (default 1 when an endpoint is set).
@@ -458,25 +462,38 @@ func (w *Waypoint) Run(ctx context.Context) error {
 		goRun("l7-config", w.runL7Config)
 	}
 	goRun("hbone", func(ctx context.Context) error { return w.server.Serve(ctx, ln) })
-	if w.cfg.MetricsAddr.IsValid() {
-		mln, err := w.sockets.Listen(ctx, w.cfg.MetricsAddr)
+	serveHTTP := func(name string, addr netip.AddrPort, h http.Handler) error {
+		hln, err := w.sockets.Listen(ctx, addr)
 		if err != nil {
-			cancel()
-			wg.Wait()
-			return fmt.Errorf("listen %s: %w", w.cfg.MetricsAddr, err)
+			return fmt.Errorf("listen %s: %w", addr, err)
 		}
-		mux := http.NewServeMux()
-		h := promhttp.HandlerFor(w.Metrics.Registry, promhttp.HandlerOpts{})
-		mux.Handle("/metrics", h)
-		mux.Handle("/stats/prometheus", h)
-		msrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-		goRun("metrics", func(ctx context.Context) error {
-			go func() { <-ctx.Done(); msrv.Close() }()
-			if err := msrv.Serve(mln); !errors.Is(err, http.ErrServerClosed) {
+		srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+		goRun(name, func(ctx context.Context) error {
+			go func() { <-ctx.Done(); srv.Close() }()
+			if err := srv.Serve(hln); !errors.Is(err, http.ErrServerClosed) {
 				return err
 			}
 			return nil
 		})
+		return nil
+	}
+	if w.cfg.MetricsAddr.IsValid() {
+		mux := http.NewServeMux()
+		h := promhttp.HandlerFor(w.Metrics.Registry, promhttp.HandlerOpts{})
+		mux.Handle("/metrics", h)
+		mux.Handle("/stats/prometheus", h)
+		if err := serveHTTP("metrics", w.cfg.MetricsAddr, mux); err != nil {
+			cancel()
+			wg.Wait()
+			return err
+		}
+	}
+	if w.cfg.ReadinessAddr.IsValid() {
+		if err := serveHTTP("readiness", w.cfg.ReadinessAddr, admin.NewReadinessHandler(w.Ready)); err != nil {
+			cancel()
+			wg.Wait()
+			return err
+		}
 	}
 	w.certs.Prefetch(w.id)
 	if w.xds != nil {

@@ -96,6 +96,9 @@ Istio's HTTP metrics, access logs and OTLP tracing.`,
 	cfg.MetricsAddr = agent.DefaultMetricsAddr
 	fs.Var(addrPortValue{&cfg.MetricsAddr}, "metrics-addr", "Prometheus metrics listener (/metrics, /stats/prometheus)")
 	envs["metrics-addr"] = "AMBIT_METRICS_ADDR"
+	cfg.ReadinessAddr = agent.DefaultReadinessAddr
+	fs.Var(addrPortValue{&cfg.ReadinessAddr}, "readiness-addr", "readiness listener (/healthz/ready), probed by istiod's waypoint template")
+	envs["readiness-addr"] = "AMBIT_READINESS_ADDR"
 	str(&cfg.OTLPEndpoint, "otlp-endpoint", "AMBIT_OTLP_ENDPOINT", "", "OpenTelemetry collector for spans (OTLP/HTTP host:port or URL); empty: propagate trace context only")
 	fs.Float64Var(&cfg.TraceSampling, "trace-sampling", 0, "fraction of new traces sampled (default 1 with --otlp-endpoint)")
 	str(&cfg.L7Source, "l7-source", "AMBIT_L7_SOURCE", agent.L7SourceFile, "where routes and L7 policies come from: file (--config-file) or kubernetes (the API server, in-cluster credentials)")
