@@ -234,3 +234,27 @@ func (c *cluster) apply(t *testing.T, yaml string) {
 		t.Fatal(err)
 	}
 }
+
+// ambitctl runs ambitctl against the cluster and returns its standard output, standard error and exit code.
+func (c *cluster) ambitctl(ctx context.Context, args ...string) (stdout, stderr string, code int) {
+	cmd := exec.CommandContext(ctx, filepath.Join(c.bin, "ambitctl"), args...)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+c.stack.Kubeconfig)
+	var o, e strings.Builder
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	code = cmd.ProcessState.ExitCode()
+	if err != nil && code == 0 {
+		code = -1
+	}
+	return o.String(), e.String(), code
+}
+
+// mustAmbitctl runs ambitctl and fails t unless it exits 0; it returns standard output.
+func (c *cluster) mustAmbitctl(t *testing.T, args ...string) string {
+	t.Helper()
+	out, errOut, code := c.ambitctl(t.Context(), args...)
+	if code != 0 {
+		t.Fatalf("ambitctl %s: exit %d\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), code, out, errOut)
+	}
+	return out
+}
