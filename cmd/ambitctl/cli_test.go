@@ -62,9 +62,9 @@ func TestWaypointGenerate(t *testing.T) {
 		{name: "C2 no flags", golden: "no-flags.golden"},
 		{name: "C3 all with revision and name", args: []string{"-n", "ns", "--for", "all", "-r", "canary", "--name", "w1"}, golden: "all-canary-w1.golden"},
 		{name: "C4 invalid traffic type", args: []string{"--for", "foo"},
-			stderr: "Error: failed to create gateway: invalid traffic type: foo. Valid options are: [all none service workload]\n", code: 2},
+			stderr: "Error: failed to create gateway: invalid traffic type: foo. Valid options are: [all none service workload]\n", code: 1},
 		{name: "C5 reserved name none", args: []string{"--name", "none"},
-			stderr: "Error: failed to create gateway: invalid name provided for waypoint, 'none' is a reserved value\n", code: 2},
+			stderr: "Error: failed to create gateway: invalid name provided for waypoint, 'none' is a reserved value\n", code: 1},
 		{name: "C6 empty name means waypoint", args: []string{"--name", ""}, golden: "no-flags.golden"},
 	}
 	for _, tc := range cases {
@@ -92,14 +92,22 @@ func TestWaypointGenerate(t *testing.T) {
 }
 
 func TestWaypointArgs(t *testing.T) {
-	if r := runCLI(t, "waypoint", "stray"); r.code != 2 || r.stderr != "Error: unknown subcommand \"stray\"\n" {
+	if r := runCLI(t, "waypoint", "stray"); r.code != 1 || r.stderr != "Error: unknown subcommand \"stray\"\n" {
 		t.Errorf("stray argument: %+v", r)
 	}
 	if r := runCLI(t, "waypoint"); r.code != 0 || !strings.Contains(r.stdout, "generate") {
 		t.Errorf("help: %+v", r)
 	}
-	if r := runCLI(t, "waypoint", "generate", "--bogus"); r.code != 2 {
+	// istioctl's exit codes: 1 for errors, 64 (ExitIncorrectUsage) for flag errors.
+	if r := runCLI(t, "waypoint", "generate", "--bogus"); r.code != 64 {
 		t.Errorf("unknown flag: %+v", r)
+	}
+	if r := runCLI(t, "waypoint", "list", "--for", "x"); r.code != 64 || r.stderr != "Error: unknown flag: --for\n" {
+		t.Errorf("flag of another subcommand: %+v", r)
+	}
+	// Ambit's own commands keep exit code 2 for bad input.
+	if r := runCLI(t, "waypoint", "bindings", "--bogus"); r.code != 2 {
+		t.Errorf("unknown flag of bindings: %+v", r)
 	}
 }
 

@@ -8,15 +8,25 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 )
 
-// Exit codes: 1 for failures, 2 for bad input (flags, arguments, configuration files).
+// Exit codes: 1 for failures, 2 for bad input (flags, arguments, configuration files). The commands that
+// reproduce istioctl's (annotated with istioctlExitCodes) exit as istioctl does instead: 64 (its
+// ExitIncorrectUsage) for flag errors and 1 for every other failure.
 const (
-	exitFailure  = 1
-	exitBadInput = 2
+	exitFailure        = 1
+	exitBadInput       = 2
+	exitIncorrectUsage = 64
 )
+
+// istioctlExitCodes is the annotation key that marks a command whose exit codes are istioctl's.
+const istioctlExitCodes = "ambitctl/istioctl-exit-codes"
+
+// istioctlParity returns the annotations of a command that exits with istioctl's codes.
+func istioctlParity() map[string]string { return map[string]string{istioctlExitCodes: "true"} }
 
 // inputError marks an error caused by the user's input; it exits with code 2.
 type inputError struct{ err error }
@@ -39,11 +49,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	err := root.Execute()
+	cmd, err := root.ExecuteC()
 	if err == nil {
 		return 0
 	}
 	fmt.Fprintf(stderr, "Error: %v\n", err)
+	if cmd != nil && cmd.Annotations[istioctlExitCodes] != "" {
+		// istioctl's GetExitCode: usage errors (flags, or any "unknown command") are 64, the rest 1.
+		if isFlagError(err) || strings.Contains(err.Error(), "unknown command") {
+			return exitIncorrectUsage
+		}
+		return exitFailure
+	}
 	var ie inputError
 	if errors.As(err, &ie) || isFlagError(err) || !parsed {
 		return exitBadInput

@@ -28,9 +28,10 @@ type waypointFlags struct {
 func newWaypointCmd(rf *rootFlags) *cobra.Command {
 	wf := &waypointFlags{rootFlags: rf}
 	cmd := &cobra.Command{
-		Use:   "waypoint",
-		Short: "Manage waypoint configuration",
-		Long:  "A group of commands used to manage waypoint configuration",
+		Use:         "waypoint",
+		Annotations: istioctlParity(),
+		Short:       "Manage waypoint configuration",
+		Long:        "A group of commands used to manage waypoint configuration",
 		Example: `  # Generate a waypoint as yaml
   ambitctl waypoint generate --namespace default
 
@@ -38,7 +39,7 @@ func newWaypointCmd(rf *rootFlags) *cobra.Command {
   ambitctl waypoint bindings -f config.yaml`,
 		Args: func(_ *cobra.Command, args []string) error {
 			if len(args) != 0 {
-				return badInput("unknown subcommand %q", args[0])
+				return fmt.Errorf("unknown subcommand %q", args[0])
 			}
 			return nil
 		},
@@ -55,15 +56,16 @@ func newWaypointCmd(rf *rootFlags) *cobra.Command {
 
 func newGenerateCmd(wf *waypointFlags) *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "generate",
-		Short: "Generate a waypoint configuration",
-		Long:  "Generate a waypoint configuration as YAML",
+		Use:         "generate",
+		Annotations: istioctlParity(),
+		Short:       "Generate a waypoint configuration",
+		Long:        "Generate a waypoint configuration as YAML",
 		Example: `  # Generate a waypoint as yaml
   ambitctl waypoint generate --namespace default`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			gw, err := makeGateway(wf, wf.namespace)
 			if err != nil {
-				return inputError{fmt.Errorf("failed to create gateway: %w", err)}
+				return fmt.Errorf("failed to create gateway: %w", err)
 			}
 			b, err := yaml.Marshal(gw)
 			if err != nil {

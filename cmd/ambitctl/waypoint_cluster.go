@@ -56,9 +56,10 @@ func newApplyCmd(wf *waypointFlags, cf *clusterFlags) *cobra.Command {
 	var enroll, overwrite, wait bool
 	var timeout time.Duration
 	cmd := &cobra.Command{
-		Use:   "apply",
-		Short: "Apply a waypoint configuration",
-		Long:  "Apply a waypoint configuration to the cluster",
+		Use:         "apply",
+		Annotations: istioctlParity(),
+		Short:       "Apply a waypoint configuration",
+		Long:        "Apply a waypoint configuration to the cluster",
 		Example: `  # Apply a waypoint to the current namespace
   ambitctl waypoint apply
 
@@ -227,9 +228,10 @@ func waypointsOnly(gws []gwv1.Gateway) []gwv1.Gateway {
 func newListCmd(wf *waypointFlags, cf *clusterFlags) *cobra.Command {
 	var all bool
 	cmd := &cobra.Command{
-		Use:   "list",
-		Short: "List managed waypoint configurations",
-		Long:  "List managed waypoint configurations in the cluster",
+		Use:         "list",
+		Annotations: istioctlParity(),
+		Short:       "List managed waypoint configurations",
+		Long:        "List managed waypoint configurations in the cluster",
 		Example: `  # List all waypoints in a specific namespace
   ambitctl waypoint list --namespace default
 
@@ -294,9 +296,10 @@ func newStatusCmd(wf *waypointFlags, cf *clusterFlags) *cobra.Command {
 	var all, wait bool
 	var timeout time.Duration
 	cmd := &cobra.Command{
-		Use:   "status",
-		Short: "Show the status of waypoints",
-		Long:  "Show the status of waypoints in the cluster",
+		Use:         "status",
+		Annotations: istioctlParity(),
+		Short:       "Show the status of waypoints",
+		Long:        "Show the status of waypoints in the cluster",
 		Example: `  # Show the status of the waypoint in the default namespace
   ambitctl waypoint status
 
@@ -394,9 +397,10 @@ func newDeleteCmd(wf *waypointFlags, cf *clusterFlags) *cobra.Command {
 	var all bool
 	var revision string
 	cmd := &cobra.Command{
-		Use:   "delete",
-		Short: "Delete a waypoint configuration",
-		Long:  "Delete a waypoint configuration from the cluster",
+		Use:         "delete",
+		Annotations: istioctlParity(),
+		Short:       "Delete a waypoint configuration",
+		Long:        "Delete a waypoint configuration from the cluster",
 		Example: `  # Delete a waypoint by name, which can obtain from ambitctl waypoint list
   ambitctl waypoint delete waypoint-name --namespace default
 
