@@ -11,15 +11,21 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// agentRestartApp is a server on node-1 and a client on node-0 in their own ambient namespace.
-const agentRestartApp = `
+// twoPods is a server Deployment (echo, port 9080, with a Service) on node-1 and a client Deployment on node-0
+// in namespace ns, labelled ambient when ambient is set.
+func twoPods(ns string, ambient bool) string {
+	labels := "{}"
+	if ambient {
+		labels = "{istio.io/dataplane-mode: ambient}"
+	}
+	return strings.NewReplacer("NS", ns, "LABELS", labels).Replace(`
 apiVersion: v1
 kind: Namespace
-metadata: {name: agent-restart, labels: {istio.io/dataplane-mode: ambient}}
+metadata: {name: NS, labels: LABELS}
 ---
 apiVersion: apps/v1
 kind: Deployment
-metadata: {name: server, namespace: agent-restart}
+metadata: {name: server, namespace: NS}
 spec:
   replicas: 1
   selector: {matchLabels: {app: server}}
@@ -38,14 +44,14 @@ spec:
 ---
 apiVersion: v1
 kind: Service
-metadata: {name: server, namespace: agent-restart}
+metadata: {name: server, namespace: NS}
 spec:
   selector: {app: server}
   ports: [{name: http, port: 9080}]
 ---
 apiVersion: apps/v1
 kind: Deployment
-metadata: {name: client, namespace: agent-restart}
+metadata: {name: client, namespace: NS}
 spec:
   replicas: 1
   selector: {matchLabels: {app: client}}
@@ -57,7 +63,8 @@ spec:
       - name: client
         image: ambit-e2e/echo:1
         args: [--port=9080]
-`
+`)
+}
 
 // TestAgentRestart replaces both node agents (the DaemonSet controller recreates the deleted pods and the
 // kubelet runs them): the new agents re-adopt the capture the old ones installed, the pods keep their
@@ -65,7 +72,7 @@ spec:
 func TestAgentRestart(t *testing.T) {
 	c := need(t)
 	ctx := t.Context()
-	c.apply(t, agentRestartApp)
+	c.apply(t, twoPods("agent-restart", true))
 	for _, d := range []string{"server", "client"} {
 		c.kubectl(t, "rollout", "status", "deployment/"+d, "-n", "agent-restart", "--timeout=120s")
 	}
