@@ -3,10 +3,12 @@ package hbone
 // conn.go: one HTTP/2 connection carrying HBONE streams, in either role.
 //
 // Invariants:
-//   - One goroutine, readLoop, reads the socket (through br and fr). It never waits for the write lock:
-//     frames it must send (SETTINGS and PING acks, RST_STREAM, GOAWAY), like the WINDOW_UPDATEs that
-//     readers return, go into the control queue and are written by whoever holds or next takes the write
-//     lock.
+//   - One goroutine, readLoop, reads the socket (through br and fr). It never waits for the write lock
+//     while reading: frames it must send (SETTINGS and PING acks, RST_STREAM, GOAWAY), like the
+//     WINDOW_UPDATEs that readers return, go into the control queue and are written by whoever holds or
+//     next takes the write lock. Only after a connection error, when it has stopped reading frames, does
+//     it wait (bounded) for the lock, to get its GOAWAY out before the connection closes
+//     (closeAfterGoAway).
 //   - Bytes reach the socket only while holding the write lock wsem (a 1-slot channel, so that waiting
 //     for it can be cancelled): bw, the Framer's write side and the hpack encoder belong to the holder.
 //     Before releasing, the holder writes the queued control frames and flushes bw unless another writer
@@ -52,6 +54,10 @@ const (
 	pieceSize    = 16 << 10 // DATA is published to a stream one TLS record at a time
 	tlsRecord    = 16 << 10 // crypto/tls's largest record payload
 )
+
+// lingerTimeout bounds how long a connection that sent GOAWAY for a connection error waits for the write
+// lock and then drains the peer's input before closing (x/net/http2's goAwayTimeout is the same second).
+const lingerTimeout = time.Second
 
 // connConfig is what a conn needs from its owner (Server or Pool).
 type connConfig struct {
@@ -116,6 +122,7 @@ type conn struct {
 	readerDone   chan struct{} // closed when readLoop returned
 	settingsRecv chan struct{} // closed at the peer's first SETTINGS
 	closeOnce    sync.Once
+	lingering    atomic.Bool  // readLoop holds the closed socket open to drain it (closeAfterGoAway)
 	streamCount  atomic.Int32 // len(streams), readable without mu
 
 	mu             sync.Mutex
@@ -228,7 +235,75 @@ func (c *conn) start() error {
 func (c *conn) readLoop() {
 	defer close(c.readerDone)
 	err := c.readFrames()
+	if errors.As(err, new(connError)) {
+		c.closeAfterGoAway(err)
+		return
+	}
 	c.close(err)
+}
+
+// closeAfterGoAway closes the connection after readLoop found a connection error, for which goAwayErr
+// queued a GOAWAY, so that the peer reads that GOAWAY before the connection ends:
+//   - Unlike close, it waits for the write lock (at most lingerTimeout: a write deadline makes a holder
+//     stuck on a peer that does not read give up) and writes and flushes the GOAWAY itself if the holder
+//     has not, so that closing cannot overtake a GOAWAY sitting in bw or in the coalescer.
+//   - Closing a socket with unread input makes the kernel send RST instead of FIN, and a RST discards
+//     whatever the peer has not read yet, the GOAWAY included (the peer typically is still sending:
+//     that is what broke flow control). So it half-closes (TLS close_notify, TCP FIN), then reads and
+//     discards the peer's input until the peer closes or lingerTimeout passes, and only then closes.
+//     x/net/http2 waits a second for the same reason (golang.org/issue/18701).
+//
+// Streams fail and onClose runs before the linger. It holds the write lock until the socket is closed,
+// so nothing else is written after the GOAWAY; a close call during the linger closes the socket at once.
+func (c *conn) closeAfterGoAway(err error) {
+	deadline := time.Now().Add(lingerTimeout)
+	_ = c.nc.SetWriteDeadline(deadline)
+	t := time.NewTimer(lingerTimeout)
+	defer t.Stop()
+	select {
+	case c.wsem <- struct{}{}:
+	case <-c.done: // a write failed, or the owner closed the connection
+		c.close(err)
+		return
+	case <-t.C:
+		c.close(err)
+		return
+	}
+	defer func() { <-c.wsem }()
+	c.writeCtrlLocked()
+	if c.bw.Flush() == nil && c.sock != nil {
+		_ = c.sock.setBatching(false)
+	}
+	shut := false
+	c.closeOnce.Do(func() {
+		shut = true
+		c.lingering.Store(true)
+		c.shut(err, false)
+	})
+	if !shut {
+		return // closed meanwhile (writeCtrlLocked failed): the socket is closed
+	}
+	defer c.close(err) // closes the socket (shut did not)
+	raw := c.nc
+	if c.sock != nil {
+		raw = c.sock.Conn
+	}
+	if tc, ok := c.nc.(interface{ CloseWrite() error }); ok {
+		_ = tc.CloseWrite() // *tls.Conn: close_notify
+	}
+	if raw != c.nc {
+		if tc, ok := raw.(interface{ CloseWrite() error }); ok {
+			_ = tc.CloseWrite() // *net.TCPConn: FIN
+		}
+	}
+	// The TLS layer is done with: drain the socket itself, nothing needs decrypting.
+	_ = raw.SetReadDeadline(deadline)
+	var buf [4 << 10]byte
+	for {
+		if _, err := raw.Read(buf[:]); err != nil {
+			return
+		}
+	}
 }
 
 // connError is a connection error found while reading, sent to the peer in a GOAWAY before closing.
@@ -706,50 +781,59 @@ func (c *conn) goAway() {
 	c.maybeCloseIdle()
 }
 
-// close closes the connection (err nil for a clean close) and fails every stream still open.
+// close closes the connection (err nil for a clean close) and fails every stream still open. Called again,
+// or during closeAfterGoAway's linger, it closes the socket at once.
 func (c *conn) close(err error) {
-	c.closeOnce.Do(func() {
-		c.mu.Lock()
-		c.closed = true
-		c.closeErr = err
-		streams := make([]*Stream, 0, len(c.streams))
-		for _, s := range c.streams {
-			streams = append(streams, s)
-		}
-		clear(c.streams)
-		c.streamCount.Store(0)
-		if c.kaTimer != nil {
-			c.kaTimer.Stop()
-		}
-		close(c.done)
-		c.mu.Unlock()
-		if err == nil || errors.Is(err, ErrKeepaliveTimeout) || errors.As(err, new(connError)) {
-			// Let a queued GOAWAY out first when the write lock is free; never wait for it.
-			select {
-			case c.wsem <- struct{}{}:
-				c.writeCtrlLocked()
-				if c.bw.Flush() == nil && c.sock != nil {
-					_ = c.sock.setBatching(false)
-				}
-				<-c.wsem
-			default:
-			}
-		}
+	c.closeOnce.Do(func() { c.shut(err, true) })
+	if c.lingering.Load() {
 		_ = c.nc.Close()
-		ferr := ErrConnClosed
-		if err != nil && !errors.Is(err, io.EOF) {
-			ferr = fmt.Errorf("%w: %w", ErrConnClosed, err)
-		}
-		for _, s := range streams {
-			s.fail(ferr)
-			if c.cfg.onStreamDone != nil {
-				c.cfg.onStreamDone()
+	}
+}
+
+// shut does close's work, in closeOnce; the socket stays open unless closeSocket.
+func (c *conn) shut(err error, closeSocket bool) {
+	c.mu.Lock()
+	c.closed = true
+	c.closeErr = err
+	streams := make([]*Stream, 0, len(c.streams))
+	for _, s := range c.streams {
+		streams = append(streams, s)
+	}
+	clear(c.streams)
+	c.streamCount.Store(0)
+	if c.kaTimer != nil {
+		c.kaTimer.Stop()
+	}
+	close(c.done)
+	c.mu.Unlock()
+	if err == nil || errors.Is(err, ErrKeepaliveTimeout) || errors.As(err, new(connError)) {
+		// Let a queued GOAWAY out first when the write lock is free; never wait for it.
+		select {
+		case c.wsem <- struct{}{}:
+			c.writeCtrlLocked()
+			if c.bw.Flush() == nil && c.sock != nil {
+				_ = c.sock.setBatching(false)
 			}
+			<-c.wsem
+		default:
 		}
-		if c.cfg.onClose != nil {
-			c.cfg.onClose(err)
+	}
+	if closeSocket {
+		_ = c.nc.Close()
+	}
+	ferr := ErrConnClosed
+	if err != nil && !errors.Is(err, io.EOF) {
+		ferr = fmt.Errorf("%w: %w", ErrConnClosed, err)
+	}
+	for _, s := range streams {
+		s.fail(ferr)
+		if c.cfg.onStreamDone != nil {
+			c.cfg.onStreamDone()
 		}
-	})
+	}
+	if c.cfg.onClose != nil {
+		c.cfg.onClose(err)
+	}
 }
 
 // err returns the reason the connection closed.
@@ -928,9 +1012,12 @@ func (c *conn) unreserve(s *Stream, n int) {
 
 // writeData writes one DATA frame (flow control already reserved). Small payloads are copied into bw with
 // the 9-byte header. Large ones go to the TLS connection straight from p, aligned so that all but the
-// first TLS record are full 16 KiB records: the header and the odd-sized head of p form the first record,
-// which the coalescer holds and sends with the next one in a single writev. A large Write thus costs the
-// same records and syscalls as on plain TLS.
+// first TLS record are full 16 KiB records: the header and the odd-sized head of p form the first record.
+// They are written in a write section (sock batching on): the coalescer gathers the records, which
+// crypto/tls writes one by one, in a pooled buffer and sends up to 16 full ones per write or writev, the
+// rest when the section ends (finishWriteLocked, by the last writer out). A large Write thus costs the
+// records plain TLS would use (plus a 9-byte one when len(p) is a multiple of 16 KiB) but about one
+// syscall per 256 KiB instead of one per record.
 func (c *conn) writeData(id uint32, p []byte, cancel, cancel2 <-chan struct{}) error {
 	if err := c.lockWrite(cancel, cancel2); err != nil {
 		return err

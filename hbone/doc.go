@@ -18,7 +18,8 @@
 // over pooled connections keyed by (source identity, expected identities, next hop, source IP).
 //
 // The HTTP/2 layer is purpose-built on golang.org/x/net/http2's Framer and hpack rather than net/http:
-// DATA is written straight from the caller's buffer and read straight into a waiting reader's buffer,
-// flow-control credit is returned in large batches, and no goroutine sits between a stream and its
-// socket. Package hbone imports nothing from agent/ or xdsclient/.
+// DATA is written straight from the caller's buffer (its TLS records gathered into one socket write per
+// 16 records) and read straight into a waiting reader's buffer, flow-control credit is returned in large
+// batches, and no goroutine sits between a stream and its socket. Package hbone imports nothing from
+// agent/ or xdsclient/.
 package hbone

@@ -198,6 +198,17 @@ func expectClosed(tb testing.TB, c net.Conn) {
 	}
 }
 
+// readToEnd reads c until an error (5 s at most) and returns it.
+func readToEnd(c net.Conn) error {
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 1024)
+	for {
+		if _, err := c.Read(buf); err != nil {
+			return err
+		}
+	}
+}
+
 // waitGroup helper for goroutines started in tests.
 type group struct {
 	wg   sync.WaitGroup

@@ -94,7 +94,7 @@ func (p *rawPeer) status(id uint32) int {
 	}
 }
 
-// nextFrame returns the next frame of the given type (skipping and acking SETTINGS), or fails.
+// expectGoAway reads frames until a GOAWAY and returns its error code, or fails (10 s at most).
 func (p *rawPeer) expectGoAway() http2.ErrCode {
 	p.tb.Helper()
 	_ = p.c.SetReadDeadline(time.Now().Add(10 * time.Second))

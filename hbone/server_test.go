@@ -510,8 +510,46 @@ func TestServerProtocolErrors(t *testing.T) {
 			if got := rc.expectGoAway(); got != tt.want {
 				t.Fatalf("GOAWAY %v, want %v", got, tt.want)
 			}
-			expectClosed(t, rc.c)
+			// The server half-closes after the GOAWAY and drains what the peer still sends: a clean
+			// close_notify and FIN, never a RST (which would have discarded the GOAWAY in flight).
+			if err := readToEnd(rc.c); !errors.Is(err, io.EOF) {
+				t.Fatalf("after GOAWAY: %v, want EOF", err)
+			}
 		})
+	}
+}
+
+// TestServerGoAwayLingerEnds checks that the drain after a connection error is bounded: a peer that
+// ignores the GOAWAY and keeps sending is cut off once lingerTimeout has passed.
+func TestServerGoAwayLingerEnds(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	pki := newPKI(t)
+	ts := startServer(t, pki, echoHandler(), nil)
+	rc := dialRawClient(t, ts.addr, pki.client)
+	if err := rc.fr.WriteRawFrame(http2.FrameData, 0, 0, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	werr := make(chan error, 1)
+	go func() { // ends when the server closes the socket (or the test's cleanup closes rc.c)
+		junk := make([]byte, 16<<10)
+		for {
+			if _, err := rc.c.Write(junk); err != nil {
+				werr <- err
+				return
+			}
+		}
+	}()
+	if got := rc.expectGoAway(); got != http2.ErrCodeProtocol {
+		t.Fatalf("GOAWAY %v, want %v", got, http2.ErrCodeProtocol)
+	}
+	if err := readToEnd(rc.c); !errors.Is(err, io.EOF) {
+		t.Fatalf("after GOAWAY: %v, want EOF", err)
+	}
+	select {
+	case err := <-werr:
+		t.Logf("peer still sending after GOAWAY: cut off with %v", err)
+	case <-time.After(10 * lingerTimeout):
+		t.Fatalf("server still reading %v after GOAWAY", 10*lingerTimeout)
 	}
 }
 
