@@ -262,6 +262,22 @@ func TestClusterClientErrors(t *testing.T) {
 	if r.stderr != want || r.code != 1 || r.stdout != "" {
 		t.Errorf("missing kubeconfig: %+v", r)
 	}
+	// istioctl parses the client timeout before it reads the kubeconfig.
+	r = runIn("waypoint", "list", "--kubeconfig", "/nonexistent/kubeconfig", "--kubeclient-timeout", "soon")
+	want = "Error: failed to create Kubernetes client: error parsing kubeclient-timeout: time: invalid duration \"soon\"\n"
+	if r.stderr != want || r.code != 1 {
+		t.Errorf("bad client timeout: %+v", r)
+	}
+	// istioctl's other root flags are accepted.
+	r = runIn("waypoint", "list", "--kubeconfig", "/nonexistent/kubeconfig", "-i", "istio-system", "--vklog", "0", "--as", "u",
+		"--as-group", "g", "--as-uid", "1", "--kubeclient-timeout", "2s")
+	if r.code != 1 || !strings.Contains(r.stderr, "stat /nonexistent/kubeconfig") {
+		t.Errorf("root flags: %+v", r)
+	}
+	if r := runIn("waypoint", "list", "--vklog", "x"); r.code != 64 ||
+		r.stderr != "Error: invalid argument \"x\" for \"--vklog\" flag: strconv.ParseInt: parsing \"x\": invalid syntax\n" {
+		t.Errorf("bad --vklog: %+v", r)
+	}
 	prev := newClusterClients
 	defer func() { newClusterClients = prev }()
 	newClusterClients = func(*clusterFlags) (*clusterClients, error) { return nil, errors.New("boom") }
