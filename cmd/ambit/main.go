@@ -36,7 +36,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(newAgentCmd(stderr), newWaypointCmd(stderr), newVersionCmd())
+	root.AddCommand(newAgentCmd(stderr), newWaypointCmd(stderr), newCleanupCmd(stdout), newVersionCmd())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintf(stderr, "Error: %v\n", err)
 		return 1

@@ -4,5 +4,5 @@
 // as a DaemonSet, and Istio's waypoint walkthrough driven with the real kubectl and ambitctl, with the path of
 // every request read from the agents' and waypoints' access logs.
 //
-// The tests carry the build tag e2e and need root (network namespaces, eBPF); run them with `make test-e2e`.
+// The tests carry the build tag e2e and need root (network namespaces, eBPF); run them with `make test-e2e-kube`.
 package kube
