@@ -90,19 +90,9 @@ up() {
 
 	say "images: $AGENT_IMAGE, $WAYPOINT_IMAGE, $ECHO_IMAGE"
 	docker build -t "$AGENT_IMAGE" --build-arg VERSION="$TAG" "$ROOT"
-	if grep -qiE '^FROM .+ AS waypoint' "$ROOT/Dockerfile"; then
-		docker build --target waypoint -t "$WAYPOINT_IMAGE" --build-arg VERSION="$TAG" "$ROOT"
-	else
-		# The waypoint image is the same binary without file capabilities: istiod's waypoint pods drop every
-		# capability and forbid privilege escalation, and the kernel refuses to exec a binary with file
-		# capabilities there.
-		docker build -t "$WAYPOINT_IMAGE" - <<-EOF
-			FROM $AGENT_IMAGE
-			USER 0:0
-			RUN setcap -r /usr/local/bin/ambit
-			USER 1337:1337
-		EOF
-	fi
+	# The waypoint image: the same binary without file capabilities (istiod's waypoint pods drop every
+	# capability, and the kernel refuses to exec a binary whose file capabilities it cannot grant).
+	docker build --target waypoint -t "$WAYPOINT_IMAGE" --build-arg VERSION="$TAG" "$ROOT"
 	# The e2e tier's test server (test/e2e/kube/echo), with curl for the client pod.
 	docker build -t "$ECHO_IMAGE" -f - "$ROOT" <<-'EOF'
 		FROM golang:1.26-bookworm AS build
