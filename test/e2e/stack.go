@@ -492,22 +492,30 @@ func (s *Stack) Stop() {
 }
 
 // Restart stops the peer named name (etcd, kube-apiserver, istiod, kube-controller-manager, kube-scheduler),
-// waits down for the outage, starts it again with the same flags and ports, and waits until it is ready.
+// waits down for the outage, starts it again with the same flags and ports, and waits until it is ready. It
+// appends how long the stop and the start-to-ready took to Timings ("restart <name>: stop", "...: ready").
 func (s *Stack) Restart(ctx context.Context, name string, down time.Duration) error {
 	for _, p := range s.procs {
 		if p.name != name {
 			continue
 		}
+		t0 := time.Now()
 		stopProc(p)
+		s.Timings = append(s.Timings, Timing{"restart " + name + ": stop", time.Since(t0)})
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(down):
 		}
+		t0 = time.Now()
 		if err := s.startProc(p); err != nil {
-			return err
+			return fmt.Errorf("restart %s: %w", name, err)
 		}
-		return s.waitReady(ctx, name)
+		if err := s.waitReady(ctx, name); err != nil {
+			return fmt.Errorf("restart %s: %w", name, err)
+		}
+		s.Timings = append(s.Timings, Timing{"restart " + name + ": ready", time.Since(t0)})
+		return nil
 	}
 	return fmt.Errorf("restart %s: no such peer", name)
 }
