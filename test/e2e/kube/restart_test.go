@@ -187,9 +187,6 @@ func (c *cluster) rsLiveOutbound(t *testing.T, src string) dump.Connection {
 	return dump.Connection{}
 }
 
-// rsAgents caches the agent pod of each node: the DaemonSet's pods do not change during the tier.
-var rsAgents = map[string]string{}
-
 // rsAgent returns the name of the agent pod on node.
 func (c *cluster) rsAgent(t *testing.T, node string) string {
 	t.Helper()
@@ -202,14 +199,10 @@ func (c *cluster) rsAgent(t *testing.T, node string) string {
 }
 
 // rsAccessLine waits for the "connection complete" line of node's agent whose attributes include want, and
-// returns its attributes. The agent pods' names are looked up once (the API server may be down later).
-func (c *cluster) rsAccessLine(t *testing.T, node string, want map[string]string) map[string]string {
+// returns its attributes.
+func (c *cluster) rsAccessLine(t *testing.T, e *rsEnv, node string, want map[string]string) map[string]string {
 	t.Helper()
-	agent := rsAgents[node]
-	if agent == "" {
-		agent = c.rsAgent(t, node)
-		rsAgents[node] = agent
-	}
+	agent := e.agents[node]
 	var found map[string]string
 	rsWait(t, 15*time.Second, fmt.Sprintf("access-log line %v on %s", want, node), func() bool {
 		for _, raw := range strings.Split(c.kubelet.ReadLog("istio-system", agent, rsAgentName), "\n") {
@@ -271,6 +264,8 @@ type rsConn struct {
 	br         *bufio.Reader
 	target     string
 	sent, recv int64
+	// first is the first response: the same server answers every request of the connection.
+	first string
 }
 
 // countingReader counts what the connection received.
@@ -355,6 +350,8 @@ type rsEnv struct {
 	client kubelet.Pod
 	vip    string
 	server map[string]kubelet.Pod
+	// agents are the agent pods by node.
+	agents map[string]string
 }
 
 func (c *cluster) rsSetUp(t *testing.T, ns string) *rsEnv {
@@ -365,13 +362,12 @@ func (c *cluster) rsSetUp(t *testing.T, ns string) *rsEnv {
 		_, err := c.client.CoreV1().ServiceAccounts(ns).Get(t.Context(), "default", metav1.GetOptions{})
 		return err == nil
 	})
-	for _, node := range []string{rsClientNode, rsServerNode} {
-		if rsAgents[node] == "" {
-			rsAgents[node] = c.rsAgent(t, node)
-		}
-	}
 	c.apply(t, rsServerYAML(ns, "server", rsServerNode, 1)+rsPodYAML(ns, "client", rsClientNode, "app: client"))
-	e := &rsEnv{ns: ns}
+	// The agent pods' names, looked up now: the API server is down for part of the test.
+	e := &rsEnv{ns: ns, agents: map[string]string{}}
+	for _, node := range []string{rsClientNode, rsServerNode} {
+		e.agents[node] = c.rsAgent(t, node)
+	}
 	e.server = c.rsEnrolledPods(t, ns, "app=server", 1)
 	e.client = c.rsEnrolledPods(t, ns, "app=client", 1)["client"]
 	e.vip = c.kubectl(t, "get", "svc", "server", "-n", ns, "-o", "jsonpath={.spec.clusterIP}")
@@ -400,9 +396,11 @@ func (c *cluster) rsOpenLongLived(t *testing.T, e *rsEnv) (*rsConn, dump.Connect
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
+	// The server saw the client pod's own address: the agents preserve the source across HBONE.
 	if want := pod + " saw " + e.client.IP.String(); body != want {
 		t.Errorf("response %q, want %q", body, want)
 	}
+	lc.first = body
 	live := c.rsLiveOutbound(t, lc.local())
 	t.Logf("long-lived connection %s -> %s: %q; client agent relays it as %s to %s (authority %s, service %s)",
 		lc.local(), lc.target, body, live.Protocol, live.Hop, live.Authority, live.Service)
@@ -422,8 +420,8 @@ func (c *cluster) rsCheckSurvived(t *testing.T, lc *rsConn, before dump.Connecti
 	if err != nil {
 		t.Fatalf("request on the connection established before the %s: %v", what, err)
 	}
-	if !strings.Contains(body, " saw ") {
-		t.Errorf("response after the %s: %q", what, body)
+	if body != lc.first {
+		t.Errorf("response after the %s: %q, want %q", what, body, lc.first)
 	}
 	after := c.rsLiveOutbound(t, lc.local())
 	if after.ID != before.ID || after.Authority != before.Authority || after.BytesUpstream <= before.BytesUpstream {
@@ -435,7 +433,7 @@ func (c *cluster) rsCheckSurvived(t *testing.T, lc *rsConn, before dump.Connecti
 func (c *cluster) rsCloseLongLived(t *testing.T, e *rsEnv, lc *rsConn, live dump.Connection) {
 	t.Helper()
 	lc.conn.Close()
-	out := c.rsAccessLine(t, rsClientNode, map[string]string{"src.addr": lc.local(), "direction": "outbound"})
+	out := c.rsAccessLine(t, e, rsClientNode, map[string]string{"src.addr": lc.local(), "direction": "outbound"})
 	if out["dst.hbone_addr"] != live.Authority || out["protocol"] != "HBONE" || out["dst.service"] != "server."+e.ns+".svc.cluster.local" ||
 		out["error"] != "" || out["waypoint"] != "" {
 		t.Errorf("client agent's access log: %v, want HBONE to %s for service server without error", out, live.Authority)
@@ -446,7 +444,7 @@ func (c *cluster) rsCloseLongLived(t *testing.T, e *rsEnv, lc *rsConn, live dump
 	}
 	// The server node's line of the same connection: same destination, same byte counts (the source port
 	// there is the HBONE tunnel's, not the client's).
-	in := c.rsAccessLine(t, rsServerNode, map[string]string{"direction": "inbound", "dst.addr": live.Authority,
+	in := c.rsAccessLine(t, e, rsServerNode, map[string]string{"direction": "inbound", "dst.addr": live.Authority,
 		"src.workload": "client", "src.namespace": e.ns, "bytes_sent": out["bytes_sent"], "bytes_recv": out["bytes_recv"]})
 	t.Logf("access log of the long-lived connection:\n  client node: %v\n  server node: %v", out, in)
 	if in["error"] != "" || !strings.HasPrefix(in["src.addr"], e.client.IP.String()+":") || in["protocol"] != "HBONE" ||
@@ -469,7 +467,7 @@ func (c *cluster) rsReach(t *testing.T, e *rsEnv, target string, pods map[string
 		if err == nil {
 			name, _, _ := strings.Cut(body, " saw ")
 			if p, ok := pods[name]; ok {
-				line := c.rsAccessLine(t, rsClientNode, map[string]string{"src.addr": local, "direction": "outbound"})
+				line := c.rsAccessLine(t, e, rsClientNode, map[string]string{"src.addr": local, "direction": "outbound"})
 				hbone := net.JoinHostPort(p.IP.String(), fmt.Sprint(rsPort))
 				if line["dst.hbone_addr"] == hbone && line["protocol"] == "HBONE" && line["dst.service"] == svc && line["error"] == "" {
 					t.Logf("%s answered by %s: client agent's access log %v", target, name, line)
