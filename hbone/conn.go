@@ -851,10 +851,8 @@ func (c *conn) err() error {
 // lockWrite takes the write lock, giving up with os.ErrDeadlineExceeded when cancel or cancel2 (either
 // may be nil) is closed, and with the connection's error when it closes.
 func (c *conn) lockWrite(cancel, cancel2 <-chan struct{}) error {
-	select {
-	case c.wsem <- struct{}{}:
+	if c.tryLockWrite() {
 		return nil
-	default:
 	}
 	c.wwait.Add(1)
 	select {
@@ -872,6 +870,16 @@ func (c *conn) lockWrite(cancel, cancel2 <-chan struct{}) error {
 	case <-c.done:
 		c.wwait.Add(-1)
 		return c.err()
+	}
+}
+
+// tryLockWrite takes the write lock if it is free.
+func (c *conn) tryLockWrite() bool {
+	select {
+	case c.wsem <- struct{}{}:
+		return true
+	default:
+		return false
 	}
 }
 

@@ -205,7 +205,7 @@ func FuzzClientFrames(f *testing.F) {
 				defer wg.Done()
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 				defer cancel()
-				s, err := c.openStream(ctx, requestFields(Target{Authority: "10.0.0.1:80"}))
+				s, err := c.openStream(ctx, appendRequestFields(nil, Target{Authority: "10.0.0.1:80"}))
 				if err != nil {
 					return
 				}
@@ -232,6 +232,9 @@ func FuzzParseAuthority(f *testing.F) {
 		}
 		if a.Port == 0 || a.Host == "" {
 			t.Fatalf("%q: accepted %+v", s, a)
+		}
+		if a.Addr.IsValid() && a.Host != a.Addr.Addr().String() {
+			t.Fatalf("%q: Host %q is not the canonical form of %v", s, a.Host, a.Addr.Addr())
 		}
 	})
 }

@@ -77,7 +77,9 @@ func ParseAuthority(s string) (Authority, error) {
 		if !ip.Is4() {
 			return bad("IPv6 literal without brackets")
 		}
-		return Authority{Host: ip.String(), Port: uint16(port), Addr: netip.AddrPortFrom(ip, uint16(port))}, nil
+		// ParseAddr accepts only canonical dotted decimal for IPv4 (no leading zeros), so host is
+		// already ip.String().
+		return Authority{Host: host, Port: uint16(port), Addr: netip.AddrPortFrom(ip, uint16(port))}, nil
 	}
 	if !validHostname(host) {
 		return bad("bad host name")

@@ -177,7 +177,8 @@ func (p *Pool) Dial(ctx context.Context, t Target) (net.Conn, error) {
 		return nil, fmt.Errorf("dial hbone: %w", err)
 	}
 	key := makeKey(t)
-	fields := requestFields(t)
+	var fieldBuf [6]hpack.HeaderField // the usual CONNECT (method, authority, a few headers) stays on the stack
+	fields := appendRequestFields(fieldBuf[:0], t)
 	var err error
 	for attempt := 0; attempt < 3; attempt++ {
 		var pc *pconn
@@ -197,8 +198,8 @@ func (p *Pool) Dial(ctx context.Context, t Target) (net.Conn, error) {
 	return nil, fmt.Errorf("dial hbone %s via %s: %w", t.Authority, t.NextHop, err)
 }
 
-func requestFields(t Target) []hpack.HeaderField {
-	fields := make([]hpack.HeaderField, 0, 2+len(t.Header))
+// appendRequestFields appends the CONNECT request's header fields for t to fields.
+func appendRequestFields(fields []hpack.HeaderField, t Target) []hpack.HeaderField {
 	fields = append(fields,
 		hpack.HeaderField{Name: ":method", Value: http.MethodConnect},
 		hpack.HeaderField{Name: ":authority", Value: t.Authority})

@@ -73,7 +73,8 @@ func (r *Request) Accept(respHeader http.Header) (net.Conn, error) {
 		return nil, ErrAlreadyAccepted
 	}
 	s := r.stream
-	fields := append(make([]hpack.HeaderField, 0, 1+len(respHeader)), hpack.HeaderField{Name: ":status", Value: "200"})
+	var fieldBuf [4]hpack.HeaderField // ":status" and a few headers stay on the stack
+	fields := append(fieldBuf[:0], hpack.HeaderField{Name: ":status", Value: "200"})
 	fields = appendRegular(fields, respHeader)
 	if err := s.writeResponse(fields, false); err != nil {
 		return nil, fmt.Errorf("accept stream: %w", err)
@@ -86,8 +87,11 @@ func (r *Request) Accept(respHeader http.Header) (net.Conn, error) {
 // ended) the stream and removes it.
 func (s *Stream) writeResponse(fields []hpack.HeaderField, endStream bool) error {
 	c := s.c
-	if err := c.lockWrite(s.writeDL.waitAlloc(), nil); err != nil {
-		return err
+	// The write deadline's channel (which Close expires) is only needed to wait for the lock.
+	if !c.tryLockWrite() {
+		if err := c.lockWrite(s.writeDL.waitAlloc(), nil); err != nil {
+			return err
+		}
 	}
 	c.mu.Lock()
 	err := s.werr
