@@ -319,7 +319,9 @@ func (c *Client) isClosed() bool {
 func (c *Client) runStream(ctx context.Context) (healthy bool, err error) {
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	s, err := discovery.NewAggregatedDiscoveryServiceClient(c.conn).DeltaAggregatedResources(sctx)
+	// WaitForReady: while istiod is unreachable the call waits for gRPC's own reconnect (with its backoff)
+	// instead of failing at once and adding this loop's backoff on top of it.
+	s, err := discovery.NewAggregatedDiscoveryServiceClient(c.conn).DeltaAggregatedResources(sctx, grpc.WaitForReady(true))
 	if err != nil {
 		return false, fmt.Errorf("open delta ads stream: %w", err)
 	}
