@@ -14,10 +14,13 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"flag"
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"runtime"
+	"runtime/pprof"
 	"sync"
 	"syscall"
 	"testing"
@@ -323,8 +326,8 @@ func BenchmarkPathConnect(b *testing.B) {
 func BenchmarkPathIdle(b *testing.B) {
 	const n = 2000 // four descriptors each through the mesh
 	tp := startPath(b)
-	measure := func(to netip.AddrPort) (heap, stack float64) {
-		before := memInUse()
+	measure := func(to netip.AddrPort, profile string) (heap, stack, gs float64) {
+		before, g0 := memInUse(), runtime.NumGoroutine()
 		conns := make([]net.Conn, 0, n)
 		var mu sync.Mutex
 		var wg sync.WaitGroup
@@ -351,18 +354,22 @@ func BenchmarkPathIdle(b *testing.B) {
 			b.Fatal(failed)
 		}
 		time.Sleep(100 * time.Millisecond)
-		after := memInUse()
+		after, g1 := memInUse(), runtime.NumGoroutine()
+		if profile != "" {
+			writeHeapProfile(b, profile)
+		}
 		for _, c := range conns {
 			c.Close()
 		}
 		k := float64(len(conns))
-		return float64(after.HeapInuse-before.HeapInuse) / k, float64(after.StackInuse-before.StackInuse) / k
+		return float64(after.HeapInuse-before.HeapInuse) / k, float64(after.StackInuse-before.StackInuse) / k,
+			float64(g1-g0) / k
 	}
-	var dh, ds, mh, ms float64
+	var dh, ds, dg, mh, ms, mg float64
 	for range b.N {
-		dh, ds = measure(tp.backend)
+		dh, ds, dg = measure(tp.backend, "")
 		time.Sleep(200 * time.Millisecond)
-		mh, ms = measure(tp.outbound)
+		mh, ms, mg = measure(tp.outbound, *idleHeapProfile)
 		time.Sleep(200 * time.Millisecond)
 	}
 	b.ReportMetric(dh+ds, "direct-B/conn")
@@ -370,6 +377,23 @@ func BenchmarkPathIdle(b *testing.B) {
 	b.ReportMetric(mh+ms-dh-ds, "added-B/conn")
 	b.ReportMetric(mh-dh, "added-heap-B/conn")
 	b.ReportMetric(ms-ds, "added-stack-B/conn")
+	b.ReportMetric(mg-dg, "added-goroutines/conn")
+}
+
+// idleHeapProfile names a file for a heap profile taken while BenchmarkPathIdle's mesh connections are
+// open and idle (run with -test.memprofilerate=1 to see every allocation).
+var idleHeapProfile = flag.String("idleheapprofile", "", "write a heap profile of the idle mesh connections of BenchmarkPathIdle to `file`")
+
+func writeHeapProfile(tb testing.TB, name string) {
+	tb.Helper()
+	f, err := os.Create(name)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer f.Close()
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		tb.Fatal(err)
+	}
 }
 
 // memInUse returns memory statistics after settling GC (stacks shrink at GC).

@@ -1,33 +1,41 @@
 // Package relay copies bytes both ways between two connections with half-close, live byte counters and
-// buffers that cost little while a connection is idle: each direction reads into a 1 KiB buffer and
-// borrows a large pooled one only while data keeps arriving. When both sides are plain TCP the kernel
-// splices instead (io.Copy on *net.TCPConn), with no user-space buffer at all; an HBONE stream hands
-// over the chunks it received (hbone.Stream.WriteTo), also without a buffer of ours.
+// no buffer held while a connection is idle: a direction reading TCP waits for readability without a
+// buffer (a MSG_PEEK of one byte through the runtime poller), then borrows a pooled 1 KiB buffer, and a
+// 64 KiB one while reads keep filling it, and gives it back as soon as a read comes up short. When both
+// sides are plain TCP the kernel splices instead (io.Copy on *net.TCPConn), with no user-space buffer at
+// all; an HBONE stream hands over the chunks it received (hbone.Stream.WriteTo), also without a buffer
+// of ours. Other sources read into a 1 KiB buffer of their own, as before.
 package relay
 
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
+	"unsafe"
 
 	"golang.org/x/net/http2"
 
 	"github.com/ambit-mesh/ambit/hbone"
 )
 
-// Buffer sizes: small while idle or trickling, big while a read fills the buffer. A connection that goes
-// idle right after a burst keeps its big buffer while blocked in the next Read (it is given back only
-// after a short read), so bigSize is also what such a connection holds: 256 KiB measured about 9% less
-// mesh CPU per MB than 64 KiB, but 260 KB instead of 76 KB per connection idle after a burst.
+// Buffer sizes: small while trickling, big while a read fills the buffer. A TCP source gives its buffer
+// back after every short read; other sources keep the small one while idle, and the big one until a read
+// returns less than an eighth of it (256 KiB measured about 9% less mesh CPU per MB than 64 KiB, but
+// would be what such a source holds idle after a burst).
 const (
 	smallSize = 1 << 10
 	bigSize   = 64 << 10
 )
 
-var bigPool = sync.Pool{New: func() any { b := make([]byte, bigSize); return &b }}
+var (
+	smallPool = sync.Pool{New: func() any { b := make([]byte, smallSize); return &b }}
+	bigPool   = sync.Pool{New: func() any { b := make([]byte, bigSize); return &b }}
+)
 
 // Counters are live byte counts of a relay; they may be read at any time.
 type Counters struct {
@@ -90,6 +98,9 @@ func copyData(dst, src net.Conn, n *atomic.Int64) error {
 		_, err := hs.WriteTo(countingWriter{dst, n})
 		return cleanEnd(err)
 	}
+	if ok2 {
+		return copyTCP(dst, st, n)
+	}
 	small := make([]byte, smallSize)
 	buf := small
 	var big *[]byte
@@ -119,6 +130,72 @@ func copyData(dst, src net.Conn, n *atomic.Int64) error {
 			bigPool.Put(big)
 			big, buf = nil, small
 		}
+	}
+}
+
+// copyTCP copies from a TCP connection holding a buffer only while data is there to read: it waits for
+// readability without one (waitReadable), then reads with pooled buffers until a read comes up short.
+func copyTCP(dst net.Conn, src *net.TCPConn, n *atomic.Int64) error {
+	rc, err := src.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("raw connection: %w", err)
+	}
+	for {
+		// Blocks in the runtime poller like Read; Close and read deadlines interrupt it alike.
+		if err := rc.Read(waitReadable); err != nil {
+			return cleanEnd(err)
+		}
+		if done, err := drain(dst, src, n); done {
+			return err
+		}
+	}
+}
+
+// drain copies what src has to read now, with pooled buffers given back before it returns. It reports
+// done with the copy's result once src ends or either side fails.
+func drain(dst net.Conn, src *net.TCPConn, n *atomic.Int64) (done bool, err error) {
+	pool := &smallPool
+	bp := pool.Get().(*[]byte)
+	defer func() { pool.Put(bp) }()
+	for {
+		buf := *bp
+		nr, rerr := src.Read(buf)
+		if nr > 0 {
+			nw, werr := dst.Write(buf[:nr])
+			n.Add(int64(nw))
+			if werr != nil {
+				return true, cleanEnd(werr)
+			}
+		}
+		if rerr != nil {
+			return true, cleanEnd(rerr)
+		}
+		if nr < len(buf) {
+			return false, nil // probably drained: wait again without a buffer
+		}
+		if pool == &smallPool {
+			pool.Put(bp)
+			pool = &bigPool
+			bp = pool.Get().(*[]byte)
+		}
+	}
+}
+
+// waitReadable is a syscall.RawConn.Read callback that reports whether fd has something to read (bytes,
+// end of stream or an error) without taking any: a MSG_PEEK of one byte. On EAGAIN it returns false and
+// the runtime poller parks the goroutine until fd becomes readable.
+func waitReadable(fd uintptr) bool {
+	var b [1]byte
+	for {
+		_, _, errno := syscall.Syscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
+			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+		switch errno {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
+		}
+		return true // data, end of stream (0 bytes) or an error the next Read reports
 	}
 }
 

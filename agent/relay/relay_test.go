@@ -47,18 +47,29 @@ type onlyConn struct{ net.Conn }
 
 func (c onlyConn) CloseWrite() error { return c.Conn.(*net.TCPConn).CloseWrite() }
 
+// wrappers are the ways Bidi may see its two TCP connections: both as *net.TCPConn (splice), a as TCP
+// and b hidden (a's direction waits for readability and borrows pooled buffers, b's reads into a buffer
+// of its own), and both hidden.
+var wrappers = []struct {
+	name   string
+	wa, wb func(*net.TCPConn) net.Conn
+}{
+	{"splice", asConn, asConn},
+	{"tcp-source", asConn, hide},
+	{"buffers", hide, hide},
+}
+
+func asConn(c *net.TCPConn) net.Conn { return c }
+func hide(c *net.TCPConn) net.Conn   { return onlyConn{c} }
+
 func TestBidi(t *testing.T) {
-	for _, splice := range []bool{true, false} {
-		name := map[bool]string{true: "splice", false: "buffers"}[splice]
-		t.Run(name, func(t *testing.T) {
+	for _, w := range wrappers {
+		t.Run(w.name, func(t *testing.T) {
 			testutil.CheckGoroutines(t)
 			// client <-> [a  relay  b] <-> server
 			client, a := pair(t)
 			b, server := pair(t)
-			var ra, rb net.Conn = a, b
-			if !splice {
-				ra, rb = onlyConn{a}, onlyConn{b}
-			}
+			ra, rb := w.wa(a), w.wb(b)
 			var c Counters
 			done := make(chan error, 1)
 			go func() { done <- Bidi(context.Background(), ra, rb, &c) }()
@@ -94,44 +105,45 @@ func TestBidi(t *testing.T) {
 }
 
 func TestBidiCancel(t *testing.T) {
-	testutil.CheckGoroutines(t)
-	client, a := pair(t)
-	b, server := pair(t)
-	defer client.Close()
-	defer server.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- Bidi(ctx, onlyConn{a}, onlyConn{b}, nil) }()
-	client.Write([]byte("x"))
-	buf := make([]byte, 1)
-	if _, err := io.ReadFull(server, buf); err != nil {
-		t.Fatal(err)
-	}
-	cancel()
-	select {
-	case err := <-done:
-		if !errors.Is(err, context.Canceled) {
-			t.Errorf("Bidi = %v, want context.Canceled", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Bidi did not stop on cancel")
-	}
-	// Both outer ends see the connection go away.
-	client.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := client.Read(buf); err == nil {
-		t.Error("client still connected")
+	for _, w := range wrappers {
+		t.Run(w.name, func(t *testing.T) {
+			testutil.CheckGoroutines(t)
+			client, a := pair(t)
+			b, server := pair(t)
+			defer client.Close()
+			defer server.Close()
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- Bidi(ctx, w.wa(a), w.wb(b), nil) }()
+			client.Write([]byte("x"))
+			buf := make([]byte, 1)
+			if _, err := io.ReadFull(server, buf); err != nil {
+				t.Fatal(err)
+			}
+			cancel() // both directions are idle, waiting to read
+			select {
+			case err := <-done:
+				if !errors.Is(err, context.Canceled) {
+					t.Errorf("Bidi = %v, want context.Canceled", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("Bidi did not stop on cancel")
+			}
+			// Both outer ends see the connection go away.
+			client.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := client.Read(buf); err == nil {
+				t.Error("client still connected")
+			}
+		})
 	}
 }
 
 func BenchmarkBidi(b *testing.B) {
-	for _, splice := range []bool{true, false} {
-		b.Run(map[bool]string{true: "splice", false: "buffers"}[splice], func(b *testing.B) {
+	for _, w := range wrappers {
+		b.Run(w.name, func(b *testing.B) {
 			client, a := pair(b)
 			rb, server := pair(b)
-			var x, y net.Conn = a, rb
-			if !splice {
-				x, y = onlyConn{a}, onlyConn{rb}
-			}
+			x, y := w.wa(a), w.wb(rb)
 			go Bidi(context.Background(), x, y, nil)
 			buf := make([]byte, 256<<10)
 			go func() {
