@@ -100,16 +100,26 @@ func (a *Agent) inboundConn(in *inbound, protocol string) (*connmgr.Conn, *metri
 
 // serveHBONE handles one CONNECT stream for a local pod (ztunnel's inbound phases).
 func (a *Agent) serveHBONE(ctx context.Context, r *hbone.Request) error {
+	j, err := a.startHBONE(ctx, r)
+	if j != nil {
+		a.relay(ctx, j)
+	}
+	return err
+}
+
+// startHBONE checks a CONNECT request, opens the pod and accepts the stream; without a job when it
+// refused the request (the status to answer) or the stream went away (accounted here).
+func (a *Agent) startHBONE(ctx context.Context, r *hbone.Request) (*relayJob, error) {
 	local := a.localWorkload(r.Local.Addr())
 	if local == nil {
-		return statusErr(http.StatusServiceUnavailable, "no local workload with address %s", r.Local.Addr())
+		return nil, statusErr(http.StatusServiceUnavailable, "no local workload with address %s", r.Local.Addr())
 	}
 	if !r.AuthorityAddr.IsValid() {
-		return statusErr(http.StatusBadRequest, "authority %q is not an IP address and port", r.Authority)
+		return nil, statusErr(http.StatusBadRequest, "authority %q is not an IP address and port", r.Authority)
 	}
 	target := netip.AddrPortFrom(r.AuthorityAddr.Addr().Unmap(), r.AuthorityAddr.Port())
 	if target.Addr() != r.Local.Addr().Unmap() && local.ApplicationTunnel == nil {
-		return statusErr(http.StatusBadRequest, "ip mismatch: authority %s on a connection to %s", target, r.Local.Addr())
+		return nil, statusErr(http.StatusBadRequest, "ip mismatch: authority %s on a connection to %s", target, r.Local.Addr())
 	}
 	in := &inbound{peer: authz.PeerFromSPIFFE(r.PeerID.String()), src: r.Remote, dst: netip.AddrPortFrom(r.Local.Addr().Unmap(), target.Port()),
 		local: local, mtls: true}
@@ -128,7 +138,7 @@ func (a *Agent) serveHBONE(ctx context.Context, r *hbone.Request) error {
 			lbl.ResponseFlags = metrics.FlagConnect
 		}
 		a.recordFailure(c, lbl, serr)
-		return serr
+		return nil, serr
 	}
 	resp := make(http.Header, 1)
 	resp.Set(hbone.HeaderBaggage, baggageOf(local).String())
@@ -136,27 +146,34 @@ func (a *Agent) serveHBONE(ctx context.Context, r *hbone.Request) error {
 	if err != nil {
 		up.Close()
 		a.recordFailure(c, lbl, fmt.Errorf("accept stream: %w", err))
-		return nil
+		return nil, nil
 	}
-	a.relay(ctx, c, lbl, down, up, a.recheck(in))
-	return nil
+	return &relayJob{c: c, lbl: lbl, down: down, up: up, recheck: a.recheck(in)}, nil
 }
 
 // servePlaintext handles traffic that reached a local pod without HBONE: authorization sees no peer
 // identity, so STRICT peer authentication denies it.
 func (a *Agent) servePlaintext(ctx context.Context, down *net.TCPConn) {
+	if j := a.startPlaintext(ctx, down); j != nil {
+		a.relay(ctx, j)
+	}
+}
+
+// startPlaintext checks and opens the pod for a plaintext connection; nil when refused (accounted and
+// closed here).
+func (a *Agent) startPlaintext(ctx context.Context, down *net.TCPConn) *relayJob {
 	src := addrPort(down.RemoteAddr())
 	dst, err := redirect.OriginalDst(down)
 	if err != nil {
 		a.log.Warn("original destination", "src", src, "err", err)
 		down.Close()
-		return
+		return nil
 	}
 	local := a.localWorkload(dst.Addr())
 	if local == nil {
 		a.log.Warn("inbound plaintext for an unknown workload", "src", src, "dst", dst)
 		down.Close()
-		return
+		return nil
 	}
 	in := &inbound{src: src, dst: dst, local: local}
 	c, lbl := a.inboundConn(in, "TCP")
@@ -168,21 +185,22 @@ func (a *Agent) servePlaintext(ctx context.Context, down *net.TCPConn) {
 		}
 		a.recordFailure(c, lbl, serr)
 		down.Close()
-		return
+		return nil
 	}
-	a.relay(ctx, c, lbl, down, up, a.recheck(in))
+	return &relayJob{c: c, lbl: lbl, down: down, up: up, recheck: a.recheck(in)}
 }
 
-// serveLocal delivers an outbound HBONE connection whose destination pod is on this node without a
-// network round trip: the same authorization and dial as inbound HBONE, with the source workload's
-// identity as the peer, and telemetry for both directions.
-func (a *Agent) serveLocal(ctx context.Context, down net.Conn, oc *connmgr.Conn, olbl *metrics.ConnLabels, src *state.Workload, target netip.AddrPort) {
+// startLocal prepares the delivery of an outbound HBONE connection whose destination pod is on this
+// node without a network round trip: the same authorization and dial as inbound HBONE, with the source
+// workload's identity as the peer, and telemetry for both directions. It returns nil when refused
+// (accounted and closed here).
+func (a *Agent) startLocal(ctx context.Context, down net.Conn, oc *connmgr.Conn, olbl *metrics.ConnLabels, src *state.Workload, target netip.AddrPort) *relayJob {
 	in := &inbound{peer: authz.PeerFromSPIFFE(src.Identity()), src: oc.Src, dst: target, local: a.localWorkload(target.Addr()),
 		service: oc.Service, mtls: true}
 	if in.local == nil {
 		a.recordFailure(oc, olbl, errors.New("local destination vanished"))
 		down.Close()
-		return
+		return nil
 	}
 	ic, ilbl := a.inboundConn(in, "HBONE")
 	up, d, serr := a.prepare(ctx, in)
@@ -194,11 +212,10 @@ func (a *Agent) serveLocal(ctx context.Context, down net.Conn, oc *connmgr.Conn,
 		a.recordFailure(ic, ilbl, serr)
 		a.recordFailure(oc, olbl, serr)
 		down.Close()
-		return
+		return nil
 	}
 	// One relay, tracked as the inbound side (policy changes may close it); the outbound side shares
 	// its counters for telemetry.
 	oc.Counters = ic.Counters
-	a.relay(ctx, ic, ilbl, down, up, a.recheck(in))
-	a.record(oc, olbl, oc.Counters, nil)
+	return &relayJob{c: ic, lbl: ilbl, down: down, up: up, recheck: a.recheck(in), outer: oc, outerLbl: olbl}
 }

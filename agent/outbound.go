@@ -22,12 +22,20 @@ import (
 
 // serveOutbound carries one captured outbound connection as route.Build plans it.
 func (a *Agent) serveOutbound(ctx context.Context, down *net.TCPConn) {
+	if j := a.startOutbound(ctx, down); j != nil {
+		a.relay(ctx, j)
+	}
+}
+
+// startOutbound plans and opens the upstream of a captured connection; nil when it was refused or
+// failed (accounted and closed here).
+func (a *Agent) startOutbound(ctx context.Context, down *net.TCPConn) *relayJob {
 	srcAddr := addrPort(down.RemoteAddr())
 	orig, err := redirect.OriginalDst(down)
 	if err != nil {
 		a.log.Warn("original destination", "src", srcAddr, "err", err)
 		down.Close()
-		return
+		return nil
 	}
 	src := a.localWorkload(srcAddr.Addr())
 	req := route.Request{Source: src, SourceIP: srcAddr.Addr(), Destination: orig, Network: a.cfg.Network}
@@ -53,14 +61,13 @@ func (a *Agent) serveOutbound(ctx context.Context, down *net.TCPConn) {
 		lbl.ResponseFlags = metrics.FlagConnect
 		a.recordFailure(c, lbl, fmt.Errorf("rejected: %s", route.Describe(a.Store, &req, &plan)))
 		down.Close()
-		return
+		return nil
 	}
 
 	// Same-node HBONE: capture cannot intercept the agent's own dial to a local pod's :15008, so the
 	// agent hands the connection to its inbound side directly, with the same checks.
 	if plan.Protocol == route.ProtocolHBONE && plan.Path == route.PathDirect && a.captured(plan.Upstream) {
-		a.serveLocal(ctx, down, c, lbl, src, plan.Authority)
-		return
+		return a.startLocal(ctx, down, c, lbl, src, plan.Authority)
 	}
 
 	dctx, cancel := context.WithTimeout(ctx, a.cfg.ConnectTimeout)
@@ -74,9 +81,9 @@ func (a *Agent) serveOutbound(ctx context.Context, down *net.TCPConn) {
 		}
 		a.recordFailure(c, lbl, err)
 		down.Close()
-		return
+		return nil
 	}
-	a.relay(ctx, c, lbl, down, up, nil)
+	return &relayJob{c: c, lbl: lbl, down: down, up: up}
 }
 
 // dialUpstream opens the next hop of a plan: an HBONE stream over the pool, or a marked TCP connection.
@@ -130,14 +137,31 @@ func baggageOf(w *state.Workload) hbone.Baggage {
 		Region: w.Locality.Region, Zone: w.Locality.Zone}
 }
 
-// relay tracks c, copies bytes between down and up until both ends finish or the connection is closed
-// (policy change, shutdown), then records telemetry.
-func (a *Agent) relay(ctx context.Context, c *connmgr.Conn, lbl *metrics.ConnLabels, down, up net.Conn, recheck func() bool) {
-	c.Recheck = recheck
+// relayJob is an established connection ready to relay. The set-up that built it has returned by the
+// time it relays, so the goroutine carrying the connection for its lifetime keeps only small frames on
+// its stack: the runtime shrinks a stack at GC only while less than a quarter of it is in use, so a set-up
+// frame of a kilobyte left below the relay keeps an idle connection's goroutine at 8 KiB instead of 4.
+type relayJob struct {
+	c       *connmgr.Conn
+	lbl     *metrics.ConnLabels
+	down    net.Conn
+	up      net.Conn
+	recheck func() bool // for inbound connections: is the connection still allowed
+	// outer and outerLbl, for a same-node delivery, are its outbound side, accounted after the relay
+	// with the same counters.
+	outer    *connmgr.Conn
+	outerLbl *metrics.ConnLabels
+}
+
+// relay tracks j.c, copies bytes between j.down and j.up until both ends finish or the connection is
+// closed (policy change, shutdown), then records telemetry.
+func (a *Agent) relay(ctx context.Context, j *relayJob) {
+	c, lbl := j.c, j.lbl
+	c.Recheck = j.recheck
 	rctx, cancel := context.WithCancelCause(ctx)
 	untrack := a.Conns.Track(c, cancel)
 	a.Metrics.ActiveConnections.WithLabelValues(string(c.Direction)).Inc()
-	err := relay.Bidi(rctx, down, up, c.Counters)
+	err := relay.Bidi(rctx, j.down, j.up, c.Counters)
 	a.Metrics.ActiveConnections.WithLabelValues(string(c.Direction)).Dec()
 	if cause := context.Cause(rctx); cause != nil && !errors.Is(cause, context.Canceled) {
 		err = cause
@@ -150,6 +174,9 @@ func (a *Agent) relay(ctx context.Context, c *connmgr.Conn, lbl *metrics.ConnLab
 	untrack()
 	cancel(nil)
 	a.record(c, lbl, c.Counters, err)
+	if j.outer != nil {
+		a.record(j.outer, j.outerLbl, j.outer.Counters, nil)
+	}
 }
 
 func addrPort(a net.Addr) netip.AddrPort {
