@@ -17,7 +17,7 @@ build: ## build bin/ambit and bin/ambitctl (no clang needed: BPF objects are com
 	$(GO) build -o $(BIN)/ambitctl ./cmd/ambitctl
 
 .PHONY: test
-test: lint verify-gen test-unit test-interop test-spire test-e2e test-e2e-kube ## everything CI runs (root; builds peers into AMBIT_PEER_CACHE on first use)
+test: lint verify-gen test-unit test-interop test-helm test-spire test-e2e test-e2e-kube ## everything CI runs (root; builds peers into AMBIT_PEER_CACHE on first use)
 
 .PHONY: test-unit
 test-unit: ## all Go tests of the module with -race: pure, in-process, and root network-namespace tiers
@@ -96,6 +96,10 @@ demo: build ## the one-command demo (root): two lab nodes, agents, waypoints and
 .PHONY: test-interop
 test-interop: ## HBONE interop with istio.io/istio/pkg/hbone (separate module test/hboneinterop; needs the Go module proxy)
 	cd test/hboneinterop && $(GO) test -mod=mod -race -count=1 ./...
+
+.PHONY: test-helm
+test-helm: ## render charts/ambit with Helm's Go packages and check it against manifests/ambit.yaml (separate module test/helmcheck)
+	cd test/helmcheck && $(GO) test -mod=mod -count=1 ./...
 
 .PHONY: fuzz-hbone
 fuzz-hbone: ## run the hbone fuzz targets (frames both roles, authority, baggage, forwarded, traceparent) for FUZZTIME each
