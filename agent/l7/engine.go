@@ -267,7 +267,7 @@ type connKey struct{}
 // server speaks HTTP/1.1 and HTTP/2 with prior knowledge (h2c; gRPC), told apart by the client preface,
 // so an HTTP/1.1 port also accepts h2c and an HTTP2/GRPC port HTTP/1.1 clients.
 func (e *Engine) ServeConn(ctx context.Context, c net.Conn, info *ConnInfo) error {
-	sc := &streamConn{Conn: c, info: info, done: make(chan struct{})}
+	sc := newStreamConn(c, info)
 	if err := e.ln.push(ctx, sc); err != nil {
 		sc.Close()
 		return err
@@ -276,30 +276,6 @@ func (e *Engine) ServeConn(ctx context.Context, c net.Conn, info *ConnInfo) erro
 	case <-sc.done:
 	case <-ctx.Done():
 		sc.Close()
-	}
-	return nil
-}
-
-// streamConn is an HBONE stream carrying its ConnInfo to the server's ConnContext; done closes with it.
-type streamConn struct {
-	net.Conn
-	info *ConnInfo
-	once sync.Once
-	done chan struct{}
-}
-
-func (s *streamConn) Close() error {
-	s.CloseWrite() // END_STREAM first: the client reads a clean end, not a reset
-	err := s.Conn.Close()
-	s.once.Do(func() { close(s.done) })
-	return err
-}
-
-// CloseWrite half-closes the stream (END_STREAM), which the HTTP server does before closing a
-// connection it ends, so the client sees a clean end rather than a reset.
-func (s *streamConn) CloseWrite() error {
-	if cw, ok := s.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
 	}
 	return nil
 }

@@ -45,10 +45,16 @@ func main() {
 	dur := flag.Duration("duration", 3*time.Second, "length of one measurement")
 	rate := flag.Int("rate", 1000, "fixed rate for latency and memory (requests/s)")
 	only := flag.String("proxies", "ambit,nginx,haproxy", "proxies to compare (comma-separated)")
+	modeList := flag.String("modes", "h1,h1-close,h2c", "client modes to measure (comma-separated: h1, h1-close, h2c)")
+	flag.StringVar(&ambitBase, "ambit-base", "", "also run this bench-waypoint binary's Ambit engine as proxy \"ambit-base\" (old vs new side by side)")
 	serve := flag.String("serve-ambit", "", "internal: run the Ambit engine as a reverse proxy on this address")
 	backend := flag.String("backend", "", "internal: backend address for -serve-ambit")
 	cpuProfile := flag.String("cpuprofile", "", "internal: write a CPU profile of -serve-ambit here")
 	flag.Parse()
+	if err := selectModes(*modeList); err != nil {
+		fmt.Fprintln(os.Stderr, "bench-waypoint:", err)
+		os.Exit(2)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if *serve != "" {
@@ -255,10 +261,13 @@ backend be
 			return nil, err
 		}
 		args = []string{bin("haproxy"), "-f", f, "-db"}
-	case "ambit":
+	case "ambit", "ambit-base":
 		self, err := os.Executable()
 		if err != nil {
 			return nil, err
+		}
+		if name == "ambit-base" {
+			self = ambitBase
 		}
 		// One listener serves HTTP/1.1 and h2c (the engine tells them apart by the preface).
 		p.h2 = p.h1
@@ -346,6 +355,26 @@ type mode struct {
 }
 
 var modes = []mode{{"HTTP/1.1 keep-alive", false, true}, {"HTTP/1.1 no keep-alive", false, false}, {"HTTP/2 (h2c)", true, true}}
+
+// modeFlags name the modes for -modes, in the order of modes.
+var modeFlags = []string{"h1", "h1-close", "h2c"}
+
+// selectModes keeps the modes named in list.
+func selectModes(list string) error {
+	var keep []mode
+	for _, name := range strings.Split(list, ",") {
+		i := slices.Index(modeFlags, strings.TrimSpace(name))
+		if i < 0 {
+			return fmt.Errorf("unknown mode %q (want %s)", name, strings.Join(modeFlags, ", "))
+		}
+		keep = append(keep, modes[i])
+	}
+	modes = keep
+	return nil
+}
+
+// ambitBase is the -ambit-base binary: a build of this command whose -serve-ambit runs as "ambit-base".
+var ambitBase string
 
 func client(m mode, conns int) (*http.Client, func()) {
 	d := &net.Dialer{}
@@ -532,6 +561,9 @@ func benchProxies(ctx context.Context, rounds int, d time.Duration, rate int, on
 	}
 	defer os.RemoveAll(dir)
 	names := append([]string{"direct"}, strings.Split(only, ",")...)
+	if ambitBase != "" && !slices.Contains(names, "ambit-base") {
+		names = append(names, "ambit-base")
+	}
 	if !slices.Contains(names, "nginx") {
 		return errors.New("-proxies must include nginx (the reference)")
 	}
