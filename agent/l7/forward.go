@@ -130,16 +130,19 @@ func (e *Engine) attempt(req *http.Request, rs *reqState, ep upstream.Endpoint, 
 	if i > 0 {
 		out.Header.Set("X-Envoy-Attempt-Count", strconv.Itoa(i+1))
 	}
-	var conn *countedConn
+	var retire **countedConn // set to the connection this request retires (maxRequestsPerConnection)
 	if rs.http1 {
 		switch limit := rs.cluster.Policy().Pool.MaxRequestsPerConn; {
 		case limit == 1:
 			out.Close = true
 		case limit > 1:
 			// Find the connection the transport uses; the request that reaches the limit retires it.
+			// (The variable captured here lives on the heap; only requests with a limit pay for it.)
+			conn := new(*countedConn)
+			retire = conn
 			out = out.WithContext(httptrace.WithClientTrace(out.Context(), &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) {
 				if c, ok := i.Conn.(*countedConn); ok && c.requests.Add(1) >= int64(limit) {
-					conn = c
+					*conn = c
 				}
 			}}))
 		}
@@ -162,8 +165,9 @@ func (e *Engine) attempt(req *http.Request, rs *reqState, ep upstream.Endpoint, 
 		}
 		return nil, attemptCtx{}, err
 	}
-	if conn != nil {
+	if retire != nil && *retire != nil {
 		// Close the connection once this response has been read; the transport then drops it.
+		conn := *retire
 		resp.Body = wrapBody(resp.Body, func() { conn.Close() })
 	}
 	return resp, attemptCtx{cancel: cancel}, nil

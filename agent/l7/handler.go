@@ -70,6 +70,11 @@ type reqState struct {
 	hashKey   string
 	setCookie *http.Cookie
 
+	// Parts of the request kept here rather than allocated on their own.
+	rw         respWriter
+	cbody      countingBody
+	defBackend model.Backend
+
 	flags    []string
 	upstream netip.AddrPort
 	dstWl    *state.Workload
@@ -96,6 +101,7 @@ func (s *reqState) flagString() string {
 
 // ServeHTTP runs one request through the pipeline described in the package documentation.
 func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	growStack(0)
 	info, _ := r.Context().Value(connKey{}).(*ConnInfo)
 	if info == nil {
 		http.Error(w, "no HBONE context", http.StatusInternalServerError)
@@ -103,8 +109,10 @@ func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	start := e.now()
 	rs := &reqState{info: info, snap: e.snap.Load(), start: start}
-	rw := &respWriter{ResponseWriter: w}
-	body := &countingBody{ReadCloser: r.Body}
+	rs.rw.ResponseWriter = w
+	rw := &rs.rw
+	rs.cbody.ReadCloser = r.Body
+	body := &rs.cbody
 	r.Body = body
 
 	ctx := e.tracing.Propagator.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
@@ -509,7 +517,8 @@ func (e *Engine) chooseBackend(r *http.Request, rs *reqState) error {
 			return errNoBackend
 		}
 	} else if info.Service != nil {
-		b = &model.Backend{Host: info.Service.Hostname, Namespace: info.Service.Namespace, Port: info.Target.Port(), Weight: 1}
+		rs.defBackend = model.Backend{Host: info.Service.Hostname, Namespace: info.Service.Namespace, Port: info.Target.Port(), Weight: 1}
+		b = &rs.defBackend
 	}
 	rs.backend = b
 	if b == nil {
@@ -808,4 +817,18 @@ func (b *countingBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	b.n += int64(n)
 	return n, err
+}
+
+// stackReserve is the stack a request's goroutine grows to at once, at the top of ServeHTTP, where
+// growing copies a few frames; without it the HTTP/2 server's fresh goroutine per stream doubles its
+// stack two or three times deep in the proxy and transport, each copy walking every frame.
+const stackReserve = 12 << 10
+
+// growStack moves the calling goroutine to a stack of at least stackReserve bytes.
+//
+//go:noinline
+func growStack(i int) byte {
+	var b [stackReserve]byte
+	b[i%len(b)] = 1
+	return b[(i+1)%len(b)]
 }
