@@ -18,7 +18,8 @@
 // limited to 64 KiB (HTTP/1.1 and HTTP/2). An HTTP/2 client may have at most 256 KiB of request body
 // per stream and 1 MiB per connection in flight to the waypoint (flow control), and the waypoint's
 // HBONE streams to endpoints use 256 KiB windows, so a slow client holds at most about 256 KiB per
-// response in the waypoint plus one copy buffer. WebSocket and other HTTP/1.1 upgrades are relayed as
+// response in the waypoint plus one copy buffer. On each downstream stream, small reads go through a
+// pooled 4 KiB read-ahead, and HTTP/2 writes are coalesced with at most 64 KiB pending. WebSocket and other HTTP/1.1 upgrades are relayed as
 // raw bytes after the 101.
 //
 // The engine is safe for concurrent use; Update swaps the configuration atomically, so a request runs
