@@ -89,28 +89,12 @@ spec:
 `, ns, name, node, labels, rsPort)
 }
 
-// rsWait polls cond every 250 ms until it holds or d passes (then fails t with what).
-func rsWait(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		select {
-		case <-t.Context().Done():
-			t.Fatal(t.Context().Err())
-		case <-time.After(250 * time.Millisecond):
-		}
-	}
-}
-
 // rsEnrolledPods waits until ns has at least n running pods matching selector, each captured (annotated by
 // the agent) and known to the kubelet, and returns them by name.
 func (c *cluster) rsEnrolledPods(t *testing.T, ns, selector string, n int) map[string]kubelet.Pod {
 	t.Helper()
 	var out map[string]kubelet.Pod
-	rsWait(t, 2*time.Minute, fmt.Sprintf("%d captured pods %s in %s", n, selector, ns), func() bool {
+	waitFor(t, 2*time.Minute, fmt.Sprintf("%d captured pods %s in %s", n, selector, ns), func() bool {
 		list, err := c.client.CoreV1().Pods(ns).List(t.Context(), metav1.ListOptions{LabelSelector: selector})
 		if err != nil {
 			return false
@@ -202,60 +186,16 @@ func (c *cluster) rsAgent(t *testing.T, node string) string {
 // returns its attributes.
 func (c *cluster) rsAccessLine(t *testing.T, e *rsEnv, node string, want map[string]string) map[string]string {
 	t.Helper()
-	agent := e.agents[node]
-	var found map[string]string
-	rsWait(t, 15*time.Second, fmt.Sprintf("access-log line %v on %s", want, node), func() bool {
-		for _, raw := range strings.Split(c.kubelet.ReadLog("istio-system", agent, rsAgentName), "\n") {
-			if !strings.Contains(raw, `msg="connection complete"`) {
-				continue
-			}
-			l := rsParseLogLine(raw)
-			ok := true
-			for k, v := range want {
-				if l[k] != v {
-					ok = false
-					break
-				}
-			}
-			if ok {
-				found = l
-				return true
-			}
+	var found logLine
+	waitFor(t, 15*time.Second, fmt.Sprintf("access-log line %v on %s", want, node), func() bool {
+		ls := c.accessLines("istio-system", e.agents[node], rsAgentName, want)
+		if len(ls) == 0 {
+			return false
 		}
-		return false
+		found = ls[0]
+		return true
 	})
 	return found
-}
-
-// rsParseLogLine parses the key=value pairs of a log/slog text line (quoted values may hold spaces).
-func rsParseLogLine(s string) map[string]string {
-	l := map[string]string{}
-	for len(s) > 0 {
-		s = strings.TrimLeft(s, " ")
-		eq := strings.IndexByte(s, '=')
-		if eq < 0 {
-			break
-		}
-		key := s[:eq]
-		s = s[eq+1:]
-		var val string
-		if strings.HasPrefix(s, `"`) {
-			end := 1
-			for end < len(s) && (s[end] != '"' || s[end-1] == '\\') {
-				end++
-			}
-			val = strings.ReplaceAll(s[1:min(end, len(s))], `\"`, `"`)
-			s = s[min(end+1, len(s)):]
-		} else {
-			sp := strings.IndexByte(s, ' ')
-			if sp < 0 {
-				sp = len(s)
-			}
-			val, s = s[:sp], s[sp:]
-		}
-		l[key] = val
-	}
-	return l
 }
 
 // rsConn is a long-lived HTTP/1.1 keep-alive connection from a pod, counting the bytes it sent and received.
@@ -358,7 +298,7 @@ func (c *cluster) rsSetUp(t *testing.T, ns string) *rsEnv {
 	t.Helper()
 	c.cliCreateNamespace(t, ns, map[string]string{"istio.io/dataplane-mode": "ambient"})
 	// Pods are refused until the service-account controller made the namespace's default account.
-	rsWait(t, time.Minute, "service account "+ns+"/default", func() bool {
+	waitFor(t, time.Minute, "service account "+ns+"/default", func() bool {
 		_, err := c.client.CoreV1().ServiceAccounts(ns).Get(t.Context(), "default", metav1.GetOptions{})
 		return err == nil
 	})
@@ -496,7 +436,7 @@ func (c *cluster) rsRestartWith(t *testing.T, name string, probe func() error, d
 			<-done // t failed in during: let the restart finish before the test ends
 		}
 	}()
-	rsWait(t, 15*time.Second, name+" down", func() bool { return probe() != nil })
+	waitFor(t, 15*time.Second, name+" down", func() bool { return probe() != nil })
 	during()
 	err := <-done
 	waited = true
