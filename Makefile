@@ -57,8 +57,8 @@ fuzz: ## run every fuzz target for FUZZTIME each (default 30s); crashers land in
 
 .PHONY: bench
 bench: ## Go micro-benchmarks (config compile, state memory, route planning; medians of 5), then bench-agent (root)
-	$(GO) test -run '^$$' -bench 'Compile|StateMemory' -benchtime 5x -count 5 ./agent/localconfig/
-	$(GO) test -run '^$$' -bench 'Build' -count 5 ./agent/route/
+	$(GO) test -run '^$$' -bench 'Compile|StateMemory' -benchtime 5x -count 5 ./config/local/
+	$(GO) test -run '^$$' -bench 'Build' -count 5 ./mesh/route/
 	$(MAKE) bench-agent
 
 .PHONY: bench-agent
@@ -119,6 +119,6 @@ bench-waypoint: ## L7 waypoint: Ambit vs nginx and HAProxy (apt) per core, laten
 
 .PHONY: fuzz-l7
 fuzz-l7: ## run the L7 waypoint fuzz targets (path templates, header matching, raw client bytes) for FUZZTIME each
-	$(GO) test -run '^$$' -fuzz '^FuzzPathTemplate$$' -fuzztime $(FUZZTIME) ./agent/l7/policy/
-	$(GO) test -run '^$$' -fuzz '^FuzzMatches$$' -fuzztime $(FUZZTIME) ./agent/l7/routing/
-	$(GO) test -run '^$$' -fuzz '^FuzzServeConn$$' -fuzztime $(FUZZTIME) ./agent/l7/
+	$(GO) test -run '^$$' -fuzz '^FuzzPathTemplate$$' -fuzztime $(FUZZTIME) ./waypoint/policy/
+	$(GO) test -run '^$$' -fuzz '^FuzzMatches$$' -fuzztime $(FUZZTIME) ./waypoint/routing/
+	$(GO) test -run '^$$' -fuzz '^FuzzServeConn$$' -fuzztime $(FUZZTIME) ./waypoint/engine/

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/ambit-mesh/ambit/agent"
-	"github.com/ambit-mesh/ambit/agent/identity"
+	"github.com/ambit-mesh/ambit/identity"
 	tu "github.com/ambit-mesh/ambit/test/testutil"
 )
 

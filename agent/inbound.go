@@ -9,13 +9,13 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/ambit-mesh/ambit/agent/authz"
-	"github.com/ambit-mesh/ambit/agent/connmgr"
-	"github.com/ambit-mesh/ambit/agent/metrics"
-	"github.com/ambit-mesh/ambit/agent/relay"
-	"github.com/ambit-mesh/ambit/agent/route"
-	"github.com/ambit-mesh/ambit/agent/state"
 	"github.com/ambit-mesh/ambit/hbone"
+	"github.com/ambit-mesh/ambit/mesh/authz"
+	"github.com/ambit-mesh/ambit/mesh/route"
+	"github.com/ambit-mesh/ambit/mesh/state"
+	"github.com/ambit-mesh/ambit/proxy/connmgr"
+	"github.com/ambit-mesh/ambit/proxy/metrics"
+	"github.com/ambit-mesh/ambit/proxy/relay"
 	"github.com/ambit-mesh/ambit/redirect"
 )
 

@@ -38,9 +38,9 @@ import (
 	coltrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 
 	"github.com/ambit-mesh/ambit/agent"
-	"github.com/ambit-mesh/ambit/agent/l7/kube"
 	"github.com/ambit-mesh/ambit/test/lab"
 	tu "github.com/ambit-mesh/ambit/test/testutil"
+	"github.com/ambit-mesh/ambit/waypoint/kube"
 )
 
 // l7Backend is an HTTP (HTTP/1.1 and h2c) and gRPC server in a lab pod. Every answer names the pod;

@@ -11,12 +11,12 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/ambit-mesh/ambit/agent/connmgr"
-	"github.com/ambit-mesh/ambit/agent/metrics"
-	"github.com/ambit-mesh/ambit/agent/relay"
-	"github.com/ambit-mesh/ambit/agent/route"
-	"github.com/ambit-mesh/ambit/agent/state"
 	"github.com/ambit-mesh/ambit/hbone"
+	"github.com/ambit-mesh/ambit/mesh/route"
+	"github.com/ambit-mesh/ambit/mesh/state"
+	"github.com/ambit-mesh/ambit/proxy/connmgr"
+	"github.com/ambit-mesh/ambit/proxy/metrics"
+	"github.com/ambit-mesh/ambit/proxy/relay"
 	"github.com/ambit-mesh/ambit/redirect"
 )
 

@@ -8,7 +8,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/ambit-mesh/ambit/agent/state"
+	"github.com/ambit-mesh/ambit/mesh/state"
 	"github.com/ambit-mesh/ambit/redirect"
 )
 

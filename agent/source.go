@@ -11,9 +11,9 @@ import (
 	"slices"
 	"time"
 
-	"github.com/ambit-mesh/ambit/agent/localconfig"
-	"github.com/ambit-mesh/ambit/agent/metrics"
-	"github.com/ambit-mesh/ambit/agent/state"
+	"github.com/ambit-mesh/ambit/config/local"
+	"github.com/ambit-mesh/ambit/mesh/state"
+	"github.com/ambit-mesh/ambit/proxy/metrics"
 )
 
 // fileSource keeps the state equal to the compiled local configuration files. It re-reads them when
@@ -119,13 +119,13 @@ func (s *fileSource) read() ([]fileData, [sha256.Size]byte, error) {
 }
 
 func (s *fileSource) apply(files []fileData) error {
-	objs := &localconfig.Objects{}
+	objs := &local.Objects{}
 	for _, f := range files {
 		if err := objs.Decode(f.name, bytes.Clone(f.data)); err != nil {
 			return err
 		}
 	}
-	res, err := localconfig.Compile(objs, localconfig.Options{
+	res, err := local.Compile(objs, local.Options{
 		TrustDomain: s.cfg.TrustDomain, DomainSuffix: s.cfg.DomainSuffix, ClusterID: s.cfg.ClusterID, Network: s.cfg.Network,
 	})
 	if err != nil {

@@ -5,10 +5,10 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/ambit-mesh/ambit/agent/connmgr"
-	"github.com/ambit-mesh/ambit/agent/metrics"
-	"github.com/ambit-mesh/ambit/agent/relay"
-	"github.com/ambit-mesh/ambit/agent/state"
+	"github.com/ambit-mesh/ambit/mesh/state"
+	"github.com/ambit-mesh/ambit/proxy/connmgr"
+	"github.com/ambit-mesh/ambit/proxy/metrics"
+	"github.com/ambit-mesh/ambit/proxy/relay"
 )
 
 // record accounts one finished connection: Istio's TCP metrics with reporter source (outbound) or

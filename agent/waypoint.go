@@ -22,23 +22,23 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
 
-	"github.com/ambit-mesh/ambit/agent/admin"
-	"github.com/ambit-mesh/ambit/agent/authz"
-	"github.com/ambit-mesh/ambit/agent/connmgr"
-	"github.com/ambit-mesh/ambit/agent/identity"
-	"github.com/ambit-mesh/ambit/agent/l7"
-	"github.com/ambit-mesh/ambit/agent/l7/kube"
-	"github.com/ambit-mesh/ambit/agent/l7/model"
-	"github.com/ambit-mesh/ambit/agent/l7/policy"
-	"github.com/ambit-mesh/ambit/agent/l7/telemetry"
-	"github.com/ambit-mesh/ambit/agent/localconfig"
-	"github.com/ambit-mesh/ambit/agent/metrics"
-	"github.com/ambit-mesh/ambit/agent/relay"
-	"github.com/ambit-mesh/ambit/agent/route"
-	"github.com/ambit-mesh/ambit/agent/state"
-	"github.com/ambit-mesh/ambit/agent/xds"
+	"github.com/ambit-mesh/ambit/admin"
+	"github.com/ambit-mesh/ambit/config/local"
+	"github.com/ambit-mesh/ambit/config/xds"
 	"github.com/ambit-mesh/ambit/hbone"
+	"github.com/ambit-mesh/ambit/identity"
+	"github.com/ambit-mesh/ambit/mesh/authz"
+	"github.com/ambit-mesh/ambit/mesh/route"
+	"github.com/ambit-mesh/ambit/mesh/state"
+	"github.com/ambit-mesh/ambit/proxy/connmgr"
+	"github.com/ambit-mesh/ambit/proxy/metrics"
+	"github.com/ambit-mesh/ambit/proxy/relay"
 	"github.com/ambit-mesh/ambit/redirect"
+	"github.com/ambit-mesh/ambit/waypoint/engine"
+	"github.com/ambit-mesh/ambit/waypoint/kube"
+	"github.com/ambit-mesh/ambit/waypoint/model"
+	"github.com/ambit-mesh/ambit/waypoint/policy"
+	"github.com/ambit-mesh/ambit/waypoint/telemetry"
 	"github.com/ambit-mesh/ambit/xdsclient"
 )
 
@@ -119,7 +119,7 @@ type Waypoint struct {
 	ln      *net.TCPListener
 	ready   atomic.Bool
 
-	engine    *l7.Engine
+	engine    *engine.Engine
 	tracing   *telemetry.Tracing
 	l7pool    *hbone.Pool
 	l7digest  [sha256.Size]byte // of the last L7 configuration seen; owned by runL7Config
@@ -257,7 +257,7 @@ func (w *Waypoint) newEngine(creds func(context.Context) (*hbone.Credentials, er
 	if err != nil {
 		return err
 	}
-	w.engine, err = l7.New(l7.Options{
+	w.engine, err = engine.New(engine.Options{
 		Logger: w.log.With("component", "l7"), Registerer: w.Metrics.Registry, State: w.Store, Dial: w.dialEndpoint,
 		Namespace: w.cfg.Namespace, Name: w.cfg.Name, Network: w.cfg.Network, Tracing: w.tracing,
 	})
@@ -278,7 +278,7 @@ func (w *Waypoint) newEngine(creds func(context.Context) (*hbone.Credentials, er
 			}
 		}
 		w.kube = &kube.Source{Client: client, Logger: w.log.With("component", "l7-kube"), OnUpdate: w.engine.Update,
-			Options: localconfig.Options{TrustDomain: w.acfg.TrustDomain, DomainSuffix: w.acfg.DomainSuffix,
+			Options: local.Options{TrustDomain: w.acfg.TrustDomain, DomainSuffix: w.acfg.DomainSuffix,
 				ClusterID: w.acfg.ClusterID, Network: w.cfg.Network}}
 		return nil
 	default:
@@ -301,13 +301,13 @@ func (w *Waypoint) newEngine(creds func(context.Context) (*hbone.Credentials, er
 }
 
 func (w *Waypoint) compileL7(files []fileData) (*model.Config, error) {
-	objs := &localconfig.Objects{}
+	objs := &local.Objects{}
 	for _, f := range files {
 		if err := objs.Decode(f.name, bytes.Clone(f.data)); err != nil {
 			return nil, err
 		}
 	}
-	return localconfig.CompileL7(objs, localconfig.Options{TrustDomain: w.acfg.TrustDomain,
+	return local.CompileL7(objs, local.Options{TrustDomain: w.acfg.TrustDomain,
 		DomainSuffix: w.acfg.DomainSuffix, ClusterID: w.acfg.ClusterID, Network: w.cfg.Network})
 }
 
@@ -620,7 +620,7 @@ func (w *Waypoint) serveHBONE(ctx context.Context, r *hbone.Request) error {
 		PeerIdentity: r.PeerID.String(), Start: time.Now(), Counters: &relay.Counters{}}
 	sctx, cancel := context.WithCancelCause(ctx)
 	untrack := w.Conns.Track(c, cancel)
-	err = w.engine.ServeConn(sctx, pc, &l7.ConnInfo{PeerID: r.PeerID.String(), Source: peerWl, Remote: r.Remote,
+	err = w.engine.ServeConn(sctx, pc, &engine.ConnInfo{PeerID: r.PeerID.String(), Source: peerWl, Remote: r.Remote,
 		Target: target, Service: svc, Workload: dstWl, Protocol: proto})
 	untrack()
 	cancel(nil)

@@ -7,14 +7,14 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
-	"github.com/ambit-mesh/ambit/agent/localconfig"
-	"github.com/ambit-mesh/ambit/agent/state"
+	"github.com/ambit-mesh/ambit/config/local"
+	"github.com/ambit-mesh/ambit/mesh/state"
 )
 
 // AnnotationRedirection is the pod annotation istiod reads to mark a workload HBONE (istio-cni sets it after
 // it set up redirection); AnnotationEnabled its value.
 const (
-	AnnotationRedirection = localconfig.AnnotationRedirection
+	AnnotationRedirection = local.AnnotationRedirection
 	AnnotationEnabled     = "enabled"
 )
 
@@ -31,12 +31,12 @@ type Pod struct {
 }
 
 // Wanted reports whether the node agent captures pod, given its namespace's labels: istio-cni's default
-// selector (localconfig.Enrolled; host-network pods never) on a pod that is Running and has an IP.
+// selector (local.Enrolled; host-network pods never) on a pod that is Running and has an IP.
 func Wanted(pod *corev1.Pod, nsLabels map[string]string) bool {
 	if pod == nil || pod.Status.Phase != corev1.PodRunning || len(PodIPs(pod)) == 0 {
 		return false
 	}
-	return localconfig.Enrolled(pod.Labels, nsLabels, pod.Spec.HostNetwork)
+	return local.Enrolled(pod.Labels, nsLabels, pod.Spec.HostNetwork)
 }
 
 // PodIPs returns the valid addresses in pod's status (status.podIPs, else status.podIP), IPv4 first, without

@@ -5,7 +5,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/ambit-mesh/ambit/agent/binding"
+	"github.com/ambit-mesh/ambit/mesh/binding"
 )
 
 // bindingJSON is one row of `waypoint bindings -o json`; the keys are part of the CLI contract.

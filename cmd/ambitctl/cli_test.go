@@ -111,7 +111,7 @@ func TestWaypointArgs(t *testing.T) {
 	}
 }
 
-const example = "../../agent/localconfig/testdata/ambient.yaml"
+const example = "../../config/local/testdata/ambient.yaml"
 
 func TestWaypointBindings(t *testing.T) {
 	r := runCLI(t, "waypoint", "bindings", "-f", example, "-o", "json")

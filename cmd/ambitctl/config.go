@@ -5,7 +5,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/ambit-mesh/ambit/agent/localconfig"
+	"github.com/ambit-mesh/ambit/config/local"
 )
 
 // configFlags select local configuration files and the mesh settings used to compile them.
@@ -22,17 +22,17 @@ func (cf *configFlags) register(cmd *cobra.Command) {
 }
 
 // compile loads and compiles the files; every problem with them is bad input.
-func (cf *configFlags) compile() (*localconfig.Result, error) {
+func (cf *configFlags) compile() (*local.Result, error) {
 	if len(cf.files) == 0 {
 		return nil, badInput("at least one -f FILE is required")
 	}
-	objs, err := localconfig.LoadFiles(cf.files...)
+	objs, err := local.LoadFiles(cf.files...)
 	if err != nil {
 		return nil, inputError{err}
 	}
-	res, err := localconfig.Compile(objs, localconfig.Options{TrustDomain: cf.trustDomain, DomainSuffix: cf.domainSuffix})
+	res, err := local.Compile(objs, local.Options{TrustDomain: cf.trustDomain, DomainSuffix: cf.domainSuffix})
 	if err != nil {
-		var ie *localconfig.InputError
+		var ie *local.InputError
 		if errors.As(err, &ie) {
 			return nil, inputError{err}
 		}

@@ -7,8 +7,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/ambit-mesh/ambit/agent/route"
-	"github.com/ambit-mesh/ambit/agent/state"
+	"github.com/ambit-mesh/ambit/mesh/route"
+	"github.com/ambit-mesh/ambit/mesh/state"
 )
 
 // explainJSON is the `explain -o json` document; the keys are part of the CLI contract.

@@ -15,7 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/ambit-mesh/ambit/agent/admin/dump"
+	"github.com/ambit-mesh/ambit/admin/dump"
 )
 
 // Defaults of the node commands.

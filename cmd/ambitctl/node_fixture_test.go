@@ -16,13 +16,13 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/ambit-mesh/ambit/agent/admin"
-	"github.com/ambit-mesh/ambit/agent/admin/dump"
-	"github.com/ambit-mesh/ambit/agent/connmgr"
-	"github.com/ambit-mesh/ambit/agent/identity"
-	"github.com/ambit-mesh/ambit/agent/localconfig"
-	"github.com/ambit-mesh/ambit/agent/relay"
-	"github.com/ambit-mesh/ambit/agent/state"
+	"github.com/ambit-mesh/ambit/admin"
+	"github.com/ambit-mesh/ambit/admin/dump"
+	"github.com/ambit-mesh/ambit/config/local"
+	"github.com/ambit-mesh/ambit/identity"
+	"github.com/ambit-mesh/ambit/mesh/state"
+	"github.com/ambit-mesh/ambit/proxy/connmgr"
+	"github.com/ambit-mesh/ambit/proxy/relay"
 )
 
 // updateAmbitDump rewrites testdata/ztunnel/ambit/dump.json from the fixture. The goldens next to it
@@ -45,7 +45,7 @@ func (b brokenIssuer) Issue(ctx context.Context, id spiffeid.ID) (*identity.Cert
 }
 
 // agentFixture holds the real parts behind an agent's admin API: the compiled example configuration of
-// agent/localconfig, identities in each state, and tracked connections.
+// config/local, identities in each state, and tracked connections.
 type agentFixture struct {
 	opts    admin.Options
 	certs   *identity.Manager
@@ -57,11 +57,11 @@ type agentFixture struct {
 // newAgentFixture builds the fixture; certificates live for ttl.
 func newAgentFixture(t *testing.T, ttl time.Duration) *agentFixture {
 	t.Helper()
-	objs, err := localconfig.LoadFiles(example)
+	objs, err := local.LoadFiles(example)
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := localconfig.Compile(objs, localconfig.Options{})
+	res, err := local.Compile(objs, local.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,7 +14,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
-	"github.com/ambit-mesh/ambit/agent/admin/dump"
+	"github.com/ambit-mesh/ambit/admin/dump"
 )
 
 // This file renders a config dump the way `istioctl ztunnel-config` does (istioctl/pkg/writer/ztunnel/

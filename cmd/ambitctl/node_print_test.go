@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ambit-mesh/ambit/agent/admin/dump"
+	"github.com/ambit-mesh/ambit/admin/dump"
 )
 
 func TestWaypointName(t *testing.T) {

@@ -10,7 +10,7 @@ import (
 	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 	"sigs.k8s.io/yaml"
 
-	"github.com/ambit-mesh/ambit/agent/binding"
+	"github.com/ambit-mesh/ambit/mesh/binding"
 )
 
 const defaultWaypointName = "waypoint"

@@ -20,8 +20,8 @@ import (
 	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 	"sigs.k8s.io/yaml"
 
-	"github.com/ambit-mesh/ambit/agent/binding"
-	"github.com/ambit-mesh/ambit/agent/localconfig"
+	"github.com/ambit-mesh/ambit/config/local"
+	"github.com/ambit-mesh/ambit/mesh/binding"
 )
 
 // The cluster subcommands of `ambitctl waypoint` reproduce istioctl's (istioctl/pkg/waypoint/waypoint.go):
@@ -87,7 +87,7 @@ func newApplyCmd(wf *waypointFlags, cf *clusterFlags) *cobra.Command {
 				if err != nil {
 					return fmt.Errorf("failed to check if namespace is labeled ambient: %v", err)
 				}
-				if ambient.Labels[localconfig.LabelDataplaneMode] != localconfig.DataplaneModeAmbient {
+				if ambient.Labels[local.LabelDataplaneMode] != local.DataplaneModeAmbient {
 					fmt.Fprintf(out, "⚠️ Warning: namespace is not enrolled in ambient. Consider running\t"+
 						"`kubectl label namespace %s istio.io/dataplane-mode=ambient`\n", ns)
 				}

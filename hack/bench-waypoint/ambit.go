@@ -10,8 +10,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/ambit-mesh/ambit/agent/l7"
-	"github.com/ambit-mesh/ambit/agent/state"
+	"github.com/ambit-mesh/ambit/mesh/state"
+	"github.com/ambit-mesh/ambit/waypoint/engine"
 )
 
 // serveAmbit runs the L7 engine as a plain reverse proxy: each accepted TCP connection is served as
@@ -35,7 +35,7 @@ func serveAmbit(ctx context.Context, listen, backend string) error {
 	store := state.NewStore()
 	store.Replace(&state.Snapshot{Workloads: []*state.Workload{w}, Services: []*state.Service{svc}})
 	var d net.Dialer
-	eng, err := l7.New(l7.Options{Registerer: prometheus.NewRegistry(), State: store, Namespace: "bench", Name: "wp",
+	eng, err := engine.New(engine.Options{Registerer: prometheus.NewRegistry(), State: store, Namespace: "bench", Name: "wp",
 		Logger: slog.New(slog.DiscardHandler),
 		Dial: func(ctx context.Context, a netip.AddrPort) (net.Conn, error) {
 			return d.DialContext(ctx, "tcp", a.String())
@@ -59,7 +59,7 @@ func serveAmbit(ctx context.Context, listen, backend string) error {
 		}
 		remote, _ := netip.ParseAddrPort(c.RemoteAddr().String())
 		wg.Go(func() {
-			eng.ServeConn(ctx, c, &l7.ConnInfo{PeerID: "spiffe://cluster.local/ns/bench/sa/client", Remote: remote, Target: target,
+			eng.ServeConn(ctx, c, &engine.ConnInfo{PeerID: "spiffe://cluster.local/ns/bench/sa/client", Remote: remote, Target: target,
 				Service: svc, Protocol: state.AppProtocolHTTP11})
 		})
 	}

@@ -71,8 +71,8 @@ func TestDependencyRules(t *testing.T) {
 		}
 	}
 	rules := []rule{
-		{"hbone is protocol only", func(p string) bool { return under(p, "hbone") }, ours("agent", "xdsclient", "redirect", "bpf")},
-		{"xdsclient is transport only", func(p string) bool { return under(p, "xdsclient") }, ours("agent", "hbone", "redirect", "bpf")},
+		{"hbone is protocol only", func(p string) bool { return under(p, "hbone") }, ours("agent", "waypoint", "mesh", "config", "proxy", "identity", "admin", "xdsclient", "redirect", "bpf")},
+		{"xdsclient is transport only", func(p string) bool { return under(p, "xdsclient") }, ours("agent", "waypoint", "mesh", "config", "proxy", "identity", "admin", "hbone", "redirect", "bpf")},
 		{"bpf holds generated objects only", func(p string) bool { return under(p, "bpf") }, ours("agent", "hbone", "xdsclient", "redirect")},
 		{"redirect does not make policy decisions", func(p string) bool { return under(p, "redirect") }, ours("agent", "hbone", "xdsclient")},
 		{"only redirect and bpf touch x/sys/unix for capture",
@@ -81,7 +81,7 @@ func TestDependencyRules(t *testing.T) {
 			},
 			func(imp string) bool { return imp == "golang.org/x/sys/unix" }},
 		{"decisions do no I/O", func(p string) bool {
-			return under(p, "agent/route") || under(p, "agent/authz") || under(p, "agent/binding")
+			return under(p, "mesh")
 		}, func(imp string) bool {
 			switch imp {
 			case "net", "net/http", "os", "os/exec", "syscall", "io/fs":

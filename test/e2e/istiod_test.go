@@ -16,10 +16,10 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/ambit-mesh/ambit/agent/identity"
-	"github.com/ambit-mesh/ambit/agent/localconfig"
-	"github.com/ambit-mesh/ambit/agent/state"
-	"github.com/ambit-mesh/ambit/agent/xds"
+	"github.com/ambit-mesh/ambit/config/local"
+	"github.com/ambit-mesh/ambit/config/xds"
+	"github.com/ambit-mesh/ambit/identity"
+	"github.com/ambit-mesh/ambit/mesh/state"
 	"github.com/ambit-mesh/ambit/test/testutil"
 	"github.com/ambit-mesh/ambit/xdsclient"
 )
@@ -402,11 +402,11 @@ spec: {nodeName: node1, serviceAccountName: echo, containers: [{name: app, image
 		if err != nil {
 			t.Fatal(err)
 		}
-		objs := &localconfig.Objects{}
+		objs := &local.Objects{}
 		if err := objs.Decode("cluster.yaml", out); err != nil {
 			t.Fatal(err)
 		}
-		res, err := localconfig.Compile(objs, localconfig.Options{})
+		res, err := local.Compile(objs, local.Options{})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -5,7 +5,7 @@ package e2e
 import (
 	"crypto/x509"
 
-	"github.com/ambit-mesh/ambit/agent/identity"
+	"github.com/ambit-mesh/ambit/identity"
 )
 
 // x509Opts verifies a leaf against its certificate's trust bundle and intermediates.

@@ -11,7 +11,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/ambit-mesh/ambit/agent/identity"
+	"github.com/ambit-mesh/ambit/identity"
 	"github.com/ambit-mesh/ambit/test/testutil"
 )
 

@@ -17,7 +17,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/ambit-mesh/ambit/agent/admin/dump"
+	"github.com/ambit-mesh/ambit/admin/dump"
 	"github.com/ambit-mesh/ambit/test/kubelet"
 	"github.com/ambit-mesh/ambit/test/lab"
 )

@@ -10,7 +10,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/ambit-mesh/ambit/agent/admin/dump"
+	"github.com/ambit-mesh/ambit/admin/dump"
 )
 
 // bookinfo is a bookinfo-like application of echo servers in namespace default (labelled ambient by the test):

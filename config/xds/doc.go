@@ -1,0 +1,23 @@
+// Package xds connects Ambit's state to Istio's control plane: it converts the workload discovery resources
+// istiod serves over delta xDS (istio.workload.Address: workloads and services with their waypoints;
+// istio.security.Authorization: L4 policies) into mesh/state objects, applies each response to a
+// state.Store as one atomic batch, and runs the xdsclient transport for the node agent (Source).
+//
+// Conversion (ConvertAddress, ConvertAuthorization) is pure and fuzzed. It reads every field the data plane
+// uses, applies istiod's defaults (trust domain cluster.local, service account default, cluster Kubernetes,
+// capacity 1) and rejects what ztunnel rejects: unknown enum values (except WorkloadType, AppProtocol and
+// Service.Visibility, which fall back to their defaults as in ztunnel), addresses that are not 4 or 16
+// bytes, gateway addresses without a destination, ports above 65535, and resources whose name does not match
+// their key (a workload's UID, "<namespace>/<hostname>" of a service, "<namespace>/<name>" of a policy).
+//
+// The handlers (AddressHandler, AuthorizationHandler) reject a malformed resource alone, reported in the
+// NACK as "<name>: <reason>", and apply the rest of the response. A resource name that appears twice in one
+// response is rejected in both places. A workload or service whose waypoint names a service that is not
+// known is rejected too, but parked rather than forgotten: it is admitted as soon as that service arrives,
+// since istiod does not resend a resource it already sent. Objects in the store are never edited, so a
+// rejected update leaves the previous version serving, and while istiod is unreachable the last good state
+// keeps serving.
+//
+// CertPrefetcher links the state to identity: it keeps the certificate manager warm for the
+// identities of the HBONE workloads on this node, which istiod's CA issues through node impersonation.
+package xds

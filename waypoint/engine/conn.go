@@ -1,0 +1,196 @@
+package engine
+
+import (
+	"bytes"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// streamConn is an HBONE stream carrying its ConnInfo to the server's ConnContext; done closes with it.
+//
+// Small reads are served from a pooled buffer: the HTTP/2 server reads each frame as a 9-byte header
+// and then its payload, which would otherwise be two reads of the stream per frame. The buffer is
+// borrowed only while it holds unread bytes, so idle connections keep none.
+//
+// On an HTTP/2 connection (seen from the client preface), writes are coalesced: the HTTP/2 server
+// flushes after each frame it writes when it has nothing else queued (a response's HEADERS, then its
+// DATA, each handed over by the handler and waited for), so Write copies into a pending buffer that
+// one goroutine, running while there are pending bytes, writes to the stream; frames queued while it
+// writes go out together in its next write. Write blocks while maxPendingWrite bytes are pending
+// (backpressure), reports the first error of an earlier write, and Close writes what is pending
+// (waiting at most closeDrainTimeout) before closing.
+type streamConn struct {
+	net.Conn
+	info *ConnInfo
+	once sync.Once
+	done chan struct{}
+
+	// Read state, used by one reader at a time (as net.Conn reads are).
+	rbuf       *[]byte // borrowed from readBuffers while rpos < rend
+	rpos, rend int
+	rerr       error // error that came with buffered bytes, returned once they are read
+	first      bool  // the first read happened
+	h2         atomic.Bool
+
+	wmu     sync.Mutex
+	wcond   *sync.Cond    // signalled when pending bytes were written or an error was seen
+	wbuf    *[]byte       // pending bytes (from writeBuffers), nil when none
+	werr    error         // first write error; later writes fail with it
+	wdone   chan struct{} // closed when the running writer goroutine exits; nil when none runs
+	wclosed bool          // the stream is closed; writes fail
+}
+
+const (
+	// readBufferSize is the read-ahead for small reads; reads at least this large go to the stream directly.
+	readBufferSize = 4 << 10
+	// maxPendingWrite bounds the bytes Write accepts before they are written to the stream.
+	maxPendingWrite = 64 << 10
+	// closeDrainTimeout bounds how long Close waits for pending bytes to be written.
+	closeDrainTimeout = 2 * time.Second
+)
+
+var (
+	readBuffers  = sync.Pool{New: func() any { b := make([]byte, readBufferSize); return &b }}
+	writeBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 16<<10); return &b }}
+	h2Preface    = []byte("PRI * HTTP/2.0") // what the server's first read asks for
+)
+
+func newStreamConn(c net.Conn, info *ConnInfo) *streamConn {
+	s := &streamConn{Conn: c, info: info, done: make(chan struct{})}
+	s.wcond = sync.NewCond(&s.wmu)
+	return s
+}
+
+// Read implements net.Conn, buffering small reads.
+func (s *streamConn) Read(p []byte) (int, error) {
+	n, err := s.read(p)
+	if !s.first && n > 0 {
+		s.first = true
+		if bytes.HasPrefix(p[:n], h2Preface) {
+			s.h2.Store(true) // the HTTP/2 server writes only after reading the preface
+		}
+	}
+	return n, err
+}
+
+func (s *streamConn) read(p []byte) (int, error) {
+	if s.rbuf != nil {
+		n := copy(p, (*s.rbuf)[s.rpos:s.rend])
+		s.rpos += n
+		if s.rpos == s.rend {
+			readBuffers.Put(s.rbuf)
+			s.rbuf = nil
+		}
+		return n, nil
+	}
+	if err := s.rerr; err != nil {
+		s.rerr = nil
+		return 0, err
+	}
+	if len(p) >= readBufferSize || len(p) == 0 {
+		return s.Conn.Read(p)
+	}
+	buf := readBuffers.Get().(*[]byte)
+	n, err := s.Conn.Read(*buf)
+	c := copy(p, (*buf)[:n])
+	if c == n {
+		readBuffers.Put(buf)
+		return c, err
+	}
+	s.rbuf, s.rpos, s.rend, s.rerr = buf, c, n, err
+	return c, nil
+}
+
+// Write implements net.Conn; on HTTP/2 connections it queues p for the writer goroutine.
+func (s *streamConn) Write(p []byte) (int, error) {
+	if !s.h2.Load() {
+		return s.Conn.Write(p)
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	for s.werr == nil && !s.wclosed && s.wbuf != nil && len(*s.wbuf) >= maxPendingWrite {
+		s.wcond.Wait()
+	}
+	if s.werr != nil {
+		return 0, s.werr
+	}
+	if s.wclosed {
+		return 0, net.ErrClosed
+	}
+	if s.wbuf == nil {
+		s.wbuf = writeBuffers.Get().(*[]byte)
+	}
+	*s.wbuf = append(*s.wbuf, p...)
+	if s.wdone == nil {
+		s.wdone = make(chan struct{})
+		go s.writeLoop(s.wdone)
+	}
+	return len(p), nil
+}
+
+// writeLoop writes pending bytes until none are left or a write fails, then exits.
+func (s *streamConn) writeLoop(done chan struct{}) {
+	s.wmu.Lock()
+	for s.wbuf != nil && s.werr == nil {
+		b := s.wbuf
+		s.wbuf = nil
+		s.wmu.Unlock()
+		_, err := s.Conn.Write(*b)
+		if cap(*b) <= maxPendingWrite {
+			*b = (*b)[:0]
+			writeBuffers.Put(b)
+		}
+		s.wmu.Lock()
+		if err != nil && s.werr == nil {
+			s.werr = err
+		}
+		s.wcond.Broadcast()
+	}
+	if s.wbuf != nil { // a write failed: drop what is pending
+		s.wbuf = nil
+	}
+	s.wdone = nil
+	close(done)
+	s.wmu.Unlock()
+}
+
+// drain waits until pending bytes are written, at most for d.
+func (s *streamConn) drain(d time.Duration) {
+	s.wmu.Lock()
+	done := s.wdone
+	s.wmu.Unlock()
+	if done == nil {
+		return
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+	}
+}
+
+// Close writes what is pending, half-closes and closes the stream.
+func (s *streamConn) Close() error {
+	s.drain(closeDrainTimeout)
+	s.CloseWrite() // END_STREAM first: the client reads a clean end, not a reset
+	s.wmu.Lock()
+	s.wclosed = true
+	s.wcond.Broadcast()
+	s.wmu.Unlock()
+	err := s.Conn.Close()
+	s.once.Do(func() { close(s.done) })
+	return err
+}
+
+// CloseWrite half-closes the stream (END_STREAM) after the pending bytes; the HTTP server does this
+// before closing a connection it ends, so the client sees a clean end rather than a reset.
+func (s *streamConn) CloseWrite() error {
+	s.drain(closeDrainTimeout)
+	if cw, ok := s.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}

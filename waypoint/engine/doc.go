@@ -1,0 +1,27 @@
+// Package l7 is the L7 engine of `ambit waypoint`: it serves HTTP/1.1 and HTTP/2 (h2c, gRPC) inside
+// each HBONE stream addressed to an HTTP service port, applies the waypoint's L7 configuration
+// (waypoint/model, compiled from HTTPRoute, GRPCRoute, VirtualService, DestinationRule,
+// AuthorizationPolicy, RequestAuthentication and LocalRateLimitPolicy) and forwards each request to an
+// endpoint over HBONE.
+//
+// Per request, in order: JWT authentication (401 on an invalid token), authorization (DENY then ALLOW;
+// 403 "RBAC: access denied"), route selection (404 NR when routes attach but none matches), local rate
+// limit (429 RL with x-ratelimit-* headers), fault injection (delay DI, abort FI), redirect, header
+// and URL rewrites, mirroring, then forwarding with the DestinationRule's load balancer, connection
+// pool limits (503 UO), outlier detection, the route's retries (URX when exhausted) and timeouts (504
+// UT). Every request is counted in Istio's HTTP metrics, written as one access-log line, and traced
+// (W3C traceparent and B3 in, W3C and B3 out, spans over OTLP).
+//
+// Buffering and limits (backpressure): bodies stream through a pooled 32 KiB copy buffer in both
+// directions and are never held whole, except a request body of at most MaxReplayBody (64 KiB) when the
+// rule retries or mirrors (a larger body is streamed once: no retry, no mirror). Request headers are
+// limited to 64 KiB (HTTP/1.1 and HTTP/2). An HTTP/2 client may have at most 256 KiB of request body
+// per stream and 1 MiB per connection in flight to the waypoint (flow control), and the waypoint's
+// HBONE streams to endpoints use 256 KiB windows, so a slow client holds at most about 256 KiB per
+// response in the waypoint plus one copy buffer. On each downstream stream, small reads go through a
+// pooled 4 KiB read-ahead, and HTTP/2 writes are coalesced with at most 64 KiB pending. WebSocket and other HTTP/1.1 upgrades are relayed as
+// raw bytes after the 101.
+//
+// The engine is safe for concurrent use; Update swaps the configuration atomically, so a request runs
+// start to end with one version and in-flight requests are never dropped by a reload.
+package engine
