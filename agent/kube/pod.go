@@ -7,15 +7,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
-	"github.com/ambit-mesh/ambit/config/local"
+	"github.com/ambit-mesh/ambit/mesh/istio"
 	"github.com/ambit-mesh/ambit/mesh/state"
-)
-
-// AnnotationRedirection is the pod annotation istiod reads to mark a workload HBONE (istio-cni sets it after
-// it set up redirection); AnnotationEnabled its value.
-const (
-	AnnotationRedirection = local.AnnotationRedirection
-	AnnotationEnabled     = "enabled"
 )
 
 // Pod is a pod of the node that the agent should capture.
@@ -31,12 +24,12 @@ type Pod struct {
 }
 
 // Wanted reports whether the node agent captures pod, given its namespace's labels: istio-cni's default
-// selector (local.Enrolled; host-network pods never) on a pod that is Running and has an IP.
+// selector (istio.Enrolled; host-network pods never) on a pod that is Running and has an IP.
 func Wanted(pod *corev1.Pod, nsLabels map[string]string) bool {
 	if pod == nil || pod.Status.Phase != corev1.PodRunning || len(PodIPs(pod)) == 0 {
 		return false
 	}
-	return local.Enrolled(pod.Labels, nsLabels, pod.Spec.HostNetwork)
+	return istio.Enrolled(pod.Labels, nsLabels, pod.Spec.HostNetwork)
 }
 
 // PodIPs returns the valid addresses in pod's status (status.podIPs, else status.podIP), IPv4 first, without
@@ -82,5 +75,5 @@ func podFor(pod *corev1.Pod, clusterID, trustDomain string) Pod {
 
 // annotated reports whether pod carries the redirection annotation set to enabled.
 func annotated(pod *corev1.Pod) bool {
-	return pod.Annotations[AnnotationRedirection] == AnnotationEnabled
+	return pod.Annotations[istio.AnnotationRedirection] == istio.RedirectionEnabled
 }

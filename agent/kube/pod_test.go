@@ -7,6 +7,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/ambit-mesh/ambit/mesh/istio"
 )
 
 type podOpt func(*corev1.Pod)
@@ -35,7 +37,7 @@ func withIPs(ips ...string) podOpt {
 }
 func hostNetwork(p *corev1.Pod) { p.Spec.HostNetwork = true }
 func withAnnotation(p *corev1.Pod) {
-	p.Annotations = map[string]string{AnnotationRedirection: AnnotationEnabled}
+	p.Annotations = map[string]string{istio.AnnotationRedirection: istio.RedirectionEnabled}
 }
 func onNode(n string) podOpt { return func(p *corev1.Pod) { p.Spec.NodeName = n } }
 
@@ -125,7 +127,7 @@ func TestPlanAnnotations(t *testing.T) {
 		{"annotated but not captured loses it", []*corev1.Pod{mkPod("a", "p1", withAnnotation), mkPod("b", "p0")},
 			nil, nil, []string{"a/p1"}},
 		{"annotation with another value counts as absent", []*corev1.Pod{mkPod("a", "p1", func(p *corev1.Pod) {
-			p.Annotations = map[string]string{AnnotationRedirection: "disabled"}
+			p.Annotations = map[string]string{istio.AnnotationRedirection: "disabled"}
 		})}, []string{"a/p1"}, []string{"a/p1"}, nil},
 		{"pods being deleted are left alone", []*corev1.Pod{mkPod("a", "p1", withAnnotation, deleting), mkPod("a", "p2", deleting)},
 			[]string{"a/p2"}, nil, nil},

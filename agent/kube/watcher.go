@@ -20,6 +20,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	listersv1 "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/ambit-mesh/ambit/mesh/istio"
 )
 
 // Options configures New.
@@ -198,9 +200,9 @@ func samePod(a, b Pod) bool {
 func annotationPatch(enabled bool) []byte {
 	var v any
 	if enabled {
-		v = AnnotationEnabled
+		v = istio.RedirectionEnabled
 	}
-	b, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]any{AnnotationRedirection: v}}})
+	b, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]any{istio.AnnotationRedirection: v}}})
 	return b
 }
 

@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
 
+	"github.com/ambit-mesh/ambit/mesh/istio"
 	"github.com/ambit-mesh/ambit/test/testutil"
 )
 
@@ -78,17 +79,17 @@ func TestWatcher(t *testing.T) {
 		if err != nil {
 			return "error: " + err.Error()
 		}
-		return p.Annotations[AnnotationRedirection]
+		return p.Annotations[istio.AnnotationRedirection]
 	}
 	// Before the agent reports its captured set, annotations are left alone.
 	time.Sleep(50 * time.Millisecond)
-	if got := annotation("plain", "stale"); got != AnnotationEnabled {
+	if got := annotation("plain", "stale"); got != istio.RedirectionEnabled {
 		t.Errorf("stale annotation touched before SetCaptured: %q", got)
 	}
 
 	w.SetCaptured(want)
 	testutil.WaitFor(t, 10*time.Second, "annotations follow the captured set", func() bool {
-		return annotation("amb", "web") == AnnotationEnabled && annotation("plain", "solo") == AnnotationEnabled &&
+		return annotation("amb", "web") == istio.RedirectionEnabled && annotation("plain", "solo") == istio.RedirectionEnabled &&
 			annotation("plain", "stale") == "" && annotation("amb", "optout") == ""
 	})
 

@@ -11,6 +11,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/ambit-mesh/ambit/mesh/binding"
+	"github.com/ambit-mesh/ambit/mesh/istio"
 )
 
 const defaultWaypointName = "waypoint"
@@ -94,7 +95,7 @@ func makeGateway(wf *waypointFlags, ns string) (*gwv1.Gateway, error) {
 		TypeMeta:   metav1.TypeMeta{Kind: "Gateway", APIVersion: "gateway.networking.k8s.io/v1"},
 		ObjectMeta: metav1.ObjectMeta{Name: wf.name, Namespace: ns},
 		Spec: gwv1.GatewaySpec{
-			GatewayClassName: "istio-waypoint",
+			GatewayClassName: istio.WaypointClassName,
 			Listeners:        []gwv1.Listener{{Name: "mesh", Port: 15008, Protocol: "HBONE"}},
 		},
 	}
@@ -102,13 +103,13 @@ func makeGateway(wf *waypointFlags, ns string) (*gwv1.Gateway, error) {
 		if !slices.Contains(validTrafficTypes, wf.trafficType) {
 			return nil, fmt.Errorf("invalid traffic type: %s. Valid options are: %v", wf.trafficType, validTrafficTypes)
 		}
-		gw.Labels = map[string]string{binding.LabelWaypointFor: wf.trafficType}
+		gw.Labels = map[string]string{istio.LabelWaypointFor: wf.trafficType}
 	}
 	if wf.revision != "" {
 		if gw.Labels == nil {
 			gw.Labels = map[string]string{}
 		}
-		gw.Labels["istio.io/rev"] = wf.revision
+		gw.Labels[istio.LabelRevision] = wf.revision
 	}
 	return gw, nil
 }

@@ -20,8 +20,7 @@ import (
 	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 	"sigs.k8s.io/yaml"
 
-	"github.com/ambit-mesh/ambit/config/local"
-	"github.com/ambit-mesh/ambit/mesh/binding"
+	"github.com/ambit-mesh/ambit/mesh/istio"
 )
 
 // The cluster subcommands of `ambitctl waypoint` reproduce istioctl's (istioctl/pkg/waypoint/waypoint.go):
@@ -29,8 +28,8 @@ import (
 // istioctl's). waypoint-rules.md section 6 describes them.
 
 const (
-	waypointClass     = "istio-waypoint"
-	labelRevision     = "istio.io/rev"
+	waypointClass     = istio.WaypointClassName
+	labelRevision     = istio.LabelRevision
 	fieldManager      = "ambitctl"
 	waypointTimeout   = 90 * time.Second
 	conditionReady    = string(gwv1.GatewayConditionProgrammed)
@@ -78,7 +77,7 @@ func newApplyCmd(wf *waypointFlags, cf *clusterFlags) *cobra.Command {
 				return err
 			}
 			if enroll {
-				if !overwrite && nsObj.Labels[binding.LabelUseWaypoint] != "" {
+				if !overwrite && nsObj.Labels[istio.LabelUseWaypoint] != "" {
 					fmt.Fprintf(out, "⚠️ Warning: namespace (%s) already has an enrolled Waypoint. Consider "+
 						"adding the `--overwrite` flag to your apply command.\n", ns)
 					return nil
@@ -87,7 +86,7 @@ func newApplyCmd(wf *waypointFlags, cf *clusterFlags) *cobra.Command {
 				if err != nil {
 					return fmt.Errorf("failed to check if namespace is labeled ambient: %v", err)
 				}
-				if ambient.Labels[local.LabelDataplaneMode] != local.DataplaneModeAmbient {
+				if ambient.Labels[istio.LabelDataplaneMode] != istio.DataplaneModeAmbient {
 					fmt.Fprintf(out, "⚠️ Warning: namespace is not enrolled in ambient. Consider running\t"+
 						"`kubectl label namespace %s istio.io/dataplane-mode=ambient`\n", ns)
 				}
@@ -118,7 +117,7 @@ func newApplyCmd(wf *waypointFlags, cf *clusterFlags) *cobra.Command {
 				if err := labelNamespace(ctx, c, ns, wf.name); err != nil {
 					return fmt.Errorf("failed to label namespace with waypoint: %v", err)
 				}
-				fmt.Fprintf(out, "✅ namespace %v labeled with \"%v: %v\"\n", ns, binding.LabelUseWaypoint, gw.Name)
+				fmt.Fprintf(out, "✅ namespace %v labeled with \"%v: %v\"\n", ns, istio.LabelUseWaypoint, gw.Name)
 			}
 			return nil
 		},
@@ -153,7 +152,7 @@ func labelNamespace(ctx context.Context, c *clusterClients, ns, name string) err
 	if obj.Labels == nil {
 		obj.Labels = map[string]string{}
 	}
-	obj.Labels[binding.LabelUseWaypoint] = name
+	obj.Labels[istio.LabelUseWaypoint] = name
 	if _, err := c.kube.CoreV1().Namespaces().Update(ctx, obj, metav1.UpdateOptions{}); err != nil {
 		return fmt.Errorf("failed to update namespace %s: %v", ns, err)
 	}
@@ -277,7 +276,7 @@ func writeWaypointList(out io.Writer, gws []gwv1.Gateway, all bool) error {
 			}
 		}
 		rev := cmp.Or(gw.Labels[labelRevision], defaultRevision)
-		traffic := cmp.Or(gw.Labels[binding.LabelWaypointFor], trafficTypeAbsent)
+		traffic := cmp.Or(gw.Labels[istio.LabelWaypointFor], trafficTypeAbsent)
 		if all {
 			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", gw.Namespace, gw.Name, rev, traffic, prog)
 		} else {

@@ -16,6 +16,7 @@ import (
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 
 	"github.com/ambit-mesh/ambit/mesh/binding"
+	"github.com/ambit-mesh/ambit/mesh/istio"
 	"github.com/ambit-mesh/ambit/mesh/state"
 )
 
@@ -158,7 +159,7 @@ func (c *compiler) Namespace(name string) (map[string]string, bool) {
 // ensureNamespace records a namespace that an object lives in but that the input does not declare.
 func (c *compiler) ensureNamespace(ns string) {
 	if _, ok := c.namespaces[ns]; !ok {
-		c.namespaces[ns] = map[string]string{binding.LabelNamespaceName: ns}
+		c.namespaces[ns] = map[string]string{istio.LabelNamespaceName: ns}
 	}
 }
 
@@ -174,7 +175,7 @@ func (c *compiler) indexNamespaces() error {
 		for k, v := range ns.Labels {
 			l[k] = v
 		}
-		l[binding.LabelNamespaceName] = ns.Name
+		l[istio.LabelNamespaceName] = ns.Name
 		c.namespaces[ns.Name] = l
 	}
 	// Objects may live in namespaces the input does not declare; in a cluster those would exist.
@@ -214,7 +215,7 @@ func (c *compiler) indexNodes() error {
 		c.nodes[n.Name] = state.Locality{
 			Region:  n.Labels[corev1.LabelTopologyRegion],
 			Zone:    n.Labels[corev1.LabelTopologyZone],
-			Subzone: n.Labels["topology.istio.io/subzone"],
+			Subzone: n.Labels[istio.LabelSubzone],
 		}
 	}
 	return nil

@@ -21,6 +21,7 @@ import (
 	securityapi "istio.io/api/security/v1beta1"
 	typeapi "istio.io/api/type/v1beta1"
 
+	"github.com/ambit-mesh/ambit/mesh/istio"
 	"github.com/ambit-mesh/ambit/waypoint/model"
 	"github.com/ambit-mesh/ambit/waypoint/policy"
 )
@@ -1047,7 +1048,7 @@ func (c *l7compiler) authorizationPolicies() error {
 		if err != nil {
 			return c.inputErr(ap, "AuthorizationPolicy", &ap.ObjectMeta, err)
 		}
-		p.DryRun = ap.Annotations["istio.io/dry-run"] == "true"
+		p.DryRun = ap.Annotations[istio.AnnotationDryRun] == "true"
 		c.cfg.Authz = append(c.cfg.Authz, p)
 	}
 	return nil

@@ -11,6 +11,7 @@ import (
 	securityapi "istio.io/api/security/v1beta1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 
+	"github.com/ambit-mesh/ambit/mesh/istio"
 	"github.com/ambit-mesh/ambit/mesh/state"
 )
 
@@ -18,7 +19,6 @@ import (
 const (
 	StaticStrictPolicyName         = "istio_converted_static_strict"
 	convertedPeerAuthenticationPfx = "converted_peer_authentication_"
-	annotationDryRun               = "istio.io/dry-run"
 )
 
 type selectorPolicy struct {
@@ -316,10 +316,10 @@ func convertAuthorizationPolicy(root string, ap *securityv1.AuthorizationPolicy)
 		return nil, "", nil
 	}
 	dryRun := false
-	if v := ap.Annotations[annotationDryRun]; v != "" {
+	if v := ap.Annotations[istio.AnnotationDryRun]; v != "" {
 		b, err := strconv.ParseBool(v)
 		if err != nil {
-			return nil, "", fmt.Errorf("annotation %s: %q is not a boolean", annotationDryRun, v)
+			return nil, "", fmt.Errorf("annotation %s: %q is not a boolean", istio.AnnotationDryRun, v)
 		}
 		dryRun = b
 	}

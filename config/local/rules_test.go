@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/ambit-mesh/ambit/mesh/binding"
+	"github.com/ambit-mesh/ambit/mesh/istio"
 )
 
 // The fixture of waypoint-rules.md §8.1: namespaces app and infra, Service app/svc (10.0.0.1) selecting
@@ -35,7 +36,7 @@ func gatewayYAML(g gwSpec) string {
 		lbls[k] = v
 	}
 	if g.hasFor {
-		lbls[binding.LabelWaypointFor] = g.forType
+		lbls[istio.LabelWaypointFor] = g.forType
 	}
 	writeLabels(&b, "  ", lbls)
 	fmt.Fprintf(&b, "spec:\n  gatewayClassName: %s\n  listeners:\n  - name: mesh\n    port: 15008\n    protocol: HBONE\n", class)
@@ -183,8 +184,8 @@ func unsupported(ttype, key string) string {
 
 // TestWaypointRules covers every applicable row of waypoint-rules.md §8.1, each subtest named after its row.
 func TestWaypointRules(t *testing.T) {
-	uw := binding.LabelUseWaypoint
-	uwn := binding.LabelUseWaypointNamespace
+	uw := istio.LabelUseWaypoint
+	uwn := istio.LabelUseWaypointNamespace
 	cases := []struct {
 		name            string
 		f               fixture
@@ -245,24 +246,24 @@ func TestWaypointRules(t *testing.T) {
 			svcCond: deniedCond("infra/wp"), weCond: deniedCond("infra/wp")},
 		{name: "31 explicit own namespace", f: fixture{svcLabels: lbl(uw, "wp", uwn, "app"), gateways: []gwSpec{wp("app", "wp", "")}},
 			svcWP: "app/wp", svcCond: accepted + "app/wp", weCond: "-"},
-		{name: "32 gateway class default applies", f: fixture{appNS: lbl(uw, "wp"), classes: map[string]map[string]string{"istio-waypoint": lbl(binding.LabelWaypointFor, "all")},
+		{name: "32 gateway class default applies", f: fixture{appNS: lbl(uw, "wp"), classes: map[string]map[string]string{"istio-waypoint": lbl(istio.LabelWaypointFor, "all")},
 			gateways: []gwSpec{wp("app", "wp", "")}},
 			svcWP: "app/wp", podWP: "app/wp", weWP: "app/wp", svcCond: accepted + "app/wp", weCond: accepted + "app/wp"},
-		{name: "33 gateway label beats class", f: fixture{appNS: lbl(uw, "wp"), classes: map[string]map[string]string{"istio-waypoint": lbl(binding.LabelWaypointFor, "workload")},
+		{name: "33 gateway label beats class", f: fixture{appNS: lbl(uw, "wp"), classes: map[string]map[string]string{"istio-waypoint": lbl(istio.LabelWaypointFor, "workload")},
 			gateways: []gwSpec{wp("app", "wp", "service")}},
 			svcWP: "app/wp", svcCond: accepted + "app/wp", weCond: "-"},
-		{name: "36 east-west service never bound", f: fixture{appNS: lbl(uw, "wp"), svcLabels: lbl(binding.LabelGatewayManaged, binding.ManagedEastWestController),
+		{name: "36 east-west service never bound", f: fixture{appNS: lbl(uw, "wp"), svcLabels: lbl(istio.LabelGatewayManaged, istio.ManagedEastWestController),
 			gateways: []gwSpec{wp("app", "wp", "")}},
 			svcCond: "-", weCond: "-"},
 		{name: "37 headless service", f: fixture{headless: true, svcLabels: lbl(uw, "wp"), gateways: []gwSpec{wp("app", "wp", "service")}},
 			svcWP: "app/wp", svcCond: accepted + "app/wp", weCond: "-"},
 		{name: "38 headless service in namespace for all", f: fixture{headless: true, appNS: lbl(uw, "wp"), gateways: []gwSpec{wp("app", "wp", "all")}},
 			svcWP: "app/wp", podWP: "app/wp", weWP: "app/wp", svcCond: accepted + "app/wp", weCond: accepted + "app/wp"},
-		{name: "45 ingress-use-waypoint true", f: fixture{svcLabels: lbl(uw, "wp", binding.LabelIngressUseWaypoint, "true"), gateways: []gwSpec{wp("app", "wp", "")}},
+		{name: "45 ingress-use-waypoint true", f: fixture{svcLabels: lbl(uw, "wp", istio.LabelIngressUseWaypoint, "true"), gateways: []gwSpec{wp("app", "wp", "")}},
 			svcWP: "app/wp", svcCond: accepted + "app/wp. Ingress traffic will traverse the waypoint", weCond: "-"},
-		{name: "46 ingress-use-waypoint unparseable", f: fixture{svcLabels: lbl(uw, "wp", binding.LabelIngressUseWaypoint, "eurt"), gateways: []gwSpec{wp("app", "wp", "")}},
+		{name: "46 ingress-use-waypoint unparseable", f: fixture{svcLabels: lbl(uw, "wp", istio.LabelIngressUseWaypoint, "eurt"), gateways: []gwSpec{wp("app", "wp", "")}},
 			svcWP: "app/wp", svcCond: accepted + "app/wp. Ingress traffic is not using the waypoint, set the istio.io/ingress-use-waypoint label to true if desired.", weCond: "-"},
-		{name: "48 namespace ingress label without binding", f: fixture{appNS: lbl(binding.LabelIngressUseWaypoint, "true")},
+		{name: "48 namespace ingress label without binding", f: fixture{appNS: lbl(istio.LabelIngressUseWaypoint, "true")},
 			svcCond: "-", weCond: "-"},
 		{name: "49 bound then gateway deleted", f: fixture{svcLabels: lbl(uw, "wp")},
 			svcCond: notReadyCond("app/wp"), weCond: "-"},
@@ -325,7 +326,7 @@ func TestWaypointRules(t *testing.T) {
 // TestWaypointRulesInstances covers row 34: waypoint pods and the waypoint's own Service never get a
 // waypoint, while everything else in the namespace does.
 func TestWaypointRulesInstances(t *testing.T) {
-	f := fixture{appNS: lbl(binding.LabelUseWaypoint, "wp"), gateways: []gwSpec{wp("app", "wp", "all")}, extra: `
+	f := fixture{appNS: lbl(istio.LabelUseWaypoint, "wp"), gateways: []gwSpec{wp("app", "wp", "all")}, extra: `
 apiVersion: v1
 kind: Service
 metadata:
@@ -440,7 +441,7 @@ spec:
 
 // TestWaypointAddress covers R13 and row 50: hostname preferred, IP only when no hostname.
 func TestWaypointAddress(t *testing.T) {
-	res := compileYAML(t, fixture{svcLabels: lbl(binding.LabelUseWaypoint, "wp"), gateways: []gwSpec{{ns: "app", name: "wp", ipOnly: "10.96.0.50"}}}.yaml())
+	res := compileYAML(t, fixture{svcLabels: lbl(istio.LabelUseWaypoint, "wp"), gateways: []gwSpec{{ns: "app", name: "wp", ipOnly: "10.96.0.50"}}}.yaml())
 	for _, s := range res.Snapshot.Services {
 		if s.Name == "svc" {
 			if s.Waypoint == nil || s.Waypoint.IsHostname() || s.Waypoint.Destination() != "/10.96.0.50" || s.Waypoint.HBONEMTLSPort != 15008 {
@@ -448,7 +449,7 @@ func TestWaypointAddress(t *testing.T) {
 			}
 		}
 	}
-	res = compileYAML(t, fixture{svcLabels: lbl(binding.LabelUseWaypoint, "wp"), gateways: []gwSpec{wp("app", "wp", "")}}.yaml())
+	res = compileYAML(t, fixture{svcLabels: lbl(istio.LabelUseWaypoint, "wp"), gateways: []gwSpec{wp("app", "wp", "")}}.yaml())
 	for _, s := range res.Snapshot.Services {
 		if s.Name == "svc" && (s.Waypoint == nil || s.Waypoint.Destination() != "app/wp.app.svc.cluster.local") {
 			t.Fatalf("hostname form: waypoint = %+v", s.Waypoint)

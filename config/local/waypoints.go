@@ -10,14 +10,9 @@ import (
 	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/ambit-mesh/ambit/mesh/binding"
+	"github.com/ambit-mesh/ambit/mesh/istio"
 	"github.com/ambit-mesh/ambit/mesh/state"
 )
-
-// WaypointClassName is the GatewayClass of Istio waypoints.
-const WaypointClassName = "istio-waypoint"
-
-// annotationInboundBinding selects the "sandwich" listener whose allowedRoutes apply (R7).
-const annotationInboundBinding = "ambient.istio.io/waypoint-inbound-binding"
 
 func (c *compiler) indexPods() error {
 	for _, p := range c.objs.Pods {
@@ -75,11 +70,11 @@ func (c *compiler) makeWaypoint(gw *gwv1.Gateway) (*binding.Waypoint, error) {
 	traffic := binding.TrafficService
 	class := c.classes[string(gw.Spec.GatewayClassName)]
 	if class != nil {
-		if tt, ok := class.Labels[binding.LabelWaypointFor]; ok {
+		if tt, ok := class.Labels[istio.LabelWaypointFor]; ok {
 			traffic = tt
 		}
 	}
-	if tt, ok := gw.Labels[binding.LabelWaypointFor]; ok {
+	if tt, ok := gw.Labels[istio.LabelWaypointFor]; ok {
 		traffic = tt
 	}
 	wp := &binding.Waypoint{
@@ -93,7 +88,7 @@ func (c *compiler) makeWaypoint(gw *gwv1.Gateway) (*binding.Waypoint, error) {
 		return nil, err
 	}
 	for _, p := range c.podsByNS[gw.Namespace] {
-		if p.Labels[binding.LabelGatewayName] == gw.Name {
+		if p.Labels[istio.LabelGatewayName] == gw.Name {
 			wp.ServiceAccounts = append(wp.ServiceAccounts, cmp.Or(p.Spec.ServiceAccountName, state.DefaultServiceAccount))
 		}
 	}
@@ -170,9 +165,9 @@ func allowedRoutes(wp *binding.Waypoint, gw *gwv1.Gateway, class *gwv1.GatewayCl
 // boundListener finds the listener selected by the inbound-binding annotation ("PROXY", "NONE" or
 // "<protocol>/<port>") on the Gateway or its class.
 func boundListener(gw *gwv1.Gateway, class *gwv1.GatewayClass) *gwv1.Listener {
-	v, ok := gw.Annotations[annotationInboundBinding]
+	v, ok := gw.Annotations[istio.AnnotationInboundBinding]
 	if !ok && class != nil {
-		v, ok = class.Annotations[annotationInboundBinding]
+		v, ok = class.Annotations[istio.AnnotationInboundBinding]
 	}
 	if !ok {
 		return nil

@@ -14,20 +14,8 @@ import (
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 
 	"github.com/ambit-mesh/ambit/mesh/binding"
+	"github.com/ambit-mesh/ambit/mesh/istio"
 	"github.com/ambit-mesh/ambit/mesh/state"
-)
-
-// Labels and annotations that decide a workload's tunnel protocol and telemetry names.
-const (
-	LabelDataplaneMode         = "istio.io/dataplane-mode"
-	DataplaneModeAmbient       = "ambient"
-	DataplaneModeNone          = "none"
-	AnnotationRedirection      = "ambient.istio.io/redirection"
-	labelTunnel                = "networking.istio.io/tunnel"
-	labelCanonicalName         = "service.istio.io/canonical-name"
-	labelCanonicalRevision     = "service.istio.io/canonical-revision"
-	labelWorkloadName          = "service.istio.io/workload-name"
-	annotationAutoRegistration = "istio.io/autoRegistrationGroup"
 )
 
 func validatePod(p *corev1.Pod) error {
@@ -51,26 +39,13 @@ func validatePod(p *corev1.Pod) error {
 	return nil
 }
 
-// Enrolled reports whether istio-cni's default selector captures a pod: pod label
-// istio.io/dataplane-mode=ambient, or namespace label ambient and pod label not none; host-network pods
-// are never captured.
-func Enrolled(podLabels, nsLabels map[string]string, hostNetwork bool) bool {
-	if hostNetwork {
-		return false
-	}
-	if podLabels[LabelDataplaneMode] == DataplaneModeAmbient {
-		return true
-	}
-	return nsLabels[LabelDataplaneMode] == DataplaneModeAmbient && podLabels[LabelDataplaneMode] != DataplaneModeNone
-}
-
 // tunnelProtocol applies istiod's setTunnelProtocol (redirection annotation, or a tunnel label naming
 // http for native HBONE), plus, in a local file where no CNI annotates pods, the enrollment selector.
 func tunnelProtocol(w *state.Workload, lbls, annotations map[string]string, enrolled bool) {
-	if annotations[AnnotationRedirection] == "enabled" || enrolled {
+	if annotations[istio.AnnotationRedirection] == istio.RedirectionEnabled || enrolled {
 		w.Protocol = state.TunnelHBONE
 	}
-	if slices.Contains(strings.Split(lbls[labelTunnel], ","), "http") {
+	if slices.Contains(strings.Split(lbls[istio.LabelTunnel], ","), "http") {
 		w.Protocol = state.TunnelHBONE
 		w.NativeTunnel = true
 	}
@@ -78,8 +53,8 @@ func tunnelProtocol(w *state.Workload, lbls, annotations map[string]string, enro
 
 // canonicalService derives the canonical service name and revision as Istio does.
 func canonicalService(lbls map[string]string, workloadName string) (string, string) {
-	name := cmp.Or(lbls[labelCanonicalName], lbls["app.kubernetes.io/name"], lbls["app"], workloadName)
-	rev := cmp.Or(lbls[labelCanonicalRevision], lbls["app.kubernetes.io/version"], lbls["version"], "latest")
+	name := cmp.Or(lbls[istio.LabelCanonicalName], lbls["app.kubernetes.io/name"], lbls["app"], workloadName)
+	rev := cmp.Or(lbls[istio.LabelCanonicalRevision], lbls["app.kubernetes.io/version"], lbls["version"], "latest")
 	return name, rev
 }
 
@@ -179,7 +154,7 @@ func (c *compiler) buildPodWorkloads() error {
 		w.WorkloadName, w.WorkloadType = podWorkloadName(p)
 		w.WorkloadType = state.WorkloadPod // istiod always sends POD, for compatibility
 		w.CanonicalName, w.CanonicalRevision = canonicalService(p.Labels, w.WorkloadName)
-		tunnelProtocol(w, p.Labels, p.Annotations, Enrolled(p.Labels, c.namespaces[p.Namespace], p.Spec.HostNetwork))
+		tunnelProtocol(w, p.Labels, p.Annotations, istio.Enrolled(p.Labels, c.namespaces[p.Namespace], p.Spec.HostNetwork))
 		for _, info := range c.svcInfos[p.Namespace] {
 			if !selects(info.selector, p.Labels) {
 				continue
@@ -318,7 +293,7 @@ func (c *compiler) convertWorkloadEntry(we *networkingv1.WorkloadEntry) error {
 	if res.Waypoint != nil {
 		w.Waypoint = res.Waypoint.Address
 	}
-	w.WorkloadName = cmp.Or(we.Annotations[annotationAutoRegistration], lbls[labelWorkloadName], we.Name)
+	w.WorkloadName = cmp.Or(we.Annotations[istio.AnnotationAutoRegistration], lbls[istio.LabelWorkloadName], we.Name)
 	w.CanonicalName, w.CanonicalRevision = canonicalService(lbls, w.WorkloadName)
 	tunnelProtocol(w, lbls, we.Annotations, false)
 	for _, info := range c.svcInfos[we.Namespace] {

@@ -5,24 +5,12 @@ import (
 
 	"k8s.io/apimachinery/pkg/labels"
 
+	"github.com/ambit-mesh/ambit/mesh/istio"
 	"github.com/ambit-mesh/ambit/mesh/state"
 )
 
-// Label and annotation keys read by the binding rules.
+// Values of the use-waypoint label with a meaning of their own.
 const (
-	LabelUseWaypoint          = "istio.io/use-waypoint"
-	LabelUseWaypointNamespace = "istio.io/use-waypoint-namespace"
-	LabelWaypointFor          = "istio.io/waypoint-for"
-	LabelIngressUseWaypoint   = "istio.io/ingress-use-waypoint"
-	LabelGatewayManaged       = "gateway.istio.io/managed"
-	LabelGatewayName          = "gateway.networking.k8s.io/gateway-name"
-	LabelNamespaceName        = "kubernetes.io/metadata.name"
-
-	// ManagedMeshController marks the resources istiod generates for a waypoint.
-	ManagedMeshController = "istio.io-mesh-controller"
-	// ManagedEastWestController marks the resources of an east-west gateway.
-	ManagedEastWestController = "istio.io-eastwest-controller"
-
 	// None is the reserved use-waypoint value that opts an object out. It is compared case-sensitively.
 	None = "none"
 )
@@ -111,7 +99,7 @@ type Result struct {
 // useWaypoint parses the use-waypoint labels of one object (GetUseWaypoint): the named target, whether
 // the label is present, and whether it is the reserved none.
 func useWaypoint(lbls map[string]string, defaultNamespace string) (ns, name string, present, none bool) {
-	v, ok := lbls[LabelUseWaypoint]
+	v, ok := lbls[istio.LabelUseWaypoint]
 	if !ok {
 		return "", "", false, false
 	}
@@ -119,7 +107,7 @@ func useWaypoint(lbls map[string]string, defaultNamespace string) (ns, name stri
 		return "", "", true, true
 	}
 	ns = defaultNamespace
-	if o, ok := lbls[LabelUseWaypointNamespace]; ok {
+	if o, ok := lbls[istio.LabelUseWaypointNamespace]; ok {
 		ns = o
 	}
 	return ns, v, true, false
@@ -162,8 +150,8 @@ func forTarget(l Lookup, o Object) (wp *Waypoint, err *Error, inherited bool) {
 
 // ForService resolves the waypoint of a Service or ServiceEntry (R3, R4–R7, R6 service filter).
 func ForService(l Lookup, o Object) Result {
-	switch o.Labels[LabelGatewayManaged] {
-	case ManagedMeshController, ManagedEastWestController:
+	switch o.Labels[istio.LabelGatewayManaged] {
+	case istio.ManagedMeshController, istio.ManagedEastWestController:
 		return Result{}
 	}
 	w, err, _ := forTarget(l, o)
@@ -180,7 +168,7 @@ func ForService(l Lookup, o Object) Result {
 // R6 workload filter). instance is set when the object is itself an instance of a ready waypoint; such
 // objects never get a waypoint.
 func ForWorkload(l Lookup, o Object) (res Result, instance *Waypoint) {
-	if gw := o.Labels[LabelGatewayName]; gw != "" {
+	if gw := o.Labels[istio.LabelGatewayName]; gw != "" {
 		if w := l.Waypoint(o.Namespace, gw); w != nil {
 			return Result{}, w
 		}
@@ -203,9 +191,9 @@ func ForWorkload(l Lookup, o Object) (res Result, instance *Waypoint) {
 // present reports whether either carries the label; value is its strconv.ParseBool value (false when
 // unparseable).
 func IngressUseWaypoint(objLabels, nsLabels map[string]string) (value, present bool) {
-	v, ok := objLabels[LabelIngressUseWaypoint]
+	v, ok := objLabels[istio.LabelIngressUseWaypoint]
 	if !ok {
-		v, ok = nsLabels[LabelIngressUseWaypoint]
+		v, ok = nsLabels[istio.LabelIngressUseWaypoint]
 	}
 	if !ok {
 		return false, false

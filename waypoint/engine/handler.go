@@ -24,6 +24,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/ambit-mesh/ambit/mesh/istio"
 	"github.com/ambit-mesh/ambit/mesh/state"
 	"github.com/ambit-mesh/ambit/waypoint/jwt"
 	"github.com/ambit-mesh/ambit/waypoint/model"
@@ -265,7 +266,7 @@ func (e *Engine) targets(refs []model.TargetRef, info *ConnInfo, route *model.Ro
 				return true
 			}
 		case model.KindGatewayClass:
-			if t.Namespace == e.opts.RootNamespace && t.Name == "istio-waypoint" {
+			if t.Namespace == e.opts.RootNamespace && t.Name == istio.WaypointClassName {
 				return true
 			}
 		case model.KindService, model.KindServiceEntry:
