@@ -34,6 +34,7 @@ import (
 	"github.com/ambit-mesh/ambit/proxy/metrics"
 	"github.com/ambit-mesh/ambit/proxy/relay"
 	"github.com/ambit-mesh/ambit/redirect"
+	"github.com/ambit-mesh/ambit/waypoint/compile"
 	"github.com/ambit-mesh/ambit/waypoint/engine"
 	"github.com/ambit-mesh/ambit/waypoint/kube"
 	"github.com/ambit-mesh/ambit/waypoint/model"
@@ -278,8 +279,7 @@ func (w *Waypoint) newEngine(creds func(context.Context) (*hbone.Credentials, er
 			}
 		}
 		w.kube = &kube.Source{Client: client, Logger: w.log.With("component", "l7-kube"), OnUpdate: w.engine.Update,
-			Options: local.Options{TrustDomain: w.acfg.TrustDomain, DomainSuffix: w.acfg.DomainSuffix,
-				ClusterID: w.acfg.ClusterID, Network: w.cfg.Network}}
+			Options: compile.Options{DomainSuffix: w.acfg.DomainSuffix, ClusterID: w.acfg.ClusterID}}
 		return nil
 	default:
 		return fmt.Errorf("waypoint config: unknown L7 source %q (file or kubernetes)", w.cfg.L7Source)
@@ -307,8 +307,16 @@ func (w *Waypoint) compileL7(files []fileData) (*model.Config, error) {
 			return nil, err
 		}
 	}
-	return local.CompileL7(objs, local.Options{TrustDomain: w.acfg.TrustDomain,
-		DomainSuffix: w.acfg.DomainSuffix, ClusterID: w.acfg.ClusterID, Network: w.cfg.Network})
+	cfg, err := compile.Compile(&compile.Inputs{HTTPRoutes: objs.HTTPRoutes, GRPCRoutes: objs.GRPCRoutes,
+		VirtualServices: objs.VirtualServices, DestinationRules: objs.DestinationRules,
+		AuthorizationPolicies: objs.AuthorizationPolicies, RequestAuthentications: objs.RequestAuthentications,
+		RateLimitPolicies: objs.RateLimitPolicies, ServiceEntries: objs.ServiceEntries, Pods: objs.Pods},
+		compile.Options{DomainSuffix: w.acfg.DomainSuffix, ClusterID: w.acfg.ClusterID})
+	if ce := (*compile.Error)(nil); errors.As(err, &ce) {
+		src := objs.SourceOf(ce.Object)
+		return nil, &local.InputError{File: src.File, Doc: src.Doc, Kind: ce.Kind, Namespace: ce.Namespace, Name: ce.Name, Err: ce.Err}
+	}
+	return cfg, err
 }
 
 // runL7Config re-reads the configuration files and swaps the engine's L7 configuration when they

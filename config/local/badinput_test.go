@@ -86,3 +86,22 @@ func TestLoadFilesDirectory(t *testing.T) {
 		t.Errorf("error = %v", err)
 	}
 }
+
+// TestCompileIgnoresL7Kinds checks that the L4 compile accepts and ignores the L7 kinds.
+func TestCompileIgnoresL7Kinds(t *testing.T) {
+	objs := &Objects{}
+	l7, err := os.ReadFile("testdata/l7.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := objs.Decode("l7.yaml", l7); err != nil {
+		t.Fatal(err)
+	}
+	res, err := Compile(objs, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Snapshot.Policies) != 0 {
+		t.Errorf("targetRef policies reached the L4 state: %d", len(res.Snapshot.Policies))
+	}
+}

@@ -15,6 +15,7 @@ import (
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 
+	"github.com/ambit-mesh/ambit/config/resource"
 	"github.com/ambit-mesh/ambit/mesh/binding"
 	"github.com/ambit-mesh/ambit/mesh/istio"
 	"github.com/ambit-mesh/ambit/mesh/state"
@@ -165,7 +166,7 @@ func (c *compiler) ensureNamespace(ns string) {
 
 func (c *compiler) indexNamespaces() error {
 	for _, ns := range c.objs.Namespaces {
-		if err := validateMeta(&ns.ObjectMeta, false); err != nil {
+		if err := resource.ValidateMeta(&ns.ObjectMeta, false); err != nil {
 			return c.inputErr(ns, "Namespace", &ns.ObjectMeta, err)
 		}
 		if _, dup := c.namespaces[ns.Name]; dup {
@@ -209,7 +210,7 @@ func (c *compiler) indexNamespaces() error {
 
 func (c *compiler) indexNodes() error {
 	for _, n := range c.objs.Nodes {
-		if err := validateMeta(&n.ObjectMeta, false); err != nil {
+		if err := resource.ValidateMeta(&n.ObjectMeta, false); err != nil {
 			return c.inputErr(n, "Node", &n.ObjectMeta, err)
 		}
 		c.nodes[n.Name] = state.Locality{

@@ -1,4 +1,4 @@
-// Package localconfig reads Kubernetes objects from local YAML or JSON files and compiles them into
+// Package local reads Kubernetes objects from local YAML or JSON files and compiles them into
 // Ambit's state model with the rules istiod applies: service endpoints from selectors, workload
 // identities, waypoint bindings and their conditions, and L4 authorization policies.
 //

@@ -16,8 +16,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
-	sigsjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
+
+	"github.com/ambit-mesh/ambit/config/resource"
 
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
@@ -77,13 +78,13 @@ type Objects struct {
 	AuthorizationPolicies []*securityv1.AuthorizationPolicy
 	PeerAuthentications   []*securityv1.PeerAuthentication
 
-	// L7 kinds, compiled by CompileL7 for the L7 waypoint (Compile ignores them).
+	// L7 kinds, read for the L7 waypoint (waypoint/compile compiles them; Compile ignores them).
 	HTTPRoutes             []*gwv1.HTTPRoute
 	GRPCRoutes             []*gwv1.GRPCRoute
 	VirtualServices        []*networkingv1.VirtualService
 	DestinationRules       []*networkingv1.DestinationRule
 	RequestAuthentications []*securityv1.RequestAuthentication
-	RateLimitPolicies      []*LocalRateLimitPolicy
+	RateLimitPolicies      []*resource.LocalRateLimitPolicy
 
 	// sources maps each object (by pointer) to its origin.
 	sources map[any]Source
@@ -260,7 +261,7 @@ func (o *Objects) decodeDoc(src Source, raw []byte) error {
 		case "RequestAuthentication":
 			return decodeInto(o, src, js, &o.RequestAuthentications, ierr)
 		}
-	case group == RateLimitGroup && head.APIVersion == RateLimitGroup+"/v1alpha1" && head.Kind == "LocalRateLimitPolicy":
+	case group == resource.RateLimitGroup && head.APIVersion == resource.RateLimitGroup+"/v1alpha1" && head.Kind == "LocalRateLimitPolicy":
 		return decodeInto(o, src, js, &o.RateLimitPolicies, ierr)
 	}
 	return ierr(fmt.Errorf("%w %s %s", ErrUnknownKind, head.APIVersion, head.Kind))
@@ -269,12 +270,8 @@ func (o *Objects) decodeDoc(src Source, raw []byte) error {
 // decodeInto strictly decodes js (unknown fields are errors) into a new T and appends it to *list.
 func decodeInto[T any](o *Objects, src Source, js []byte, list *[]*T, ierr func(error) error) error {
 	obj := new(T)
-	strictErrs, err := sigsjson.UnmarshalStrict(js, obj)
-	if err != nil {
-		return ierr(fmt.Errorf("decode: %w", err))
-	}
-	if len(strictErrs) > 0 {
-		return ierr(fmt.Errorf("decode: %w", errors.Join(strictErrs...)))
+	if err := resource.Decode(js, obj); err != nil {
+		return ierr(err)
 	}
 	*list = append(*list, obj)
 	o.add(obj, src)

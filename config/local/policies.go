@@ -11,6 +11,7 @@ import (
 	securityapi "istio.io/api/security/v1beta1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 
+	"github.com/ambit-mesh/ambit/config/resource"
 	"github.com/ambit-mesh/ambit/mesh/istio"
 	"github.com/ambit-mesh/ambit/mesh/state"
 )
@@ -35,7 +36,7 @@ var l4WhenKeys = map[string]bool{
 
 func (c *compiler) buildPolicies() error {
 	for _, ap := range c.objs.AuthorizationPolicies {
-		if err := validateMeta(&ap.ObjectMeta, true); err != nil {
+		if err := resource.ValidateMeta(&ap.ObjectMeta, true); err != nil {
 			return c.inputErr(ap, "AuthorizationPolicy", &ap.ObjectMeta, err)
 		}
 		pol, warn, err := convertAuthorizationPolicy(c.opts.RootNamespace, ap)
@@ -54,7 +55,7 @@ func (c *compiler) buildPolicies() error {
 		}
 	}
 	for _, pa := range c.objs.PeerAuthentications {
-		if err := validateMeta(&pa.ObjectMeta, true); err != nil {
+		if err := resource.ValidateMeta(&pa.ObjectMeta, true); err != nil {
 			return c.inputErr(pa, "PeerAuthentication", &pa.ObjectMeta, err)
 		}
 		for port := range pa.Spec.PortLevelMtls {
@@ -389,7 +390,7 @@ func hasEffectiveRules(groups []state.Group) bool {
 
 func validatePolicy(spec *securityapi.AuthorizationPolicy) error {
 	if spec.Selector != nil {
-		if err := validateLabelMap(spec.Selector.MatchLabels, "spec", "selector", "matchLabels"); err != nil {
+		if err := resource.ValidateLabels(spec.Selector.MatchLabels, "spec", "selector", "matchLabels"); err != nil {
 			return err
 		}
 	}

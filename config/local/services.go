@@ -13,6 +13,7 @@ import (
 	networkingapi "istio.io/api/networking/v1alpha3"
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 
+	"github.com/ambit-mesh/ambit/config/resource"
 	"github.com/ambit-mesh/ambit/mesh/binding"
 	"github.com/ambit-mesh/ambit/mesh/state"
 )
@@ -35,13 +36,13 @@ type portName struct {
 
 func (c *compiler) buildServices() error {
 	for _, s := range c.objs.Services {
-		if err := validateMeta(&s.ObjectMeta, true); err != nil {
+		if err := resource.ValidateMeta(&s.ObjectMeta, true); err != nil {
 			return c.inputErr(s, "Service", &s.ObjectMeta, err)
 		}
 		if errs := validation.IsDNS1035Label(s.Name); len(errs) > 0 {
 			return c.inputErr(s, "Service", &s.ObjectMeta, fmt.Errorf("metadata.name %q: %s", s.Name, strings.Join(errs, "; ")))
 		}
-		if err := validateLabelMap(s.Spec.Selector, "spec", "selector"); err != nil {
+		if err := resource.ValidateLabels(s.Spec.Selector, "spec", "selector"); err != nil {
 			return c.inputErr(s, "Service", &s.ObjectMeta, err)
 		}
 		info, err := c.convertService(s)
@@ -196,7 +197,7 @@ func (c *compiler) bindService(svc *state.Service, kind string, m *metav1.Object
 
 func (c *compiler) buildServiceEntries() error {
 	for _, se := range c.objs.ServiceEntries {
-		if err := validateMeta(&se.ObjectMeta, true); err != nil {
+		if err := resource.ValidateMeta(&se.ObjectMeta, true); err != nil {
 			return c.inputErr(se, "ServiceEntry", &se.ObjectMeta, err)
 		}
 		if err := c.convertServiceEntry(se); err != nil {
@@ -252,7 +253,7 @@ func (c *compiler) convertServiceEntry(se *networkingv1.ServiceEntry) error {
 	}
 	var selector map[string]string
 	if spec.WorkloadSelector != nil {
-		if err := validateLabelMap(spec.WorkloadSelector.Labels, "spec", "workloadSelector", "labels"); err != nil {
+		if err := resource.ValidateLabels(spec.WorkloadSelector.Labels, "spec", "workloadSelector", "labels"); err != nil {
 			return err
 		}
 		selector = spec.WorkloadSelector.Labels
@@ -261,7 +262,7 @@ func (c *compiler) convertServiceEntry(se *networkingv1.ServiceEntry) error {
 		if ep.Address == "" && len(ep.Labels) == 0 {
 			return fmt.Errorf("spec.endpoints[%d]: address is required", i)
 		}
-		if err := validateLabelMap(ep.Labels, "spec", fmt.Sprintf("endpoints[%d]", i), "labels"); err != nil {
+		if err := resource.ValidateLabels(ep.Labels, "spec", fmt.Sprintf("endpoints[%d]", i), "labels"); err != nil {
 			return err
 		}
 		for name, tp := range ep.Ports {

@@ -9,6 +9,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 
+	"github.com/ambit-mesh/ambit/config/resource"
 	"github.com/ambit-mesh/ambit/mesh/binding"
 	"github.com/ambit-mesh/ambit/mesh/istio"
 	"github.com/ambit-mesh/ambit/mesh/state"
@@ -16,7 +17,7 @@ import (
 
 func (c *compiler) indexPods() error {
 	for _, p := range c.objs.Pods {
-		if err := validateMeta(&p.ObjectMeta, true); err != nil {
+		if err := resource.ValidateMeta(&p.ObjectMeta, true); err != nil {
 			return c.inputErr(p, "Pod", &p.ObjectMeta, err)
 		}
 		if err := validatePod(p); err != nil {
@@ -29,7 +30,7 @@ func (c *compiler) indexPods() error {
 
 func (c *compiler) indexGatewayClasses() error {
 	for _, gc := range c.objs.GatewayClasses {
-		if err := validateMeta(&gc.ObjectMeta, false); err != nil {
+		if err := resource.ValidateMeta(&gc.ObjectMeta, false); err != nil {
 			return c.inputErr(gc, "GatewayClass", &gc.ObjectMeta, err)
 		}
 		c.classes[gc.Name] = gc
@@ -40,7 +41,7 @@ func (c *compiler) indexGatewayClasses() error {
 // buildWaypoints applies R1: every Gateway with a status address is a ready waypoint.
 func (c *compiler) buildWaypoints() error {
 	for _, gw := range c.objs.Gateways {
-		if err := validateMeta(&gw.ObjectMeta, true); err != nil {
+		if err := resource.ValidateMeta(&gw.ObjectMeta, true); err != nil {
 			return c.inputErr(gw, "Gateway", &gw.ObjectMeta, err)
 		}
 		wp, err := c.makeWaypoint(gw)

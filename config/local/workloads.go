@@ -13,6 +13,7 @@ import (
 	networkingapi "istio.io/api/networking/v1alpha3"
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 
+	"github.com/ambit-mesh/ambit/config/resource"
 	"github.com/ambit-mesh/ambit/mesh/binding"
 	"github.com/ambit-mesh/ambit/mesh/istio"
 	"github.com/ambit-mesh/ambit/mesh/state"
@@ -235,10 +236,10 @@ func entryPorts(named map[string]uint32, info *svcInfo) []state.PortMapping {
 
 func (c *compiler) buildWorkloadEntries() error {
 	for _, we := range c.objs.WorkloadEntries {
-		if err := validateMeta(&we.ObjectMeta, true); err != nil {
+		if err := resource.ValidateMeta(&we.ObjectMeta, true); err != nil {
 			return c.inputErr(we, "WorkloadEntry", &we.ObjectMeta, err)
 		}
-		if err := validateLabelMap(we.Spec.Labels, "spec", "labels"); err != nil {
+		if err := resource.ValidateLabels(we.Spec.Labels, "spec", "labels"); err != nil {
 			return c.inputErr(we, "WorkloadEntry", &we.ObjectMeta, err)
 		}
 		if err := c.convertWorkloadEntry(we); err != nil {

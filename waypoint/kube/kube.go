@@ -15,8 +15,13 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/tools/cache"
+	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 
-	"github.com/ambit-mesh/ambit/config/local"
+	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+
+	"github.com/ambit-mesh/ambit/config/resource"
+	"github.com/ambit-mesh/ambit/waypoint/compile"
 	"github.com/ambit-mesh/ambit/waypoint/model"
 )
 
@@ -30,7 +35,19 @@ var Resources = []schema.GroupVersionResource{
 	{Group: "networking.istio.io", Version: "v1", Resource: "destinationrules"},
 	{Group: "security.istio.io", Version: "v1", Resource: "authorizationpolicies"},
 	{Group: "security.istio.io", Version: "v1", Resource: "requestauthentications"},
-	{Group: local.RateLimitGroup, Version: "v1alpha1", Resource: "localratelimitpolicies"},
+	{Group: resource.RateLimitGroup, Version: "v1alpha1", Resource: "localratelimitpolicies"},
+}
+
+// newObject returns the typed object each resource decodes into, by index in Resources.
+var newObject = []func() any{
+	func() any { return new(networkingv1.ServiceEntry) },
+	func() any { return new(gwv1.HTTPRoute) },
+	func() any { return new(gwv1.GRPCRoute) },
+	func() any { return new(networkingv1.VirtualService) },
+	func() any { return new(networkingv1.DestinationRule) },
+	func() any { return new(securityv1.AuthorizationPolicy) },
+	func() any { return new(securityv1.RequestAuthentication) },
+	func() any { return new(resource.LocalRateLimitPolicy) },
 }
 
 // ListKinds maps each resource to its list kind (for fake clients in tests).
@@ -48,7 +65,7 @@ type Source struct {
 	Namespace string
 	// Resync is the informers' resync period (0: none).
 	Resync   time.Duration
-	Options  local.Options
+	Options  compile.Options
 	OnUpdate func(*model.Config)
 	Logger   *slog.Logger
 	// Debounce coalesces bursts of events (default 100 ms).
@@ -115,15 +132,17 @@ func (s *Source) Run(ctx context.Context) error {
 }
 
 type doc struct {
-	gvr  schema.GroupVersionResource
-	key  string
-	json []byte
-	ts   time.Time
+	gvr schema.GroupVersionResource
+	key string
+	obj any // decoded, or nil when err is set
+	err error
+	ts  time.Time
 }
 
-// apply compiles every valid object and hands the result to OnUpdate.
+// apply decodes and compiles every object, each once and alone: an invalid object is skipped with a log
+// line naming it and the field, and the configuration of the others goes to OnUpdate.
 func (s *Source) apply(informers []cache.SharedIndexInformer, log *slog.Logger) {
-	var context, docs []doc
+	var lists [][]doc
 	for i, inf := range informers {
 		var list []doc
 		for _, o := range inf.GetStore().List() {
@@ -131,11 +150,16 @@ func (s *Source) apply(informers []cache.SharedIndexInformer, log *slog.Logger) 
 			if !ok {
 				continue
 			}
+			d := doc{gvr: Resources[i], key: u.GetNamespace() + "/" + u.GetName(), ts: u.GetCreationTimestamp().Time}
 			js, err := u.MarshalJSON()
-			if err != nil {
-				continue
+			if err == nil {
+				d.obj = newObject[i]()
+				if err = resource.Decode(js, d.obj); err != nil {
+					d.obj = nil
+				}
 			}
-			list = append(list, doc{gvr: Resources[i], key: u.GetNamespace() + "/" + u.GetName(), json: js, ts: u.GetCreationTimestamp().Time})
+			d.err = err
+			list = append(list, d)
 		}
 		// Oldest first, as istiod orders conflicting resources.
 		slices.SortFunc(list, func(a, b doc) int {
@@ -144,43 +168,37 @@ func (s *Source) apply(informers []cache.SharedIndexInformer, log *slog.Logger) 
 			}
 			return strings.Compare(a.key, b.key)
 		})
-		if i == 0 {
-			context = list
-		}
-		docs = append(docs, list...)
+		lists = append(lists, list)
 	}
-	objsFor := func(extra ...doc) (*local.Objects, error) {
-		objs := &local.Objects{}
-		for _, d := range append(slices.Clone(context), extra...) {
-			if err := objs.Decode("kube:"+d.gvr.Resource+"/"+d.key, d.json); err != nil {
-				return nil, err
-			}
-		}
-		return objs, nil
-	}
-	var good []doc
 	skipped := 0
-	for _, d := range docs[len(context):] {
-		objs, err := objsFor(d)
-		if err == nil {
-			_, err = local.CompileL7(objs, s.Options)
-		}
-		if err != nil {
-			skipped++
-			log.Error("L7 resource rejected", "resource", d.gvr.Resource, "object", d.key, "err", err)
+	reject := func(d doc, err error) {
+		skipped++
+		log.Error("L7 resource rejected", "resource", d.gvr.Resource, "object", d.key, "err", err)
+	}
+	// ServiceEntries (Resources[0]) are context: the hostnames routes and policies refer to.
+	var entries []*networkingv1.ServiceEntry
+	for _, d := range lists[0] {
+		if d.err != nil {
+			reject(d, d.err)
 			continue
 		}
-		good = append(good, d)
+		entries = append(entries, d.obj.(*networkingv1.ServiceEntry))
 	}
-	objs, err := objsFor(good...)
-	var cfg *model.Config
-	if err == nil {
-		cfg, err = local.CompileL7(objs, s.Options)
+	c := compile.New(s.Options, entries, nil)
+	good := 0
+	for _, list := range lists[1:] {
+		for _, d := range list {
+			err := d.err
+			if err == nil {
+				err = c.Add(d.obj)
+			}
+			if err != nil {
+				reject(d, err)
+				continue
+			}
+			good++
+		}
 	}
-	if err != nil {
-		log.Error("L7 configuration rejected; keeping the previous configuration", "err", err)
-		return
-	}
-	s.OnUpdate(cfg)
-	log.Info("L7 configuration applied", "source", "kubernetes", "objects", len(good), "rejected", skipped)
+	s.OnUpdate(c.Config())
+	log.Info("L7 configuration applied", "source", "kubernetes", "objects", good, "rejected", skipped)
 }

@@ -1,4 +1,4 @@
-package local
+package compile
 
 import (
 	"cmp"
@@ -14,61 +14,238 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	networkingapi "istio.io/api/networking/v1alpha3"
 	securityapi "istio.io/api/security/v1beta1"
 	typeapi "istio.io/api/type/v1beta1"
+	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 
+	"github.com/ambit-mesh/ambit/config/resource"
 	"github.com/ambit-mesh/ambit/mesh/istio"
+	"github.com/ambit-mesh/ambit/mesh/state"
 	"github.com/ambit-mesh/ambit/waypoint/model"
 	"github.com/ambit-mesh/ambit/waypoint/policy"
 )
 
-// CompileL7 compiles the L7 resources of objs (HTTPRoute, GRPCRoute, VirtualService, DestinationRule,
-// AuthorizationPolicy and RequestAuthentication with targetRefs, LocalRateLimitPolicy) for the L7
-// waypoint. It returns an *InputError naming the object and field of the first invalid resource;
-// nothing is partially compiled. AuthorizationPolicies without targetRefs are L4 (Compile handles
-// them) and are skipped here.
-func CompileL7(objs *Objects, opts Options) (*model.Config, error) {
-	c := &l7compiler{opts: opts.withDefaults(), objs: objs, cfg: &model.Config{
-		Destinations: map[string]*model.Destination{}, WorkloadLabels: map[string]map[string]string{},
-	}}
-	for _, p := range objs.Pods {
-		ns := cmp.Or(p.Namespace, "default")
-		c.cfg.WorkloadLabels[c.opts.ClusterID+"//Pod/"+ns+"/"+p.Name] = p.Labels
+// Options are the mesh settings names are resolved with.
+type Options struct {
+	// DomainSuffix of service hostnames (<svc>.<ns>.svc.<suffix>); default cluster.local.
+	DomainSuffix string
+	// ClusterID of the pods whose labels DestinationRule subsets select; default Kubernetes.
+	ClusterID string
+}
+
+func (o Options) withDefaults() Options {
+	o.DomainSuffix = cmp.Or(o.DomainSuffix, "cluster.local")
+	o.ClusterID = cmp.Or(o.ClusterID, state.DefaultClusterID)
+	return o
+}
+
+// Inputs are the objects one configuration is compiled from. ServiceEntries and Pods are context
+// only: the hostnames of the ServiceEntries that parentRefs and backendRefs name, and the pod labels
+// DestinationRule subsets select.
+type Inputs struct {
+	HTTPRoutes             []*gwv1.HTTPRoute
+	GRPCRoutes             []*gwv1.GRPCRoute
+	VirtualServices        []*networkingv1.VirtualService
+	DestinationRules       []*networkingv1.DestinationRule
+	AuthorizationPolicies  []*securityv1.AuthorizationPolicy
+	RequestAuthentications []*securityv1.RequestAuthentication
+	RateLimitPolicies      []*resource.LocalRateLimitPolicy
+
+	ServiceEntries []*networkingv1.ServiceEntry
+	Pods           []*corev1.Pod
+}
+
+// Objects returns the compiled objects in compile order: by kind (HTTPRoute, GRPCRoute,
+// VirtualService, DestinationRule, AuthorizationPolicy, RequestAuthentication, LocalRateLimitPolicy),
+// then as given.
+func (in *Inputs) Objects() []any {
+	var out []any
+	for _, o := range in.HTTPRoutes {
+		out = append(out, o)
 	}
-	steps := []func() error{c.httpRoutes, c.grpcRoutes, c.virtualServices, c.destinationRules, c.authorizationPolicies,
-		c.requestAuthentications, c.rateLimits}
-	for _, s := range steps {
-		if err := s(); err != nil {
+	for _, o := range in.GRPCRoutes {
+		out = append(out, o)
+	}
+	for _, o := range in.VirtualServices {
+		out = append(out, o)
+	}
+	for _, o := range in.DestinationRules {
+		out = append(out, o)
+	}
+	for _, o := range in.AuthorizationPolicies {
+		out = append(out, o)
+	}
+	for _, o := range in.RequestAuthentications {
+		out = append(out, o)
+	}
+	for _, o := range in.RateLimitPolicies {
+		out = append(out, o)
+	}
+	return out
+}
+
+// Compile compiles every object of in (see Compiler.Add). The first invalid object fails the whole
+// configuration with its *Error; nothing is partially compiled. This is how a file version is
+// compiled: one bad document rejects the version.
+func Compile(in *Inputs, opts Options) (*model.Config, error) {
+	c := New(opts, in.ServiceEntries, in.Pods)
+	for _, o := range in.Objects() {
+		if err := c.Add(o); err != nil {
 			return nil, err
 		}
 	}
-	return c.cfg, nil
+	return c.Config(), nil
 }
 
-type l7compiler struct {
-	opts Options
-	objs *Objects
-	cfg  *model.Config
+// Error is an invalid object: its kind, namespace and name, and what is wrong with it, prefixed with
+// the path of the field ("spec.rules[0].matches[0].path.value: invalid regular expression ...").
+type Error struct {
+	// Object is the object as given to Add, so that a caller can say where it came from.
+	Object    any
+	Kind      string
+	Namespace string
+	Name      string
+	Err       error
 }
 
-func (c *l7compiler) inputErr(obj any, kind string, m *metav1.ObjectMeta, err error) error {
-	src := c.objs.SourceOf(obj)
-	return &InputError{File: src.File, Doc: src.Doc, Kind: kind, Namespace: m.Namespace, Name: m.Name, Err: err}
+// Error implements error.
+func (e *Error) Error() string {
+	return e.Kind + " " + e.Namespace + "/" + e.Name + ": " + e.Err.Error()
+}
+
+// Unwrap returns the cause.
+func (e *Error) Unwrap() error { return e.Err }
+
+// Compiler builds one configuration object by object, so that each object is validated alone (the
+// API server source skips an invalid object and keeps the rest). It does no I/O; it is not safe for
+// concurrent use.
+type Compiler struct {
+	opts           Options
+	serviceEntries []*networkingv1.ServiceEntry
+	cfg            *model.Config
+}
+
+// New returns a Compiler with an empty configuration. serviceEntries and pods are the context every
+// object is compiled against (see Inputs).
+func New(opts Options, serviceEntries []*networkingv1.ServiceEntry, pods []*corev1.Pod) *Compiler {
+	c := &Compiler{opts: opts.withDefaults(), serviceEntries: serviceEntries, cfg: &model.Config{
+		Destinations: map[string]*model.Destination{}, WorkloadLabels: map[string]map[string]string{},
+	}}
+	for _, p := range pods {
+		ns := cmp.Or(p.Namespace, "default")
+		c.cfg.WorkloadLabels[c.opts.ClusterID+"//Pod/"+ns+"/"+p.Name] = p.Labels
+	}
+	return c
+}
+
+// Config returns the configuration compiled so far. Call Add no more once it has been handed out.
+func (c *Compiler) Config() *model.Config { return c.cfg }
+
+// Add validates and compiles one object into the configuration: a *gwv1.HTTPRoute, *gwv1.GRPCRoute,
+// *networkingv1.VirtualService, *networkingv1.DestinationRule, *securityv1.AuthorizationPolicy or
+// *securityv1.RequestAuthentication with targetRefs, or a *resource.LocalRateLimitPolicy. An invalid
+// object is reported as an *Error and leaves the configuration as it was. AuthorizationPolicies and
+// RequestAuthentications without targetRefs are L4 or node-level (config/local compiles the L4
+// policies) and are skipped without error. The metadata is defaulted in place (an empty namespace
+// becomes "default").
+func (c *Compiler) Add(obj any) error {
+	switch o := obj.(type) {
+	case *gwv1.HTTPRoute:
+		return c.add(o, model.KindHTTPRoute, &o.ObjectMeta, func() error {
+			route, err := c.httpRoute(o)
+			if err == nil {
+				c.cfg.Routes = append(c.cfg.Routes, route)
+			}
+			return err
+		})
+	case *gwv1.GRPCRoute:
+		return c.add(o, model.KindGRPCRoute, &o.ObjectMeta, func() error {
+			route, err := c.grpcRoute(o)
+			if err == nil {
+				c.cfg.Routes = append(c.cfg.Routes, route)
+			}
+			return err
+		})
+	case *networkingv1.VirtualService:
+		return c.add(o, model.KindVirtual, &o.ObjectMeta, func() error {
+			route, err := c.virtualService(o.Namespace, o.Name, &o.Spec)
+			if err == nil {
+				c.cfg.Routes = append(c.cfg.Routes, route)
+			}
+			return err
+		})
+	case *networkingv1.DestinationRule:
+		return c.add(o, "DestinationRule", &o.ObjectMeta, func() error {
+			d, err := c.destinationRule(o.Namespace, o.Name, &o.Spec)
+			if err == nil {
+				if _, dup := c.cfg.Destinations[d.Host]; !dup {
+					c.cfg.Destinations[d.Host] = d // the oldest rule for a host wins, as in Istio
+				}
+			}
+			return err
+		})
+	case *securityv1.AuthorizationPolicy:
+		if o.Spec.TargetRef == nil && len(o.Spec.TargetRefs) == 0 {
+			return nil
+		}
+		return c.add(o, "AuthorizationPolicy", &o.ObjectMeta, func() error {
+			p, err := c.authorizationPolicy(o.Namespace, o.Name, &o.Spec)
+			if err == nil {
+				p.DryRun = o.Annotations[istio.AnnotationDryRun] == "true"
+				c.cfg.Authz = append(c.cfg.Authz, p)
+			}
+			return err
+		})
+	case *securityv1.RequestAuthentication:
+		if o.Spec.TargetRef == nil && len(o.Spec.TargetRefs) == 0 {
+			return nil
+		}
+		return c.add(o, "RequestAuthentication", &o.ObjectMeta, func() error {
+			p, err := c.requestAuthentication(o)
+			if err == nil {
+				c.cfg.JWT = append(c.cfg.JWT, p)
+			}
+			return err
+		})
+	case *resource.LocalRateLimitPolicy:
+		return c.add(o, "LocalRateLimitPolicy", &o.ObjectMeta, func() error {
+			p, err := rateLimit(o)
+			if err == nil {
+				c.cfg.RateLimits = append(c.cfg.RateLimits, p)
+			}
+			return err
+		})
+	}
+	return fmt.Errorf("compile: unsupported object %T", obj)
+}
+
+// add validates the metadata, runs compile and wraps its error as an *Error naming the object.
+func (c *Compiler) add(obj any, kind string, m *metav1.ObjectMeta, compile func() error) error {
+	err := resource.ValidateMeta(m, true)
+	if err == nil {
+		err = compile()
+	}
+	if err != nil {
+		return &Error{Object: obj, Kind: kind, Namespace: m.Namespace, Name: m.Name, Err: err}
+	}
+	return nil
 }
 
 // fieldErr prefixes err with a field path.
 func fieldErr(path string, err error) error { return fmt.Errorf("%s: %w", path, err) }
 
-func (c *l7compiler) svcHost(name, ns string) string {
+func (c *Compiler) svcHost(name, ns string) string {
 	return name + "." + ns + ".svc." + c.opts.DomainSuffix
 }
 
 // istioHost resolves a VirtualService/DestinationRule host: a short name is a Service in ns.
-func (c *l7compiler) istioHost(h, ns string) string {
+func (c *Compiler) istioHost(h, ns string) string {
 	switch strings.Count(h, ".") {
 	case 0:
 		return c.svcHost(h, ns)
@@ -99,7 +276,7 @@ func nsOf(n *gwv1.Namespace, def string) string {
 	return string(*n)
 }
 
-func (c *l7compiler) parents(refs []gwv1.ParentReference, ns string) ([]model.Parent, error) {
+func (c *Compiler) parents(refs []gwv1.ParentReference, ns string) ([]model.Parent, error) {
 	var out []model.Parent
 	for i, r := range refs {
 		path := fmt.Sprintf("spec.parentRefs[%d]", i)
@@ -128,8 +305,8 @@ func (c *l7compiler) parents(refs []gwv1.ParentReference, ns string) ([]model.Pa
 	return out, nil
 }
 
-func (c *l7compiler) serviceEntryHost(name, ns string) string {
-	for _, se := range c.objs.ServiceEntries {
+func (c *Compiler) serviceEntryHost(name, ns string) string {
+	for _, se := range c.serviceEntries {
 		if se.Name == name && cmp.Or(se.Namespace, "default") == ns && len(se.Spec.Hosts) > 0 {
 			return se.Spec.Hosts[0]
 		}
@@ -240,7 +417,7 @@ func pathModifier(path string, p *gwv1.HTTPPathModifier) (model.PathModifier, er
 	return model.PathModifier{}, fieldErr(path+".type", fmt.Errorf("unsupported %q", p.Type))
 }
 
-func (c *l7compiler) backendRef(path string, ref gwv1.BackendObjectReference, weight *int32, ns string) (model.Backend, error) {
+func (c *Compiler) backendRef(path string, ref gwv1.BackendObjectReference, weight *int32, ns string) (model.Backend, error) {
 	kind := kindOf(ref.Kind, model.KindService)
 	b := model.Backend{Namespace: nsOf(ref.Namespace, ns), Weight: 1}
 	if weight != nil {
@@ -292,7 +469,7 @@ func fraction(path string, percent *int32, f *gwv1.Fraction) (float64, error) {
 }
 
 // filters compiles HTTPRoute filters into a rule (or a backend's filters when rule is nil).
-func (c *l7compiler) filters(path string, fs []gwv1.HTTPRouteFilter, ns string, rule *model.Rule, out *model.Filters) error {
+func (c *Compiler) filters(path string, fs []gwv1.HTTPRouteFilter, ns string, rule *model.Rule, out *model.Filters) error {
 	for i, f := range fs {
 		p := fmt.Sprintf("%s[%d]", path, i)
 		var err error
@@ -362,21 +539,7 @@ func (c *l7compiler) filters(path string, fs []gwv1.HTTPRouteFilter, ns string, 
 	return nil
 }
 
-func (c *l7compiler) httpRoutes() error {
-	for _, r := range c.objs.HTTPRoutes {
-		if err := validateMeta(&r.ObjectMeta, true); err != nil {
-			return c.inputErr(r, model.KindHTTPRoute, &r.ObjectMeta, err)
-		}
-		route, err := c.httpRoute(r)
-		if err != nil {
-			return c.inputErr(r, model.KindHTTPRoute, &r.ObjectMeta, err)
-		}
-		c.cfg.Routes = append(c.cfg.Routes, route)
-	}
-	return nil
-}
-
-func (c *l7compiler) httpRoute(r *gwv1.HTTPRoute) (*model.Route, error) {
+func (c *Compiler) httpRoute(r *gwv1.HTTPRoute) (*model.Route, error) {
 	ps, err := c.parents(r.Spec.ParentRefs, r.Namespace)
 	if err != nil {
 		return nil, err
@@ -511,21 +674,7 @@ func httpMatch(path string, m *gwv1.HTTPRouteMatch) (model.Match, error) {
 	return out, nil
 }
 
-func (c *l7compiler) grpcRoutes() error {
-	for _, r := range c.objs.GRPCRoutes {
-		if err := validateMeta(&r.ObjectMeta, true); err != nil {
-			return c.inputErr(r, model.KindGRPCRoute, &r.ObjectMeta, err)
-		}
-		route, err := c.grpcRoute(r)
-		if err != nil {
-			return c.inputErr(r, model.KindGRPCRoute, &r.ObjectMeta, err)
-		}
-		c.cfg.Routes = append(c.cfg.Routes, route)
-	}
-	return nil
-}
-
-func (c *l7compiler) grpcRoute(r *gwv1.GRPCRoute) (*model.Route, error) {
+func (c *Compiler) grpcRoute(r *gwv1.GRPCRoute) (*model.Route, error) {
 	ps, err := c.parents(r.Spec.ParentRefs, r.Namespace)
 	if err != nil {
 		return nil, err
@@ -630,21 +779,7 @@ func istioHeaders(path string, ops *networkingapi.Headers_HeaderOperations) (mod
 	return headerMod(path, f)
 }
 
-func (c *l7compiler) virtualServices() error {
-	for _, vs := range c.objs.VirtualServices {
-		if err := validateMeta(&vs.ObjectMeta, true); err != nil {
-			return c.inputErr(vs, model.KindVirtual, &vs.ObjectMeta, err)
-		}
-		route, err := c.virtualService(vs.Namespace, vs.Name, &vs.Spec)
-		if err != nil {
-			return c.inputErr(vs, model.KindVirtual, &vs.ObjectMeta, err)
-		}
-		c.cfg.Routes = append(c.cfg.Routes, route)
-	}
-	return nil
-}
-
-func (c *l7compiler) virtualService(ns, name string, spec *networkingapi.VirtualService) (*model.Route, error) {
+func (c *Compiler) virtualService(ns, name string, spec *networkingapi.VirtualService) (*model.Route, error) {
 	route := &model.Route{Kind: model.KindVirtual, Namespace: ns, Name: name}
 	if len(spec.Hosts) == 0 {
 		return nil, errors.New("spec.hosts: at least one host is required")
@@ -857,7 +992,7 @@ func sortedKeys[V any](m map[string]V) []string {
 	return out
 }
 
-func (c *l7compiler) istioDestination(path string, d *networkingapi.Destination, ns string) (model.Backend, error) {
+func (c *Compiler) istioDestination(path string, d *networkingapi.Destination, ns string) (model.Backend, error) {
 	if d == nil || d.Host == "" {
 		return model.Backend{}, fieldErr(path+".host", errors.New("required"))
 	}
@@ -871,23 +1006,7 @@ func (c *l7compiler) istioDestination(path string, d *networkingapi.Destination,
 	return b, nil
 }
 
-func (c *l7compiler) destinationRules() error {
-	for _, dr := range c.objs.DestinationRules {
-		if err := validateMeta(&dr.ObjectMeta, true); err != nil {
-			return c.inputErr(dr, "DestinationRule", &dr.ObjectMeta, err)
-		}
-		d, err := c.destinationRule(dr.Namespace, dr.Name, &dr.Spec)
-		if err != nil {
-			return c.inputErr(dr, "DestinationRule", &dr.ObjectMeta, err)
-		}
-		if _, dup := c.cfg.Destinations[d.Host]; !dup {
-			c.cfg.Destinations[d.Host] = d // the oldest rule for a host wins, as in Istio
-		}
-	}
-	return nil
-}
-
-func (c *l7compiler) destinationRule(ns, name string, spec *networkingapi.DestinationRule) (*model.Destination, error) {
+func (c *Compiler) destinationRule(ns, name string, spec *networkingapi.DestinationRule) (*model.Destination, error) {
 	if spec.Host == "" {
 		return nil, errors.New("spec.host: required")
 	}
@@ -903,7 +1022,7 @@ func (c *l7compiler) destinationRule(ns, name string, spec *networkingapi.Destin
 		if s.Name == "" {
 			return nil, fieldErr(p+".name", errors.New("required"))
 		}
-		if err := validateLabelMap(s.Labels, "spec", "subsets", strconv.Itoa(i), "labels"); err != nil {
+		if err := resource.ValidateLabels(s.Labels, "spec", "subsets", strconv.Itoa(i), "labels"); err != nil {
 			return nil, err
 		}
 		sub := model.Subset{Labels: s.Labels}
@@ -1036,25 +1155,7 @@ func targetRefs(path string, one *typeapi.PolicyTargetReference, many []*typeapi
 	return out, nil
 }
 
-func (c *l7compiler) authorizationPolicies() error {
-	for _, ap := range c.objs.AuthorizationPolicies {
-		if ap.Spec.TargetRef == nil && len(ap.Spec.TargetRefs) == 0 {
-			continue
-		}
-		if err := validateMeta(&ap.ObjectMeta, true); err != nil {
-			return c.inputErr(ap, "AuthorizationPolicy", &ap.ObjectMeta, err)
-		}
-		p, err := c.authorizationPolicy(ap.Namespace, ap.Name, &ap.Spec)
-		if err != nil {
-			return c.inputErr(ap, "AuthorizationPolicy", &ap.ObjectMeta, err)
-		}
-		p.DryRun = ap.Annotations[istio.AnnotationDryRun] == "true"
-		c.cfg.Authz = append(c.cfg.Authz, p)
-	}
-	return nil
-}
-
-func (c *l7compiler) authorizationPolicy(ns, name string, spec *securityapi.AuthorizationPolicy) (*model.AuthzPolicy, error) {
+func (c *Compiler) authorizationPolicy(ns, name string, spec *securityapi.AuthorizationPolicy) (*model.AuthzPolicy, error) {
 	p := &model.AuthzPolicy{Namespace: ns, Name: name}
 	var err error
 	if p.Targets, err = targetRefs("spec.targetRefs", spec.TargetRef, spec.TargetRefs, ns); err != nil {
@@ -1152,70 +1253,47 @@ func parseBlock(v string) (netip.Prefix, error) {
 	return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
 }
 
-func (c *l7compiler) requestAuthentications() error {
-	for _, ra := range c.objs.RequestAuthentications {
-		if ra.Spec.TargetRef == nil && len(ra.Spec.TargetRefs) == 0 {
-			continue
-		}
-		if err := validateMeta(&ra.ObjectMeta, true); err != nil {
-			return c.inputErr(ra, "RequestAuthentication", &ra.ObjectMeta, err)
-		}
-		p := &model.JWTPolicy{Namespace: ra.Namespace, Name: ra.Name}
-		var err error
-		if p.Targets, err = targetRefs("spec.targetRefs", ra.Spec.TargetRef, ra.Spec.TargetRefs, ra.Namespace); err != nil {
-			return c.inputErr(ra, "RequestAuthentication", &ra.ObjectMeta, err)
-		}
-		for i, r := range ra.Spec.JwtRules {
-			path := fmt.Sprintf("spec.jwtRules[%d]", i)
-			rule := model.JWTRule{Issuer: r.Issuer, Audiences: r.Audiences, JWKS: r.Jwks, JWKSURI: r.JwksUri,
-				FromParams: r.FromParams, ForwardOriginalToken: r.ForwardOriginalToken}
-			fail := func(err error) error { return c.inputErr(ra, "RequestAuthentication", &ra.ObjectMeta, err) }
-			if rule.Issuer == "" {
-				return fail(fieldErr(path+".issuer", errors.New("required")))
-			}
-			switch {
-			case rule.JWKS != "" && rule.JWKSURI != "":
-				return fail(fieldErr(path+".jwks", errors.New("only one of jwks and jwksUri may be set")))
-			case rule.JWKS == "" && rule.JWKSURI == "":
-				return fail(fieldErr(path+".jwksUri", errors.New("one of jwks and jwksUri is required")))
-			case rule.JWKSURI != "" && !strings.HasPrefix(rule.JWKSURI, "http://") && !strings.HasPrefix(rule.JWKSURI, "https://") &&
-				!strings.HasPrefix(rule.JWKSURI, "file://"):
-				return fail(fieldErr(path+".jwksUri", fmt.Errorf("%q: scheme must be http, https or file", rule.JWKSURI)))
-			}
-			for j, h := range r.FromHeaders {
-				if err := validHeaderName(fmt.Sprintf("%s.fromHeaders[%d].name", path, j), h.Name); err != nil {
-					return fail(err)
-				}
-				rule.FromHeaders = append(rule.FromHeaders, model.JWTHeader{Name: h.Name, Prefix: h.Prefix})
-			}
-			for j, h := range r.OutputClaimToHeaders {
-				if err := validHeaderName(fmt.Sprintf("%s.outputClaimToHeaders[%d].header", path, j), h.Header); err != nil {
-					return fail(err)
-				}
-				rule.ClaimHeaders = append(rule.ClaimHeaders, model.Header{Name: h.Header, Value: h.Claim})
-			}
-			p.Rules = append(p.Rules, rule)
-		}
-		c.cfg.JWT = append(c.cfg.JWT, p)
+// requestAuthentication compiles a RequestAuthentication with targetRefs.
+func (c *Compiler) requestAuthentication(ra *securityv1.RequestAuthentication) (*model.JWTPolicy, error) {
+	p := &model.JWTPolicy{Namespace: ra.Namespace, Name: ra.Name}
+	var err error
+	if p.Targets, err = targetRefs("spec.targetRefs", ra.Spec.TargetRef, ra.Spec.TargetRefs, ra.Namespace); err != nil {
+		return nil, err
 	}
-	return nil
+	for i, r := range ra.Spec.JwtRules {
+		path := fmt.Sprintf("spec.jwtRules[%d]", i)
+		rule := model.JWTRule{Issuer: r.Issuer, Audiences: r.Audiences, JWKS: r.Jwks, JWKSURI: r.JwksUri,
+			FromParams: r.FromParams, ForwardOriginalToken: r.ForwardOriginalToken}
+		if rule.Issuer == "" {
+			return nil, fieldErr(path+".issuer", errors.New("required"))
+		}
+		switch {
+		case rule.JWKS != "" && rule.JWKSURI != "":
+			return nil, fieldErr(path+".jwks", errors.New("only one of jwks and jwksUri may be set"))
+		case rule.JWKS == "" && rule.JWKSURI == "":
+			return nil, fieldErr(path+".jwksUri", errors.New("one of jwks and jwksUri is required"))
+		case rule.JWKSURI != "" && !strings.HasPrefix(rule.JWKSURI, "http://") && !strings.HasPrefix(rule.JWKSURI, "https://") &&
+			!strings.HasPrefix(rule.JWKSURI, "file://"):
+			return nil, fieldErr(path+".jwksUri", fmt.Errorf("%q: scheme must be http, https or file", rule.JWKSURI))
+		}
+		for j, h := range r.FromHeaders {
+			if err := validHeaderName(fmt.Sprintf("%s.fromHeaders[%d].name", path, j), h.Name); err != nil {
+				return nil, err
+			}
+			rule.FromHeaders = append(rule.FromHeaders, model.JWTHeader{Name: h.Name, Prefix: h.Prefix})
+		}
+		for j, h := range r.OutputClaimToHeaders {
+			if err := validHeaderName(fmt.Sprintf("%s.outputClaimToHeaders[%d].header", path, j), h.Header); err != nil {
+				return nil, err
+			}
+			rule.ClaimHeaders = append(rule.ClaimHeaders, model.Header{Name: h.Header, Value: h.Claim})
+		}
+		p.Rules = append(p.Rules, rule)
+	}
+	return p, nil
 }
 
-func (c *l7compiler) rateLimits() error {
-	for _, rl := range c.objs.RateLimitPolicies {
-		if err := validateMeta(&rl.ObjectMeta, true); err != nil {
-			return c.inputErr(rl, "LocalRateLimitPolicy", &rl.ObjectMeta, err)
-		}
-		p, err := rateLimit(rl)
-		if err != nil {
-			return c.inputErr(rl, "LocalRateLimitPolicy", &rl.ObjectMeta, err)
-		}
-		c.cfg.RateLimits = append(c.cfg.RateLimits, p)
-	}
-	return nil
-}
-
-func rateLimit(rl *LocalRateLimitPolicy) (*model.RateLimit, error) {
+func rateLimit(rl *resource.LocalRateLimitPolicy) (*model.RateLimit, error) {
 	p := &model.RateLimit{Namespace: rl.Namespace, Name: rl.Name}
 	if len(rl.Spec.TargetRefs) == 0 {
 		return nil, errors.New("spec.targetRefs: at least one target is required")

@@ -1,90 +1,37 @@
-package local
+package compile
 
 import (
 	"errors"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/ambit-mesh/ambit/config/local"
 	"github.com/ambit-mesh/ambit/waypoint/model"
 )
 
+// compileL7YAML decodes src with the local file reader and compiles it as the waypoint does a file version.
 func compileL7YAML(t *testing.T, src string) (*model.Config, error) {
 	t.Helper()
-	objs := &Objects{}
+	objs := &local.Objects{}
 	if err := objs.Decode("l7.yaml", []byte(src)); err != nil {
 		return nil, err
 	}
-	return CompileL7(objs, Options{})
+	return Compile(&Inputs{HTTPRoutes: objs.HTTPRoutes, GRPCRoutes: objs.GRPCRoutes, VirtualServices: objs.VirtualServices,
+		DestinationRules: objs.DestinationRules, AuthorizationPolicies: objs.AuthorizationPolicies,
+		RequestAuthentications: objs.RequestAuthentications, RateLimitPolicies: objs.RateLimitPolicies,
+		ServiceEntries: objs.ServiceEntries, Pods: objs.Pods}, Options{})
 }
 
-const l7Valid = `apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: r, namespace: app}
-spec:
-  parentRefs: [{group: "", kind: Service, name: web, port: 80}, {name: wp}]
-  rules:
-  - name: split
-    matches: [{path: {type: PathPrefix, value: /api}, headers: [{name: x-v, value: "2"}], method: GET}]
-    filters:
-    - {type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}}
-    - {type: RequestMirror, requestMirror: {backendRef: {name: shadow, port: 80}, fraction: {numerator: 1, denominator: 4}}}
-    backendRefs: [{name: a, port: 80, weight: 90}, {name: b, port: 80, weight: 10}]
-    timeouts: {request: 2s, backendRequest: 500ms}
-    retry: {codes: [503], attempts: 3, backoff: 100ms}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: GRPCRoute
-metadata: {name: g, namespace: app}
-spec:
-  parentRefs: [{group: "", kind: Service, name: echo}]
-  rules: [{matches: [{method: {service: pkg.Echo, method: Say}}], backendRefs: [{name: echo-v2, port: 9000}]}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: vs, namespace: app}
-spec:
-  hosts: [reviews]
-  http:
-  - match: [{uri: {prefix: /x}}]
-    fault: {delay: {percentage: {value: 10}, fixedDelay: 1s}, abort: {percentage: {value: 5}, httpStatus: 500}}
-    retries: {attempts: 2, perTryTimeout: 1s, retryOn: "gateway-error,503"}
-    timeout: 3s
-    route: [{destination: {host: reviews, subset: v1}}]
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: dr, namespace: app}
-spec:
-  host: reviews
-  trafficPolicy:
-    loadBalancer: {consistentHash: {httpCookie: {name: sticky, ttl: 60s}}}
-    connectionPool: {tcp: {maxConnections: 10, connectTimeout: 1s}, http: {http1MaxPendingRequests: 5, http2MaxRequests: 50}}
-    outlierDetection: {consecutive5xxErrors: 3, interval: 5s, baseEjectionTime: 15s, maxEjectionPercent: 50}
-  subsets: [{name: v1, labels: {version: v1}}]
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: ap, namespace: app}
-spec:
-  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: wp}]
-  action: DENY
-  rules: [{to: [{operation: {paths: ["/admin/{**}"], ports: ["80"]}}], when: [{key: "request.auth.claims[role]", values: [guest]}]}]
----
-apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata: {name: ra, namespace: app}
-spec:
-  targetRefs: [{kind: Service, group: "", name: web}]
-  jwtRules: [{issuer: iss, jwksUri: "https://issuer.example/jwks", fromHeaders: [{name: x-jwt, prefix: "Bearer "}]}]
----
-apiVersion: policy.ambit.dev/v1alpha1
-kind: LocalRateLimitPolicy
-metadata: {name: rl, namespace: app}
-spec:
-  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: r}]
-  tokenBucket: {maxTokens: 100, fillInterval: 1s}
-`
+// l7Valid is one valid object of every kind; config/local's tests read the same file.
+var l7Valid = func() string {
+	b, err := os.ReadFile("../../config/local/testdata/l7.yaml")
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
+}()
 
 func TestCompileL7(t *testing.T) {
 	cfg, err := compileL7YAML(t, l7Valid)
@@ -223,25 +170,70 @@ spec:
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := compileL7YAML(t, tc.yaml)
-			var ie *InputError
-			if err == nil || !errors.As(err, &ie) || !strings.Contains(err.Error(), tc.want) {
-				t.Errorf("error %v, want an InputError containing %q", err, tc.want)
+			// Strict decoding (unknown fields) is the reader's; everything else is the compiler's *Error.
+			var ce *Error
+			var ie *local.InputError
+			if err == nil || !errors.As(err, &ce) && !errors.As(err, &ie) || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %v, want an *Error or *local.InputError containing %q", err, tc.want)
 			}
 		})
 	}
 }
 
-// TestCompileIgnoresL7Kinds checks that the L4 compile accepts and ignores the L7 kinds.
-func TestCompileIgnoresL7Kinds(t *testing.T) {
-	objs := &Objects{}
-	if err := objs.Decode("l7.yaml", []byte(l7Valid)); err != nil {
+// TestCompilerAdd validates objects one at a time, as the API server source does: an invalid object is
+// rejected alone and leaves the configuration as it was; the others apply.
+func TestCompilerAdd(t *testing.T) {
+	objs := &local.Objects{}
+	if err := objs.Decode("l7.yaml", []byte(l7Valid+`---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: bad, namespace: app}
+spec:
+  parentRefs: [{kind: Service, group: "", name: web}]
+  rules: [{matches: [{path: {type: RegularExpression, value: "(["}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: newer, namespace: app}
+spec: {host: reviews, trafficPolicy: {loadBalancer: {simple: RANDOM}}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: l4, namespace: app}
+spec: {action: DENY, rules: [{from: [{source: {namespaces: [x]}}]}]}
+`)); err != nil {
 		t.Fatal(err)
 	}
-	res, err := Compile(objs, Options{})
-	if err != nil {
-		t.Fatal(err)
+	c := New(Options{}, objs.ServiceEntries, objs.Pods)
+	in := &Inputs{HTTPRoutes: objs.HTTPRoutes, GRPCRoutes: objs.GRPCRoutes, VirtualServices: objs.VirtualServices,
+		DestinationRules: objs.DestinationRules, AuthorizationPolicies: objs.AuthorizationPolicies,
+		RequestAuthentications: objs.RequestAuthentications, RateLimitPolicies: objs.RateLimitPolicies}
+	var rejected []string
+	for _, o := range in.Objects() {
+		if err := c.Add(o); err != nil {
+			var ce *Error
+			if !errors.As(err, &ce) || ce.Object != o {
+				t.Fatalf("error %v does not name the object", err)
+			}
+			rejected = append(rejected, ce.Kind+" "+ce.Namespace+"/"+ce.Name)
+		}
 	}
-	if len(res.Snapshot.Policies) != 0 {
-		t.Errorf("targetRef policies reached the L4 state: %d", len(res.Snapshot.Policies))
+	if len(rejected) != 1 || rejected[0] != "HTTPRoute app/bad" {
+		t.Errorf("rejected %v, want only HTTPRoute app/bad", rejected)
+	}
+	cfg := c.Config()
+	if len(cfg.Routes) != 3 || len(cfg.Authz) != 1 || len(cfg.Destinations) != 1 {
+		t.Errorf("compiled %d routes, %d authz, %d destinations; want the valid objects only (3, 1, 1)",
+			len(cfg.Routes), len(cfg.Authz), len(cfg.Destinations))
+	}
+	if d := cfg.Destinations["reviews.app.svc.cluster.local"]; d == nil || d.Name != "dr" {
+		t.Errorf("destination %+v, want the oldest rule dr", d)
+	}
+	if err := c.Add(objs.Pods); err == nil {
+		t.Error("Add accepted an unsupported object")
+	}
+	// Compile, the file path, rejects the whole version for the one bad object.
+	if _, err := Compile(in, Options{}); err == nil || !strings.Contains(err.Error(), "HTTPRoute app/bad: spec.rules[0].matches[0].path.value") {
+		t.Errorf("Compile error %v, want HTTPRoute app/bad named with its field", err)
 	}
 }
