@@ -11,7 +11,7 @@ COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
 ARG VERSION=dev
-RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X github.com/ambit-mesh/ambit/agent.Version=${VERSION}" -o /out/ambit ./cmd/ambit \
+RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X github.com/ambit-mesh/ambit/admin.Version=${VERSION}" -o /out/ambit ./cmd/ambit \
  && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o /out/ambitctl ./cmd/ambitctl
 
 # Waypoints need no kernel privileges and no tools: a static binary on a minimal base, non-root.

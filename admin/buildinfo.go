@@ -7,6 +7,10 @@ import (
 	"github.com/ambit-mesh/ambit/admin/dump"
 )
 
+// Version is the version both processes report in metrics and the admin API; set at build time with
+// -ldflags "-X github.com/ambit-mesh/ambit/admin.Version=<version>".
+var Version = "dev"
+
 // BuildInfoFromBinary describes the running binary: version as given, the VCS revision Go recorded at
 // build time (with "-dirty" for a modified tree) and the Go version.
 func BuildInfoFromBinary(version string) dump.BuildInfo {

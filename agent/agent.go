@@ -1,7 +1,16 @@
-// Package agent is Ambit's node agent: it captures the traffic of the ambient pods on its node and
-// carries each connection as agent/route plans it, terminates HBONE for those pods, enforces L4
-// authorization, and reports telemetry. It is the composition root: it wires state, identity, capture
-// (redirect), HBONE and relaying together; the decisions live in agent/route and agent/authz.
+// Package agent is Ambit's node agent, `ambit agent` (the role of ztunnel): it captures the traffic of
+// the ambient pods on its node and carries each connection as mesh/route plans it, terminates HBONE for
+// those pods, enforces L4 authorization (mesh/authz), and reports telemetry.
+//
+// The package is the agent's composition root: Agent wires the state source (config/local files or
+// istiod over config/xds), pod enrollment (agent/kube), capture (redirect), identities, HBONE and the
+// admin API together and runs them in the lifecycle shape both processes share. The proxies are three
+// separate types sharing one narrow inputs struct (after ztunnel's ProxyInputs): outbound (captured pod
+// traffic), inbound (HBONE and plaintext arriving for a local pod) and sameNode (an outbound connection
+// whose destination pod is on this node, delivered without a network round trip).
+//
+// It must not import waypoint/ (the waypoint process): what the two share lives in mesh/, config/,
+// proxy/, identity/, admin/, lifecycle/ and hbone/.
 package agent
 
 import (
@@ -28,15 +37,13 @@ import (
 	"github.com/ambit-mesh/ambit/config/xds"
 	"github.com/ambit-mesh/ambit/hbone"
 	"github.com/ambit-mesh/ambit/identity"
+	"github.com/ambit-mesh/ambit/lifecycle"
 	"github.com/ambit-mesh/ambit/mesh/state"
 	"github.com/ambit-mesh/ambit/proxy/connmgr"
 	"github.com/ambit-mesh/ambit/proxy/metrics"
 	"github.com/ambit-mesh/ambit/redirect"
 	"github.com/ambit-mesh/ambit/xdsclient"
 )
-
-// Version is reported in metrics and the admin API; set at build time with -ldflags.
-var Version = "dev"
 
 // Agent is one node agent. Create it with New, then call Run once.
 type Agent struct {
@@ -46,15 +53,16 @@ type Agent struct {
 	Metrics *metrics.Metrics
 	Conns   connmgr.Manager
 
-	certs   *identity.Manager
-	issuers []runner    // issuers that need a running goroutine (Workload API)
-	closers []io.Closer // issuers that hold connections (istiod CA)
-	sockets redirect.SocketFactory
-	pool    *hbone.Pool
-	hbone   *hbone.Server
-	source  *fileSource   // local files, or
-	xds     *xds.Source   // istiod
-	kube    *kube.Watcher // pod enrollment from the Kubernetes API (Config.KubeEnroll), or nil
+	in       *inputs // what the proxies share
+	outbound *outbound
+	inbound  *inbound
+
+	certs  *identity.Manager
+	issuer identity.Issuer
+	hbone  *hbone.Server
+	source *fileSource   // local files, or
+	xds    *xds.Source   // istiod
+	kube   *kube.Watcher // pod enrollment from the Kubernetes API (Config.KubeEnroll), or nil
 
 	lnOut, lnIn, lnHBONE        *net.TCPListener
 	lnAdmin, lnMetrics, lnReady *net.TCPListener
@@ -65,10 +73,6 @@ type Agent struct {
 	certIDs  map[spiffeid.ID]bool    // guarded by mu; identities of local captured workloads
 
 	ready atomic.Bool
-}
-
-type runner interface {
-	Run(ctx context.Context) error
 }
 
 // New validates cfg and prepares an agent: it loads the configuration and the CA, but binds nothing.
@@ -84,10 +88,14 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		cfg:      cfg,
 		log:      log.With("component", "agent", "node", cfg.NodeName),
 		Store:    state.NewStore(),
-		Metrics:  metrics.New(Version),
-		sockets:  redirect.SocketFactory{NetNS: cfg.NetNS},
+		Metrics:  metrics.New(admin.Version),
 		enrolled: map[string]redirect.Pod{},
 	}
+	a.in = &inputs{node: cfg.NodeName, network: cfg.Network, connectTimeout: cfg.ConnectTimeout,
+		preserveSourceIP: *cfg.PreserveSourceIP, store: a.Store, sockets: redirect.SocketFactory{NetNS: cfg.NetNS},
+		conns: &a.Conns, metrics: a.Metrics, rec: metrics.Recorder{Metrics: a.Metrics, Log: a.log}, log: a.log}
+	a.inbound = &inbound{a.in}
+	a.outbound = &outbound{inputs: a.in, sameNode: &sameNode{a.in}}
 	if cfg.XDSAddress != "" {
 		src, err := xds.NewSource(xds.SourceOptions{
 			Address: cfg.XDSAddress, Plaintext: cfg.XDSPlaintext, RootCertFile: cfg.XDSRootFile, TokenFile: cfg.TokenFile,
@@ -100,7 +108,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		}
 		a.xds = src
 	} else {
-		a.source = &fileSource{files: cfg.ConfigFiles, poll: cfg.ConfigPoll, cfg: cfg, store: a.Store, metrics: a.Metrics, log: a.log.With("component", "config")}
+		a.source = newFileSource(cfg, a.Store, a.Metrics, a.log.With("component", "config"))
 		if err := a.source.load(); err != nil {
 			return nil, err
 		}
@@ -121,15 +129,19 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		}
 		a.kube = w
 	}
-	issuer, err := a.newIssuer(true)
-	if err != nil {
+	issuerOpts := cfg.issuer()
+	issuerOpts.Logger = a.log
+	// Hand SPIRE's rotations to the manager as they arrive rather than at the next renewal.
+	issuerOpts.OnUpdate = func(id spiffeid.ID) { a.certs.Refresh(id) }
+	var err error
+	if a.issuer, err = identity.NewIssuer(issuerOpts); err != nil {
 		return nil, err
 	}
-	a.certs, err = identity.NewManager(identity.ManagerOptions{Issuer: issuer, Logger: a.log.With("component", "identity")})
+	a.certs, err = identity.NewManager(identity.ManagerOptions{Issuer: a.issuer, Logger: a.log.With("component", "identity")})
 	if err != nil {
 		return nil, fmt.Errorf("identity manager: %w", err)
 	}
-	a.pool, err = hbone.NewPool(hbone.PoolOptions{
+	a.in.pool, err = hbone.NewPool(hbone.PoolOptions{
 		Credentials: a.credentialsFor,
 		DialTCP:     a.dialHBONE,
 		Logger:      a.log.With("component", "hbone-client"),
@@ -139,7 +151,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	}
 	a.hbone = &hbone.Server{
 		Credentials: a.serverCredentials,
-		Handler:     hbone.HandlerFunc(a.serveHBONE),
+		Handler:     hbone.HandlerFunc(a.inbound.serveHBONE),
 		Logger:      a.log.With("component", "hbone-server"),
 	}
 	return a, nil
@@ -157,47 +169,12 @@ func newKubeClient(kubeconfig string) (kubernetes.Interface, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kube enrollment: load credentials: %w", err)
 	}
-	rc.UserAgent = "ambit-agent/" + Version
+	rc.UserAgent = "ambit-agent/" + admin.Version
 	c, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		return nil, fmt.Errorf("kube enrollment: create client: %w", err)
 	}
 	return c, nil
-}
-
-// newIssuer builds the certificate source. A node agent impersonates the workloads of its node when it
-// asks istiod's CA; a waypoint asks for its own identity.
-func (a *Agent) newIssuer(impersonate bool) (identity.Issuer, error) {
-	switch a.cfg.Identity {
-	case IdentityIstiod:
-		ca, err := identity.NewIstiodCA(identity.IstiodCAOptions{
-			Address: a.cfg.CAAddress, RootCertFile: a.cfg.CARootFile, TokenFile: a.cfg.TokenFile,
-			ClusterID: a.cfg.ClusterID, Impersonate: impersonate, TTL: a.cfg.CertTTL,
-			Logger: a.log.With("component", "istiod-ca"),
-		})
-		if err != nil {
-			return nil, fmt.Errorf("istiod CA client: %w", err)
-		}
-		a.closers = append(a.closers, ca)
-		return ca, nil
-	case IdentitySPIFFE:
-		// Hand SPIRE's rotations to the manager as they arrive rather than at the next renewal.
-		w := identity.NewWorkloadAPI(identity.WorkloadAPIOptions{Address: a.cfg.SPIFFESocket, Logger: a.log.With("component", "workload-api"),
-			OnUpdate: func(id spiffeid.ID) {
-				if a.certs != nil {
-					a.certs.Refresh(id)
-				}
-			}})
-		a.issuers = append(a.issuers, w)
-		return w, nil
-	default:
-		ca, err := identity.NewLocalCA(identity.LocalCAOptions{Dir: a.cfg.CADir, TrustDomain: a.cfg.TrustDomain, TTL: a.cfg.CertTTL,
-			Logger: a.log.With("component", "local-ca")})
-		if err != nil {
-			return nil, fmt.Errorf("local CA: %w", err)
-		}
-		return ca, nil
-	}
 }
 
 // Ready reports whether the agent serves traffic: listeners bound, capture installed, first
@@ -221,11 +198,17 @@ func (a *Agent) Ready() (bool, []string) {
 }
 
 // Run binds every listener, installs capture and serves until ctx ends; then it stops accepting,
-// drains open connections for up to Config.DrainTimeout and closes what remains. Capture stays
-// installed (a restarted agent re-adopts it).
+// drains open connections for up to Config.DrainTimeout and closes what remains (lifecycle.Run, the
+// shape both processes share). Capture stays installed (a restarted agent re-adopts it).
 func (a *Agent) Run(ctx context.Context) error {
+	return lifecycle.Run(ctx, a, a.cfg.DrainTimeout, a.log)
+}
+
+// Start implements lifecycle.App: it binds the listeners, installs capture, starts every component and
+// returns once the agent is ready.
+func (a *Agent) Start(g *lifecycle.Group) error {
+	ctx := g.Context()
 	if err := a.bind(ctx); err != nil {
-		a.closeAll()
 		return err
 	}
 	if a.cfg.Capture != CaptureNone {
@@ -239,7 +222,6 @@ func (a *Agent) Run(ctx context.Context) error {
 			Logger:    a.log.With("component", "capture"),
 		})
 		if err != nil {
-			a.closeAll()
 			return fmt.Errorf("install capture: %w", err)
 		}
 		a.redir = r
@@ -249,37 +231,23 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 
-	runCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var wg sync.WaitGroup
-	errc := make(chan error, 8)
-	goRun := func(name string, f func(context.Context) error) {
-		wg.Go(func() {
-			// Errors after shutdown began (listeners closed under a server) are part of stopping.
-			if err := f(runCtx); err != nil && !errors.Is(err, context.Canceled) && runCtx.Err() == nil {
-				a.log.Error("component stopped", "name", name, "err", err)
-				errc <- fmt.Errorf("%s: %w", name, err)
-				cancel()
-			}
-		})
-	}
-	a.serveAdmin(goRun, cancel)
-	goRun("identity", a.certs.Run)
-	for _, r := range a.issuers {
-		goRun("workload-api", r.Run)
+	a.serveAdmin(g)
+	g.Go("identity", a.certs.Run)
+	if r, ok := a.issuer.(interface{ Run(context.Context) error }); ok {
+		g.Go("workload-api", r.Run)
 	}
 	if a.xds != nil {
-		goRun("xds", a.xds.Run)
+		g.Go("xds", a.xds.Run)
 	} else {
-		goRun("config", a.source.run)
+		g.Go("config", a.source.run)
 	}
 	if a.kube != nil {
-		goRun("kube-enroll", a.kube.Run)
+		g.Go("kube-enroll", a.kube.Run)
 	}
-	goRun("reconcile", a.reconcileLoop)
-	goRun("outbound", func(ctx context.Context) error { return a.acceptLoop(ctx, a.lnOut, a.serveOutbound) })
-	goRun("inbound", func(ctx context.Context) error { return a.acceptLoop(ctx, a.lnIn, a.servePlaintext) })
-	goRun("hbone", func(ctx context.Context) error {
+	g.Go("reconcile", a.reconcileLoop)
+	g.Go("outbound", func(ctx context.Context) error { return a.acceptLoop(ctx, a.lnOut, a.outbound.serve) })
+	g.Go("inbound", func(ctx context.Context) error { return a.acceptLoop(ctx, a.lnIn, a.inbound.servePlaintext) })
+	g.Go("hbone", func(ctx context.Context) error {
 		err := a.hbone.Serve(ctx, a.lnHBONE)
 		if errors.Is(err, hbone.ErrServerClosed) {
 			return nil
@@ -290,7 +258,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		// Ready only once istiod's first complete state has been applied.
 		select {
 		case <-a.xds.Ready():
-		case <-runCtx.Done():
+		case <-ctx.Done():
 		}
 	}
 	if a.kube != nil {
@@ -298,42 +266,46 @@ func (a *Agent) Run(ctx context.Context) error {
 		// re-adopts what is captured instead of dropping it.
 		select {
 		case <-a.kube.Synced():
-		case <-runCtx.Done():
+		case <-ctx.Done():
 		}
 	}
-	a.reconcile(runCtx)
-	if runCtx.Err() == nil {
+	a.reconcile(ctx)
+	if ctx.Err() == nil {
 		a.ready.Store(true)
 		a.log.Info("agent ready", "outbound", a.lnOut.Addr(), "inbound", a.lnIn.Addr(), "hbone", a.lnHBONE.Addr())
 	}
+	return nil
+}
 
-	<-runCtx.Done()
+// Drain implements lifecycle.App: it stops accepting traffic, then gives open connections until ctx
+// ends to finish and closes the rest.
+func (a *Agent) Drain(ctx context.Context) {
 	a.ready.Store(false)
-	// Stop accepting, then give open connections DrainTimeout to finish.
 	a.closeListeners()
-	drainCtx, stop := context.WithTimeout(context.Background(), a.cfg.DrainTimeout)
-	if err := a.Conns.Drain(drainCtx); err != nil {
+	if err := a.Conns.Drain(ctx); err != nil {
 		a.log.Warn("drain deadline passed; closing remaining connections", "open", a.Conns.Len())
 	}
-	_ = a.hbone.Shutdown(drainCtx)
-	stop()
+	_ = a.hbone.Shutdown(ctx)
 	a.hbone.Close()
-	cancel()
-	wg.Wait()
-	a.pool.Close()
+}
+
+// Close implements lifecycle.App. Capture stays installed.
+func (a *Agent) Close() {
+	a.closeListeners()
+	for _, ln := range []*net.TCPListener{a.lnAdmin, a.lnMetrics, a.lnReady} {
+		if ln != nil {
+			ln.Close()
+		}
+	}
+	a.hbone.Close()
+	a.in.pool.Close()
 	a.certs.Close()
-	for _, c := range a.closers {
+	if c, ok := a.issuer.(io.Closer); ok {
 		c.Close()
 	}
 	if a.redir != nil {
 		a.redir.Close()
 	}
-	close(errc)
-	var errs []error
-	for err := range errc {
-		errs = append(errs, err)
-	}
-	return errors.Join(errs...)
 }
 
 func (a *Agent) bind(ctx context.Context) error {
@@ -343,7 +315,7 @@ func (a *Agent) bind(ctx context.Context) error {
 			return nil
 		}
 		var ln *net.TCPListener
-		ln, err = a.sockets.Listen(ctx, addr)
+		ln, err = a.in.sockets.Listen(ctx, addr)
 		if err != nil {
 			err = fmt.Errorf("listen %s: %w", addr, err)
 		}
@@ -358,8 +330,7 @@ func (a *Agent) bind(ctx context.Context) error {
 	return err
 }
 
-// closeListeners stops accepting traffic; closeAll also closes the admin surfaces (which otherwise
-// close themselves when their server stops).
+// closeListeners stops accepting traffic (the admin surfaces close themselves when their server stops).
 func (a *Agent) closeListeners() {
 	for _, ln := range []*net.TCPListener{a.lnOut, a.lnIn, a.lnHBONE} {
 		if ln != nil {
@@ -368,17 +339,8 @@ func (a *Agent) closeListeners() {
 	}
 }
 
-func (a *Agent) closeAll() {
-	a.closeListeners()
-	for _, ln := range []*net.TCPListener{a.lnAdmin, a.lnMetrics, a.lnReady} {
-		if ln != nil {
-			ln.Close()
-		}
-	}
-}
-
 // serveAdmin starts the admin API (localhost), metrics and readiness servers.
-func (a *Agent) serveAdmin(goRun func(string, func(context.Context) error), quit context.CancelFunc) {
+func (a *Agent) serveAdmin(g *lifecycle.Group) {
 	opts := admin.Options{
 		Store:        a.Store,
 		Certificates: a.certs.Snapshot,
@@ -386,9 +348,9 @@ func (a *Agent) serveAdmin(goRun func(string, func(context.Context) error), quit
 		Level:        a.cfg.LogLevel,
 		Registry:     a.Metrics.Registry,
 		Ready:        a.Ready,
-		Version:      admin.BuildInfoFromBinary(Version),
+		Version:      admin.BuildInfoFromBinary(admin.Version),
 		Config:       a.cfg,
-		Quit:         quit,
+		Quit:         g.Stop,
 		NodeName:     a.cfg.NodeName,
 		Logger:       a.log.With("component", "admin"),
 	}
@@ -402,7 +364,7 @@ func (a *Agent) serveAdmin(goRun func(string, func(context.Context) error), quit
 		{"readiness", a.lnReady, admin.NewReadinessHandler(a.Ready)},
 	}
 	for _, s := range servers {
-		goRun(s.name, func(ctx context.Context) error { return admin.Serve(ctx, s.ln, s.h) })
+		g.Go(s.name, func(ctx context.Context) error { return admin.Serve(ctx, s.ln, s.h) })
 	}
 }
 
@@ -440,7 +402,7 @@ func (a *Agent) credentialsFor(ctx context.Context, id spiffeid.ID) (*hbone.Cred
 // serverCredentials presents the certificate of the local workload whose address the HBONE connection
 // was accepted on (the pod the peer dialled), never chosen by SNI.
 func (a *Agent) serverCredentials(ctx context.Context, local netip.AddrPort) (*hbone.Credentials, error) {
-	w := a.localWorkload(local.Addr())
+	w := a.in.localWorkload(local.Addr())
 	if w == nil {
 		return nil, fmt.Errorf("no local workload with address %s", local.Addr())
 	}
@@ -451,20 +413,11 @@ func (a *Agent) serverCredentials(ctx context.Context, local netip.AddrPort) (*h
 	return a.credentialsFor(ctx, id)
 }
 
-// localWorkload returns the workload on this node that owns ip, or nil.
-func (a *Agent) localWorkload(ip netip.Addr) *state.Workload {
-	w := a.Store.WorkloadByAddr(state.NetworkAddress{Network: a.cfg.Network, Addr: ip.Unmap()})
-	if w == nil || w.Node != a.cfg.NodeName {
-		return nil
-	}
-	return w
-}
-
 // dialHBONE opens the TCP connection under an HBONE connection, from the source pod's IP when source
 // preservation is on (as ztunnel does from inside the pod), marked so capture ignores it.
 func (a *Agent) dialHBONE(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
 	if src.IsValid() {
-		return a.sockets.DialFrom(ctx, src, dst)
+		return a.in.sockets.DialFrom(ctx, src, dst)
 	}
-	return a.sockets.DialContext(ctx, "tcp", dst.String())
+	return a.in.sockets.DialContext(ctx, "tcp", dst.String())
 }

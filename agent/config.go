@@ -9,6 +9,7 @@ import (
 
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/ambit-mesh/ambit/identity"
 	"github.com/ambit-mesh/ambit/redirect"
 )
 
@@ -26,13 +27,6 @@ const (
 	KubeEnrollAuto = "auto"
 	KubeEnrollOn   = "true"
 	KubeEnrollOff  = "false"
-)
-
-// Identity sources.
-const (
-	IdentityLocalCA = "local-ca"
-	IdentityIstiod  = "istiod"
-	IdentitySPIFFE  = "spiffe"
 )
 
 // Config is everything `ambit agent` is configured with. Each field has a flag and an environment
@@ -76,7 +70,7 @@ type Config struct {
 	ClusterID    string `json:"clusterId"`
 	Network      string `json:"network"`
 
-	// Identity is the certificate source: local-ca (default), istiod or spiffe.
+	// Identity is the certificate source: identity.SourceLocalCA (default), SourceIstiod or SourceSPIFFE.
 	Identity string `json:"identity"`
 	// CADir keeps the local CA's root (created on first start, key mode 0600).
 	CADir string `json:"caDir"`
@@ -148,7 +142,7 @@ func (c Config) withDefaults() Config {
 		c.TrustDomain = "cluster.local"
 	}
 	if c.Identity == "" {
-		c.Identity = IdentityLocalCA
+		c.Identity = identity.SourceLocalCA
 	}
 	if c.Capture == "" {
 		c.Capture = CaptureAuto
@@ -208,18 +202,8 @@ func (c Config) Validate() error {
 	default:
 		return fmt.Errorf("unknown kube enrollment mode %q (auto, true or false)", c.KubeEnroll)
 	}
-	switch c.Identity {
-	case IdentityLocalCA:
-		if c.CADir == "" {
-			return errors.New("--ca-dir is required with the local-ca identity source")
-		}
-	case IdentityIstiod:
-		if c.CAAddress == "" {
-			return errors.New("--ca-address is required with the istiod identity source")
-		}
-	case IdentitySPIFFE:
-	default:
-		return fmt.Errorf("unknown identity source %q (local-ca, istiod or spiffe)", c.Identity)
+	if err := c.issuer().Validate(); err != nil {
+		return err
 	}
 	switch c.Capture {
 	case CaptureAuto, CaptureEBPF, CaptureTPROXY, CaptureNone:
@@ -227,4 +211,12 @@ func (c Config) Validate() error {
 		return fmt.Errorf("unknown capture mode %q (auto, ebpf, tproxy or none)", c.Capture)
 	}
 	return nil
+}
+
+// issuer returns the certificate source settings: a node agent impersonates the workloads of its node
+// when it asks istiod's CA.
+func (c Config) issuer() identity.IssuerOptions {
+	return identity.IssuerOptions{Source: c.Identity, CADir: c.CADir, TrustDomain: c.TrustDomain, TTL: c.CertTTL,
+		CAAddress: c.CAAddress, CARootFile: c.CARootFile, TokenFile: c.TokenFile, ClusterID: c.ClusterID,
+		Impersonate: true, SPIFFESocket: c.SPIFFESocket}
 }

@@ -5,11 +5,13 @@ import (
 	"testing"
 
 	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/ambit-mesh/ambit/identity"
 )
 
 func TestKubeEnrollment(t *testing.T) {
 	base := Config{NodeName: "n", XDSAddress: "istiod:15012", XDSPlaintext: true, PodName: "p", PodNamespace: "ns",
-		Identity: IdentityIstiod, CAAddress: "istiod:15012"}
+		Identity: identity.SourceIstiod, CAAddress: "istiod:15012"}
 	cases := []struct {
 		name      string
 		mode      string

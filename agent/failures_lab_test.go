@@ -16,7 +16,7 @@ func TestAgentFailures(t *testing.T) {
 	c := startCluster(t, 2, 3, agent.CaptureEBPF, meshYAML(""), func(_ int, cfg *agent.Config) {
 		cfg.ConnectTimeout = 2 * time.Second
 	})
-	n0, n1 := c.lab.Nodes[0].Pods, c.lab.Nodes[1].Pods
+	n0, n1 := c.Lab.Nodes[0].Pods, c.Lab.Nodes[1].Pods
 	client, serverB, plain := n0[0], n1[0], n1[1]
 	serve(t, serverB, 8080)
 	serve(t, plain, 8080)
@@ -26,16 +26,16 @@ func TestAgentFailures(t *testing.T) {
 			t.Fatalf("got an answer %q from a closed port", got)
 		}
 		tu.WaitFor(t, 5*time.Second, "503 logged on both sides", func() bool {
-			return strings.Contains(c.logs[1].String(), "connect to "+serverB.IP.String()+":9999") &&
-				strings.Contains(c.logs[0].String(), "503")
+			return strings.Contains(c.Logs[1].String(), "connect to "+serverB.IP.String()+":9999") &&
+				strings.Contains(c.Logs[0].String(), "503")
 		})
 		tu.WaitFor(t, 5*time.Second, "no tracked connections", func() bool {
-			return c.agents[0].Conns.Len() == 0 && c.agents[1].Conns.Len() == 0
+			return c.Agents[0].Conns.Len() == 0 && c.Agents[1].Conns.Len() == 0
 		})
 	})
 
 	t.Run("peer agent down, then restarted with capture kept", func(t *testing.T) {
-		c.stopAgent(1)
+		c.StopAgent(1)
 		start := time.Now()
 		if got, err := call(t, client, serverB.IP.String()+":8080"); err == nil {
 			t.Fatalf("answer %q while the destination agent is down", got)
@@ -47,7 +47,7 @@ func TestAgentFailures(t *testing.T) {
 		if got, err := call(t, client, plain.IP.String()+":8080"); err != nil || !strings.HasPrefix(got, plain.Name) {
 			t.Errorf("out-of-mesh call while the peer agent is down: %q %v", got, err)
 		}
-		c.startAgent(1)
+		c.StartAgent(1)
 		tu.WaitFor(t, 10*time.Second, "mesh restored after the restart", func() bool {
 			got, err := call(t, client, serverB.IP.String()+":8080")
 			return err == nil && strings.HasPrefix(got, serverB.Name+" "+client.IP.String()+":")
@@ -67,10 +67,10 @@ func TestAgentCertificateUnavailable(t *testing.T) {
 	c := startCluster(t, 2, 3, agent.CaptureEBPF, meshYAML(""), func(i int, cfg *agent.Config) {
 		cfg.ConnectTimeout = 2 * time.Second
 		if i == 0 {
-			cfg.Identity, cfg.CAAddress, cfg.CARootFile = agent.IdentityIstiod, "127.0.0.1:1", rootFile
+			cfg.Identity, cfg.CAAddress, cfg.CARootFile = identity.SourceIstiod, "127.0.0.1:1", rootFile
 		}
 	})
-	n0, n1 := c.lab.Nodes[0].Pods, c.lab.Nodes[1].Pods
+	n0, n1 := c.Lab.Nodes[0].Pods, c.Lab.Nodes[1].Pods
 	client, serverB, plain := n0[0], n1[0], n1[1]
 	serve(t, serverB, 8080)
 	serve(t, plain, 8080)
@@ -78,12 +78,12 @@ func TestAgentCertificateUnavailable(t *testing.T) {
 		t.Fatalf("answer %q without a client certificate", got)
 	}
 	tu.WaitFor(t, 5*time.Second, "failure logged", func() bool {
-		return strings.Contains(c.logs[0].String(), "connection failed") && strings.Contains(c.logs[0].String(), "identity")
+		return strings.Contains(c.Logs[0].String(), "connection failed") && strings.Contains(c.Logs[0].String(), "identity")
 	})
 	if got, err := call(t, client, plain.IP.String()+":8080"); err != nil || !strings.HasPrefix(got, plain.Name) {
 		t.Errorf("out-of-mesh call: %q %v", got, err)
 	}
-	if ok, _ := c.agents[0].Ready(); !ok {
+	if ok, _ := c.Agents[0].Ready(); !ok {
 		t.Error("agent not ready after certificate failures")
 	}
 }

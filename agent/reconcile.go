@@ -8,7 +8,6 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/ambit-mesh/ambit/mesh/state"
 	"github.com/ambit-mesh/ambit/redirect"
 )
 
@@ -34,12 +33,6 @@ func (a *Agent) reconcileLoop(ctx context.Context) error {
 			a.log.Info("closed connections denied by a policy change", "count", n)
 		}
 	}
-}
-
-// captured reports whether the agent captures w: an HBONE workload on this node with its own IPs.
-func (a *Agent) captured(w *state.Workload) bool {
-	return w.Node == a.cfg.NodeName && w.Protocol == state.TunnelHBONE && !w.NativeTunnel &&
-		w.NetworkMode == state.NetworkStandard && len(w.Addresses) > 0
 }
 
 // captureUID is the key a workload is enrolled under: its UID when capture accepts it, else a hash.
@@ -105,7 +98,7 @@ func (a *Agent) wanted() (map[string]redirect.Pod, map[spiffeid.ID]bool, map[str
 		return want, ids, uids
 	}
 	for _, w := range a.Store.WorkloadsOnNode(a.cfg.NodeName) {
-		if !a.captured(w) {
+		if !a.in.captured(w) {
 			continue
 		}
 		want[captureUID(w.UID)] = redirect.Pod{UID: captureUID(w.UID), Name: w.Namespace + "/" + w.Name, IPs: w.Addresses}

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/ambit-mesh/ambit/agent"
+	"github.com/ambit-mesh/ambit/identity"
 )
 
 // addrPortValue is a pflag.Value for a netip.AddrPort.
@@ -87,7 +88,7 @@ authorization, and serve admin (localhost:15000), metrics (:15020) and readiness
 	str(&cfg.DomainSuffix, "domain-suffix", "CLUSTER_DOMAIN", "cluster.local", "DNS suffix of service hostnames")
 	str(&cfg.ClusterID, "cluster-id", "CLUSTER_ID", "Kubernetes", "cluster ID of workloads")
 	str(&cfg.Network, "network", "NETWORK", "", "network of this node")
-	str(&cfg.Identity, "identity", "AMBIT_IDENTITY", agent.IdentityLocalCA, "certificate source: local-ca, istiod or spiffe")
+	str(&cfg.Identity, "identity", "AMBIT_IDENTITY", identity.SourceLocalCA, "certificate source: local-ca, istiod or spiffe")
 	str(&cfg.CADir, "ca-dir", "AMBIT_CA_DIR", "/var/lib/ambit/ca", "local CA directory (root created on first start)")
 	fs.DurationVar(&cfg.CertTTL, "cert-ttl", 24*time.Hour, "lifetime of workload certificates")
 	envs["cert-ttl"] = "SECRET_TTL"

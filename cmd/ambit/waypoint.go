@@ -8,7 +8,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/ambit-mesh/ambit/agent"
+	"github.com/ambit-mesh/ambit/identity"
+	"github.com/ambit-mesh/ambit/waypoint"
 )
 
 // addrValue is a pflag.Value for a netip.Addr.
@@ -31,7 +32,7 @@ func (v addrValue) Set(s string) error {
 func (addrValue) Type() string { return "ip" }
 
 func newWaypointCmd(stderr io.Writer) *cobra.Command {
-	var cfg agent.WaypointConfig
+	var cfg waypoint.Config
 	var lf logFlags
 	envs := map[string]string{}
 	cmd := &cobra.Command{
@@ -52,7 +53,7 @@ Istio's HTTP metrics, access logs and OTLP tracing.`,
 			if err != nil {
 				return err
 			}
-			w, err := agent.NewWaypoint(cfg, log)
+			w, err := waypoint.New(cfg, log)
 			if err != nil {
 				return err
 			}
@@ -82,26 +83,26 @@ Istio's HTTP metrics, access logs and OTLP tracing.`,
 	str(&cfg.DomainSuffix, "domain-suffix", "CLUSTER_DOMAIN", "cluster.local", "DNS suffix of service hostnames")
 	str(&cfg.ClusterID, "cluster-id", "CLUSTER_ID", "Kubernetes", "cluster ID")
 	str(&cfg.Network, "network", "NETWORK", "", "network of this instance")
-	str(&cfg.Identity, "identity", "AMBIT_IDENTITY", agent.IdentityLocalCA, "certificate source: local-ca, istiod or spiffe")
+	str(&cfg.Identity, "identity", "AMBIT_IDENTITY", identity.SourceLocalCA, "certificate source: local-ca, istiod or spiffe")
 	str(&cfg.CADir, "ca-dir", "AMBIT_CA_DIR", "/var/lib/ambit/ca", "local CA directory")
 	fs.DurationVar(&cfg.CertTTL, "cert-ttl", 24*time.Hour, "lifetime of the waypoint certificate")
 	str(&cfg.CAAddress, "ca-address", "CA_ADDRESS", "", "istiod CA address host:port (identity istiod)")
 	str(&cfg.CARootFile, "ca-root-file", "CA_ROOT_CA", "/var/run/secrets/istio/root-cert.pem", "root certificate of istiod's serving certificate")
 	str(&cfg.TokenFile, "token-file", "AUTH_TOKEN", "/var/run/secrets/tokens/istio-token", "projected service-account token for istiod")
 	str(&cfg.SPIFFESocket, "spiffe-socket", "SPIFFE_ENDPOINT_SOCKET", "", "SPIFFE Workload API address (identity spiffe)")
-	cfg.HBONEAddr = agent.DefaultHBONEAddr
+	cfg.HBONEAddr = waypoint.DefaultHBONEAddr
 	fs.Var(addrPortValue{&cfg.HBONEAddr}, "hbone-addr", "HBONE listener")
 	envs["hbone-addr"] = "AMBIT_HBONE_ADDR"
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 5*time.Second, "graceful shutdown: how long open connections may take to finish")
-	cfg.MetricsAddr = agent.DefaultMetricsAddr
+	cfg.MetricsAddr = waypoint.DefaultMetricsAddr
 	fs.Var(addrPortValue{&cfg.MetricsAddr}, "metrics-addr", "Prometheus metrics listener (/metrics, /stats/prometheus)")
 	envs["metrics-addr"] = "AMBIT_METRICS_ADDR"
-	cfg.ReadinessAddr = agent.DefaultReadinessAddr
+	cfg.ReadinessAddr = waypoint.DefaultReadinessAddr
 	fs.Var(addrPortValue{&cfg.ReadinessAddr}, "readiness-addr", "readiness listener (/healthz/ready), probed by istiod's waypoint template")
 	envs["readiness-addr"] = "AMBIT_READINESS_ADDR"
 	str(&cfg.OTLPEndpoint, "otlp-endpoint", "AMBIT_OTLP_ENDPOINT", "", "OpenTelemetry collector for spans (OTLP/HTTP host:port or URL); empty: propagate trace context only")
 	fs.Float64Var(&cfg.TraceSampling, "trace-sampling", 0, "fraction of new traces sampled (default 1 with --otlp-endpoint)")
-	str(&cfg.L7Source, "l7-source", "AMBIT_L7_SOURCE", agent.L7SourceFile, "where routes and L7 policies come from: file (--config-file) or kubernetes (the API server, in-cluster credentials)")
+	str(&cfg.L7Source, "l7-source", "AMBIT_L7_SOURCE", waypoint.L7SourceFile, "where routes and L7 policies come from: file (--config-file) or kubernetes (the API server, in-cluster credentials)")
 	lf.register(fs, envs)
 	cmd.Long += "\n" + envTable(fs, envs)
 	return cmd

@@ -118,3 +118,12 @@ func (w *Watcher) Run(ctx context.Context) error {
 		w.Changed(files, err)
 	}
 }
+
+// CompileFiles decodes files and compiles them (Compile).
+func CompileFiles(files []File, opts Options) (*Result, error) {
+	objs, err := DecodeFiles(files)
+	if err != nil {
+		return nil, err
+	}
+	return Compile(objs, opts)
+}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/ambit-mesh/ambit/agent"
 	"github.com/ambit-mesh/ambit/test/lab"
+	"github.com/ambit-mesh/ambit/waypoint"
 )
 
 const hboneYAML = `apiVersion: v1
@@ -109,7 +110,7 @@ func benchHBONE(ctx context.Context, rounds int, d time.Duration) error {
 			return err
 		}
 	}
-	w, err := agent.NewWaypoint(agent.WaypointConfig{Name: "wp", Namespace: "app", PodIP: wpPod.IP, ConfigFiles: []string{cfgFile},
+	w, err := waypoint.New(waypoint.Config{Name: "wp", Namespace: "app", PodIP: wpPod.IP, ConfigFiles: []string{cfgFile},
 		CADir: filepath.Join(dir, "ca"), NetNS: wpPod.NS.Path()}, log)
 	if err != nil {
 		return err

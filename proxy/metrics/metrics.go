@@ -174,3 +174,12 @@ func zone(w *state.Workload) string {
 	}
 	return w.Locality.Zone
 }
+
+// StateApplied records a configuration version that was applied: the state's object counts and one
+// applied reload.
+func (m *Metrics) StateApplied(workloads, services, policies int) {
+	m.StateObjects.WithLabelValues("workload").Set(float64(workloads))
+	m.StateObjects.WithLabelValues("service").Set(float64(services))
+	m.StateObjects.WithLabelValues("policy").Set(float64(policies))
+	m.ConfigReloads.WithLabelValues("applied").Inc()
+}

@@ -1,4 +1,4 @@
-package agent_test
+package waypoint_test
 
 import (
 	"context"
@@ -14,16 +14,17 @@ import (
 	"github.com/ambit-mesh/ambit/agent"
 	"github.com/ambit-mesh/ambit/test/lab"
 	tu "github.com/ambit-mesh/ambit/test/testutil"
+	"github.com/ambit-mesh/ambit/waypoint"
 )
 
 // startWaypoint runs `ambit waypoint` in-process inside pod p's network namespace.
 func startWaypoint(t *testing.T, c *cluster, p *lab.Pod, ns, name string) *syncBuffer {
 	t.Helper()
 	buf := &syncBuffer{}
-	log := slog.New(slog.NewTextHandler(io.MultiWriter(buf, testWriter{t, 100 + p.Index}), nil))
-	w, err := agent.NewWaypoint(agent.WaypointConfig{
-		Name: name, Namespace: ns, PodIP: p.IP, ConfigFiles: []string{c.config}, ConfigPoll: 100 * time.Millisecond,
-		CADir: filepath.Join(filepath.Dir(c.config), "ca"), NetNS: p.NS.Path(),
+	log := slog.New(slog.NewTextHandler(io.MultiWriter(buf, testWriter{T: t, Node: 100 + p.Index}), nil))
+	w, err := waypoint.New(waypoint.Config{
+		Name: name, Namespace: ns, PodIP: p.IP, ConfigFiles: []string{c.Config}, ConfigPoll: 100 * time.Millisecond,
+		CADir: filepath.Join(filepath.Dir(c.Config), "ca"), NetNS: p.NS.Path(),
 	}, log)
 	if err != nil {
 		t.Fatal(err)
@@ -101,7 +102,7 @@ spec: {clusterIP: 10.96.0.10, selector: {app: server}, ports: [{name: http, port
 		}
 	}
 	c := startCluster(t, 2, 3, agent.CaptureEBPF, base("", ""))
-	n0, n1 := c.lab.Nodes[0].Pods, c.lab.Nodes[1].Pods
+	n0, n1 := c.Lab.Nodes[0].Pods, c.Lab.Nodes[1].Pods
 	client, serverA, serverB := n0[0], n0[1], n1[0]
 	serve(t, serverA, 8080)
 	serve(t, serverB, 8080)
@@ -127,9 +128,9 @@ spec: {clusterIP: 10.96.0.10, selector: {app: server}, ports: [{name: http, port
 	from := func(p *lab.Pod, via *lab.Pod) string { return p.Name + " from " + via.IP.String() }
 	apply := func(t *testing.T, svcLabels, serverBLabels string) {
 		t.Helper()
-		gen := c.agents[0].Store.Generation()
-		c.rewrite(t, base(svcLabels, serverBLabels)(c.lab))
-		for _, a := range c.agents {
+		gen := c.Agents[0].Store.Generation()
+		c.Rewrite(t, base(svcLabels, serverBLabels)(c.Lab))
+		for _, a := range c.Agents {
 			tu.WaitFor(t, 10*time.Second, "config applied", func() bool { return a.Store.Generation() > gen })
 		}
 		time.Sleep(300 * time.Millisecond) // waypoints poll the same file

@@ -1,4 +1,4 @@
-package agent_test
+package waypoint_test
 
 import (
 	"bufio"
@@ -40,6 +40,7 @@ import (
 	"github.com/ambit-mesh/ambit/agent"
 	"github.com/ambit-mesh/ambit/test/lab"
 	tu "github.com/ambit-mesh/ambit/test/testutil"
+	"github.com/ambit-mesh/ambit/waypoint"
 	"github.com/ambit-mesh/ambit/waypoint/kube"
 )
 
@@ -192,18 +193,18 @@ func (o *otlpReceiver) spans(traceID string) int {
 }
 
 // startL7Waypoint runs `ambit waypoint` in pod p with tracing to the OTLP receiver.
-func startL7Waypoint(t *testing.T, c *cluster, p *lab.Pod, ns, name, otlp string, mutate ...func(*agent.WaypointConfig)) (*agent.Waypoint, *syncBuffer) {
+func startL7Waypoint(t *testing.T, c *cluster, p *lab.Pod, ns, name, otlp string, mutate ...func(*waypoint.Config)) (*waypoint.Waypoint, *syncBuffer) {
 	t.Helper()
 	buf := &syncBuffer{}
-	log := slog.New(slog.NewTextHandler(io.MultiWriter(buf, testWriter{t, 100 + p.Index}), &slog.HandlerOptions{Level: slog.LevelDebug}))
-	cfg := agent.WaypointConfig{
-		Name: name, Namespace: ns, PodIP: p.IP, ConfigFiles: []string{c.config}, ConfigPoll: 100 * time.Millisecond,
-		CADir: filepath.Join(filepath.Dir(c.config), "ca"), NetNS: p.NS.Path(), OTLPEndpoint: otlp,
+	log := slog.New(slog.NewTextHandler(io.MultiWriter(buf, testWriter{T: t, Node: 100 + p.Index}), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	cfg := waypoint.Config{
+		Name: name, Namespace: ns, PodIP: p.IP, ConfigFiles: []string{c.Config}, ConfigPoll: 100 * time.Millisecond,
+		CADir: filepath.Join(filepath.Dir(c.Config), "ca"), NetNS: p.NS.Path(), OTLPEndpoint: otlp,
 	}
 	for _, m := range mutate {
 		m(&cfg)
 	}
-	w, err := agent.NewWaypoint(cfg, log)
+	w, err := waypoint.New(cfg, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -271,7 +272,7 @@ func TestL7Waypoint(t *testing.T) {
 		}
 	}
 	c := startCluster(t, 2, 3, agent.CaptureEBPF, yamlWith(""))
-	n0, n1 := c.lab.Nodes[0].Pods, c.lab.Nodes[1].Pods
+	n0, n1 := c.Lab.Nodes[0].Pods, c.Lab.Nodes[1].Pods
 	client := n0[0]
 	srvA := startL7Backend(t, n0[1], "server-a", healthpb.HealthCheckResponse_SERVING)
 	srvB := startL7Backend(t, n1[0], "server-b", healthpb.HealthCheckResponse_NOT_SERVING)
@@ -281,7 +282,7 @@ func TestL7Waypoint(t *testing.T) {
 	apply := func(t *testing.T, extra string) {
 		t.Helper()
 		before := strings.Count(wpLog.String(), "L7 configuration applied")
-		c.rewrite(t, yamlWith(extra)(c.lab))
+		c.Rewrite(t, yamlWith(extra)(c.Lab))
 		tu.WaitFor(t, 10*time.Second, "L7 configuration applied", func() bool {
 			return strings.Count(wpLog.String(), "L7 configuration applied") > before
 		})
@@ -646,7 +647,7 @@ spec:
 	key, _ := rsa.GenerateKey(rand.Reader, 2048)
 	badKey, _ := rsa.GenerateKey(rand.Reader, 2048)
 	jwks, _ := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &key.PublicKey, KeyID: "k1", Algorithm: "RS256", Use: "sig"}}})
-	jwksFile := filepath.Join(c.dir, "jwks.json")
+	jwksFile := filepath.Join(c.Dir, "jwks.json")
 	os.WriteFile(jwksFile, jwks, 0o600)
 	token := func(k *rsa.PrivateKey, group string, exp time.Time) string {
 		sig, _ := jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: k}, (&jose.SignerOptions{}).WithHeader("kid", "k1"))
@@ -854,14 +855,14 @@ spec:
 		if r := <-done; r.code != 200 {
 			t.Fatalf("in-flight request across a reload: %d %q", r.code, r.body)
 		}
-		c.rewrite(t, yamlWith(`---
+		c.Rewrite(t, yamlWith(`---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: to-b, namespace: app}
 spec:
   parentRefs: [{group: "", kind: Service, name: web, port: 80}]
   rules: [{matches: [{path: {type: RegularExpression, value: "(["}}], backendRefs: [{name: web-a, port: 80}]}]
-`)(c.lab))
+`)(c.Lab))
 		tu.WaitFor(t, 5*time.Second, "rejection naming the field", func() bool {
 			return strings.Contains(wpLog.String(), "L7 configuration rejected") && strings.Contains(wpLog.String(), "spec.rules[0].matches[0].path.value")
 		})
@@ -874,7 +875,7 @@ spec:
 }
 
 // l7Metric sums a counter (or a histogram's sample count) over the series whose labels include want.
-func l7Metric(w *agent.Waypoint, name string, want map[string]string) float64 {
+func l7Metric(w *waypoint.Waypoint, name string, want map[string]string) float64 {
 	mfs, err := w.Metrics.Registry.Gather()
 	if err != nil {
 		return -1
@@ -917,9 +918,9 @@ func TestL7WaypointKubernetesSource(t *testing.T) {
 		return l7BaseYAML + pod("client", "app", "client", "", n0[0]) + pod("server-a", "app", "web", ", version: a", n0[1]) +
 			pod("server-b", "app", "web", ", version: b", n1[0]) + waypointYAML("app", "wp", "service", "", "10.96.1.1", wpPod)
 	})
-	client := c.lab.Nodes[0].Pods[0]
-	startL7Backend(t, c.lab.Nodes[0].Pods[1], "server-a", healthpb.HealthCheckResponse_SERVING)
-	startL7Backend(t, c.lab.Nodes[1].Pods[0], "server-b", healthpb.HealthCheckResponse_SERVING)
+	client := c.Lab.Nodes[0].Pods[0]
+	startL7Backend(t, c.Lab.Nodes[0].Pods[1], "server-a", healthpb.HealthCheckResponse_SERVING)
+	startL7Backend(t, c.Lab.Nodes[1].Pods[0], "server-b", healthpb.HealthCheckResponse_SERVING)
 	route := func(backend string) *unstructured.Unstructured {
 		js, _ := yaml.YAMLToJSON([]byte(`apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -933,8 +934,8 @@ spec:
 		return u
 	}
 	kc := dynfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), kube.ListKinds, route("web-b"))
-	_, wpLog := startL7Waypoint(t, c, wpPod, "app", "wp", "", func(cfg *agent.WaypointConfig) {
-		cfg.L7Source, cfg.KubeClient = agent.L7SourceKubernetes, kc
+	_, wpLog := startL7Waypoint(t, c, wpPod, "app", "wp", "", func(cfg *waypoint.Config) {
+		cfg.L7Source, cfg.KubeClient = waypoint.L7SourceKubernetes, kc
 	})
 	tu.WaitFor(t, 10*time.Second, "configuration from the API", func() bool {
 		return strings.Contains(wpLog.String(), "source=kubernetes")
