@@ -495,7 +495,7 @@ func FuzzParseIstioCertChain(f *testing.F) {
 	})
 }
 
-// TestIstiodCAReal points the client at a real istiod (see shared/reference/peers.md, section 9) when
+// TestIstiodCAReal points the client at a real istiod (the one hack/peers/build-istiod.sh builds) when
 // AMBIT_ISTIOD_CA_ADDR is set. Other variables: AMBIT_ISTIOD_CA_ROOT (PEM trusting istiod's serving
 // certificate; empty means plaintext), AMBIT_ISTIOD_CA_TOKEN (file with the pod-bound node-proxy JWT),
 // AMBIT_ISTIOD_CA_SERVER_NAME (default istiod.istio-system.svc), AMBIT_ISTIOD_CLUSTER_ID (default Kubernetes),

@@ -73,7 +73,7 @@ status: {podIP: %[7]s}
 `, ns, name, forType, ar, vip, p.Node.Index, p.IP)
 }
 
-// TestAgentWaypoints walks the data-plane table of waypoint-rules.md §8.2 through real waypoints: the
+// TestAgentWaypoints walks the data-plane table of docs/waypoint-rules.md §8.2 through real waypoints: the
 // pod that answers reports the client address it saw, which is the waypoint's when the connection
 // transited one.
 func TestAgentWaypoints(t *testing.T) {

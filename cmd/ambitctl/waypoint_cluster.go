@@ -25,7 +25,7 @@ import (
 
 // The cluster subcommands of `ambitctl waypoint` reproduce istioctl's (istioctl/pkg/waypoint/waypoint.go):
 // the same flags, output lines on the same streams, error texts and exit codes (1 for every failure, as
-// istioctl's). waypoint-rules.md section 6 describes them.
+// istioctl's). docs/waypoint-rules.md §6 describes them.
 
 const (
 	waypointClass     = istio.WaypointClassName

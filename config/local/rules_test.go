@@ -10,7 +10,7 @@ import (
 	"github.com/ambit-mesh/ambit/mesh/istio"
 )
 
-// The fixture of waypoint-rules.md §8.1: namespaces app and infra, Service app/svc (10.0.0.1) selecting
+// The fixture of docs/waypoint-rules.md §8.1: namespaces app and infra, Service app/svc (10.0.0.1) selecting
 // Pod app/pod (10.1.0.1), WorkloadEntry app/we, and ready istio-waypoint Gateways.
 
 type gwSpec struct {
@@ -182,7 +182,7 @@ func unsupported(ttype, key string) string {
 	return `False UnsupportedTrafficType attempting to bind to traffic type "` + ttype + `" which the waypoint "` + key + `" does not support`
 }
 
-// TestWaypointRules covers every applicable row of waypoint-rules.md §8.1, each subtest named after its row.
+// TestWaypointRules covers every applicable row of docs/waypoint-rules.md §8.1, each subtest named after its row.
 func TestWaypointRules(t *testing.T) {
 	uw := istio.LabelUseWaypoint
 	uwn := istio.LabelUseWaypointNamespace

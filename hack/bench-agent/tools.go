@@ -12,7 +12,7 @@ import (
 )
 
 // fortioVersion is the last fortio that builds from the Go module proxy (newer ones need grol.io/grol,
-// which the proxy refuses; see ../shared/reference/peers.md section 3).
+// which the Go module proxy refuses to serve).
 const fortioVersion = "v1.68.2"
 
 // tools are the programs the benchmark runs.

@@ -109,7 +109,7 @@ func TestDependencyRules(t *testing.T) {
 	}
 }
 
-// TestPackageDocs requires a package comment in every package, as style.md asks.
+// TestPackageDocs requires a package comment in every package (CONTRIBUTING.md, Code).
 func TestPackageDocs(t *testing.T) {
 	cmd := exec.Command("go", "list", "-f", "{{.ImportPath}}\t{{.Doc}}", module+"/...")
 	cmd.Dir = "../.."

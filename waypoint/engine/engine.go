@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httputil"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -96,13 +96,13 @@ type Engine struct {
 	bmu     sync.Mutex
 	buckets map[string]*ratelimit.Bucket // guarded by bmu; by policy key
 
-	h1      *http.Transport
-	h2      *http.Transport
-	proxy   *httputil.ReverseProxy
-	srv     *http.Server
-	ln      *chanListener
-	mirrors chan struct{}
-	wg      sync.WaitGroup
+	h1       *http.Transport
+	h2       *http.Transport
+	proxyLog *log.Logger // the ReverseProxy's error log, shared by every request's proxy
+	srv      *http.Server
+	ln       *chanListener
+	mirrors  chan struct{}
+	wg       sync.WaitGroup
 }
 
 // snapshot is one configuration with its lazily built route tables.
@@ -188,15 +188,7 @@ func New(opts Options) (*Engine, error) {
 		IdleConnTimeout:    90 * time.Second,
 		HTTP2:              &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second},
 	}
-	e.proxy = &httputil.ReverseProxy{
-		Rewrite:        e.rewrite,
-		Transport:      roundTripFunc(e.roundTrip),
-		FlushInterval:  0, // streamed responses (unknown length, gRPC, event streams) are still flushed per write
-		BufferPool:     bufferPool{},
-		ModifyResponse: e.modifyResponse,
-		ErrorHandler:   e.proxyError,
-		ErrorLog:       slog.NewLogLogger(e.log.Handler(), slog.LevelDebug),
-	}
+	e.proxyLog = slog.NewLogLogger(e.log.Handler(), slog.LevelDebug)
 	var both http.Protocols
 	both.SetHTTP1(true)
 	both.SetUnencryptedHTTP2(true)
@@ -281,9 +273,10 @@ func (e *Engine) ServeConn(ctx context.Context, c net.Conn, info *ConnInfo) erro
 }
 
 var (
-	_ http.Handler = (*Engine)(nil)
-	_ net.Listener = (*chanListener)(nil)
-	_ net.Conn     = (*streamConn)(nil)
+	_ http.Handler      = (*Engine)(nil)
+	_ http.RoundTripper = (*reqState)(nil)
+	_ net.Listener      = (*chanListener)(nil)
+	_ net.Conn          = (*streamConn)(nil)
 )
 
 // chanListener hands connections to the shared HTTP/1.1 server.
@@ -323,10 +316,6 @@ func (l *chanListener) Close() error {
 }
 
 func (l *chanListener) Addr() net.Addr { return &net.TCPAddr{} }
-
-type roundTripFunc func(*http.Request) (*http.Response, error)
-
-func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
 var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 

@@ -20,10 +20,11 @@ import (
 	"github.com/ambit-mesh/ambit/waypoint/upstream"
 )
 
-// roundTrip forwards one request: it picks an endpoint, applies the connection pool limits and
-// retries per the rule, and returns the response whose body releases the attempt when closed.
-func (e *Engine) roundTrip(req *http.Request) (*http.Response, error) {
-	rs := req.Context().Value(reqKey{}).(*reqState)
+// RoundTrip forwards one request (it is the request's ReverseProxy transport): it picks an endpoint,
+// applies the connection pool limits and retries per the rule, and returns the response whose body
+// releases the attempt when closed.
+func (rs *reqState) RoundTrip(req *http.Request) (*http.Response, error) {
+	e := rs.e
 	rule := rs.rule
 	retry := rule.Retry
 	if retry == nil && rs.replay && rs.backend != nil {
@@ -298,13 +299,13 @@ func (e *Engine) mirror(r *http.Request, rs *reqState, m *model.Mirror) {
 	if port == 0 {
 		port = rs.info.Target.Port()
 	}
-	mrs := &reqState{info: rs.info, snap: rs.snap, rule: &model.Rule{}, backend: &m.Backend, svc: svc, port: port, http1: true}
+	mrs := &reqState{e: e, info: rs.info, snap: rs.snap, rule: &model.Rule{}, backend: &m.Backend, svc: svc, port: port, http1: true}
 	if p, ok := svc.Port(port); ok && (p.AppProtocol == state.AppProtocolHTTP2 || p.AppProtocol == state.AppProtocolGRPC) {
 		mrs.http1 = false
 	}
 	mrs.cluster = e.clus.Cluster(svc.Hostname+"|"+strconv.Itoa(int(port))+"|", rs.snap.cfg.Destinations[svc.Hostname].PolicyFor(""))
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 10*time.Second)
-	out := r.Clone(context.WithValue(ctx, reqKey{}, mrs))
+	out := r.Clone(ctx)
 	out.RequestURI = ""
 	out.URL.Scheme = "http"
 	out.Host = hostWithoutPort(r.Host) + "-shadow"

@@ -24,6 +24,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/ambit-mesh/ambit/mesh/authz"
 	"github.com/ambit-mesh/ambit/mesh/istio"
 	"github.com/ambit-mesh/ambit/mesh/state"
 	"github.com/ambit-mesh/ambit/waypoint/jwt"
@@ -52,10 +53,12 @@ const (
 	FlagDownstreamEnd = "DC"
 )
 
-type reqKey struct{}
-
-// reqState is the per-request state shared by the handler, the proxy hooks and the round tripper.
+// reqState is one request through the engine. It is handed explicitly to every step (handler.go,
+// forward.go), and it owns the request's ReverseProxy, whose hooks (rewrite, modifyResponse,
+// proxyError) and transport (RoundTrip) are its methods: no state travels in the request's context.
 type reqState struct {
+	e         *Engine
+	proxy     httputil.ReverseProxy
 	info      *ConnInfo
 	snap      *snapshot
 	sel       routing.Selected
@@ -109,7 +112,8 @@ func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	start := e.now()
-	rs := &reqState{info: info, snap: e.snap.Load(), start: start}
+	rs := e.newReqState(info, e.snap.Load())
+	rs.start = start
 	rs.rw.ResponseWriter = w
 	rw := &rs.rw
 	rs.cbody.ReadCloser = r.Body
@@ -125,7 +129,6 @@ func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			attribute.String("istio.waypoint", e.opts.Namespace+"/"+e.opts.Name))
 	}
 	rs.span = span
-	ctx = context.WithValue(ctx, reqKey{}, rs)
 	r = r.WithContext(ctx)
 
 	e.handle(rw, r, rs)
@@ -317,12 +320,9 @@ func (e *Engine) handle(w http.ResponseWriter, r *http.Request, rs *reqState) {
 		}
 	}
 	if len(pols) > 0 {
-		peer := strings.TrimPrefix(info.PeerID, "spiffe://")
-		ns := ""
-		if parts := strings.Split(peer, "/"); len(parts) == 5 && parts[1] == "ns" {
-			ns = parts[2]
-		}
-		pr := &policy.Request{Principal: peer, Namespace: ns, SourceIP: info.Remote.Addr().Unmap(), Host: r.Host,
+		// The peer's identity as the node agents and the waypoint's TCP path read it (mesh/authz).
+		peer := authz.PeerFromSPIFFE(info.PeerID)
+		pr := &policy.Request{Principal: peer.Principal, Namespace: peer.Namespace, SourceIP: info.Remote.Addr().Unmap(), Host: r.Host,
 			Port: info.Target.Port(), Method: r.Method, Path: r.URL.Path, Header: r.Header, Auth: claims}
 		// remote.ip and remoteIpBlocks: with Istio's default of no trusted proxies (numTrustedProxies 0),
 		// the remote address is the downstream peer; X-Forwarded-For is not trusted.
@@ -444,7 +444,7 @@ func (e *Engine) handle(w http.ResponseWriter, r *http.Request, rs *reqState) {
 	}
 
 	// 9. Forward.
-	e.proxy.ServeHTTP(w, r)
+	rs.proxy.ServeHTTP(w, r)
 }
 
 func cmpOr(a, b int) int {
@@ -591,7 +591,8 @@ func randomHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-// endpoints returns the usable endpoints of the request's backend.
+// endpoints returns the usable endpoints of the request's backend (upstream.Endpoints), or the
+// original destination of workload-addressed traffic without a route.
 func (e *Engine) endpoints(rs *reqState) []upstream.Endpoint {
 	if rs.backend == nil {
 		w := rs.info.Workload
@@ -609,45 +610,7 @@ func (e *Engine) endpoints(rs *reqState) []upstream.Endpoint {
 		}
 		sub = s.Labels
 	}
-	var out []upstream.Endpoint
-	for _, w := range e.opts.State.Endpoints(svc.Key()) {
-		if w.Status != state.Healthy || len(w.Addresses) == 0 {
-			continue
-		}
-		if sub != nil && !labelsMatch(sub, rs.snap.cfg.WorkloadLabels[w.UID]) {
-			continue
-		}
-		t, ok := targetPort(w, svc, rs.port)
-		if !ok {
-			continue
-		}
-		out = append(out, upstream.Endpoint{Workload: w, Addr: netip.AddrPortFrom(w.Addresses[0], t)})
-	}
-	return out
-}
-
-func labelsMatch(sel, lbls map[string]string) bool {
-	for k, v := range sel {
-		if lbls[k] != v {
-			return false
-		}
-	}
-	return true
-}
-
-func targetPort(w *state.Workload, svc *state.Service, port uint16) (uint16, bool) {
-	if ref := w.ServiceRef(svc.Key()); ref != nil {
-		if t, ok := ref.Target(port); ok {
-			return t, true
-		}
-	}
-	if p, ok := svc.Port(port); ok && p.TargetPort != 0 {
-		return p.TargetPort, true
-	}
-	if len(svc.Ports) == 0 {
-		return port, true
-	}
-	return 0, false
+	return upstream.Endpoints(e.opts.State.Endpoints(svc.Key()), svc, rs.port, sub, rs.snap.cfg.WorkloadLabels)
 }
 
 // bufferBody reads up to MaxReplayBody of the body so it can be replayed; a larger body streams once.
@@ -670,9 +633,24 @@ type readCloser struct {
 	io.Closer
 }
 
+// newReqState returns the state of a request arriving on info, its proxy bound to it.
+func (e *Engine) newReqState(info *ConnInfo, snap *snapshot) *reqState {
+	rs := &reqState{e: e, info: info, snap: snap}
+	rs.proxy = httputil.ReverseProxy{
+		Rewrite:        rs.rewrite,
+		Transport:      rs,
+		FlushInterval:  0, // streamed responses (unknown length, gRPC, event streams) are still flushed per write
+		BufferPool:     bufferPool{},
+		ModifyResponse: rs.modifyResponse,
+		ErrorHandler:   rs.proxyError,
+		ErrorLog:       e.proxyLog,
+	}
+	return rs
+}
+
 // rewrite builds the upstream request (ReverseProxy Rewrite hook).
-func (e *Engine) rewrite(pr *httputil.ProxyRequest) {
-	rs := pr.In.Context().Value(reqKey{}).(*reqState)
+func (rs *reqState) rewrite(pr *httputil.ProxyRequest) {
+	e := rs.e
 	out := pr.Out
 	out.URL.Scheme = "http"
 	rule := rs.rule
@@ -732,8 +710,8 @@ func applyHeaderMod(h http.Header, m *model.HeaderMod) {
 	}
 }
 
-func (e *Engine) modifyResponse(resp *http.Response) error {
-	rs := resp.Request.Context().Value(reqKey{}).(*reqState)
+// modifyResponse applies the response filters (ReverseProxy ModifyResponse hook).
+func (rs *reqState) modifyResponse(resp *http.Response) error {
 	applyHeaderMod(resp.Header, &rs.rule.Filters.Response)
 	if rs.backend != nil {
 		applyHeaderMod(resp.Header, &rs.backend.Filters.Response)
@@ -744,9 +722,9 @@ func (e *Engine) modifyResponse(resp *http.Response) error {
 	return nil
 }
 
-// proxyError answers a request that could not be forwarded.
-func (e *Engine) proxyError(w http.ResponseWriter, r *http.Request, err error) {
-	rs := r.Context().Value(reqKey{}).(*reqState)
+// proxyError answers a request that could not be forwarded (ReverseProxy ErrorHandler hook).
+func (rs *reqState) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	e := rs.e
 	switch {
 	case errors.Is(err, upstream.ErrOverflow):
 		rs.flag(FlagOverflow)
