@@ -1,6 +1,6 @@
-// Package admin serves the node agent's local HTTP surfaces: the admin API (localhost:15000), the
-// Prometheus metrics (:15020) and readiness (:15021), each as an http.Handler, plus Serve to run one with
-// a graceful shutdown.
+// Package admin serves the local HTTP surfaces of Ambit's processes: the node agent's admin API
+// (localhost:15000), and the Prometheus metrics (:15020) and readiness (:15021) both processes serve, each
+// as an http.Handler, plus Serve to run one with a graceful shutdown, and the build Version both report.
 //
 // The admin API follows ztunnel's, so that `istioctl ztunnel-config` and `ambitctl node` (or
 // `ambitctl ztunnel-config`) work against either agent:
@@ -24,18 +24,6 @@
 // (state.Store, identity.Manager.Snapshot, connmgr.Manager.Snapshot) and converts with pure functions
 // (BuildConfigDump, ConvertConnections and the Convert* helpers); nothing is cached.
 //
-// Docs section for README/ARCHITECTURE:
-//
-//	### Node agent admin API
-//	`ambit agent` serves, on localhost:15000 only, the same admin API as ztunnel: `GET /config_dump`
-//	(workloads, services, L4 policies, certificates without keys, and per local workload its live
-//	connections, in ztunnel's JSON shape; schema in admin/dump), `GET /connections` (every live
-//	connection with addresses, next hop, identities, waypoint and byte counts), `GET|POST /logging`
-//	(`?level=debug`, `?level=access:info`, `?reset`), `POST /quitquitquit` and `/debug/pprof/`.
-//	Metrics are on :15020 (`/metrics`, `/stats/prometheus`) and readiness on :15021 (`/healthz/ready`:
-//	200 `ready` or 500 `not ready, pending: ...`).
-//	`ambitctl node workloads|services|policies|certificates|connections|all|log` (also
-//	`ambitctl ztunnel-config`/`zc` under istioctl's names) prints these with the columns and formats of
-//	`istioctl ztunnel-config`, from `--admin-address` (default localhost:15000) or a saved dump `-f`;
-//	`istioctl ztunnel-config ... -f` reads Ambit's dump and `ambitctl node ... -f` reads ztunnel's.
+// It reads the parts it is given (mesh/state, identity, proxy/connmgr) and must not import agent/ or
+// waypoint/.
 package admin

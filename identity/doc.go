@@ -1,5 +1,6 @@
-// Package identity issues, caches and verifies the SPIFFE X.509 workload identities that Ambit's node agent
-// presents and checks on HBONE connections.
+// Package identity issues, caches and verifies the SPIFFE X.509 identities Ambit's processes present and
+// check on HBONE connections: the node agent's workloads (node impersonation) and a waypoint's own.
+// NewIssuer chooses the certificate source from IssuerOptions, the same way for both processes.
 //
 // The Manager holds one certificate per workload identity needed on the node. It fetches on demand (Fetch)
 // or as a low-priority warm-up (Prefetch), shares in-flight requests for the same identity, renews every
@@ -14,4 +15,6 @@
 //
 // The TLS helpers (VerifyServerChain, VerifyClientChain) implement ztunnel's peer checks: the chain against the
 // trust bundle, then an exact SPIFFE ID match on the client side and a trust-domain match on the server side.
+//
+// It must not import agent/, waypoint/ or hbone/ (hbone takes credentials through callbacks).
 package identity

@@ -23,4 +23,7 @@
 // Differences from ztunnel, all additive or cosmetic: certificate "pem" holds the PEM text (ztunnel
 // base64-encodes it); certificates may carry "nextAttempt" and "failures"; "nodeName" is Ambit's; the
 // dump has no "staticConfig" (Ambit's local configuration is Kubernetes YAML, not ztunnel's format).
+//
+// It is the one package of the admin API that ambitctl imports: it must not import any other Ambit
+// package.
 package dump

@@ -1,5 +1,7 @@
 // Command ambit is Ambit's data-plane binary: `ambit agent` is the node agent (the role of Istio's
-// ztunnel); `ambit waypoint` is the waypoint (the role of Envoy waypoints).
+// ztunnel, package agent); `ambit waypoint` is the waypoint (the role of Envoy waypoints, package
+// waypoint); `ambit cleanup` removes capture from a node. It only parses flags and environment variables
+// and exits; it is the one place that imports both processes.
 package main
 
 import (

@@ -1,6 +1,10 @@
 // Command ambitctl is Ambit's command-line tool: waypoint management in istioctl's words, node-level debugging
 // of a running agent (ambitctl node ..., also ztunnel-config/zc, as istioctl ztunnel-config), and offline
 // inspection of a local configuration (which waypoint binds what, and how a connection is routed).
+//
+// It reaches a running agent only through its admin API: it imports admin/dump, mesh/ and config/local
+// of Ambit, never agent/, waypoint/ or the data-plane packages (hbone, xdsclient, redirect, bpf), so
+// `ambitctl explain` runs the same route.Build and config/local.Compile the agent runs.
 package main
 
 import (

@@ -1,7 +1,7 @@
 // Package xds connects Ambit's state to Istio's control plane: it converts the workload discovery resources
 // istiod serves over delta xDS (istio.workload.Address: workloads and services with their waypoints;
 // istio.security.Authorization: L4 policies) into mesh/state objects, applies each response to a
-// state.Store as one atomic batch, and runs the xdsclient transport for the node agent (Source).
+// state.Store as one atomic batch, and runs the xdsclient transport for both processes (Source).
 //
 // Conversion (ConvertAddress, ConvertAuthorization) is pure and fuzzed. It reads every field the data plane
 // uses, applies istiod's defaults (trust domain cluster.local, service account default, cluster Kubernetes,
@@ -20,4 +20,6 @@
 //
 // CertPrefetcher links the state to identity: it keeps the certificate manager warm for the
 // identities of the HBONE workloads on this node, which istiod's CA issues through node impersonation.
+//
+// It must not import agent/, waypoint/ or proxy/: both processes import it.
 package xds

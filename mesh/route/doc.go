@@ -5,5 +5,5 @@
 // workload's waypoint, and a waypoint's own traffic to the workloads it serves goes direct.
 //
 // Build is a pure function of the request and a read-only View of the state: it does no I/O, starts no
-// goroutines and, on the hot path, allocates nothing.
+// goroutines and, on the hot path, allocates nothing. It imports only mesh/state.
 package route

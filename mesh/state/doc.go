@@ -8,4 +8,7 @@
 // one in place, so a pointer returned by a lookup stays valid and consistent after the read lock is
 // released. Producers (the local Kubernetes file compiler, the xDS client) convert and validate off-lock
 // with Validate, then apply a whole batch atomically with Store.Apply or Store.Replace.
+//
+// It is the root of the pure mesh/ packages: no I/O, no goroutines of its own, and it imports no
+// other Ambit package.
 package state

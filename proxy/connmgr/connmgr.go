@@ -1,6 +1,8 @@
-// Package connmgr tracks the connections an agent is relaying: it lists them for the admin API, closes
-// inbound ones that a policy change no longer allows (as ztunnel's PolicyWatcher does), and drains them
-// all on shutdown.
+// Package connmgr tracks the connections a process is relaying (the node agent's and the waypoint's):
+// it lists them for the admin API, closes inbound ones that a policy change no longer allows (as
+// ztunnel's PolicyWatcher does), and drains them all on shutdown.
+//
+// It imports only mesh/state and proxy/relay; never agent/ or waypoint/.
 package connmgr
 
 import (

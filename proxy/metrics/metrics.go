@@ -4,6 +4,12 @@
 // Core (stable, Istio names): istio_tcp_connections_opened_total, istio_tcp_connections_closed_total,
 // istio_tcp_sent_bytes_total, istio_tcp_received_bytes_total, istio_build.
 // Unstable: istio_tcp_connections_failed_total, istio_tcp_sockets_open, and every ambit_* metric.
+//
+// A connection is accounted once, from one ConnectionResult, by the Recorder both processes use: its
+// metrics and its access-log line come from the same values, and FlagFor is the one place a failure
+// becomes a DENY or CONNECT response flag.
+//
+// It must not import agent/ or waypoint/ (the waypoint's HTTP metrics are waypoint/telemetry's).
 package metrics
 
 import (

@@ -5,6 +5,8 @@
 // sides are plain TCP the kernel splices instead (io.Copy on *net.TCPConn), with no user-space buffer at
 // all; an HBONE stream hands over the chunks it received (hbone.Stream.WriteTo), also without a buffer
 // of ours. Other sources read into a 1 KiB buffer of their own, as before.
+//
+// It imports only hbone (for its streams); never agent/ or waypoint/.
 package relay
 
 import (

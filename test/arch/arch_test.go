@@ -2,8 +2,12 @@ package arch
 
 import (
 	"encoding/json"
+	"go/ast"
+	"go/parser"
+	"go/token"
 	"io"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -12,6 +16,8 @@ const module = "github.com/ambit-mesh/ambit"
 
 type pkg struct {
 	ImportPath string
+	Dir        string
+	GoFiles    []string
 	Imports    []string
 	Deps       []string
 	Standard   bool
@@ -19,7 +25,7 @@ type pkg struct {
 
 func listPackages(t *testing.T) map[string]pkg {
 	t.Helper()
-	cmd := exec.Command("go", "list", "-deps=false", "-json", module+"/...")
+	cmd := exec.Command("go", "list", "-json", module+"/...")
 	cmd.Dir = "../.."
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -49,7 +55,8 @@ func rel(path string) string { return strings.TrimPrefix(strings.TrimPrefix(path
 
 func under(path, dir string) bool { return path == dir || strings.HasPrefix(path, dir+"/") }
 
-// TestDependencyRules checks the direct imports of every production package against the rules.
+// TestDependencyRules checks the direct imports of every production package against the rules of
+// ARCHITECTURE.md.
 func TestDependencyRules(t *testing.T) {
 	pkgs := listPackages(t)
 	if len(pkgs) < 5 {
@@ -70,29 +77,61 @@ func TestDependencyRules(t *testing.T) {
 			return false
 		}
 	}
-	rules := []rule{
-		{"hbone is protocol only", func(p string) bool { return under(p, "hbone") }, ours("agent", "waypoint", "mesh", "config", "proxy", "identity", "admin", "xdsclient", "redirect", "bpf")},
-		{"xdsclient is transport only", func(p string) bool { return under(p, "xdsclient") }, ours("agent", "waypoint", "mesh", "config", "proxy", "identity", "admin", "hbone", "redirect", "bpf")},
-		{"bpf holds generated objects only", func(p string) bool { return under(p, "bpf") }, ours("agent", "hbone", "xdsclient", "redirect")},
-		{"redirect does not make policy decisions", func(p string) bool { return under(p, "redirect") }, ours("agent", "hbone", "xdsclient")},
-		{"only redirect and bpf touch x/sys/unix for capture",
-			func(p string) bool {
-				return !under(p, "redirect") && !under(p, "bpf") && !under(p, "test") && !under(p, "hack")
-			},
-			func(imp string) bool { return imp == "golang.org/x/sys/unix" }},
-		{"decisions do no I/O", func(p string) bool {
-			return under(p, "mesh")
-		}, func(imp string) bool {
-			switch imp {
-			case "net", "net/http", "os", "os/exec", "syscall", "io/fs":
-				return true
+	// oursExcept forbids every package of the module except those under the allowed dirs.
+	oursExcept := func(allowed ...string) func(string) bool {
+		return func(imp string) bool {
+			if imp != module && !strings.HasPrefix(imp, module+"/") {
+				return false
+			}
+			for _, d := range allowed {
+				if under(rel(imp), d) {
+					return false
+				}
+			}
+			return true
+		}
+	}
+	in := func(dirs ...string) func(string) bool {
+		return func(p string) bool {
+			for _, d := range dirs {
+				if under(p, d) {
+					return true
+				}
 			}
 			return false
+		}
+	}
+	production := func(p string) bool { return !under(p, "test") && !under(p, "hack") }
+	rules := []rule{
+		{"hbone is protocol only", in("hbone"), oursExcept("hbone")},
+		{"xdsclient is transport only", in("xdsclient"), oursExcept("xdsclient")},
+		{"bpf holds generated objects only", in("bpf"), oursExcept("bpf")},
+		{"redirect does not make policy decisions", in("redirect"), oursExcept("redirect", "bpf")},
+		{"only redirect and bpf touch x/sys/unix for capture",
+			func(p string) bool { return production(p) && !under(p, "redirect") && !under(p, "bpf") },
+			func(imp string) bool { return imp == "golang.org/x/sys/unix" }},
+		{"mesh is pure: it imports only mesh", in("mesh"), oursExcept("mesh")},
+		{"mesh does no I/O", in("mesh"), func(imp string) bool {
+			switch imp {
+			case "net", "net/http", "os", "os/exec", "os/signal", "syscall", "io/fs", "io/ioutil", "path/filepath", "unsafe":
+				return true
+			}
+			// net/netip and net/url only parse values.
+			return strings.HasPrefix(imp, "golang.org/x/sys/") || strings.HasPrefix(imp, "net/") && imp != "net/netip" && imp != "net/url"
 		}},
-		{"ambitctl reaches the data plane only through the admin API",
-			func(p string) bool { return under(p, "cmd/ambitctl") }, ours("bpf", "redirect", "hbone", "xdsclient")},
-		{"production code never imports test packages",
-			func(p string) bool { return !under(p, "test") && !under(p, "hack") }, ours("test")},
+		{"the node agent never imports the waypoint", in("agent"), ours("waypoint")},
+		{"the waypoint never imports the node agent", in("waypoint"), ours("agent")},
+		{"config imports neither process", in("config"), ours("agent", "waypoint", "proxy", "admin", "lifecycle", "cmd")},
+		{"config/local compiles L4 only: no L7 packages", in("config/local"), ours("waypoint")},
+		{"the L7 kube source only watches and feeds the compiler", in("waypoint/kube"), ours("config/local", "waypoint/engine")},
+		{"the L7 compiler is pure and source-independent", in("waypoint/compile"),
+			ours("config/local", "config/xds", "waypoint/kube", "waypoint/engine", "proxy", "identity", "admin", "lifecycle", "hbone")},
+		{"the shared parts import neither process", in("proxy", "identity", "admin", "lifecycle"), ours("agent", "waypoint", "cmd")},
+		{"lifecycle knows nothing of what it runs", in("lifecycle"), oursExcept("lifecycle")},
+		{"ambitctl imports only admin/dump, mesh and config/local", in("cmd/ambitctl"), oursExcept("admin/dump", "mesh", "config/local")},
+		{"ambitctl reaches the data plane only through the admin API", in("cmd/ambitctl"),
+			ours("agent", "waypoint", "bpf", "redirect", "hbone", "xdsclient")},
+		{"production code never imports test packages", production, ours("test")},
 	}
 	for _, p := range pkgs {
 		path := rel(p.ImportPath)
@@ -106,6 +145,44 @@ func TestDependencyRules(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// TestMeshStartsNoGoroutines checks that the decision packages start no goroutines, neither themselves
+// (no go statement) nor through a dependency that runs background work (clients, servers, exporters).
+func TestMeshStartsNoGoroutines(t *testing.T) {
+	pkgs := listPackages(t)
+	background := []string{"net/http", "google.golang.org/grpc", "k8s.io/client-go", "github.com/prometheus/",
+		"go.opentelemetry.io/", "github.com/spiffe/go-spiffe/v2/workloadapi", "os/signal"}
+	n := 0
+	for _, p := range pkgs {
+		if !under(rel(p.ImportPath), "mesh") {
+			continue
+		}
+		n++
+		for _, d := range p.Deps {
+			for _, b := range background {
+				if d == strings.TrimSuffix(b, "/") || strings.HasPrefix(d, b) || strings.HasPrefix(d, b+"/") {
+					t.Errorf("%s depends on %s, which starts goroutines", p.ImportPath, d)
+				}
+			}
+		}
+		fset := token.NewFileSet()
+		for _, f := range p.GoFiles {
+			file, err := parser.ParseFile(fset, filepath.Join(p.Dir, f), nil, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ast.Inspect(file, func(n ast.Node) bool {
+				if g, ok := n.(*ast.GoStmt); ok {
+					t.Errorf("%s starts a goroutine", fset.Position(g.Pos()))
+				}
+				return true
+			})
+		}
+	}
+	if n < 5 {
+		t.Fatalf("only %d mesh packages found", n)
 	}
 }
 

@@ -1,4 +1,4 @@
-// Package l7 is the L7 engine of `ambit waypoint`: it serves HTTP/1.1 and HTTP/2 (h2c, gRPC) inside
+// Package engine is the L7 engine of `ambit waypoint`: it serves HTTP/1.1 and HTTP/2 (h2c, gRPC) inside
 // each HBONE stream addressed to an HTTP service port, applies the waypoint's L7 configuration
 // (waypoint/model, compiled from HTTPRoute, GRPCRoute, VirtualService, DestinationRule,
 // AuthorizationPolicy, RequestAuthentication and LocalRateLimitPolicy) and forwards each request to an
@@ -23,5 +23,11 @@
 // raw bytes after the 101.
 //
 // The engine is safe for concurrent use; Update swaps the configuration atomically, so a request runs
-// start to end with one version and in-flight requests are never dropped by a reload.
+// start to end with one version and in-flight requests are never dropped by a reload. The state of one
+// request is handed from step to step explicitly (it owns the request's proxy hooks), never through the
+// request's context.
+//
+// It executes what the pure packages decide (routing, policy, jwt, ratelimit, upstream) and must not
+// import the compiler, the configuration sources (waypoint/compile, waypoint/kube, config/), agent/ or
+// the waypoint package.
 package engine
