@@ -5,17 +5,10 @@ import (
 )
 
 // The lab harness shared with the waypoint tests (test/meshlab), under the names these tests use.
-type (
-	cluster    = meshlab.Cluster
-	syncBuffer = meshlab.SyncBuffer
-	testWriter = meshlab.TestWriter
-)
-
 var (
 	startCluster = meshlab.StartCluster
 	serve        = meshlab.Serve
 	call         = meshlab.Call
-	pod          = meshlab.Pod
 	meshYAML     = meshlab.MeshYAML
 	counter      = meshlab.Counter
 )

@@ -16,6 +16,4 @@ var (
 	serve        = meshlab.Serve
 	call         = meshlab.Call
 	pod          = meshlab.Pod
-	meshYAML     = meshlab.MeshYAML
-	counter      = meshlab.Counter
 )
