@@ -22,8 +22,7 @@ type Proc struct {
 }
 
 var (
-	spawnOnce sync.Once
-	spawnc    chan func()
+	spawnc = make(chan func())
 
 	liveMu sync.Mutex
 	live   = map[*Proc]bool{} // guarded by liveMu
@@ -37,12 +36,11 @@ func spawner() {
 	}
 }
 
+// The spawner starts with the package, so that it is part of any goroutine baseline (testutil.CheckGoroutines).
+func init() { go spawner() }
+
 // onSpawnerThread runs f on the spawner thread and waits for it.
 func onSpawnerThread(f func()) {
-	spawnOnce.Do(func() {
-		spawnc = make(chan func())
-		go spawner()
-	})
 	done := make(chan struct{})
 	spawnc <- func() {
 		defer close(done)
