@@ -64,6 +64,11 @@ func startHolder(t *testing.T, name string) (*holder, string) {
 	t.Cleanup(func() {
 		stdin.Close()
 		h.kill()
+		if h.name != "" { // the helper died without closing its lab: remove it, as the next Sweep would
+			if err := lab.Remove(h.name); err != nil {
+				t.Errorf("remove the helper's lab: %v", err)
+			}
+		}
 	})
 	line, err := bufio.NewReader(out).ReadString('\n')
 	line = strings.TrimSpace(line)
