@@ -15,7 +15,7 @@
 // check fails, naming each, when anything of a killed run remains: network namespaces, nsfs mounts (and any
 // covered nsfs mount under /run/netns), lab lock files, bpffs pins, nftables tables in the host namespace that were
 // not there before, processes, listening ports the killed run had open, or more than -temp-bound bytes of new
-// entries in the temporary directory.
+// test entries (ambit-*, bench-*, Test*) in the temporary directory.
 package main
 
 import (
