@@ -9,15 +9,42 @@ TEST_TIMEOUT ?= 30m
 
 .PHONY: help
 help: ## list targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: build
 build: ## build bin/ambit and bin/ambitctl (no clang needed: BPF objects are committed)
 	$(GO) build -o $(BIN)/ambit ./cmd/ambit
 	$(GO) build -o $(BIN)/ambitctl ./cmd/ambitctl
 
+# The steps of `make test`, in order, each timed by hack/timed.sh (into $$AMBIT_TIMINGS: .ci/run prints them). The
+# kills come first so that every later tier runs after killed runs, and test-leftovers last checks nothing is left.
+TEST_STEPS := lint verify-gen peers test-killed-short test-unit test-interop test-helm test-spire test-e2e test-e2e-kube test-leftovers
+KILL_STATE ?= $(BIN)/killtest/state.json
+
 .PHONY: test
-test: lint verify-gen test-unit test-interop test-helm test-spire test-e2e test-e2e-kube ## everything CI runs (root; builds peers into AMBIT_PEER_CACHE on first use)
+test: ## everything CI runs (root; builds peers into AMBIT_PEER_CACHE on first use), each step timed
+	@set -e; for step in $(TEST_STEPS); do hack/timed.sh $$step $(MAKE) --no-print-directory $$step; done
+
+.PHONY: peers
+peers: ## build every peer into AMBIT_PEER_CACHE (cold: tens of minutes on 2 cores; warm: seconds)
+	hack/peers/build-spire.sh >/dev/null
+	hack/peers/build-kube-stack.sh >/dev/null
+
+.PHONY: test-killed-short
+test-killed-short: ## part of make test: SIGKILL the agents tier and the kube tier once each at random points (root)
+	$(GO) run ./hack/killtest kill -n 2 -tiers agents,kube -state $(KILL_STATE)
+
+.PHONY: test-leftovers
+test-leftovers: ## part of make test: check that the runs test-killed-short killed left nothing (after the normal tests)
+	$(GO) run ./hack/killtest check -state $(KILL_STATE)
+
+KILLS ?= 6
+.PHONY: test-killed
+test-killed: ## SIGKILL the agents tier, the kube tier and the demo KILLS=6 times at random points, run those tiers normally, check nothing is left (root)
+	$(GO) run ./hack/killtest kill -n $(KILLS) -tiers agents,kube,demo -state $(KILL_STATE)
+	AMBIT_REQUIRE_ROOT=1 $(GO) test -race -count=1 ./test/lab/ ./test/netns/ ./test/proc/ ./agent/
+	set -e; peers=$$(hack/peers/build-kube-stack.sh); env $$peers AMBIT_REQUIRE_ROOT=1 $(GO) test -tags e2e -race -count=1 -timeout 20m -run 'TestInstall$$' ./test/e2e/kube/
+	$(GO) run ./hack/killtest check -state $(KILL_STATE)
 
 .PHONY: test-unit
 test-unit: ## all Go tests of the module with -race: pure, in-process, and root network-namespace tiers
@@ -76,7 +103,7 @@ verify-gen: ## fail if the committed bpf2go output is stale (skipped without cla
 
 .PHONY: test-root
 test-root: ## run the root-only BPF, capture and lab tests (fails instead of skipping when not root)
-	AMBIT_REQUIRE_ROOT=1 $(GO) test -race -count=1 ./bpf/... ./redirect/... ./test/lab/...
+	AMBIT_REQUIRE_ROOT=1 $(GO) test -race -count=1 ./bpf/... ./redirect/... ./test/lab/... ./test/netns/...
 
 .PHONY: bench-capture
 bench-capture: ## capture benchmarks: BPF per-packet cost and lab direct/eBPF/TPROXY, medians of 5 runs (root)

@@ -8,13 +8,16 @@ runs="${1:-5}"
 cd "$(dirname "$0")/.."
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
+# The benchmark binaries die with this script (parent-death signal), where util-linux setpriv is available.
+die_with_us=()
+command -v setpriv >/dev/null 2>&1 && die_with_us=(setpriv --pdeathsig KILL --)
 go test -c -o "$tmp/bpf.test" ./bpf
 go test -c -o "$tmp/redirect.test" ./redirect
 out="$tmp/bench.txt"
 for i in $(seq "$runs"); do
 	echo "round $i/$runs" >&2
-	(cd bpf && "$tmp/bpf.test" -test.run '^$' -test.bench '^BenchmarkCapture$' -test.benchtime 1000000x) | grep '^Benchmark' >>"$out"
-	(cd redirect && "$tmp/redirect.test" -test.run '^$' -test.bench '^BenchmarkCaptureLab$' -test.benchtime 1s) | grep '^Benchmark' >>"$out"
+	(cd bpf && "${die_with_us[@]}" "$tmp/bpf.test" -test.run '^$' -test.bench '^BenchmarkCapture$' -test.benchtime 1000000x) | grep '^Benchmark' >>"$out"
+	(cd redirect && "${die_with_us[@]}" "$tmp/redirect.test" -test.run '^$' -test.bench '^BenchmarkCaptureLab$' -test.benchtime 1s) | grep '^Benchmark' >>"$out"
 done
 cp "$out" "${BENCH_OUT:-/tmp/ambit-bench-capture.txt}"
 awk -v runs="$runs" '

@@ -8,11 +8,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"text/template"
 	"time"
 
 	"github.com/ambit-mesh/ambit/test/lab"
+	"github.com/ambit-mesh/ambit/test/proc"
 )
 
 // Ports the servers listen on in every server pod.
@@ -30,8 +30,8 @@ type bench struct {
 	dir         string
 	config      string
 	captureMode string
-	agents      []*proc // by node index
-	servers     []*proc
+	agents      []*server // by node index
+	servers     []*server
 	pods        map[string]*lab.Pod
 	profiling   bool // the -profile pass is running
 }
@@ -101,14 +101,14 @@ func newBench(ctx context.Context, o options, t tools) (_ *bench, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("make temp dir: %w", err)
 	}
-	name := lab.NamePrefix + "m-bench"
-	_ = lab.Remove(name) // left over by a run that was killed
-	l, err := lab.New(ctx, lab.Options{Name: name, Nodes: 2, PodsPerNode: 4})
+	// A fixed name owned by one run at a time (test/lab): a concurrent run fails instead of tearing this one down,
+	// and what a killed run left is removed first.
+	l, err := lab.New(ctx, lab.Options{Name: lab.NamePrefix + "bench", Nodes: 2, PodsPerNode: 4})
 	if err != nil {
 		return nil, fmt.Errorf("build the lab: %w", err)
 	}
 	b := &bench{o: o, tools: t, lab: l, dir: dir, config: filepath.Join(dir, "mesh.yaml"), pods: map[string]*lab.Pod{},
-		agents: make([]*proc, len(l.Nodes))}
+		agents: make([]*server, len(l.Nodes))}
 	defer func() {
 		if err != nil {
 			b.close()
@@ -259,19 +259,20 @@ func (b *bench) close() {
 			a.stop()
 		}
 	}
+	proc.KillAll()
 	if err := b.lab.Close(); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-agent: remove lab:", err)
 	}
 	fmt.Fprintln(os.Stderr, "cleaned up: processes stopped, lab removed (logs kept in "+b.dir+")")
 }
 
-// proc is a long-running process started inside a namespace, with its output in a log file.
-type proc struct {
+// server is a long-running process started inside a namespace, with its output in a log file.
+type server struct {
 	name string
-	cmd  *exec.Cmd
+	p    *proc.Proc
 	log  string
 	from int64 // log size when this process started (a restarted agent appends to the same log)
-	done chan struct{}
+	done <-chan struct{}
 }
 
 // agentEnv is the agents' environment: this program's plus -agent-env.
@@ -286,7 +287,7 @@ func (b *bench) agentEnv() []string {
 }
 
 // start runs bin inside ns with its output in <name>.log; env nil means this program's environment.
-func (b *bench) start(ns lab.NS, name string, env []string, bin string, args ...string) (*proc, error) {
+func (b *bench) start(ns lab.NS, name string, env []string, bin string, args ...string) (*server, error) {
 	logName := filepath.Join(b.dir, name+".log")
 	f, err := os.OpenFile(logName, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -300,36 +301,20 @@ func (b *bench) start(ns lab.NS, name string, env []string, bin string, args ...
 	cmd := exec.Command("ip", append([]string{"netns", "exec", ns.Name, bin}, args...)...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Env = env
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
-	if err := cmd.Start(); err != nil {
+	pr, err := proc.Start(cmd) // dies with this program (test/proc)
+	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	p := &proc{name: name, cmd: cmd, log: logName, from: st.Size(), done: make(chan struct{})}
-	go func() {
-		cmd.Wait()
-		close(p.done)
-	}()
-	return p, nil
+	return &server{name: name, p: pr, log: logName, from: st.Size(), done: pr.Done()}, nil
 }
 
 // stop sends SIGTERM to the process group and SIGKILL if it is still there after 10 s.
-func (p *proc) stop() {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-		<-p.done
-	}
+func (p *server) stop() {
+	_ = p.p.Stop(10 * time.Second)
 }
 
 // output returns what the process logged since it started.
-func (p *proc) output() string {
+func (p *server) output() string {
 	b, _ := os.ReadFile(p.log)
 	if int64(len(b)) < p.from {
 		return ""
@@ -337,7 +322,7 @@ func (p *proc) output() string {
 	return string(b[p.from:])
 }
 
-func (p *proc) waitLog(ctx context.Context, msg string, timeout time.Duration) error {
+func (p *server) waitLog(ctx context.Context, msg string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for !strings.Contains(p.output(), msg) {
 		select {
@@ -357,7 +342,7 @@ func (p *proc) waitLog(ctx context.Context, msg string, timeout time.Duration) e
 }
 
 // field returns key's value on the first log line containing msg ("" if none).
-func (p *proc) field(msg, key string) string {
+func (p *server) field(msg, key string) string {
 	for _, line := range strings.Split(p.output(), "\n") {
 		if !strings.Contains(line, msg) {
 			continue
@@ -377,11 +362,9 @@ func runIn(ctx context.Context, p *lab.Pod, timeout time.Duration, bin string, a
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", p.NS.Name, bin}, args...)...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
-	out, err := cmd.Output()
+	out, err := proc.Output(cmd) // cancelling kills the process group (test/proc)
 	if err != nil {
 		msg := stderr.String()
 		if len(msg) > 2000 {

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/ambit-mesh/ambit/test/proc"
 )
 
 // Metric names (keys of sample.vals; report.go lays them out).
@@ -226,7 +228,7 @@ func (b *bench) memory(ctx context.Context, t topology) (sample, error) {
 
 // opener is the running `open` helper holding idle connections.
 type opener struct {
-	cmd    *exec.Cmd
+	p      *proc.Proc
 	stdin  io.Closer
 	lines  chan string
 	stderr *strings.Builder
@@ -236,9 +238,7 @@ type opener struct {
 func (b *bench) openIdle(ctx context.Context, t topology, n int) (*opener, error) {
 	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", t.client.NS.Name, b.tools.self, "open",
 		"-to", fmt.Sprintf("%s:%d", t.server.IP, holdPort), "-n", strconv.Itoa(n))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	op := &opener{cmd: cmd, lines: make(chan string, 4), stderr: &strings.Builder{}}
+	op := &opener{lines: make(chan string, 4), stderr: &strings.Builder{}}
 	cmd.Stderr = op.stderr
 	var err error
 	if op.stdin, err = cmd.StdinPipe(); err != nil {
@@ -248,7 +248,7 @@ func (b *bench) openIdle(ctx context.Context, t topology, n int) (*opener, error
 	if err != nil {
 		return nil, err
 	}
-	if err := cmd.Start(); err != nil {
+	if op.p, err = proc.Start(cmd); err != nil { // cancelling kills its process group (test/proc)
 		return nil, fmt.Errorf("start opener: %w", err)
 	}
 	go func() { // ends at the opener's exit, which close waits for
@@ -260,7 +260,7 @@ func (b *bench) openIdle(ctx context.Context, t topology, n int) (*opener, error
 	}()
 	line, ok := <-op.lines
 	if !ok || !strings.HasPrefix(line, "open ") {
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		op.p.Signal(syscall.SIGKILL)
 		err := op.close()
 		return nil, fmt.Errorf("opener did not open %d connections (%q): %v", n, line, err)
 	}
@@ -272,7 +272,7 @@ func (op *opener) close() error {
 	op.stdin.Close()
 	for range op.lines {
 	}
-	if err := op.cmd.Wait(); err != nil {
+	if err := op.p.Wait(); err != nil {
 		return fmt.Errorf("opener: %w: %s", err, strings.TrimSpace(op.stderr.String()))
 	}
 	return nil

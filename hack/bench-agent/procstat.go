@@ -56,7 +56,7 @@ func rssKB(pid int) (int64, error) {
 func (b *bench) agentCPU() (time.Duration, error) {
 	var total time.Duration
 	for _, a := range b.agents {
-		d, err := cpuTime(a.cmd.Process.Pid)
+		d, err := cpuTime(a.p.Pid())
 		if err != nil {
 			return 0, err
 		}
@@ -69,7 +69,7 @@ func (b *bench) agentCPU() (time.Duration, error) {
 func (b *bench) agentRSS() ([]int64, error) {
 	out := make([]int64, len(b.agents))
 	for i, a := range b.agents {
-		kb, err := rssKB(a.cmd.Process.Pid)
+		kb, err := rssKB(a.p.Pid())
 		if err != nil {
 			return nil, err
 		}

@@ -9,6 +9,9 @@ import (
 	"path/filepath"
 	"runtime"
 	"time"
+
+	"github.com/ambit-mesh/ambit/test/owner"
+	"github.com/ambit-mesh/ambit/test/proc"
 )
 
 // fortioVersion is the last fortio that builds from the Go module proxy (newer ones need grol.io/grol,
@@ -52,23 +55,33 @@ func fortio(ctx context.Context) (string, error) {
 	if err := os.MkdirAll(root, 0o755); err != nil {
 		return "", fmt.Errorf("make peer cache: %w", err)
 	}
+	sweepStages(root)
 	stage, err := os.MkdirTemp(root, ".fortio-"+fortioVersion+".")
 	if err != nil {
 		return "", fmt.Errorf("make staging dir: %w", err)
 	}
 	defer os.RemoveAll(stage) // a no-op once published
+	// Held while we build, as hack/peers/lib.sh does: a build killed mid-way leaves a stage whose lock is free.
+	lock, err := owner.TryLock(filepath.Join(stage, ".lock"))
+	if err != nil {
+		return "", err
+	}
+	defer lock.Release()
 	start := time.Now()
 	cmd := exec.CommandContext(ctx, "go", "install", "fortio.org/fortio@"+fortioVersion)
 	cmd.Dir = stage // outside the repository: no go.mod applies
 	cmd.Env = append(os.Environ(), "GOBIN="+filepath.Join(stage, "bin"), "GOFLAGS=-mod=mod")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Run(); err != nil {
+	if err := proc.Run(cmd); err != nil {
 		return "", fmt.Errorf("go install fortio.org/fortio@%s: %w", fortioVersion, err)
 	}
 	info := fmt.Sprintf("fortio %s\n%s\nbuilt %s in %.0f s by hack/bench-agent\n", fortioVersion, runtime.Version(),
 		time.Now().UTC().Format(time.RFC3339), time.Since(start).Seconds())
 	if err := os.WriteFile(filepath.Join(stage, "BUILDINFO"), []byte(info), 0o644); err != nil {
 		return "", fmt.Errorf("write BUILDINFO: %w", err)
+	}
+	if err := os.Remove(filepath.Join(stage, ".lock")); err != nil {
+		return "", err
 	}
 	if err := os.Chmod(stage, 0o755); err != nil {
 		return "", err
@@ -79,4 +92,24 @@ func fortio(ctx context.Context) (string, error) {
 		}
 	}
 	return bin, nil
+}
+
+// sweepStages removes the staging directories (".<name>-<version>.*") in the peer cache left by builds that were
+// killed: those whose lock file is free (hack/peers/lib.sh's convention).
+func sweepStages(root string) {
+	stages, _ := filepath.Glob(filepath.Join(root, ".*-*.*"))
+	for _, st := range stages {
+		lockPath := filepath.Join(st, ".lock")
+		if _, err := os.Stat(lockPath); err != nil {
+			continue // published entries have none; foreign directories are not ours
+		}
+		l, err := owner.TryLock(lockPath)
+		if err != nil {
+			continue // a build in progress
+		}
+		if err := os.RemoveAll(st); err == nil {
+			fmt.Fprintf(os.Stderr, "removed %s (a build that was killed)\n", st)
+		}
+		_ = l.Release()
+	}
 }

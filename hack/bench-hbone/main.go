@@ -19,6 +19,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/ambit-mesh/ambit/test/proc"
 )
 
 func main() {
@@ -49,7 +51,7 @@ func run(rounds, iters int, idle bool) error {
 	bin := filepath.Join(dir, "hbone.test")
 	build := exec.Command("go", "test", "-c", "-o", bin, "./hbone")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
+	if err := proc.Run(build); err != nil {
 		return fmt.Errorf("build hbone test binary: %w", err)
 	}
 	res := results{}
@@ -82,7 +84,7 @@ func runBench(bin string, j job, res results) error {
 	var out bytes.Buffer
 	cmd.Stdout = &out
 	cmd.Stderr = os.Stderr
-	if err := cmd.Run(); err != nil {
+	if err := proc.Run(cmd); err != nil { // dies with us (test/proc)
 		os.Stderr.Write(out.Bytes())
 		return fmt.Errorf("run %s: %w", j.pattern, err)
 	}

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -44,7 +45,13 @@ func serveAmbit(ctx context.Context, listen, backend string) error {
 		return err
 	}
 	defer eng.Close()
-	ln, err := net.Listen("tcp", listen)
+	// "fd:3": the listener the parent passed (ExtraFiles), so no other process can take the port first.
+	var ln net.Listener
+	if listen == "fd:3" {
+		ln, err = net.FileListener(os.NewFile(3, "listener"))
+	} else {
+		ln, err = net.Listen("tcp", listen)
+	}
 	if err != nil {
 		return err
 	}

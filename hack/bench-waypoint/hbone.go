@@ -73,9 +73,8 @@ func benchHBONE(ctx context.Context, rounds int, d time.Duration) error {
 		fmt.Println(errNotRoot)
 		return nil
 	}
-	name := lab.NamePrefix + "m-benchwp"
-	_ = lab.Remove(name)
-	l, err := lab.New(ctx, lab.Options{Name: name, Nodes: 2, PodsPerNode: 3})
+	// A fixed name owned by one run at a time (test/lab): what a killed run left is removed first.
+	l, err := lab.New(ctx, lab.Options{Name: lab.NamePrefix + "benchwp", Nodes: 2, PodsPerNode: 3})
 	if err != nil {
 		return fmt.Errorf("build the lab: %w", err)
 	}

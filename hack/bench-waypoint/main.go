@@ -17,6 +17,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -37,6 +38,9 @@ import (
 	"syscall"
 	"text/tabwriter"
 	"time"
+
+	"github.com/ambit-mesh/ambit/test/proc"
+	"github.com/ambit-mesh/ambit/test/testutil"
 )
 
 func main() {
@@ -120,7 +124,7 @@ func pinned(f func() error) error {
 	cmd := exec.Command("taskset", args...)
 	cmd.Env = append(os.Environ(), pinEnv+"=1")
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-	if err := cmd.Run(); err != nil {
+	if err := proc.Run(cmd); err != nil { // the pinned copy (and so its proxies) dies with us (test/proc)
 		return fmt.Errorf("run pinned: %w", err)
 	}
 	return nil
@@ -162,17 +166,8 @@ type proxy struct {
 	name string
 	// h1 and h2 are the addresses for HTTP/1.1 and h2c clients.
 	h1, h2 string
-	cmd    *exec.Cmd
+	p      *proc.Proc
 	dir    string
-}
-
-func freePort() int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 func ensureTools() error {
@@ -190,7 +185,7 @@ func ensureTools() error {
 	fmt.Println("installing nginx-light and haproxy (Debian packages)...")
 	cmd := exec.Command("apt-get", "install", "-y", "-q", "nginx-light", "haproxy")
 	cmd.Stdout, cmd.Stderr = io.Discard, os.Stderr
-	if err := cmd.Run(); err != nil {
+	if err := proc.Run(cmd); err != nil {
 		return fmt.Errorf("install %v (run apt-get update first?): %w", missing, err)
 	}
 	return nil
@@ -203,14 +198,34 @@ func bin(name string) string {
 	return "/usr/sbin/" + name
 }
 
+// startProxy starts proxy name in front of backend. Ambit's engine (this program) gets its listener from us
+// (inherited as fd 3): no port can be taken from it. nginx and HAProxy (and -ambit-base, which may predate fd
+// passing) bind ports we choose outside the ephemeral range; if one was taken meanwhile they exit saying the
+// address is in use, and are started again on others.
 func startProxy(ctx context.Context, name, backend, dir string) (*proxy, error) {
+	for attempt := 1; ; attempt++ {
+		p, retry, err := tryProxy(ctx, name, backend, dir)
+		if err == nil || !retry || attempt == 5 {
+			return p, err
+		}
+		fmt.Fprintf(os.Stderr, "%s: a port was taken (%v); retrying on others\n", name, err)
+	}
+}
+
+// tryProxy makes one attempt; retry reports whether the proxy failed because an address was in use.
+func tryProxy(ctx context.Context, name, backend, dir string) (_ *proxy, retry bool, _ error) {
 	p := &proxy{name: name, dir: filepath.Join(dir, name)}
 	if err := os.MkdirAll(p.dir, 0o755); err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	h1, h2 := freePort(), freePort()
+	ports, err := testutil.FreePorts(2)
+	if err != nil {
+		return nil, false, err
+	}
+	h1, h2 := ports[0], ports[1]
 	p.h1, p.h2 = fmt.Sprintf("127.0.0.1:%d", h1), fmt.Sprintf("127.0.0.1:%d", h2)
 	var args []string
+	var inherit *os.File
 	switch name {
 	case "nginx":
 		conf := fmt.Sprintf(`daemon off;
@@ -234,7 +249,7 @@ http {
 `, p.dir, backend, h1, h2)
 		f := filepath.Join(p.dir, "nginx.conf")
 		if err := os.WriteFile(f, []byte(conf), 0o644); err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		args = []string{bin("nginx"), "-c", f, "-p", p.dir, "-e", filepath.Join(p.dir, "error.log")}
 	case "haproxy":
@@ -258,59 +273,72 @@ backend be
 `, backend, h1, h2)
 		f := filepath.Join(p.dir, "haproxy.cfg")
 		if err := os.WriteFile(f, []byte(conf), 0o644); err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		args = []string{bin("haproxy"), "-f", f, "-db"}
 	case "ambit", "ambit-base":
 		self, err := os.Executable()
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		if name == "ambit-base" {
 			self = ambitBase
 		}
 		// One listener serves HTTP/1.1 and h2c (the engine tells them apart by the preface).
+		listen := p.h1
+		if name == "ambit" {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				return nil, false, err
+			}
+			p.h1 = ln.Addr().String()
+			inherit, err = ln.(*net.TCPListener).File()
+			ln.Close() // the duplicate in inherit keeps the socket listening
+			if err != nil {
+				return nil, false, err
+			}
+			defer inherit.Close()
+			listen = "fd:3"
+		}
 		p.h2 = p.h1
-		args = []string{self, "-serve-ambit", p.h1, "-backend", backend}
+		args = []string{self, "-serve-ambit", listen, "-backend", backend}
 		if prof := os.Getenv("AMBIT_BENCH_CPUPROFILE"); prof != "" {
 			args = append(args, "-cpuprofile", prof)
 		}
 	}
 	cmd := exec.CommandContext(ctx, "taskset", append([]string{"-c", "1"}, args...)...)
 	cmd.Env = append(os.Environ(), "GOMAXPROCS=1")
-	cmd.Stdout, cmd.Stderr = io.Discard, os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", name, err)
+	var stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = io.Discard, io.MultiWriter(os.Stderr, &stderr)
+	if inherit != nil {
+		cmd.ExtraFiles = []*os.File{inherit}
 	}
-	p.cmd = cmd
+	if p.p, err = proc.Start(cmd); err != nil { // dies with this program, with its process group (test/proc)
+		return nil, false, fmt.Errorf("start %s: %w", name, err)
+	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		c, err := net.Dial("tcp", p.h1)
 		if err == nil {
 			c.Close()
-			break
+			return p, false, nil
+		}
+		if exited, werr := p.p.Exited(); exited {
+			logs, _ := os.ReadFile(filepath.Join(p.dir, "error.log"))
+			out := stderr.String() + string(logs)
+			return nil, testutil.AddrInUse(out), fmt.Errorf("%s exited (%v): %s", name, werr, strings.TrimSpace(out))
 		}
 		if time.Now().After(deadline) {
 			p.stop()
-			return nil, fmt.Errorf("%s did not start listening", name)
+			return nil, false, fmt.Errorf("%s did not start listening", name)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return p, nil
 }
 
 func (p *proxy) stop() {
-	if p.cmd != nil && p.cmd.Process != nil {
-		syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { p.cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-			<-done
-		}
+	if p.p != nil {
+		_ = p.p.Stop(5 * time.Second)
 	}
 }
 
@@ -322,7 +350,7 @@ func (p *proxy) anon() int64 { return p.mem("RssAnon:") }
 
 func (p *proxy) mem(field string) int64 {
 	var total int64
-	pgid := p.cmd.Process.Pid
+	pgid := p.p.Pid()
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())

@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/ambit-mesh/ambit/test/lab"
+	"github.com/ambit-mesh/ambit/test/proc"
 )
 
 func main() {
@@ -45,7 +46,7 @@ type demo struct {
 	bin    string
 	dir    string
 	config string
-	procs  []*exec.Cmd
+	procs  []*proc.Proc
 	pods   map[string]*lab.Pod
 	logs   map[string]string // node or waypoint name -> log file
 }
@@ -83,8 +84,9 @@ func run(ctx context.Context, bin string, keep bool) error {
 	if err != nil {
 		return err
 	}
-	_ = lab.Remove(lab.NamePrefix + "m-demo")
-	l, err := lab.New(ctx, lab.Options{Name: lab.NamePrefix + "m-demo", Nodes: 2, PodsPerNode: 5})
+	// The name is fixed and owned by one demo at a time: a concurrent demo fails here instead of tearing this one
+	// down, and what a killed demo left under it is removed first (test/lab).
+	l, err := lab.New(ctx, lab.Options{Name: lab.NamePrefix + "demo", Nodes: 2, PodsPerNode: 5})
 	if err != nil {
 		return fmt.Errorf("build the lab: %w", err)
 	}
@@ -396,11 +398,12 @@ func (d *demo) start(ctx context.Context, ns lab.NS, name string, args ...string
 	}
 	cmd := exec.Command("ip", append([]string{"netns", "exec", ns.Name}, args...)...)
 	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
-	if err := cmd.Start(); err != nil {
+	p, err := proc.Start(cmd)
+	f.Close()
+	if err != nil {
 		return fmt.Errorf("start %s: %w", name, err)
 	}
-	d.procs = append(d.procs, cmd)
+	d.procs = append(d.procs, p)
 	d.logs[name] = f.Name()
 	return nil
 }
@@ -551,7 +554,7 @@ func fields(line string) map[string]string {
 // show runs an ambitctl command and prints its output, indented.
 func (d *demo) show(name string, args ...string) {
 	fmt.Printf("  $ %s %s\n", name, strings.Join(args, " "))
-	out, err := exec.Command(filepath.Join(d.bin, name), args...).CombinedOutput()
+	out, err := proc.CombinedOutput(exec.Command(filepath.Join(d.bin, name), args...))
 	for _, l := range strings.Split(strings.TrimRight(string(out), "\n"), "\n") {
 		fmt.Println("    " + l)
 	}
@@ -562,20 +565,12 @@ func (d *demo) show(name string, args ...string) {
 
 func (d *demo) close() {
 	for _, p := range d.procs {
-		if p.Process != nil {
-			syscall.Kill(-p.Process.Pid, syscall.SIGTERM)
-		}
+		_ = p.Signal(syscall.SIGTERM)
 	}
 	for _, p := range d.procs {
-		done := make(chan struct{})
-		go func() { p.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			syscall.Kill(-p.Process.Pid, syscall.SIGKILL)
-			<-done
-		}
+		_ = p.Stop(10 * time.Second)
 	}
+	proc.KillAll()
 	if err := d.lab.Close(); err != nil {
 		fmt.Fprintln(os.Stderr, "demo: remove lab:", err)
 	}

@@ -3,8 +3,10 @@
 //
 //	go run ./hack/lab up [-name demo] [-nodes 2] [-pods 2]   # build the lab and print its layout
 //	go run ./hack/lab list                                    # list labs
-//	go run ./hack/lab down [-name demo | -all]                # remove a lab (or every lab)
+//	go run ./hack/lab down [-name demo | -all]                # remove a lab (or every lab not in use)
 //
+// A lab made here is kept until `down` (tests' sweeps leave it alone); `down` refuses a lab that a live process
+// (a test, the demo) owns.
 // Run commands in a namespace with `ip netns exec <namespace> <command>`.
 package main
 
@@ -67,8 +69,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 func up(ctx context.Context, w io.Writer, name string, nodes, pods int) error {
-	l, err := lab.New(ctx, lab.Options{Name: name, Nodes: nodes, PodsPerNode: pods})
+	// Keep: the lab outlives this command (lab.Sweep leaves it alone) until `lab down`.
+	l, err := lab.New(ctx, lab.Options{Name: name, Nodes: nodes, PodsPerNode: pods, Keep: true})
 	if err != nil {
+		return err
+	}
+	if err := l.Release(); err != nil {
 		return err
 	}
 	fmt.Fprintf(w, "lab %s is up (remove it with: go run ./hack/lab down -name %s)\n\n", l.Name, strings.TrimPrefix(name, lab.NamePrefix+"m-"))

@@ -20,7 +20,7 @@ if peer_hit "$DEST" bin/etcd bin/etcdctl; then
 fi
 
 start=$(date +%s)
-STAGE=$(peer_stage etcd "$ETCD_VERSION")
+peer_stage etcd "$ETCD_VERSION"
 trap 'rm -rf "$STAGE"' EXIT
 echo "build-etcd: building etcd $ETCD_VERSION in $STAGE" >&2
 (
@@ -37,9 +37,9 @@ require (
 )
 M
 	printf '//go:build tools\n\npackage tools\n\nimport (\n\t_ "go.etcd.io/etcd/server/v3"\n\t_ "go.etcd.io/etcd/etcdctl/v3"\n)\n' >tools.go
-	"$GO" mod tidy >&2
-	"$GO" build -trimpath -o "$STAGE/bin/etcd" go.etcd.io/etcd/server/v3 >&2
-	"$GO" build -trimpath -o "$STAGE/bin/etcdctl" go.etcd.io/etcd/etcdctl/v3 >&2
+	run_go mod tidy >&2
+	run_go build -trimpath -o "$STAGE/bin/etcd" go.etcd.io/etcd/server/v3 >&2
+	run_go build -trimpath -o "$STAGE/bin/etcdctl" go.etcd.io/etcd/etcdctl/v3 >&2
 	cp go.mod "$STAGE/go.mod.used"
 )
 peer_publish etcd "$STAGE" "$DEST" "$start" bin/etcd bin/etcdctl

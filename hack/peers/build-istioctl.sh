@@ -22,7 +22,7 @@ fi
 
 rev=${ISTIO_VERSION##*-}
 start=$(date +%s)
-STAGE=$(peer_stage istioctl "$ISTIO_VERSION")
+peer_stage istioctl "$ISTIO_VERSION"
 trap 'rm -rf "$STAGE"' EXIT
 echo "build-istioctl: building istioctl $ISTIO_VERSION in $STAGE" >&2
 (
@@ -30,8 +30,8 @@ echo "build-istioctl: building istioctl $ISTIO_VERSION in $STAGE" >&2
 	export GOFLAGS=-mod=mod GOWORK=off
 	printf 'module ambit.local/peers/istioctl\n\ngo 1.26.0\n\nrequire istio.io/istio %s\n' "$ISTIO_VERSION" >go.mod
 	printf '//go:build tools\n\npackage tools\n\nimport _ "istio.io/istio/istioctl/cmd/istioctl"\n' >tools.go
-	"$GO" mod tidy >&2
-	"$GO" build -trimpath -ldflags "-X istio.io/istio/pkg/version.buildVersion=$ISTIO_LABEL \
+	run_go mod tidy >&2
+	run_go build -trimpath -ldflags "-X istio.io/istio/pkg/version.buildVersion=$ISTIO_LABEL \
 		-X istio.io/istio/pkg/version.buildGitRevision=$rev -X istio.io/istio/pkg/version.buildStatus=Clean" \
 		-o "$STAGE/bin/istioctl" istio.io/istio/istioctl/cmd/istioctl >&2
 	cp go.mod "$STAGE/go.mod.used"

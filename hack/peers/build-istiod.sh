@@ -30,23 +30,31 @@ copy_charts() {
 	chmod -R u+w "$dst"
 }
 
-if peer_hit "$DEST" bin/pilot-discovery crds/istio/crd-all.gen.yaml crds/gateway-api; then
-	if ! peer_hit "$DEST" charts/istio-discovery/files/waypoint.yaml; then
-		# An entry from before the charts were cached: add them (module download only, no build).
-		dir=$(GOFLAGS=-mod=mod "$GO" mod download -json "istio.io/istio@$ISTIO_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
-		copy_charts "$dir" "$DEST.charts.$$"
-		mkdir -p "$DEST/charts"
-		mv -T "$DEST.charts.$$/charts/istio-discovery" "$DEST/charts/istio-discovery" 2>/dev/null || true
-		rm -rf "$DEST.charts.$$"
-	fi
+ENTRY_FILES=(bin/pilot-discovery crds/istio/crd-all.gen.yaml crds/gateway-api charts/istio-discovery/files/waypoint.yaml)
+if peer_hit "$DEST" "${ENTRY_FILES[@]}"; then
 	echo "build-istiod: cache hit in $DEST" >&2
 	echo "$DEST"
 	exit 0
 fi
 
-rev=${ISTIO_VERSION##*-}
 start=$(date +%s)
-STAGE=$(peer_stage istiod "$ISTIO_VERSION")
+if peer_complete "$DEST" bin/pilot-discovery crds/istio/crd-all.gen.yaml crds/gateway-api; then
+	# An entry from before the charts were cached: a new entry made of its files and the charts (module download
+	# only, no build) replaces it; the old one is never changed in place.
+	peer_stage istiod "$ISTIO_VERSION"
+	trap 'rm -rf "$STAGE"' EXIT
+	cp -a "$DEST/." "$STAGE/"
+	dir=$(GOFLAGS=-mod=mod run_go mod download -json "istio.io/istio@$ISTIO_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+	copy_charts "$dir" "$STAGE"
+	peer_publish istiod "$STAGE" "$DEST" "$start" "${ENTRY_FILES[@]}"
+	trap - EXIT
+	echo "build-istiod: added the charts to $DEST" >&2
+	echo "$DEST"
+	exit 0
+fi
+
+rev=${ISTIO_VERSION##*-}
+peer_stage istiod "$ISTIO_VERSION"
 trap 'rm -rf "$STAGE"' EXIT
 echo "build-istiod: building pilot-discovery $ISTIO_VERSION in $STAGE (cold: ~3.5 min of compile on 2 cores)" >&2
 (
@@ -54,13 +62,13 @@ echo "build-istiod: building pilot-discovery $ISTIO_VERSION in $STAGE (cold: ~3.
 	export GOFLAGS=-mod=mod GOWORK=off
 	printf 'module ambit.local/peers/istiod\n\ngo 1.26.0\n\nrequire istio.io/istio %s\n' "$ISTIO_VERSION" >go.mod
 	printf '//go:build tools\n\npackage tools\n\nimport _ "istio.io/istio/pilot/cmd/pilot-discovery"\n' >tools.go
-	"$GO" mod tidy >&2
-	"$GO" build -trimpath -ldflags "-X istio.io/istio/pkg/version.buildVersion=$ISTIO_LABEL \
+	run_go mod tidy >&2
+	run_go build -trimpath -ldflags "-X istio.io/istio/pkg/version.buildVersion=$ISTIO_LABEL \
 		-X istio.io/istio/pkg/version.buildGitRevision=$rev -X istio.io/istio/pkg/version.buildStatus=Clean" \
 		-o "$STAGE/bin/pilot-discovery" istio.io/istio/pilot/cmd/pilot-discovery >&2
-	istio=$("$GO" list -m -f '{{.Dir}}' istio.io/istio)
-	gw=$("$GO" list -m -f '{{.Dir}}' sigs.k8s.io/gateway-api)
-	"$GO" list -m sigs.k8s.io/gateway-api >"$STAGE/GATEWAY_API_VERSION"
+	istio=$(run_go list -m -f '{{.Dir}}' istio.io/istio)
+	gw=$(run_go list -m -f '{{.Dir}}' sigs.k8s.io/gateway-api)
+	run_go list -m sigs.k8s.io/gateway-api >"$STAGE/GATEWAY_API_VERSION"
 	mkdir -p "$STAGE/crds/istio" "$STAGE/crds/gateway-api"
 	cp "$istio/manifests/charts/base/files/crd-all.gen.yaml" "$STAGE/crds/istio/"
 	cp "$gw"/config/crd/standard/*.yaml "$STAGE/crds/gateway-api/"
@@ -68,6 +76,6 @@ echo "build-istiod: building pilot-discovery $ISTIO_VERSION in $STAGE (cold: ~3.
 	chmod -R u+w "$STAGE/crds"
 	cp go.mod "$STAGE/go.mod.used"
 )
-peer_publish istiod "$STAGE" "$DEST" "$start" bin/pilot-discovery crds/istio/crd-all.gen.yaml
+peer_publish istiod "$STAGE" "$DEST" "$start" "${ENTRY_FILES[@]}"
 trap - EXIT
 echo "$DEST"

@@ -23,13 +23,13 @@ fi
 minor=$(echo "$K8S_VERSION" | cut -d. -f2)
 STAGING="v0.${K8S_VERSION#v1.}"
 start=$(date +%s)
-STAGE=$(peer_stage kube-apiserver "$K8S_VERSION")
+peer_stage kube-apiserver "$K8S_VERSION"
 trap 'rm -rf "$STAGE"' EXIT
 echo "build-kube-apiserver: building kube-apiserver $K8S_VERSION in $STAGE (cold: ~3 min of compile on 2 cores)" >&2
 (
 	cd "$STAGE/mod"
 	export GOFLAGS=-mod=mod GOWORK=off
-	gomod=$("$GO" mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+	gomod=$(run_go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
 	req=$(sed -n '/^require/,/^)/p' "$gomod" | grep -E '^\s+k8s.io/[a-z-]+ v0.0.0$' | awk '{print $1}')
 	{
 		printf 'module ambit.local/peers/kapi\n\ngo 1.26.0\n\nrequire k8s.io/kubernetes %s\n\nreplace (\n' "$K8S_VERSION"
@@ -37,8 +37,8 @@ echo "build-kube-apiserver: building kube-apiserver $K8S_VERSION in $STAGE (cold
 		printf ')\n'
 	} >go.mod
 	printf '//go:build tools\n\npackage tools\n\nimport _ "k8s.io/kubernetes/cmd/kube-apiserver"\n' >tools.go
-	"$GO" mod tidy >&2
-	"$GO" build -trimpath -ldflags "-X k8s.io/component-base/version.gitVersion=$K8S_VERSION \
+	run_go mod tidy >&2
+	run_go build -trimpath -ldflags "-X k8s.io/component-base/version.gitVersion=$K8S_VERSION \
 		-X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor \
 		-X k8s.io/component-base/version.gitTreeState=clean" \
 		-o "$STAGE/bin/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver >&2

@@ -24,13 +24,13 @@ fi
 minor=$(echo "$K8S_VERSION" | cut -d. -f2)
 STAGING="v0.${K8S_VERSION#v1.}"
 start=$(date +%s)
-STAGE=$(peer_stage kube-controllers "$K8S_VERSION")
+peer_stage kube-controllers "$K8S_VERSION"
 trap 'rm -rf "$STAGE"' EXIT
 echo "build-kube-controllers: building kube-controller-manager and kube-scheduler $K8S_VERSION in $STAGE" >&2
 (
 	cd "$STAGE/mod"
 	export GOFLAGS=-mod=mod GOWORK=off
-	gomod=$("$GO" mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+	gomod=$(run_go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
 	req=$(sed -n '/^require/,/^)/p' "$gomod" | grep -E '^\s+k8s.io/[a-z-]+ v0.0.0$' | awk '{print $1}')
 	{
 		printf 'module ambit.local/peers/kcontrollers\n\ngo 1.26.0\n\nrequire k8s.io/kubernetes %s\n\nreplace (\n' "$K8S_VERSION"
@@ -38,11 +38,11 @@ echo "build-kube-controllers: building kube-controller-manager and kube-schedule
 		printf ')\n'
 	} >go.mod
 	printf '//go:build tools\n\npackage tools\n\nimport (\n\t_ "k8s.io/kubernetes/cmd/kube-controller-manager"\n\t_ "k8s.io/kubernetes/cmd/kube-scheduler"\n)\n' >tools.go
-	"$GO" mod tidy >&2
+	run_go mod tidy >&2
 	ldflags="-X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 \
 		-X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
 	for c in kube-controller-manager kube-scheduler; do
-		"$GO" build -trimpath -ldflags "$ldflags" -o "$STAGE/bin/$c" "k8s.io/kubernetes/cmd/$c" >&2
+		run_go build -trimpath -ldflags "$ldflags" -o "$STAGE/bin/$c" "k8s.io/kubernetes/cmd/$c" >&2
 	done
 	cp go.mod "$STAGE/go.mod.used"
 )

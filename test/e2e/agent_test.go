@@ -11,10 +11,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/ambit-mesh/ambit/test/proc"
 	"github.com/ambit-mesh/ambit/test/testutil"
 )
 
@@ -27,45 +27,9 @@ func TestAmbitAgentAgainstIstiod(t *testing.T) {
 	bin := filepath.Join(dir, "ambit")
 	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/ambit")
 	build.Dir = "../.."
-	if out, err := build.CombinedOutput(); err != nil {
+	if out, err := proc.CombinedOutput(build); err != nil {
 		t.Fatalf("build ambit: %v\n%s", err, out)
 	}
-	ports, err := freePorts(6)
-	if err != nil {
-		t.Fatal(err)
-	}
-	at := func(i int) string { return fmt.Sprintf("127.0.0.1:%d", ports[i]) }
-	logf, err := os.Create(filepath.Join(dir, "agent.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
-	cmd := exec.Command(bin, "agent", "--node-name", "node1", "--pod-name", "ztunnel-abc", "--pod-namespace", "istio-system",
-		"--instance-ip", "10.0.0.1", "--xds-address", stack.PlainXDSAddr, "--xds-plaintext", "--token-file", stack.TokenFile,
-		"--identity", "local-ca", "--ca-dir", filepath.Join(dir, "ca"), "--capture", "none",
-		"--outbound-addr", at(0), "--inbound-addr", at(1), "--hbone-addr", at(2), "--admin-addr", at(3),
-		"--metrics-addr", at(4), "--readiness-addr", at(5))
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	defer func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(15 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-		if t.Failed() {
-			data, _ := os.ReadFile(filepath.Join(dir, "agent.log"))
-			t.Logf("agent log:\n%s", data)
-		}
-	}()
-
 	get := func(url string) (int, string) {
 		resp, err := http.Get(url)
 		if err != nil {
@@ -75,15 +39,55 @@ func TestAmbitAgentAgainstIstiod(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b)
 	}
-	testutil.WaitFor(t, 60*time.Second, "agent ready", func() bool {
-		select {
-		case err := <-exited:
-			t.Fatalf("agent exited: %v", err)
-		default:
+	// The agent binds six ports it cannot take from us: on "address already in use" it is started again on others.
+	var at func(int) string
+	var agent *proc.Proc
+	logPath := filepath.Join(dir, "agent.log")
+	for attempt := 0; ; attempt++ {
+		ports, err := testutil.FreePorts(6)
+		if err != nil {
+			t.Fatal(err)
 		}
-		code, _ := get("http://" + at(5) + "/healthz/ready")
-		return code == http.StatusOK
-	})
+		at = func(i int) string { return fmt.Sprintf("127.0.0.1:%d", ports[i]) }
+		logf, err := os.Create(logPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(bin, "agent", "--node-name", "node1", "--pod-name", "ztunnel-abc", "--pod-namespace", "istio-system",
+			"--instance-ip", "10.0.0.1", "--xds-address", stack.PlainXDSAddr, "--xds-plaintext", "--token-file", stack.TokenFile,
+			"--identity", "local-ca", "--ca-dir", filepath.Join(dir, "ca"), "--capture", "none",
+			"--outbound-addr", at(0), "--inbound-addr", at(1), "--hbone-addr", at(2), "--admin-addr", at(3),
+			"--metrics-addr", at(4), "--readiness-addr", at(5))
+		cmd.Stdout, cmd.Stderr = logf, logf
+		agent, err = proc.Start(cmd)
+		logf.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ready := false
+		testutil.WaitFor(t, 60*time.Second, "agent ready or exited", func() bool {
+			if exited, _ := agent.Exited(); exited {
+				return true
+			}
+			code, _ := get("http://" + at(5) + "/healthz/ready")
+			ready = code == http.StatusOK
+			return ready
+		})
+		if ready {
+			break
+		}
+		data, _ := os.ReadFile(logPath)
+		if !testutil.AddrInUse(string(data)) || attempt == 4 {
+			t.Fatalf("agent exited: %v\n%s", agent.Wait(), data)
+		}
+	}
+	defer func() {
+		_ = agent.Stop(15 * time.Second)
+		if t.Failed() {
+			data, _ := os.ReadFile(logPath)
+			t.Logf("agent log:\n%s", data)
+		}
+	}()
 	var dump string
 	testutil.WaitFor(t, 30*time.Second, "istiod's scenario in the agent's config dump", func() bool {
 		_, dump = get("http://" + at(3) + "/config_dump")

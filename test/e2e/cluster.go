@@ -32,31 +32,31 @@ spec:
 
 // startControllers runs kube-controller-manager and kube-scheduler against the API server with the admin
 // kubeconfig, and waits for their health endpoints.
-func (s *Stack) startControllers(ctx context.Context, kdir string, kcmPort, schedPort int) error {
+func (s *Stack) startControllers(ctx context.Context, kdir string) error {
 	kc := s.Kubeconfig
-	if err := s.spawn("kube-controller-manager", nil, "", s.Bin.KubeControllerManager,
-		"--kubeconfig="+kc, "--authentication-kubeconfig="+kc, "--authorization-kubeconfig="+kc,
-		"--bind-address=127.0.0.1", fmt.Sprintf("--secure-port=%d", kcmPort), "--cert-dir="+filepath.Join(s.Dir, "kcm"),
-		"--leader-elect=false", "--profiling=false", "--controllers=*",
-		"--root-ca-file="+filepath.Join(kdir, "ca.crt"), "--service-account-private-key-file="+filepath.Join(kdir, "sa.key"),
-		"--use-service-account-credentials=false", "--v=1"); err != nil {
-		return err
-	}
-	if err := s.spawn("kube-scheduler", nil, "", s.Bin.KubeScheduler,
-		"--kubeconfig="+kc, "--authentication-kubeconfig="+kc, "--authorization-kubeconfig="+kc,
-		"--bind-address=127.0.0.1", fmt.Sprintf("--secure-port=%d", schedPort), "--cert-dir="+filepath.Join(s.Dir, "scheduler"),
-		"--leader-elect=false", "--profiling=false", "--v=1"); err != nil {
-		return err
-	}
 	insecure := &tls.Config{InsecureSkipVerify: true} //nolint:gosec // loopback health checks of self-signed peers
-	for _, port := range []int{kcmPort, schedPort} {
-		if err := poll(ctx, 60*time.Second, func() error {
-			return httpOK(ctx, insecure, fmt.Sprintf("https://127.0.0.1:%d/healthz", port), "")
-		}); err != nil {
-			return err
-		}
+	healthy := func(port int) func() error {
+		return func() error { return httpOK(ctx, insecure, fmt.Sprintf("https://127.0.0.1:%d/healthz", port), "") }
 	}
-	return nil
+	if _, err := s.spawnListening(ctx, "kube-controller-manager", 1, func(ports []int) launch {
+		return launch{bin: s.Bin.KubeControllerManager, args: []string{
+			"--kubeconfig=" + kc, "--authentication-kubeconfig=" + kc, "--authorization-kubeconfig=" + kc,
+			"--bind-address=127.0.0.1", fmt.Sprintf("--secure-port=%d", ports[0]), "--cert-dir=" + filepath.Join(s.Dir, "kcm"),
+			"--leader-elect=false", "--profiling=false", "--controllers=*",
+			"--root-ca-file=" + filepath.Join(kdir, "ca.crt"), "--service-account-private-key-file=" + filepath.Join(kdir, "sa.key"),
+			"--use-service-account-credentials=false", "--v=1"},
+			readiness: 60 * time.Second, ready: healthy(ports[0])}
+	}); err != nil {
+		return err
+	}
+	_, err := s.spawnListening(ctx, "kube-scheduler", 1, func(ports []int) launch {
+		return launch{bin: s.Bin.KubeScheduler, args: []string{
+			"--kubeconfig=" + kc, "--authentication-kubeconfig=" + kc, "--authorization-kubeconfig=" + kc,
+			"--bind-address=127.0.0.1", fmt.Sprintf("--secure-port=%d", ports[0]), "--cert-dir=" + filepath.Join(s.Dir, "scheduler"),
+			"--leader-elect=false", "--profiling=false", "--v=1"},
+			readiness: 60 * time.Second, ready: healthy(ports[0])}
+	})
+	return err
 }
 
 // writeInjectionConfig writes istiod's injection configuration into dir (config and values, as the

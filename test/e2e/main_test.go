@@ -8,13 +8,21 @@ import (
 	"os"
 	"testing"
 	"time"
+
+	"github.com/ambit-mesh/ambit/test/owner"
+	"github.com/ambit-mesh/ambit/test/proc"
 )
 
 // stack is shared by every test of the tier: starting it takes seconds, building it minutes.
 var stack *Stack
 
 func TestMain(m *testing.M) {
-	os.Exit(run(m))
+	if code, ok := runHelper(); ok {
+		os.Exit(code)
+	}
+	code := run(m)
+	proc.KillAll()
+	os.Exit(code)
 }
 
 func run(m *testing.M) int {
@@ -23,11 +31,16 @@ func run(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
 		return 1
 	}
-	dir, err := os.MkdirTemp("", "ambit-e2e-")
+	// State of runs that were killed (etcd data, logs) goes now; a run's own state is owned by it (test/owner).
+	if removed, err := owner.SweepTemp("ambit-e2e-istiod-"); err != nil || len(removed) > 0 {
+		fmt.Fprintf(os.Stderr, "e2e: swept the state of dead runs %v (errors: %v)\n", removed, err)
+	}
+	tmp, err := owner.MkdirTemp("ambit-e2e-istiod-")
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
 		return 1
 	}
+	dir := tmp.Path
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	t0 := time.Now()
@@ -44,8 +57,9 @@ func run(m *testing.M) int {
 	code := m.Run()
 	stack.Stop()
 	if code == 0 {
-		os.RemoveAll(dir)
+		tmp.RemoveAll()
 	} else {
+		tmp.Keep()
 		fmt.Fprintf(os.Stderr, "e2e: state and logs kept in %s\n", dir)
 	}
 	return code

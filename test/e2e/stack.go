@@ -20,8 +20,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
+
+	"github.com/ambit-mesh/ambit/test/proc"
+	"github.com/ambit-mesh/ambit/test/testutil"
 )
 
 // Peer versions this tier expects (the defaults of the hack/peers/build-*.sh scripts).
@@ -146,8 +148,11 @@ type Stack struct {
 	// Opts are the options the stack was started with.
 	Opts Options
 
-	procs    []*proc
+	procs    []*peer
+	etcdURL  string
 	httpAddr string
+	// pickPorts chooses ports for a peer (testutil.FreePorts; tests replace it).
+	pickPorts func(n int) ([]int, error)
 }
 
 // Options selects what runs besides etcd, kube-apiserver and istiod.
@@ -167,15 +172,26 @@ type Timing struct {
 	Took  time.Duration
 }
 
-type proc struct {
+// peer is a running peer process.
+type peer struct {
 	name string
-	cmd  *exec.Cmd
-	done chan struct{}
+	p    *proc.Proc
 	log  *os.File
+	// logFrom is the log's size when this run started (a restarted peer appends to the same log).
+	logFrom int64
 	// How it was started, to restart it.
 	env      []string
 	dir, bin string
 	args     []string
+}
+
+// launch says how to start a peer on a given set of ports.
+type launch struct {
+	env       []string
+	dir, bin  string
+	args      []string
+	readiness time.Duration
+	ready     func() error
 }
 
 // Start brings the stack up in dir: etcd, kube-apiserver and istiod, with the tests writing what controllers
@@ -210,30 +226,22 @@ func StartWith(ctx context.Context, bin Binaries, dir string, opts Options) (s *
 	if opts.IstiodControllers && bin.IstioCharts == "" {
 		return s, errors.New("istiod's charts not found in the peer cache (run hack/peers/build-istiod.sh)")
 	}
-	ports, err := freePorts(12)
-	if err != nil {
-		return s, err
+	if s.pickPorts == nil {
+		s.pickPorts = testutil.FreePorts
 	}
-	etcdClient, etcdPeer := ports[0], ports[1]
-	apiPort := ports[2]
-	s.PlainXDSAddr = fmt.Sprintf("127.0.0.1:%d", ports[3])
-	s.XDSAddr = fmt.Sprintf("127.0.0.1:%d", ports[4])
-	httpsAddr, monAddr := fmt.Sprintf("127.0.0.1:%d", ports[5]), fmt.Sprintf("127.0.0.1:%d", ports[6])
-	s.httpAddr = fmt.Sprintf("127.0.0.1:%d", ports[7])
-	ctrlz := ports[8]
-	kcmPort, schedPort := ports[9], ports[10]
-	s.APIServerAddr = fmt.Sprintf("127.0.0.1:%d", apiPort)
 
 	if err := phase("etcd", func() error {
-		url := fmt.Sprintf("http://127.0.0.1:%d", etcdClient)
-		peer := fmt.Sprintf("http://127.0.0.1:%d", etcdPeer)
-		if err := s.spawn("etcd", nil, "", bin.Etcd, "--name", "e2e", "--data-dir", filepath.Join(dir, "etcd"),
-			"--listen-client-urls", url, "--advertise-client-urls", url, "--listen-peer-urls", peer,
-			"--initial-advertise-peer-urls", peer, "--initial-cluster", "e2e="+peer, "--log-level", "warn",
-			"--unsafe-no-fsync"); err != nil {
-			return err
-		}
-		return poll(ctx, 30*time.Second, func() error { return httpOK(ctx, nil, url+"/health", "") })
+		_, err := s.spawnListening(ctx, "etcd", 2, func(ports []int) launch {
+			url := fmt.Sprintf("http://127.0.0.1:%d", ports[0])
+			peerURL := fmt.Sprintf("http://127.0.0.1:%d", ports[1])
+			s.etcdURL = url
+			return launch{bin: bin.Etcd, args: []string{"--name", "e2e", "--data-dir", filepath.Join(dir, "etcd"),
+				"--listen-client-urls", url, "--advertise-client-urls", url, "--listen-peer-urls", peerURL,
+				"--initial-advertise-peer-urls", peerURL, "--initial-cluster", "e2e=" + peerURL, "--log-level", "warn",
+				"--unsafe-no-fsync"},
+				readiness: 30 * time.Second, ready: func() error { return httpOK(ctx, nil, url+"/health", "") }}
+		})
+		return err
 	}); err != nil {
 		return s, err
 	}
@@ -242,7 +250,7 @@ func StartWith(ctx context.Context, bin Binaries, dir string, opts Options) (s *
 	var caPEM []byte
 	if err := phase("certificates", func() error {
 		var err error
-		caPEM, err = writeAPIServerPKI(kdir, apiPort)
+		caPEM, err = writeAPIServerPKI(kdir)
 		s.Kubeconfig = filepath.Join(kdir, "kubeconfig")
 		return err
 	}); err != nil {
@@ -250,25 +258,31 @@ func StartWith(ctx context.Context, bin Binaries, dir string, opts Options) (s *
 	}
 
 	if err := phase("kube-apiserver", func() error {
-		if err := s.spawn("kube-apiserver", nil, "", bin.KubeAPIServer,
-			fmt.Sprintf("--etcd-servers=http://127.0.0.1:%d", etcdClient),
-			"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", fmt.Sprintf("--secure-port=%d", apiPort),
-			"--tls-cert-file="+filepath.Join(kdir, "apiserver.crt"), "--tls-private-key-file="+filepath.Join(kdir, "apiserver.key"),
-			"--client-ca-file="+filepath.Join(kdir, "ca.crt"), "--token-auth-file="+filepath.Join(kdir, "tokens.csv"),
-			"--authorization-mode=RBAC", "--service-account-key-file="+filepath.Join(kdir, "sa.pub"),
-			"--service-account-signing-key-file="+filepath.Join(kdir, "sa.key"),
-			"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-			"--api-audiences=https://kubernetes.default.svc.cluster.local,istio-ca",
-			"--service-cluster-ip-range=10.96.0.0/16", "--allow-privileged=true", "--profiling=false",
-			"--enable-priority-and-fairness=false"); err != nil {
-			return err
-		}
 		pool := x509.NewCertPool()
 		pool.AppendCertsFromPEM(caPEM)
-		return poll(ctx, 90*time.Second, func() error {
-			return httpOK(ctx, &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
-				fmt.Sprintf("https://127.0.0.1:%d/readyz", apiPort), adminToken)
+		ports, err := s.spawnListening(ctx, "kube-apiserver", 1, func(ports []int) launch {
+			apiPort := ports[0]
+			return launch{bin: bin.KubeAPIServer, args: []string{
+				"--etcd-servers=" + s.etcdURL,
+				"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", fmt.Sprintf("--secure-port=%d", apiPort),
+				"--tls-cert-file=" + filepath.Join(kdir, "apiserver.crt"), "--tls-private-key-file=" + filepath.Join(kdir, "apiserver.key"),
+				"--client-ca-file=" + filepath.Join(kdir, "ca.crt"), "--token-auth-file=" + filepath.Join(kdir, "tokens.csv"),
+				"--authorization-mode=RBAC", "--service-account-key-file=" + filepath.Join(kdir, "sa.pub"),
+				"--service-account-signing-key-file=" + filepath.Join(kdir, "sa.key"),
+				"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+				"--api-audiences=https://kubernetes.default.svc.cluster.local,istio-ca",
+				"--service-cluster-ip-range=10.96.0.0/16", "--allow-privileged=true", "--profiling=false",
+				"--enable-priority-and-fairness=false"},
+				readiness: 90 * time.Second, ready: func() error {
+					return httpOK(ctx, &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
+						fmt.Sprintf("https://127.0.0.1:%d/readyz", apiPort), adminToken)
+				}}
 		})
+		if err != nil {
+			return err
+		}
+		s.APIServerAddr = fmt.Sprintf("127.0.0.1:%d", ports[0])
+		return writeKubeconfig(kdir, ports[0])
 	}); err != nil {
 		return s, err
 	}
@@ -295,7 +309,7 @@ func StartWith(ctx context.Context, bin Binaries, dir string, opts Options) (s *
 	}
 
 	if opts.Controllers {
-		if err := phase("controllers", func() error { return s.startControllers(ctx, kdir, kcmPort, schedPort) }); err != nil {
+		if err := phase("controllers", func() error { return s.startControllers(ctx, kdir) }); err != nil {
 			return s, err
 		}
 	}
@@ -332,14 +346,19 @@ func StartWith(ctx context.Context, bin Binaries, dir string, opts Options) (s *
 			env = append(env, "PILOT_ENABLE_GATEWAY_API_DEPLOYMENT_CONTROLLER=false", "PILOT_ENABLE_GATEWAY_API_STATUS=false",
 				"PILOT_ENABLE_GATEWAY_API_GATEWAYCLASS_CONTROLLER=false")
 		}
-		if err := s.spawn("istiod", env, work, bin.PilotDiscovery, "discovery", "--kubeconfig", s.Kubeconfig,
-			"--meshConfig", "./etc/istio/config/mesh", "--networksConfig", "./etc/istio/config/meshNetworks",
-			"--grpcAddr", s.PlainXDSAddr, "--secureGRPCAddr", s.XDSAddr, "--httpsAddr", httpsAddr,
-			"--httpAddr", s.httpAddr, "--monitoringAddr", monAddr, fmt.Sprintf("--ctrlz_port=%d", ctrlz),
-			"--clusterID", "Kubernetes", "--domain", "cluster.local", "--log_output_level", "default:warn"); err != nil {
-			return err
-		}
-		return poll(ctx, 60*time.Second, func() error { return httpOK(ctx, nil, "http://"+s.httpAddr+"/ready", "") })
+		_, err := s.spawnListening(ctx, "istiod", 6, func(ports []int) launch {
+			s.PlainXDSAddr = fmt.Sprintf("127.0.0.1:%d", ports[0])
+			s.XDSAddr = fmt.Sprintf("127.0.0.1:%d", ports[1])
+			httpsAddr, monAddr := fmt.Sprintf("127.0.0.1:%d", ports[2]), fmt.Sprintf("127.0.0.1:%d", ports[3])
+			s.httpAddr = fmt.Sprintf("127.0.0.1:%d", ports[4])
+			return launch{env: env, dir: work, bin: bin.PilotDiscovery, args: []string{"discovery", "--kubeconfig", s.Kubeconfig,
+				"--meshConfig", "./etc/istio/config/mesh", "--networksConfig", "./etc/istio/config/meshNetworks",
+				"--grpcAddr", s.PlainXDSAddr, "--secureGRPCAddr", s.XDSAddr, "--httpsAddr", httpsAddr,
+				"--httpAddr", s.httpAddr, "--monitoringAddr", monAddr, fmt.Sprintf("--ctrlz_port=%d", ports[5]),
+				"--clusterID", "Kubernetes", "--domain", "cluster.local", "--log_output_level", "default:warn"},
+				readiness: 60 * time.Second, ready: func() error { return httpOK(ctx, nil, "http://"+s.httpAddr+"/ready", "") }}
+		})
+		return err
 	}); err != nil {
 		return s, err
 	}
@@ -434,59 +453,102 @@ func (s *Stack) kubectlIn(ctx context.Context, stdin *strings.Reader, args ...st
 	}
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Run(); err != nil {
+	if err := proc.Run(cmd); err != nil {
 		return out.Bytes(), fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(errb.String()))
 	}
 	return out.Bytes(), nil
 }
 
-// spawn starts a peer with its output in <Dir>/<name>.log.
-func (s *Stack) spawn(name string, env []string, dir, bin string, args ...string) error {
-	p := &proc{name: name, env: env, dir: dir, bin: bin, args: args}
-	if err := s.startProc(p); err != nil {
-		return err
+// spawnListening starts a peer that listens on n ports chosen by s.pickPorts, and waits until it is ready. A peer
+// cannot take a listener from us, so a port may be taken between choosing and binding: when the peer exits before it
+// is ready and its log says the address was in use, it is started again on new ports (up to 5 times). It returns the
+// ports of the run that became ready.
+func (s *Stack) spawnListening(ctx context.Context, name string, n int, build func(ports []int) launch) ([]int, error) {
+	var last error
+	for range 5 {
+		ports, err := s.pickPorts(n)
+		if err != nil {
+			return nil, err
+		}
+		l := build(ports)
+		p := &peer{name: name, env: l.env, dir: l.dir, bin: l.bin, args: l.args}
+		if err := s.startPeer(p); err != nil {
+			return nil, err
+		}
+		err = s.waitUp(ctx, p, l.readiness, l.ready)
+		if err == nil {
+			s.procs = append(s.procs, p)
+			return ports, nil
+		}
+		stopPeer(p)
+		if !errors.Is(err, errExited) || !testutil.AddrInUse(p.output()) {
+			return nil, err
+		}
+		last = err
 	}
-	s.procs = append(s.procs, p)
-	return nil
+	return nil, fmt.Errorf("%s: ports kept being taken: %w", name, last)
 }
 
-func (s *Stack) startProc(p *proc) error {
+// errExited marks a peer that exited before it was ready.
+var errExited = errors.New("exited before it was ready")
+
+// waitUp polls ready until it passes, the peer exits, or timeout.
+func (s *Stack) waitUp(ctx context.Context, p *peer, timeout time.Duration, ready func() error) error {
+	return poll(ctx, timeout, func() error {
+		if exited, werr := p.p.Exited(); exited {
+			return permanent{fmt.Errorf("%s %w (%v); its log:\n%s", p.name, errExited, werr, tail(p.output(), 20))}
+		}
+		return ready()
+	})
+}
+
+// output returns what the peer logged since its current run started.
+func (p *peer) output() string {
+	b, err := os.ReadFile(p.log.Name())
+	if err != nil || int64(len(b)) < p.logFrom {
+		return ""
+	}
+	return string(b[p.logFrom:])
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// startPeer starts p (package test/proc: it dies with this process) with its output appended to <Dir>/<name>.log.
+func (s *Stack) startPeer(p *peer) error {
 	logf, err := os.OpenFile(filepath.Join(s.Dir, p.name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
+		return err
+	}
+	st, err := logf.Stat()
+	if err != nil {
+		logf.Close()
 		return err
 	}
 	cmd := exec.Command(p.bin, p.args...)
 	cmd.Stdout, cmd.Stderr, cmd.Dir = logf, logf, p.dir
 	cmd.Env = append(os.Environ(), p.env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	pr, err := proc.Start(cmd)
+	if err != nil {
 		logf.Close()
 		return fmt.Errorf("start %s: %w", p.name, err)
 	}
-	p.cmd, p.log, p.done = cmd, logf, make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		close(p.done)
-	}()
+	p.p, p.log, p.logFrom = pr, logf, st.Size()
 	return nil
 }
 
-// stopProc terminates p (SIGTERM, then SIGKILL after 10 s) by the process id it started.
-func stopProc(p *proc) {
-	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-		<-p.done
-	}
+// stopPeer terminates p's process group (SIGTERM, then SIGKILL after 10 s).
+func stopPeer(p *peer) {
+	_ = p.p.Stop(10 * time.Second)
 	p.log.Close()
 }
 
 // Stop terminates the peers in reverse order of start.
 func (s *Stack) Stop() {
 	for i := len(s.procs) - 1; i >= 0; i-- {
-		stopProc(s.procs[i])
+		stopPeer(s.procs[i])
 	}
 	s.procs = nil
 }
@@ -500,7 +562,7 @@ func (s *Stack) Restart(ctx context.Context, name string, down time.Duration) er
 			continue
 		}
 		t0 := time.Now()
-		stopProc(p)
+		stopPeer(p)
 		s.Timings = append(s.Timings, Timing{"restart " + name + ": stop", time.Since(t0)})
 		select {
 		case <-ctx.Done():
@@ -508,10 +570,25 @@ func (s *Stack) Restart(ctx context.Context, name string, down time.Duration) er
 		case <-time.After(down):
 		}
 		t0 = time.Now()
-		if err := s.startProc(p); err != nil {
-			return fmt.Errorf("restart %s: %w", name, err)
+		// Same ports as before (clients know them). They are outside the ephemeral range, so only another test
+		// process could have taken one meanwhile: then retry, it lets go of it sooner or later.
+		var err error
+		for range 5 {
+			if err = s.startPeer(p); err != nil {
+				return fmt.Errorf("restart %s: %w", name, err)
+			}
+			err = s.waitUp(ctx, p, 90*time.Second, func() error { return s.readyCheck(ctx, name) })
+			if err == nil || !errors.Is(err, errExited) || !testutil.AddrInUse(p.output()) {
+				break
+			}
+			p.log.Close()
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Second):
+			}
 		}
-		if err := s.waitReady(ctx, name); err != nil {
+		if err != nil {
 			return fmt.Errorf("restart %s: %w", name, err)
 		}
 		s.Timings = append(s.Timings, Timing{"restart " + name + ": ready", time.Since(t0)})
@@ -520,16 +597,16 @@ func (s *Stack) Restart(ctx context.Context, name string, down time.Duration) er
 	return fmt.Errorf("restart %s: no such peer", name)
 }
 
-// waitReady polls a restarted peer's readiness.
-func (s *Stack) waitReady(ctx context.Context, name string) error {
+// readyCheck checks a restarted peer's readiness once.
+func (s *Stack) readyCheck(ctx context.Context, name string) error {
 	switch name {
 	case "kube-apiserver":
-		return poll(ctx, 90*time.Second, func() error {
-			_, err := s.Kubectl(ctx, "get", "--raw", "/readyz")
-			return err
-		})
+		_, err := s.Kubectl(ctx, "get", "--raw", "/readyz")
+		return err
 	case "istiod":
-		return poll(ctx, 60*time.Second, func() error { return httpOK(ctx, nil, "http://"+s.httpAddr+"/ready", "") })
+		return httpOK(ctx, nil, "http://"+s.httpAddr+"/ready", "")
+	case "etcd":
+		return httpOK(ctx, nil, s.etcdURL+"/health", "")
 	}
 	return nil
 }
@@ -554,12 +631,22 @@ func (s *Stack) IstiodLog() string {
 	return string(data)
 }
 
+// permanent wraps an error that stops poll at once.
+type permanent struct{ error }
+
+func (p permanent) Unwrap() error { return p.error }
+
+// poll calls f every 100 ms until it returns nil, a permanent error, or timeout passes.
 func poll(ctx context.Context, timeout time.Duration, f func() error) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		err := f()
 		if err == nil {
 			return nil
+		}
+		var pe permanent
+		if errors.As(err, &pe) {
+			return pe.error
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("not ready after %v: %w", timeout, err)
@@ -593,29 +680,9 @@ func httpOK(ctx context.Context, tlsCfg *tls.Config, url, token string) error {
 	return nil
 }
 
-// freePorts reserves n loopback ports by binding and releasing them.
-func freePorts(n int) ([]int, error) {
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	out := make([]int, 0, n)
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		ls = append(ls, l)
-		out = append(out, l.Addr().(*net.TCPAddr).Port)
-	}
-	return out, nil
-}
-
-// writeAPIServerPKI writes kube-apiserver's CA, serving certificate, service-account key pair, static token
-// file and an admin kubeconfig into dir, and returns the CA PEM.
-func writeAPIServerPKI(dir string, port int) ([]byte, error) {
+// writeAPIServerPKI writes kube-apiserver's CA, serving certificate, service-account key pair and static token
+// file into dir, and returns the CA PEM.
+func writeAPIServerPKI(dir string) ([]byte, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -665,13 +732,6 @@ func writeAPIServerPKI(dir string, port int) ([]byte, error) {
 		"sa.key":        pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(saKey)}),
 		"sa.pub":        pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: saPub}),
 		"tokens.csv":    []byte(adminToken + `,admin,admin-uid,"system:masters"` + "\n"),
-		"kubeconfig": []byte(fmt.Sprintf(`apiVersion: v1
-kind: Config
-clusters: [{name: e2e, cluster: {server: "https://127.0.0.1:%d", certificate-authority: "%s"}}]
-users: [{name: admin, user: {token: %s}}]
-contexts: [{name: e2e, context: {cluster: e2e, user: admin}}]
-current-context: e2e
-`, port, filepath.Join(dir, "ca.crt"), adminToken)),
 	}
 	for name, data := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
@@ -679,6 +739,18 @@ current-context: e2e
 		}
 	}
 	return caPEM, nil
+}
+
+// writeKubeconfig writes the admin kubeconfig for kube-apiserver on 127.0.0.1:port into dir.
+func writeKubeconfig(dir string, port int) error {
+	kc := fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters: [{name: e2e, cluster: {server: "https://127.0.0.1:%d", certificate-authority: "%s"}}]
+users: [{name: admin, user: {token: %s}}]
+contexts: [{name: e2e, context: {cluster: e2e, user: admin}}]
+current-context: e2e
+`, port, filepath.Join(dir, "ca.crt"), adminToken)
+	return os.WriteFile(filepath.Join(dir, "kubeconfig"), []byte(kc), 0o600)
 }
 
 // writePluggedCA writes an istiod "cacerts" set into dir: an ECDSA root and an intermediate signing CA for

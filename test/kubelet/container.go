@@ -9,9 +9,10 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/ambit-mesh/ambit/test/proc"
 )
 
 // Image is how the kubelet runs a container image: a host executable shown at Path inside the container's
@@ -179,8 +180,9 @@ mount --rbind /dev "$R/dev"
 	return b.String(), nil
 }
 
-// startProcess starts argv as a container: in netns (a path), with env, output appended to logPath.
-func startProcess(netnsPath, script string, argv, env []string, logPath string) (*exec.Cmd, *os.File, error) {
+// startProcess starts argv as a container: in netns (a path), with env, output appended to logPath. The process
+// dies with the kubelet's process (package test/proc: death signal, its own process group, killed with it).
+func startProcess(netnsPath, script string, argv, env []string, logPath string) (*proc.Proc, *os.File, error) {
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, nil, err
@@ -190,10 +192,10 @@ func startProcess(netnsPath, script string, argv, env []string, logPath string) 
 	cmd := exec.Command("nsenter", args...)
 	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	p, err := proc.Start(cmd)
+	if err != nil {
 		logf.Close()
 		return nil, nil, fmt.Errorf("start container: %w", err)
 	}
-	return cmd, logf, nil
+	return p, logf, nil
 }

@@ -21,6 +21,10 @@
 //     (restartPolicy), patches the pod status (IP, phase, conditions, container statuses);
 //   - tears everything down when the pod is deleted, then removes the pod object.
 //
+// Nothing outlives the test process: pod namespaces are created as `ip netns add` does (package test/netns) and
+// named after the lab (<lab>-n<i>-k<seq>), so the lab's Close, or the next lab.Sweep after a kill, removes them;
+// container processes are started with package test/proc, so they die with the process that runs the kubelet.
+//
 // Deviations, by design: no images are pulled (unknown images fail the pod), no cgroups or resource limits,
 // no user or capability changes (containers run as root), probes run at most every second, liveness probes
 // are ignored, and only the kubernetes Service and Options.Services are reachable by ClusterIP without Ambit.

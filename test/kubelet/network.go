@@ -8,13 +8,13 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os/exec"
 	"sync"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
 	"github.com/ambit-mesh/ambit/test/lab"
+	tnetns "github.com/ambit-mesh/ambit/test/netns"
 )
 
 var podGateway = netip.MustParseAddr("169.254.1.1")
@@ -45,11 +45,11 @@ func (p *ipPool) put(a netip.Addr) {
 	delete(p.used, a)
 }
 
-// addNS creates the named network namespace (under /var/run/netns, as iproute2 does) with lo up.
-func addNS(ctx context.Context, name string) (lab.NS, error) {
-	ns := lab.NS{Name: name}
-	if out, err := exec.CommandContext(ctx, "ip", "netns", "add", name).CombinedOutput(); err != nil {
-		return ns, fmt.Errorf("add netns %s: %w: %s", name, err, out)
+// addNS creates the named network namespace (package test/netns: as `ip netns add` does) with lo up.
+func addNS(name string) (lab.NS, error) {
+	ns, err := tnetns.Create(name)
+	if err != nil {
+		return ns, fmt.Errorf("add netns %s: %w", name, err)
 	}
 	h, err := ns.Handle()
 	if err != nil {
@@ -68,10 +68,7 @@ func addNS(ctx context.Context, name string) (lab.NS, error) {
 
 // delNS deletes a namespace made by addNS (its veth goes with it).
 func delNS(name string) error {
-	if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-		return fmt.Errorf("delete netns %s: %w: %s", name, err, out)
-	}
-	return nil
+	return tnetns.Delete(name)
 }
 
 // wirePod connects pod namespace ns to the node with a veth (hostVeth in the node, eth0 in the pod),

@@ -24,6 +24,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/ambit-mesh/ambit/test/lab"
+	"github.com/ambit-mesh/ambit/test/proc"
 )
 
 // podWorker runs one pod from its first sight to its removal.
@@ -161,7 +162,7 @@ func (w *podWorker) setup(ctx context.Context, pod *corev1.Pod) error {
 			seq := n.veth
 			n.mu.Unlock()
 			sb.ip, sb.own = ip, true
-			ns, err := addNS(ctx, fmt.Sprintf("%s-n%d-k%d", k.opts.Lab.Name, n.lab.Index, seq))
+			ns, err := addNS(fmt.Sprintf("%s-n%d-k%d", k.opts.Lab.Name, n.lab.Index, seq))
 			if err == nil {
 				sb.ns = ns
 				err = wirePod(n.lab.NS, ns, fmt.Sprintf("vk%d", seq), ip)
@@ -311,7 +312,7 @@ type container struct {
 	imageID string
 
 	mu        sync.Mutex
-	cmd       *exec.Cmd                        // guarded by mu; the running process
+	proc      *proc.Proc                       // guarded by mu; the running process
 	running   bool                             // guarded by mu
 	started   bool                             // guarded by mu; startup probe passed (or none)
 	ready     bool                             // guarded by mu
@@ -324,8 +325,8 @@ type container struct {
 func (c *container) signal(sig syscall.Signal) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.cmd != nil && c.cmd.Process != nil {
-		_ = syscall.Kill(-c.cmd.Process.Pid, sig)
+	if c.proc != nil {
+		_ = c.proc.Signal(sig)
 	}
 }
 
@@ -333,7 +334,7 @@ func (c *container) signal(sig syscall.Signal) {
 func (w *podWorker) supervise(ctx context.Context, policy corev1.RestartPolicy, c *container) {
 	backoff := time.Second
 	for ctx.Err() == nil {
-		cmd, logf, err := startProcess(w.sbNS().Path(), c.script, c.argv, c.env, c.logPath)
+		p, logf, err := startProcess(w.sbNS().Path(), c.script, c.argv, c.env, c.logPath)
 		if err != nil {
 			c.mu.Lock()
 			c.waiting = "CreateContainerError"
@@ -342,7 +343,7 @@ func (w *podWorker) supervise(ctx context.Context, policy corev1.RestartPolicy, 
 			w.logf("start container", "container", c.spec.Name, "err", err)
 		} else {
 			c.mu.Lock()
-			c.cmd, c.running, c.startedAt, c.waiting = cmd, true, metav1.Now(), ""
+			c.proc, c.running, c.startedAt, c.waiting = p, true, metav1.Now(), ""
 			c.started = c.spec.StartupProbe == nil
 			c.ready = c.spec.ReadinessProbe == nil && c.started
 			c.mu.Unlock()
@@ -353,7 +354,7 @@ func (w *podWorker) supervise(ctx context.Context, policy corev1.RestartPolicy, 
 				defer close(probesDone)
 				w.probe(pctx, c)
 			}()
-			werr := cmd.Wait()
+			werr := p.Wait()
 			stopProbes()
 			<-probesDone
 			logf.Close()
@@ -557,7 +558,7 @@ func (w *podWorker) status() corev1.PodStatus {
 		switch {
 		case c.running:
 			anyRunning = true
-			cs.ContainerID = "netns://" + strconv.Itoa(c.cmd.Process.Pid)
+			cs.ContainerID = "netns://" + strconv.Itoa(c.proc.Pid())
 			cs.State.Running = &corev1.ContainerStateRunning{StartedAt: c.startedAt}
 		case c.waiting != "":
 			cs.State.Waiting = &corev1.ContainerStateWaiting{Reason: c.waiting}

@@ -11,8 +11,16 @@
 //
 // Every name a lab creates (network namespaces, bpffs directories) starts with its Name, which starts with
 // "ambitlab-". A lab never touches the host's own interfaces, routes or sysctls: every link, address, route and
-// sysctl it sets lives in a namespace it created. Close removes everything; labs left behind by a killed test
-// process are removed by Sweep, which Start runs first.
+// sysctl it sets lives in a namespace it created. Namespaces are made as iproute2 makes them (package test/netns),
+// so `ip netns exec` works on them and `ip netns add` elsewhere cannot hide them.
+//
+// Ownership. A lab belongs to the process that made it for as long as that process holds the flock on
+// /run/ambit-labs/<name>.lock (package test/owner); the kernel releases it when the process dies, however it dies.
+// Close removes everything. Sweep (which Start runs first) removes exactly the labs whose lock it can take, so a
+// SIGKILLed test run's lab goes at the next run while a concurrent run's lab is never touched, and a fixed name
+// (the demo's, the benchmarks') is used by one process at a time: New fails with ErrInUse for a second one and
+// removes a dead owner's leftovers for the next one. Options.Keep marks a lab made by hand (hack/lab) to outlive
+// its maker until Remove.
 //
 // Use Start in tests (it skips or fails via testutil.RequireRoot and registers cleanup) and New elsewhere.
 package lab

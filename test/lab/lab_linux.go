@@ -15,14 +15,16 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
+	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/ambit-mesh/ambit/test/netns"
+	"github.com/ambit-mesh/ambit/test/owner"
 	"github.com/ambit-mesh/ambit/test/testutil"
 )
 
-// NamePrefix starts the name of every lab. Labs made by tests continue with "t<pid>-" so that Sweep can tell
-// when their process is gone.
+// NamePrefix starts the name of every lab. Default names continue with "t<pid>-<random>" (for people; ownership
+// is the lab's lock, see LockDir).
 const NamePrefix = "ambitlab-"
 
 // bpffsDir is where labs keep per-node bpffs pin directories (see Node.PinDir).
@@ -34,8 +36,12 @@ type Options struct {
 	Nodes int
 	// PodsPerNode is the number of pod namespaces per node (default 2, at most 200).
 	PodsPerNode int
-	// Name names the lab; it must start with NamePrefix. Default: NamePrefix + "t<pid>-<random>".
+	// Name names the lab; it must start with NamePrefix. Default: NamePrefix + "t<pid>-<random>", unique. A fixed
+	// name is owned by one process at a time: New fails with ErrInUse while a live process owns it, and removes
+	// what a dead owner left under that name.
 	Name string
+	// Keep makes the lab outlive its owner (hack/lab up): Sweep leaves it alone until Remove.
+	Keep bool
 	// Logger receives progress at debug level; nil discards.
 	Logger *slog.Logger
 }
@@ -48,6 +54,8 @@ type Lab struct {
 	Fabric NS
 	// Nodes are the nodes, in index order.
 	Nodes []*Node
+
+	lock *owner.Lock // ownership of Name; nil once closed or released
 }
 
 // Node is one node namespace: where an agent (and its redirector) runs.
@@ -96,8 +104,9 @@ func (l *Lab) Pods() []*Pod {
 	return out
 }
 
-// Start builds a lab for a test: it requires root (testutil.RequireRoot), sweeps labs of dead test processes,
-// and removes the lab when the test ends, whether it passed or not.
+// Start builds a lab for a test: it requires root (testutil.RequireRoot), sweeps the labs of dead owners (logging,
+// not failing, what it cannot remove: the next Sweep retries), and removes the lab when the test ends, whether it
+// passed or not.
 func Start(tb testing.TB, opts Options) *Lab {
 	tb.Helper()
 	testutil.RequireRoot(tb)
@@ -133,18 +142,33 @@ func New(ctx context.Context, opts Options) (*Lab, error) {
 	if !strings.HasPrefix(opts.Name, NamePrefix) {
 		return nil, fmt.Errorf("lab name %q must start with %q", opts.Name, NamePrefix)
 	}
+	if !validName.MatchString(opts.Name) {
+		return nil, fmt.Errorf("lab name %q: want %s", opts.Name, validName)
+	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	existing, err := listNS(opts.Name + "-")
+	lock, err := lockLab(opts.Name)
 	if err != nil {
 		return nil, err
 	}
-	if len(existing) > 0 {
-		return nil, fmt.Errorf("lab %s already exists (%d namespaces)", opts.Name, len(existing))
+	if _, err := os.Stat(keepPath(opts.Name)); err == nil {
+		lock.Release()
+		return nil, fmt.Errorf("lab %s already exists (kept; remove it first)", opts.Name)
 	}
-	l := &Lab{Name: opts.Name}
+	// Anything under this name now is a dead owner's leftover.
+	if err := removeResources(opts.Name); err != nil {
+		lock.Release()
+		return nil, fmt.Errorf("remove what a dead owner left of lab %s: %w", opts.Name, err)
+	}
+	if opts.Keep {
+		if err := os.WriteFile(keepPath(opts.Name), []byte("kept by pid "+strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+			lock.Release()
+			return nil, fmt.Errorf("mark lab %s kept: %w", opts.Name, err)
+		}
+	}
+	l := &Lab{Name: opts.Name, lock: lock}
 	if err := l.build(ctx, opts, log); err != nil {
 		if cerr := l.Close(); cerr != nil {
 			err = errors.Join(err, cerr)
@@ -220,7 +244,7 @@ func (l *Lab) build(ctx context.Context, opts Options, log *slog.Logger) error {
 
 // newNS creates the namespace <lab>-<suffix>, brings lo up and sets the sysctls every lab namespace needs.
 func (l *Lab) newNS(suffix string, forward bool) (NS, error) {
-	ns, err := createNS(l.Name + "-" + suffix)
+	ns, err := netns.Create(l.Name + "-" + suffix)
 	if err != nil {
 		return ns, err
 	}
@@ -259,7 +283,7 @@ func (l *Lab) wireNode(fh *netlink.Handle, n *Node) error {
 		return err
 	}
 	defer nh.Close()
-	fabNS, err := netns.GetFromPath(l.Fabric.Path())
+	fabNS, err := vnetns.GetFromPath(l.Fabric.Path())
 	if err != nil {
 		return fmt.Errorf("open fabric netns: %w", err)
 	}
@@ -315,7 +339,7 @@ func wirePod(n *Node, p *Pod) error {
 		return err
 	}
 	defer ph.Close()
-	podNS, err := netns.GetFromPath(p.NS.Path())
+	podNS, err := vnetns.GetFromPath(p.NS.Path())
 	if err != nil {
 		return fmt.Errorf("open pod netns: %w", err)
 	}
@@ -395,70 +419,29 @@ func (l *Lab) routeNode(n *Node) error {
 	return nil
 }
 
-// Close removes every namespace and bpffs directory of the lab. It is safe to call more than once.
+// Close removes every namespace and bpffs directory of the lab and gives up its name. It is safe to call more than
+// once.
 func (l *Lab) Close() error {
-	return Remove(l.Name)
+	if l.lock == nil {
+		return nil
+	}
+	if err := removeResources(l.Name); err != nil {
+		return err // keep the lock: the lab is still ours, and a retried Close (or our exit and a Sweep) finishes
+	}
+	err := l.lock.Remove()
+	l.lock = nil
+	return err
 }
 
-// Remove removes everything named after the lab name: its network namespaces (which takes their links,
-// addresses, routes, rules, nftables tables and attached TCX programs with them) and its bpffs directory
-// (which releases pinned maps and links).
-func Remove(name string) error {
-	if !strings.HasPrefix(name, NamePrefix) {
-		return fmt.Errorf("lab name %q must start with %q", name, NamePrefix)
+// Release gives up the lab's ownership without removing it: a lab made with Options.Keep then stays until
+// Remove; any other lab is removed by the next Sweep.
+func (l *Lab) Release() error {
+	if l.lock == nil {
+		return nil
 	}
-	var errs []error
-	if err := os.RemoveAll(filepath.Join(bpffsDir, name)); err != nil {
-		errs = append(errs, fmt.Errorf("remove pins: %w", err))
-	}
-	names, err := listNS(name + "-")
-	if err != nil {
-		errs = append(errs, err)
-	}
-	for _, n := range names {
-		if err := deleteNS(n); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
-}
-
-// Sweep removes labs made by test processes that no longer exist (for example a test binary killed by an
-// interrupt before its cleanup ran). Labs named by people (hack/lab) are left alone.
-func Sweep() error {
-	names, err := listNS(NamePrefix + "t")
-	if err != nil {
-		return err
-	}
-	if ents, err := os.ReadDir(bpffsDir); err == nil {
-		for _, e := range ents {
-			if strings.HasPrefix(e.Name(), NamePrefix+"t") {
-				names = append(names, e.Name()+"-")
-			}
-		}
-	}
-	dead := map[string]bool{}
-	for _, n := range names {
-		rest := strings.TrimPrefix(n, NamePrefix+"t")
-		parts := strings.SplitN(rest, "-", 3)
-		if len(parts) < 2 {
-			continue
-		}
-		pid, err := strconv.Atoi(parts[0])
-		if err != nil {
-			continue
-		}
-		if unix.Kill(pid, 0) == unix.ESRCH {
-			dead[NamePrefix+"t"+parts[0]+"-"+parts[1]] = true
-		}
-	}
-	var errs []error
-	for name := range dead {
-		if err := Remove(name); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
+	err := l.lock.Release()
+	l.lock = nil
+	return err
 }
 
 func addr(p netip.Prefix) *netlink.Addr {
@@ -471,19 +454,4 @@ func addr(p netip.Prefix) *netlink.Addr {
 
 func ipnet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
-}
-
-// List returns the names of the labs that exist (found by their fabric namespaces).
-func List() ([]string, error) {
-	names, err := listNS(NamePrefix)
-	if err != nil {
-		return nil, err
-	}
-	var out []string
-	for _, n := range names {
-		if lab, ok := strings.CutSuffix(n, "-fab"); ok {
-			out = append(out, lab)
-		}
-	}
-	return out, nil
 }

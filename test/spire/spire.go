@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +13,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ambit-mesh/ambit/test/proc"
+	"github.com/ambit-mesh/ambit/test/testutil"
 )
 
 // Version is the SPIRE release the harness expects (the module version hack/peers/build-spire.sh builds).
@@ -121,10 +123,12 @@ func Start(tb testing.TB, opts Options) *Cluster {
 			tb.Fatal(err)
 		}
 	}
-	port, err := freePort()
+	// Outside the ephemeral range, so no outgoing connection can take it before the server binds it.
+	ports, err := testutil.FreePorts(1)
 	if err != nil {
 		tb.Fatal(err)
 	}
+	port := ports[0]
 
 	serverConf := filepath.Join(dir, "server", "server.conf")
 	writeFile(tb, serverConf, fmt.Sprintf(`server {
@@ -260,7 +264,7 @@ func (c *Cluster) cli(ctx context.Context, bin, sock string, args ...string) (st
 	cmd := exec.CommandContext(ctx, filepath.Join(c.bin, bin), full...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
+	if err := proc.Run(cmd); err != nil {
 		return stdout.String() + stderr.String(), err
 	}
 	return stdout.String(), nil
@@ -302,15 +306,15 @@ func startProcess(tb testing.TB, bin, logPath string, args ...string) *process {
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	// Own process group, and killed if the test binary dies (no orphaned daemons).
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	// Own process group, killed if the test binary dies (package test/proc: no orphaned daemons).
+	pr, err := proc.Start(cmd)
+	if err != nil {
 		_ = logf.Close()
 		tb.Fatalf("start %s: %v", bin, err)
 	}
 	p := &process{cmd: cmd, log: logPath, done: make(chan struct{})}
 	go func() {
-		p.err = cmd.Wait()
+		p.err = pr.Wait()
 		_ = logf.Close()
 		close(p.done)
 	}()
@@ -363,13 +367,4 @@ func writeFile(tb testing.TB, path, content string) {
 	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 		tb.Fatal(err)
 	}
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("pick port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }

@@ -21,6 +21,8 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gwclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
+
+	"github.com/ambit-mesh/ambit/test/proc"
 )
 
 // CLI parity against the real API server: every command runs with the real istioctl and with ambitctl, each in
@@ -87,7 +89,7 @@ func (c *cluster) cliRun(t *testing.T, tool string, args ...string) cliResult {
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	t0 := time.Now()
-	err := cmd.Run()
+	err := proc.Run(cmd)
 	r := cliResult{stdout: out.String(), stderr: errb.String(), took: time.Since(t0)}
 	var ee *exec.ExitError
 	switch {

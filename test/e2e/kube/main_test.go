@@ -20,6 +20,8 @@ import (
 	"github.com/ambit-mesh/ambit/test/e2e"
 	"github.com/ambit-mesh/ambit/test/kubelet"
 	"github.com/ambit-mesh/ambit/test/lab"
+	"github.com/ambit-mesh/ambit/test/owner"
+	"github.com/ambit-mesh/ambit/test/proc"
 	"github.com/ambit-mesh/ambit/test/testutil"
 )
 
@@ -48,7 +50,9 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	os.Exit(run(m))
+	code := run(m)
+	proc.KillAll() // whatever a skipped cleanup left running
+	os.Exit(code)
 }
 
 func run(m *testing.M) int {
@@ -56,11 +60,19 @@ func run(m *testing.M) int {
 		// Every test requires root and says so (testutil.RequireRoot fails under AMBIT_REQUIRE_ROOT=1).
 		return m.Run()
 	}
-	dir, err := os.MkdirTemp("", "ambit-e2e-kube-")
+	// Everything a killed run left goes first: its labs (and their pod namespaces and pins), its state directory.
+	if err := lab.Sweep(); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e/kube: sweep labs (retried by the next run):", err)
+	}
+	if removed, err := owner.SweepTemp("ambit-e2e-kube-"); err != nil || len(removed) > 0 {
+		fmt.Fprintf(os.Stderr, "e2e/kube: swept the state of dead runs %v (errors: %v)\n", removed, err)
+	}
+	tmp, err := owner.MkdirTemp("ambit-e2e-kube-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e/kube:", err)
 		return 1
 	}
+	dir := tmp.Path
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	t0 := time.Now()
@@ -79,8 +91,9 @@ func run(m *testing.M) int {
 		c.tearDown()
 	}
 	if code == 0 {
-		os.RemoveAll(dir)
+		tmp.RemoveAll()
 	} else {
+		tmp.Keep()
 		fmt.Fprintf(os.Stderr, "e2e/kube: state and logs kept in %s\n", dir)
 	}
 	return code
@@ -116,7 +129,7 @@ func setUp(ctx context.Context, dir string) (c *cluster, timings string, err err
 		for name, pkg := range map[string]string{"ambit": "./cmd/ambit", "ambitctl": "./cmd/ambitctl", "echo": "./test/e2e/kube/echo"} {
 			cmd := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(c.bin, name), pkg)
 			cmd.Dir = "../../.."
-			if out, err := cmd.CombinedOutput(); err != nil {
+			if out, err := proc.CombinedOutput(cmd); err != nil {
 				return fmt.Errorf("build %s: %w\n%s", name, err, out)
 			}
 		}
@@ -141,8 +154,7 @@ func setUp(ctx context.Context, dir string) (c *cluster, timings string, err err
 		return c, timings, err
 	}
 	if err := phase("lab and kubelet", func() error {
-		_ = lab.Sweep()
-		l, err := lab.New(ctx, lab.Options{Name: fmt.Sprintf("%st%d-kube", lab.NamePrefix, os.Getpid()), Nodes: 2, PodsPerNode: 0})
+		l, err := lab.New(ctx, lab.Options{Nodes: 2, PodsPerNode: 0})
 		if err != nil {
 			return err
 		}
@@ -241,8 +253,11 @@ func (c *cluster) ambitctl(ctx context.Context, args ...string) (stdout, stderr 
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+c.stack.Kubeconfig)
 	var o, e strings.Builder
 	cmd.Stdout, cmd.Stderr = &o, &e
-	err := cmd.Run()
-	code = cmd.ProcessState.ExitCode()
+	err := proc.Run(cmd)
+	code = -1
+	if cmd.ProcessState != nil {
+		code = cmd.ProcessState.ExitCode()
+	}
 	if err != nil && code == 0 {
 		code = -1
 	}
