@@ -92,7 +92,21 @@ struct {
 	__type(value, __u8);
 } reopen SEC(".maps");
 
-/* flow is what the parser extracts from one TCP packet. */
+/* hooked holds the interfaces (ifindex) whose ingress capture is attached
+ * to, written by the loader. capture_egress drops a new connection to an
+ * enrolled pod that was forwarded from any other interface: it bypassed
+ * capture (an interface that appeared since the agent last looked, or one
+ * capture cannot attach to). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} hooked SEC(".maps");
+
+/* flow is what the parser extracts from one packet: the addresses of any IP
+ * packet it classifies, and the TCP fields when it is a whole TCP segment. */
 struct flow {
 	struct bpf_sock_tuple tuple;
 	struct pod_key src;
@@ -103,6 +117,22 @@ struct flow {
 	__u8 ack;
 	__u8 v6;
 };
+
+/* parse_result classifies a packet. */
+enum parse_result {
+	PARSE_TCP,     /* a TCP segment with a whole, consistent header: f is complete */
+	PARSE_OTHER,   /* not TCP (or not IP, or an IP header that IP input drops): not ours */
+	PARSE_SUSPECT, /* TCP, or maybe TCP, whose header cannot be checked here: an IP fragment of TCP
+	                * (or of an IPv6 header chain that may lead to TCP), a TCP header that is
+	                * truncated or shorter than 20 bytes, an IPv6 header chain longer than
+	                * V6_MAX_EXT headers or truncated. f has the addresses. */
+	PARSE_PULL,    /* (parse_once only) the headers are not all in the linear data: pull and retry */
+};
+
+/* V6_MAX_EXT is how many IPv6 extension headers the parser walks to find
+ * TCP. Legitimate TCP has none (or a Hop-by-Hop header); a longer chain to or
+ * from a captured pod is dropped. */
+#define V6_MAX_EXT 6
 
 static __always_inline void count(enum verdict v)
 {
@@ -126,6 +156,8 @@ static __always_inline int finish(struct __sk_buff *skb, enum verdict v)
 		skb->mark = (skb->mark & ~capture_mark_mask) | capture_mark;
 		return TC_ACT_OK;
 	case VERDICT_NO_LISTENER:
+	case VERDICT_MALFORMED:
+	case VERDICT_UNHOOKED:
 		return TC_ACT_SHOT;
 	default:
 		return TC_ACT_UNSPEC;
@@ -141,20 +173,120 @@ static __always_inline void v4_key(struct pod_key *k, __be32 addr)
 	w[3] = addr;
 }
 
-/* parse fills f from the packet and returns 0, or -1 when the packet is not a
- * TCP segment this program handles (non-TCP, IPv6 extension headers, non-first
- * fragments, truncated headers). l2 is the link-layer header length. */
-static __always_inline int parse(struct __sk_buff *skb, __u32 l2, struct flow *f)
+/* tcp_fill completes f from a fixed TCP header th of a segment of l4len bytes
+ * (TCP header and payload, from the IP lengths). The data offset must cover
+ * the fixed header and fit in the segment, as TCP input requires. */
+static __always_inline int tcp_fill(struct flow *f, const struct tcphdr *th, __u32 l4len)
+{
+	__u32 doff = th->doff * 4;
+	if (doff < sizeof(*th) || doff > l4len)
+		return PARSE_SUSPECT;
+	if (f->v6) {
+		f->tuple.ipv6.sport = th->source;
+		f->tuple.ipv6.dport = th->dest;
+	} else {
+		f->tuple.ipv4.sport = th->source;
+		f->tuple.ipv4.dport = th->dest;
+	}
+	f->sport = th->source;
+	f->dport = th->dest;
+	f->syn = th->syn;
+	f->ack = th->ack;
+	return PARSE_TCP;
+}
+
+/* need_linear returns PARSE_PULL (setting *need) when the skb holds n bytes
+ * but its linear data does not, else fail: the packet is shorter than that. */
+static __always_inline int need_linear(struct __sk_buff *skb, __u32 n, __u32 *need, int fail)
+{
+	if (skb->len < n)
+		return fail;
+	*need = n;
+	return PARSE_PULL;
+}
+
+static __always_inline int v6_ext_header(__u8 nh)
+{
+	return nh == IPPROTO_HOPOPTS || nh == IPPROTO_ROUTING || nh == IPPROTO_DSTOPTS || nh == IPPROTO_AH ||
+	       nh == IPPROTO_FRAGMENT;
+}
+
+/* v6_ext walks the IPv6 extension headers from next header nh at offset base
+ * (the end of the IPv6 header; plen is the payload length after it) to find
+ * TCP, as IPv6 input does: Hop-by-Hop, Routing, Destination Options,
+ * Fragment and AH headers are walked, any other next header ends the chain.
+ * It reads with bpf_skb_load_bytes (no linear data needed): this is the slow
+ * path, taken only by packets with extension headers. */
+static __always_inline int v6_ext(struct __sk_buff *skb, struct flow *f, __u8 nh, __u32 base, __u32 plen)
+{
+	__u32 off = base;
+	int frag = 0;
+
+	for (int i = 0; i < V6_MAX_EXT; i++) {
+		if (nh == IPPROTO_HOPOPTS || nh == IPPROTO_ROUTING || nh == IPPROTO_DSTOPTS) {
+			__u8 h[2];
+			if (bpf_skb_load_bytes(skb, off, h, sizeof(h)))
+				return PARSE_SUSPECT;
+			nh = h[0];
+			off += (h[1] + 1) * 8;
+		} else if (nh == IPPROTO_AH) {
+			__u8 h[2];
+			if (bpf_skb_load_bytes(skb, off, h, sizeof(h)))
+				return PARSE_SUSPECT;
+			nh = h[0];
+			off += (h[1] + 2) * 4;
+		} else if (nh == IPPROTO_FRAGMENT) {
+			struct frag_hdr fh;
+			if (bpf_skb_load_bytes(skb, off, &fh, sizeof(fh)))
+				return PARSE_SUSPECT;
+			nh = fh.nexthdr;
+			off += sizeof(fh);
+			if (fh.frag_off & bpf_htons(IP6_OFFSET)) {
+				/* A later fragment: what it carries is only known from
+				 * the first one. An upper-layer protocol other than TCP
+				 * is not ours; TCP, or extension headers that may lead
+				 * to it, is a fragment of (maybe) TCP. */
+				if (nh == IPPROTO_TCP || v6_ext_header(nh))
+					return PARSE_SUSPECT;
+				return PARSE_OTHER;
+			}
+			/* The first fragment, or an atomic fragment (offset 0, no
+			 * more fragments), which is a whole packet. */
+			if (fh.frag_off & bpf_htons(IP6_MF))
+				frag = 1;
+		} else {
+			break;
+		}
+	}
+	if (nh != IPPROTO_TCP) {
+		if (v6_ext_header(nh))
+			return PARSE_SUSPECT; /* the chain goes on past V6_MAX_EXT headers */
+		return PARSE_OTHER;
+	}
+	if (frag)
+		return PARSE_SUSPECT;
+	__u32 hdrs = off - base;
+	if (hdrs > plen || plen - hdrs < sizeof(struct tcphdr))
+		return PARSE_SUSPECT;
+	struct tcphdr th;
+	if (bpf_skb_load_bytes(skb, off, &th, sizeof(th)))
+		return PARSE_SUSPECT;
+	return tcp_fill(f, &th, plen - hdrs);
+}
+
+/* parse_once classifies the packet (see parse_result) and fills f. l2 is the
+ * link-layer header length. It returns PARSE_PULL with *need set when the
+ * headers it must read directly are not all in the linear data. */
+static __always_inline int parse_once(struct __sk_buff *skb, __u32 l2, struct flow *f, __u32 *need)
 {
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
-	struct tcphdr *tcp;
 	__be16 proto;
 
 	if (l2) {
 		struct ethhdr *eth = data;
 		if ((void *)(eth + 1) > end)
-			return -1;
+			return need_linear(skb, sizeof(*eth), need, PARSE_OTHER);
 		proto = eth->h_proto;
 	} else {
 		proto = (__be16)skb->protocol;
@@ -163,47 +295,75 @@ static __always_inline int parse(struct __sk_buff *skb, __u32 l2, struct flow *f
 	if (proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr *ip = data + l2;
 		if ((void *)(ip + 1) > end)
-			return -1;
+			return need_linear(skb, l2 + sizeof(*ip), need, PARSE_OTHER);
 		if (ip->protocol != IPPROTO_TCP)
-			return -1;
-		if (ip->frag_off & bpf_htons(IP_OFFSET))
-			return -1;
-		__u32 ihl = ip->ihl * 4;
-		if (ihl < sizeof(*ip))
-			return -1;
-		tcp = (void *)ip + ihl;
-		if ((void *)(tcp + 1) > end)
-			return -1;
+			return PARSE_OTHER;
 		f->tuple.ipv4.saddr = ip->saddr;
 		f->tuple.ipv4.daddr = ip->daddr;
-		f->tuple.ipv4.sport = tcp->source;
-		f->tuple.ipv4.dport = tcp->dest;
 		v4_key(&f->src, ip->saddr);
 		v4_key(&f->dst, ip->daddr);
-	} else if (proto == bpf_htons(ETH_P_IPV6)) {
+		__u32 ihl = ip->ihl * 4;
+		if (ihl < sizeof(*ip))
+			return PARSE_OTHER; /* IP input drops it */
+		/* Any fragment, the first (MF) or a later one (offset): only
+		 * reassembly, after this program, shows the whole TCP header. */
+		if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))
+			return PARSE_SUSPECT;
+		__u32 tot = bpf_ntohs(ip->tot_len);
+		if (tot == 0)
+			tot = skb->len - l2; /* BIG TCP: GSO packets over 64 KiB */
+		if (tot < ihl)
+			return PARSE_OTHER; /* IP input drops it */
+		if (tot - ihl < sizeof(struct tcphdr))
+			return PARSE_SUSPECT;
+		struct tcphdr *tcp = (void *)ip + ihl;
+		if ((void *)(tcp + 1) > end)
+			return need_linear(skb, l2 + ihl + sizeof(*tcp), need, PARSE_SUSPECT);
+		return tcp_fill(f, tcp, tot - ihl);
+	}
+	if (proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = data + l2;
 		if ((void *)(ip6 + 1) > end)
-			return -1;
-		if (ip6->nexthdr != IPPROTO_TCP)
-			return -1;
-		tcp = (void *)(ip6 + 1);
-		if ((void *)(tcp + 1) > end)
-			return -1;
+			return need_linear(skb, l2 + sizeof(*ip6), need, PARSE_OTHER);
+		__u8 nh = ip6->nexthdr;
+		if (nh != IPPROTO_TCP && !v6_ext_header(nh))
+			return PARSE_OTHER;
+		__u32 plen = bpf_ntohs(ip6->payload_len);
 		__builtin_memcpy(f->tuple.ipv6.saddr, &ip6->saddr, 16);
 		__builtin_memcpy(f->tuple.ipv6.daddr, &ip6->daddr, 16);
-		f->tuple.ipv6.sport = tcp->source;
-		f->tuple.ipv6.dport = tcp->dest;
-		f->v6 = 1;
 		__builtin_memcpy(f->src.addr, &ip6->saddr, 16);
 		__builtin_memcpy(f->dst.addr, &ip6->daddr, 16);
-	} else {
-		return -1;
+		f->v6 = 1;
+		if (plen == 0)
+			plen = skb->len - l2 - sizeof(*ip6); /* jumbogram or BIG TCP */
+		if (nh != IPPROTO_TCP)
+			return v6_ext(skb, f, nh, l2 + sizeof(*ip6), plen);
+		if (plen < sizeof(struct tcphdr))
+			return PARSE_SUSPECT;
+		struct tcphdr *tcp = (void *)(ip6 + 1);
+		if ((void *)(tcp + 1) > end)
+			return need_linear(skb, l2 + sizeof(*ip6) + sizeof(*tcp), need, PARSE_SUSPECT);
+		return tcp_fill(f, tcp, plen);
 	}
-	f->sport = tcp->source;
-	f->dport = tcp->dest;
-	f->syn = tcp->syn;
-	f->ack = tcp->ack;
-	return 0;
+	return PARSE_OTHER;
+}
+
+/* parse classifies the packet and fills f (see parse_result). Headers are
+ * read from the linear data; in the rare packet whose headers are not all
+ * there (some drivers leave them in page fragments) they are pulled in once. */
+static __always_inline int parse(struct __sk_buff *skb, __u32 l2, struct flow *f)
+{
+	__u32 need = 0;
+	int r = parse_once(skb, l2, f, &need);
+	if (r != PARSE_PULL)
+		return r;
+	if (bpf_skb_pull_data(skb, need))
+		return PARSE_SUSPECT;
+	__builtin_memset(f, 0, sizeof(*f));
+	r = parse_once(skb, l2, f, &need);
+	if (r == PARSE_PULL)
+		return PARSE_SUSPECT;
+	return r;
 }
 
 /* pods_of looks up the pod entries of a connection's source and destination.
@@ -243,7 +403,8 @@ static __always_inline int steer(struct __sk_buff *skb, __u32 l2)
 
 	if ((skb->mark & own_mark_mask) == own_mark)
 		return finish(skb, VERDICT_PASS);
-	if (parse(skb, l2, &f) < 0)
+	int r = parse(skb, l2, &f);
+	if (r == PARSE_OTHER)
 		return finish(skb, VERDICT_PASS);
 
 	pods_of(&f.src, &f.dst, skb->ingress_ifindex, &src, &dst);
@@ -252,6 +413,16 @@ static __always_inline int steer(struct __sk_buff *skb, __u32 l2)
 	if (!src) {
 		if (!dst)
 			return finish(skb, VERDICT_PASS);
+	}
+	if (r != PARSE_TCP) {
+		/* TCP whose header this program cannot check (a fragment, a
+		 * truncated header, an unwalkable IPv6 chain) would reach the
+		 * pod, or leave it, around the agent: after reassembly it may
+		 * well be a SYN. Legitimate TCP never looks like this here (see
+		 * doc.go: DF and path MTU discovery). */
+		if (decide(src, dst, 0) != LISTENER_MAX)
+			return finish(skb, VERDICT_MALFORMED);
+		return finish(skb, VERDICT_PASS);
 	}
 
 	/* Established (or half-open, or time-wait) socket first, so flows the
@@ -320,13 +491,52 @@ static __always_inline int steer(struct __sk_buff *skb, __u32 l2)
 	return finish(skb, v);
 }
 
-/* capture is attached to Ethernet devices (veth, physical NICs, vxlan,
- * geneve). Devices without a link-layer header (ipip, wireguard) are not
- * supported. */
+/* capture is attached at ingress of Ethernet devices (veth, physical NICs,
+ * vxlan, geneve, macvlan, bridges, bonds, VLANs). */
 SEC("tc")
 int capture(struct __sk_buff *skb)
 {
 	return steer(skb, ETH_HLEN);
+}
+
+/* capture_l3 is attached at ingress of devices without a link-layer header
+ * (ipip, ip6tnl, sit, wireguard, tun): the packet starts with its IP header. */
+SEC("tc")
+int capture_l3(struct __sk_buff *skb)
+{
+	return steer(skb, 0);
+}
+
+/* capture_egress is attached at egress of pods' host-side interfaces: the
+ * fail-closed backstop for new connections to enrolled pods that reach the
+ * pod without crossing a hooked ingress. A SYN (or TCP the parser cannot
+ * check) to an enrolled pod that the node forwards from an interface missing
+ * from hooked is dropped. Forwarded from a hooked
+ * interface, it is a connection capture saw with another destination (node
+ * DNAT, such as a NodePort) and is left alone. Everything else costs the
+ * parse only. */
+SEC("tc")
+int capture_egress(struct __sk_buff *skb)
+{
+	struct flow f = {};
+
+	/* Packets the node sends (the agent's, and node processes' such as
+	 * kubelet probes, which capture leaves alone) were never received: no
+	 * arriving interface. */
+	__u32 iif = skb->ingress_ifindex;
+	if (!iif)
+		return TC_ACT_UNSPEC;
+	int r = parse(skb, ETH_HLEN, &f);
+	if (r == PARSE_OTHER)
+		return TC_ACT_UNSPEC;
+	if (r == PARSE_TCP && (!f.syn || f.ack))
+		return TC_ACT_UNSPEC;
+	struct pod_info *dst = bpf_map_lookup_elem(&pods, &f.dst);
+	if (!dst || !(dst->flags & POD_ENROLLED))
+		return TC_ACT_UNSPEC;
+	if (bpf_map_lookup_elem(&hooked, &iif))
+		return TC_ACT_UNSPEC;
+	return finish(skb, VERDICT_UNHOOKED);
 }
 
 static __always_inline void v6_key(struct pod_key *k, const __u32 *addr)

@@ -59,18 +59,23 @@ const (
 	CaptureVerdictVERDICT_HBONE         CaptureVerdict = 4
 	CaptureVerdictVERDICT_NO_LISTENER   CaptureVerdict = 5
 	CaptureVerdictVERDICT_ASSIGN_FAILED CaptureVerdict = 6
-	CaptureVerdictVERDICT_MAX           CaptureVerdict = 7
+	CaptureVerdictVERDICT_MALFORMED     CaptureVerdict = 7
+	CaptureVerdictVERDICT_UNHOOKED      CaptureVerdict = 8
+	CaptureVerdictVERDICT_MAX           CaptureVerdict = 9
 )
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	CaptureMapHooked          = "hooked"
 	CaptureMapListeners       = "listeners"
 	CaptureMapPods            = "pods"
 	CaptureMapReopen          = "reopen"
 	CaptureMapStats           = "stats"
 	CaptureProgCapture        = "capture"
+	CaptureProgCaptureEgress  = "capture_egress"
+	CaptureProgCaptureL3      = "capture_l3"
 	CaptureProgCaptureLookup  = "capture_lookup"
 	CaptureVarCaptureMark     = "capture_mark"
 	CaptureVarCaptureMarkMask = "capture_mark_mask"
@@ -122,6 +127,8 @@ type CaptureSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type CaptureProgramSpecs struct {
 	Capture       *ebpf.ProgramSpec `ebpf:"capture"`
+	CaptureEgress *ebpf.ProgramSpec `ebpf:"capture_egress"`
+	CaptureL3     *ebpf.ProgramSpec `ebpf:"capture_l3"`
 	CaptureLookup *ebpf.ProgramSpec `ebpf:"capture_lookup"`
 }
 
@@ -129,6 +136,7 @@ type CaptureProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type CaptureMapSpecs struct {
+	Hooked    *ebpf.MapSpec `ebpf:"hooked"`
 	Listeners *ebpf.MapSpec `ebpf:"listeners"`
 	Pods      *ebpf.MapSpec `ebpf:"pods"`
 	Reopen    *ebpf.MapSpec `ebpf:"reopen"`
@@ -166,6 +174,7 @@ func (o *CaptureObjects) Close() error {
 //
 // It can be passed to LoadCaptureObjects or ebpf.CollectionSpec.LoadAndAssign.
 type CaptureMaps struct {
+	Hooked    *ebpf.Map `ebpf:"hooked"`
 	Listeners *ebpf.Map `ebpf:"listeners"`
 	Pods      *ebpf.Map `ebpf:"pods"`
 	Reopen    *ebpf.Map `ebpf:"reopen"`
@@ -174,6 +183,7 @@ type CaptureMaps struct {
 
 func (m *CaptureMaps) Close() error {
 	return _CaptureClose(
+		m.Hooked,
 		m.Listeners,
 		m.Pods,
 		m.Reopen,
@@ -197,12 +207,16 @@ type CaptureVariables struct {
 // It can be passed to LoadCaptureObjects or ebpf.CollectionSpec.LoadAndAssign.
 type CapturePrograms struct {
 	Capture       *ebpf.Program `ebpf:"capture"`
+	CaptureEgress *ebpf.Program `ebpf:"capture_egress"`
+	CaptureL3     *ebpf.Program `ebpf:"capture_l3"`
 	CaptureLookup *ebpf.Program `ebpf:"capture_lookup"`
 }
 
 func (p *CapturePrograms) Close() error {
 	return _CaptureClose(
 		p.Capture,
+		p.CaptureEgress,
+		p.CaptureL3,
 		p.CaptureLookup,
 	)
 }

@@ -248,6 +248,7 @@ func withIPOptions(pkt []byte) []byte {
 	out = append(out, 1, 1, 1, 0) // NOP, NOP, NOP, EOL
 	out = append(out, pkt[14+20:]...)
 	out[14] = 0x46
+	binary.BigEndian.PutUint16(out[14+2:], uint16(len(out)-14))
 	return out
 }
 
@@ -255,6 +256,103 @@ func withIPOptions(pkt []byte) []byte {
 func fragment(pkt []byte) []byte {
 	out := append([]byte{}, pkt...)
 	binary.BigEndian.PutUint16(out[14+6:], 185)
+	return out
+}
+
+// firstFragment marks an IPv4 packet as the first fragment of a larger one (MF, offset 0).
+func firstFragment(pkt []byte) []byte {
+	out := append([]byte{}, pkt...)
+	binary.BigEndian.PutUint16(out[14+6:], 0x2000)
+	return out
+}
+
+// tinyFirstFragment cuts an IPv4 packet to a first fragment carrying only the first 8 bytes of its TCP header
+// (ports and sequence number; the flags come in the next fragment).
+func tinyFirstFragment(pkt []byte) []byte {
+	out := firstFragment(pkt)[:14+20+8]
+	binary.BigEndian.PutUint16(out[14+2:], 20+8)
+	return out
+}
+
+// withTotLen sets an IPv4 packet's total length.
+func withTotLen(pkt []byte, n int) []byte {
+	out := append([]byte{}, pkt...)
+	binary.BigEndian.PutUint16(out[14+2:], uint16(n))
+	return out
+}
+
+// withDataOffset sets the TCP data offset (in 32-bit words) of a packet without IP options or extension
+// headers.
+func withDataOffset(pkt []byte, words int) []byte {
+	out := append([]byte{}, pkt...)
+	at := 14 + 20
+	if out[14]>>4 == 6 {
+		at = 14 + 40
+	}
+	out[at+12] = byte(words << 4)
+	return out
+}
+
+// IPv6 next-header values.
+const (
+	nhHop      = 0
+	nhTCP      = 6
+	nhUDP      = 17
+	nhRouting  = 43
+	nhFragment = 44
+	nhAH       = 51
+	nhNone     = 59
+	nhDstOpts  = 60
+)
+
+// ext6 is one IPv6 extension header: its type and its bytes after the next-header byte.
+type ext6 struct {
+	typ  byte
+	body []byte
+}
+
+// padOpts is a Hop-by-Hop or Destination Options header of 8 bytes (one PadN option).
+func padOpts(typ byte) ext6 { return ext6{typ, []byte{0, 1, 4, 0, 0, 0, 0}} }
+
+var (
+	hopByHop = padOpts(nhHop)
+	dstOpts  = padOpts(nhDstOpts)
+	routing  = ext6{nhRouting, []byte{0, 0, 0, 0, 0, 0, 0}} // type 0, no segments left
+	ah       = ext6{nhAH, []byte{1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0}[:11]}
+)
+
+// fragHdr is an IPv6 Fragment header with offset off (in 8-byte units) and the M flag.
+func fragHdr(off int, more bool) ext6 {
+	fo := uint16(off << 3)
+	if more {
+		fo |= 1
+	}
+	return ext6{nhFragment, []byte{0, byte(fo >> 8), byte(fo), 0, 0, 0, 42}}
+}
+
+// withExt6 inserts extension headers between the IPv6 header and the upper-layer header of an IPv6 packet,
+// chaining next headers and fixing the payload length.
+func withExt6(pkt []byte, hdrs ...ext6) []byte {
+	out := append([]byte{}, pkt[:14+40]...)
+	upper := out[14+6]
+	out[14+6] = hdrs[0].typ
+	for i, h := range hdrs {
+		next := upper
+		if i+1 < len(hdrs) {
+			next = hdrs[i+1].typ
+		}
+		out = append(out, next)
+		out = append(out, h.body...)
+	}
+	out = append(out, pkt[14+40:]...)
+	binary.BigEndian.PutUint16(out[14+4:], uint16(len(out)-14-40))
+	return out
+}
+
+// withNextHeader sets the upper-layer protocol of an IPv6 packet without extension headers.
+func withNextHeader(pkt []byte, nh byte) []byte {
+	out := append([]byte{}, pkt...)
+	out[14+6] = nh
 	return out
 }
 
@@ -291,8 +389,46 @@ func TestCaptureDecisions(t *testing.T) {
 		{"agent's own mark", packet(ap(pod4, 40000), ap(remote4, 80), syn), podIf, 0x539, bpf.CaptureVerdictVERDICT_PASS},
 		{"own mark under its mask", packet(ap(pod4, 40000), ap(remote4, 80), syn), podIf, 0x10539, bpf.CaptureVerdictVERDICT_PASS},
 		{"udp", udp(packet(ap(pod4, 40000), ap(remote4, 53), syn)), podIf, 0, bpf.CaptureVerdictVERDICT_PASS},
-		{"non-first fragment", fragment(packet(ap(pod4, 40000), ap(remote4, 80), syn)), podIf, 0, bpf.CaptureVerdictVERDICT_PASS},
-		{"truncated tcp header", packet(ap(pod4, 40000), ap(remote4, 80), syn)[:14+20+10], podIf, 0, bpf.CaptureVerdictVERDICT_PASS},
+
+		// IPv4 fragments and TCP headers the program cannot check: dropped from and to captured pods.
+		{"non-first fragment from a pod", fragment(packet(ap(pod4, 40000), ap(remote4, 80), syn)), podIf, 0, malformed},
+		{"non-first fragment to a pod", fragment(packet(ap(remote4, 40000), ap(pod4, 80), ack)), uplinkIf, 0, malformed},
+		{"first fragment with a whole syn", firstFragment(packet(ap(remote4, 40000), ap(pod4, 80), syn)), uplinkIf, 0, malformed},
+		{"tiny first fragment to a pod", tinyFirstFragment(packet(ap(remote4, 40000), ap(pod4, 80), syn)), uplinkIf, 0, malformed},
+		{"tiny first fragment from a pod", tinyFirstFragment(packet(ap(pod4, 40000), ap(remote4, 80), syn)), podIf, 0, malformed},
+		{"truncated tcp header", packet(ap(pod4, 40000), ap(remote4, 80), syn)[:14+20+10], podIf, 0, malformed},
+		{"total length cuts the tcp header", withTotLen(packet(ap(remote4, 40000), ap(pod4, 80), syn), 20+12), uplinkIf, 0, malformed},
+		{"data offset under 20 bytes", withDataOffset(packet(ap(remote4, 40000), ap(pod4, 80), syn), 4), uplinkIf, 0, malformed},
+		{"data offset past the segment", withDataOffset(packet(ap(remote4, 40000), ap(pod4, 80), syn), 6), uplinkIf, 0, malformed},
+		{"data offset under 20 bytes v6", withDataOffset(packet(ap(remote6, 40000), ap(pod6, 80), syn), 2), uplinkIf, 0, malformed},
+		{"fragment of a pod not enrolled", fragment(packet(ap(remote4, 40000), ap(netip.MustParseAddr("10.0.0.9"), 80), syn)), uplinkIf, 0, bpf.CaptureVerdictVERDICT_PASS},
+		{"fragment of a draining pod", firstFragment(packet(ap(remote4, 40000), ap(draining, 80), syn)), uplinkIf, 0, bpf.CaptureVerdictVERDICT_PASS},
+		{"fragment from a spoofed pod source", fragment(packet(ap(pod4, 40000), ap(remote4, 80), syn)), uplinkIf, 0, bpf.CaptureVerdictVERDICT_PASS},
+		{"udp fragment to a pod", udp(fragment(packet(ap(remote4, 40000), ap(pod4, 53), syn))), uplinkIf, 0, bpf.CaptureVerdictVERDICT_PASS},
+
+		// IPv6 extension headers: walked to find TCP.
+		{"outbound syn behind destination options", withExt6(packet(ap(pod6, 40000), ap(remote6, 80), syn), dstOpts), podIf, 0, bpf.CaptureVerdictVERDICT_OUTBOUND},
+		{"inbound syn behind hop-by-hop", withExt6(packet(ap(remote6, 40000), ap(pod6, 8080), syn), hopByHop), uplinkIf, 0, bpf.CaptureVerdictVERDICT_INBOUND},
+		{"inbound syn behind destination options", withExt6(packet(ap(remote6, 40000), ap(pod6, 8080), syn), dstOpts), uplinkIf, 0, bpf.CaptureVerdictVERDICT_INBOUND},
+		{"hbone syn behind a routing header", withExt6(packet(ap(remote6, 40000), ap(pod6, 15008), syn), routing), uplinkIf, 0, bpf.CaptureVerdictVERDICT_HBONE},
+		{"syn behind hop-by-hop, routing, destination options and ah", withExt6(packet(ap(remote6, 40000), ap(pod6, 8080), syn), hopByHop, routing, dstOpts, ah), uplinkIf, 0, bpf.CaptureVerdictVERDICT_INBOUND},
+		{"syn in an atomic fragment", withExt6(packet(ap(remote6, 40000), ap(pod6, 8080), syn), fragHdr(0, false)), uplinkIf, 0, bpf.CaptureVerdictVERDICT_INBOUND},
+		{"syn behind six extension headers", withExt6(packet(ap(remote6, 40000), ap(pod6, 8080), syn), hopByHop, dstOpts, dstOpts, dstOpts, dstOpts, dstOpts), uplinkIf, 0, bpf.CaptureVerdictVERDICT_INBOUND},
+		{"ack behind destination options, no socket", withExt6(packet(ap(pod6, 40000), ap(remote6, 80), ack), dstOpts), podIf, 0, bpf.CaptureVerdictVERDICT_PASS},
+		{"syn behind seven extension headers", withExt6(packet(ap(remote6, 40000), ap(pod6, 8080), syn), hopByHop, dstOpts, dstOpts, dstOpts, dstOpts, dstOpts, dstOpts), uplinkIf, 0, malformed},
+		{"first fragment v6 to a pod", withExt6(packet(ap(remote6, 40000), ap(pod6, 8080), syn), fragHdr(0, true)), uplinkIf, 0, malformed},
+		{"first fragment v6 from a pod", withExt6(packet(ap(pod6, 40000), ap(remote6, 80), syn), dstOpts, fragHdr(0, true)), podIf, 0, malformed},
+		{"later fragment v6 of tcp", withExt6(packet(ap(remote6, 40000), ap(pod6, 8080), ack), fragHdr(3, false)), uplinkIf, 0, malformed},
+		{"later fragment v6 of destination options", withExt6(withExt6(packet(ap(remote6, 40000), ap(pod6, 8080), ack), dstOpts), fragHdr(3, true)), uplinkIf, 0, malformed},
+		{"truncated extension header", withExt6(packet(ap(remote6, 40000), ap(pod6, 8080), syn), dstOpts)[:14+40+1], uplinkIf, 0, malformed},
+		{"extension header past the packet", withExt6(packet(ap(remote6, 40000), ap(pod6, 8080), syn), ext6{nhDstOpts, []byte{200, 0, 0, 0, 0, 0, 0}}), uplinkIf, 0, malformed},
+		{"truncated tcp header behind destination options", withExt6(packet(ap(remote6, 40000), ap(pod6, 8080), syn), dstOpts)[:14+40+8+12], uplinkIf, 0, malformed},
+		{"v6 payload length cuts the tcp header", withPayloadLen(packet(ap(remote6, 40000), ap(pod6, 8080), syn), 12), uplinkIf, 0, malformed},
+		{"extension headers of a pod not enrolled", withExt6(packet(ap(remote6, 40000), ap(netip.MustParseAddr("fd00::9"), 80), syn), fragHdr(0, true)), uplinkIf, 0, bpf.CaptureVerdictVERDICT_PASS},
+		{"udp behind destination options", withExt6(withNextHeader(packet(ap(remote6, 40000), ap(pod6, 53), syn), nhUDP), dstOpts), uplinkIf, 0, bpf.CaptureVerdictVERDICT_PASS},
+		{"no next header behind destination options", withExt6(withNextHeader(packet(ap(remote6, 40000), ap(pod6, 53), syn), nhNone), dstOpts), uplinkIf, 0, bpf.CaptureVerdictVERDICT_PASS},
+		{"later fragment v6 of udp", withExt6(withNextHeader(packet(ap(remote6, 40000), ap(pod6, 53), syn), nhUDP), fragHdr(3, false)), uplinkIf, 0, bpf.CaptureVerdictVERDICT_PASS},
+		{"first fragment v6 of udp", withExt6(withNextHeader(packet(ap(remote6, 40000), ap(pod6, 53), syn), nhUDP), fragHdr(0, true)), uplinkIf, 0, bpf.CaptureVerdictVERDICT_PASS},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -305,12 +441,28 @@ func TestCaptureDecisions(t *testing.T) {
 				}
 				return
 			}
+			if tc.want == malformed {
+				if r.verdict != tc.want || r.ret != tcActShot || r.mark != tc.mark || counted != 1 {
+					t.Fatalf("got %+v (counted %d), want dropped as malformed", r, counted)
+				}
+				return
+			}
 			// A captured SYN is only marked for local delivery; capture_lookup picks the listener.
 			if r.verdict != tc.want || r.ret != tcActOK || r.mark != tc.mark|0x400 || counted != 1 {
 				t.Fatalf("got %+v (counted %d), want verdict %d, passed and marked 0x400", r, counted, tc.want)
 			}
 		})
 	}
+}
+
+// malformed is the verdict for TCP the program cannot check, from or to a captured pod.
+const malformed = bpf.CaptureVerdictVERDICT_MALFORMED
+
+// withPayloadLen sets an IPv6 packet's payload length.
+func withPayloadLen(pkt []byte, n int) []byte {
+	out := append([]byte{}, pkt...)
+	binary.BigEndian.PutUint16(out[14+4:], uint16(n))
+	return out
 }
 
 func TestCaptureNoListener(t *testing.T) {
@@ -647,6 +799,66 @@ func BenchmarkCaptureLookup(b *testing.B) {
 		b.Run(tc.name, func(b *testing.B) {
 			if _, err := f.objs.CaptureLookup.Run(&ebpf.RunOptions{Context: tc.ctx, Repeat: uint32(b.N)}); err != nil {
 				b.Fatal(err)
+			}
+		})
+	}
+}
+
+// runEgress runs capture_egress on pkt as forwarded from interface iif.
+func (f *fixture) runEgress(tb testing.TB, pkt []byte, iif uint32) result {
+	tb.Helper()
+	in := skBuff{IngressIfindex: iif}
+	var out skBuff
+	ret, err := f.objs.CaptureEgress.Run(&ebpf.RunOptions{Data: pkt, Context: in, ContextOut: &out})
+	if err != nil {
+		tb.Fatalf("run: %v", err)
+	}
+	return result{ret: ret, verdict: bpf.CaptureVerdict(out.CB[0]), mark: out.Mark}
+}
+
+// TestCaptureEgress checks the fail-closed backstop at pods' host-side egress: new connections to enrolled pods
+// forwarded from interfaces that capture does not hook are dropped.
+func TestCaptureEgress(t *testing.T) {
+	f := standardFixture(t)
+	const unhookedIf = 9
+	if err := f.objs.Hooked.Put(uint32(uplinkIf), uint8(1)); err != nil {
+		t.Fatal(err)
+	}
+	unhooked := bpf.CaptureVerdictVERDICT_UNHOOKED
+	pass := bpf.CaptureVerdictVERDICT_PASS
+	cases := []struct {
+		name string
+		pkt  []byte
+		iif  uint32
+		want bpf.CaptureVerdict
+	}{
+		{"syn to a pod from an unhooked interface", packet(ap(remote4, 40000), ap(pod4, 8080), syn), unhookedIf, unhooked},
+		{"syn to a pod from an unhooked interface v6", packet(ap(remote6, 40000), ap(pod6, 15008), syn), unhookedIf, unhooked},
+		{"syn behind destination options from an unhooked interface", withExt6(packet(ap(remote6, 40000), ap(pod6, 8080), syn), dstOpts), unhookedIf, unhooked},
+		{"fragment to a pod from an unhooked interface", fragment(packet(ap(remote4, 40000), ap(pod4, 8080), ack)), unhookedIf, unhooked},
+		{"tiny first fragment from an unhooked interface", tinyFirstFragment(packet(ap(remote4, 40000), ap(pod4, 8080), syn)), unhookedIf, unhooked},
+		{"first fragment v6 from an unhooked interface", withExt6(packet(ap(remote6, 40000), ap(pod6, 8080), syn), fragHdr(0, true)), unhookedIf, unhooked},
+		{"syn to a pod sent by the node", packet(ap(remote4, 40000), ap(pod4, 8080), syn), 0, pass},
+		{"syn to a pod from a hooked interface (node DNAT)", packet(ap(remote4, 40000), ap(pod4, 8080), syn), uplinkIf, pass},
+		{"ack to a pod from an unhooked interface", packet(ap(remote4, 40000), ap(pod4, 8080), ack), unhookedIf, pass},
+		{"syn-ack to a pod from an unhooked interface", packet(ap(remote4, 80), ap(pod4, 40000), synAck), unhookedIf, pass},
+		{"syn to a draining pod from an unhooked interface", packet(ap(remote4, 40000), ap(draining, 8080), syn), unhookedIf, pass},
+		{"syn to an address not enrolled", packet(ap(remote4, 40000), ap(netip.MustParseAddr("10.0.0.9"), 8080), syn), unhookedIf, pass},
+		{"udp to a pod from an unhooked interface", udp(packet(ap(remote4, 40000), ap(pod4, 53), syn)), unhookedIf, pass},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			before := f.stats(t, unhooked)
+			r := f.runEgress(t, tc.pkt, tc.iif)
+			counted := f.stats(t, unhooked) - before
+			if tc.want == pass {
+				if r.ret != tcActUnspec || counted != 0 {
+					t.Fatalf("got %+v (counted %d), want pass to the next program", r, counted)
+				}
+				return
+			}
+			if r.ret != tcActShot || r.verdict != tc.want || counted != 1 {
+				t.Fatalf("got %+v (counted %d), want dropped as unhooked", r, counted)
 			}
 		})
 	}

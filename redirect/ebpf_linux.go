@@ -23,14 +23,19 @@ import (
 	"github.com/ambit-mesh/ambit/bpf"
 )
 
-// linkPinPrefix names pinned TCX links: <PinDir>/links/tcx_<ifindex>.
-const linkPinPrefix = "tcx_"
+// linkPinPrefix names pinned TCX ingress links: <PinDir>/links/tcx_<ifindex>; egressPinPrefix the egress ones
+// (the fail-closed backstop on pod interfaces): <PinDir>/links/tcxe_<ifindex>.
+const (
+	linkPinPrefix   = "tcx_"
+	egressPinPrefix = "tcxe_"
+)
 
 // lookupPinName names the pinned sk_lookup link of the node namespace: <PinDir>/links/sk_lookup.
 const lookupPinName = "sk_lookup"
 
-// ebpfRedirector is ModeEBPF: the capture program attached with TCX to every veth and uplink of the node
-// namespace, its listener selection attached to the namespace (sk_lookup), enrollment in the pinned pods map.
+// ebpfRedirector is ModeEBPF: the capture program attached with TCX at ingress of every interface of the node
+// namespace (and the fail-closed backstop at egress of pod interfaces), its listener selection attached to the
+// namespace (sk_lookup), enrollment in the pinned pods map.
 type ebpfRedirector struct {
 	o       Options
 	ns      nsRunner
@@ -44,7 +49,9 @@ type ebpfRedirector struct {
 
 	mu     sync.Mutex
 	closed bool
-	links  map[int]link.Link       // attached (or adopted) TCX links by ifindex
+	links  map[int]link.Link       // attached (or adopted) TCX ingress links by ifindex
+	egress map[int]link.Link       // attached (or adopted) TCX egress links (capture_egress) by ifindex
+	skip   map[int]bool            // interfaces capture cannot attach to (warned about once)
 	pods   map[string][]netip.Addr // enrolled pods: UID -> addresses
 	names  map[string]string       // UID -> Pod.Name, for pods enrolled by this process
 }
@@ -61,6 +68,8 @@ func newEBPF(ctx context.Context, o Options, ns nsRunner) (_ *ebpfRedirector, er
 		log:     o.Logger.With("component", "redirect", "mode", ModeEBPF),
 		linkDir: filepath.Join(o.PinDir, "links"),
 		links:   map[int]link.Link{},
+		egress:  map[int]link.Link{},
+		skip:    map[int]bool{},
 		pods:    map[string][]netip.Addr{},
 		names:   map[string]string{},
 	}
@@ -107,6 +116,9 @@ func newEBPF(ctx context.Context, o Options, ns nsRunner) (_ *ebpfRedirector, er
 	if err := r.attachAll(); err != nil {
 		return nil, err
 	}
+	if err := r.syncHooked(); err != nil {
+		return nil, err
+	}
 	if err := r.readPods(); err != nil {
 		return nil, err
 	}
@@ -151,6 +163,7 @@ func (r *ebpfRedirector) load() error {
 			return fmt.Errorf("set %s: %w", v.name, err)
 		}
 	}
+	r.dropIncompatiblePins(spec)
 	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: r.o.PinDir}}
 	err = spec.LoadAndAssign(&r.objs, opts)
 	if errors.Is(err, ebpf.ErrMapIncompatible) {
@@ -168,6 +181,28 @@ func (r *ebpfRedirector) load() error {
 		return fmt.Errorf("load capture objects: %w", err)
 	}
 	return nil
+}
+
+// dropIncompatiblePins removes the pinned maps whose layout differs from the spec's (an upgrade that changed
+// them, such as a stats map with more verdicts), so that only those are recreated: enrollment survives an
+// upgrade that does not change the pods map.
+func (r *ebpfRedirector) dropIncompatiblePins(spec *ebpf.CollectionSpec) {
+	for name, ms := range spec.Maps {
+		if ms.Pinning != ebpf.PinByName {
+			continue
+		}
+		path := filepath.Join(r.o.PinDir, name)
+		m, err := ebpf.LoadPinnedMap(path, nil)
+		if err != nil {
+			continue // absent (created on load) or unreadable (the load reports it)
+		}
+		err = ms.Compatible(m)
+		m.Close()
+		if err != nil {
+			r.log.Warn("replacing pinned map with an old layout", "map", name, "error", err)
+			os.Remove(path)
+		}
+	}
 }
 
 // setListeners puts the listeners in the SOCKMAP (replacing those of an earlier process).
@@ -265,54 +300,69 @@ func (r *ebpfRedirector) adoptLinks() error {
 			os.Remove(path)
 			continue
 		}
-		ifindex := 0
+		ifindex, egress := 0, false
 		if info, err := l.Info(); err == nil && info.TCX() != nil {
 			ifindex = int(info.TCX().Ifindex)
+			egress = ebpf.AttachType(info.TCX().AttachType) == ebpf.AttachTCXEgress
 		}
-		if _, err := r.nl.LinkByIndex(ifindex); ifindex == 0 || err != nil {
-			r.log.Debug("dropping pinned link of a removed interface", "path", path)
+		var nl netlink.Link
+		if ifindex != 0 {
+			nl, _ = r.nl.LinkByIndex(ifindex)
+		}
+		var prog *ebpf.Program
+		if nl != nil {
+			prog = r.ingressProgram(nl)
+			if egress {
+				prog = r.objs.CaptureEgress
+			}
+		}
+		if prog == nil {
+			r.log.Debug("dropping pinned link of a removed or unsupported interface", "path", path)
 			l.Unpin()
 			l.Close()
 			continue
 		}
-		if err := l.Update(r.objs.Capture); err != nil {
+		if err := l.Update(prog); err != nil {
 			l.Close()
 			return fmt.Errorf("replace program of pinned link %s: %w", path, err)
 		}
-		if want := filepath.Join(r.linkDir, linkPinPrefix+strconv.Itoa(ifindex)); want != path {
+		prefix, into := linkPinPrefix, r.links
+		if egress {
+			prefix, into = egressPinPrefix, r.egress
+		}
+		if want := filepath.Join(r.linkDir, prefix+strconv.Itoa(ifindex)); want != path {
 			if err := l.Pin(want); err != nil {
 				l.Close()
 				return fmt.Errorf("re-pin link %s: %w", path, err)
 			}
 		}
-		r.links[ifindex] = l
+		if old, ok := into[ifindex]; ok {
+			old.Close() // a duplicate pin of the same attachment
+		}
+		into[ifindex] = l
 	}
 	return nil
 }
 
-// hookable reports whether capture attaches to l: every veth, plus the uplinks.
-func (r *ebpfRedirector) hookable(l netlink.Link, uplinks map[string]bool) bool {
-	return l.Type() == "veth" || uplinks[l.Attrs().Name]
+// ingressProgram returns the capture program for l's link layer, or nil if capture cannot attach to it:
+// capture for Ethernet devices, capture_l3 for those whose packets start with the IP header.
+func (r *ebpfRedirector) ingressProgram(l netlink.Link) *ebpf.Program {
+	switch l.Attrs().EncapType {
+	case "ether":
+		return r.objs.Capture
+	case "none", "ipip", "tunnel6", "sit":
+		return r.objs.CaptureL3
+	}
+	return nil
 }
 
-// attachAll attaches to the uplinks and to every existing veth.
+// attachAll attaches capture to every interface of the node namespace (the uplinks must exist) and the egress
+// backstop to every veth.
 func (r *ebpfRedirector) attachAll() error {
-	names := r.o.Uplinks
-	if len(names) == 0 {
-		var err error
-		if names, err = defaultRouteLinks(r.nl); err != nil {
-			return err
-		}
-		if len(names) == 0 {
-			r.log.Warn("no uplink given and no default route: inbound capture from other nodes is off")
-		}
-	}
-	uplinks := map[string]bool{}
-	for _, n := range names {
+	for _, n := range r.o.Uplinks {
 		if _, err := r.nl.LinkByName(n); err != nil {
 			return fmt.Errorf("find uplink %s: %w", n, err)
 		}
-		uplinks[n] = true
 	}
 	links, err := r.nl.LinkList()
 	if err != nil {
@@ -321,61 +371,158 @@ func (r *ebpfRedirector) attachAll() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, l := range links {
-		if !r.hookable(l, uplinks) {
-			continue
-		}
-		if err := r.attachLocked(l); err != nil {
+		if err := r.hookLocked(l); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// attachLocked attaches the program at the head of l's TCX ingress chain and pins the link, unless that is done.
-// It requires r.mu.
+// hookLocked attaches capture at ingress of l, and the egress backstop if l is a veth (the host side of a pod,
+// in the common CNI layouts; Enroll adds it to any other interface a pod is routed through). Loopback is left
+// alone, and so are interfaces capture cannot parse (warned about once: the backstop drops new connections from
+// them to enrolled pods). It requires r.mu.
+func (r *ebpfRedirector) hookLocked(l netlink.Link) error {
+	if l.Attrs().Flags&net.FlagLoopback != 0 || l.Attrs().EncapType == "loopback" {
+		return nil
+	}
+	if err := r.attachLocked(l); err != nil {
+		if !errors.Is(err, ErrNotSupported) || errors.Is(err, errNoTCX) {
+			return err
+		}
+		if idx := l.Attrs().Index; !r.skip[idx] {
+			r.skip[idx] = true
+			r.log.Warn("interface not captured; new connections from it to enrolled pods are dropped", "interface", l.Attrs().Name, "error", err)
+		}
+		return nil
+	}
+	if l.Type() == "veth" {
+		return r.attachEgressLocked(l)
+	}
+	return nil
+}
+
+// errNoTCX marks the failure to attach for want of TCX, which no interface can work around.
+var errNoTCX = errors.New("no TCX")
+
+// attachLocked attaches the capture program at the head of l's TCX ingress chain, pins the link and records l
+// in the hooked map, unless that is done. It requires r.mu.
 func (r *ebpfRedirector) attachLocked(l netlink.Link) error {
 	idx := l.Attrs().Index
 	if _, ok := r.links[idx]; ok {
 		return nil
 	}
-	if l.Attrs().EncapType != "ether" {
-		return fmt.Errorf("%w: capture on %s (link type %s): only Ethernet devices are supported", ErrNotSupported, l.Attrs().Name, l.Attrs().EncapType)
+	prog := r.ingressProgram(l)
+	if prog == nil {
+		return fmt.Errorf("%w: capture on %s (link type %s): only Ethernet devices and devices without a link-layer header are supported", ErrNotSupported, l.Attrs().Name, l.Attrs().EncapType)
 	}
-	var tl link.Link
-	err := r.ns.do(func() error {
-		var err error
-		tl, err = link.AttachTCX(link.TCXOptions{Interface: idx, Program: r.objs.Capture, Attach: ebpf.AttachTCXIngress, Anchor: link.Head()})
-		return err
-	})
-	if errors.Is(err, ebpf.ErrNotSupported) {
-		return missing("TCX links (Linux 6.6)", err)
-	}
+	tl, err := r.attachTCX(l, prog, ebpf.AttachTCXIngress, linkPinPrefix)
 	if err != nil {
-		return fmt.Errorf("attach tcx to %s: %w", l.Attrs().Name, err)
+		return err
 	}
-	path := filepath.Join(r.linkDir, linkPinPrefix+strconv.Itoa(idx))
-	os.Remove(path)
-	if err := tl.Pin(path); err != nil {
+	if err := r.objs.Hooked.Update(uint32(idx), uint8(1), ebpf.UpdateAny); err != nil {
+		tl.Unpin()
 		tl.Close()
-		return fmt.Errorf("pin tcx link of %s: %w", l.Attrs().Name, err)
+		return fmt.Errorf("record %s as hooked: %w", l.Attrs().Name, err)
 	}
 	r.links[idx] = tl
+	delete(r.skip, idx)
 	r.log.Debug("attached", "interface", l.Attrs().Name, "ifindex", idx)
 	return nil
 }
 
-// detachLocked forgets the link of a removed interface. It requires r.mu.
-func (r *ebpfRedirector) detachLocked(idx int) {
-	l, ok := r.links[idx]
-	if !ok {
-		return
+// attachEgressLocked attaches the egress backstop (capture_egress) to l, a pod's host-side interface, unless
+// that is done. It requires r.mu.
+func (r *ebpfRedirector) attachEgressLocked(l netlink.Link) error {
+	idx := l.Attrs().Index
+	if _, ok := r.egress[idx]; ok {
+		return nil
 	}
-	delete(r.links, idx)
-	l.Unpin()
-	l.Close()
+	if l.Attrs().EncapType != "ether" {
+		return fmt.Errorf("%w: egress backstop on %s (link type %s): only Ethernet devices are supported", ErrNotSupported, l.Attrs().Name, l.Attrs().EncapType)
+	}
+	tl, err := r.attachTCX(l, r.objs.CaptureEgress, ebpf.AttachTCXEgress, egressPinPrefix)
+	if err != nil {
+		return err
+	}
+	r.egress[idx] = tl
+	return nil
 }
 
-// watchLinks attaches to veths as they appear and drops the links of interfaces that go away.
+// attachTCX attaches prog at the head of l's TCX chain of the given direction and pins the link as
+// <linkDir>/<prefix><ifindex>.
+func (r *ebpfRedirector) attachTCX(l netlink.Link, prog *ebpf.Program, dir ebpf.AttachType, prefix string) (link.Link, error) {
+	idx := l.Attrs().Index
+	var tl link.Link
+	err := r.ns.do(func() error {
+		var err error
+		tl, err = link.AttachTCX(link.TCXOptions{Interface: idx, Program: prog, Attach: dir, Anchor: link.Head()})
+		return err
+	})
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		return nil, fmt.Errorf("%w: %w", errNoTCX, missing("TCX links (Linux 6.6)", err))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("attach tcx (%s) to %s: %w", dir, l.Attrs().Name, err)
+	}
+	path := filepath.Join(r.linkDir, prefix+strconv.Itoa(idx))
+	os.Remove(path)
+	if err := tl.Pin(path); err != nil {
+		tl.Close()
+		return nil, fmt.Errorf("pin tcx link of %s: %w", l.Attrs().Name, err)
+	}
+	return tl, nil
+}
+
+// syncHooked makes the hooked map list exactly the interfaces with an ingress link: entries of a previous
+// process for interfaces that have gone are removed (an ifindex must not vouch for a new interface).
+func (r *ebpfRedirector) syncHooked() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var k uint32
+	var v uint8
+	var stale []uint32
+	it := r.objs.Hooked.Iterate()
+	for it.Next(&k, &v) {
+		if _, ok := r.links[int(k)]; !ok {
+			stale = append(stale, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read hooked map: %w", err)
+	}
+	for _, k := range stale {
+		if err := r.objs.Hooked.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("remove stale hooked interface %d: %w", k, err)
+		}
+	}
+	for idx := range r.links {
+		if err := r.objs.Hooked.Update(uint32(idx), uint8(1), ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("record interface %d as hooked: %w", idx, err)
+		}
+	}
+	return nil
+}
+
+// detachLocked forgets the links of a removed interface. It requires r.mu.
+func (r *ebpfRedirector) detachLocked(idx int) {
+	delete(r.skip, idx)
+	if l, ok := r.links[idx]; ok {
+		delete(r.links, idx)
+		if err := r.objs.Hooked.Delete(uint32(idx)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			r.log.Warn("forget hooked interface", "ifindex", idx, "error", err)
+		}
+		l.Unpin()
+		l.Close()
+	}
+	if l, ok := r.egress[idx]; ok {
+		delete(r.egress, idx)
+		l.Unpin()
+		l.Close()
+	}
+}
+
+// watchLinks attaches to interfaces as they appear and drops the links of interfaces that go away.
 func (r *ebpfRedirector) watchLinks(ctx context.Context) error {
 	ch := make(chan netlink.LinkUpdate, 64)
 	opts := netlink.LinkSubscribeOptions{ErrorCallback: func(err error) {
@@ -424,10 +571,10 @@ func (r *ebpfRedirector) onLinkUpdate(u netlink.LinkUpdate) {
 	case unix.RTM_DELLINK:
 		r.detachLocked(idx)
 	case unix.RTM_NEWLINK:
-		if u.Link == nil || u.Link.Type() != "veth" {
+		if u.Link == nil {
 			return
 		}
-		if err := r.attachLocked(u.Link); err != nil {
+		if err := r.hookLocked(u.Link); err != nil {
 			r.log.Warn("attach to new interface", "interface", u.Link.Attrs().Name, "error", err)
 		}
 	}
@@ -490,6 +637,9 @@ func (r *ebpfRedirector) Enroll(ctx context.Context, pod Pod) error {
 			return fmt.Errorf("enroll %s: %w", pod.UID, err)
 		}
 		if err := r.attachLocked(l); err != nil {
+			return fmt.Errorf("enroll %s: %w", pod.UID, err)
+		}
+		if err := r.attachEgressLocked(l); err != nil {
 			return fmt.Errorf("enroll %s: %w", pod.UID, err)
 		}
 		ifindex[i] = l.Attrs().Index
@@ -648,6 +798,10 @@ func (r *ebpfRedirector) release() {
 		l.Close()
 		delete(r.links, idx)
 	}
+	for idx, l := range r.egress {
+		l.Close()
+		delete(r.egress, idx)
+	}
 	r.mu.Unlock()
 	if r.lookup != nil {
 		r.lookup.Close()
@@ -664,7 +818,7 @@ func cleanupEBPF(o Options) error {
 	linkDir := filepath.Join(o.PinDir, "links")
 	if ents, err := os.ReadDir(linkDir); err == nil {
 		for _, e := range ents {
-			if !strings.HasPrefix(e.Name(), linkPinPrefix) && e.Name() != lookupPinName {
+			if !strings.HasPrefix(e.Name(), linkPinPrefix) && !strings.HasPrefix(e.Name(), egressPinPrefix) && e.Name() != lookupPinName {
 				continue
 			}
 			path := filepath.Join(linkDir, e.Name())

@@ -129,8 +129,9 @@ type Options struct {
 	// NetNS is the path of the node network namespace (for example /var/run/netns/node1). Empty means the
 	// namespace of the calling thread at New (the host namespace in production).
 	NetNS string
-	// Uplinks are the node's interfaces towards other nodes. Empty means the interfaces of the default routes.
-	// ModeEBPF also hooks every veth of the node namespace, existing or new.
+	// Uplinks are the node's interfaces towards other nodes; New fails if one is missing. ModeEBPF hooks every
+	// interface of the node namespace anyway, existing or new (overlay devices, extra NICs), so this only
+	// checks the node's expected layout; ModeTPROXY captures on every interface by construction.
 	Uplinks []string
 	// PinDir is the bpffs directory for pinned maps and links (default DefaultPinDir). bpffs is mounted on
 	// /sys/fs/bpf if nothing is.

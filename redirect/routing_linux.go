@@ -101,31 +101,3 @@ func podLink(h *netlink.Handle, a net.IP) (netlink.Link, error) {
 	}
 	return l, nil
 }
-
-// defaultRouteLinks returns the interfaces of the IPv4 and IPv6 default routes.
-func defaultRouteLinks(h *netlink.Handle) ([]string, error) {
-	seen := map[string]bool{}
-	var out []string
-	for _, fam := range []int{unix.AF_INET, unix.AF_INET6} {
-		routes, err := h.RouteListFiltered(fam, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
-		if err != nil {
-			return nil, fmt.Errorf("list routes: %w", err)
-		}
-		for _, r := range routes {
-			if r.Dst != nil {
-				if ones, _ := r.Dst.Mask.Size(); ones != 0 {
-					continue
-				}
-			}
-			l, err := h.LinkByIndex(r.LinkIndex)
-			if err != nil {
-				continue
-			}
-			if n := l.Attrs().Name; !seen[n] {
-				seen[n] = true
-				out = append(out, n)
-			}
-		}
-	}
-	return out, nil
-}

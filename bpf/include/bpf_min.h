@@ -183,6 +183,8 @@ static long (*bpf_map_delete_elem)(void *map, const void *key) = (void *)3;
 static long (*bpf_sk_release)(void *sock) = (void *)86;
 static struct bpf_sock *(*bpf_skc_lookup_tcp)(void *ctx, struct bpf_sock_tuple *tuple, __u32 tuple_size,
 					      __u64 netns, __u64 flags) = (void *)99;
+static long (*bpf_skb_load_bytes)(const void *skb, __u32 offset, void *to, __u32 len) = (void *)26;
+static long (*bpf_skb_pull_data)(void *skb, __u32 len) = (void *)39;
 /* In tc programs ctx is the skb; in sk_lookup programs it is the lookup
  * context (then sk must be a listening TCP socket for TCP lookups). */
 static long (*bpf_sk_assign)(void *ctx, void *sk, __u64 flags) = (void *)124;
@@ -205,6 +207,13 @@ static long (*bpf_sk_assign)(void *ctx, void *sk, __u64 flags) = (void *)124;
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
 #define IPPROTO_TCP 6
+
+/* IPv6 extension headers (linux/in6.h) that may precede TCP. */
+#define IPPROTO_HOPOPTS 0
+#define IPPROTO_ROUTING 43
+#define IPPROTO_FRAGMENT 44
+#define IPPROTO_AH 51
+#define IPPROTO_DSTOPTS 60
 #define AF_INET 2
 #define AF_INET6 10
 
@@ -251,6 +260,17 @@ struct ipv6hdr {
 	struct in6_addr saddr;
 	struct in6_addr daddr;
 };
+
+/* frag_hdr is the IPv6 Fragment header (net/ipv6.h). */
+struct frag_hdr {
+	__u8 nexthdr;
+	__u8 reserved;
+	__be16 frag_off; /* offset (13 bits) << 3 | M flag */
+	__be32 identification;
+};
+
+#define IP6_OFFSET 0xfff8
+#define IP6_MF 0x0001
 
 /* ---- linux/tcp.h ---- */
 

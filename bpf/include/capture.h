@@ -21,7 +21,12 @@ enum verdict {
 	VERDICT_NO_LISTENER = 5,   /* tc or sk_lookup: connection to capture but the listener is missing
 	                            * (agent restarting): dropped */
 	VERDICT_ASSIGN_FAILED = 6, /* sk_lookup: bpf_sk_assign refused the listener: dropped */
-	VERDICT_MAX = 7,
+	VERDICT_MALFORMED = 7,     /* tc ingress: from or to a captured pod, TCP that cannot be checked (an IP
+	                            * fragment of TCP, a truncated or short TCP header, an IPv6 header chain
+	                            * too long or truncated to find TCP): dropped */
+	VERDICT_UNHOOKED = 8,      /* tc egress (pod side): a new TCP connection to an enrolled pod forwarded
+	                            * from an interface capture does not hook: dropped */
+	VERDICT_MAX = 9,
 };
 
 /* listener is the key of the listeners SOCKMAP. */
