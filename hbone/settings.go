@@ -63,19 +63,3 @@ func (s Settings) withDefaults(server bool) (Settings, error) {
 	}
 	return s, nil
 }
-
-// keepalive configures PING keepalive: a PING every Interval, the connection closed when one is not
-// acknowledged within Timeout. Interval <= 0 disables it.
-type keepalive struct {
-	Interval, Timeout time.Duration
-}
-
-func (k keepalive) withDefaults() keepalive {
-	if k.Interval == 0 {
-		k.Interval = DefaultKeepaliveInterval
-	}
-	if k.Timeout == 0 {
-		k.Timeout = DefaultKeepaliveTimeout
-	}
-	return k
-}

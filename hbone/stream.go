@@ -203,23 +203,6 @@ func (s *Stream) pendingReady() bool {
 	return s.pendingN > 0 || s.rerr != nil
 }
 
-// consumed returns flow-control credit for n bytes the application read.
-func (s *Stream) consumed(n int) {
-	s.rmu.Lock()
-	s.recvUnacked += int64(n)
-	var inc int64
-	if s.recvUnacked >= int64(s.c.cfg.settings.StreamWindow)/4 && s.rerr == nil {
-		inc = s.recvUnacked
-		s.recvUnacked = 0
-		s.recvWindow += inc
-	}
-	s.rmu.Unlock()
-	if inc > 0 {
-		s.c.queue(ctrlFrame{kind: ctrlWindowUpdate, streamID: s.id, val: uint32(inc)})
-	}
-	s.c.consumed(int64(n))
-}
-
 // receive takes the payload of a DATA frame for s off the connection (readLoop only). The payload goes
 // straight into the buffer of a waiting Read when there is one and nothing is queued before it; otherwise
 // it is published to rbuf piece by piece (one TLS record at a time), so the reader can start copying
