@@ -3,7 +3,8 @@ package hbone
 // conn.go: one HTTP/2 connection carrying HBONE streams, in either role: its state, the stream
 // lifecycle (open, end, reset, go away) and closing. The rest of the connection is split as x/net/http2
 // splits its own: read.go (readLoop and inbound frames), write.go (the write lock, the control queue and
-// outbound frames), flow.go (flow-control accounting), keepalive.go (PING keepalive).
+// outbound frames), flow.go (flow-control accounting), keepalive.go (PING keepalive), flood.go (flood
+// limits), idle.go (idle timeouts).
 //
 // Invariants:
 //   - mu guards the stream map, the send windows, the peer's settings, the control queue and the
@@ -11,7 +12,13 @@ package hbone
 //     together, and neither is held across I/O or while waiting for wsem (wsem may be held while taking
 //     mu).
 //   - A stream is in streams from its HEADERS until it is closed both ways or reset; leaving calls
-//     cfg.onStreamDone exactly once. A connection that is going away closes when its last stream leaves.
+//     cfg.onStreamDone exactly once. A connection that is going away closes when its last stream leaves:
+//     readLoop stops, lets the GOAWAY out, half-closes and drains the peer's input for at most
+//     lingerTimeout (closeAfterGoAway), so that a peer that opened a stream meanwhile reads the GOAWAY,
+//     which refuses that stream (safe to retry), instead of losing it to a RST.
+//   - Server: a stream counts towards MAX_CONCURRENT_STREAMS from its HEADERS until its handler has
+//     returned (handlers), even if the peer reset it earlier; streams beyond the limit wait in unstarted
+//     for a handler slot (flood.go).
 
 import (
 	"bufio"
@@ -56,8 +63,16 @@ type connConfig struct {
 	onRequest func(s *Stream, fields []hpack.HeaderField, truncated bool)
 	// onClose is called once when the connection has closed.
 	onClose func(err error)
-	// onGoAway (client) is called when the peer sends GOAWAY, before the connection closes.
+	// onGoAway (client) is called when the peer sends GOAWAY, before the connection closes, and when a
+	// stream is refused because the connection is going away or closed; it must be idempotent.
 	onGoAway func()
+	// idleTimeout (server) closes the connection with GOAWAY once it has had no stream and no running
+	// handler for this long; zero disables it.
+	idleTimeout time.Duration
+	// streamIdleTimeout is every new stream's idle timeout (Stream.SetIdleTimeout); zero disables it.
+	streamIdleTimeout time.Duration
+	// stats receives the connection's events; nil discards them.
+	stats *counters
 }
 
 type conn struct {
@@ -88,6 +103,17 @@ type conn struct {
 	closeOnce    sync.Once
 	lingering    atomic.Bool  // readLoop holds the closed socket open to drain it (closeAfterGoAway)
 	streamCount  atomic.Int32 // len(streams), readable without mu
+	handlerCount atomic.Int32 // handlers, readable without mu
+	draining     atomic.Bool  // going away with no stream left: readLoop is told to finish (finishGoAway)
+	flushing     atomic.Bool  // a flusher goroutine runs (kick)
+	flushers     sync.WaitGroup
+	ctrlFull     atomic.Bool   // the control queue reached maxQueuedControlFrames
+	dataUnits    atomic.Uint64 // DATA sent, in dataUnit bytes rounded up (writers)
+	opened       atomic.Uint64 // streams opened on the connection, by either side
+
+	// readLoop only
+	guard headerGuard
+	flood floodCounters
 
 	mu             sync.Mutex
 	streams        map[uint32]*Stream
@@ -112,6 +138,10 @@ type conn struct {
 	pingData       [8]byte
 	pingSent       time.Time
 	kaTimer        *time.Timer
+	handlers       int       // server: running handlers
+	unstarted      []*Stream // server: streams waiting for a handler slot, in order
+	idleSince      time.Time // server: when the connection last had no stream and no handler
+	idleTimer      *time.Timer
 }
 
 // newConn wraps an established TLS connection (ALPN h2 already checked). The caller has consumed nothing
@@ -139,7 +169,8 @@ func newConn(nc net.Conn, sock *coalescer, cfg connConfig, peer spiffeid.ID) *co
 		peerInitWindow: http2DefaultWindow,
 		peerMaxStreams: 1<<32 - 1,
 	}
-	c.fr = http2.NewFramer(c.bw, c.br)
+	c.guard.r = c.br
+	c.fr = http2.NewFramer(c.bw, &c.guard)
 	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	c.fr.MaxHeaderListSize = cfg.settings.MaxHeaderListSize
 	c.fr.SetMaxReadFrameSize(cfg.settings.MaxFrameSize)
@@ -192,6 +223,7 @@ func (c *conn) start() error {
 		return fmt.Errorf("write preface: %w", err)
 	}
 	c.startKeepalive()
+	c.startIdleTimer()
 	return nil
 }
 
@@ -200,6 +232,8 @@ func (c *conn) removeLocked(s *Stream) {
 	if _, ok := c.streams[s.id]; ok {
 		delete(c.streams, s.id)
 		c.streamCount.Add(-1)
+		s.req = nil // a stream still waiting for a handler slot never gets one
+		c.markIdleLocked()
 	}
 }
 
@@ -211,12 +245,28 @@ func (c *conn) streamLeft() {
 	c.maybeCloseIdle()
 }
 
+// maybeCloseIdle closes a connection that is going away once no stream is left: gracefully when this
+// side sent the GOAWAY (finishGoAway), at once when only the peer did.
 func (c *conn) maybeCloseIdle() {
 	c.mu.Lock()
-	closeNow := (c.goAwaySent || c.goAwayRecv) && len(c.streams) == 0 && !c.closed
+	empty := len(c.streams) == 0 && !c.closed
+	sent, recv := c.goAwaySent, c.goAwayRecv
 	c.mu.Unlock()
-	if closeNow {
+	switch {
+	case !empty:
+	case sent:
+		c.finishGoAway()
+	case recv:
 		c.close(nil)
+	}
+}
+
+// finishGoAway ends a connection that sent GOAWAY and has no stream left: it interrupts readLoop's read,
+// and readLoop then closes the connection once the GOAWAY is out (closeAfterGoAway), so that a stream the
+// peer opened meanwhile is refused by the GOAWAY it reads rather than lost to a RST.
+func (c *conn) finishGoAway() {
+	if c.draining.CompareAndSwap(false, true) {
+		_ = c.nc.SetReadDeadline(time.Unix(1, 0))
 	}
 }
 
@@ -237,8 +287,9 @@ func (c *conn) remoteEnd(s *Stream) {
 	}
 }
 
-// resetStream sends RST_STREAM(code) for id and, if the stream is open here, fails it.
-func (c *conn) resetStream(id uint32, code http2.ErrCode) {
+// resetStream (readLoop) sends RST_STREAM(code) for id because of the peer's error and, if the stream is
+// open here, fails it. It returns a connection error once the peer has caused too many such resets.
+func (c *conn) resetStream(id uint32, code http2.ErrCode) error {
 	c.mu.Lock()
 	s := c.streams[id]
 	if s != nil {
@@ -246,10 +297,46 @@ func (c *conn) resetStream(id uint32, code http2.ErrCode) {
 	}
 	c.queueLocked(ctrlFrame{kind: ctrlRST, streamID: id, code: code})
 	c.mu.Unlock()
-	c.settle()
+	c.kick()
 	if s != nil {
 		s.fail(&ResetError{Code: code})
 		c.streamLeft()
+	}
+	return c.countLocalReset()
+}
+
+// handlerDone (server) frees the handler slot of a stream whose handler returned and starts the handlers
+// of streams waiting for one, skipping those the peer reset meanwhile.
+func (c *conn) handlerDone() {
+	type request struct {
+		s         *Stream
+		fields    []hpack.HeaderField
+		truncated bool
+	}
+	var next []request
+	c.mu.Lock()
+	c.handlers--
+	limit := int(c.cfg.settings.MaxConcurrentStreams)
+	i := 0
+	for ; i < len(c.unstarted) && c.handlers < limit; i++ {
+		s := c.unstarted[i]
+		c.unstarted[i] = nil
+		if c.streams[s.id] != s || s.req == nil {
+			continue // reset before its handler could start
+		}
+		c.handlers++
+		next = append(next, request{s, s.req, s.reqTruncated})
+		s.req = nil
+	}
+	c.unstarted = c.unstarted[i:]
+	if len(c.unstarted) == 0 {
+		c.unstarted = nil
+	}
+	c.handlerCount.Store(int32(c.handlers))
+	c.markIdleLocked()
+	c.mu.Unlock()
+	for _, r := range next {
+		c.cfg.onRequest(r.s, r.fields, r.truncated)
 	}
 }
 
@@ -274,7 +361,8 @@ func (c *conn) openStream(ctx context.Context, fields []hpack.HeaderField) (*Str
 		}
 		c.mu.Unlock()
 		c.unlockWrite()
-		if exhausted && c.cfg.onGoAway != nil {
+		if c.cfg.onGoAway != nil {
+			// Unpool it now: readLoop may not have told the pool yet, and a retry must not find it again.
 			c.cfg.onGoAway()
 		}
 		c.streamLeft()
@@ -286,7 +374,9 @@ func (c *conn) openStream(ctx context.Context, fields []hpack.HeaderField) (*Str
 	s.client = true
 	c.streams[s.id] = s
 	c.streamCount.Add(1)
+	c.opened.Add(1)
 	c.mu.Unlock()
+	s.startIdle(c.cfg.streamIdleTimeout)
 	err := c.writeHeadersLocked(s.id, fields, false)
 	c.unlockWrite()
 	if err != nil {
@@ -347,12 +437,17 @@ func (c *conn) shut(err error, closeSocket bool) {
 	if c.kaTimer != nil {
 		c.kaTimer.Stop()
 	}
+	if c.idleTimer != nil {
+		c.idleTimer.Stop()
+	}
 	close(c.done)
 	c.mu.Unlock()
 	if err == nil || errors.Is(err, ErrKeepaliveTimeout) || errors.As(err, new(connError)) {
-		// Let a queued GOAWAY out first when the write lock is free; never wait for it.
+		// Let a queued GOAWAY out first when the write lock is free; never wait for it, nor for a peer
+		// that does not read.
 		select {
 		case c.wsem <- struct{}{}:
+			_ = c.nc.SetWriteDeadline(time.Now().Add(lingerTimeout))
 			c.writeCtrlLocked()
 			if c.bw.Flush() == nil && c.sock != nil {
 				_ = c.sock.setBatching(false)

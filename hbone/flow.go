@@ -16,8 +16,22 @@ import (
 // consumed recredits n bytes of connection window that were read or discarded and queues a
 // WINDOW_UPDATE once a quarter window has accumulated.
 func (c *conn) consumed(n int64) {
+	if c.credit(n) {
+		c.settle()
+	}
+}
+
+// discarded is consumed for readLoop, which never writes itself (kick).
+func (c *conn) discarded(n int64) {
+	if c.credit(n) {
+		c.kick()
+	}
+}
+
+// credit recredits n bytes of connection window and reports whether it queued a WINDOW_UPDATE.
+func (c *conn) credit(n int64) bool {
 	if n <= 0 {
-		return
+		return false
 	}
 	c.mu.Lock()
 	c.recvUnacked += n
@@ -29,13 +43,27 @@ func (c *conn) consumed(n int64) {
 		queued = true
 	}
 	c.mu.Unlock()
-	if queued {
-		c.settle()
-	}
+	return queued
 }
 
 // consumed returns flow-control credit for n bytes the application read.
 func (s *Stream) consumed(n int) {
+	if s.credit(n) {
+		s.c.settle()
+	}
+	s.c.consumed(int64(n))
+}
+
+// discarded is consumed for readLoop (padding, which is flow-controlled but never read).
+func (s *Stream) discarded(n int) {
+	if s.credit(n) {
+		s.c.kick()
+	}
+	s.c.discarded(int64(n))
+}
+
+// credit recredits n bytes of s's window and reports whether it queued a WINDOW_UPDATE.
+func (s *Stream) credit(n int) bool {
 	s.rmu.Lock()
 	s.recvUnacked += int64(n)
 	var inc int64
@@ -45,10 +73,33 @@ func (s *Stream) consumed(n int) {
 		s.recvWindow += inc
 	}
 	s.rmu.Unlock()
-	if inc > 0 {
-		s.c.queue(ctrlFrame{kind: ctrlWindowUpdate, streamID: s.id, val: uint32(inc)})
+	if inc == 0 {
+		return false
 	}
-	s.c.consumed(int64(n))
+	c := s.c
+	c.mu.Lock()
+	c.queueLocked(ctrlFrame{kind: ctrlWindowUpdate, streamID: s.id, val: uint32(inc)})
+	c.mu.Unlock()
+	return true
+}
+
+// applyInitialWindowLocked applies the peer's new SETTINGS_INITIAL_WINDOW_SIZE to the send windows of
+// the open streams and returns them, to be woken. mu is held.
+func (c *conn) applyInitialWindowLocked(v int64) ([]*Stream, error) {
+	delta := v - c.peerInitWindow
+	c.peerInitWindow = v
+	if delta == 0 {
+		return nil, nil
+	}
+	wake := make([]*Stream, 0, len(c.streams))
+	for _, st := range c.streams {
+		st.sendWindow += delta
+		if st.sendWindow > maxWindow {
+			return nil, connError{code: http2.ErrCodeFlowControl, reason: "stream window overflow"}
+		}
+		wake = append(wake, st)
+	}
+	return wake, nil
 }
 
 // reserveSend waits until s may send and reserves up to want bytes of both windows, at most one frame.
@@ -92,6 +143,9 @@ func (c *conn) unreserve(s *Stream, n int) {
 }
 
 func (c *conn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
+	if err := c.checkWindowUpdate(); err != nil {
+		return err
+	}
 	inc := int64(f.Increment)
 	c.mu.Lock()
 	if f.StreamID == 0 {
@@ -99,7 +153,7 @@ func (c *conn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
 		c.sendWindow += inc
 		if c.sendWindow > maxWindow {
 			c.mu.Unlock()
-			return connError{http2.ErrCodeFlowControl, "connection window overflow"}
+			return connError{code: http2.ErrCodeFlowControl, reason: "connection window overflow"}
 		}
 		if was <= 0 && c.sendWindow > 0 {
 			close(c.sendWindowCh)
@@ -113,7 +167,7 @@ func (c *conn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
 		idle := c.idleLocked(f.StreamID)
 		c.mu.Unlock()
 		if idle {
-			return connError{http2.ErrCodeProtocol, "WINDOW_UPDATE on idle stream"}
+			return connError{code: http2.ErrCodeProtocol, reason: "WINDOW_UPDATE on idle stream"}
 		}
 		return nil
 	}
@@ -121,8 +175,7 @@ func (c *conn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
 	overflow := s.sendWindow > maxWindow
 	c.mu.Unlock()
 	if overflow {
-		c.resetStream(f.StreamID, http2.ErrCodeFlowControl)
-		return nil
+		return c.resetStream(f.StreamID, http2.ErrCodeFlowControl)
 	}
 	signal(s.wready)
 	return nil

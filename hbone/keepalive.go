@@ -68,12 +68,13 @@ func (c *conn) keepaliveTick() {
 	c.settle()
 }
 
+// onPing (readLoop) answers the peer's PING and takes the answer to ours.
 func (c *conn) onPing(f *http2.PingFrame) {
 	c.mu.Lock()
 	if !f.IsAck() {
 		c.queueLocked(ctrlFrame{kind: ctrlPingAck, data: f.Data})
 		c.mu.Unlock()
-		c.settle()
+		c.kick()
 		return
 	}
 	if c.pingOut && f.Data == c.pingData {

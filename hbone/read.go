@@ -2,11 +2,13 @@ package hbone
 
 // read.go: the read side of a connection: readLoop and the handling of every inbound frame.
 //
-// Invariant: one goroutine, readLoop, reads the socket (through br and fr). It never waits for the write
-// lock while reading: frames it must send (SETTINGS and PING acks, RST_STREAM, GOAWAY), like the
-// WINDOW_UPDATEs that readers return, go into the control queue and are written by whoever holds or next
-// takes the write lock. Only after a connection error, when it has stopped reading frames, does it wait
-// (bounded) for the lock, to get its GOAWAY out before the connection closes (closeAfterGoAway).
+// Invariant: one goroutine, readLoop, reads the socket (through br, the header-block guard and fr). It
+// never waits for the write lock or the socket while reading: frames it must send (SETTINGS and PING
+// acks, RST_STREAM, GOAWAY), like the WINDOW_UPDATEs that readers return, go into the control queue and
+// are written by whoever holds or next takes the write lock, or by a flusher goroutine (kick). Only after
+// a connection error, or when a connection going away has no stream left, does it stop reading frames and
+// wait (bounded) for the lock, to get its GOAWAY out before the connection closes (closeAfterGoAway).
+// Every inbound frame is counted against the flood limits of flood.go.
 
 import (
 	"errors"
@@ -20,19 +22,26 @@ import (
 	"golang.org/x/net/http2/hpack"
 )
 
-// readLoop reads frames until the connection fails or closes, then closes it.
+// readLoop reads frames until the connection fails, closes or has finished going away, then closes it.
 func (c *conn) readLoop() {
 	defer close(c.readerDone)
+	defer c.flushers.Wait()
 	err := c.readFrames()
-	if errors.As(err, new(connError)) {
+	var ce connError
+	switch {
+	case errors.As(err, &ce):
+		c.cfg.stats.connError(ce)
 		c.closeAfterGoAway(err)
-		return
+	case c.draining.Load():
+		c.closeAfterGoAway(nil) // finishGoAway interrupted the read
+	default:
+		c.close(err)
 	}
-	c.close(err)
 }
 
 // closeAfterGoAway closes the connection after readLoop found a connection error, for which goAwayErr
-// queued a GOAWAY, so that the peer reads that GOAWAY before the connection ends:
+// queued a GOAWAY, or after a GOAWAY(NO_ERROR) once no stream is left (err nil), so that the peer reads
+// that GOAWAY before the connection ends:
 //   - Unlike close, it waits for the write lock (at most lingerTimeout: a write deadline makes a holder
 //     stuck on a peer that does not read give up) and writes and flushes the GOAWAY itself if the holder
 //     has not, so that closing cannot overtake a GOAWAY sitting in bw or in the coalescer.
@@ -99,6 +108,7 @@ func (c *conn) closeAfterGoAway(err error) {
 type connError struct {
 	code   http2.ErrCode
 	reason string
+	flood  floodKind // the flood limit exceeded, if that is the reason
 }
 
 func (e connError) Error() string {
@@ -123,7 +133,7 @@ func (c *conn) readFrames() error {
 		}
 		if first {
 			if fh.Type != http2.FrameSettings || fh.Flags.Has(http2.FlagSettingsAck) {
-				return c.goAwayErr(connError{http2.ErrCodeProtocol, "first frame is not SETTINGS"})
+				return c.goAwayErr(connError{code: http2.ErrCodeProtocol, reason: "first frame is not SETTINGS"})
 			}
 			first = false
 		}
@@ -133,17 +143,26 @@ func (c *conn) readFrames() error {
 			}
 			continue
 		}
+		if fh.Type == http2.FrameHeaders && !fh.Flags.Has(http2.FlagHeadersEndHeaders) {
+			c.guard.arm(fh, 2*int(c.cfg.settings.MaxHeaderListSize))
+		}
 		f, err := c.fr.ReadFrameForHeader(fh)
+		c.guard.disarm()
 		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) {
-				c.resetStream(se.StreamID, se.Code)
+				if err := c.resetStream(se.StreamID, se.Code); err != nil {
+					return c.goAwayErr(err)
+				}
 				continue
 			}
 			return c.readError(err)
 		}
 		if err := c.processFrame(f); err != nil {
 			return c.goAwayErr(err)
+		}
+		if c.ctrlFull.Load() {
+			return c.goAwayErr(calm(floodControlQueue, "control frames queued faster than the peer reads them"))
 		}
 	}
 }
@@ -154,18 +173,23 @@ func (c *conn) readError(err error) error {
 	var ce http2.ConnectionError
 	switch {
 	case errors.Is(err, http2.ErrFrameTooLarge):
-		return c.goAwayErr(connError{http2.ErrCodeFrameSize, "frame too large"})
+		return c.goAwayErr(connError{code: http2.ErrCodeFrameSize, reason: "frame too large"})
+	case errors.Is(err, errTooManyContinuations):
+		return c.goAwayErr(calm(floodContinuation, err.Error()))
+	case errors.Is(err, errHeaderBlockTooLarge):
+		return c.goAwayErr(connError{code: http2.ErrCodeProtocol, reason: err.Error(), flood: floodContinuation})
 	case errors.As(err, &ce):
 		reason := "frame error"
 		if d := c.fr.ErrorDetail(); d != nil {
 			reason = d.Error()
 		}
-		return c.goAwayErr(connError{http2.ErrCode(ce), reason})
+		return c.goAwayErr(connError{code: http2.ErrCode(ce), reason: reason})
 	}
 	return err
 }
 
-// goAwayErr queues a GOAWAY for a connError and returns err for close.
+// goAwayErr queues a GOAWAY for a connError and returns err for close; readLoop's closeAfterGoAway
+// writes it.
 func (c *conn) goAwayErr(err error) error {
 	var ce connError
 	if errors.As(err, &ce) {
@@ -173,7 +197,6 @@ func (c *conn) goAwayErr(err error) error {
 		c.queueLocked(ctrlFrame{kind: ctrlGoAway, val: c.maxPeerID, code: ce.code})
 		c.goAwaySent = true
 		c.mu.Unlock()
-		c.settle()
 	}
 	return err
 }
@@ -196,30 +219,28 @@ func (c *conn) processFrame(f http2.Frame) error {
 	case *http2.GoAwayFrame:
 		c.onGoAway(f)
 	case *http2.PushPromiseFrame:
-		return connError{http2.ErrCodeProtocol, "PUSH_PROMISE"}
+		return connError{code: http2.ErrCodeProtocol, reason: "PUSH_PROMISE"}
+	case *http2.PriorityFrame:
+		return c.checkPriority() // otherwise ignored
 	}
-	// PRIORITY, PRIORITY_UPDATE and unknown frames are ignored.
+	// PRIORITY_UPDATE and unknown frames are ignored.
 	return nil
 }
 
 func (c *conn) applySettings(f *http2.SettingsFrame) error {
+	if f.NumSettings() > maxSettingsPerFrame {
+		return calm(floodSettings, "SETTINGS frame with "+strconv.Itoa(f.NumSettings())+" parameters")
+	}
 	var wake []*Stream
 	c.mu.Lock()
+	initWindow := int64(-1)
 	err := f.ForeachSetting(func(s http2.Setting) error {
 		if err := s.Valid(); err != nil {
-			return connError{http2.ErrCode(err.(http2.ConnectionError)), "bad setting " + s.String()}
+			return connError{code: http2.ErrCode(err.(http2.ConnectionError)), reason: "bad setting " + s.String()}
 		}
 		switch s.ID {
 		case http2.SettingInitialWindowSize:
-			delta := int64(s.Val) - c.peerInitWindow
-			c.peerInitWindow = int64(s.Val)
-			for _, st := range c.streams {
-				st.sendWindow += delta
-				if st.sendWindow > maxWindow {
-					return connError{http2.ErrCodeFlowControl, "stream window overflow"}
-				}
-				wake = append(wake, st)
-			}
+			initWindow = int64(s.Val) // applied once, below: the last value counts
 		case http2.SettingMaxFrameSize:
 			c.peerMaxFrame = s.Val
 		case http2.SettingMaxConcurrentStreams:
@@ -230,6 +251,9 @@ func (c *conn) applySettings(f *http2.SettingsFrame) error {
 		}
 		return nil
 	})
+	if err == nil && initWindow >= 0 {
+		wake, err = c.applyInitialWindowLocked(initWindow)
+	}
 	if err == nil {
 		c.queueLocked(ctrlFrame{kind: ctrlSettingsAck})
 	}
@@ -245,7 +269,7 @@ func (c *conn) applySettings(f *http2.SettingsFrame) error {
 	default:
 		close(c.settingsRecv)
 	}
-	c.settle()
+	c.kick()
 	return nil
 }
 
@@ -256,14 +280,18 @@ func (c *conn) onRST(f *http2.RSTStreamFrame) error {
 		idle := c.idleLocked(f.StreamID)
 		c.mu.Unlock()
 		if idle {
-			return connError{http2.ErrCodeProtocol, "RST_STREAM on idle stream"}
+			return connError{code: http2.ErrCodeProtocol, reason: "RST_STREAM on idle stream"}
 		}
 		return nil
 	}
 	c.removeLocked(s)
 	c.mu.Unlock()
+	early := c.cfg.server && !s.responded()
 	s.peerReset(f.ErrCode)
 	c.streamLeft()
+	if early {
+		return c.countEarlyReset()
+	}
 	return nil
 }
 
@@ -311,29 +339,26 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 		idle := c.idleLocked(id)
 		c.mu.Unlock()
 		if idle {
-			return connError{http2.ErrCodeProtocol, "HEADERS on idle stream " + strconv.Itoa(int(id))}
+			return connError{code: http2.ErrCodeProtocol, reason: "HEADERS on idle stream " + strconv.Itoa(int(id))}
 		}
-		c.resetStream(id, http2.ErrCodeStreamClosed)
-		return nil
+		return c.resetStream(id, http2.ErrCodeStreamClosed)
 	}
 	c.mu.Unlock()
 	if c.cfg.server || s.responded() {
 		// Trailers: HBONE sends none, but a trailer block that ends the stream is a clean end.
 		if !f.StreamEnded() {
-			c.resetStream(id, http2.ErrCodeProtocol)
-			return nil
+			return c.resetStream(id, http2.ErrCodeProtocol)
 		}
 		c.remoteEnd(s)
 		return nil
 	}
 	status, err := strconv.Atoi(f.PseudoValue("status"))
 	if err != nil || status < 100 || status > 999 {
-		c.resetStream(id, http2.ErrCodeProtocol)
-		return nil
+		return c.resetStream(id, http2.ErrCodeProtocol)
 	}
 	if status < 200 {
 		if f.StreamEnded() {
-			c.resetStream(id, http2.ErrCodeProtocol)
+			return c.resetStream(id, http2.ErrCodeProtocol)
 		}
 		return nil // informational
 	}
@@ -344,26 +369,47 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	return nil
 }
 
+// newPeerStreamLocked (server) opens the stream of a new request and starts its handler, or queues it
+// until a handler slot is free: a slot is held from HEADERS until the handler returns, so resetting
+// streams does not let a peer run more than MAX_CONCURRENT_STREAMS handlers (CVE-2023-44487). It unlocks
+// mu.
 func (c *conn) newPeerStreamLocked(f *http2.MetaHeadersFrame) error {
 	id := f.StreamID
 	c.maxPeerID = id
-	if c.goAwaySent || uint32(len(c.streams)) >= c.cfg.settings.MaxConcurrentStreams {
+	limit := c.cfg.settings.MaxConcurrentStreams
+	if c.goAwaySent || uint32(len(c.streams)) >= limit {
 		c.queueLocked(ctrlFrame{kind: ctrlRST, streamID: id, code: http2.ErrCodeRefusedStream})
 		c.mu.Unlock()
-		c.settle()
-		return nil
-	}
-	s := newStream(c, id)
-	s.sendWindow = c.peerInitWindow
-	c.streams[id] = s
-	c.streamCount.Add(1)
-	c.mu.Unlock()
-	if f.StreamEnded() {
-		c.remoteEnd(s)
+		c.kick()
+		return c.countLocalReset()
 	}
 	fields := make([]hpack.HeaderField, len(f.Fields))
 	copy(fields, f.Fields)
-	c.cfg.onRequest(s, fields, f.Truncated)
+	s := newStream(c, id)
+	s.sendWindow = c.peerInitWindow
+	start := c.handlers < int(limit)
+	if !start {
+		if len(c.unstarted) >= maxUnstartedPerSlot*int(limit) {
+			c.mu.Unlock()
+			return calm(floodRapidReset, "too many streams reset before their handlers returned")
+		}
+		s.req, s.reqTruncated = fields, f.Truncated
+		c.unstarted = append(c.unstarted, s)
+	} else {
+		c.handlers++
+		c.handlerCount.Store(int32(c.handlers))
+	}
+	c.streams[id] = s
+	c.streamCount.Add(1)
+	c.opened.Add(1)
+	c.mu.Unlock()
+	s.startIdle(c.cfg.streamIdleTimeout)
+	if f.StreamEnded() {
+		c.remoteEnd(s)
+	}
+	if start {
+		c.cfg.onRequest(s, fields, f.Truncated)
+	}
 	return nil
 }
 
@@ -384,26 +430,31 @@ func headerOf(fields []hpack.HeaderField) map[string][]string {
 func (c *conn) readData(fh http2.FrameHeader) error {
 	n := int64(fh.Length)
 	if fh.StreamID == 0 {
-		return connError{http2.ErrCodeProtocol, "DATA on stream 0"}
+		return connError{code: http2.ErrCodeProtocol, reason: "DATA on stream 0"}
+	}
+	if !fh.Flags.Has(http2.FlagDataPadded) {
+		if err := c.checkEmptyData(int(n), fh.Flags.Has(http2.FlagDataEndStream)); err != nil {
+			return err // padded frames are counted once their padding is known (Stream.receive)
+		}
 	}
 	c.mu.Lock()
 	if n > c.recvWindow {
 		c.mu.Unlock()
-		return connError{http2.ErrCodeFlowControl, "connection window exceeded"}
+		return connError{code: http2.ErrCodeFlowControl, reason: "connection window exceeded"}
 	}
 	c.recvWindow -= n
 	s := c.streams[fh.StreamID]
 	idle := s == nil && c.idleLocked(fh.StreamID)
 	c.mu.Unlock()
 	if idle {
-		return connError{http2.ErrCodeProtocol, "DATA on idle stream"}
+		return connError{code: http2.ErrCodeProtocol, reason: "DATA on idle stream"}
 	}
 	if s == nil {
 		// A stream we closed or reset: frames in flight are expected. Drop them, keep the window.
 		if _, err := c.br.Discard(int(n)); err != nil {
 			return err
 		}
-		c.consumed(n)
+		c.discarded(n)
 		return nil
 	}
 	return s.receive(fh)

@@ -28,6 +28,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 )
 
 // Stream is one HBONE CONNECT stream, returned by Pool.Dial and Request.Accept as a net.Conn. Besides
@@ -38,11 +39,13 @@ type Stream struct {
 	c  *conn
 	id uint32
 
-	rready  chan struct{} // capacity 1: receive side changed
-	wready  chan struct{} // capacity 1: send window or state changed
-	closed  atomic.Bool
-	readDL  deadline
-	writeDL deadline
+	rready   chan struct{} // capacity 1: receive side changed
+	wready   chan struct{} // capacity 1: send window or state changed
+	closed   atomic.Bool
+	activity atomic.Uint32 // DATA frames received and sent, for the idle timeout
+	idle     atomic.Pointer[streamIdle]
+	readDL   deadline
+	writeDL  deadline
 
 	// client response; set once, with respDone, under rmu
 	client     bool
@@ -53,10 +56,12 @@ type Stream struct {
 	wmu sync.Mutex
 
 	// guarded by conn.mu
-	sendWindow  int64
-	localEnded  bool
-	remoteEnded bool
-	werr        error
+	sendWindow   int64
+	localEnded   bool
+	remoteEnded  bool
+	werr         error
+	req          []hpack.HeaderField // server: the request of a stream waiting for a handler slot
+	reqTruncated bool
 
 	rmu         sync.Mutex
 	rbuf        recvBuffer
@@ -217,7 +222,7 @@ func (s *Stream) receive(fh http2.FrameHeader) error {
 			return err
 		}
 		if n == 0 || int(buf[0]) >= n {
-			return connError{http2.ErrCodeProtocol, "DATA padding exceeds payload"}
+			return connError{code: http2.ErrCodeProtocol, reason: "DATA padding exceeds payload"}
 		}
 		padded = buf[1 : n-int(buf[0])]
 	}
@@ -227,7 +232,7 @@ func (s *Stream) receive(fh http2.FrameHeader) error {
 				return err
 			}
 		}
-		c.consumed(int64(k))
+		c.discarded(int64(k))
 		return nil
 	}
 
@@ -238,18 +243,17 @@ func (s *Stream) receive(fh http2.FrameHeader) error {
 		if err := discard(n); err != nil {
 			return err
 		}
-		c.resetStream(s.id, http2.ErrCodeStreamClosed)
-		return nil
+		return c.resetStream(s.id, http2.ErrCodeStreamClosed)
 	}
 	if int64(n) > s.recvWindow {
 		s.rmu.Unlock()
 		if err := discard(n); err != nil {
 			return err
 		}
-		c.resetStream(s.id, http2.ErrCodeFlowControl)
-		return nil
+		return c.resetStream(s.id, http2.ErrCodeFlowControl)
 	}
 	s.recvWindow -= int64(n)
+	s.activity.Add(1)
 	if padded != nil {
 		dropped := s.rclosed
 		if !dropped {
@@ -258,9 +262,12 @@ func (s *Stream) receive(fh http2.FrameHeader) error {
 		s.rmu.Unlock()
 		signal(s.rready)
 		// Padding and the pad-length byte are flow-controlled but never read: credit them now.
-		s.consumed(n - len(padded))
+		s.discarded(n - len(padded))
 		if dropped {
-			c.consumed(int64(len(padded)))
+			c.discarded(int64(len(padded)))
+		}
+		if err := c.checkEmptyData(len(padded), fh.Flags.Has(http2.FlagDataEndStream)); err != nil {
+			return err
 		}
 	} else {
 		s.rmu.Unlock()
@@ -284,7 +291,7 @@ func (s *Stream) receiveData(n int) error {
 			if _, err := c.br.Discard(n); err != nil {
 				return err
 			}
-			c.consumed(int64(n))
+			c.discarded(int64(n))
 			return nil
 		}
 		if s.pending != nil && s.rbuf.len() < len(s.pending) {
@@ -319,7 +326,7 @@ func (s *Stream) receiveData(n int) error {
 			s.rmu.Lock()
 			switch {
 			case s.rclosed:
-				c.consumed(int64(m))
+				c.discarded(int64(m))
 			case m >= len(c.piece)/2:
 				s.rbuf.appendChunk(c.piece, m) // hand the piece over, no copy
 				c.piece = nil
@@ -392,6 +399,7 @@ func (s *Stream) Write(p []byte) (int, error) {
 			s.c.unreserve(s, n)
 			return total, s.writeErr(err)
 		}
+		s.activity.Add(1)
 		total += n
 		p = p[n:]
 	}
@@ -488,6 +496,7 @@ func (s *Stream) Close() error {
 	}
 	s.readDL.stop()
 	s.writeDL.stop()
+	s.stopIdle()
 	if cancel != nil {
 		cancel()
 	}
@@ -516,6 +525,7 @@ func (s *Stream) peerReset(code http2.ErrCode) {
 
 func (s *Stream) failWith(readErr, writeErr, respErr error) {
 	c := s.c
+	s.stopIdle()
 	c.mu.Lock()
 	if s.werr == nil {
 		s.werr = writeErr

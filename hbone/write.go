@@ -6,7 +6,10 @@ package hbone
 // waiting for it can be cancelled): bw, the Framer's write side and the hpack encoder belong to the
 // holder. Before releasing, the holder writes the queued control frames and flushes bw unless another
 // writer is waiting, so the last writer out flushes; settle re-checks after each release so that nothing
-// queued is stranded.
+// queued is stranded. readLoop never writes to the socket itself: what it queues is written by the
+// holder, or by a flusher goroutine it starts (kick), so a peer that does not read cannot stop the
+// connection from reading, and the control queue, bounded by maxQueuedControlFrames (flood.go), is the
+// only thing that grows meanwhile.
 
 import (
 	"fmt"
@@ -36,23 +39,45 @@ type ctrlFrame struct {
 	data     [8]byte
 }
 
-// queueLocked appends a control frame; the caller calls settle after unlocking mu.
+// queueLocked appends a control frame; the caller calls settle (kick in readLoop) after unlocking mu.
 func (c *conn) queueLocked(f ctrlFrame) {
 	if c.closed {
 		return
 	}
 	c.ctrl = append(c.ctrl, f)
 	c.ctrlNew.Store(true)
+	if len(c.ctrl) >= maxQueuedControlFrames {
+		c.ctrlFull.Store(true) // readLoop closes the connection after the current frame
+	}
 }
 
-// queue is queueLocked plus settle.
-func (c *conn) queue(fs ...ctrlFrame) {
-	c.mu.Lock()
-	for _, f := range fs {
-		c.queueLocked(f)
+// kick is readLoop's settle: it makes sure that what readLoop queued gets written, by a flusher goroutine
+// (at most one at a time) that waits for the write lock, so that readLoop itself never blocks on the
+// socket.
+func (c *conn) kick() {
+	if !c.ctrlNew.Load() || !c.flushing.CompareAndSwap(false, true) {
+		return
 	}
-	c.mu.Unlock()
-	c.settle()
+	c.flushers.Add(1)
+	go c.flush()
+}
+
+// flush is the flusher goroutine: it takes the write lock (or gives up when the connection closes),
+// writes the control queue and loops while readLoop queued more after it looked. readLoop waits for it
+// before returning.
+func (c *conn) flush() {
+	defer c.flushers.Done()
+	for {
+		if c.lockWrite(nil, nil) != nil {
+			c.flushing.Store(false)
+			return
+		}
+		c.unlockWrite()
+		c.flushing.Store(false)
+		if !c.ctrlNew.Load() || !c.flushing.CompareAndSwap(false, true) {
+			return
+		}
+	}
 }
 
 // lockWrite takes the write lock, giving up with os.ErrDeadlineExceeded when cancel or cancel2 (either
@@ -198,6 +223,7 @@ func (c *conn) writeData(id uint32, p []byte, cancel, cancel2 <-chan struct{}) e
 		return err
 	}
 	n := len(p)
+	c.dataUnits.Add(uint64((n + dataUnit - 1) / dataUnit))
 	c.hdr = [9]byte{byte(n >> 16), byte(n >> 8), byte(n), byte(http2.FrameData), 0,
 		byte(id >> 24 & 0x7f), byte(id >> 16), byte(id >> 8), byte(id)}
 	_, err := c.bw.Write(c.hdr[:])
