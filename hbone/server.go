@@ -339,10 +339,12 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn, cfg connConfig, wg 
 		st.setCancel(scancel)
 		wg.Add(1)
 		go func() {
-			defer wg.Done()
-			defer c.handlerDone()
-			defer scancel()
+			// No defers: this frame is under every handler's stack, which must stay within 4 KiB
+			// (BenchmarkIdleStreams); serveStream recovers a handler's panic.
 			s.serveStream(sctx, c, st, fields, truncated, creds.ID)
+			scancel()
+			c.handlerDone()
+			wg.Done()
 		}()
 	}
 	c = newConn(tc, sock, cfg, peer)
