@@ -32,6 +32,11 @@ var (
 	ErrNotAccepted = errors.New("hbone: handler returned without accepting")
 	// ErrWriteAfterClose reports a Write after CloseWrite or Close.
 	ErrWriteAfterClose = errors.New("hbone: write after close")
+	// ErrStreamIdleTimeout reports a stream reset because no data moved on it for its idle timeout.
+	ErrStreamIdleTimeout = errors.New("hbone: stream idle timeout")
+	// ErrHandshakeTimeout reports a connection whose TLS handshake and HTTP/2 preface did not complete
+	// in time.
+	ErrHandshakeTimeout = errors.New("hbone: handshake timeout")
 	// errRefused marks a stream the peer never processed (REFUSED_STREAM or above a GOAWAY's last
 	// stream id); Pool.Dial retries it. It wraps ErrGoAway for callers.
 	errRefused = fmt.Errorf("stream refused: %w", ErrGoAway)

@@ -69,6 +69,70 @@ func serverSeeds() [][]byte {
 			_ = fr.WriteData(1, false, []byte("x"))
 			_ = fr.WriteRawFrame(0xfe, 0, 7, []byte("unknown"))
 		}),
+		// Flood limits (flood.go): rapid reset, CONTINUATION and size-update blocks, empty DATA,
+		// WINDOW_UPDATE, PRIORITY and oversized SETTINGS, resets for frames on closed streams.
+		frameSeed(func(fr *http2.Framer, hdr func(kv ...string) []byte) {
+			_ = fr.WriteSettings()
+			for id := uint32(1); id < 40; id += 2 {
+				connect(fr, hdr, id, false)
+				_ = fr.WriteRSTStream(id, http2.ErrCodeCancel)
+			}
+			connect(fr, hdr, 121, true)
+		}),
+		frameSeed(func(fr *http2.Framer, hdr func(kv ...string) []byte) {
+			_ = fr.WriteSettings()
+			block := hdr(":method", "CONNECT", ":authority", "10.0.0.1:80")
+			_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block[:1]})
+			for range maxContinuationFrames + 2 {
+				_ = fr.WriteContinuation(1, false, nil)
+			}
+			_ = fr.WriteContinuation(1, true, block[1:])
+		}),
+		frameSeed(func(fr *http2.Framer, hdr func(kv ...string) []byte) {
+			_ = fr.WriteSettings()
+			_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1})
+			for range 3 {
+				_ = fr.WriteContinuation(1, false, bytes.Repeat([]byte{0x20}, 1<<10))
+			}
+			_ = fr.WriteContinuation(1, true, hdr(":method", "CONNECT", ":authority", "10.0.0.1:80"))
+			_ = fr.WriteData(1, false, []byte("x"))
+		}),
+		frameSeed(func(fr *http2.Framer, hdr func(kv ...string) []byte) {
+			_ = fr.WriteSettings()
+			connect(fr, hdr, 1, false)
+			for range maxEmptyDataFrames + 1 {
+				_ = fr.WriteData(1, false, nil)
+				_ = fr.WriteDataPadded(1, false, nil, []byte{0})
+			}
+			for range 10 {
+				_ = fr.WriteWindowUpdate(0, 1)
+				_ = fr.WriteWindowUpdate(1, 1)
+			}
+		}),
+		frameSeed(func(fr *http2.Framer, hdr func(kv ...string) []byte) {
+			_ = fr.WriteSettings()
+			for range priorityPerStream + 1 {
+				_ = fr.WritePriority(3, http2.PriorityParam{StreamDep: 1})
+			}
+			many := make([]http2.Setting, maxSettingsPerFrame+1)
+			for i := range many {
+				many[i] = http2.Setting{ID: http2.SettingInitialWindowSize, Val: uint32(i)}
+			}
+			_ = fr.WriteSettings(many...)
+		}),
+		frameSeed(func(fr *http2.Framer, hdr func(kv ...string) []byte) {
+			_ = fr.WriteSettings()
+			connect(fr, hdr, 1, false)
+			_ = fr.WriteRSTStream(1, http2.ErrCodeCancel)
+			for range 40 {
+				connect(fr, hdr, 1, false)
+				_ = fr.WriteData(1, false, []byte("late"))
+			}
+			for range 50 {
+				_ = fr.WritePing(false, [8]byte{})
+				_ = fr.WriteSettings()
+			}
+		}),
 	}
 }
 
@@ -94,11 +158,30 @@ func clientSeeds() [][]byte {
 			_ = fr.WriteRSTStream(1, http2.ErrCodeRefusedStream)
 			_ = fr.WritePushPromise(http2.PushPromiseParam{StreamID: 1, PromiseID: 2, EndHeaders: true})
 		}),
+		// A server flooding the client: a CONTINUATION-split response, empty DATA, WINDOW_UPDATEs.
+		frameSeed(func(fr *http2.Framer, hdr func(kv ...string) []byte) {
+			_ = fr.WriteSettings()
+			block := hdr(":status", "200")
+			_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block[:1]})
+			for range maxContinuationFrames + 2 {
+				_ = fr.WriteContinuation(1, false, nil)
+			}
+			_ = fr.WriteContinuation(1, true, block[1:])
+			for range maxEmptyDataFrames + 1 {
+				_ = fr.WriteData(1, false, nil)
+			}
+			for range 20 {
+				_ = fr.WriteWindowUpdate(0, 1)
+			}
+			_ = fr.WriteGoAway(1, http2.ErrCodeEnhanceYourCalm, []byte("calm"))
+		}),
 	}
 }
 
+// fuzzSettings are small, so that short inputs reach the limits: windows, and the header list size that
+// bounds header blocks (twice it, across CONTINUATIONs).
 func fuzzSettings(server bool) Settings {
-	s, _ := Settings{StreamWindow: 1 << 16, ConnWindow: 1 << 17}.withDefaults(server)
+	s, _ := Settings{StreamWindow: 1 << 16, ConnWindow: 1 << 17, MaxHeaderListSize: 1 << 10}.withDefaults(server)
 	return s
 }
 
@@ -166,6 +249,7 @@ func FuzzServerFrames(f *testing.F) {
 				hwg.Add(1)
 				go func() {
 					defer hwg.Done()
+					defer s.c.handlerDone()
 					defer s.Close()
 					req, status, err := parseRequest(fields, truncated)
 					if err != nil {

@@ -93,6 +93,7 @@ type Pool struct {
 	dialing map[poolKey]*dialCall
 	all     map[*pconn]struct{} // every live connection, for Close and Stats
 	closed  bool
+	stats   counters
 }
 
 type poolKey struct {
@@ -150,20 +151,22 @@ func NewPool(opts PoolOptions) (*Pool, error) {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Pool{
-		opts:   opts,
-		logger: logger,
-		cfg: connConfig{
-			settings:  settings,
-			keepalive: keepalive{Interval: opts.KeepaliveInterval, Timeout: opts.KeepaliveTimeout}.withDefaults(),
-			logger:    logger,
-		},
+	p := &Pool{
+		opts:    opts,
+		logger:  logger,
 		ctx:     ctx,
 		cancel:  cancel,
 		conns:   make(map[poolKey][]*pconn),
 		dialing: make(map[poolKey]*dialCall),
 		all:     make(map[*pconn]struct{}),
-	}, nil
+	}
+	p.cfg = connConfig{
+		settings:  settings,
+		keepalive: keepalive{Interval: opts.KeepaliveInterval, Timeout: opts.KeepaliveTimeout}.withDefaults(),
+		logger:    logger,
+		stats:     &p.stats,
+	}
+	return p, nil
 }
 
 // Dial opens a CONNECT stream to t.Authority through t.NextHop, reusing a pooled connection of t's key
@@ -404,18 +407,26 @@ func (p *Pool) unpoolLocked(pc *pconn) {
 	}
 }
 
-// PoolStats is a snapshot of a Pool.
+// PoolStats is a snapshot of a Pool: gauges now, counts since the Pool was created.
 type PoolStats struct {
 	Conns   int // live connections, pooled or draining
 	Pooled  int // connections that may take new streams
 	Streams int // streams open on live connections
+
+	StreamIdleTimeouts uint64     // streams reset after their idle timeout (Stream.SetIdleTimeout)
+	ProtocolErrors     uint64     // connections closed with GOAWAY for a server's protocol error
+	Floods             FloodStats // connections closed with GOAWAY for a server's flood
 }
 
 // Stats returns a snapshot of the pool.
 func (p *Pool) Stats() PoolStats {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	var st PoolStats
+	st := PoolStats{
+		StreamIdleTimeouts: p.stats.streamIdleTimeouts.Load(),
+		ProtocolErrors:     p.stats.protocolErrors.Load(),
+		Floods:             p.stats.floodStats(),
+	}
 	for pc := range p.all {
 		st.Conns++
 		if pc.pooled {

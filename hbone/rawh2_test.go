@@ -115,6 +115,7 @@ type rawServer struct {
 	ln          net.Listener
 	addr        netip.AddrPort
 	answerPings bool
+	handle      func(p *rawPeer, f *http2.MetaHeadersFrame, first bool) // answers a request; nil: 200
 	wg          sync.WaitGroup
 	mu          sync.Mutex
 	conns       []net.Conn
@@ -122,13 +123,21 @@ type rawServer struct {
 
 func startRawServer(tb testing.TB, creds *Credentials, answerPings bool) *rawServer {
 	tb.Helper()
+	return startRawServerWith(tb, creds, answerPings, nil)
+}
+
+// startRawServerWith is startRawServer with handle answering each request (first: the connection's
+// first request).
+func startRawServerWith(tb testing.TB, creds *Credentials, answerPings bool,
+	handle func(p *rawPeer, f *http2.MetaHeadersFrame, first bool)) *rawServer {
+	tb.Helper()
 	var peer = new(struct{})
 	_ = peer
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
 	}
-	rs := &rawServer{ln: ln, addr: ln.Addr().(*net.TCPAddr).AddrPort(), answerPings: answerPings}
+	rs := &rawServer{ln: ln, addr: ln.Addr().(*net.TCPAddr).AddrPort(), answerPings: answerPings, handle: handle}
 	cfg := &tls.Config{
 		MinVersion: tls.VersionTLS13, NextProtos: []string{"h2"},
 		Certificates: []tls.Certificate{creds.Certificate}, ClientAuth: tls.RequireAnyClientCert,
@@ -173,6 +182,7 @@ func (rs *rawServer) serve(tb testing.TB, tc *tls.Conn) {
 	if err := p.fr.WriteSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 100}); err != nil {
 		return
 	}
+	first := true
 	for {
 		f, err := p.fr.ReadFrame()
 		if err != nil {
@@ -188,6 +198,11 @@ func (rs *rawServer) serve(tb testing.TB, tc *tls.Conn) {
 				_ = p.fr.WritePing(true, f.Data)
 			}
 		case *http2.MetaHeadersFrame:
+			if rs.handle != nil {
+				rs.handle(p, f, first)
+				first = false
+				continue
+			}
 			p.hbuf.Reset()
 			_ = p.henc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
 			_ = p.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: f.StreamID, BlockFragment: p.hbuf.Bytes(), EndHeaders: true})

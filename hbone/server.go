@@ -11,6 +11,10 @@ package hbone
 //     the Handler's error status (503 when it is not a *StatusError) and logs the reason.
 //   - Serve owns every goroutine it starts (connections and handlers) and waits for them before it
 //     returns.
+//   - Every accepted connection counts towards MaxConns from Accept until its goroutine ends; beyond the
+//     cap, Accept's connection is closed at once, before any TLS work. A connection must finish TLS and
+//     the HTTP/2 preface (the client's first SETTINGS) within HandshakeTimeout, and an established one
+//     without streams goes away after IdleTimeout (idle.go). Stats counts all of it.
 
 import (
 	"context"
@@ -25,6 +29,7 @@ import (
 	"net/textproto"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -138,20 +143,34 @@ type Server struct {
 	// Settings are the HTTP/2 settings announced; zero fields take the defaults.
 	Settings Settings
 	// KeepaliveInterval and KeepaliveTimeout configure PING keepalive (defaults 10 s and 20 s; a negative
-	// interval disables it).
+	// interval disables it). PINGs do not count as activity for IdleTimeout.
 	KeepaliveInterval, KeepaliveTimeout time.Duration
-	// HandshakeTimeout bounds the credentials lookup and TLS handshake (default 10 s).
+	// HandshakeTimeout bounds the credentials lookup, the TLS handshake and the client's HTTP/2 preface
+	// up to its first SETTINGS frame (default DefaultHandshakeTimeout, 10 s).
 	HandshakeTimeout time.Duration
+	// IdleTimeout closes, with GOAWAY, a connection that has had no stream and no running handler for
+	// this long (default DefaultServerIdleTimeout, 1 h, as Envoy; negative disables it).
+	IdleTimeout time.Duration
+	// StreamIdleTimeout is the idle timeout of every stream (Stream.SetIdleTimeout), which a Handler may
+	// change per stream. Zero (the default, as ztunnel) means none; see DefaultStreamIdleTimeoutHTTP
+	// and DefaultStreamIdleTimeoutTCP for Envoy's.
+	StreamIdleTimeout time.Duration
+	// MaxConns caps the connections open at once, handshaking ones included; Serve closes connections
+	// accepted beyond it at once and counts them (ServerStats.ConnsRejected). Zero means no cap, as
+	// Envoy (whose overload manager has no default limit) and ztunnel.
+	MaxConns int
 
-	initOnce sync.Once
-	mu       sync.Mutex
-	conns    map[*conn]struct{}
-	lns      map[net.Listener]struct{}
-	draining bool          // Shutdown called: new streams refused, idle connections close
-	closed   chan struct{} // closed by Shutdown or Close
-	hardCtx  context.Context
-	hardStop context.CancelFunc // called by Close
-	active   sync.WaitGroup
+	initOnce  sync.Once
+	stats     counters
+	connCount atomic.Int64
+	mu        sync.Mutex
+	conns     map[*conn]struct{}
+	lns       map[net.Listener]struct{}
+	draining  bool          // Shutdown called: new streams refused, idle connections close
+	closed    chan struct{} // closed by Shutdown or Close
+	hardCtx   context.Context
+	hardStop  context.CancelFunc // called by Close
+	active    sync.WaitGroup
 }
 
 func (s *Server) init() {
@@ -212,11 +231,18 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		}
 		wg.Wait()
 	}()
+	idle := s.IdleTimeout
+	if idle == 0 {
+		idle = DefaultServerIdleTimeout
+	}
 	cfg := connConfig{
-		server:    true,
-		settings:  settings,
-		keepalive: keepalive{Interval: s.KeepaliveInterval, Timeout: s.KeepaliveTimeout}.withDefaults(),
-		logger:    s.logger(),
+		server:            true,
+		settings:          settings,
+		keepalive:         keepalive{Interval: s.KeepaliveInterval, Timeout: s.KeepaliveTimeout}.withDefaults(),
+		logger:            s.logger(),
+		idleTimeout:       max(idle, 0),
+		streamIdleTimeout: s.StreamIdleTimeout,
+		stats:             &s.stats,
 	}
 	var backoff time.Duration
 	for {
@@ -249,9 +275,17 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			return fmt.Errorf("accept hbone: %w", err)
 		}
 		backoff = 0
+		s.stats.connsAccepted.Add(1)
+		if n := s.connCount.Add(1); s.MaxConns > 0 && n > int64(s.MaxConns) {
+			s.connCount.Add(-1)
+			s.stats.connsRejected.Add(1)
+			_ = nc.Close()
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer s.connCount.Add(-1)
 			s.serveConn(ctx, nc, cfg, &wg)
 		}()
 	}
@@ -262,9 +296,10 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn, cfg connConfig, wg 
 	local := addrPortOf(nc.LocalAddr())
 	hto := s.HandshakeTimeout
 	if hto <= 0 {
-		hto = DefaultConnectTimeout
+		hto = DefaultHandshakeTimeout
 	}
-	hctx, cancel := context.WithTimeout(ctx, hto)
+	deadline := time.Now().Add(hto)
+	hctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	creds, err := s.Credentials(hctx, local)
 	if err == nil {
@@ -280,11 +315,17 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn, cfg connConfig, wg 
 	tc := tls.Server(sock, serverTLSConfig(creds, &peer))
 	if err := tc.HandshakeContext(hctx); err != nil {
 		log.Debug("hbone: tls handshake", "remote", nc.RemoteAddr(), "err", err)
+		if hctx.Err() == context.DeadlineExceeded {
+			s.stats.handshakeTimeouts.Add(1)
+		} else {
+			s.stats.handshakeErrors.Add(1)
+		}
 		_ = nc.Close()
 		return
 	}
 	if tc.ConnectionState().NegotiatedProtocol != alpnH2 {
 		log.Debug("hbone: refused connection without ALPN h2", "remote", nc.RemoteAddr())
+		s.stats.handshakeErrors.Add(1)
 		_ = tc.Close()
 		return
 	}
@@ -298,9 +339,12 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn, cfg connConfig, wg 
 		st.setCancel(scancel)
 		wg.Add(1)
 		go func() {
-			defer wg.Done()
-			defer scancel()
+			// No defers: this frame is under every handler's stack, which must stay within 4 KiB
+			// (BenchmarkIdleStreams); serveStream recovers a handler's panic.
 			s.serveStream(sctx, c, st, fields, truncated, creds.ID)
+			scancel()
+			c.handlerDone()
+			wg.Done()
 		}()
 	}
 	c = newConn(tc, sock, cfg, peer)
@@ -322,7 +366,20 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn, cfg connConfig, wg 
 	}
 	stop := context.AfterFunc(cctx, func() { c.close(nil) })
 	defer stop()
+	// The client's preface and first SETTINGS are part of the handshake.
+	preface := time.AfterFunc(time.Until(deadline), func() {
+		select {
+		case <-c.settingsRecv:
+		default:
+			s.stats.handshakeTimeouts.Add(1)
+			c.close(fmt.Errorf("%w: no HTTP/2 preface within %v", ErrHandshakeTimeout, hto))
+		}
+	})
+	defer preface.Stop()
 	c.readLoop()
+	if errors.Is(c.closeErrForLog(), ErrNotH2) {
+		s.stats.handshakeErrors.Add(1)
+	}
 	if err := c.closeErrForLog(); err != nil {
 		log.Debug("hbone: connection closed", "remote", c.remote, "peer", peer, "err", err)
 	}

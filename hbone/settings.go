@@ -12,12 +12,27 @@ const (
 	DefaultMaxFrameSize         = 1 << 20  // SETTINGS_MAX_FRAME_SIZE
 	DefaultClientMaxHeaderList  = 16 << 10
 	DefaultServerMaxHeaderList  = 64 << 10
-	DefaultMaxConcurrentStreams = 200 // server
+	DefaultMaxConcurrentStreams = 200 // server: ztunnel's (hyper's); Envoy 2^31-1, Istio's waypoint listener 100
 	DefaultMaxStreamsPerConn    = 100 // client pool
 	DefaultKeepaliveInterval    = 10 * time.Second
 	DefaultKeepaliveTimeout     = 20 * time.Second
-	DefaultIdleTimeout          = 5 * time.Minute
+	DefaultIdleTimeout          = 5 * time.Minute // client pool (ztunnel POOL_UNUSED_RELEASE_TIMEOUT)
 	DefaultConnectTimeout       = 10 * time.Second
+
+	// Server bounds (Server fields; README "Limits" has the table with Envoy's and ztunnel's values).
+
+	// DefaultHandshakeTimeout bounds TLS handshake plus the client's HTTP/2 preface and first SETTINGS
+	// (ztunnel's connect timeout; Envoy: transport_socket_connect_timeout, unset by default).
+	DefaultHandshakeTimeout = 10 * time.Second
+	// DefaultServerIdleTimeout closes a connection without streams (Envoy HTTP connection manager
+	// common_http_protocol_options.idle_timeout: 1 h; ztunnel: none, its clients release after 5 min).
+	DefaultServerIdleTimeout = time.Hour
+	// DefaultStreamIdleTimeoutHTTP and DefaultStreamIdleTimeoutTCP are Envoy's stream idle timeouts, for
+	// a waypoint to apply to HTTP and TCP ports (HTTP connection manager stream_idle_timeout 5 min,
+	// tcp_proxy idle_timeout 1 h). Server.StreamIdleTimeout defaults to none, as ztunnel, since the node
+	// agent carries TCP connections that may idle for long (databases, long polls).
+	DefaultStreamIdleTimeoutHTTP = 5 * time.Minute
+	DefaultStreamIdleTimeoutTCP  = time.Hour
 
 	http2DefaultWindow    = 65535
 	http2DefaultFrameSize = 16384
@@ -62,20 +77,4 @@ func (s Settings) withDefaults(server bool) (Settings, error) {
 		return s, fmt.Errorf("validate settings: max frame size %d outside [16384, 2^24-1]", s.MaxFrameSize)
 	}
 	return s, nil
-}
-
-// keepalive configures PING keepalive: a PING every Interval, the connection closed when one is not
-// acknowledged within Timeout. Interval <= 0 disables it.
-type keepalive struct {
-	Interval, Timeout time.Duration
-}
-
-func (k keepalive) withDefaults() keepalive {
-	if k.Interval == 0 {
-		k.Interval = DefaultKeepaliveInterval
-	}
-	if k.Timeout == 0 {
-		k.Timeout = DefaultKeepaliveTimeout
-	}
-	return k
 }

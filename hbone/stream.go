@@ -28,6 +28,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 )
 
 // Stream is one HBONE CONNECT stream, returned by Pool.Dial and Request.Accept as a net.Conn. Besides
@@ -38,11 +39,13 @@ type Stream struct {
 	c  *conn
 	id uint32
 
-	rready  chan struct{} // capacity 1: receive side changed
-	wready  chan struct{} // capacity 1: send window or state changed
-	closed  atomic.Bool
-	readDL  deadline
-	writeDL deadline
+	rready   chan struct{} // capacity 1: receive side changed
+	wready   chan struct{} // capacity 1: send window or state changed
+	closed   atomic.Bool
+	activity atomic.Uint32 // DATA frames received and sent, for the idle timeout
+	idle     atomic.Pointer[streamIdle]
+	readDL   deadline
+	writeDL  deadline
 
 	// client response; set once, with respDone, under rmu
 	client     bool
@@ -53,10 +56,12 @@ type Stream struct {
 	wmu sync.Mutex
 
 	// guarded by conn.mu
-	sendWindow  int64
-	localEnded  bool
-	remoteEnded bool
-	werr        error
+	sendWindow   int64
+	localEnded   bool
+	remoteEnded  bool
+	werr         error
+	req          []hpack.HeaderField // server: the request of a stream waiting for a handler slot
+	reqTruncated bool
 
 	rmu         sync.Mutex
 	rbuf        recvBuffer
@@ -203,23 +208,6 @@ func (s *Stream) pendingReady() bool {
 	return s.pendingN > 0 || s.rerr != nil
 }
 
-// consumed returns flow-control credit for n bytes the application read.
-func (s *Stream) consumed(n int) {
-	s.rmu.Lock()
-	s.recvUnacked += int64(n)
-	var inc int64
-	if s.recvUnacked >= int64(s.c.cfg.settings.StreamWindow)/4 && s.rerr == nil {
-		inc = s.recvUnacked
-		s.recvUnacked = 0
-		s.recvWindow += inc
-	}
-	s.rmu.Unlock()
-	if inc > 0 {
-		s.c.queue(ctrlFrame{kind: ctrlWindowUpdate, streamID: s.id, val: uint32(inc)})
-	}
-	s.c.consumed(int64(n))
-}
-
 // receive takes the payload of a DATA frame for s off the connection (readLoop only). The payload goes
 // straight into the buffer of a waiting Read when there is one and nothing is queued before it; otherwise
 // it is published to rbuf piece by piece (one TLS record at a time), so the reader can start copying
@@ -234,7 +222,7 @@ func (s *Stream) receive(fh http2.FrameHeader) error {
 			return err
 		}
 		if n == 0 || int(buf[0]) >= n {
-			return connError{http2.ErrCodeProtocol, "DATA padding exceeds payload"}
+			return connError{code: http2.ErrCodeProtocol, reason: "DATA padding exceeds payload"}
 		}
 		padded = buf[1 : n-int(buf[0])]
 	}
@@ -244,7 +232,7 @@ func (s *Stream) receive(fh http2.FrameHeader) error {
 				return err
 			}
 		}
-		c.consumed(int64(k))
+		c.discarded(int64(k))
 		return nil
 	}
 
@@ -255,18 +243,17 @@ func (s *Stream) receive(fh http2.FrameHeader) error {
 		if err := discard(n); err != nil {
 			return err
 		}
-		c.resetStream(s.id, http2.ErrCodeStreamClosed)
-		return nil
+		return c.resetStream(s.id, http2.ErrCodeStreamClosed)
 	}
 	if int64(n) > s.recvWindow {
 		s.rmu.Unlock()
 		if err := discard(n); err != nil {
 			return err
 		}
-		c.resetStream(s.id, http2.ErrCodeFlowControl)
-		return nil
+		return c.resetStream(s.id, http2.ErrCodeFlowControl)
 	}
 	s.recvWindow -= int64(n)
+	s.activity.Add(1)
 	if padded != nil {
 		dropped := s.rclosed
 		if !dropped {
@@ -275,9 +262,12 @@ func (s *Stream) receive(fh http2.FrameHeader) error {
 		s.rmu.Unlock()
 		signal(s.rready)
 		// Padding and the pad-length byte are flow-controlled but never read: credit them now.
-		s.consumed(n - len(padded))
+		s.discarded(n - len(padded))
 		if dropped {
-			c.consumed(int64(len(padded)))
+			c.discarded(int64(len(padded)))
+		}
+		if err := c.checkEmptyData(len(padded), fh.Flags.Has(http2.FlagDataEndStream)); err != nil {
+			return err
 		}
 	} else {
 		s.rmu.Unlock()
@@ -301,7 +291,7 @@ func (s *Stream) receiveData(n int) error {
 			if _, err := c.br.Discard(n); err != nil {
 				return err
 			}
-			c.consumed(int64(n))
+			c.discarded(int64(n))
 			return nil
 		}
 		if s.pending != nil && s.rbuf.len() < len(s.pending) {
@@ -336,7 +326,7 @@ func (s *Stream) receiveData(n int) error {
 			s.rmu.Lock()
 			switch {
 			case s.rclosed:
-				c.consumed(int64(m))
+				c.discarded(int64(m))
 			case m >= len(c.piece)/2:
 				s.rbuf.appendChunk(c.piece, m) // hand the piece over, no copy
 				c.piece = nil
@@ -409,6 +399,7 @@ func (s *Stream) Write(p []byte) (int, error) {
 			s.c.unreserve(s, n)
 			return total, s.writeErr(err)
 		}
+		s.activity.Add(1)
 		total += n
 		p = p[n:]
 	}
@@ -505,6 +496,7 @@ func (s *Stream) Close() error {
 	}
 	s.readDL.stop()
 	s.writeDL.stop()
+	s.stopIdle()
 	if cancel != nil {
 		cancel()
 	}
@@ -533,6 +525,7 @@ func (s *Stream) peerReset(code http2.ErrCode) {
 
 func (s *Stream) failWith(readErr, writeErr, respErr error) {
 	c := s.c
+	s.stopIdle()
 	c.mu.Lock()
 	if s.werr == nil {
 		s.werr = writeErr
