@@ -88,6 +88,11 @@ bench: ## Go micro-benchmarks (config compile, state memory, route planning; med
 	$(GO) test -run '^$$' -bench 'Build' -count 5 ./mesh/route/
 	$(MAKE) bench-agent
 
+.PHONY: soak
+soak: ## soak both agents: 10,000 long-lived conns, 1,000 new conn/s, policy churn every 10 s for SOAK_TIME=10m; goroutines, fds, RSS must stay flat (root; needs iperf3)
+	$(GO) build -o $(BIN)/ambit ./cmd/ambit
+	$(GO) run ./hack/bench-agent -bin $(BIN) -soak $(or $(SOAK_TIME),10m)
+
 .PHONY: bench-agent
 bench-agent: ## node agent vs direct in the lab: iperf3, fortio latency and conn/s, agent CPU and RSS; medians of ROUNDS=5 (root, ~10 min; needs iperf3)
 	$(GO) build -o $(BIN)/ambit ./cmd/ambit

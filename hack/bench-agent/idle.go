@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"flag"
@@ -15,9 +16,11 @@ import (
 // helper runs one of the idle-connection helpers, started by the benchmark inside a pod namespace (each
 // its own process, so that 10,000 connections on each side fit the file-descriptor limit):
 //
-//	hold -addr :9000            accept connections; on each, echo one byte, then hold it until the peer closes
+//	hold -addr :9000            accept connections; echo what each sends until the peer closes
 //	open -to IP:PORT -n 10000   open n connections, exchange one byte on each, print "open <n>", hold them
-//	                            until standard input closes, then close them all and print "closed"
+//	                            until standard input closes, then close them all and print "closed"; a line
+//	                            "check" on standard input exchanges a byte on each and prints "alive <a> dead <d>"
+//	churn -to IP:PORT -rate R   new connections at R per second, one byte each (soak.go)
 func helper(name string, args []string) error {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	addr := fs.String("addr", ":9000", "hold: listen address")
@@ -49,14 +52,7 @@ func hold(addr string) error {
 		}
 		go func() { // ends when the peer closes
 			defer c.Close()
-			var b [1]byte
-			if _, err := io.ReadFull(c, b[:]); err != nil {
-				return
-			}
-			if _, err := c.Write(b[:]); err != nil {
-				return
-			}
-			io.Copy(io.Discard, c)
+			io.Copy(c, c)
 		}()
 	}
 }
@@ -105,13 +101,47 @@ func open(to string, n, par int) error {
 		return firstErr
 	}
 	fmt.Printf("open %d\n", n)
-	io.Copy(io.Discard, os.Stdin)
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		if sc.Text() == "check" {
+			alive, dead := checkAll(conns, par)
+			fmt.Printf("alive %d dead %d\n", alive, dead)
+		}
+	}
 	for i, c := range conns {
 		c.Close()
 		conns[i] = nil
 	}
 	fmt.Println("closed")
 	return nil
+}
+
+// checkAll exchanges one byte on every connection, par at a time.
+func checkAll(conns []net.Conn, par int) (alive, dead int) {
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	next := make(chan net.Conn)
+	for range par {
+		wg.Go(func() {
+			for c := range next {
+				err := exchange(c)
+				c.SetDeadline(time.Time{})
+				mu.Lock()
+				if err == nil {
+					alive++
+				} else {
+					dead++
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	for _, c := range conns {
+		next <- c
+	}
+	close(next)
+	wg.Wait()
+	return alive, dead
 }
 
 // openOne dials and exchanges one byte, so the connection is established end to end.

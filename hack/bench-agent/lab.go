@@ -217,7 +217,11 @@ func (b *bench) startServers(ctx context.Context, role string, p *lab.Pod) error
 	if err != nil {
 		return err
 	}
-	b.servers = append(b.servers, iperf, fortio, hold)
+	holdDeny, err := b.start(p.NS, role+"-hold-deny", nil, b.tools.self, "hold", "-addr", fmt.Sprintf(":%d", denyPort))
+	if err != nil {
+		return err
+	}
+	b.servers = append(b.servers, iperf, fortio, hold, holdDeny)
 	return nil
 }
 
@@ -228,7 +232,7 @@ func (b *bench) waitServers(ctx context.Context) error {
 			continue
 		}
 		p := b.pods[r.name]
-		for _, port := range []int{iperfPort, httpPort, holdPort} {
+		for _, port := range []int{iperfPort, httpPort, holdPort, denyPort} {
 			addr := fmt.Sprintf("%s:%d", p.IP, port)
 			deadline := time.Now().Add(20 * time.Second)
 			for {

@@ -38,8 +38,12 @@ import (
 func main() {
 	if len(os.Args) > 1 {
 		switch os.Args[1] {
-		case "hold", "open": // helpers run inside pod namespaces (see idle.go)
-			if err := helper(os.Args[1], os.Args[2:]); err != nil {
+		case "hold", "open", "churn": // helpers run inside pod namespaces (see idle.go)
+			run := func() error { return helper(os.Args[1], os.Args[2:]) }
+			if os.Args[1] == "churn" {
+				run = func() error { return churnHelper(os.Args[2:]) }
+			}
+			if err := run(); err != nil {
 				fmt.Fprintln(os.Stderr, "bench-agent "+os.Args[1]+":", err)
 				os.Exit(1)
 			}
@@ -60,10 +64,19 @@ func main() {
 	flag.StringVar(&o.agentEnv, "agent-env", "", "extra environment for the agents only, comma separated (e.g. GOMAXPROCS=1,GOGC=50)")
 	flag.IntVar(&o.nice, "nice", 0, "scheduling priority for this program and everything it starts (e.g. -5 on a shared machine)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the lab and the agents running after the table until Ctrl-C")
+	flag.DurationVar(&o.soak.d, "soak", 0, "instead of the phases, soak the agents for this long (soak.go; `make soak` runs 10m)")
+	flag.DurationVar(&o.soak.warmup, "soak-warmup", 30*time.Second, "soak: load before the start sample")
+	flag.DurationVar(&o.soak.churn, "soak-churn", 10*time.Second, "soak: interval between policy changes")
+	flag.IntVar(&o.soak.conns, "soak-conns", 10000, "soak: long-lived connections held for the whole run")
+	flag.IntVar(&o.soak.rate, "soak-rate", 1000, "soak: new connections per second to the allowed port")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, o); err != nil {
+	runner := run
+	if o.soak.d > 0 {
+		runner = runSoak
+	}
+	if err := runner(ctx, o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-agent:", err)
 		os.Exit(1)
 	}
@@ -76,6 +89,7 @@ type options struct {
 	rounds, idleConns, nice         int
 	iperfTime, latencyTime, cpsTime time.Duration
 	keep                            bool
+	soak                            soakOptions
 }
 
 // phase is one kind of measurement. run measures one topology once and returns named values; work maps

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -229,15 +228,21 @@ func (b *bench) memory(ctx context.Context, t topology) (sample, error) {
 // opener is the running `open` helper holding idle connections.
 type opener struct {
 	p      *proc.Proc
-	stdin  io.Closer
+	stdin  io.WriteCloser
 	lines  chan string
 	stderr *strings.Builder
 }
 
-// openIdle starts the `open` helper in the client pod and waits until it holds n connections.
+// openIdle starts the `open` helper in the client pod and waits until it holds n connections to the server's
+// hold port.
 func (b *bench) openIdle(ctx context.Context, t topology, n int) (*opener, error) {
+	return b.startOpener(ctx, t, fmt.Sprintf("%s:%d", t.server.IP, holdPort), n)
+}
+
+// startOpener starts the `open` helper in the client pod and waits until it holds n connections to addr.
+func (b *bench) startOpener(ctx context.Context, t topology, addr string, n int) (*opener, error) {
 	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", t.client.NS.Name, b.tools.self, "open",
-		"-to", fmt.Sprintf("%s:%d", t.server.IP, holdPort), "-n", strconv.Itoa(n))
+		"-to", addr, "-n", strconv.Itoa(n))
 	op := &opener{lines: make(chan string, 4), stderr: &strings.Builder{}}
 	cmd.Stderr = op.stderr
 	var err error
@@ -251,13 +256,7 @@ func (b *bench) openIdle(ctx context.Context, t topology, n int) (*opener, error
 	if op.p, err = proc.Start(cmd); err != nil { // cancelling kills its process group (test/proc)
 		return nil, fmt.Errorf("start opener: %w", err)
 	}
-	go func() { // ends at the opener's exit, which close waits for
-		defer close(op.lines)
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			op.lines <- sc.Text()
-		}
-	}()
+	go readLines(stdout, op.lines) // ends at the opener's exit, which close waits for
 	line, ok := <-op.lines
 	if !ok || !strings.HasPrefix(line, "open ") {
 		op.p.Signal(syscall.SIGKILL)
