@@ -43,7 +43,13 @@
 // table stays in the kernel (TPROXY), so a restarted agent calls New again and re-adopts what is installed,
 // replacing the programs in the existing links. While no agent runs, the SYNs of enrolled pods are dropped (retransmitted by their
 // clients) rather than leaking past the mesh. Close releases the process's handles and leaves capture in place;
-// Cleanup removes everything that New installed.
+// Cleanup removes everything that New installed. That holds only if the pins outlive the process: a bpffs
+// mounted in a mount namespace private to it (under `ip netns exec`, which remounts /sys, the agent mounts a
+// fresh one) goes, with every pin and so capture itself, when the process exits. ModeEBPF's New therefore
+// refuses (ErrEphemeralPins) a PinDir whose bpffs is not the host's: not in the host mount namespace, and not
+// the same bpffs as one mounted in PID 1's mount table, or, where the host cannot be seen (a container with
+// its own PID namespace), not propagated to or from it (a hostPath with mountPropagation Bidirectional or
+// HostToContainer). Options.AllowEphemeralPins starts anyway, logging the danger at error level.
 //
 // The agent's own sockets are never captured: they are created in the node namespace (their packets never cross
 // a hooked ingress) and SocketFactory marks them (SO_MARK) as well. SocketFactory also makes the transparent
