@@ -27,9 +27,11 @@ import (
 
 // The tests in this file send what a hostile peer, or a pod with NET_RAW, can send to get a new TCP connection
 // around capture: SYNs in IP fragments (the TCP header split or behind a Fragment header), SYNs behind IPv6
-// extension headers, and SYNs arriving on interfaces other than the pods' veths and the uplink (an overlay
-// device, a second NIC, an L3 tunnel, a device capture cannot parse). Whatever the mode, such a SYN must land
-// at the agent or be dropped: it never reaches the pod (inbound) or the remote server (outbound) directly.
+// extension headers, truncated TCP headers, and SYNs arriving on interfaces other than the pods' veths and the
+// uplink (an overlay device, a second NIC, an L3 tunnel, a device capture cannot parse). Whatever the mode,
+// such a SYN must land at the agent or be dropped: it never reaches the pod (inbound) or the remote server
+// (outbound) directly, and a SYN to a service VIP (which the real agent sends on to the VIP's waypoint) lands
+// at the agent's outbound listener or is dropped.
 
 // outcome is where a crafted SYN went.
 type outcome string
@@ -396,6 +398,16 @@ func fragmentedSYN(src, dst netip.AddrPort) [][]byte {
 
 func randomPort() uint16 { return uint16(40000 + rand.IntN(20000)) }
 
+// vip is a service VIP of family f, as a waypoint-bound service has: an address no interface holds and no
+// route leads to, so only the agent's outbound listener can answer a SYN to it (the agent, not the harness,
+// would send it on to the waypoint).
+func vip(f family) netip.Addr {
+	if f.name == "v4" {
+		return netip.MustParseAddr("10.96.0.10")
+	}
+	return netip.MustParseAddr("fd00:96::a")
+}
+
 // TestCaptureFragmentedSYN: SYNs in IP fragments, to an enrolled pod and from one, never get around the
 // agent. ModeEBPF drops them (tc sees raw fragments); ModeTPROXY captures them (netfilter reassembles first).
 func TestCaptureFragmentedSYN(t *testing.T) {
@@ -416,6 +428,12 @@ func TestCaptureFragmentedSYN(t *testing.T) {
 				t.Run(f.name+"/outbound", func(t *testing.T) {
 					sport := randomPort()
 					src, dst := netip.AddrPortFrom(f.ip(pod), sport), netip.AddrPortFrom(f.ip(remote), 8080)
+					p := newRawSender(t, pod.NS).probe(dst, sport, fragmentedSYN(src, dst))
+					expectOutcome(t, a.node, watch(t, remote.NS), p, sport, want, bpf.CaptureVerdictVERDICT_MALFORMED, 2)
+				})
+				t.Run(f.name+"/outbound to a service VIP", func(t *testing.T) {
+					sport := randomPort()
+					src, dst := netip.AddrPortFrom(f.ip(pod), sport), netip.AddrPortFrom(vip(f), 80)
 					p := newRawSender(t, pod.NS).probe(dst, sport, fragmentedSYN(src, dst))
 					expectOutcome(t, a.node, watch(t, remote.NS), p, sport, want, bpf.CaptureVerdictVERDICT_MALFORMED, 2)
 				})
@@ -494,6 +512,12 @@ func TestCaptureIPv6ExtensionSYN(t *testing.T) {
 				t.Run(c.name+"/outbound", func(t *testing.T) {
 					sport := randomPort()
 					src, to := netip.AddrPortFrom(pod.IP6, sport), netip.AddrPortFrom(remote.IP6, 8080)
+					p := newRawSender(t, pod.NS).probe(to, sport, extSYN(src, to, c.chain))
+					expectOutcome(t, a.node, watch(t, remote.NS), p, sport, want, bpf.CaptureVerdictVERDICT_MALFORMED, 1)
+				})
+				t.Run(c.name+"/outbound to a service VIP", func(t *testing.T) {
+					sport := randomPort()
+					src, to := netip.AddrPortFrom(pod.IP6, sport), netip.AddrPortFrom(vip(families[1]), 80)
 					p := newRawSender(t, pod.NS).probe(to, sport, extSYN(src, to, c.chain))
 					expectOutcome(t, a.node, watch(t, remote.NS), p, sport, want, bpf.CaptureVerdictVERDICT_MALFORMED, 1)
 				})
