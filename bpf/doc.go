@@ -13,8 +13,9 @@
 // appeared since the agent last looked, or one whose link type capture cannot parse) is dropped. See capture.c
 // for the exact logic (and why the listener is chosen at lookup time) and include/capture.h for the shared types.
 //
-// What capture cannot check it drops, for TCP from or to a captured pod (enrolled, or the destination of an
-// enrolled pod's connection), and passes for everything else (verdict VERDICT_MALFORMED, counted in stats):
+// What capture cannot check it drops (verdict VERDICT_MALFORMED, counted in stats) when it is TCP to an
+// enrolled pod or from one (arriving on the pod's own interface), and passes otherwise (draining pods, pods
+// not enrolled, the rest of the node):
 //
 //   - IP fragments. tc ingress runs before reassembly, and a fragment hides or splits the TCP header: a tiny
 //     first IPv4 fragment carrying 8 bytes of TCP (RFC 1858) has no flags, a later fragment has no header at
