@@ -220,6 +220,8 @@ func (a *Agent) Start(g *lifecycle.Group) error {
 			Uplinks:   a.cfg.Uplinks,
 			PinDir:    a.cfg.PinDir,
 			Logger:    a.log.With("component", "capture"),
+
+			AllowEphemeralPins: a.cfg.AllowEphemeralPins,
 		})
 		if err != nil {
 			return fmt.Errorf("install capture: %w", err)

@@ -92,6 +92,10 @@ type Config struct {
 	Uplinks []string `json:"uplinks"`
 	// PinDir is the bpffs directory for pinned capture state (default /sys/fs/bpf/ambit).
 	PinDir string `json:"pinDir"`
+	// AllowEphemeralPins lets eBPF capture start on a PinDir that will not outlive the process (a bpffs
+	// private to its mount namespace, as under `ip netns exec`), warning loudly; by default the agent
+	// refuses to start (redirect.ErrEphemeralPins).
+	AllowEphemeralPins bool `json:"allowEphemeralPins"`
 
 	// Listen addresses.
 	OutboundAddr  netip.AddrPort `json:"outboundAddr"`

@@ -5,11 +5,12 @@
  * capture.c: steer the TCP connections of enrolled pods into the agent's
  * transparent listeners in the node network namespace.
  *
- * Two programs share the maps:
+ * The programs share the maps:
  *
- * capture (tc) is attached with TCX (or clsact) at ingress of every pod's
- * host-side veth and of every uplink. For a TCP packet whose source or
- * destination is a pod in the pods map it:
+ * capture (tc) is attached with TCX at ingress of every interface of the
+ * node network namespace but loopback (capture_l3 on devices without a
+ * link-layer header). For a TCP packet whose source or destination is a pod
+ * in the pods map it:
  *   1. looks up an existing socket for the exact tuple (established first)
  *      and, if there is one, marks the packet: this carries the agent's own
  *      flows (replies to spoofed upstream connections, packets of accepted
@@ -18,6 +19,13 @@
  *      (see decide), checks that the listener is there and marks the SYN.
  * Marked packets (capture_mark) are delivered locally by policy routing
  * (fwmark -> local table), where the kernel's own TCP input takes over.
+ * TCP from or to a captured pod whose header it cannot check (IP fragments,
+ * truncated headers, overlong IPv6 extension header chains) is dropped: tc
+ * runs before reassembly (see doc.go for the rule and its MTU assumption).
+ *
+ * capture_egress (tc) is attached at egress of pods' host-side interfaces:
+ * the backstop for new connections to enrolled pods forwarded from an
+ * interface capture is not attached to.
  *
  * capture_lookup (sk_lookup) is attached to the node network namespace and
  * runs when TCP input looks for a listener, after the established table

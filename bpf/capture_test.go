@@ -816,6 +816,36 @@ func (f *fixture) runEgress(tb testing.TB, pkt []byte, iif uint32) result {
 	return result{ret: ret, verdict: bpf.CaptureVerdict(out.CB[0]), mark: out.Mark}
 }
 
+// BenchmarkCaptureEgress measures the backstop at pods' host-side egress (capture_egress), which runs on every
+// packet the node forwards to a pod: the common cases (a packet of an established flow, a SYN from a hooked
+// interface, a packet the node sent itself) and a non-TCP one.
+func BenchmarkCaptureEgress(b *testing.B) {
+	f := standardFixture(b)
+	if err := f.objs.Hooked.Put(uint32(uplinkIf), uint8(1)); err != nil {
+		b.Fatal(err)
+	}
+	cases := []struct {
+		name    string
+		pkt     []byte
+		ifindex uint32
+	}{
+		{"udp", udp(packet(ap(remote4, 40000), ap(pod4, 53), syn)), uplinkIf},
+		{"tcp ack to a pod", packet(ap(remote4, 40000), ap(pod4, 8080), ack), uplinkIf},
+		{"syn to a pod from a hooked interface", packet(ap(remote4, 40000), ap(pod4, 8080), syn), uplinkIf},
+		{"syn to a pod from a hooked interface v6", packet(ap(remote6, 40000), ap(pod6, 8080), syn), uplinkIf},
+		{"sent by the node", packet(ap(remote4, 40000), ap(pod4, 8080), syn), 0},
+	}
+	for _, tc := range cases {
+		b.Run(tc.name, func(b *testing.B) {
+			in := skBuff{IngressIfindex: tc.ifindex}
+			b.ResetTimer()
+			if _, err := f.objs.CaptureEgress.Run(&ebpf.RunOptions{Data: tc.pkt, Context: in, Repeat: uint32(b.N)}); err != nil {
+				b.Fatal(err)
+			}
+		})
+	}
+}
+
 // TestCaptureEgress checks the fail-closed backstop at pods' host-side egress: new connections to enrolled pods
 // forwarded from interfaces that capture does not hook are dropped.
 func TestCaptureEgress(t *testing.T) {

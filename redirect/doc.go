@@ -11,8 +11,9 @@
 //
 // Two modes do the same job with the same listeners, policy routing and original-destination handling:
 //
-//   - ModeEBPF: a tc program (package bpf) attached with TCX at ingress of every veth and uplink of the node
-//     namespace marks the SYNs of enrolled pods and the packets of existing node sockets; a policy rule sends
+//   - ModeEBPF: a tc program (package bpf) attached with TCX at ingress of every interface of the node namespace
+//     but loopback (veths, uplinks, overlay devices, second NICs, L3 tunnels; interfaces that appear later as
+//     netlink reports them) marks the SYNs of enrolled pods and the packets of existing node sockets; a policy rule sends
 //     marked packets to a local routing table, so the kernel's own TCP input receives them. When that input looks
 //     for a listener, an sk_lookup program attached to the node namespace selects the agent's listener (kept in a
 //     SOCKMAP) for the connections to capture. Choosing the listener there, not at tc, lets the kernel retire a
@@ -20,10 +21,20 @@
 //     until the TIME_WAIT socket expires. A draining pod's SYN that reuses such a 4-tuple is delivered to the
 //     TIME_WAIT socket too (forwarded, it would be dropped) but refused a listener, so the socket is reset by
 //     the client, which retries at once on the direct path. Enrollment is a write to a pinned hash map.
+//     Fail closed: TCP from or to a captured pod that the program cannot check (IP fragments, a truncated TCP
+//     header, an IPv6 extension header chain longer than it walks) is dropped, never passed: tc runs before
+//     reassembly, so a SYN split into fragments would otherwise reach the pod (or leave it) around the agent.
+//     Legitimate TCP is not fragmented (DF and path MTU discovery; the pod network's MTU must carry the pods'
+//     full segments), and non-TCP fragments pass (package bpf documents the rule). A backstop at egress of
+//     every veth (and of any other interface a pod is routed through, added at Enroll) drops a new connection
+//     to an enrolled pod that the node forwards from an interface capture is not attached to (one whose link
+//     type it cannot parse, or one that appeared a moment ago).
 //     Kernel features: TCX links (Linux 6.6), bpf_skc_lookup_tcp in tc (5.2), SOCKMAP lookups from BPF (5.9),
 //     sk_lookup programs with bpf_sk_assign (5.9) and their ingress_ifindex (5.17), netns bpf_links. The
 //     minimum is Linux 6.6 (TCX); Probe checks each.
 //   - ModeTPROXY: nftables "tproxy" rules in the node namespace, driven by nftables sets of enrolled pods.
+//     Netfilter reassembles fragments and walks IPv6 extension headers before the rules run, and the rules
+//     match on every interface, so fragmented or extension-header SYNs are captured like any other.
 //
 // ModeAuto probes the kernel and uses eBPF when it can, TPROXY otherwise; Probe reports the missing feature by
 // name.
@@ -32,7 +43,13 @@
 // table stays in the kernel (TPROXY), so a restarted agent calls New again and re-adopts what is installed,
 // replacing the programs in the existing links. While no agent runs, the SYNs of enrolled pods are dropped (retransmitted by their
 // clients) rather than leaking past the mesh. Close releases the process's handles and leaves capture in place;
-// Cleanup removes everything that New installed.
+// Cleanup removes everything that New installed. That holds only if the pins outlive the process: a bpffs
+// mounted in a mount namespace private to it (under `ip netns exec`, which remounts /sys, the agent mounts a
+// fresh one) goes, with every pin and so capture itself, when the process exits. ModeEBPF's New therefore
+// refuses (ErrEphemeralPins) a PinDir whose bpffs is not the host's: not in the host mount namespace, and not
+// the same bpffs as one mounted in PID 1's mount table, or, where the host cannot be seen (a container with
+// its own PID namespace), not propagated to or from it (a hostPath with mountPropagation Bidirectional or
+// HostToContainer). Options.AllowEphemeralPins starts anyway, logging the danger at error level.
 //
 // The agent's own sockets are never captured: they are created in the node namespace (their packets never cross
 // a hooked ingress) and SocketFactory marks them (SO_MARK) as well. SocketFactory also makes the transparent

@@ -62,6 +62,9 @@ func newEBPF(ctx context.Context, o Options, ns nsRunner) (_ *ebpfRedirector, er
 	if err := probeEBPF(o); err != nil {
 		return nil, err
 	}
+	if err := checkPinDir(o); err != nil {
+		return nil, err
+	}
 	r := &ebpfRedirector{
 		o:       o,
 		ns:      ns,

@@ -134,8 +134,12 @@ type Options struct {
 	// checks the node's expected layout; ModeTPROXY captures on every interface by construction.
 	Uplinks []string
 	// PinDir is the bpffs directory for pinned maps and links (default DefaultPinDir). bpffs is mounted on
-	// /sys/fs/bpf if nothing is.
+	// /sys/fs/bpf if nothing is. In ModeEBPF, New refuses (ErrEphemeralPins) a PinDir whose bpffs will not
+	// outlive the process (mounted only in a mount namespace private to it, as under `ip netns exec`).
 	PinDir string
+	// AllowEphemeralPins lets ModeEBPF start on such a PinDir, logging at error level that capture ends
+	// with the process (tests and experiments only).
+	AllowEphemeralPins bool
 	// NFTTable is the name of the nftables table (family inet) Ambit owns (default DefaultNFTTable).
 	NFTTable string
 	// RouteTable and RulePriority place the policy rule "fwmark Capture/CaptureMask lookup RouteTable"

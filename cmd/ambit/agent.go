@@ -101,6 +101,9 @@ authorization, and serve admin (localhost:15000), metrics (:15020) and readiness
 	fs.StringSliceVar(&cfg.Uplinks, "uplinks", nil, "node interfaces towards other nodes (default: default-route interfaces)")
 	envs["uplinks"] = "AMBIT_UPLINKS"
 	str(&cfg.PinDir, "pin-dir", "AMBIT_PIN_DIR", "/sys/fs/bpf/ambit", "bpffs directory for pinned capture state")
+	fs.BoolVar(&cfg.AllowEphemeralPins, "allow-ephemeral-pins", false,
+		"start eBPF capture even if --pin-dir will not outlive the agent (a bpffs private to its mount namespace, as under `ip netns exec`): capture then ends with the agent")
+	envs["allow-ephemeral-pins"] = "AMBIT_ALLOW_EPHEMERAL_PINS"
 	addr := func(p *netip.AddrPort, def netip.AddrPort, name, env, usage string) {
 		*p = def
 		fs.Var(addrPortValue{p}, name, usage)

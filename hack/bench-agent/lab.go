@@ -178,8 +178,11 @@ func (b *bench) tune() error {
 func (b *bench) startAgent(ctx context.Context, i int) error {
 	n := b.lab.Nodes[i]
 	name := fmt.Sprintf("agent-node%d", i)
-	p, err := b.start(n.NS, name, b.agentEnv(), b.tools.ambit, "agent",
-		"--node-name", fmt.Sprintf("node%d", i), "--config-file", b.config,
+	// As the DaemonSet runs it: in the host's mount namespace (its pins, on the host's bpffs, outlive it and
+	// a restarted agent re-adopts them), in the node's network namespace through --netns. Not under `ip netns
+	// exec`, whose private mount namespace gets a bpffs that dies with the agent (which the agent refuses).
+	p, err := b.startIn(lab.NS{}, name, b.agentEnv(), b.tools.ambit, "agent",
+		"--node-name", fmt.Sprintf("node%d", i), "--netns", n.NS.Path(), "--config-file", b.config,
 		"--ca-dir", filepath.Join(b.dir, "ca"), "--capture", b.o.capture,
 		"--uplinks", n.Uplink, "--pin-dir", n.PinDir, "--drain-timeout", "1s")
 	if err != nil {
@@ -292,6 +295,11 @@ func (b *bench) agentEnv() []string {
 
 // start runs bin inside ns with its output in <name>.log; env nil means this program's environment.
 func (b *bench) start(ns lab.NS, name string, env []string, bin string, args ...string) (*server, error) {
+	return b.startIn(ns, name, env, bin, args...)
+}
+
+// startIn is start, run in the current namespaces (the host's) when ns is the zero NS.
+func (b *bench) startIn(ns lab.NS, name string, env []string, bin string, args ...string) (*server, error) {
 	logName := filepath.Join(b.dir, name+".log")
 	f, err := os.OpenFile(logName, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -302,7 +310,10 @@ func (b *bench) start(ns lab.NS, name string, env []string, bin string, args ...
 	if err != nil {
 		return nil, fmt.Errorf("stat log: %w", err)
 	}
-	cmd := exec.Command("ip", append([]string{"netns", "exec", ns.Name, bin}, args...)...)
+	cmd := exec.Command(bin, args...)
+	if ns.Name != "" {
+		cmd = exec.Command("ip", append([]string{"netns", "exec", ns.Name, bin}, args...)...)
+	}
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Env = env
 	pr, err := proc.Start(cmd) // dies with this program (test/proc)

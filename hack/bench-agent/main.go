@@ -4,8 +4,9 @@
 // The load comes from real tools: iperf3 for one bulk TCP stream, fortio for HTTP latency at a fixed rate
 // and for new connections per second, and this program's own helpers for 10,000 idle connections.
 //
-// The agents are `ambit agent` processes started with `ip netns exec <node>` exactly as in the demo: a
-// local configuration file listing the pods, the local CA, --capture auto. Agent CPU comes from
+// The agents are `ambit agent` processes started as in the demo and as the DaemonSet runs them: in the host's
+// mount namespace with --netns <node> (so their pinned capture state outlives them), a local configuration
+// file listing the pods, the local CA, --capture auto. Agent CPU comes from
 // /proc/<pid>/stat (utime+stime of both agents around each measurement), memory from VmRSS. Every phase
 // runs each topology once per round, topologies shuffled; the table shows medians over the rounds, and
 // ratios and added latencies are medians of the per-round values (direct and mesh measured minutes apart

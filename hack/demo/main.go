@@ -390,13 +390,18 @@ func readFile(name string) string {
 	return string(b)
 }
 
-// start runs a process inside a network namespace with its output in a log file.
+// start runs a process inside a network namespace (with `ip netns exec`, which also gives it a mount
+// namespace of its own) with its output in a log file.
 func (d *demo) start(ctx context.Context, ns lab.NS, name string, args ...string) error {
+	return d.startCmd(name, exec.Command("ip", append([]string{"netns", "exec", ns.Name}, args...)...))
+}
+
+// startCmd starts cmd with its output in the log file <name>.log.
+func (d *demo) startCmd(name string, cmd *exec.Cmd) error {
 	f, err := os.Create(filepath.Join(d.dir, name+".log"))
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command("ip", append([]string{"netns", "exec", ns.Name}, args...)...)
 	cmd.Stdout, cmd.Stderr = f, f
 	p, err := proc.Start(cmd)
 	f.Close()
@@ -408,11 +413,15 @@ func (d *demo) start(ctx context.Context, ns lab.NS, name string, args ...string
 	return nil
 }
 
+// startAgent runs node n's agent the way the DaemonSet does: in the host's mount namespace (so its pinned
+// capture state, on the host's bpffs, outlives it, and a restarted agent re-adopts it) with --netns naming the
+// node's network namespace, where it binds its listeners and installs capture. Not `ip netns exec`: that
+// gives the agent a private mount namespace and a bpffs that dies with it, which the agent refuses.
 func (d *demo) startAgent(ctx context.Context, n *lab.Node) error {
-	return d.start(ctx, n.NS, fmt.Sprintf("node%d", n.Index), filepath.Join(d.bin, "ambit"), "agent",
-		"--node-name", fmt.Sprintf("node%d", n.Index), "--config-file", d.config, "--config-poll", "200ms",
+	return d.startCmd(fmt.Sprintf("node%d", n.Index), exec.Command(filepath.Join(d.bin, "ambit"), "agent",
+		"--node-name", fmt.Sprintf("node%d", n.Index), "--netns", n.NS.Path(), "--config-file", d.config, "--config-poll", "200ms",
 		"--ca-dir", filepath.Join(d.dir, "ca"), "--uplinks", n.Uplink, "--pin-dir", n.PinDir,
-		"--admin-addr", "127.0.0.1:15000")
+		"--admin-addr", "127.0.0.1:15000"))
 }
 
 func (d *demo) startWaypoint(ctx context.Context, pod, ns string) error {
