@@ -100,6 +100,10 @@ type Config struct {
 	AdminAddr     netip.AddrPort `json:"adminAddr"`
 	MetricsAddr   netip.AddrPort `json:"metricsAddr"`
 	ReadinessAddr netip.AddrPort `json:"readinessAddr"`
+	// AdminAllowRemote permits an AdminAddr that is not a loopback address (env AMBIT_ADMIN_ALLOW_REMOTE).
+	// The admin API changes state (/logging, /quitquitquit) and serves pprof, so by default Validate
+	// refuses anything but loopback, as ztunnel binds its admin port to localhost only.
+	AdminAllowRemote bool `json:"adminAllowRemote"`
 
 	// DrainTimeout bounds graceful shutdown: open connections get this long to finish (default 5 s).
 	DrainTimeout time.Duration `json:"drainTimeout"`
@@ -201,6 +205,10 @@ func (c Config) Validate() error {
 		}
 	default:
 		return fmt.Errorf("unknown kube enrollment mode %q (auto, true or false)", c.KubeEnroll)
+	}
+	if !c.AdminAllowRemote && !c.AdminAddr.Addr().Unmap().IsLoopback() {
+		return fmt.Errorf("--admin-addr %s is not a loopback address: the admin API changes state and serves pprof; "+
+			"pass --admin-allow-remote (AMBIT_ADMIN_ALLOW_REMOTE) to expose it anyway", c.AdminAddr)
 	}
 	if err := c.issuer().Validate(); err != nil {
 		return err

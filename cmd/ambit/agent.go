@@ -109,7 +109,9 @@ authorization, and serve admin (localhost:15000), metrics (:15020) and readiness
 	addr(&cfg.OutboundAddr, agent.DefaultOutboundAddr, "outbound-addr", "AMBIT_OUTBOUND_ADDR", "outbound capture listener")
 	addr(&cfg.InboundAddr, agent.DefaultInboundAddr, "inbound-addr", "AMBIT_INBOUND_ADDR", "inbound plaintext listener")
 	addr(&cfg.HBONEAddr, agent.DefaultHBONEAddr, "hbone-addr", "AMBIT_HBONE_ADDR", "inbound HBONE listener")
-	addr(&cfg.AdminAddr, agent.DefaultAdminAddr, "admin-addr", "AMBIT_ADMIN_ADDR", "admin API (keep it on localhost)")
+	addr(&cfg.AdminAddr, agent.DefaultAdminAddr, "admin-addr", "AMBIT_ADMIN_ADDR", "admin API (loopback only unless --admin-allow-remote)")
+	fs.BoolVar(&cfg.AdminAllowRemote, "admin-allow-remote", false, "allow a non-loopback --admin-addr (its endpoints change state and expose pprof)")
+	envs["admin-allow-remote"] = "AMBIT_ADMIN_ALLOW_REMOTE"
 	addr(&cfg.MetricsAddr, agent.DefaultMetricsAddr, "metrics-addr", "AMBIT_METRICS_ADDR", "Prometheus metrics")
 	addr(&cfg.ReadinessAddr, agent.DefaultReadinessAddr, "readiness-addr", "AMBIT_READINESS_ADDR", "readiness probe")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 5*time.Second, "graceful shutdown: how long open connections may take to finish")
