@@ -144,6 +144,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	a.in.pool, err = hbone.NewPool(hbone.PoolOptions{
 		Credentials: a.credentialsFor,
 		DialTCP:     a.dialHBONE,
+		IdleTimeout: cfg.PoolIdleTimeout,
 		Logger:      a.log.With("component", "hbone-client"),
 	})
 	if err != nil {
@@ -153,7 +154,13 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		Credentials: a.serverCredentials,
 		Handler:     hbone.HandlerFunc(a.inbound.serveHBONE),
 		Logger:      a.log.With("component", "hbone-server"),
+
+		HandshakeTimeout:  cfg.HBONEHandshakeTimeout,
+		IdleTimeout:       cfg.HBONEIdleTimeout,
+		MaxConns:          cfg.HBONEMaxConns,
+		StreamIdleTimeout: cfg.HBONEStreamIdleTimeout,
 	}
+	a.Metrics.RegisterHBONE(map[string]*hbone.Server{"inbound": a.hbone}, map[string]*hbone.Pool{"outbound": a.in.pool})
 	return a, nil
 }
 

@@ -271,6 +271,7 @@ func (w *Waypoint) forwardTCP(ctx context.Context, r *hbone.Request, me, peerWl 
 			return nil
 		}
 	}
+	setStreamIdle(down, w.cfg.TCPIdleTimeout)
 	rctx, rcancel := context.WithCancelCause(ctx)
 	untrack := w.Conns.Track(c, rcancel)
 	err = relay.Bidi(rctx, down, up, c.Counters)
@@ -281,6 +282,16 @@ func (w *Waypoint) forwardTCP(ctx context.Context, r *hbone.Request, me, peerWl 
 	}
 	w.rec.Complete(res, err)
 	return nil
+}
+
+// setStreamIdle sets the idle timeout of the HBONE stream under c (a stream, or a peekConn over one).
+func setStreamIdle(c net.Conn, d time.Duration) {
+	if pc, ok := c.(*peekConn); ok {
+		c = pc.Conn
+	}
+	if s, ok := c.(*hbone.Stream); ok {
+		s.SetIdleTimeout(d)
+	}
 }
 
 // forwardHeaders are the CONNECT headers of the forwarded stream: the client's baggage and traceparent,

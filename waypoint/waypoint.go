@@ -128,14 +128,14 @@ func New(cfg Config, log *slog.Logger) (*Waypoint, error) {
 		return w.sockets.DialContext(ctx, "tcp", dst.String())
 	}
 	w.pool, err = hbone.NewPool(hbone.PoolOptions{Credentials: w.clientCredentials, DialTCP: dialTCP,
-		Logger: w.log.With("component", "hbone-client")})
+		IdleTimeout: cfg.PoolIdleTimeout, Logger: w.log.With("component", "hbone-client")})
 	if err != nil {
 		return nil, fmt.Errorf("hbone pool: %w", err)
 	}
 	window := cmp.Or(cfg.L7StreamWindow, 256<<10)
 	w.l7pool, err = hbone.NewPool(hbone.PoolOptions{Credentials: w.clientCredentials, DialTCP: dialTCP,
-		Settings: hbone.Settings{StreamWindow: window, ConnWindow: max(4*window, 1<<20)},
-		Logger:   w.log.With("component", "hbone-client-l7")})
+		Settings:    hbone.Settings{StreamWindow: window, ConnWindow: max(4*window, 1<<20)},
+		IdleTimeout: cfg.PoolIdleTimeout, Logger: w.log.With("component", "hbone-client-l7")})
 	if err != nil {
 		return nil, fmt.Errorf("hbone pool: %w", err)
 	}
@@ -143,7 +143,16 @@ func New(cfg Config, log *slog.Logger) (*Waypoint, error) {
 		Credentials: func(ctx context.Context, _ netip.AddrPort) (*hbone.Credentials, error) { return w.credentials(ctx) },
 		Handler:     hbone.HandlerFunc(w.serveHBONE),
 		Logger:      w.log.With("component", "hbone-server"),
+
+		HandshakeTimeout: cfg.HBONEHandshakeTimeout,
+		IdleTimeout:      cfg.HBONEIdleTimeout,
+		MaxConns:         cfg.HBONEMaxConns,
+		// Every stream starts with the HTTP stream idle timeout; streams forwarded at L4 take
+		// TCPIdleTimeout once accepted (l4.go).
+		StreamIdleTimeout: cfg.StreamIdleTimeout,
 	}
+	w.Metrics.RegisterHBONE(map[string]*hbone.Server{"waypoint": w.server},
+		map[string]*hbone.Pool{"l4": w.pool, "l7": w.l7pool})
 	if err := w.newEngine(files); err != nil {
 		return nil, err
 	}

@@ -51,6 +51,7 @@ authorization, and serve admin (localhost:15000), metrics (:15020) and readiness
 			if cmd.Flags().Changed("preserve-source-ip") || envSet("AMBIT_PRESERVE_SOURCE_IP") {
 				cfg.PreserveSourceIP = &preserve
 			}
+			disableZero(&cfg.HBONEIdleTimeout, &cfg.PoolIdleTimeout, &cfg.HBONEStreamIdleTimeout)
 			log, level, err := lf.logger(stderr)
 			if err != nil {
 				return err
@@ -120,6 +121,11 @@ authorization, and serve admin (localhost:15000), metrics (:15020) and readiness
 	envs["connect-timeout"] = "AMBIT_CONNECT_TIMEOUT"
 	fs.BoolVar(&preserve, "preserve-source-ip", true, "connect to pods from the original client IP, and send HBONE from the source pod's IP")
 	envs["preserve-source-ip"] = "AMBIT_PRESERVE_SOURCE_IP"
+	hboneFlags{handshake: &cfg.HBONEHandshakeTimeout, idle: &cfg.HBONEIdleTimeout, poolIdle: &cfg.PoolIdleTimeout,
+		maxConns: &cfg.HBONEMaxConns}.register(fs, envs)
+	fs.DurationVar(&cfg.HBONEStreamIdleTimeout, "hbone-stream-idle-timeout", 0,
+		"reset an inbound HBONE stream without data either way for this long (0: never, as ztunnel)")
+	envs["hbone-stream-idle-timeout"] = "AMBIT_HBONE_STREAM_IDLE_TIMEOUT"
 	lf.register(fs, envs)
 	cmd.Long += "\n" + envTable(fs, envs)
 	return cmd
