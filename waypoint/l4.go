@@ -25,9 +25,12 @@ import (
 // connectTimeout bounds establishing the L4 forward's upstream.
 const connectTimeout = 10 * time.Second
 
-// serveHBONE handles one CONNECT stream: the destination must be a service or workload bound to this
+// serveHBONE handles one CONNECT stream (503 until the state and L7 policies are loaded): the destination must be a service or workload bound to this
 // waypoint (403 otherwise, 503 when unknown); HTTP ports go to the L7 engine, the rest is forwarded at L4.
 func (w *Waypoint) serveHBONE(ctx context.Context, r *hbone.Request) error {
+	if !w.configured.Load() {
+		return hbone.NewFlagError(http.StatusServiceUnavailable, metrics.FlagConnect, "waypoint not ready: policy not loaded yet")
+	}
 	if !r.AuthorityAddr.IsValid() {
 		return hbone.NewFlagError(http.StatusBadRequest, metrics.FlagConnect, "authority %q is not an IP address and port", r.Authority)
 	}

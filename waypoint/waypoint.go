@@ -65,6 +65,10 @@ type Waypoint struct {
 	ln      *net.TCPListener
 	rec     metrics.Recorder
 	ready   atomic.Bool
+	// configured is set once the state and the L7 policies are loaded (istiod's first responses, the
+	// API server's informers synced, or the files); until then every stream is refused with 503
+	// (serveHBONE), since a policy that denies it may not have arrived.
+	configured atomic.Bool
 
 	engine  *engine.Engine
 	tracing *telemetry.Tracing
@@ -219,12 +223,29 @@ func (w *Waypoint) compileOptions() compile.Options {
 	return compile.Options{DomainSuffix: w.cfg.DomainSuffix, ClusterID: w.cfg.ClusterID}
 }
 
-// Ready reports whether the waypoint accepts traffic.
+// Ready reports whether the waypoint accepts traffic: its state and L7 policies are loaded and it is
+// not draining.
 func (w *Waypoint) Ready() (bool, []string) {
 	if w.ready.Load() {
 		return true, nil
 	}
-	return false, []string{"waypoint"}
+	var pending []string
+	if w.xds != nil && !closed(w.xds.Ready()) {
+		pending = append(pending, "state manager")
+	}
+	if w.kube != nil && !closed(w.kube.Synced()) {
+		pending = append(pending, "L7 policy (Kubernetes API)")
+	}
+	return false, append(pending, "waypoint")
+}
+
+func closed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
 }
 
 // Run listens on the HBONE port and serves until ctx ends, then drains for Config.DrainTimeout and
@@ -274,14 +295,25 @@ func (w *Waypoint) Start(g *lifecycle.Group) error {
 		g.Go(s.name, func(ctx context.Context) error { return admin.Serve(ctx, hln, s.h) })
 	}
 	w.certs.Prefetch(w.id)
+	// Serve and report ready only once istiod's first complete state and the L7 policies are in: with
+	// the API server down the waypoint never serves without its policies.
 	if w.xds != nil {
-		// Ready only once istiod's first complete state has been applied.
 		select {
 		case <-w.xds.Ready():
 		case <-ctx.Done():
 		}
 	}
-	w.ready.Store(ctx.Err() == nil)
+	if w.kube != nil {
+		select {
+		case <-w.kube.Synced():
+		case <-ctx.Done():
+		}
+	}
+	if ctx.Err() != nil {
+		return nil
+	}
+	w.configured.Store(true)
+	w.ready.Store(true)
 	w.log.Info("waypoint ready", "hbone", ln.Addr(), "identity", w.id)
 	return nil
 }
