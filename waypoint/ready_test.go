@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -62,22 +63,28 @@ spec: {clusterIP: 10.96.0.10, selector: {app: web}, ports: [{name: http, port: 8
 // localWaypoint is a waypoint run in-process in the test's network namespace on loopback ports.
 type localWaypoint struct {
 	*waypoint.Waypoint
-	hbone, ready string
+	hbone, metrics, ready string
 }
 
-// startLocalWaypoint starts waypoint app/wp on free loopback ports with the L7 source kubernetes through
-// client; it does not wait for readiness.
-func startLocalWaypoint(t *testing.T, dir string, client dynamic.Interface) *localWaypoint {
+// kubeL7 makes a waypoint take its L7 configuration from the API server through client.
+func kubeL7(client dynamic.Interface) func(*waypoint.Config) {
+	return func(c *waypoint.Config) { c.L7Source, c.KubeClient = waypoint.L7SourceKubernetes, client }
+}
+
+// startLocalWaypoint starts waypoint app/wp on free loopback ports with dir/mesh.yaml as its
+// configuration, adjusted by mutate; it does not wait for readiness.
+func startLocalWaypoint(t *testing.T, dir string, mutate func(*waypoint.Config)) *localWaypoint {
 	t.Helper()
 	ports, err := tu.FreePorts(3)
 	if err != nil {
 		t.Fatal(err)
 	}
 	at := func(i int) netip.AddrPort { return netip.MustParseAddrPort(fmt.Sprintf("127.0.0.1:%d", ports[i])) }
-	w, err := waypoint.New(waypoint.Config{Name: "wp", Namespace: "app", PodIP: netip.MustParseAddr("127.0.0.1"),
+	cfg := waypoint.Config{Name: "wp", Namespace: "app", PodIP: netip.MustParseAddr("127.0.0.1"),
 		ConfigFiles: []string{filepath.Join(dir, "mesh.yaml")}, CADir: filepath.Join(dir, "ca"),
-		HBONEAddr: at(0), MetricsAddr: at(1), ReadinessAddr: at(2), L7Source: waypoint.L7SourceKubernetes, KubeClient: client,
-	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		HBONEAddr: at(0), MetricsAddr: at(1), ReadinessAddr: at(2)}
+	mutate(&cfg)
+	w, err := waypoint.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,15 +99,14 @@ func startLocalWaypoint(t *testing.T, dir string, client dynamic.Interface) *loc
 		cancel()
 		wg.Wait()
 	})
-	return &localWaypoint{Waypoint: w, hbone: at(0).String(), ready: at(2).String()}
+	return &localWaypoint{Waypoint: w, hbone: at(0).String(), metrics: at(1).String(), ready: at(2).String()}
 }
 
-// TestWaypointReadyAfterPolicySync: a waypoint whose L7 policies come from the API server is not ready,
-// and answers 503 to every stream, until its informers have synced: with the API server down it never
-// turns ready and never serves with no policy; with it up, it does (issue 14 item 4).
-func TestWaypointReadyAfterPolicySync(t *testing.T) {
-	tu.RequireRoot(t) // transparent listeners
-	tu.CheckGoroutines(t)
+// localWaypointSetup writes the configuration and the CA of local waypoints into a new directory and
+// returns it with a function that opens a CONNECT stream to authority through a waypoint, as a client
+// workload of namespace app.
+func localWaypointSetup(t *testing.T) (string, func(*localWaypoint, string) (net.Conn, error)) {
+	t.Helper()
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "mesh.yaml"), []byte(localWaypointYAML), 0o600); err != nil {
 		t.Fatal(err)
@@ -119,12 +125,52 @@ func TestWaypointReadyAfterPolicySync(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer pool.Close()
-	connect := func(w *localWaypoint) error {
+	t.Cleanup(func() { pool.Close() })
+	return dir, func(w *localWaypoint, authority string) (net.Conn, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		c, err := pool.Dial(ctx, hbone.Target{NextHop: netip.MustParseAddrPort(w.hbone), Authority: "10.96.0.10:80",
+		return pool.Dial(ctx, hbone.Target{NextHop: netip.MustParseAddrPort(w.hbone), Authority: authority,
 			Source: spiffeid.RequireFromString("spiffe://cluster.local/ns/app/sa/client")})
+	}
+}
+
+// TestWaypointStreamIdleTimeout: with --stream-idle-timeout, an HBONE stream to an HTTP port that moves
+// no data is reset, counted in /metrics, and its goroutines end (issue 14 item 3).
+func TestWaypointStreamIdleTimeout(t *testing.T) {
+	tu.RequireRoot(t) // transparent listeners
+	tu.CheckGoroutines(t)
+	dir, dial := localWaypointSetup(t)
+	w := startLocalWaypoint(t, dir, func(c *waypoint.Config) { c.StreamIdleTimeout = 200 * time.Millisecond })
+	tu.WaitFor(t, 20*time.Second, "waypoint ready", func() bool { ok, _ := w.Ready(); return ok })
+	c, err := dial(w, "10.96.0.10:80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if n, err := c.Read(make([]byte, 1)); err == nil || os.IsTimeout(err) {
+		t.Fatalf("idle stream: read %d, %v; want it reset", n, err)
+	}
+	resp, err := http.Get("http://" + w.metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if want := `ambit_hbone_stream_idle_timeouts_total{name="waypoint",side="server"} 1`; !strings.Contains(string(page), want) {
+		t.Errorf("/metrics lacks %q", want)
+	}
+}
+
+// TestWaypointReadyAfterPolicySync: a waypoint whose L7 policies come from the API server is not ready,
+// and answers 503 to every stream, until its informers have synced: with the API server down it never
+// turns ready and never serves with no policy; with it up, it does (issue 14 item 4).
+func TestWaypointReadyAfterPolicySync(t *testing.T) {
+	tu.RequireRoot(t) // transparent listeners
+	tu.CheckGoroutines(t)
+	dir, dial := localWaypointSetup(t)
+	connect := func(w *localWaypoint) error {
+		c, err := dial(w, "10.96.0.10:80")
 		if err == nil {
 			c.Close()
 		}
@@ -143,8 +189,8 @@ func TestWaypointReadyAfterPolicySync(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	unsynced := startLocalWaypoint(t, dir, down)
-	up := startLocalWaypoint(t, dir, dynfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), kube.ListKinds))
+	unsynced := startLocalWaypoint(t, dir, kubeL7(down))
+	up := startLocalWaypoint(t, dir, kubeL7(dynfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), kube.ListKinds)))
 	tu.WaitFor(t, 20*time.Second, "waypoint with the API server up ready", func() bool { ok, _ := up.Ready(); return ok })
 	if err := connect(up); err != nil {
 		t.Fatalf("CONNECT to a synced waypoint: %v", err)

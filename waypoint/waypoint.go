@@ -192,6 +192,7 @@ func (w *Waypoint) newEngine(files []local.File) error {
 	w.engine, err = engine.New(engine.Options{
 		Logger: w.log.With("component", "l7"), Registerer: w.Metrics.Registry, State: w.Store, Dial: w.dialEndpoint,
 		Namespace: w.cfg.Namespace, Name: w.cfg.Name, Network: w.cfg.Network, Tracing: w.tracing,
+		StreamIdleTimeout: max(w.cfg.StreamIdleTimeout, 0),
 	})
 	if err != nil {
 		return fmt.Errorf("l7 engine: %w", err)
