@@ -72,7 +72,8 @@ type Agent struct {
 	enrolled map[string]redirect.Pod // guarded by mu; capture UID -> pod
 	certIDs  map[spiffeid.ID]bool    // guarded by mu; identities of local captured workloads
 
-	ready atomic.Bool
+	ready      atomic.Bool
+	configured atomic.Bool // the first complete configuration is applied (inputs.configured)
 }
 
 // New validates cfg and prepares an agent: it loads the configuration and the CA, but binds nothing.
@@ -91,7 +92,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		Metrics:  metrics.New(admin.Version),
 		enrolled: map[string]redirect.Pod{},
 	}
-	a.in = &inputs{node: cfg.NodeName, network: cfg.Network, connectTimeout: cfg.ConnectTimeout,
+	a.in = &inputs{configured: &a.configured, node: cfg.NodeName, network: cfg.Network, connectTimeout: cfg.ConnectTimeout,
 		preserveSourceIP: *cfg.PreserveSourceIP, store: a.Store, sockets: redirect.SocketFactory{NetNS: cfg.NetNS},
 		conns: &a.Conns, metrics: a.Metrics, rec: metrics.Recorder{Metrics: a.Metrics, Log: a.log}, log: a.log}
 	a.inbound = &inbound{a.in}
@@ -112,6 +113,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		if err := a.source.load(); err != nil {
 			return nil, err
 		}
+		a.configured.Store(true)
 	}
 	inCluster := os.Getenv("KUBERNETES_SERVICE_HOST") != "" && os.Getenv("KUBERNETES_SERVICE_PORT") != ""
 	if cfg.kubeEnrollment(inCluster) {
@@ -144,6 +146,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	a.in.pool, err = hbone.NewPool(hbone.PoolOptions{
 		Credentials: a.credentialsFor,
 		DialTCP:     a.dialHBONE,
+		IdleTimeout: cfg.PoolIdleTimeout,
 		Logger:      a.log.With("component", "hbone-client"),
 	})
 	if err != nil {
@@ -153,7 +156,13 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		Credentials: a.serverCredentials,
 		Handler:     hbone.HandlerFunc(a.inbound.serveHBONE),
 		Logger:      a.log.With("component", "hbone-server"),
+
+		HandshakeTimeout:  cfg.HBONEHandshakeTimeout,
+		IdleTimeout:       cfg.HBONEIdleTimeout,
+		MaxConns:          cfg.HBONEMaxConns,
+		StreamIdleTimeout: cfg.HBONEStreamIdleTimeout,
 	}
+	a.Metrics.RegisterHBONE(map[string]*hbone.Server{"inbound": a.hbone}, map[string]*hbone.Pool{"outbound": a.in.pool})
 	return a, nil
 }
 
@@ -257,9 +266,11 @@ func (a *Agent) Start(g *lifecycle.Group) error {
 		return err
 	})
 	if a.xds != nil {
-		// Ready only once istiod's first complete state has been applied.
+		// Serve and report ready only once istiod's first Address and Authorization responses have
+		// been applied: before that, a DENY may be missing (the proxies refuse connections).
 		select {
 		case <-a.xds.Ready():
+			a.configured.Store(true)
 		case <-ctx.Done():
 		}
 	}

@@ -104,11 +104,27 @@ type Config struct {
 	AdminAddr     netip.AddrPort `json:"adminAddr"`
 	MetricsAddr   netip.AddrPort `json:"metricsAddr"`
 	ReadinessAddr netip.AddrPort `json:"readinessAddr"`
+	// AdminAllowRemote permits an AdminAddr that is not a loopback address (env AMBIT_ADMIN_ALLOW_REMOTE).
+	// The admin API changes state (/logging, /quitquitquit) and serves pprof, so by default Validate
+	// refuses anything but loopback, as ztunnel binds its admin port to localhost only.
+	AdminAllowRemote bool `json:"adminAllowRemote"`
 
 	// DrainTimeout bounds graceful shutdown: open connections get this long to finish (default 5 s).
 	DrainTimeout time.Duration `json:"drainTimeout"`
 	// ConnectTimeout bounds establishing an upstream: a TCP connect or an HBONE stream (default 10 s).
 	ConnectTimeout time.Duration `json:"connectTimeout"`
+	// HBONE bounds of the inbound :15008 server and the outbound pool; zero takes hbone's default,
+	// negative disables a timeout. HBONEHandshakeTimeout bounds a connection's TLS handshake and HTTP/2
+	// preface (10 s); HBONEIdleTimeout closes a connection without streams (1 h, Envoy's idle_timeout);
+	// HBONEMaxConns caps open connections (0: none, as ztunnel; refused ones are counted in
+	// ambit_hbone_server_connections_refused_total); HBONEStreamIdleTimeout resets a stream without data
+	// either way (0: none, as ztunnel: the agent carries TCP that may idle for long); PoolIdleTimeout
+	// closes outbound connections without streams (5 min, ztunnel's POOL_UNUSED_RELEASE_TIMEOUT).
+	HBONEHandshakeTimeout  time.Duration `json:"hboneHandshakeTimeout"`
+	HBONEIdleTimeout       time.Duration `json:"hboneIdleTimeout"`
+	HBONEMaxConns          int           `json:"hboneMaxConns"`
+	HBONEStreamIdleTimeout time.Duration `json:"hboneStreamIdleTimeout"`
+	PoolIdleTimeout        time.Duration `json:"poolIdleTimeout"`
 	// LogLevel, when set, is the level of the agent's logger, changed at runtime by the admin API.
 	LogLevel *slog.LevelVar `json:"-"`
 	// PreserveSourceIP makes connections to local pods come from the original client IP and HBONE
@@ -205,6 +221,13 @@ func (c Config) Validate() error {
 		}
 	default:
 		return fmt.Errorf("unknown kube enrollment mode %q (auto, true or false)", c.KubeEnroll)
+	}
+	if c.HBONEMaxConns < 0 {
+		return fmt.Errorf("--hbone-max-connections %d: want 0 (no cap) or more", c.HBONEMaxConns)
+	}
+	if !c.AdminAllowRemote && !c.AdminAddr.Addr().Unmap().IsLoopback() {
+		return fmt.Errorf("--admin-addr %s is not a loopback address: the admin API changes state and serves pprof; "+
+			"pass --admin-allow-remote (AMBIT_ADMIN_ALLOW_REMOTE) to expose it anyway", c.AdminAddr)
 	}
 	if err := c.issuer().Validate(); err != nil {
 		return err

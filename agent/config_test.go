@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -57,5 +58,34 @@ func TestKubeEnrollment(t *testing.T) {
 				t.Errorf("kubeEnrollment = %v, want %v", got, c.want)
 			}
 		})
+	}
+}
+
+// TestAdminAddrLoopback: the admin API changes state (/logging, /quitquitquit) and serves pprof, so a
+// non-loopback --admin-addr is refused unless --admin-allow-remote (issue 14 item 11).
+func TestAdminAddrLoopback(t *testing.T) {
+	cases := []struct {
+		addr   string
+		remote bool
+		err    bool
+	}{
+		{addr: "127.0.0.1:15000"},
+		{addr: "[::1]:15000"},
+		{addr: "127.0.0.2:15000"},
+		{addr: "[::ffff:127.0.0.1]:15000"},
+		{addr: "0.0.0.0:15000", err: true},
+		{addr: "[::]:15000", err: true},
+		{addr: "10.0.0.1:15000", err: true},
+		{addr: "[::ffff:10.0.0.1]:15000", err: true},
+		{addr: "0.0.0.0:15000", remote: true},
+		{addr: "10.0.0.1:15000", remote: true},
+	}
+	for _, c := range cases {
+		cfg := Config{NodeName: "n", ConfigFiles: []string{"mesh.yaml"}, CADir: "/ca", AdminAddr: netip.MustParseAddrPort(c.addr),
+			AdminAllowRemote: c.remote}.withDefaults()
+		err := cfg.Validate()
+		if c.err != (err != nil) || (err != nil && !strings.Contains(err.Error(), "--admin-allow-remote")) {
+			t.Errorf("admin %s (allow remote %v): Validate = %v, want error %v", c.addr, c.remote, err, c.err)
+		}
 	}
 }

@@ -31,6 +31,9 @@ func (in *inbound) serveHBONE(ctx context.Context, r *hbone.Request) error {
 // startHBONE checks a CONNECT request, opens the pod and accepts the stream; without a job when it
 // refused the request (the status to answer) or the stream went away (accounted here).
 func (in *inbound) startHBONE(ctx context.Context, r *hbone.Request) (*relayJob, error) {
+	if !in.configured.Load() {
+		return nil, errNotConfigured
+	}
 	local := in.localWorkload(r.Local.Addr())
 	if local == nil {
 		return nil, hbone.NewFlagError(http.StatusServiceUnavailable, metrics.FlagConnect, "no local workload with address %s", r.Local.Addr())
@@ -79,6 +82,11 @@ func (in *inbound) servePlaintext(ctx context.Context, down *net.TCPConn) {
 // closed here).
 func (in *inbound) startPlaintext(ctx context.Context, down *net.TCPConn) *relayJob {
 	src := addrPort(down.RemoteAddr())
+	if !in.configured.Load() {
+		in.log.Warn("inbound plaintext refused: policy not loaded yet", "src", src)
+		down.Close()
+		return nil
+	}
 	dst, err := redirect.OriginalDst(down)
 	if err != nil {
 		in.log.Warn("original destination", "src", src, "err", err)

@@ -46,6 +46,11 @@ func (o *outbound) serve(ctx context.Context, down *net.TCPConn) {
 // was refused (accounted and closed here).
 func (o *outbound) plan(down *net.TCPConn) (*metrics.ConnectionResult, route.Plan) {
 	srcAddr := addrPort(down.RemoteAddr())
+	if !o.configured.Load() {
+		o.log.Warn("outbound connection refused: policy not loaded yet", "src", srcAddr)
+		down.Close()
+		return nil, route.Plan{}
+	}
 	orig, err := redirect.OriginalDst(down)
 	if err != nil {
 		o.log.Warn("original destination", "src", srcAddr, "err", err)

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/ambit-mesh/ambit/hbone"
@@ -27,6 +28,11 @@ type inputs struct {
 	connectTimeout   time.Duration
 	preserveSourceIP bool
 
+	// configured is set once the first complete configuration has been applied (istiod's first Address
+	// and Authorization responses, or the files); until then the proxies refuse every connection, since
+	// a policy that would deny it may not have arrived yet (fail closed).
+	configured *atomic.Bool
+
 	store   *state.Store
 	sockets redirect.SocketFactory
 	pool    *hbone.Pool
@@ -35,6 +41,10 @@ type inputs struct {
 	rec     metrics.Recorder
 	log     *slog.Logger
 }
+
+// errNotConfigured refuses a connection that arrived before the first complete configuration.
+var errNotConfigured = hbone.NewFlagError(http.StatusServiceUnavailable, metrics.FlagConnect,
+	"agent not ready: policy not loaded yet")
 
 // localWorkload returns the workload on this node that owns ip, or nil.
 func (in *inputs) localWorkload(ip netip.Addr) *state.Workload {

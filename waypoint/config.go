@@ -9,6 +9,7 @@ import (
 
 	"k8s.io/client-go/dynamic"
 
+	"github.com/ambit-mesh/ambit/hbone"
 	"github.com/ambit-mesh/ambit/identity"
 	"github.com/ambit-mesh/ambit/mesh/state"
 )
@@ -77,6 +78,17 @@ type Config struct {
 	XDSAddress, XDSRootFile string
 	XDSPlaintext            bool
 	PodName, NodeName       string
+
+	// HBONE bounds of the :15008 server and the upstream pools; zero takes hbone's default, negative
+	// disables a timeout: HBONEHandshakeTimeout (10 s), HBONEIdleTimeout (a connection without streams,
+	// 1 h), HBONEMaxConns (0: no cap), PoolIdleTimeout (upstream connections without streams, 5 min).
+	HBONEHandshakeTimeout, HBONEIdleTimeout, PoolIdleTimeout time.Duration
+	HBONEMaxConns                                            int
+	// StreamIdleTimeout resets an HTTP stream that moves no data either way for this long: the HBONE
+	// stream to an HTTP port and each request the L7 engine serves on it (default 5 min, Envoy's
+	// stream_idle_timeout; negative: none). TCPIdleTimeout does the same for streams forwarded at L4
+	// (default 1 h, Envoy's tcp_proxy idle_timeout; negative: none).
+	StreamIdleTimeout, TCPIdleTimeout time.Duration
 }
 
 // withDefaults returns c with every zero field set to its default.
@@ -91,6 +103,8 @@ func (c Config) withDefaults() Config {
 	c.Identity = cmp.Or(c.Identity, identity.SourceLocalCA)
 	c.L7Source = cmp.Or(c.L7Source, L7SourceFile)
 	c.PodName = cmp.Or(c.PodName, c.Name)
+	c.StreamIdleTimeout = cmp.Or(c.StreamIdleTimeout, hbone.DefaultStreamIdleTimeoutHTTP)
+	c.TCPIdleTimeout = cmp.Or(c.TCPIdleTimeout, hbone.DefaultStreamIdleTimeoutTCP)
 	return c
 }
 
@@ -112,6 +126,9 @@ func (c Config) Validate() error {
 		return errors.New("a configuration source is required (--config-file or --xds-address)")
 	case c.XDSAddress != "" && !c.XDSPlaintext && c.XDSRootFile == "":
 		return errors.New("--xds-root-file is required unless --xds-plaintext")
+	}
+	if c.HBONEMaxConns < 0 {
+		return fmt.Errorf("--hbone-max-connections %d: want 0 (no cap) or more", c.HBONEMaxConns)
 	}
 	if err := c.issuer().Validate(); err != nil {
 		return err

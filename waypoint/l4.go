@@ -25,9 +25,12 @@ import (
 // connectTimeout bounds establishing the L4 forward's upstream.
 const connectTimeout = 10 * time.Second
 
-// serveHBONE handles one CONNECT stream: the destination must be a service or workload bound to this
+// serveHBONE handles one CONNECT stream (503 until the state and L7 policies are loaded): the destination must be a service or workload bound to this
 // waypoint (403 otherwise, 503 when unknown); HTTP ports go to the L7 engine, the rest is forwarded at L4.
 func (w *Waypoint) serveHBONE(ctx context.Context, r *hbone.Request) error {
+	if !w.configured.Load() {
+		return hbone.NewFlagError(http.StatusServiceUnavailable, metrics.FlagConnect, "waypoint not ready: policy not loaded yet")
+	}
 	if !r.AuthorityAddr.IsValid() {
 		return hbone.NewFlagError(http.StatusBadRequest, metrics.FlagConnect, "authority %q is not an IP address and port", r.Authority)
 	}
@@ -271,6 +274,7 @@ func (w *Waypoint) forwardTCP(ctx context.Context, r *hbone.Request, me, peerWl 
 			return nil
 		}
 	}
+	setStreamIdle(down, w.cfg.TCPIdleTimeout)
 	rctx, rcancel := context.WithCancelCause(ctx)
 	untrack := w.Conns.Track(c, rcancel)
 	err = relay.Bidi(rctx, down, up, c.Counters)
@@ -281,6 +285,16 @@ func (w *Waypoint) forwardTCP(ctx context.Context, r *hbone.Request, me, peerWl 
 	}
 	w.rec.Complete(res, err)
 	return nil
+}
+
+// setStreamIdle sets the idle timeout of the HBONE stream under c (a stream, or a peekConn over one).
+func setStreamIdle(c net.Conn, d time.Duration) {
+	if pc, ok := c.(*peekConn); ok {
+		c = pc.Conn
+	}
+	if s, ok := c.(*hbone.Stream); ok {
+		s.SetIdleTimeout(d)
+	}
 }
 
 // forwardHeaders are the CONNECT headers of the forwarded stream: the client's baggage and traceparent,

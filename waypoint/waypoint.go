@@ -65,6 +65,10 @@ type Waypoint struct {
 	ln      *net.TCPListener
 	rec     metrics.Recorder
 	ready   atomic.Bool
+	// configured is set once the state and the L7 policies are loaded (istiod's first responses, the
+	// API server's informers synced, or the files); until then every stream is refused with 503
+	// (serveHBONE), since a policy that denies it may not have arrived.
+	configured atomic.Bool
 
 	engine  *engine.Engine
 	tracing *telemetry.Tracing
@@ -128,14 +132,14 @@ func New(cfg Config, log *slog.Logger) (*Waypoint, error) {
 		return w.sockets.DialContext(ctx, "tcp", dst.String())
 	}
 	w.pool, err = hbone.NewPool(hbone.PoolOptions{Credentials: w.clientCredentials, DialTCP: dialTCP,
-		Logger: w.log.With("component", "hbone-client")})
+		IdleTimeout: cfg.PoolIdleTimeout, Logger: w.log.With("component", "hbone-client")})
 	if err != nil {
 		return nil, fmt.Errorf("hbone pool: %w", err)
 	}
 	window := cmp.Or(cfg.L7StreamWindow, 256<<10)
 	w.l7pool, err = hbone.NewPool(hbone.PoolOptions{Credentials: w.clientCredentials, DialTCP: dialTCP,
-		Settings: hbone.Settings{StreamWindow: window, ConnWindow: max(4*window, 1<<20)},
-		Logger:   w.log.With("component", "hbone-client-l7")})
+		Settings:    hbone.Settings{StreamWindow: window, ConnWindow: max(4*window, 1<<20)},
+		IdleTimeout: cfg.PoolIdleTimeout, Logger: w.log.With("component", "hbone-client-l7")})
 	if err != nil {
 		return nil, fmt.Errorf("hbone pool: %w", err)
 	}
@@ -143,7 +147,16 @@ func New(cfg Config, log *slog.Logger) (*Waypoint, error) {
 		Credentials: func(ctx context.Context, _ netip.AddrPort) (*hbone.Credentials, error) { return w.credentials(ctx) },
 		Handler:     hbone.HandlerFunc(w.serveHBONE),
 		Logger:      w.log.With("component", "hbone-server"),
+
+		HandshakeTimeout: cfg.HBONEHandshakeTimeout,
+		IdleTimeout:      cfg.HBONEIdleTimeout,
+		MaxConns:         cfg.HBONEMaxConns,
+		// Every stream starts with the HTTP stream idle timeout; streams forwarded at L4 take
+		// TCPIdleTimeout once accepted (l4.go).
+		StreamIdleTimeout: cfg.StreamIdleTimeout,
 	}
+	w.Metrics.RegisterHBONE(map[string]*hbone.Server{"waypoint": w.server},
+		map[string]*hbone.Pool{"l4": w.pool, "l7": w.l7pool})
 	if err := w.newEngine(files); err != nil {
 		return nil, err
 	}
@@ -179,6 +192,7 @@ func (w *Waypoint) newEngine(files []local.File) error {
 	w.engine, err = engine.New(engine.Options{
 		Logger: w.log.With("component", "l7"), Registerer: w.Metrics.Registry, State: w.Store, Dial: w.dialEndpoint,
 		Namespace: w.cfg.Namespace, Name: w.cfg.Name, Network: w.cfg.Network, Tracing: w.tracing,
+		StreamIdleTimeout: max(w.cfg.StreamIdleTimeout, 0),
 	})
 	if err != nil {
 		return fmt.Errorf("l7 engine: %w", err)
@@ -210,12 +224,29 @@ func (w *Waypoint) compileOptions() compile.Options {
 	return compile.Options{DomainSuffix: w.cfg.DomainSuffix, ClusterID: w.cfg.ClusterID}
 }
 
-// Ready reports whether the waypoint accepts traffic.
+// Ready reports whether the waypoint accepts traffic: its state and L7 policies are loaded and it is
+// not draining.
 func (w *Waypoint) Ready() (bool, []string) {
 	if w.ready.Load() {
 		return true, nil
 	}
-	return false, []string{"waypoint"}
+	var pending []string
+	if w.xds != nil && !closed(w.xds.Ready()) {
+		pending = append(pending, "state manager")
+	}
+	if w.kube != nil && !closed(w.kube.Synced()) {
+		pending = append(pending, "L7 policy (Kubernetes API)")
+	}
+	return false, append(pending, "waypoint")
+}
+
+func closed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
 }
 
 // Run listens on the HBONE port and serves until ctx ends, then drains for Config.DrainTimeout and
@@ -265,14 +296,25 @@ func (w *Waypoint) Start(g *lifecycle.Group) error {
 		g.Go(s.name, func(ctx context.Context) error { return admin.Serve(ctx, hln, s.h) })
 	}
 	w.certs.Prefetch(w.id)
+	// Serve and report ready only once istiod's first complete state and the L7 policies are in: with
+	// the API server down the waypoint never serves without its policies.
 	if w.xds != nil {
-		// Ready only once istiod's first complete state has been applied.
 		select {
 		case <-w.xds.Ready():
 		case <-ctx.Done():
 		}
 	}
-	w.ready.Store(ctx.Err() == nil)
+	if w.kube != nil {
+		select {
+		case <-w.kube.Synced():
+		case <-ctx.Done():
+		}
+	}
+	if ctx.Err() != nil {
+		return nil
+	}
+	w.configured.Store(true)
+	w.ready.Store(true)
 	w.log.Info("waypoint ready", "hbone", ln.Addr(), "identity", w.id)
 	return nil
 }

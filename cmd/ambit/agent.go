@@ -51,6 +51,7 @@ authorization, and serve admin (localhost:15000), metrics (:15020) and readiness
 			if cmd.Flags().Changed("preserve-source-ip") || envSet("AMBIT_PRESERVE_SOURCE_IP") {
 				cfg.PreserveSourceIP = &preserve
 			}
+			disableZero(&cfg.HBONEIdleTimeout, &cfg.PoolIdleTimeout, &cfg.HBONEStreamIdleTimeout)
 			log, level, err := lf.logger(stderr)
 			if err != nil {
 				return err
@@ -112,7 +113,9 @@ authorization, and serve admin (localhost:15000), metrics (:15020) and readiness
 	addr(&cfg.OutboundAddr, agent.DefaultOutboundAddr, "outbound-addr", "AMBIT_OUTBOUND_ADDR", "outbound capture listener")
 	addr(&cfg.InboundAddr, agent.DefaultInboundAddr, "inbound-addr", "AMBIT_INBOUND_ADDR", "inbound plaintext listener")
 	addr(&cfg.HBONEAddr, agent.DefaultHBONEAddr, "hbone-addr", "AMBIT_HBONE_ADDR", "inbound HBONE listener")
-	addr(&cfg.AdminAddr, agent.DefaultAdminAddr, "admin-addr", "AMBIT_ADMIN_ADDR", "admin API (keep it on localhost)")
+	addr(&cfg.AdminAddr, agent.DefaultAdminAddr, "admin-addr", "AMBIT_ADMIN_ADDR", "admin API (loopback only unless --admin-allow-remote)")
+	fs.BoolVar(&cfg.AdminAllowRemote, "admin-allow-remote", false, "allow a non-loopback --admin-addr (its endpoints change state and expose pprof)")
+	envs["admin-allow-remote"] = "AMBIT_ADMIN_ALLOW_REMOTE"
 	addr(&cfg.MetricsAddr, agent.DefaultMetricsAddr, "metrics-addr", "AMBIT_METRICS_ADDR", "Prometheus metrics")
 	addr(&cfg.ReadinessAddr, agent.DefaultReadinessAddr, "readiness-addr", "AMBIT_READINESS_ADDR", "readiness probe")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 5*time.Second, "graceful shutdown: how long open connections may take to finish")
@@ -121,6 +124,11 @@ authorization, and serve admin (localhost:15000), metrics (:15020) and readiness
 	envs["connect-timeout"] = "AMBIT_CONNECT_TIMEOUT"
 	fs.BoolVar(&preserve, "preserve-source-ip", true, "connect to pods from the original client IP, and send HBONE from the source pod's IP")
 	envs["preserve-source-ip"] = "AMBIT_PRESERVE_SOURCE_IP"
+	hboneFlags{handshake: &cfg.HBONEHandshakeTimeout, idle: &cfg.HBONEIdleTimeout, poolIdle: &cfg.PoolIdleTimeout,
+		maxConns: &cfg.HBONEMaxConns}.register(fs, envs)
+	fs.DurationVar(&cfg.HBONEStreamIdleTimeout, "hbone-stream-idle-timeout", 0,
+		"reset an inbound HBONE stream without data either way for this long (0: never, as ztunnel)")
+	envs["hbone-stream-idle-timeout"] = "AMBIT_HBONE_STREAM_IDLE_TIMEOUT"
 	lf.register(fs, envs)
 	cmd.Long += "\n" + envTable(fs, envs)
 	return cmd

@@ -14,11 +14,13 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
 	"github.com/ambit-mesh/ambit/admin"
+	"github.com/ambit-mesh/ambit/hbone"
 )
 
 func main() {
@@ -81,6 +83,38 @@ func (l *logFlags) logger(w io.Writer) (*slog.Logger, *slog.LevelVar, error) {
 		return slog.New(slog.NewJSONHandler(w, opts)), lv, nil
 	}
 	return nil, nil, fmt.Errorf("--log-format %q: use text or json", l.format)
+}
+
+// hboneFlags are the HBONE server and pool bounds both processes take (fields of their Configs).
+type hboneFlags struct {
+	handshake, idle, poolIdle *time.Duration
+	maxConns                  *int
+}
+
+// register adds the flags with hbone's defaults (Envoy's and ztunnel's, see hbone/README.md "Limits").
+func (h hboneFlags) register(fs *pflag.FlagSet, envs map[string]string) {
+	fs.DurationVar(h.handshake, "hbone-handshake-timeout", hbone.DefaultHandshakeTimeout,
+		"how long an inbound HBONE connection may take for its TLS handshake and HTTP/2 preface")
+	envs["hbone-handshake-timeout"] = "AMBIT_HBONE_HANDSHAKE_TIMEOUT"
+	fs.DurationVar(h.idle, "hbone-idle-timeout", hbone.DefaultServerIdleTimeout,
+		"close an inbound HBONE connection without streams after this long (0: never)")
+	envs["hbone-idle-timeout"] = "AMBIT_HBONE_IDLE_TIMEOUT"
+	fs.IntVar(h.maxConns, "hbone-max-connections", 0,
+		"cap on open inbound HBONE connections; beyond it new ones are closed at accept and counted (0: no cap)")
+	envs["hbone-max-connections"] = "AMBIT_HBONE_MAX_CONNECTIONS"
+	fs.DurationVar(h.poolIdle, "pool-idle-timeout", hbone.DefaultIdleTimeout,
+		"close an outbound HBONE connection without streams after this long (0: never)")
+	envs["pool-idle-timeout"] = "POOL_UNUSED_RELEASE_TIMEOUT"
+}
+
+// disableZero turns a flag's 0 ("never") into the negative duration the Configs read as disabled
+// (their zero value means the default).
+func disableZero(ds ...*time.Duration) {
+	for _, d := range ds {
+		if *d == 0 {
+			*d = -1
+		}
+	}
 }
 
 // applyEnv sets every flag that was not given on the command line from its environment variable.

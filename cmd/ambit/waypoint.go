@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/ambit-mesh/ambit/hbone"
 	"github.com/ambit-mesh/ambit/identity"
 	"github.com/ambit-mesh/ambit/waypoint"
 )
@@ -49,6 +50,7 @@ Istio's HTTP metrics, access logs and OTLP tracing.`,
 			if err := applyEnv(cmd.Flags(), envs); err != nil {
 				return err
 			}
+			disableZero(&cfg.HBONEIdleTimeout, &cfg.PoolIdleTimeout, &cfg.StreamIdleTimeout, &cfg.TCPIdleTimeout)
 			log, _, err := lf.logger(stderr)
 			if err != nil {
 				return err
@@ -103,6 +105,14 @@ Istio's HTTP metrics, access logs and OTLP tracing.`,
 	str(&cfg.OTLPEndpoint, "otlp-endpoint", "AMBIT_OTLP_ENDPOINT", "", "OpenTelemetry collector for spans (OTLP/HTTP host:port or URL); empty: propagate trace context only")
 	fs.Float64Var(&cfg.TraceSampling, "trace-sampling", 0, "fraction of new traces sampled (default 1 with --otlp-endpoint)")
 	str(&cfg.L7Source, "l7-source", "AMBIT_L7_SOURCE", waypoint.L7SourceFile, "where routes and L7 policies come from: file (--config-file) or kubernetes (the API server, in-cluster credentials)")
+	hboneFlags{handshake: &cfg.HBONEHandshakeTimeout, idle: &cfg.HBONEIdleTimeout, poolIdle: &cfg.PoolIdleTimeout,
+		maxConns: &cfg.HBONEMaxConns}.register(fs, envs)
+	fs.DurationVar(&cfg.StreamIdleTimeout, "stream-idle-timeout", hbone.DefaultStreamIdleTimeoutHTTP,
+		"reset an HTTP stream (HBONE stream and each L7 request) that moves no data either way for this long (0: never; Envoy's stream_idle_timeout)")
+	envs["stream-idle-timeout"] = "AMBIT_STREAM_IDLE_TIMEOUT"
+	fs.DurationVar(&cfg.TCPIdleTimeout, "tcp-idle-timeout", hbone.DefaultStreamIdleTimeoutTCP,
+		"reset a stream forwarded at L4 that moves no data either way for this long (0: never; Envoy's tcp_proxy idle_timeout)")
+	envs["tcp-idle-timeout"] = "AMBIT_TCP_IDLE_TIMEOUT"
 	lf.register(fs, envs)
 	cmd.Long += "\n" + envTable(fs, envs)
 	return cmd

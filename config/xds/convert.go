@@ -363,6 +363,32 @@ func ConvertAuthorization(name string, in *security.Authorization) (*state.Autho
 	return p, nil
 }
 
+// DenyAll returns what an Authorization that ConvertAuthorization rejects leaves in force: for a DENY
+// policy whose name, namespace and scope are valid, a policy of that scope denying every connection
+// (one group without rules), so that an invalid DENY never denies less (istiod turns an invalid DENY
+// into a deny-all for its selection); nil for anything else, which is only rejected.
+func DenyAll(name string, in *security.Authorization) *state.Authorization {
+	if in.GetAction() != security.Action_DENY {
+		return nil
+	}
+	p := &state.Authorization{Name: in.GetName(), Namespace: in.GetNamespace(), Action: state.ActionDeny,
+		DryRun: in.GetDryRun(), Groups: []state.Group{{}}}
+	switch in.GetScope() {
+	case security.Scope_GLOBAL:
+		p.Scope = state.ScopeGlobal
+	case security.Scope_NAMESPACE:
+		p.Scope = state.ScopeNamespace
+	case security.Scope_WORKLOAD_SELECTOR:
+		p.Scope = state.ScopeWorkloadSelector
+	default:
+		return nil
+	}
+	if p.Key() != name || p.Validate() != nil {
+		return nil
+	}
+	return p
+}
+
 func convertMatch(in *security.Match, out *state.Match) error {
 	var err error
 	set := func(dst *[]state.StringMatch, src []*security.StringMatch) {

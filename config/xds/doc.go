@@ -16,7 +16,9 @@
 // known is rejected too, but parked rather than forgotten: it is admitted as soon as that service arrives,
 // since istiod does not resend a resource it already sent. Objects in the store are never edited, so a
 // rejected update leaves the previous version serving, and while istiod is unreachable the last good state
-// keeps serving.
+// keeps serving. One exception fails closed: a DENY Authorization whose name, namespace and scope are valid
+// but whose rules do not convert is reported and applied as a deny-all of that scope (DenyAll), since
+// dropping it would allow what it denies.
 //
 // CertPrefetcher links the state to identity: it keeps the certificate manager warm for the
 // identities of the HBONE workloads on this node, which istiod's CA issues through node impersonation.

@@ -329,6 +329,13 @@ func (h *AuthorizationHandler) HandleUpdate(_ context.Context, u *xdsclient.Upda
 				upd.Policies = append(upd.Policies, p)
 				continue
 			}
+			if p := DenyAll(r.Name, a); p != nil {
+				// Fail closed: an invalid DENY never denies less. It is still reported (NACK).
+				h.log.Warn("invalid DENY policy enforced as deny-all for its selection", "policy", r.Name, "err", err)
+				upd.Policies = append(upd.Policies, p)
+				rej = append(rej, xdsclient.Rejection{Name: r.Name, Err: err, Keep: true})
+				continue
+			}
 		}
 		rej = append(rej, xdsclient.Rejection{Name: r.Name, Err: err, Keep: h.store.Policy(r.Name) != nil})
 	}

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/ambit-mesh/ambit/config/xds"
+	"github.com/ambit-mesh/ambit/mesh/authz"
 	"github.com/ambit-mesh/ambit/mesh/state"
 	"github.com/ambit-mesh/ambit/test/xdstest"
 	"github.com/ambit-mesh/ambit/xdsclient"
@@ -266,4 +267,35 @@ func policyNames(st *state.Store) []string {
 		out = append(out, p.Key())
 	}
 	return out
+}
+
+// TestAuthorizationHandlerInvalidDeny: a DENY policy istiod sends that does not convert (here a port out
+// of range; a match type newer than ours would do the same) must not deny less: it is enforced as a
+// deny-all for its selection and still reported (NACK), as istiod turns an invalid DENY into a deny-all.
+// An invalid ALLOW is only rejected: without it, fewer connections are allowed, never more.
+func TestAuthorizationHandlerInvalidDeny(t *testing.T) {
+	st := state.NewStore()
+	h := xds.NewAuthorizationHandler(st, nil)
+	badDeny := xdstest.Policy("demo", "deny", security.Scope_NAMESPACE, security.Action_DENY, "cluster.local/ns/demo/sa/evil")
+	badDeny.Groups[0].Rules[0].Matches[0].DestinationPorts = []uint32{70000}
+	badAllow := xdstest.Policy("demo", "allow", security.Scope_NAMESPACE, security.Action_ALLOW, "cluster.local/ns/demo/sa/x")
+	badAllow.Groups[0].Rules[0].Matches[0].DestinationPorts = []uint32{70000}
+	rej := rejected(h.HandleUpdate(context.Background(), &xdsclient.Update{Resources: []xdsclient.Resource{
+		{Name: "demo/deny", Body: xdstest.Any(badDeny)}, {Name: "demo/allow", Body: xdstest.Any(badAllow)},
+	}}))
+	if !errors.Is(rej["demo/deny"].Err, xds.ErrPortRange) || !rej["demo/deny"].Keep || !errors.Is(rej["demo/allow"].Err, xds.ErrPortRange) {
+		t.Errorf("rejections = %v, want both reported, the DENY kept", rej)
+	}
+	if st.Policy("demo/allow") != nil {
+		t.Error("invalid ALLOW applied")
+	}
+	p := st.Policy("demo/deny")
+	if p == nil {
+		t.Fatal("invalid DENY dropped: nothing denies in its place")
+	}
+	conn := &authz.Conn{Peer: authz.PeerFromSPIFFE("spiffe://cluster.local/ns/demo/sa/anyone"),
+		SourceIP: netip.MustParseAddr("10.0.0.1"), DestinationIP: netip.MustParseAddr("10.0.0.2"), DestinationPort: 80}
+	if d := authz.Evaluate([]*state.Authorization{p}, conn); d.Allow || p.Action != state.ActionDeny || p.Scope != state.ScopeNamespace {
+		t.Errorf("invalid DENY enforced as %+v (decision %+v), want a namespace deny-all", p, d)
+	}
 }

@@ -150,7 +150,9 @@ func (c *Compiler) Config() *model.Config { return c.cfg }
 // Add validates and compiles one object into the configuration: a *gwv1.HTTPRoute, *gwv1.GRPCRoute,
 // *networkingv1.VirtualService, *networkingv1.DestinationRule, *securityv1.AuthorizationPolicy or
 // *securityv1.RequestAuthentication with targetRefs, or a *resource.LocalRateLimitPolicy. An invalid
-// object is reported as an *Error and leaves the configuration as it was. AuthorizationPolicies and
+// object is reported as an *Error and leaves the configuration as it was, except an invalid DENY
+// AuthorizationPolicy with valid targets: it is reported and compiled as a deny-all for those targets
+// (fail closed, as istiod does), so that one bad object never weakens the rest. AuthorizationPolicies and
 // RequestAuthentications without targetRefs are L4 or node-level (config/local compiles the L4
 // policies) and are skipped without error. The metadata is defaulted in place (an empty namespace
 // becomes "default").
@@ -196,7 +198,10 @@ func (c *Compiler) Add(obj any) error {
 		}
 		return c.add(o, "AuthorizationPolicy", &o.ObjectMeta, func() error {
 			p, err := c.authorizationPolicy(o.Namespace, o.Name, &o.Spec)
-			if err == nil {
+			if err != nil {
+				p = denyAll(o.Namespace, o.Name, &o.Spec)
+			}
+			if p != nil {
 				p.DryRun = o.Annotations[istio.AnnotationDryRun] == "true"
 				c.cfg.Authz = append(c.cfg.Authz, p)
 			}
@@ -223,6 +228,20 @@ func (c *Compiler) Add(obj any) error {
 		})
 	}
 	return fmt.Errorf("compile: unsupported object %T", obj)
+}
+
+// denyAll returns what an invalid AuthorizationPolicy leaves in force: for a DENY policy whose targets
+// are valid, a policy denying everything on them (fail closed: an invalid DENY never denies less, as istiod
+// turns an invalid DENY into a deny-all for its selection); nil for any other.
+func denyAll(ns, name string, spec *securityapi.AuthorizationPolicy) *model.AuthzPolicy {
+	if spec.Action != securityapi.AuthorizationPolicy_DENY {
+		return nil
+	}
+	targets, err := targetRefs("spec.targetRefs", spec.TargetRef, spec.TargetRefs, ns)
+	if err != nil {
+		return nil
+	}
+	return &model.AuthzPolicy{Namespace: ns, Name: name, Action: model.ActionDeny, Targets: targets, Rules: []model.AuthzRule{{}}}
 }
 
 // add validates the metadata, runs compile and wraps its error as an *Error naming the object.

@@ -237,3 +237,54 @@ spec: {action: DENY, rules: [{from: [{source: {namespaces: [x]}}]}]}
 		t.Errorf("Compile error %v, want HTTPRoute app/bad named with its field", err)
 	}
 }
+
+// TestCompilerAddInvalidDeny: an API object that fails validation is skipped, except a DENY
+// AuthorizationPolicy, which must never deny less for being invalid: it becomes a deny-all for its
+// targets (istiod does the same for its selection) and is still reported (issue 14 item 4).
+func TestCompilerAddInvalidDeny(t *testing.T) {
+	objs := &local.Objects{}
+	if err := objs.Decode("l7.yaml", []byte(`apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: bad-deny, namespace: app}
+spec:
+  targetRefs: [{kind: Service, group: "", name: web}]
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin"], ports: ["99999"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: bad-allow, namespace: app}
+spec:
+  targetRefs: [{kind: Service, group: "", name: web}]
+  action: ALLOW
+  rules: [{to: [{operation: {ports: ["0"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: bad-deny-target, namespace: app}
+spec:
+  targetRefs: [{kind: Pod, group: "", name: web}]
+  action: DENY
+`)); err != nil {
+		t.Fatal(err)
+	}
+	c := New(Options{}, nil, nil)
+	var rejected []string
+	for _, ap := range objs.AuthorizationPolicies {
+		if err := c.Add(ap); err != nil {
+			rejected = append(rejected, ap.Name)
+		}
+	}
+	if strings.Join(rejected, ",") != "bad-deny,bad-allow,bad-deny-target" {
+		t.Errorf("rejected %v, want all three reported", rejected)
+	}
+	authz := c.Config().Authz
+	if len(authz) != 1 {
+		t.Fatalf("compiled %d policies, want the invalid DENY as a deny-all: %+v", len(authz), authz)
+	}
+	p := authz[0]
+	if p.Key() != "app/bad-deny" || p.Action != model.ActionDeny || len(p.Rules) != 1 || len(p.Rules[0].From) != 0 ||
+		len(p.Rules[0].To) != 0 || len(p.Rules[0].When) != 0 || len(p.Targets) != 1 || p.Targets[0].Name != "web" {
+		t.Errorf("policy %+v, want a deny-all (one empty rule) targeting Service web", p)
+	}
+}

@@ -19,7 +19,10 @@
 // per stream and 1 MiB per connection in flight to the waypoint (flow control), and the waypoint's
 // HBONE streams to endpoints use 256 KiB windows, so a slow client holds at most about 256 KiB per
 // response in the waypoint plus one copy buffer. On each downstream stream, small reads go through a
-// pooled 4 KiB read-ahead, and HTTP/2 writes are coalesced with at most 64 KiB pending. WebSocket and other HTTP/1.1 upgrades are relayed as
+// pooled 4 KiB read-ahead, and HTTP/2 writes are coalesced with at most 64 KiB pending. With
+// Options.StreamIdleTimeout (the waypoint's --stream-idle-timeout, Envoy's stream_idle_timeout), a request
+// whose body moves no bytes either way for that long is ended: 408 "stream timeout" (flag SI) before the
+// response started, a reset after; a trickling body cannot hold a request forever. WebSocket and other HTTP/1.1 upgrades are relayed as
 // raw bytes after the 101.
 //
 // The engine is safe for concurrent use; Update swaps the configuration atomically, so a request runs

@@ -63,6 +63,11 @@ type Options struct {
 	Tracing *telemetry.Tracing
 	// Now is the clock; nil uses time.Now.
 	Now func() time.Time
+	// StreamIdleTimeout ends a request that moves no body bytes either way for this long (give or take a
+	// quarter): 408 "stream timeout" (flag SI) before the response started, a reset after (Envoy's
+	// stream_idle_timeout, 5 min by default there). Waiting for the upstream's response counts as idle,
+	// as in Envoy. Zero disables it.
+	StreamIdleTimeout time.Duration
 }
 
 // ConnInfo describes the HBONE stream a connection arrived on.

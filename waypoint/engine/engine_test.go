@@ -28,7 +28,7 @@ type harness struct {
 	svc  *state.Service
 }
 
-func newHarness(t testing.TB, backends int, handler http.Handler) *harness {
+func newHarness(t testing.TB, backends int, handler http.Handler, mutate ...func(*Options)) *harness {
 	t.Helper()
 	var port uint16
 	var srvs []*http.Server
@@ -59,10 +59,14 @@ func newHarness(t testing.TB, backends int, handler http.Handler) *harness {
 	store := state.NewStore()
 	store.Replace(&state.Snapshot{Workloads: eps, Services: []*state.Service{svc}})
 	var d net.Dialer
-	eng, err := New(Options{Registerer: prometheus.NewRegistry(), State: store, Namespace: "app", Name: "wp",
+	opts := Options{Registerer: prometheus.NewRegistry(), State: store, Namespace: "app", Name: "wp",
 		Dial: func(ctx context.Context, a netip.AddrPort) (net.Conn, error) {
 			return d.DialContext(ctx, "tcp", a.String())
-		}})
+		}}
+	for _, m := range mutate {
+		m(&opts)
+	}
+	eng, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,6 +17,8 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -51,6 +53,7 @@ const (
 	FlagUnauthorized  = "UAEX"
 	FlagReset         = "UR"
 	FlagDownstreamEnd = "DC"
+	FlagStreamIdle    = "SI"
 )
 
 // reqState is one request through the engine. It is handed explicitly to every step (handler.go,
@@ -85,6 +88,7 @@ type reqState struct {
 	attempts int
 	start    time.Time
 	deadline time.Time
+	idle     *idleWatch // Options.StreamIdleTimeout, when set
 }
 
 func (s *reqState) flag(f string) {
@@ -120,7 +124,19 @@ func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body := &rs.cbody
 	r.Body = body
 
-	ctx := e.tracing.Propagator.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+	ctx := r.Context()
+	if d := e.opts.StreamIdleTimeout; d > 0 {
+		var cancel context.CancelCauseFunc
+		ctx, cancel = context.WithCancelCause(ctx)
+		rc := http.NewResponseController(w)
+		rs.idle = startIdleWatch(d, func() {
+			cancel(errStreamIdle)
+			_ = rc.SetReadDeadline(time.Now()) // unblocks a read of the request body
+		})
+		defer rs.idle.stop()
+		rs.rw.idle, rs.cbody.idle = rs.idle, rs.idle
+	}
+	ctx = e.tracing.Propagator.Extract(ctx, propagation.HeaderCarrier(r.Header))
 	ctx, span := e.tracing.Tracer.Start(ctx, "waypoint", trace.WithSpanKind(trace.SpanKindServer))
 	if span.IsRecording() {
 		span.SetName(r.Host + r.URL.Path)
@@ -474,6 +490,11 @@ func jwtMessage(err error) string {
 }
 
 func (e *Engine) timeoutOrCancel(w http.ResponseWriter, r *http.Request, rs *reqState) {
+	if errors.Is(context.Cause(r.Context()), errStreamIdle) {
+		rs.flag(FlagStreamIdle)
+		local(w, r, http.StatusRequestTimeout, "stream timeout", nil)
+		return
+	}
 	if errors.Is(context.Cause(r.Context()), errTimeout) {
 		rs.flag(FlagTimeout)
 		local(w, r, http.StatusGatewayTimeout, "upstream request timeout", nil)
@@ -712,6 +733,10 @@ func applyHeaderMod(h http.Header, m *model.HeaderMod) {
 
 // modifyResponse applies the response filters (ReverseProxy ModifyResponse hook).
 func (rs *reqState) modifyResponse(resp *http.Response) error {
+	if resp.StatusCode == http.StatusSwitchingProtocols && rs.idle != nil {
+		// The upgraded bytes bypass the request's counters; the HBONE stream's idle timeout covers them.
+		rs.idle.stop()
+	}
 	applyHeaderMod(resp.Header, &rs.rule.Filters.Response)
 	if rs.backend != nil {
 		applyHeaderMod(resp.Header, &rs.backend.Filters.Response)
@@ -732,6 +757,9 @@ func (rs *reqState) proxyError(w http.ResponseWriter, r *http.Request, err error
 	case errors.Is(err, upstream.ErrNoHealthy):
 		rs.flag(FlagNoHealthy)
 		local(w, r, http.StatusServiceUnavailable, "no healthy upstream", nil)
+	case errors.Is(context.Cause(r.Context()), errStreamIdle):
+		rs.flag(FlagStreamIdle)
+		local(w, r, http.StatusRequestTimeout, "stream timeout", nil)
 	case errors.Is(context.Cause(r.Context()), errTimeout) || errors.Is(err, errTimeout):
 		rs.flag(FlagTimeout)
 		local(w, r, http.StatusGatewayTimeout, "upstream request timeout", nil)
@@ -759,6 +787,7 @@ type respWriter struct {
 	http.ResponseWriter
 	status int
 	n      int64
+	idle   *idleWatch
 }
 
 func (w *respWriter) WriteHeader(code int) {
@@ -774,6 +803,9 @@ func (w *respWriter) Write(p []byte) (int, error) {
 	}
 	n, err := w.ResponseWriter.Write(p)
 	w.n += int64(n)
+	if n > 0 && w.idle != nil {
+		w.idle.touch()
+	}
 	return n, err
 }
 
@@ -789,13 +821,67 @@ func (w *respWriter) Flush() {
 
 type countingBody struct {
 	io.ReadCloser
-	n int64
+	n    int64
+	idle *idleWatch
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	b.n += int64(n)
+	if n > 0 && b.idle != nil {
+		b.idle.touch()
+	}
 	return n, err
+}
+
+// idleWatch ends a request that moves no body bytes for its timeout: a timer ticks every quarter of it
+// and expires the request after idleTicks ticks without activity (touch), so bytes cost one atomic add
+// rather than a timer reset.
+type idleWatch struct {
+	activity atomic.Uint32
+	tick     time.Duration
+	expire   func()
+
+	mu      sync.Mutex
+	timer   *time.Timer // guarded by mu
+	seen    uint32      // guarded by mu; activity at the last tick
+	quiet   int         // guarded by mu; ticks without activity
+	stopped bool        // guarded by mu
+}
+
+const idleTicks = 4
+
+func startIdleWatch(d time.Duration, expire func()) *idleWatch {
+	w := &idleWatch{tick: max(d/idleTicks, time.Millisecond), expire: expire}
+	w.mu.Lock()
+	w.timer = time.AfterFunc(w.tick, w.check)
+	w.mu.Unlock()
+	return w
+}
+
+func (w *idleWatch) touch() { w.activity.Add(1) }
+
+func (w *idleWatch) check() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.stopped {
+		return
+	}
+	if now := w.activity.Load(); now != w.seen {
+		w.seen, w.quiet = now, 0
+	} else if w.quiet++; w.quiet >= idleTicks {
+		w.stopped = true
+		w.expire()
+		return
+	}
+	w.timer.Reset(w.tick)
+}
+
+func (w *idleWatch) stop() {
+	w.mu.Lock()
+	w.stopped = true
+	w.timer.Stop()
+	w.mu.Unlock()
 }
 
 // stackReserve is the stack a request's goroutine grows to at once, at the top of ServeHTTP, where

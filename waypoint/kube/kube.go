@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -70,6 +71,19 @@ type Source struct {
 	Logger   *slog.Logger
 	// Debounce coalesces bursts of events (default 100 ms).
 	Debounce time.Duration
+
+	syncOnce sync.Once
+	synced   chan struct{}
+}
+
+// Synced is closed once every informer has synced and the first configuration has gone to OnUpdate:
+// from then on the waypoint enforces the cluster's L7 policies. While the API server cannot be listed it
+// stays open.
+func (s *Source) Synced() <-chan struct{} { return s.syncedChan() }
+
+func (s *Source) syncedChan() chan struct{} {
+	s.syncOnce.Do(func() { s.synced = make(chan struct{}) })
+	return s.synced
 }
 
 // Run starts the informers, waits for their caches, applies the first configuration and then one per
@@ -114,6 +128,7 @@ func (s *Source) Run(ctx context.Context) error {
 		}
 	}
 	s.apply(informers, log)
+	close(s.syncedChan())
 	for {
 		select {
 		case <-ctx.Done():
