@@ -97,9 +97,14 @@ func (o *outbound) connect(ctx context.Context, down net.Conn, res *metrics.Conn
 	return &relayJob{res: res, down: down, up: up}
 }
 
-// dialUpstream opens the next hop of a plan from src: an HBONE stream over the pool, from the source
-// pod's IP when source preservation is on, or a marked TCP connection.
+// dialUpstream opens the next hop of a plan from src: an HBONE stream over the pool or a marked TCP
+// connection, both from the source pod's IP when source preservation is on. Plain TCP out of the mesh
+// (passthrough, workloads outside the mesh) then leaves as the pod's own packets would, so the node's
+// firewall and the CNI's egress policies keyed on pod IPs still see the pod, not the node.
 func (o *outbound) dialUpstream(ctx context.Context, src *state.Workload, srcAddr netip.AddrPort, p *route.Plan) (net.Conn, error) {
+	if p.Protocol != route.ProtocolHBONE && o.preserveSourceIP {
+		return o.sockets.DialFrom(ctx, srcAddr.Addr(), p.NextHop)
+	}
 	t := hbone.Target{}
 	if p.Protocol == route.ProtocolHBONE {
 		id, err := spiffeid.FromString(src.Identity())

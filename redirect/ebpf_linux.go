@@ -102,12 +102,11 @@ func newEBPF(ctx context.Context, o Options, ns nsRunner) (_ *ebpfRedirector, er
 	if err := installRouting(r.nl, o); err != nil {
 		return nil, err
 	}
-	if !o.DisableNoTrack {
-		if err := haveNFT(); err != nil {
-			r.log.Warn("captured flows stay in conntrack; node NAT may break them", "reason", err)
-		} else if err := applyNFT(ctx, ns, ebpfRuleset(r.nftConfig())); err != nil {
-			return nil, fmt.Errorf("install notrack rule: %w", err)
-		}
+	if err := haveNFT(); err != nil {
+		r.log.Warn("no nftables: captured flows stay in conntrack (node NAT may break them), and replies to egress "+
+			"the node masquerades cannot reach the agent", "reason", err)
+	} else if err := applyNFT(ctx, ns, ebpfRuleset(r.nftConfig())); err != nil {
+		return nil, fmt.Errorf("install nftables rules: %w", err)
 	}
 	// Listener selection first: the tc program adopted links get from here on only marks SYNs.
 	if err := r.attachLookup(); err != nil {

@@ -74,19 +74,26 @@ func tproxyRuleset(c nftConfig) string {
 	return b.String()
 }
 
-// ebpfRuleset renders ModeEBPF's table: only the raw chain that exempts captured (marked by the program) packets
-// from conntrack. Any ModeTPROXY content of the table is deleted first.
+// ebpfRuleset renders ModeEBPF's table (any ModeTPROXY content of it is deleted first):
+//   - the raw chain that exempts captured (marked by the program) packets from conntrack, unless NoTrack is off;
+//   - one mangle rule for replies to the agent's own transparent connections that the node source-NATs (egress
+//     that leaves with the pod's IP through a masquerade): the program sees them at tc ingress before conntrack
+//     restores the pod's address, so it cannot find the agent's socket; netfilter's socket lookup can (for
+//     IPv4 it uses the connection's original tuple when conntrack has one), and the capture mark routes them
+//     to the agent. Only TCP addressed to the node itself pays for the lookup. (Matching "ct status snat"
+//     instead would turn conntrack on in a node namespace that has no other use for it.)
 func ebpfRuleset(c nftConfig) string {
 	var b strings.Builder
 	t := "inet " + c.Table
 	fmt.Fprintf(&b, "add table %s\n", t)
 	fmt.Fprintf(&b, "delete table %s\n", t)
-	if !c.NoTrack {
-		return b.String()
-	}
 	fmt.Fprintf(&b, "add table %s\n", t)
-	fmt.Fprintf(&b, "add chain %s raw { type filter hook prerouting priority raw; policy accept; }\n", t)
-	fmt.Fprintf(&b, "add rule %s raw meta mark & %#08x == %#08x notrack\n", t, c.Marks.CaptureMask, c.Marks.Capture)
+	if c.NoTrack {
+		fmt.Fprintf(&b, "add chain %s raw { type filter hook prerouting priority raw; policy accept; }\n", t)
+		fmt.Fprintf(&b, "add rule %s raw meta mark & %#08x == %#08x notrack\n", t, c.Marks.CaptureMask, c.Marks.Capture)
+	}
+	fmt.Fprintf(&b, "add chain %s mangle { type filter hook prerouting priority mangle; policy accept; }\n", t)
+	fmt.Fprintf(&b, "add rule %s mangle meta l4proto tcp fib daddr type local socket transparent 1 %s accept\n", t, c.markSet())
 	return b.String()
 }
 
