@@ -260,29 +260,36 @@ func (e *Engine) target(info *ConnInfo) routing.Target {
 	return t
 }
 
-// targets reports whether a policy targeting refs (in namespace ns) applies to this request.
-func (e *Engine) targets(refs []model.TargetRef, info *ConnInfo, route *model.Route) bool {
-	for _, t := range refs {
-		switch t.Kind {
-		case model.KindGateway:
-			if t.Namespace == e.opts.Namespace && t.Name == e.opts.Name {
-				return true
-			}
-		case model.KindGatewayClass:
-			if t.Namespace == e.opts.RootNamespace && t.Name == istio.WaypointClassName {
-				return true
-			}
-		case model.KindService, model.KindServiceEntry:
-			if s := info.Service; s != nil && s.Namespace == t.Namespace && s.Name == t.Name {
-				return true
-			}
-		case model.KindHTTPRoute, model.KindGRPCRoute:
-			if route != nil && route.Kind == t.Kind && route.Namespace == t.Namespace && route.Name == t.Name {
-				return true
-			}
-		}
+// destination is what policies' targetRefs are matched against for traffic arriving on info (with
+// route selected, if any): the one selection the HTTP pipeline and AuthorizeTCP share.
+func (e *Engine) destination(info *ConnInfo, route *model.Route) policy.Destination {
+	d := policy.Destination{GatewayNamespace: e.opts.Namespace, GatewayName: e.opts.Name, RootNamespace: e.opts.RootNamespace,
+		GatewayClass: istio.WaypointClassName, Route: route}
+	if s := info.Service; s != nil {
+		d.ServiceNamespace, d.ServiceName = s.Namespace, s.Name
 	}
-	return false
+	return d
+}
+
+// targets reports whether a policy targeting refs applies to this request.
+func (e *Engine) targets(refs []model.TargetRef, info *ConnInfo, route *model.Route) bool {
+	d := e.destination(info, route)
+	return policy.Targets(refs, &d)
+}
+
+// AuthorizeTCP applies the AuthorizationPolicies of the configuration in use that target info's
+// destination (the waypoint's Gateway, its GatewayClass, the service; exactly those the HTTP path
+// applies) to a TCP stream, with Istio's TCP semantics (policy.EvaluateTCP). The waypoint calls it for
+// TCP ports and for the non-HTTP fallback on HTTP ports.
+func (e *Engine) AuthorizeTCP(info *ConnInfo) policy.Decision {
+	d := e.destination(info, nil)
+	pols := policy.Select(e.snap.Load().cfg.Authz, &d)
+	if len(pols) == 0 {
+		return policy.Decision{Allow: true}
+	}
+	peer := authz.PeerFromSPIFFE(info.PeerID)
+	return policy.EvaluateTCP(pols, &policy.Request{Principal: peer.Principal, Namespace: peer.Namespace,
+		SourceIP: info.Remote.Addr().Unmap(), Port: info.Target.Port()})
 }
 
 func (e *Engine) handle(w http.ResponseWriter, r *http.Request, rs *reqState) {
