@@ -89,7 +89,7 @@ func (b *l7Backend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	case r.URL.Path == "/ws":
-		if r.Header.Get("Upgrade") != "echo" {
+		if r.Header.Get("Upgrade") != "websocket" {
 			w.WriteHeader(http.StatusBadRequest)
 			return
 		}
@@ -98,7 +98,7 @@ func (b *l7Backend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		defer c.Close()
-		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
 		brw.Flush()
 		io.Copy(c, brw)
 		return
@@ -422,7 +422,7 @@ spec:
 		})
 	})
 
-	t.Run("WebSocket-style upgrade passes through", func(t *testing.T) {
+	t.Run("WebSocket upgrade passes through", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		conn, err := client.NS.Dial(ctx, "tcp", "10.96.0.10:80")
@@ -431,7 +431,7 @@ spec:
 		}
 		defer conn.Close()
 		conn.SetDeadline(time.Now().Add(10 * time.Second))
-		io.WriteString(conn, "GET /ws HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		io.WriteString(conn, "GET /ws HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
 		br := bufio.NewReader(conn)
 		resp, err := http.ReadResponse(br, nil)
 		if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {

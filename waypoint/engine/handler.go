@@ -50,6 +50,7 @@ const (
 	FlagRBAC          = "RBAC"
 	FlagUnauthorized  = "UAEX"
 	FlagReset         = "UR"
+	FlagProtocolError = "UPE"
 	FlagDownstreamEnd = "DC"
 )
 
@@ -73,6 +74,7 @@ type reqState struct {
 	span      trace.Span
 	hashKey   string
 	setCookie *http.Cookie
+	upgrade   bool // an allowed (WebSocket) upgrade: only then may the backend answer 101
 
 	// Parts of the request kept here rather than allocated on their own.
 	rw         respWriter
@@ -295,6 +297,20 @@ func (e *Engine) AuthorizeTCP(info *ConnInfo) policy.Decision {
 func (e *Engine) handle(w http.ResponseWriter, r *http.Request, rs *reqState) {
 	info, cfg := rs.info, rs.snap.cfg
 	now := e.now()
+
+	// 0. Upgrades: WebSocket only; h2c is stripped (HTTP2-Settings too), any other type refused.
+	// HTTP2-Settings is connection-specific: never forwarded.
+	switch classifyUpgrade(r.Header) {
+	case upgradeAllow:
+		rs.upgrade = true
+	case upgradeStrip:
+		stripUpgrade(r.Header)
+	case upgradeReject:
+		local(w, r, http.StatusForbidden, "", nil)
+		e.log.Debug("upgrade refused", "upgrade", r.Header.Get("Upgrade"), "path", r.URL.Path)
+		return
+	}
+	r.Header.Del("Http2-Settings")
 
 	// 1. RequestAuthentication.
 	var rules []model.JWTRule
@@ -719,6 +735,9 @@ func applyHeaderMod(h http.Header, m *model.HeaderMod) {
 
 // modifyResponse applies the response filters (ReverseProxy ModifyResponse hook).
 func (rs *reqState) modifyResponse(resp *http.Response) error {
+	if resp.StatusCode == http.StatusSwitchingProtocols && (!rs.upgrade || !strings.EqualFold(resp.Header.Get("Upgrade"), "websocket")) {
+		return errUnexpectedUpgrade // the proxy closes the body (releasing the attempt) and calls proxyError
+	}
 	applyHeaderMod(resp.Header, &rs.rule.Filters.Response)
 	if rs.backend != nil {
 		applyHeaderMod(resp.Header, &rs.backend.Filters.Response)
@@ -736,6 +755,9 @@ func (rs *reqState) proxyError(w http.ResponseWriter, r *http.Request, err error
 	case errors.Is(err, upstream.ErrOverflow):
 		rs.flag(FlagOverflow)
 		local(w, r, http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: overflow", nil)
+	case errors.Is(err, errUnexpectedUpgrade):
+		rs.flag(FlagProtocolError)
+		local(w, r, http.StatusBadGateway, "upstream connect error or disconnect/reset before headers. reset reason: protocol error", nil)
 	case errors.Is(err, upstream.ErrNoHealthy):
 		rs.flag(FlagNoHealthy)
 		local(w, r, http.StatusServiceUnavailable, "no healthy upstream", nil)
