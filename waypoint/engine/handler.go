@@ -331,8 +331,9 @@ func (e *Engine) handle(w http.ResponseWriter, r *http.Request, rs *reqState) {
 		}
 		if res != nil {
 			claims = res.Claims
-			res.Apply(r)
 		}
+		// Claim headers are always the waypoint's: a client's values never pass, token or not.
+		jwt.Apply(r, rules, res)
 	}
 
 	// 2. Authorization.
