@@ -150,7 +150,8 @@ bench-waypoint: ## L7 waypoint: Ambit vs nginx and HAProxy (apt) per core, laten
 	$(BIN)/bench-waypoint -rounds $(or $(ROUNDS),5) -duration $(or $(DURATION),3s)
 
 .PHONY: fuzz-l7
-fuzz-l7: ## run the L7 waypoint fuzz targets (path templates, header matching, raw client bytes) for FUZZTIME each
+fuzz-l7: ## run the L7 waypoint fuzz targets (path templates, header matching, raw client bytes, JWT/JWKS) for FUZZTIME each
 	$(GO) test -run '^$$' -fuzz '^FuzzPathTemplate$$' -fuzztime $(FUZZTIME) ./waypoint/policy/
+	$(GO) test -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime $(FUZZTIME) ./waypoint/jwt/
 	$(GO) test -run '^$$' -fuzz '^FuzzMatches$$' -fuzztime $(FUZZTIME) ./waypoint/routing/
 	$(GO) test -run '^$$' -fuzz '^FuzzServeConn$$' -fuzztime $(FUZZTIME) ./waypoint/engine/

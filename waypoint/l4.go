@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/ambit-mesh/ambit/hbone"
-	"github.com/ambit-mesh/ambit/mesh/authz"
 	"github.com/ambit-mesh/ambit/mesh/route"
 	"github.com/ambit-mesh/ambit/mesh/state"
 	"github.com/ambit-mesh/ambit/proxy/connmgr"
@@ -18,7 +17,6 @@ import (
 	"github.com/ambit-mesh/ambit/proxy/metrics"
 	"github.com/ambit-mesh/ambit/proxy/relay"
 	"github.com/ambit-mesh/ambit/waypoint/engine"
-	"github.com/ambit-mesh/ambit/waypoint/model"
 	"github.com/ambit-mesh/ambit/waypoint/policy"
 )
 
@@ -202,26 +200,12 @@ func (p *peekConn) looksHTTP() bool {
 	return false
 }
 
-// authorizeTCP applies the L7 AuthorizationPolicies targeting the destination to a TCP stream with
-// Istio's TCP semantics: HTTP-only conditions make an ALLOW rule never match and are ignored in a DENY rule.
+// authorizeTCP applies the L7 AuthorizationPolicies targeting the destination (the service, this
+// waypoint's Gateway or its GatewayClass: the engine's selection, the same as for HTTP requests) to a
+// TCP stream with Istio's TCP semantics: HTTP-only conditions make an ALLOW rule never match and are
+// ignored in a DENY rule.
 func (w *Waypoint) authorizeTCP(r *hbone.Request, svc *state.Service, target netip.AddrPort) policy.Decision {
-	cfg := w.engine.Config()
-	var pols []*model.AuthzPolicy
-	for _, p := range cfg.Authz {
-		for _, t := range p.Targets {
-			if t.Kind == model.KindGateway && t.Namespace == w.cfg.Namespace && t.Name == w.cfg.Name ||
-				svc != nil && (t.Kind == model.KindService || t.Kind == model.KindServiceEntry) && t.Namespace == svc.Namespace && t.Name == svc.Name {
-				pols = append(pols, p)
-				break
-			}
-		}
-	}
-	if len(pols) == 0 {
-		return policy.Decision{Allow: true}
-	}
-	peer := authz.PeerFromSPIFFE(r.PeerID.String())
-	return policy.EvaluateTCP(pols, &policy.Request{Principal: peer.Principal, Namespace: peer.Namespace,
-		SourceIP: r.Remote.Addr().Unmap(), Port: target.Port()})
+	return w.engine.AuthorizeTCP(&engine.ConnInfo{PeerID: r.PeerID.String(), Remote: r.Remote, Target: target, Service: svc})
 }
 
 // forwardTCP relays one stream at L4 to the endpoint route.Build picks, after L4 authorization. down is

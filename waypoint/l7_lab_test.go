@@ -89,7 +89,7 @@ func (b *l7Backend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	case r.URL.Path == "/ws":
-		if r.Header.Get("Upgrade") != "echo" {
+		if r.Header.Get("Upgrade") != "websocket" {
 			w.WriteHeader(http.StatusBadRequest)
 			return
 		}
@@ -98,7 +98,7 @@ func (b *l7Backend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		defer c.Close()
-		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
 		brw.Flush()
 		io.Copy(c, brw)
 		return
@@ -281,8 +281,12 @@ func TestL7Waypoint(t *testing.T) {
 
 	apply := func(t *testing.T, extra string) {
 		t.Helper()
+		yaml := yamlWith(extra)(c.Lab)
+		if cur, err := os.ReadFile(c.Config); err == nil && string(cur) == yaml {
+			return // already in place (a subtest run on its own)
+		}
 		before := strings.Count(wpLog.String(), "L7 configuration applied")
-		c.Rewrite(t, yamlWith(extra)(c.Lab))
+		c.Rewrite(t, yaml)
 		tu.WaitFor(t, 10*time.Second, "L7 configuration applied", func() bool {
 			return strings.Count(wpLog.String(), "L7 configuration applied") > before
 		})
@@ -418,7 +422,7 @@ spec:
 		})
 	})
 
-	t.Run("WebSocket-style upgrade passes through", func(t *testing.T) {
+	t.Run("WebSocket upgrade passes through", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		conn, err := client.NS.Dial(ctx, "tcp", "10.96.0.10:80")
@@ -427,7 +431,7 @@ spec:
 		}
 		defer conn.Close()
 		conn.SetDeadline(time.Now().Add(10 * time.Second))
-		io.WriteString(conn, "GET /ws HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		io.WriteString(conn, "GET /ws HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
 		br := bufio.NewReader(conn)
 		resp, err := http.ReadResponse(br, nil)
 		if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
@@ -798,6 +802,74 @@ spec:
 		tu.WaitFor(t, 5*time.Second, "denial logged", func() bool {
 			return strings.Contains(wpLog.String(), "allow policies exist, but none allowed")
 		})
+	})
+
+	// Issue 14 item 5: a policy applies to every path through the waypoint: HTTP requests, TCP ports,
+	// and the non-HTTP fallback on an HTTP port (a client that does not start with a request line).
+	t.Run("GatewayClass, Gateway and Service policies apply on HTTP, TCP and the non-HTTP fallback", func(t *testing.T) {
+		// probe sends payload on a fresh connection to addr and returns what comes back until the
+		// server closes (a denied stream is closed with nothing sent).
+		probe := func(t *testing.T, addr, payload string) string {
+			t.Helper()
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			defer cancel()
+			conn, err := client.NS.Dial(ctx, "tcp", addr)
+			if err != nil {
+				t.Fatalf("dial %s: %v", addr, err)
+			}
+			defer conn.Close()
+			conn.SetDeadline(time.Now().Add(15 * time.Second))
+			if _, err := io.WriteString(conn, payload); err != nil {
+				return ""
+			}
+			b, _ := io.ReadAll(conn)
+			return string(b)
+		}
+		paths := []struct{ name, addr, payload, allowed string }{
+			{"HTTP", "10.96.0.10:80", "GET /paths HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n", "HTTP/1.1 200 "},
+			{"TCP port", "10.96.0.30:7000", "GET /paths HTTP/1.1\r\nHost: raw\r\nConnection: close\r\n\r\n", "HTTP/1.1 200 "},
+			// Lower-case bytes are no request line: forwarded as TCP; the backend answers 400.
+			{"non-HTTP fallback", "10.96.0.10:80", "hello, not http\r\n\r\n", "HTTP/1.1 400 "},
+		}
+		checkAll := func(t *testing.T, denied bool) {
+			t.Helper()
+			for _, p := range paths {
+				got := probe(t, p.addr, p.payload)
+				switch {
+				case !denied && !strings.HasPrefix(got, p.allowed):
+					t.Errorf("%s (%s) with no policy: got %.60q, want %q...", p.name, p.addr, got, p.allowed)
+				case denied && p.name == "HTTP" && !strings.HasPrefix(got, "HTTP/1.1 403 "):
+					t.Errorf("%s (%s) under a DENY policy: got %.60q, want 403", p.name, p.addr, got)
+				case denied && p.name != "HTTP" && got != "":
+					t.Errorf("%s (%s) under a DENY policy reached the backend: %.60q", p.name, p.addr, got)
+				}
+			}
+		}
+		apply(t, "")
+		checkAll(t, false)
+		deny := func(ns, refs string) string {
+			return fmt.Sprintf(`---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-client, namespace: %s}
+spec:
+  targetRefs: %s
+  action: DENY
+  rules: [{from: [{source: {principals: ["cluster.local/ns/app/sa/client"]}}]}]
+`, ns, refs)
+		}
+		for _, tc := range []struct{ name, yaml string }{
+			{"GatewayClass", deny("istio-system", `[{kind: GatewayClass, group: gateway.networking.k8s.io, name: istio-waypoint}]`)},
+			{"Gateway", deny("app", `[{kind: Gateway, group: gateway.networking.k8s.io, name: wp}]`)},
+			{"Service", deny("app", `[{kind: Service, group: "", name: web}, {kind: Service, group: "", name: raw}]`)},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				apply(t, tc.yaml)
+				checkAll(t, true)
+			})
+		}
+		apply(t, "")
+		checkAll(t, false)
 	})
 
 	t.Run("W3C and B3 trace context propagate and spans reach the OTLP receiver", func(t *testing.T) {

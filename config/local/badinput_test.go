@@ -105,3 +105,46 @@ func TestCompileIgnoresL7Kinds(t *testing.T) {
 		t.Errorf("targetRef policies reached the L4 state: %d", len(res.Snapshot.Policies))
 	}
 }
+
+// TestCompileRejectsInvalidIdentity: a workload whose SPIFFE identity does not parse is rejected with an
+// error naming it (issue 14 item 8): stored, it would leave the dial path no identity to expect.
+func TestCompileRejectsInvalidIdentity(t *testing.T) {
+	const ns = "apiVersion: v1\nkind: Namespace\nmetadata: {name: app}\n---\n"
+	pod := func(sa string) string {
+		return ns + "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: app}\nspec: {serviceAccountName: \"" + sa +
+			"\", containers: []}\nstatus: {podIP: 10.0.0.1}\n"
+	}
+	cases := []struct {
+		name, doc, trustDomain string
+		want                   string // substring of the error; "" for success
+	}{
+		{"valid", pod("web"), "", ""},
+		{"upper-case trust domain", pod("web"), "Cluster.Local", `trust domain "Cluster.Local"`},
+		{"trust domain with a space", pod("web"), "cluster local", `trust domain "cluster local"`},
+		{"service account with a space", pod("bad sa"), "", `bad.yaml: document 2 (Pod app/p): spec.serviceAccountName: invalid identity "spiffe://cluster.local/ns/app/sa/bad sa"`},
+		{"workload entry service account", ns + "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: we, namespace: app}\n" +
+			"spec: {address: 10.0.0.2, serviceAccount: \"bad sa\"}\n", "", "(WorkloadEntry app/we): spec.serviceAccount: invalid identity"},
+		{"service entry endpoint service account", ns + "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: se, namespace: app}\n" +
+			"spec: {hosts: [x.example], ports: [{number: 80, name: http}], resolution: STATIC, endpoints: [{address: 10.0.0.3, serviceAccount: \"A B\"}]}\n",
+			"", "(ServiceEntry app/se): spec.endpoints[0].serviceAccount: invalid identity"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			objs := &Objects{}
+			if err := objs.Decode("bad.yaml", []byte(tc.doc)); err != nil {
+				t.Fatal(err)
+			}
+			res, err := Compile(objs, Options{TrustDomain: tc.trustDomain})
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("Compile: %v", err)
+			case tc.want == "" && len(res.Snapshot.Workloads) != 1:
+				t.Fatalf("workloads = %v", res.Snapshot.Workloads)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("Compile error = %v, want one containing %q", err, tc.want)
+			case tc.want != "" && res != nil:
+				t.Errorf("rejected input produced a result")
+			}
+		})
+	}
+}

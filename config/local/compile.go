@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -93,8 +94,12 @@ type compiler struct {
 // Compile turns objs into Ambit's state with istiod's rules. It validates every object first and
 // returns an *InputError for the first invalid one; nothing is partially compiled.
 func Compile(objs *Objects, opts Options) (*Result, error) {
+	opts = opts.withDefaults()
+	if _, err := spiffeid.TrustDomainFromString(opts.TrustDomain); err != nil {
+		return nil, fmt.Errorf("compile: trust domain %q: %w", opts.TrustDomain, err)
+	}
 	c := &compiler{
-		opts:       opts.withDefaults(),
+		opts:       opts,
 		objs:       objs,
 		namespaces: map[string]map[string]string{},
 		nodes:      map[string]state.Locality{},

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -18,6 +19,17 @@ import (
 	"github.com/ambit-mesh/ambit/mesh/istio"
 	"github.com/ambit-mesh/ambit/mesh/state"
 )
+
+// validIdentity checks that w's identity (trust domain, namespace, service account) is a valid SPIFFE
+// ID. A workload whose identity does not parse could never be verified as a peer: accepting it would
+// leave the agents and the waypoint with no identity to expect of it.
+func validIdentity(w *state.Workload) error {
+	id := state.SPIFFEID(w.TrustDomain, w.Namespace, w.ServiceAccount)
+	if _, err := spiffeid.FromString(id); err != nil {
+		return fmt.Errorf("invalid identity %q: %w", id, err)
+	}
+	return nil
+}
 
 func validatePod(p *corev1.Pod) error {
 	if p.Status.PodIP != "" {
@@ -163,6 +175,9 @@ func (c *compiler) buildPodWorkloads() error {
 			w.Services = append(w.Services, state.ServiceRef{Service: info.svc.Key(), Ports: podPorts(p, info)})
 		}
 		w.AuthorizationPolicies = c.workloadPolicies(p.Namespace, p.Labels)
+		if err := validIdentity(w); err != nil {
+			return c.inputErr(p, "Pod", &p.ObjectMeta, fmt.Errorf("spec.serviceAccountName: %w", err))
+		}
 		c.res.Snapshot.Workloads = append(c.res.Snapshot.Workloads, w)
 	}
 	return nil
@@ -291,6 +306,9 @@ func (c *compiler) convertWorkloadEntry(we *networkingv1.WorkloadEntry) error {
 	if err := setEntryAddress(w, spec.Address); err != nil {
 		return err
 	}
+	if err := validIdentity(w); err != nil {
+		return fmt.Errorf("spec.serviceAccount: %w", err)
+	}
 	if res.Waypoint != nil {
 		w.Waypoint = res.Waypoint.Address
 	}
@@ -375,6 +393,9 @@ func (c *compiler) buildServiceEntryWorkloads() error {
 			}
 			if err := setEntryAddress(w, ep.Address); err != nil {
 				return c.inputErr(se, "ServiceEntry", &se.ObjectMeta, fmt.Errorf("spec.endpoints[%d]: %w", i, err))
+			}
+			if err := validIdentity(w); err != nil {
+				return c.inputErr(se, "ServiceEntry", &se.ObjectMeta, fmt.Errorf("spec.endpoints[%d].serviceAccount: %w", i, err))
 			}
 			if !implicit {
 				res, _ := c.bindWorkload(metav1.ObjectMeta{Namespace: se.Namespace, Name: se.Name, Labels: ep.Labels})

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -200,6 +201,9 @@ func ConvertWorkload(in *workloadapi.Workload) (*state.Workload, error) {
 	}
 	if err := w.Validate(); err != nil {
 		return nil, err
+	}
+	if _, err := spiffeid.FromString(w.Identity()); err != nil {
+		return nil, fmt.Errorf("workload %s: %w %q: %w", w.UID, ErrInvalidIdentity, w.Identity(), err)
 	}
 	return w, nil
 }

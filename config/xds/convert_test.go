@@ -231,6 +231,8 @@ func TestConvertRejects(t *testing.T) {
 			w.Waypoint = xdstest.WaypointHost("demo", "w")
 			w.Waypoint.HboneMtlsPort = 1 << 16
 		}), xds.ErrPortRange},
+		{"upper-case trust domain", podName, pod(func(w *wapi.Workload) { w.TrustDomain = "Cluster.Local" }), xds.ErrInvalidIdentity},
+		{"service account with a space", podName, pod(func(w *wapi.Workload) { w.ServiceAccount = "bad sa" }), xds.ErrInvalidIdentity},
 		{"network gateway without destination", podName, pod(func(w *wapi.Workload) { w.NetworkGateway = &wapi.GatewayAddress{} }), state.ErrInvalidGateway},
 		{"service key without slash", podName, pod(func(w *wapi.Workload) { w.Services = map[string]*wapi.PortList{"nope": {}} }), xds.ErrServiceKey},
 		{"service key without namespace", podName, pod(func(w *wapi.Workload) { w.Services = map[string]*wapi.PortList{"/h": {}} }), xds.ErrServiceKey},

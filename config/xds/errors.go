@@ -24,6 +24,9 @@ var (
 	ErrInvalidMatch = errors.New("string match without a match type")
 	// ErrDuplicate reports a resource name that appears more than once in one response.
 	ErrDuplicate = errors.New("duplicate resource name in response")
+	// ErrInvalidIdentity reports a workload whose identity (trust domain, namespace, service account) is
+	// not a valid SPIFFE ID: no peer could ever be verified as it, so it is refused rather than stored.
+	ErrInvalidIdentity = errors.New("invalid workload identity")
 	// ErrUnknownWaypoint reports a waypoint hostname that names no known service.
 	ErrUnknownWaypoint = errors.New("waypoint service not known")
 )

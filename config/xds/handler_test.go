@@ -50,11 +50,15 @@ func TestAddressHandlerPartialRejection(t *testing.T) {
 	ctx := context.Background()
 	bad := xdstest.Pod("demo", "bad", "10.0.0.9")
 	bad.GetWorkload().Addresses = [][]byte{{1, 2, 3}}
+	// A trust domain that is no SPIFFE trust domain: NACKed, never stored (issue 14 item 8).
+	badID := xdstest.Pod("demo", "bad-id", "10.0.0.10")
+	badID.GetWorkload().TrustDomain = "Cluster.Local"
 	dup := xdstest.PodUID("demo", "dup")
 	rej := h.HandleUpdate(ctx, update(
 		res(podA, xdstest.Pod("demo", "a", "10.0.0.1", xdstest.InService("demo", "echo"))),
 		res(svcEcho, xdstest.Service("demo", "echo", "10.96.0.1")),
 		res(xdstest.PodUID("demo", "bad"), bad),
+		res(xdstest.PodUID("demo", "bad-id"), badID),
 		res(dup, xdstest.Pod("demo", "dup", "10.0.0.7")),
 		res(dup, xdstest.Pod("demo", "dup", "10.0.0.8")),
 		xdsclient.Resource{Name: "garbage", Body: &anypb.Any{TypeUrl: xds.AddressTypeURL, Value: []byte{0xff}}},
@@ -62,7 +66,8 @@ func TestAddressHandlerPartialRejection(t *testing.T) {
 	))
 	r := rejected(rej)
 	for name, want := range map[string]error{xdstest.PodUID("demo", "bad"): xds.ErrAddressLength, dup: xds.ErrDuplicate,
-		"garbage": xds.ErrDecode, "wrong-type": xds.ErrWrongType} {
+		xdstest.PodUID("demo", "bad-id"): xds.ErrInvalidIdentity,
+		"garbage":                        xds.ErrDecode, "wrong-type": xds.ErrWrongType} {
 		if !errors.Is(r[name].Err, want) {
 			t.Errorf("rejection of %s = %v, want %v", name, r[name].Err, want)
 		}
@@ -70,7 +75,7 @@ func TestAddressHandlerPartialRejection(t *testing.T) {
 			t.Errorf("%s kept although nothing was held", name)
 		}
 	}
-	if len(rej) != 4 {
+	if len(rej) != 5 {
 		t.Errorf("rejections = %v", rej)
 	}
 	// The valid rest applied.
@@ -82,6 +87,9 @@ func TestAddressHandlerPartialRejection(t *testing.T) {
 	}
 	if st.WorkloadByAddr(state.AddrOf(netip.MustParseAddr("10.0.0.7"))) != nil {
 		t.Error("a duplicate was applied")
+	}
+	if st.WorkloadByAddr(state.AddrOf(netip.MustParseAddr("10.0.0.10"))) != nil {
+		t.Error("a workload with an invalid identity was applied")
 	}
 
 	// A bad new version leaves the last good one serving, and is kept so that removals still reach it.

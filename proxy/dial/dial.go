@@ -7,6 +7,8 @@ package dial
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -21,28 +23,49 @@ type TCP interface {
 	DialContext(ctx context.Context, network, address string) (net.Conn, error)
 }
 
+// ErrNoIdentity reports an HBONE plan with no valid identity to expect of the peer: the upstream's
+// identity does not parse as a SPIFFE ID, or there is none at all. Such a plan is never dialled, since
+// an empty expected list would accept any identity (fail closed).
+var ErrNoIdentity = errors.New("no valid SPIFFE identity to expect of the upstream")
+
 // Upstream opens p's next hop. For an HBONE plan it opens a stream through pool to p.NextHop with the
-// :authority p.Authority, accepting only the identities the plan expects; t supplies the rest (the
-// source identity, the source IP to dial from, the CONNECT headers). Otherwise it dials p.NextHop with
-// tcp.
+// :authority p.Authority, accepting only the identities the plan expects (ErrNoIdentity, without
+// dialling, when there is none); t supplies the rest (the source identity, the source IP to dial from,
+// the CONNECT headers). Otherwise it dials p.NextHop with tcp.
 func Upstream(ctx context.Context, p *route.Plan, pool hbone.Dialer, tcp TCP, t hbone.Target) (net.Conn, error) {
 	if p.Protocol != route.ProtocolHBONE {
 		return tcp.DialContext(ctx, "tcp", p.NextHop.String())
 	}
+	expected, err := ExpectedIdentities(p)
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", p.NextHop, err)
+	}
 	t.NextHop = p.NextHop
 	t.Authority = p.Authority.String()
-	t.Expected = ExpectedIdentities(p)
+	t.Expected = expected
 	return pool.Dial(ctx, t)
 }
 
-// ExpectedIdentities returns the SPIFFE identities p's HBONE peer may present (its upstream's and the
-// service SANs); values that do not parse as SPIFFE IDs are skipped.
-func ExpectedIdentities(p *route.Plan) []spiffeid.ID {
+// ExpectedIdentities returns the SPIFFE identities p's HBONE peer may present: its upstream's and the
+// service SANs. The upstream's identity must parse and the list must not be empty (ErrNoIdentity
+// otherwise); a SAN that does not parse is skipped (it only narrows what is accepted).
+func ExpectedIdentities(p *route.Plan) ([]spiffeid.ID, error) {
 	var expected []spiffeid.ID
-	p.ExpectedIdentities(func(s string) {
+	if p.Upstream != nil {
+		id, err := spiffeid.FromString(p.Upstream.Identity())
+		if err != nil {
+			return nil, fmt.Errorf("%w: workload %s/%s identity %q: %w", ErrNoIdentity, p.Upstream.Namespace, p.Upstream.Name,
+				p.Upstream.Identity(), err)
+		}
+		expected = append(expected, id)
+	}
+	for _, s := range p.SANs {
 		if id, err := spiffeid.FromString(s); err == nil {
 			expected = append(expected, id)
 		}
-	})
-	return expected
+	}
+	if len(expected) == 0 {
+		return nil, ErrNoIdentity
+	}
+	return expected, nil
 }

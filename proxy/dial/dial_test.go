@@ -2,6 +2,7 @@ package dial
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/netip"
@@ -34,7 +35,7 @@ func TestUpstream(t *testing.T) {
 		return &hbone.Credentials{ID: id, Certificate: cert, Roots: roots}
 	}
 	srvCreds, cliCreds := creds(server), creds(client)
-	authority := make(chan string, 2)
+	authority := make(chan string, 16) // a stream that should not exist must not block the server
 	srv := &hbone.Server{
 		Credentials: func(context.Context, netip.AddrPort) (*hbone.Credentials, error) { return srvCreds, nil },
 		Handler: hbone.HandlerFunc(func(_ context.Context, r *hbone.Request) error {
@@ -75,8 +76,8 @@ func TestUpstream(t *testing.T) {
 	up := &state.Workload{UID: "u", Name: "server", Namespace: "app", ServiceAccount: "server", TrustDomain: "cluster.local",
 		Addresses: []netip.Addr{hop.Addr()}}
 	plan := &route.Plan{Protocol: route.ProtocolHBONE, NextHop: hop, Authority: netip.MustParseAddrPort("10.1.0.1:8080"), Upstream: up}
-	if got := ExpectedIdentities(plan); len(got) != 1 || got[0] != server {
-		t.Fatalf("expected identities %v", got)
+	if got, err := ExpectedIdentities(plan); err != nil || len(got) != 1 || got[0] != server {
+		t.Fatalf("expected identities %v, %v", got, err)
 	}
 	c, err := Upstream(ctx, plan, pool, &net.Dialer{}, hbone.Target{Source: client})
 	if err != nil {
@@ -93,6 +94,31 @@ func TestUpstream(t *testing.T) {
 	if c, err := Upstream(ctx, &wrong, pool, &net.Dialer{}, hbone.Target{Source: client}); err == nil {
 		c.Close()
 		t.Error("a server presenting an unexpected identity was accepted")
+	}
+
+	// Fail closed (issue 14 item 8): an upstream identity that does not parse (an upper-case trust
+	// domain) or no identity at all never means "anyone in the trust domain": nothing is dialled.
+	for name, p := range map[string]route.Plan{
+		"invalid upstream identity": {Protocol: route.ProtocolHBONE, NextHop: hop, Authority: plan.Authority,
+			Upstream: &state.Workload{UID: "w", Name: "server", Namespace: "app", ServiceAccount: "server", TrustDomain: "Cluster.Local"}},
+		"invalid upstream identity with a valid SAN": {Protocol: route.ProtocolHBONE, NextHop: hop, Authority: plan.Authority,
+			Upstream: &state.Workload{UID: "w", Name: "server", Namespace: "app", ServiceAccount: "server", TrustDomain: "Cluster.Local"},
+			SANs:     []string{server.String()}},
+		"no identity":         {Protocol: route.ProtocolHBONE, NextHop: hop, Authority: plan.Authority},
+		"only an invalid SAN": {Protocol: route.ProtocolHBONE, NextHop: hop, Authority: plan.Authority, SANs: []string{"spiffe://Cluster.Local/x"}},
+	} {
+		c, err := Upstream(ctx, &p, pool, &net.Dialer{}, hbone.Target{Source: client})
+		if err == nil {
+			c.Close()
+			t.Errorf("%s: dialled and accepted the server", name)
+		} else if !errors.Is(err, ErrNoIdentity) {
+			t.Errorf("%s: error %v, want ErrNoIdentity", name, err)
+		}
+	}
+	select {
+	case a := <-authority:
+		t.Errorf("a plan without a valid expected identity reached the server (authority %s)", a)
+	default:
 	}
 
 	tcpLn, err := net.Listen("tcp", "127.0.0.1:0")

@@ -22,8 +22,13 @@
 // pooled 4 KiB read-ahead, and HTTP/2 writes are coalesced with at most 64 KiB pending. With
 // Options.StreamIdleTimeout (the waypoint's --stream-idle-timeout, Envoy's stream_idle_timeout), a request
 // whose body moves no bytes either way for that long is ended: 408 "stream timeout" (flag SI) before the
-// response started, a reset after; a trickling body cannot hold a request forever. WebSocket and other HTTP/1.1 upgrades are relayed as
-// raw bytes after the 101.
+// response started, a reset after; a trickling body cannot hold a request forever.
+//
+// Upgrades, as Istio configures Envoy (upgrade_configs: websocket): a WebSocket upgrade is relayed as raw
+// bytes after the 101; an h2c upgrade is stripped (Upgrade, HTTP2-Settings and their Connection tokens)
+// and the request continues as HTTP/1.1, as Envoy's HTTP/1 codec does; any other upgrade type gets 403.
+// A 101 from a backend to a request without an allowed upgrade is never relayed (502 UPE), so no
+// backend can turn a stream into a tunnel that later requests' policy does not see (h2c smuggling).
 //
 // The engine is safe for concurrent use; Update swaps the configuration atomically, so a request runs
 // start to end with one version and in-flight requests are never dropped by a reload. The state of one

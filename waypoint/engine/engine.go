@@ -92,7 +92,7 @@ type Engine struct {
 	log     *slog.Logger
 	metrics *telemetry.Metrics
 	tracing *telemetry.Tracing
-	authn   jwt.Authenticator
+	authn   *jwt.Authenticator
 	clus    upstream.Manager
 	now     func() time.Time
 
@@ -148,7 +148,7 @@ func New(opts Options) (*Engine, error) {
 	if e.now == nil {
 		e.now = time.Now
 	}
-	e.authn.Log = e.log
+	e.authn = jwt.New(jwt.Options{Log: e.log.With("component", "jwks")})
 	if e.tracing == nil {
 		if e.tracing, err = telemetry.NewTracing(context.Background(), telemetry.TracingOptions{ServiceName: opts.Name}); err != nil {
 			return nil, err
@@ -221,6 +221,13 @@ func New(opts Options) (*Engine, error) {
 
 // Update swaps in cfg; requests already running finish with the configuration they started with.
 func (e *Engine) Update(cfg *model.Config) {
+	// The JWKS of cfg are fetched before cfg serves (bounded by the fetch timeout), then kept fresh in
+	// the background; requests only read the last good keys.
+	var rules []model.JWTRule
+	for _, p := range cfg.JWT {
+		rules = append(rules, p.Rules...)
+	}
+	e.authn.Sync(context.Background(), rules)
 	e.snap.Store(&snapshot{cfg: cfg, tables: map[routing.Target]*routing.Table{}})
 	now := e.now()
 	e.bmu.Lock()
@@ -249,6 +256,7 @@ func (e *Engine) Close() error {
 	e.wg.Wait()
 	e.h1.CloseIdleConnections()
 	e.h2.CloseIdleConnections()
+	e.authn.Close()
 	if terr := e.tracing.Shutdown(ctx); terr != nil && err == nil {
 		err = terr
 	}

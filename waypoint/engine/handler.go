@@ -52,6 +52,7 @@ const (
 	FlagRBAC          = "RBAC"
 	FlagUnauthorized  = "UAEX"
 	FlagReset         = "UR"
+	FlagProtocolError = "UPE"
 	FlagDownstreamEnd = "DC"
 	FlagStreamIdle    = "SI"
 )
@@ -76,6 +77,7 @@ type reqState struct {
 	span      trace.Span
 	hashKey   string
 	setCookie *http.Cookie
+	upgrade   bool // an allowed (WebSocket) upgrade: only then may the backend answer 101
 
 	// Parts of the request kept here rather than allocated on their own.
 	rw         respWriter
@@ -276,34 +278,55 @@ func (e *Engine) target(info *ConnInfo) routing.Target {
 	return t
 }
 
-// targets reports whether a policy targeting refs (in namespace ns) applies to this request.
-func (e *Engine) targets(refs []model.TargetRef, info *ConnInfo, route *model.Route) bool {
-	for _, t := range refs {
-		switch t.Kind {
-		case model.KindGateway:
-			if t.Namespace == e.opts.Namespace && t.Name == e.opts.Name {
-				return true
-			}
-		case model.KindGatewayClass:
-			if t.Namespace == e.opts.RootNamespace && t.Name == istio.WaypointClassName {
-				return true
-			}
-		case model.KindService, model.KindServiceEntry:
-			if s := info.Service; s != nil && s.Namespace == t.Namespace && s.Name == t.Name {
-				return true
-			}
-		case model.KindHTTPRoute, model.KindGRPCRoute:
-			if route != nil && route.Kind == t.Kind && route.Namespace == t.Namespace && route.Name == t.Name {
-				return true
-			}
-		}
+// destination is what policies' targetRefs are matched against for traffic arriving on info (with
+// route selected, if any): the one selection the HTTP pipeline and AuthorizeTCP share.
+func (e *Engine) destination(info *ConnInfo, route *model.Route) policy.Destination {
+	d := policy.Destination{GatewayNamespace: e.opts.Namespace, GatewayName: e.opts.Name, RootNamespace: e.opts.RootNamespace,
+		GatewayClass: istio.WaypointClassName, Route: route}
+	if s := info.Service; s != nil {
+		d.ServiceNamespace, d.ServiceName = s.Namespace, s.Name
 	}
-	return false
+	return d
+}
+
+// targets reports whether a policy targeting refs applies to this request.
+func (e *Engine) targets(refs []model.TargetRef, info *ConnInfo, route *model.Route) bool {
+	d := e.destination(info, route)
+	return policy.Targets(refs, &d)
+}
+
+// AuthorizeTCP applies the AuthorizationPolicies of the configuration in use that target info's
+// destination (the waypoint's Gateway, its GatewayClass, the service; exactly those the HTTP path
+// applies) to a TCP stream, with Istio's TCP semantics (policy.EvaluateTCP). The waypoint calls it for
+// TCP ports and for the non-HTTP fallback on HTTP ports.
+func (e *Engine) AuthorizeTCP(info *ConnInfo) policy.Decision {
+	d := e.destination(info, nil)
+	pols := policy.Select(e.snap.Load().cfg.Authz, &d)
+	if len(pols) == 0 {
+		return policy.Decision{Allow: true}
+	}
+	peer := authz.PeerFromSPIFFE(info.PeerID)
+	return policy.EvaluateTCP(pols, &policy.Request{Principal: peer.Principal, Namespace: peer.Namespace,
+		SourceIP: info.Remote.Addr().Unmap(), Port: info.Target.Port()})
 }
 
 func (e *Engine) handle(w http.ResponseWriter, r *http.Request, rs *reqState) {
 	info, cfg := rs.info, rs.snap.cfg
 	now := e.now()
+
+	// 0. Upgrades: WebSocket only; h2c is stripped (HTTP2-Settings too), any other type refused.
+	// HTTP2-Settings is connection-specific: never forwarded.
+	switch classifyUpgrade(r.Header) {
+	case upgradeAllow:
+		rs.upgrade = true
+	case upgradeStrip:
+		stripUpgrade(r.Header)
+	case upgradeReject:
+		local(w, r, http.StatusForbidden, "", nil)
+		e.log.Debug("upgrade refused", "upgrade", r.Header.Get("Upgrade"), "path", r.URL.Path)
+		return
+	}
+	r.Header.Del("Http2-Settings")
 
 	// 1. RequestAuthentication.
 	var rules []model.JWTRule
@@ -324,8 +347,9 @@ func (e *Engine) handle(w http.ResponseWriter, r *http.Request, rs *reqState) {
 		}
 		if res != nil {
 			claims = res.Claims
-			res.Apply(r)
 		}
+		// Claim headers are always the waypoint's: a client's values never pass, token or not.
+		jwt.Apply(r, rules, res)
 	}
 
 	// 2. Authorization.
@@ -733,6 +757,9 @@ func applyHeaderMod(h http.Header, m *model.HeaderMod) {
 
 // modifyResponse applies the response filters (ReverseProxy ModifyResponse hook).
 func (rs *reqState) modifyResponse(resp *http.Response) error {
+	if resp.StatusCode == http.StatusSwitchingProtocols && (!rs.upgrade || !strings.EqualFold(resp.Header.Get("Upgrade"), "websocket")) {
+		return errUnexpectedUpgrade // the proxy closes the body (releasing the attempt) and calls proxyError
+	}
 	if resp.StatusCode == http.StatusSwitchingProtocols && rs.idle != nil {
 		// The upgraded bytes bypass the request's counters; the HBONE stream's idle timeout covers them.
 		rs.idle.stop()
@@ -754,6 +781,9 @@ func (rs *reqState) proxyError(w http.ResponseWriter, r *http.Request, err error
 	case errors.Is(err, upstream.ErrOverflow):
 		rs.flag(FlagOverflow)
 		local(w, r, http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: overflow", nil)
+	case errors.Is(err, errUnexpectedUpgrade):
+		rs.flag(FlagProtocolError)
+		local(w, r, http.StatusBadGateway, "upstream connect error or disconnect/reset before headers. reset reason: protocol error", nil)
 	case errors.Is(err, upstream.ErrNoHealthy):
 		rs.flag(FlagNoHealthy)
 		local(w, r, http.StatusServiceUnavailable, "no healthy upstream", nil)

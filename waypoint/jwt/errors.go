@@ -9,6 +9,8 @@ var (
 	ErrExpired       = errors.New("jwt is expired")
 	ErrAudience      = errors.New("audiences in jwt are not allowed")
 	ErrJWKS          = errors.New("jwks fetch failed")
+	// ErrJWKSTooLarge reports a JWKS document larger than MaxJWKSSize (a fetch failure: ErrJWKS).
+	ErrJWKSTooLarge = errors.New("JWKS document larger than 1 MiB")
 )
 
 // Message returns the 401 body Envoy's jwt_authn filter sends for err.

@@ -12,6 +12,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
@@ -24,26 +25,294 @@ import (
 // MaxTokenSize bounds the token read from a request (larger tokens fail verification).
 const MaxTokenSize = 16 << 10
 
+// MaxJWKSSize bounds a JWKS document, inline, from a file or over http(s) (ErrJWKSTooLarge beyond it).
+const MaxJWKSSize = 1 << 20
+
+// Defaults of Options.
+const (
+	DefaultRefresh   = 20 * time.Minute // Istio's JWKS refresh interval
+	DefaultFilePoll  = time.Second
+	DefaultTimeout   = 5 * time.Second
+	maxRetryInterval = 30 * time.Second
+)
+
 var algs = []jose.SignatureAlgorithm{jose.RS256, jose.RS384, jose.RS512, jose.PS256, jose.PS384, jose.PS512,
 	jose.ES256, jose.ES384, jose.ES512, jose.EdDSA}
 
-// Authenticator verifies tokens and caches JWKS. It is safe for concurrent use.
-type Authenticator struct {
-	// Client fetches http(s) JWKS; nil uses a client with a 5 s timeout.
+// Options configure an Authenticator.
+type Options struct {
+	// Client fetches http(s) JWKS; nil uses a client with DefaultTimeout.
 	Client *http.Client
-	// Refresh is how long a fetched JWKS is used (default 20 min, Istio's); files are re-read after 1 s.
-	Refresh time.Duration
-	Log     *slog.Logger
-
-	mu    sync.Mutex
-	cache map[string]*keySet // guarded by mu; by URI or inline text
+	// Refresh is how often an http(s) JWKS is fetched again (default DefaultRefresh); FilePoll how often
+	// a file:// JWKS is checked for changes (default DefaultFilePoll). A failed fetch is retried sooner,
+	// from 1 s doubling to 30 s.
+	Refresh, FilePoll time.Duration
+	Log               *slog.Logger
 }
 
-type keySet struct {
+// Authenticator verifies tokens against JWKS key sets it keeps fresh in the background: each remote
+// (file or http) JWKS has a refresher goroutine, owned by the Authenticator and stopped by Close.
+// Requests never fetch and never wait for a fetch: they read the last good key set of their source,
+// and a source that has none (its first fetch failed) fails every token with ErrJWKS (401), as Envoy
+// does when it has no JWKS. It is safe for concurrent use.
+type Authenticator struct {
+	opts   Options
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
 	mu      sync.Mutex
-	keys    *jose.JSONWebKeySet // guarded by mu
-	fetched time.Time           // guarded by mu
-	err     error               // guarded by mu
+	sources map[string]*keySet // guarded by mu; by JWKS URI or "inline:" + the JWKS text
+	closed  bool               // guarded by mu
+}
+
+// keySet is one JWKS source and its last good keys.
+type keySet struct {
+	uri    string // "" for inline
+	keys   atomic.Pointer[jose.JSONWebKeySet]
+	err    atomic.Pointer[error] // the last fetch's failure; nil after a success
+	ready  chan struct{}         // closed once the first fetch attempt has ended
+	cancel context.CancelFunc    // stops the refresher
+}
+
+// New returns an Authenticator with no sources. Call Sync with the rules in use and Close at the end.
+func New(opts Options) *Authenticator {
+	if opts.Refresh <= 0 {
+		opts.Refresh = DefaultRefresh
+	}
+	if opts.FilePoll <= 0 {
+		opts.FilePoll = DefaultFilePoll
+	}
+	if opts.Client == nil {
+		opts.Client = &http.Client{Timeout: DefaultTimeout}
+	}
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Authenticator{opts: opts, ctx: ctx, cancel: cancel, sources: map[string]*keySet{}}
+}
+
+// Close stops every refresher and waits for them.
+func (a *Authenticator) Close() {
+	a.mu.Lock()
+	a.closed = true
+	a.mu.Unlock()
+	a.cancel()
+	a.wg.Wait()
+}
+
+func sourceKey(rule *model.JWTRule) string {
+	if rule.JWKSURI != "" {
+		return rule.JWKSURI
+	}
+	return "inline:" + rule.JWKS
+}
+
+// Sync makes the JWKS sources of rules the ones kept fresh: new sources start (an inline JWKS is
+// parsed at once), sources no rule names any more stop. It returns once every new source's first fetch
+// has ended (each bounded by the client timeout), so that a configuration is served only after its
+// keys were tried, as istiod resolves JWKS before it pushes a configuration; a source that failed
+// keeps retrying in the background.
+func (a *Authenticator) Sync(ctx context.Context, rules []model.JWTRule) {
+	want := map[string]*model.JWTRule{}
+	for i := range rules {
+		want[sourceKey(&rules[i])] = &rules[i]
+	}
+	var started []*keySet
+	a.mu.Lock()
+	for k, ks := range a.sources {
+		if want[k] == nil {
+			delete(a.sources, k)
+			if ks.cancel != nil {
+				ks.cancel()
+			}
+		}
+	}
+	for k, rule := range want {
+		if a.sources[k] == nil {
+			if ks := a.startLocked(k, rule); ks != nil {
+				started = append(started, ks)
+			}
+		}
+	}
+	a.mu.Unlock()
+	for _, ks := range started {
+		select {
+		case <-ks.ready:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// startLocked adds the source k of rule (a.mu held): an inline JWKS is parsed now, a remote one gets
+// a refresher goroutine. It returns nil once the Authenticator is closed.
+func (a *Authenticator) startLocked(k string, rule *model.JWTRule) *keySet {
+	if a.closed {
+		return nil
+	}
+	ks := &keySet{uri: rule.JWKSURI, ready: make(chan struct{})}
+	a.sources[k] = ks
+	if ks.uri == "" {
+		set, err := ParseJWKS([]byte(rule.JWKS))
+		ks.store(set, err)
+		close(ks.ready)
+		return ks
+	}
+	ctx, cancel := context.WithCancel(a.ctx)
+	ks.cancel = cancel
+	a.wg.Go(func() { a.refresh(ctx, ks) })
+	return ks
+}
+
+func (ks *keySet) store(set *jose.JSONWebKeySet, err error) {
+	if err != nil {
+		ks.err.Store(&err)
+		return
+	}
+	ks.keys.Store(set)
+	ks.err.Store(nil)
+}
+
+// lastErr is the last fetch's failure, or a placeholder before the first attempt has ended.
+func (ks *keySet) lastErr() error {
+	if p := ks.err.Load(); p != nil {
+		return *p
+	}
+	return errors.New("JWKS not fetched yet")
+}
+
+// refresh keeps ks fresh until ctx ends: it fetches at once, then every Refresh (FilePoll for a file),
+// retrying a failure sooner; a failed refresh keeps the previous keys.
+func (a *Authenticator) refresh(ctx context.Context, ks *keySet) {
+	every := a.opts.Refresh
+	if strings.HasPrefix(ks.uri, "file://") {
+		every = a.opts.FilePoll
+	}
+	retry := time.Second
+	var last fileVersion
+	logged := "" // the failure last logged: a source failing the same way is logged once
+	t := time.NewTimer(0)
+	defer t.Stop()
+	first := true
+	for {
+		select {
+		case <-ctx.Done():
+			if first {
+				close(ks.ready)
+			}
+			return
+		case <-t.C:
+		}
+		next := every
+		set, version, err := a.load(ctx, ks.uri, last)
+		switch {
+		case err == nil && set == nil: // file unchanged
+		case err == nil:
+			ks.store(set, nil)
+			last, retry, logged = version, time.Second, ""
+		case ctx.Err() != nil:
+		default:
+			ks.store(nil, err)
+			switch {
+			case err.Error() == logged:
+			case ks.keys.Load() != nil:
+				a.opts.Log.Warn("JWKS refresh failed; keeping the previous keys", "jwks", ks.uri, "err", err)
+			default:
+				a.opts.Log.Warn("JWKS fetch failed; tokens of its issuer are rejected until it succeeds", "jwks", ks.uri, "err", err)
+			}
+			logged = err.Error()
+			next = min(retry, every)
+			retry = min(2*retry, maxRetryInterval)
+		}
+		if first {
+			first = false
+			close(ks.ready)
+		}
+		t.Reset(next)
+	}
+}
+
+// fileVersion identifies a JWKS file's content cheaply (size and modification time).
+type fileVersion struct {
+	size int64
+	mod  time.Time
+}
+
+// load fetches and parses the JWKS at uri. For a file whose version is still last it returns (nil,
+// last, nil): nothing changed.
+func (a *Authenticator) load(ctx context.Context, uri string, last fileVersion) (*jose.JSONWebKeySet, fileVersion, error) {
+	u, err := url.Parse(uri)
+	if err != nil {
+		return nil, last, fmt.Errorf("parse JWKS URI: %w", err)
+	}
+	if u.Scheme == "file" {
+		f, err := os.Open(u.Path)
+		if err != nil {
+			return nil, last, fmt.Errorf("read JWKS: %w", err)
+		}
+		defer f.Close()
+		st, err := f.Stat()
+		if err != nil {
+			return nil, last, fmt.Errorf("read JWKS: %w", err)
+		}
+		v := fileVersion{size: st.Size(), mod: st.ModTime()}
+		if v == last && !last.mod.IsZero() {
+			return nil, last, nil
+		}
+		b, err := readLimited(f, uri)
+		if err != nil {
+			return nil, last, err
+		}
+		set, err := ParseJWKS(b)
+		return set, v, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, uri, nil)
+	if err != nil {
+		return nil, last, fmt.Errorf("build JWKS request: %w", err)
+	}
+	resp, err := a.opts.Client.Do(req)
+	if err != nil {
+		return nil, last, fmt.Errorf("fetch JWKS: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, last, fmt.Errorf("fetch JWKS %s: status %d", uri, resp.StatusCode)
+	}
+	b, err := readLimited(resp.Body, uri)
+	if err != nil {
+		return nil, last, err
+	}
+	set, err := ParseJWKS(b)
+	return set, last, err
+}
+
+// readLimited reads at most MaxJWKSSize bytes of r; a longer document is ErrJWKSTooLarge.
+func readLimited(r io.Reader, uri string) ([]byte, error) {
+	b, err := io.ReadAll(io.LimitReader(r, MaxJWKSSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("read JWKS %s: %w", uri, err)
+	}
+	if len(b) > MaxJWKSSize {
+		return nil, fmt.Errorf("read JWKS %s: %w", uri, ErrJWKSTooLarge)
+	}
+	return b, nil
+}
+
+// ParseJWKS parses a JWKS document of at most MaxJWKSSize bytes with at least one key.
+func ParseJWKS(b []byte) (*jose.JSONWebKeySet, error) {
+	if len(b) > MaxJWKSSize {
+		return nil, ErrJWKSTooLarge
+	}
+	var set jose.JSONWebKeySet
+	if err := json.Unmarshal(b, &set); err != nil {
+		return nil, fmt.Errorf("parse JWKS: %w", err)
+	}
+	if len(set.Keys) == 0 {
+		return nil, errors.New("parse JWKS: no keys")
+	}
+	return &set, nil
 }
 
 // Result is a verified token.
@@ -85,8 +354,10 @@ func Find(r *http.Request, rules []model.JWTRule) (token, header, param string) 
 	return "", "", ""
 }
 
-// Authenticate verifies the token in r against rules. It returns (nil, nil) when r carries no token.
-func (a *Authenticator) Authenticate(ctx context.Context, r *http.Request, rules []model.JWTRule, now time.Time) (*Result, error) {
+// Authenticate verifies the token in r against rules with the last good keys of each rule's JWKS. It
+// returns (nil, nil) when r carries no token. It never fetches: a source not synced yet is started in
+// the background and, like one whose fetches failed, fails the token with ErrJWKS.
+func (a *Authenticator) Authenticate(_ context.Context, r *http.Request, rules []model.JWTRule, now time.Time) (*Result, error) {
 	if len(rules) == 0 {
 		return nil, nil
 	}
@@ -94,6 +365,36 @@ func (a *Authenticator) Authenticate(ctx context.Context, r *http.Request, rules
 	if raw == "" {
 		return nil, nil
 	}
+	res, err := Verify(raw, rules, a.keys, now)
+	if err != nil {
+		return nil, err
+	}
+	res.Header, res.Param = header, param
+	return res, nil
+}
+
+// keys returns the last good key set of rule's source.
+func (a *Authenticator) keys(rule *model.JWTRule) (*jose.JSONWebKeySet, error) {
+	k := sourceKey(rule)
+	a.mu.Lock()
+	ks := a.sources[k]
+	if ks == nil {
+		ks = a.startLocked(k, rule)
+	}
+	a.mu.Unlock()
+	if ks == nil {
+		return nil, errors.New("authenticator closed")
+	}
+	if set := ks.keys.Load(); set != nil {
+		return set, nil
+	}
+	return nil, ks.lastErr()
+}
+
+// Verify checks the token raw against rules: the rule of its issuer, a signature by one of the keys
+// keys returns for that rule (the one of the token's kid when it names one), exp and nbf with a minute
+// of leeway, and the rule's audiences. It does no I/O but through keys.
+func Verify(raw string, rules []model.JWTRule, keys func(*model.JWTRule) (*jose.JSONWebKeySet, error), now time.Time) (*Result, error) {
 	if len(raw) > MaxTokenSize {
 		return nil, ErrVerification
 	}
@@ -115,7 +416,7 @@ func (a *Authenticator) Authenticate(ctx context.Context, r *http.Request, rules
 	if rule == nil {
 		return nil, ErrUnknownIssuer
 	}
-	keys, err := a.keys(ctx, rule, now)
+	set, err := keys(rule)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrJWKS, err)
 	}
@@ -126,9 +427,9 @@ func (a *Authenticator) Authenticate(ctx context.Context, r *http.Request, rules
 	if len(tok.Headers) > 0 {
 		kid = tok.Headers[0].KeyID
 	}
-	cands := keys.Keys
+	cands := set.Keys
 	if kid != "" {
-		cands = keys.Key(kid)
+		cands = set.Key(kid)
 	}
 	for _, k := range cands {
 		if err := tok.Claims(k.Public().Key, &std, &raw2); err == nil {
@@ -161,11 +462,22 @@ func (a *Authenticator) Authenticate(ctx context.Context, r *http.Request, rules
 	if azp, ok := raw2["azp"].(string); ok {
 		c.Presenter = azp
 	}
-	return &Result{Claims: c, Rule: rule, Header: header, Param: param}, nil
+	return &Result{Claims: c, Rule: rule}, nil
 }
 
-// Apply removes the token from r unless the rule forwards it, and copies claims to headers.
-func (res *Result) Apply(r *http.Request) {
+// Apply prepares r for the backend after authentication with rules: it always removes the headers any
+// rule's outputClaimToHeaders names (so a client can never supply them), then, for a verified token
+// (res not nil), removes the token unless the rule forwards it and sets the claim headers from the
+// token's claims (a claim the token lacks leaves its header absent).
+func Apply(r *http.Request, rules []model.JWTRule, res *Result) {
+	for i := range rules {
+		for _, h := range rules[i].ClaimHeaders {
+			r.Header.Del(h.Name)
+		}
+	}
+	if res == nil {
+		return
+	}
 	if !res.Rule.ForwardOriginalToken {
 		if res.Header != "" {
 			r.Header.Del(res.Header)
@@ -182,97 +494,4 @@ func (res *Result) Apply(r *http.Request) {
 			r.Header.Set(h.Name, strings.Join(vals, ","))
 		}
 	}
-}
-
-func (a *Authenticator) keys(ctx context.Context, rule *model.JWTRule, now time.Time) (*jose.JSONWebKeySet, error) {
-	src := rule.JWKSURI
-	if src == "" {
-		src = "inline:" + rule.JWKS
-	}
-	a.mu.Lock()
-	if a.cache == nil {
-		a.cache = map[string]*keySet{}
-	}
-	ks := a.cache[src]
-	if ks == nil {
-		ks = &keySet{}
-		a.cache[src] = ks
-	}
-	a.mu.Unlock()
-	ks.mu.Lock()
-	defer ks.mu.Unlock()
-	ttl := a.Refresh
-	if ttl == 0 {
-		ttl = 20 * time.Minute
-	}
-	switch {
-	case rule.JWKSURI == "":
-		ttl = 1<<63 - 1
-	case strings.HasPrefix(rule.JWKSURI, "file://"):
-		ttl = time.Second
-	}
-	if ks.keys != nil && now.Sub(ks.fetched) < ttl {
-		return ks.keys, nil
-	}
-	if ks.err != nil && now.Sub(ks.fetched) < time.Second {
-		return nil, ks.err // do not hammer a failing source
-	}
-	data, err := a.fetch(ctx, rule)
-	ks.fetched = now
-	if err == nil {
-		var set jose.JSONWebKeySet
-		if err = json.Unmarshal(data, &set); err == nil && len(set.Keys) == 0 {
-			err = errors.New("no keys")
-		}
-		if err == nil {
-			ks.keys, ks.err = &set, nil
-			return ks.keys, nil
-		}
-	}
-	ks.err = err
-	if ks.keys != nil {
-		if a.Log != nil {
-			a.Log.Warn("JWKS refresh failed; keeping the previous keys", "jwks", rule.JWKSURI, "err", err)
-		}
-		return ks.keys, nil
-	}
-	return nil, err
-}
-
-func (a *Authenticator) fetch(ctx context.Context, rule *model.JWTRule) ([]byte, error) {
-	if rule.JWKSURI == "" {
-		return []byte(rule.JWKS), nil
-	}
-	u, err := url.Parse(rule.JWKSURI)
-	if err != nil {
-		return nil, fmt.Errorf("parse JWKS URI: %w", err)
-	}
-	if u.Scheme == "file" {
-		b, err := os.ReadFile(u.Path)
-		if err != nil {
-			return nil, fmt.Errorf("read JWKS: %w", err)
-		}
-		return b, nil
-	}
-	c := a.Client
-	if c == nil {
-		c = &http.Client{Timeout: 5 * time.Second}
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rule.JWKSURI, nil)
-	if err != nil {
-		return nil, fmt.Errorf("build JWKS request: %w", err)
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("fetch JWKS: %w", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("fetch JWKS: status %d", resp.StatusCode)
-	}
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return nil, fmt.Errorf("read JWKS: %w", err)
-	}
-	return b, nil
 }

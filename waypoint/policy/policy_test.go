@@ -200,3 +200,51 @@ func splitSegs(p string) []string {
 	}
 	return out
 }
+
+func TestTargets(t *testing.T) {
+	d := &Destination{GatewayNamespace: "app", GatewayName: "wp", RootNamespace: "istio-system", GatewayClass: "istio-waypoint",
+		ServiceNamespace: "app", ServiceName: "web"}
+	workload := &Destination{GatewayNamespace: "app", GatewayName: "wp", RootNamespace: "istio-system", GatewayClass: "istio-waypoint"}
+	route := &model.Route{Kind: model.KindHTTPRoute, Namespace: "app", Name: "r"}
+	withRoute := *d
+	withRoute.Route = route
+	ref := func(kind, ns, name string) []model.TargetRef {
+		return []model.TargetRef{{Kind: kind, Namespace: ns, Name: name}}
+	}
+	tests := []struct {
+		name string
+		refs []model.TargetRef
+		d    *Destination
+		want bool
+	}{
+		{"GatewayClass in the root namespace", ref(model.KindGatewayClass, "istio-system", "istio-waypoint"), d, true},
+		{"GatewayClass for workload-addressed traffic", ref(model.KindGatewayClass, "istio-system", "istio-waypoint"), workload, true},
+		{"GatewayClass outside the root namespace", ref(model.KindGatewayClass, "app", "istio-waypoint"), d, false},
+		{"other GatewayClass", ref(model.KindGatewayClass, "istio-system", "istio"), d, false},
+		{"this Gateway", ref(model.KindGateway, "app", "wp"), d, true},
+		{"this Gateway, workload-addressed", ref(model.KindGateway, "app", "wp"), workload, true},
+		{"other Gateway", ref(model.KindGateway, "app", "other"), d, false},
+		{"the Service", ref(model.KindService, "app", "web"), d, true},
+		{"a ServiceEntry of that name", ref(model.KindServiceEntry, "app", "web"), d, true},
+		{"other Service", ref(model.KindService, "app", "raw"), d, false},
+		{"Service of another namespace", ref(model.KindService, "other", "web"), d, false},
+		{"Service, workload-addressed", ref(model.KindService, "app", "web"), workload, false},
+		{"empty Service ref never matches workload-addressed", ref(model.KindService, "", ""), workload, false},
+		{"route, none selected", ref(model.KindHTTPRoute, "app", "r"), d, false},
+		{"route selected", ref(model.KindHTTPRoute, "app", "r"), &withRoute, true},
+		{"route of another kind", ref(model.KindGRPCRoute, "app", "r"), &withRoute, false},
+		{"any of several", append(ref(model.KindService, "app", "raw"), ref(model.KindGateway, "app", "wp")...), d, true},
+		{"no refs", nil, d, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := Targets(tc.refs, tc.d); got != tc.want {
+				t.Errorf("Targets = %v, want %v", got, tc.want)
+			}
+		})
+	}
+	pols := []*model.AuthzPolicy{{Name: "a", Targets: ref(model.KindService, "app", "raw")}, {Name: "b", Targets: ref(model.KindGatewayClass, "istio-system", "istio-waypoint")}}
+	if got := Select(pols, d); len(got) != 1 || got[0].Name != "b" {
+		t.Errorf("Select = %v", got)
+	}
+}
