@@ -36,7 +36,7 @@ func TestEnrolled(t *testing.T) {
 func TestWaypointPodsNotEnrolled(t *testing.T) {
 	ambient := map[string]string{LabelDataplaneMode: DataplaneModeAmbient}
 	waypointPod := map[string]string{
-		"gateway.istio.io/managed":                    "istio.io-mesh-controller",
+		"gateway.istio.io/managed":                     "istio.io-mesh-controller",
 		"gateway.networking.k8s.io/gateway-class-name": "istio-waypoint",
 		"gateway.networking.k8s.io/gateway-name":       "namespace",
 		"istio.io/dataplane-mode":                      "none",
