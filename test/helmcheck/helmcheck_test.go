@@ -343,3 +343,34 @@ func TestValues(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) { c.check(t, render(t, c.values)) })
 	}
 }
+
+// TestAgentImageCapabilities: the agent image's file capabilities (Dockerfile setcap) must be exactly the chart's
+// default agent capabilities. More would make the kernel refuse to exec the binary in the DaemonSet's container
+// (its bounding set lacks them); fewer would leave a non-root agent without what capture needs.
+func TestAgentImageCapabilities(t *testing.T) {
+	b, err := os.ReadFile("../../Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var file []string
+	for line := range strings.Lines(string(b)) {
+		f := strings.Fields(line)
+		if i := slices.Index(f, "setcap"); i >= 0 && i+1 < len(f) {
+			set, _, _ := strings.Cut(f[i+1], "+")
+			for c := range strings.SplitSeq(set, ",") {
+				file = append(file, strings.ToUpper(strings.TrimPrefix(c, "cap_")))
+			}
+		}
+	}
+	var ds appsv1.DaemonSet
+	strict(t, find(t, render(t, nil), "DaemonSet", "ambit"), &ds)
+	var chart []string
+	for _, c := range ds.Spec.Template.Spec.Containers[0].SecurityContext.Capabilities.Add {
+		chart = append(chart, string(c))
+	}
+	slices.Sort(file)
+	slices.Sort(chart)
+	if len(file) == 0 || !slices.Equal(file, chart) {
+		t.Errorf("Dockerfile setcap %v, chart agent.capabilities %v: they must be equal", file, chart)
+	}
+}

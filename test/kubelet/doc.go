@@ -34,7 +34,8 @@
 // container processes are started with package test/proc, so they die with the process that runs the kubelet.
 //
 // Deviations, by design: no images are pulled (unknown images fail the pod; an image's USER must be numeric),
-// no cgroups or resource limits, no user namespaces, seccomp, AppArmor or SELinux, no sysctls, /proc and /sys
+// no cgroups or resource limits, no user namespaces, seccomp, AppArmor or SELinux, no sysctls, mount propagation
+// is always private (mountPropagation is not emulated), /proc and /sys
 // are the host's (writable for root) rather than masked, the image's files (the host's /usr and the executable)
 // are read-only even without readOnlyRootFilesystem, a privileged container gets the capabilities the test
 // process holds, probes run at most every second, liveness probes are ignored, and only the kubernetes Service
