@@ -29,8 +29,9 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/ambit /out/ambitctl /usr/local/bin/
 # File capabilities let the agent run as a non-root user: BPF programs and maps, TCX links,
-# transparent sockets, marks and routing rules.
-RUN setcap cap_bpf,cap_net_admin,cap_net_raw,cap_sys_admin,cap_perfmon,cap_sys_resource+ep /usr/local/bin/ambit \
+# transparent sockets, marks and routing rules. Exactly the chart's agent.capabilities: the kernel refuses
+# to exec a binary whose file capabilities exceed the container's bounding set (test/helmcheck checks it).
+RUN setcap cap_net_admin,cap_bpf,cap_perfmon+ep /usr/local/bin/ambit \
  && useradd --system --uid 1337 --no-create-home ambit
 USER 1337:1337
 ENTRYPOINT ["/usr/local/bin/ambit"]

@@ -39,7 +39,6 @@ import (
 	"github.com/ambit-mesh/ambit/mesh/state"
 	"github.com/ambit-mesh/ambit/proxy/connmgr"
 	"github.com/ambit-mesh/ambit/proxy/metrics"
-	"github.com/ambit-mesh/ambit/redirect"
 	"github.com/ambit-mesh/ambit/waypoint/compile"
 	"github.com/ambit-mesh/ambit/waypoint/engine"
 	"github.com/ambit-mesh/ambit/waypoint/kube"
@@ -59,7 +58,7 @@ type Waypoint struct {
 	id      spiffeid.ID
 	certs   *identity.Manager
 	issuer  identity.Issuer
-	sockets redirect.SocketFactory
+	sockets sockets     // plain sockets: the waypoint needs no capability
 	pool    *hbone.Pool // the L4 forward's upstreams
 	server  *hbone.Server
 	ln      *net.TCPListener
@@ -95,7 +94,7 @@ func New(cfg Config, log *slog.Logger) (*Waypoint, error) {
 	w := &Waypoint{
 		cfg: cfg, id: id, Store: state.NewStore(), Metrics: metrics.New(admin.Version),
 		log:     log.With("component", "waypoint", "waypoint", cfg.Namespace+"/"+cfg.Name),
-		sockets: redirect.SocketFactory{NetNS: cfg.NetNS},
+		sockets: sockets{netns: cfg.NetNS},
 	}
 	w.rec = metrics.Recorder{Metrics: w.Metrics, Log: w.log}
 	var files []local.File

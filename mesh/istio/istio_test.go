@@ -28,3 +28,28 @@ func TestEnrolled(t *testing.T) {
 		})
 	}
 }
+
+// TestWaypointPodsNotEnrolled: a waypoint pod as istiod's waypoint template renders it (labels copied from
+// istiod's deployment testdata) is never captured, even in an ambient namespace, so the waypoint's own sockets
+// need no mark; a pod that only carries the managed-gateway label is enrolled like any other, as istio-cni's
+// default enablement selectors do.
+func TestWaypointPodsNotEnrolled(t *testing.T) {
+	ambient := map[string]string{LabelDataplaneMode: DataplaneModeAmbient}
+	waypointPod := map[string]string{
+		"gateway.istio.io/managed":                     "istio.io-mesh-controller",
+		"gateway.networking.k8s.io/gateway-class-name": "istio-waypoint",
+		"gateway.networking.k8s.io/gateway-name":       "namespace",
+		"istio.io/dataplane-mode":                      "none",
+		"service.istio.io/canonical-name":              "namespace",
+		"service.istio.io/canonical-revision":          "latest",
+		"sidecar.istio.io/inject":                      "false",
+		"topology.istio.io/network":                    "network-1",
+	}
+	if Enrolled(waypointPod, ambient, false) {
+		t.Error("istiod's waypoint pod is enrolled in an ambient namespace")
+	}
+	managedOnly := map[string]string{"gateway.istio.io/managed": "istio.io-mesh-controller"}
+	if !Enrolled(managedOnly, ambient, false) {
+		t.Error("a pod with only the managed-gateway label is not enrolled; istio-cni's default selectors enroll it")
+	}
+}

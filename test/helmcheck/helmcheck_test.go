@@ -148,8 +148,11 @@ func TestDefaultRendering(t *testing.T) {
 			t.Errorf("readiness probe = %+v", p)
 		}
 		sc := c.SecurityContext
-		if sc == nil || sc.Privileged == nil || !*sc.Privileged || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
-			t.Errorf("security context = %+v", sc)
+		if sc == nil || sc.Privileged == nil || *sc.Privileged || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem ||
+			sc.RunAsUser == nil || *sc.RunAsUser != 0 || sc.Capabilities == nil ||
+			!slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) ||
+			!slices.Equal(sc.Capabilities.Add, []corev1.Capability{"NET_ADMIN", "BPF", "PERFMON"}) {
+			t.Errorf("security context = %+v, want root, not privileged, read-only root, drop ALL, add NET_ADMIN, BPF and PERFMON", sc)
 		}
 		env := map[string]string{}
 		for _, e := range c.Env {
@@ -171,7 +174,7 @@ func TestDefaultRendering(t *testing.T) {
 		for _, m := range c.VolumeMounts {
 			mounts[m.Name] = m
 		}
-		if m := mounts["bpffs"]; m.MountPath != "/sys/fs/bpf" || m.MountPropagation == nil || *m.MountPropagation != corev1.MountPropagationBidirectional {
+		if m := mounts["bpffs"]; m.MountPath != "/sys/fs/bpf" || m.MountPropagation == nil || *m.MountPropagation != corev1.MountPropagationHostToContainer {
 			t.Errorf("bpffs mount = %+v", m)
 		}
 		if mounts["cgroup"].MountPath != "/sys/fs/cgroup" || mounts["istio-token"].MountPath != "/var/run/secrets/tokens" ||
@@ -239,6 +242,11 @@ func TestDefaultRendering(t *testing.T) {
 			!slices.Equal(cs[0].Args, []string{"waypoint"}) {
 			t.Fatalf("overlay containers = %+v", cs)
 		}
+		// istiod's template runs the container as uid 1337 with every capability dropped: the overlay must keep that.
+		if cs[0].SecurityContext != nil || patch.Spec.Template.Spec.SecurityContext != nil || len(cs[0].VolumeMounts) > 0 ||
+			len(patch.Spec.Template.Spec.Volumes) > 0 || len(patch.Spec.Template.Spec.InitContainers) > 0 {
+			t.Errorf("overlay changes more than image, args and env: %+v", patch.Spec.Template.Spec)
+		}
 		env := map[string]string{}
 		for _, e := range cs[0].Env {
 			env[e.Name] = e.Value
@@ -272,6 +280,29 @@ func TestValues(t *testing.T) {
 				}
 				if find(t, objs, "ConfigMap", "ambit-waypoint-class").ns != "mesh" {
 					t.Error("waypoint class configuration not in istioNamespace")
+				}
+			}},
+		{"privileged agent", map[string]any{"agent": map[string]any{"privileged": true}},
+			func(t *testing.T, objs []object) {
+				var ds appsv1.DaemonSet
+				strict(t, find(t, objs, "DaemonSet", "ambit"), &ds)
+				c := ds.Spec.Template.Spec.Containers[0]
+				if sc := c.SecurityContext; sc == nil || sc.Privileged == nil || !*sc.Privileged || sc.Capabilities != nil {
+					t.Errorf("security context = %+v", sc)
+				}
+				for _, m := range c.VolumeMounts {
+					if m.Name == "bpffs" && (m.MountPropagation == nil || *m.MountPropagation != corev1.MountPropagationBidirectional) {
+						t.Errorf("bpffs mount = %+v, want Bidirectional", m)
+					}
+				}
+			}},
+		{"extra capabilities", map[string]any{"agent": map[string]any{"capabilities": []any{"NET_ADMIN", "BPF", "SYS_RESOURCE"}}},
+			func(t *testing.T, objs []object) {
+				var ds appsv1.DaemonSet
+				strict(t, find(t, objs, "DaemonSet", "ambit"), &ds)
+				sc := ds.Spec.Template.Spec.Containers[0].SecurityContext
+				if sc == nil || sc.Capabilities == nil || !slices.Equal(sc.Capabilities.Add, []corev1.Capability{"NET_ADMIN", "BPF", "SYS_RESOURCE"}) {
+					t.Errorf("security context = %+v", sc)
 				}
 			}},
 		{"image, uplinks, addresses and extra env", map[string]any{
@@ -310,5 +341,36 @@ func TestValues(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) { c.check(t, render(t, c.values)) })
+	}
+}
+
+// TestAgentImageCapabilities: the agent image's file capabilities (Dockerfile setcap) must be exactly the chart's
+// default agent capabilities. More would make the kernel refuse to exec the binary in the DaemonSet's container
+// (its bounding set lacks them); fewer would leave a non-root agent without what capture needs.
+func TestAgentImageCapabilities(t *testing.T) {
+	b, err := os.ReadFile("../../Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var file []string
+	for line := range strings.Lines(string(b)) {
+		f := strings.Fields(line)
+		if i := slices.Index(f, "setcap"); i >= 0 && i+1 < len(f) {
+			set, _, _ := strings.Cut(f[i+1], "+")
+			for c := range strings.SplitSeq(set, ",") {
+				file = append(file, strings.ToUpper(strings.TrimPrefix(c, "cap_")))
+			}
+		}
+	}
+	var ds appsv1.DaemonSet
+	strict(t, find(t, render(t, nil), "DaemonSet", "ambit"), &ds)
+	var chart []string
+	for _, c := range ds.Spec.Template.Spec.Containers[0].SecurityContext.Capabilities.Add {
+		chart = append(chart, string(c))
+	}
+	slices.Sort(file)
+	slices.Sort(chart)
+	if len(file) == 0 || !slices.Equal(file, chart) {
+		t.Errorf("Dockerfile setcap %v, chart agent.capabilities %v: they must be equal", file, chart)
 	}
 }

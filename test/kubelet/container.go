@@ -24,6 +24,8 @@ type Image struct {
 	Path string
 	// Entrypoint is the image's ENTRYPOINT (default: Path).
 	Entrypoint []string
+	// User is the image's USER, numeric "uid" or "uid:gid" (default: root).
+	User string
 }
 
 // imageRepository strips the tag and digest of an image reference.
@@ -126,20 +128,24 @@ func command(c *corev1.Container, img Image, env map[string]string) []string {
 // mount is one bind mount into a container's root.
 type mount struct {
 	host, path string
+	readOnly   bool
 }
 
 // launchScript builds the shell script that makes the container's root and starts argv in it. It runs inside
 // the pod's network namespace (nsenter) and a private mount namespace (unshare), so nothing it mounts is seen
 // by the host: a tmpfs root with the host's /usr (except /usr/local), the usr-merged /bin, /sbin and /lib
 // links, /proc, /sys and /dev, a fresh /etc with the generated hosts file, then the image's executable and the
-// volumes at their paths, and finally chroot.
-func launchScript(root, etc string, img Image, mounts []mount) (string, error) {
+// volumes at their paths. The host's directories and the image's executable are read-only, as an image's files
+// are to the host; with readOnlyRootFilesystem the root itself becomes read-only (the volumes stay writable
+// unless their mount says readOnly). Last, the script executes the container init of package test/proc, which
+// chroots and applies sec (user, groups, capabilities, no_new_privs) before it executes argv.
+func launchScript(root, etc string, img Image, mounts []mount, sec security) (string, error) {
 	q := func(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 	var b strings.Builder
 	b.WriteString("set -e\nR=" + q(root) + "\n")
 	b.WriteString("mount -t tmpfs -o mode=0755 kubelet-root \"$R\"\n")
 	b.WriteString(`for d in bin sbin lib lib32 lib64 libx32; do
-  if [ -L /$d ]; then ln -s "$(readlink /$d)" "$R/$d"; elif [ -d /$d ]; then mkdir "$R/$d"; mount --rbind /$d "$R/$d"; fi
+  if [ -L /$d ]; then ln -s "$(readlink /$d)" "$R/$d"; elif [ -d /$d ]; then mkdir "$R/$d"; mount --rbind /$d "$R/$d"; mount -o remount,bind,ro "$R/$d"; fi
 done
 mkdir -p "$R/usr/local/bin" "$R/proc" "$R/sys" "$R/dev" "$R/tmp" "$R/run" "$R/var/lib" "$R/var/tmp" "$R/etc"
 ln -s ../run "$R/var/run"
@@ -147,14 +153,14 @@ chmod 1777 "$R/tmp" "$R/var/tmp"
 for d in /usr/*; do
   [ "$d" = /usr/local ] && continue
   [ -d "$d" ] || continue
-  mkdir "$R$d"; mount --rbind "$d" "$R$d"
+  mkdir "$R$d"; mount --rbind "$d" "$R$d"; mount -o remount,bind,ro "$R$d"
 done
 mount --rbind /proc "$R/proc"
 mount --rbind /sys "$R/sys"
 mount --rbind /dev "$R/dev"
 `)
 	b.WriteString("cp -a " + q(etc) + "/. \"$R/etc/\"\n")
-	all := append([]mount{{host: img.Binary, path: img.Path}}, mounts...)
+	all := append([]mount{{host: img.Binary, path: img.Path, readOnly: true}}, mounts...)
 	for _, m := range all {
 		p := filepath.Clean(m.path)
 		if !filepath.IsAbs(p) {
@@ -175,8 +181,24 @@ mount --rbind /dev "$R/dev"
 			b.WriteString("mkdir -p \"$R\"" + q(filepath.Dir(p)) + " && touch \"$R\"" + q(p) + "\n")
 		}
 		b.WriteString("mount --bind " + q(m.host) + " \"$R\"" + q(p) + "\n")
+		if m.readOnly {
+			b.WriteString("mount -o remount,bind,ro \"$R\"" + q(p) + "\n")
+		}
 	}
-	b.WriteString("exec chroot \"$R\" \"$@\"\n")
+	if sec.readOnlyRoot {
+		b.WriteString("mount -o remount,bind,ro \"$R\"\n")
+	}
+	ps := sec.Security
+	ps.Root = root
+	init, err := ps.InitArgv()
+	if err != nil {
+		return "", err
+	}
+	b.WriteString("exec")
+	for _, a := range init {
+		b.WriteString(" " + q(a))
+	}
+	b.WriteString(" \"$@\"\n")
 	return b.String(), nil
 }
 

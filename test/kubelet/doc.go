@@ -14,6 +14,14 @@
 //     its path inside a private root. The process runs in the pod's network namespace and in its own mount
 //     namespace with the volumes mounted at their mount paths and an /etc/hosts that names the control-plane
 //     services; command, args and env (including fieldRef and resourceFieldRef) follow the pod spec;
+//   - enforces each container's securityContext (pod level, the container's fields winning) as the kubelet and
+//     containerd/runc do, through the container init of package test/proc: runAsUser, runAsGroup (else the
+//     image's USER, else root), supplementalGroups and fsGroup as supplementary groups, runAsNonRoot (the
+//     container waits in CreateContainerConfigError with the kubelet's message), capabilities (containerd's
+//     default set, drop, add, ALL; privileged gets all), allowPrivilegeEscalation: false as no_new_privs, and
+//     readOnlyRootFilesystem (the private root read-only; volumes writable unless mounted readOnly). Volumes are
+//     owned as the kubelet owns them: emptyDir 0777, fsGroup group ownership with the setgid bit, defaultMode,
+//     and projected tokens 0600 owned by the pods' common runAsUser (or the fsGroup);
 //   - reaches the control plane the way kube-proxy would: the kubernetes Service (and any Options.Services)
 //     answer on their ClusterIP inside every pod and node namespace and are forwarded to the API server and
 //     istiod on the host's loopback;
@@ -25,7 +33,11 @@
 // named after the lab (<lab>-n<i>-k<seq>), so the lab's Close, or the next lab.Sweep after a kill, removes them;
 // container processes are started with package test/proc, so they die with the process that runs the kubelet.
 //
-// Deviations, by design: no images are pulled (unknown images fail the pod), no cgroups or resource limits,
-// no user or capability changes (containers run as root), probes run at most every second, liveness probes
-// are ignored, and only the kubernetes Service and Options.Services are reachable by ClusterIP without Ambit.
+// Deviations, by design: no images are pulled (unknown images fail the pod; an image's USER must be numeric),
+// no cgroups or resource limits, no user namespaces, seccomp, AppArmor or SELinux, no sysctls, mount propagation
+// is always private (mountPropagation is not emulated), /proc and /sys
+// are the host's (writable for root) rather than masked, the image's files (the host's /usr and the executable)
+// are read-only even without readOnlyRootFilesystem, a privileged container gets the capabilities the test
+// process holds, probes run at most every second, liveness probes are ignored, and only the kubernetes Service
+// and Options.Services are reachable by ClusterIP without Ambit.
 package kubelet

@@ -16,21 +16,75 @@ import (
 
 // volumeFile is one file of a prepared volume.
 type volumeFile struct {
-	path string
-	data []byte
-	mode os.FileMode
+	path  string
+	data  []byte
+	mode  os.FileMode // 0: the volume's defaultMode
+	owner *int64      // the file's user (nil: root)
+}
+
+// defaultMode is the mode of a volume's files without one of their own (the API's default is 0644).
+func defaultMode(m *int32) os.FileMode {
+	if m == nil {
+		return 0o644
+	}
+	return os.FileMode(*m)
+}
+
+// setOwnership gives a volume to fsGroup as the kubelet's SetVolumeOwnership does: every file and directory gets
+// group fsGroup and group read (and write, unless the volume is read-only: configMap, secret, downwardAPI and
+// projected volumes) permission, directories also the setgid bit so that new files inherit the group.
+func setOwnership(dir string, fsGroup int64, readOnly bool) error {
+	return filepath.Walk(dir, func(path string, info os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		if err := os.Lchown(path, -1, int(fsGroup)); err != nil {
+			return fmt.Errorf("fsGroup: %w", err)
+		}
+		if info.Mode()&os.ModeSymlink != 0 {
+			return nil
+		}
+		mask := os.FileMode(0o660)
+		if readOnly {
+			mask = 0o440
+		}
+		mode := info.Mode() | mask
+		if info.IsDir() {
+			mask = 0o770
+			if readOnly {
+				mask = 0o550
+			}
+			mode = info.Mode() | mask | os.ModeSetgid
+		}
+		if err := os.Chmod(path, mode); err != nil {
+			return fmt.Errorf("fsGroup: %w", err)
+		}
+		return nil
+	})
 }
 
 // prepareVolumes materialises the pod's volumes under dir/<volume name> and returns the host directory of
 // each volume. It fails (to be retried) while a referenced ConfigMap or Secret is missing.
 func (k *Kubelet) prepareVolumes(ctx context.Context, pod *corev1.Pod, n *node, dir string, ad addrs) (map[string]string, error) {
 	out := map[string]string{}
+	var fsGroup *int64
+	if pod.Spec.SecurityContext != nil {
+		fsGroup = pod.Spec.SecurityContext.FSGroup
+	}
 	for _, v := range pod.Spec.Volumes {
 		host := filepath.Join(dir, v.Name)
 		var files []volumeFile
 		var err error
+		mode := os.FileMode(0o644)
 		switch {
 		case v.EmptyDir != nil:
+			// The kubelet makes emptyDir volumes world-writable (0777), so that any container user can use them.
+			if err := os.MkdirAll(host, 0o777); err != nil {
+				return nil, err
+			}
+			if err := os.Chmod(host, 0o777); err != nil {
+				return nil, err
+			}
 		case v.HostPath != nil:
 			host, err = k.hostPath(n, v.HostPath.Path)
 			if err != nil {
@@ -39,17 +93,21 @@ func (k *Kubelet) prepareVolumes(ctx context.Context, pod *corev1.Pod, n *node, 
 			out[v.Name] = host
 			continue
 		case v.ConfigMap != nil:
+			mode = defaultMode(v.ConfigMap.DefaultMode)
 			files, err = k.configMapFiles(ctx, pod.Namespace, v.ConfigMap.Name, v.ConfigMap.Items, v.ConfigMap.Optional)
 		case v.Secret != nil:
+			mode = defaultMode(v.Secret.DefaultMode)
 			files, err = k.secretFiles(ctx, pod.Namespace, v.Secret.SecretName, v.Secret.Items, v.Secret.Optional)
 		case v.DownwardAPI != nil:
+			mode = defaultMode(v.DownwardAPI.DefaultMode)
 			files, err = downwardFiles(pod, ad, v.DownwardAPI.Items)
 		case v.Projected != nil:
+			mode = defaultMode(v.Projected.DefaultMode)
 			for _, src := range v.Projected.Sources {
 				var fs []volumeFile
 				switch {
 				case src.ServiceAccountToken != nil:
-					fs, err = k.tokenFile(ctx, pod, src.ServiceAccountToken)
+					fs, err = k.tokenFile(ctx, pod, src.ServiceAccountToken, mode, fsGroup != nil)
 				case src.ConfigMap != nil:
 					fs, err = k.configMapFiles(ctx, pod.Namespace, src.ConfigMap.Name, src.ConfigMap.Items, src.ConfigMap.Optional)
 				case src.Secret != nil:
@@ -78,8 +136,22 @@ func (k *Kubelet) prepareVolumes(ctx context.Context, pod *corev1.Pod, n *node, 
 			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 				return nil, err
 			}
-			if err := os.WriteFile(p, f.data, cmp.Or(f.mode, 0o644)); err != nil {
+			m := cmp.Or(f.mode, mode)
+			if err := os.WriteFile(p, f.data, m); err != nil {
 				return nil, err
+			}
+			if err := os.Chmod(p, m); err != nil {
+				return nil, err
+			}
+			if f.owner != nil {
+				if err := os.Chown(p, int(*f.owner), -1); err != nil {
+					return nil, err
+				}
+			}
+		}
+		if fsGroup != nil {
+			if err := setOwnership(host, *fsGroup, v.EmptyDir == nil); err != nil {
+				return nil, fmt.Errorf("volume %s: %w", v.Name, err)
 			}
 		}
 		out[v.Name] = host
@@ -149,8 +221,9 @@ func (k *Kubelet) secretFiles(ctx context.Context, ns, name string, items []core
 }
 
 // tokenFile requests a service-account token bound to the pod (TokenRequest API), as the kubelet does for
-// projected serviceAccountToken sources.
-func (k *Kubelet) tokenFile(ctx context.Context, pod *corev1.Pod, src *corev1.ServiceAccountTokenProjection) ([]volumeFile, error) {
+// projected serviceAccountToken sources. Its mode is the volume's (mode), or 0600 when the pod has an fsGroup
+// or all its containers run as one user, who then owns the file (the kubelet's projected volume plugin).
+func (k *Kubelet) tokenFile(ctx context.Context, pod *corev1.Pod, src *corev1.ServiceAccountTokenProjection, mode os.FileMode, hasFSGroup bool) ([]volumeFile, error) {
 	sa := cmp.Or(pod.Spec.ServiceAccountName, "default")
 	req := &authv1.TokenRequest{Spec: authv1.TokenRequestSpec{
 		ExpirationSeconds: src.ExpirationSeconds,
@@ -163,7 +236,11 @@ func (k *Kubelet) tokenFile(ctx context.Context, pod *corev1.Pod, src *corev1.Se
 	if err != nil {
 		return nil, fmt.Errorf("token for %s/%s: %w", pod.Namespace, sa, err)
 	}
-	return []volumeFile{{path: src.Path, data: []byte(tr.Status.Token), mode: 0o600}}, nil
+	owner := fsUser(pod)
+	if owner != nil || hasFSGroup {
+		mode = 0o600
+	}
+	return []volumeFile{{path: src.Path, data: []byte(tr.Status.Token), mode: mode, owner: owner}}, nil
 }
 
 func downwardFiles(pod *corev1.Pod, ad addrs, items []corev1.DownwardAPIVolumeFile) ([]volumeFile, error) {

@@ -214,22 +214,30 @@ func (w *podWorker) setup(ctx context.Context, pod *corev1.Pod) error {
 			if vm.SubPath != "" {
 				host = filepath.Join(host, vm.SubPath)
 			}
-			mounts = append(mounts, mount{host: host, path: vm.MountPath})
-		}
-		root := filepath.Join(w.dir, "containers", spec.Name, "root")
-		if err := os.MkdirAll(root, 0o755); err != nil {
-			return err
-		}
-		script, err := launchScript(root, etc, img, mounts)
-		if err != nil {
-			return fmt.Errorf("container %s: %w", spec.Name, err)
+			mounts = append(mounts, mount{host: host, path: vm.MountPath, readOnly: vm.ReadOnly})
 		}
 		logPath := k.LogPath(pod.Namespace, pod.Name, spec.Name)
 		if err := os.MkdirAll(filepath.Dir(logPath), 0o755); err != nil {
 			return err
 		}
-		ctrs = append(ctrs, &container{spec: *spec, argv: command(spec, img, envMap), env: env, script: script, logPath: logPath,
-			imageID: "netns://" + img.Binary})
+		ctr := &container{spec: *spec, logPath: logPath, imageID: "netns://" + img.Binary}
+		sec, err := containerSecurity(pod, spec, img)
+		if err != nil {
+			// As the kubelet: the container waits with CreateContainerConfigError and the error as its message.
+			ctr.waiting, ctr.message, ctr.configErr = "CreateContainerConfigError", err.Error(), err
+			ctrs = append(ctrs, ctr)
+			continue
+		}
+		root := filepath.Join(w.dir, "containers", spec.Name, "root")
+		if err := os.MkdirAll(root, 0o755); err != nil {
+			return err
+		}
+		script, err := launchScript(root, etc, img, mounts, sec)
+		if err != nil {
+			return fmt.Errorf("container %s: %w", spec.Name, err)
+		}
+		ctr.argv, ctr.env, ctr.script = command(spec, img, envMap), env, script
+		ctrs = append(ctrs, ctr)
 	}
 	ctrCtx, cancel := context.WithCancel(context.Background())
 	w.stopCtrs = cancel
@@ -320,6 +328,8 @@ type container struct {
 	startedAt metav1.Time                      // guarded by mu
 	last      *corev1.ContainerStateTerminated // guarded by mu
 	waiting   string                           // guarded by mu; reason while not running
+	message   string                           // guarded by mu; the waiting reason's message
+	configErr error                            // the container cannot be created (it never starts)
 }
 
 func (c *container) signal(sig syscall.Signal) {
@@ -332,6 +342,12 @@ func (c *container) signal(sig syscall.Signal) {
 
 // supervise runs the container and restarts it after it exits, as the restart policy says, until ctx ends.
 func (w *podWorker) supervise(ctx context.Context, policy corev1.RestartPolicy, c *container) {
+	if c.configErr != nil {
+		w.logf("container config", "container", c.spec.Name, "err", c.configErr)
+		w.kickStatus()
+		<-ctx.Done()
+		return
+	}
 	backoff := time.Second
 	for ctx.Err() == nil {
 		p, logf, err := startProcess(w.sbNS().Path(), c.script, c.argv, c.env, c.logPath)
@@ -561,7 +577,7 @@ func (w *podWorker) status() corev1.PodStatus {
 			cs.ContainerID = "netns://" + strconv.Itoa(c.proc.Pid())
 			cs.State.Running = &corev1.ContainerStateRunning{StartedAt: c.startedAt}
 		case c.waiting != "":
-			cs.State.Waiting = &corev1.ContainerStateWaiting{Reason: c.waiting}
+			cs.State.Waiting = &corev1.ContainerStateWaiting{Reason: c.waiting, Message: c.message}
 		case c.last != nil:
 			cs.State.Terminated = c.last.DeepCopy()
 		default:

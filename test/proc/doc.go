@@ -13,4 +13,9 @@
 //   - exec.CommandContext commands are cancelled by killing the whole group.
 //
 // Use Start (or Run, Output, CombinedOutput) instead of the exec.Cmd methods of the same names.
+//
+// Security runs a child the way a container runtime starts a container's process: this executable re-executes
+// itself as a small init (Security.InitArgv, Security.Command) that enters a network namespace, chroots, drops
+// the capability bounding set, sets the user, group and supplementary groups, the permitted and effective
+// capabilities and no_new_privs, in runc's order, and then executes the program.
 package proc

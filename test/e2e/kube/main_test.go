@@ -175,7 +175,8 @@ func setUp(ctx context.Context, dir string) (c *cluster, timings string, err err
 		if err != nil {
 			return err
 		}
-		ambit := kubelet.Image{Binary: filepath.Join(c.bin, "ambit"), Path: "/usr/local/bin/ambit"}
+		// Both images run as USER 1337:1337, as the Dockerfile builds them (the DaemonSet overrides it with root).
+		ambit := kubelet.Image{Binary: filepath.Join(c.bin, "ambit"), Path: "/usr/local/bin/ambit", User: "1337:1337"}
 		c.kubelet, err = kubelet.Start(ctx, kubelet.Options{
 			Client: c.client, Lab: l, Dir: filepath.Join(dir, "kubelet"),
 			Images: map[string]kubelet.Image{
