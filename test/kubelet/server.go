@@ -126,14 +126,12 @@ func (s *server) connect(ctx context.Context, c net.Conn) {
 	}
 	target := req.Host
 	if req.Method != http.MethodConnect || target == "" {
-		fmt.Fprintf(c, "HTTP/1.1 405 Method Not Allowed\r\n\r\n")
-		c.Close()
+		refuse(c, http.StatusMethodNotAllowed, "only CONNECT")
 		return
 	}
 	host, port, err := net.SplitHostPort(target)
 	if err != nil {
-		fmt.Fprintf(c, "HTTP/1.1 400 Bad Request\r\n\r\n")
-		c.Close()
+		refuse(c, http.StatusBadRequest, err.Error())
 		return
 	}
 	conn := &bufferedConn{Conn: c, r: br}
@@ -148,12 +146,18 @@ func (s *server) connect(ctx context.Context, c net.Conn) {
 	}
 	up, err := s.k.nodes[0].lab.NS.Dial(ctx, "tcp", target)
 	if err != nil {
-		fmt.Fprintf(c, "HTTP/1.1 502 Bad Gateway\r\n\r\n%v", err)
-		c.Close()
+		refuse(c, http.StatusBadGateway, err.Error())
 		return
 	}
 	fmt.Fprintf(c, "HTTP/1.1 200 Connection established\r\n\r\n")
 	splice(ctx, conn, up)
+}
+
+// refuse answers a CONNECT with status and msg, and closes the connection.
+func refuse(c net.Conn, status int, msg string) {
+	fmt.Fprintf(c, "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
+		status, http.StatusText(status), len(msg), msg)
+	c.Close()
 }
 
 // bufferedConn is a connection whose first bytes were read into r.
