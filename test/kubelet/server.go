@@ -34,7 +34,7 @@ const KubeletPort = 10250
 // stream per forwarded connection, paired by the requestID header).
 const portForwardProtocol = "portforward.k8s.io"
 
-// server is the kubelet's API (the part kube-apiserver proxies: pods/portforward and pods/log). It runs on the
+// server is the kubelet's API (the part kube-apiserver proxies: pods/portforward, pods/exec and pods/log). It runs on the
 // connections the egress proxy hands it: the API server reaches every node through Options.EgressSocket, as it
 // reaches nodes through a Konnectivity proxy, because the nodes' addresses live in lab namespaces the host
 // cannot route to.
@@ -67,6 +67,8 @@ func (k *Kubelet) serveEgress(ctx context.Context, path string) error {
 	mux.HandleFunc("/portForward/{namespace}/{pod}", s.portForward)
 	mux.HandleFunc("/portForward/{namespace}/{pod}/{uid}", s.portForward)
 	mux.HandleFunc("GET /containerLogs/{namespace}/{pod}/{container}", s.containerLogs)
+	mux.HandleFunc("/exec/{namespace}/{pod}/{container}", s.exec)
+	mux.HandleFunc("/exec/{namespace}/{pod}/{uid}/{container}", s.exec)
 	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 30 * time.Second,
 		// Requests (and the port forwards they became) end when the kubelet stops.
 		BaseContext: func(net.Listener) context.Context { return ctx },
