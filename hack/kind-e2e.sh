@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # kind-e2e.sh: Ambit on a kind cluster next to Istio's control plane, then the waypoint walkthrough of
 # test/e2e/kube/walkthrough_test.go as kubectl and ambitctl commands, with the path of every request checked in
-# Ambit's access logs. docs/kubernetes.md explains each step.
+# Ambit's access logs, and istioctl ztunnel-config read live from the agents (TestIstioctlZtunnelConfig).
+# docs/kubernetes.md explains each step.
 #
 # NOT RUN IN CI. The project's machines have no container engine, so this script has only been checked with
 # `bash -n` and shellcheck, never run end to end. CI runs the same walkthrough on a real control plane (etcd,
@@ -124,17 +125,21 @@ up() {
 	env=$(k -n istio-system get deploy istiod -o jsonpath='{range .spec.template.spec.containers[0].env[*]}{.name}={.value}{"\n"}{end}')
 	grep -qx 'PILOT_ENABLE_AMBIENT=true' <<<"$env" || fail "istiod lacks PILOT_ENABLE_AMBIENT=true"
 	grep -qx 'CA_TRUSTED_NODE_ACCOUNTS=istio-system/ztunnel' <<<"$env" || fail "istiod lacks CA_TRUSTED_NODE_ACCOUNTS=istio-system/ztunnel"
-	if k -n istio-system get daemonset ztunnel istio-cni-node >/dev/null 2>&1; then
+	# Ambit's DaemonSet takes ztunnel's name (the chart's ztunnelNames): a ztunnel DaemonSet that is not Ambit's
+	# is Istio's own.
+	local ds
+	ds=$(k -n istio-system get daemonset ztunnel -o jsonpath='{.metadata.labels.app\.kubernetes\.io/name}' 2>/dev/null || echo none)
+	if [[ $ds != none && $ds != ambit ]] || k -n istio-system get daemonset istio-cni-node >/dev/null 2>&1; then
 		fail "ztunnel or istio-cni is installed: remove them before installing Ambit"
 	fi
 
 	say "Ambit (helm install charts/ambit)"
 	helm upgrade --install ambit "$ROOT/charts/ambit" -n istio-system \
 		--set image.tag="$TAG" --set waypoint.image.tag="$TAG" --wait --timeout 5m
-	k -n istio-system rollout status daemonset/ambit --timeout=180s
-	k -n istio-system get pods -l app=ambit -o wide
+	k -n istio-system rollout status daemonset/ztunnel --timeout=180s
+	k -n istio-system get pods -l app=ztunnel -o wide
 	local pod ready
-	for pod in $(k -n istio-system get pods -l app=ambit -o jsonpath='{.items[*].metadata.name}'); do
+	for pod in $(k -n istio-system get pods -l app=ztunnel -o jsonpath='{.items[*].metadata.name}'); do
 		ready=$(k get --raw "/api/v1/namespaces/istio-system/pods/$pod:15021/proxy/healthz/ready")
 		[[ $ready == ready ]] || fail "$pod readiness: $ready"
 		contains "$(k get --raw "/api/v1/namespaces/istio-system/pods/$pod:15020/proxy/stats/prometheus")" \
@@ -283,7 +288,7 @@ vip() { # SERVICE: its ClusterIP, read once by walkthrough
 	local v="VIP_$1"
 	printf '%s' "${!v}"
 }
-agent_on() { k -n istio-system get pod -l app=ambit --field-selector "spec.nodeName=$1" -o jsonpath='{.items[0].metadata.name}'; }
+agent_on() { k -n istio-system get pod -l app=ztunnel --field-selector "spec.nodeName=$1" -o jsonpath='{.items[0].metadata.name}'; }
 
 # request TARGET: one HTTP request from the client pod to TARGET (ip:port) on a new connection. Prints the
 # response body, then the connection's local address (the key of its line in the client agent's access log).
@@ -374,8 +379,25 @@ connection_from() { # AGENT POD IP: the agent lists an inbound connection of POD
 	grep -qF " $3:" <<<"$table"
 }
 
+# ztunnel_config CLIENT_NODE: istioctl ztunnel-config, live (it port-forwards to the agents' admin port as to
+# ztunnel's), names the application's workloads, services and the client's certificate (test/e2e/kube:
+# TestIstioctlZtunnelConfig checks the same, and every column).
+ztunnel_config() {
+	local out
+	out=$(istioctl ztunnel-config workloads --workload-namespace default)
+	contains "$out" "NAMESPACE" "ztunnel-config workloads"
+	contains "$out" "$(pod_name default app=client)" "ztunnel-config workloads"
+	out=$(istioctl ztunnel-config services --service-namespace default)
+	contains "$out" "productpage" "ztunnel-config services"
+	out=$(istioctl ztunnel-config certificates --node "$1")
+	contains "$out" "spiffe://cluster.local/ns/default/sa/bookinfo-client" "ztunnel-config certificates"
+	contains "$(istioctl ztunnel-config policies)" "POLICY NAME" "ztunnel-config policies"
+	contains "$(istioctl ztunnel-config connections --node "$1")" "REMOTE TARGET" "ztunnel-config connections"
+	echo "  ok   istioctl ztunnel-config workloads, services, certificates, policies, connections"
+}
+
 walkthrough() {
-	need kubectl
+	need kubectl istioctl
 	if [[ ! -f $KUBECONFIG ]] && kind_exists; then
 		mkdir -p "$WORK"
 		kind export kubeconfig --name "$CLUSTER" --kubeconfig "$KUBECONFIG"
@@ -400,6 +422,7 @@ walkthrough() {
 
 	say "1. before any waypoint, every service is reached directly over HBONE"
 	all_services ""
+	ztunnel_config "$(k -n default get pod -l app=client -o jsonpath='{.items[0].spec.nodeName}')"
 
 	say "2. generate and apply a namespace waypoint; istiod deploys it and it is Programmed"
 	local gen out want

@@ -164,6 +164,10 @@ type Options struct {
 	// status (its deployment, status and GatewayClass controllers); without it nothing runs the waypoints and
 	// the tests write Services and Gateway status themselves.
 	IstiodControllers bool
+	// KubeletEgress, if set, is a Unix socket path: kube-apiserver reaches nodes and pods (the kubelet API for
+	// pods/portforward and pods/log, and pod or service proxies) by HTTP CONNECT through it, its "cluster" egress
+	// selection, as through a Konnectivity proxy. The test kubelet serves it (kubelet.Options.EgressSocket).
+	KubeletEgress string
 }
 
 // Timing is one start-up phase.
@@ -252,6 +256,9 @@ func StartWith(ctx context.Context, bin Binaries, dir string, opts Options) (s *
 		var err error
 		caPEM, err = writeAPIServerPKI(kdir)
 		s.Kubeconfig = filepath.Join(kdir, "kubeconfig")
+		if err == nil && opts.KubeletEgress != "" {
+			err = os.WriteFile(filepath.Join(kdir, "egress.yaml"), []byte(egressConfig(opts.KubeletEgress)), 0o600)
+		}
 		return err
 	}); err != nil {
 		return s, err
@@ -262,7 +269,7 @@ func StartWith(ctx context.Context, bin Binaries, dir string, opts Options) (s *
 		pool.AppendCertsFromPEM(caPEM)
 		ports, err := s.spawnListening(ctx, "kube-apiserver", 1, func(ports []int) launch {
 			apiPort := ports[0]
-			return launch{bin: bin.KubeAPIServer, args: []string{
+			args := []string{
 				"--etcd-servers=" + s.etcdURL,
 				"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", fmt.Sprintf("--secure-port=%d", apiPort),
 				"--tls-cert-file=" + filepath.Join(kdir, "apiserver.crt"), "--tls-private-key-file=" + filepath.Join(kdir, "apiserver.key"),
@@ -272,7 +279,11 @@ func StartWith(ctx context.Context, bin Binaries, dir string, opts Options) (s *
 				"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 				"--api-audiences=https://kubernetes.default.svc.cluster.local,istio-ca",
 				"--service-cluster-ip-range=10.96.0.0/16", "--allow-privileged=true", "--profiling=false",
-				"--enable-priority-and-fairness=false"},
+				"--enable-priority-and-fairness=false"}
+			if opts.KubeletEgress != "" {
+				args = append(args, "--egress-selector-config-file="+filepath.Join(kdir, "egress.yaml"))
+			}
+			return launch{bin: bin.KubeAPIServer, args: args,
 				readiness: 90 * time.Second, ready: func() error {
 					return httpOK(ctx, &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
 						fmt.Sprintf("https://127.0.0.1:%d/readyz", apiPort), adminToken)
@@ -804,4 +815,19 @@ func writePluggedCA(dir string) error {
 		}
 	}
 	return nil
+}
+
+// egressConfig is kube-apiserver's EgressSelectorConfiguration: traffic to the cluster (nodes, pods, services)
+// goes by HTTP CONNECT over the Unix socket sock; the control plane and etcd are dialled directly.
+func egressConfig(sock string) string {
+	return `apiVersion: apiserver.k8s.io/v1beta1
+kind: EgressSelectorConfiguration
+egressSelections:
+- name: cluster
+  connection:
+    proxyProtocol: HTTPConnect
+    transport:
+      uds:
+        udsName: ` + sock + `
+`
 }

@@ -119,14 +119,14 @@ func TestDefaultRendering(t *testing.T) {
 	}
 	want := []string{"CustomResourceDefinition/localratelimitpolicies.policy.ambit.dev", "ServiceAccount/ztunnel",
 		"ConfigMap/ambit-waypoint-class", "ClusterRole/ambit", "ClusterRole/ambit-waypoint", "ClusterRoleBinding/ambit",
-		"ClusterRoleBinding/ambit-waypoint", "DaemonSet/ambit"}
+		"ClusterRoleBinding/ambit-waypoint", "DaemonSet/ztunnel"}
 	if !slices.Equal(kinds, want) {
 		t.Fatalf("objects = %v, want %v (install order)", kinds, want)
 	}
 
 	t.Run("daemonset", func(t *testing.T) {
 		var ds appsv1.DaemonSet
-		strict(t, find(t, objs, "DaemonSet", "ambit"), &ds)
+		strict(t, find(t, objs, "DaemonSet", "ztunnel"), &ds)
 		spec := ds.Spec.Template.Spec
 		if ds.Namespace != "istio-system" || spec.ServiceAccountName != "ztunnel" || !spec.HostNetwork ||
 			spec.DNSPolicy != corev1.DNSClusterFirstWithHostNet || spec.PriorityClassName != "system-node-critical" {
@@ -136,6 +136,12 @@ func TestDefaultRendering(t *testing.T) {
 		ann := ds.Spec.Template.Annotations
 		if ann["prometheus.io/port"] != "15020" || ann["prometheus.io/scrape"] != "true" || ann["prometheus.io/path"] != "/stats/prometheus" {
 			t.Errorf("prometheus annotations = %v", ann)
+		}
+		// istioctl ztunnel-config finds the agent as ztunnel: pods of daemonset/ztunnel labelled app=ztunnel (its
+		// IsZtunnelPod), selected by the DaemonSet's own selector (its --node lookup).
+		if ds.Spec.Template.Labels["app"] != "ztunnel" || ds.Spec.Selector == nil || len(ds.Spec.Selector.MatchLabels) != 1 ||
+			ds.Spec.Selector.MatchLabels["app"] != "ztunnel" {
+			t.Errorf("pod labels %v, selector %+v: want app=ztunnel", ds.Spec.Template.Labels, ds.Spec.Selector)
 		}
 		if ds.Spec.Template.Labels["istio.io/dataplane-mode"] != "none" {
 			t.Error("the agent's own pod must opt out of capture")
@@ -271,7 +277,7 @@ func TestValues(t *testing.T) {
 		{"namespace and service account", map[string]any{"istioNamespace": "mesh", "serviceAccount": map[string]any{"name": "node-agent"}},
 			func(t *testing.T, objs []object) {
 				var ds appsv1.DaemonSet
-				strict(t, find(t, objs, "DaemonSet", "ambit"), &ds)
+				strict(t, find(t, objs, "DaemonSet", "ztunnel"), &ds)
 				var crb rbacv1.ClusterRoleBinding
 				strict(t, find(t, objs, "ClusterRoleBinding", "ambit"), &crb)
 				if ds.Namespace != "mesh" || ds.Spec.Template.Spec.ServiceAccountName != "node-agent" ||
@@ -282,10 +288,23 @@ func TestValues(t *testing.T) {
 					t.Error("waypoint class configuration not in istioNamespace")
 				}
 			}},
-		{"privileged agent", map[string]any{"agent": map[string]any{"privileged": true}},
+		{"ztunnel names off", map[string]any{"ztunnelNames": false},
 			func(t *testing.T, objs []object) {
 				var ds appsv1.DaemonSet
 				strict(t, find(t, objs, "DaemonSet", "ambit"), &ds)
+				if ds.Labels["app"] != "ambit" || ds.Spec.Template.Labels["app"] != "ambit" || ds.Spec.Selector.MatchLabels["app"] != "ambit" {
+					t.Errorf("labels %v, pod labels %v, selector %v: want app=ambit", ds.Labels, ds.Spec.Template.Labels, ds.Spec.Selector.MatchLabels)
+				}
+				for _, o := range objs {
+					if o.name == "ztunnel" && o.kind != "ServiceAccount" {
+						t.Errorf("%s ztunnel rendered with ztunnelNames false", o.kind)
+					}
+				}
+			}},
+		{"privileged agent", map[string]any{"agent": map[string]any{"privileged": true}},
+			func(t *testing.T, objs []object) {
+				var ds appsv1.DaemonSet
+				strict(t, find(t, objs, "DaemonSet", "ztunnel"), &ds)
 				c := ds.Spec.Template.Spec.Containers[0]
 				if sc := c.SecurityContext; sc == nil || sc.Privileged == nil || !*sc.Privileged || sc.Capabilities != nil {
 					t.Errorf("security context = %+v", sc)
@@ -299,7 +318,7 @@ func TestValues(t *testing.T) {
 		{"extra capabilities", map[string]any{"agent": map[string]any{"capabilities": []any{"NET_ADMIN", "BPF", "SYS_RESOURCE"}}},
 			func(t *testing.T, objs []object) {
 				var ds appsv1.DaemonSet
-				strict(t, find(t, objs, "DaemonSet", "ambit"), &ds)
+				strict(t, find(t, objs, "DaemonSet", "ztunnel"), &ds)
 				sc := ds.Spec.Template.Spec.Containers[0].SecurityContext
 				if sc == nil || sc.Capabilities == nil || !slices.Equal(sc.Capabilities.Add, []corev1.Capability{"NET_ADMIN", "BPF", "SYS_RESOURCE"}) {
 					t.Errorf("security context = %+v", sc)
@@ -311,7 +330,7 @@ func TestValues(t *testing.T) {
 			"caAddress": "ca.example:15012", "network": "net1"},
 			func(t *testing.T, objs []object) {
 				var ds appsv1.DaemonSet
-				strict(t, find(t, objs, "DaemonSet", "ambit"), &ds)
+				strict(t, find(t, objs, "DaemonSet", "ztunnel"), &ds)
 				c := ds.Spec.Template.Spec.Containers[0]
 				env := map[string]string{}
 				for _, e := range c.Env {
@@ -363,7 +382,7 @@ func TestAgentImageCapabilities(t *testing.T) {
 		}
 	}
 	var ds appsv1.DaemonSet
-	strict(t, find(t, render(t, nil), "DaemonSet", "ambit"), &ds)
+	strict(t, find(t, render(t, nil), "DaemonSet", "ztunnel"), &ds)
 	var chart []string
 	for _, c := range ds.Spec.Template.Spec.Containers[0].SecurityContext.Capabilities.Add {
 		chart = append(chart, string(c))

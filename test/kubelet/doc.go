@@ -27,13 +27,29 @@
 //     istiod on the host's loopback;
 //   - runs readiness and startup probes (httpGet, tcpSocket), restarts containers that exit
 //     (restartPolicy), patches the pod status (IP, phase, conditions, container statuses);
-//   - tears everything down when the pod is deleted, then removes the pod object.
+//   - tears everything down when the pod is deleted, then removes the pod object;
+//   - serves the kubelet API that kube-apiserver proxies (Options.EgressSocket): pods/portforward over SPDY
+//     (portforward.k8s.io: an error and a data stream per forwarded connection, the data stream spliced to
+//     localhost:<port> in the pod's network namespace, a failure written to the error stream, as the kubelet
+//     and containerd do; kubectl's WebSocket port-forward works because kube-apiserver tunnels it to SPDY),
+//     pods/exec (remote-command v4 over SPDY, which kube-apiserver translates kubectl's WebSocket v5 into: the
+//     command joins the container's mount and network namespaces through nsenter and runs under the container
+//     init with the container's credentials, capabilities, root and environment; its stdin, stdout and stderr
+//     are the streams asked for, its exit code goes back as a NonZeroExitCode status) and pods/log (the
+//     container's output; follow=true keeps streaming until the pod is gone). The nodes' addresses
+//     live in lab namespaces the host cannot route to, so kube-apiserver reaches them as through a Konnectivity
+//     proxy: its "cluster" egress selection is HTTP CONNECT over that Unix socket, where a CONNECT to a node's
+//     name or address at port 10250 (the port the nodes report) reaches this API and any other address (pods,
+//     Services) is dialled from the first node's namespace.
 //
 // Nothing outlives the test process: pod namespaces are created as `ip netns add` does (package test/netns) and
 // named after the lab (<lab>-n<i>-k<seq>), so the lab's Close, or the next lab.Sweep after a kill, removes them;
 // container processes are started with package test/proc, so they die with the process that runs the kubelet.
 //
-// Deviations, by design: no images are pulled (unknown images fail the pod; an image's USER must be numeric),
+// Deviations, by design: the kubelet API does not authenticate or authorize its caller (only kube-apiserver
+// reaches it), exec allocates no TTY (tty=true is refused), attach and the read-only port are not served, and
+// the log options other than follow are ignored;
+// no images are pulled (unknown images fail the pod; an image's USER must be numeric),
 // no cgroups or resource limits, no user namespaces, seccomp, AppArmor or SELinux, no sysctls, mount propagation
 // is always private (mountPropagation is not emulated), /proc and /sys
 // are the host's (writable for root) rather than masked, the image's files (the host's /usr and the executable)

@@ -56,6 +56,11 @@ type Options struct {
 	Services []ServiceProxy
 	// Hosts are extra /etc/hosts entries of every container: name -> address.
 	Hosts map[string]string
+	// EgressSocket, if set, is the Unix socket on which the kubelet answers the API server's HTTP CONNECT
+	// egress (kube-apiserver --egress-selector-config-file, selection "cluster", as for a Konnectivity proxy):
+	// how kube-apiserver reaches the kubelet API (pods/portforward, pods/log) of nodes whose addresses live in
+	// lab namespaces. See e2e.Options.KubeletEgress.
+	EgressSocket string
 	// Logger; nil discards.
 	Logger *slog.Logger
 }
@@ -123,6 +128,12 @@ func Start(ctx context.Context, opts Options) (*Kubelet, error) {
 		}
 		k.wg.Go(func() { k.heartbeat(runCtx, n) })
 	}
+	if opts.EgressSocket != "" {
+		if err := k.serveEgress(runCtx, opts.EgressSocket); err != nil {
+			k.Stop()
+			return nil, err
+		}
+	}
 	if err := k.watchPods(runCtx); err != nil {
 		k.Stop()
 		return nil, err
@@ -172,6 +183,7 @@ func (k *Kubelet) register(ctx context.Context, n *node) error {
 			{Type: corev1.NodeDiskPressure, Status: corev1.ConditionFalse, Reason: "KubeletHasNoDiskPressure", LastHeartbeatTime: now, LastTransitionTime: now},
 			{Type: corev1.NodePIDPressure, Status: corev1.ConditionFalse, Reason: "KubeletHasSufficientPID", LastHeartbeatTime: now, LastTransitionTime: now},
 		},
+		DaemonEndpoints: corev1.NodeDaemonEndpoints{KubeletEndpoint: corev1.DaemonEndpoint{Port: KubeletPort}},
 		NodeInfo: corev1.NodeSystemInfo{OperatingSystem: "linux", Architecture: "amd64", KubeletVersion: "v1.36.3-netns",
 			ContainerRuntimeVersion: "netns://1"},
 	}

@@ -38,6 +38,8 @@ type podWorker struct {
 	latest *corev1.Pod // guarded by mu
 	gone   bool        // guarded by mu; the object was deleted
 	sb     *sandbox    // guarded by mu
+	// execable are the containers, for exec (set once with containers).
+	execable []*container // guarded by mu
 
 	// Owned by run.
 	setupDone  bool
@@ -237,11 +239,19 @@ func (w *podWorker) setup(ctx context.Context, pod *corev1.Pod) error {
 			return fmt.Errorf("container %s: %w", spec.Name, err)
 		}
 		ctr.argv, ctr.env, ctr.script = command(spec, img, envMap), env, script
+		es := sec.Security
+		es.Root = root
+		if ctr.execInit, err = es.InitArgv(); err != nil {
+			return fmt.Errorf("container %s: %w", spec.Name, err)
+		}
 		ctrs = append(ctrs, ctr)
 	}
 	ctrCtx, cancel := context.WithCancel(context.Background())
 	w.stopCtrs = cancel
 	w.containers = ctrs
+	w.mu.Lock()
+	w.execable = ctrs
+	w.mu.Unlock()
 	w.statusDone = make(chan struct{})
 	go w.statusLoop(ctrCtx)
 	for _, c := range ctrs {
@@ -312,12 +322,15 @@ func (w *podWorker) teardown(grace time.Duration) {
 
 // container is one container's process and state.
 type container struct {
-	spec    corev1.Container
-	argv    []string
-	env     []string
-	script  string
-	logPath string
-	imageID string
+	spec   corev1.Container
+	argv   []string
+	env    []string
+	script string
+	// execInit is the container init's argv prefix for a process that joins the container (exec): the
+	// container's credentials and capabilities, chrooted to its root.
+	execInit []string
+	logPath  string
+	imageID  string
 
 	mu        sync.Mutex
 	proc      *proc.Proc                       // guarded by mu; the running process

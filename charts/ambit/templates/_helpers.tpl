@@ -18,3 +18,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "ambit.caAddress" -}}
 {{ .Values.caAddress | default .Values.xdsAddress }}
 {{- end }}
+
+{{/* The DaemonSet's name and its pods' app label: ztunnel's (what istioctl looks for) unless ztunnelNames is off. */}}
+{{- define "ambit.agentName" -}}
+{{ ternary "ztunnel" "ambit" .Values.ztunnelNames }}
+{{- end }}

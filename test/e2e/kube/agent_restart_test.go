@@ -125,8 +125,8 @@ func TestAgentRestart(t *testing.T) {
 		}
 	})
 	old := map[string]bool{c.agentOn(t, "node-0"): true, c.agentOn(t, "node-1"): true}
-	c.kubectl(t, "delete", "pod", "-n", "istio-system", "-l", "app=ambit", "--wait=true", "--timeout=60s")
-	c.kubectl(t, "rollout", "status", "daemonset/ambit", "-n", "istio-system", "--timeout=120s")
+	c.kubectl(t, "delete", "pod", "-n", "istio-system", "-l", agentSelector, "--wait=true", "--timeout=60s")
+	c.kubectl(t, "rollout", "status", "daemonset/"+agentDaemonSet, "-n", "istio-system", "--timeout=120s")
 	for _, node := range []string{"node-0", "node-1"} {
 		agent := c.agentOn(t, node)
 		if old[agent] {

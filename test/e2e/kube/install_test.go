@@ -11,7 +11,7 @@ import (
 // controllers made from the manifest.
 func TestInstall(t *testing.T) {
 	c := need(t)
-	out := c.kubectl(t, "get", "pods", "-n", "istio-system", "-l", "app=ambit", "-o",
+	out := c.kubectl(t, "get", "pods", "-n", "istio-system", "-l", agentSelector, "-o",
 		"jsonpath={range .items[*]}{.spec.nodeName} {.status.phase} {.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}")
 	lines := strings.Split(out, "\n")
 	if len(lines) != 2 {

@@ -32,6 +32,13 @@ const (
 	echoImage     = "ambit-e2e/echo"
 )
 
+// The agent DaemonSet as the chart names it by default (ztunnelNames: ztunnel's names, which istioctl looks for)
+// and the label selector of its pods.
+const (
+	agentDaemonSet = "ztunnel"
+	agentSelector  = "app=ztunnel"
+)
+
 // cluster is the environment every test of the tier shares.
 type cluster struct {
 	stack   *e2e.Stack
@@ -143,7 +150,8 @@ func setUp(ctx context.Context, dir string) (c *cluster, timings string, err err
 	}
 	if err := phase("control plane", func() error {
 		var err error
-		c.stack, err = e2e.StartWith(ctx, bin, filepath.Join(dir, "stack"), e2e.Options{Controllers: true, IstiodControllers: true})
+		c.stack, err = e2e.StartWith(ctx, bin, filepath.Join(dir, "stack"), e2e.Options{Controllers: true, IstiodControllers: true,
+			KubeletEgress: filepath.Join(dir, "egress.sock")})
 		if err == nil {
 			for _, t := range c.stack.Timings {
 				timings += fmt.Sprintf(" [%s %v]", t.Phase, t.Took.Round(time.Millisecond))
@@ -188,8 +196,9 @@ func setUp(ctx context.Context, dir string) (c *cluster, timings string, err err
 				{VIP: netip.AddrPortFrom(vip, 15012), Target: c.stack.XDSAddr},
 				{VIP: netip.AddrPortFrom(vip, 15010), Target: c.stack.PlainXDSAddr},
 			},
-			Hosts:  map[string]string{"istiod.istio-system.svc": c.istiodVIP, "istiod.istio-system.svc.cluster.local": c.istiodVIP},
-			Logger: slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelDebug})),
+			Hosts:        map[string]string{"istiod.istio-system.svc": c.istiodVIP, "istiod.istio-system.svc.cluster.local": c.istiodVIP},
+			EgressSocket: filepath.Join(dir, "egress.sock"),
+			Logger:       slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		})
 		return err
 	}); err != nil {
@@ -212,7 +221,7 @@ func (c *cluster) install(ctx context.Context) error {
 	if _, err := c.stack.Kubectl(ctx, "apply", "--server-side", "-f", manifest); err != nil {
 		return err
 	}
-	_, err := c.stack.Kubectl(ctx, "rollout", "status", "daemonset/ambit", "-n", "istio-system", "--timeout=180s")
+	_, err := c.stack.Kubectl(ctx, "rollout", "status", "daemonset/"+agentDaemonSet, "-n", "istio-system", "--timeout=180s")
 	return err
 }
 

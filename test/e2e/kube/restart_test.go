@@ -174,7 +174,7 @@ func (c *cluster) rsLiveOutbound(t *testing.T, src string) dump.Connection {
 // rsAgent returns the name of the agent pod on node.
 func (c *cluster) rsAgent(t *testing.T, node string) string {
 	t.Helper()
-	list, err := c.client.CoreV1().Pods("istio-system").List(t.Context(), metav1.ListOptions{LabelSelector: "app=ambit",
+	list, err := c.client.CoreV1().Pods("istio-system").List(t.Context(), metav1.ListOptions{LabelSelector: agentSelector,
 		FieldSelector: "spec.nodeName=" + node})
 	if err != nil || len(list.Items) != 1 {
 		t.Fatalf("agent pod on %s: %v (%d pods)", node, err, len(list.Items))

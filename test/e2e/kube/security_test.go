@@ -74,7 +74,7 @@ spec:
 		}
 	})
 	t.Run("the agent has exactly NET_ADMIN, BPF and PERFMON", func(t *testing.T) {
-		pod, _ := c.podBy(t, "istio-system", "app=ambit")
+		pod, _ := c.podBy(t, "istio-system", agentSelector)
 		st := procStatus(t, pod)
 		const want = 1<<12 | 1<<38 | 1<<39 // CAP_NET_ADMIN, CAP_PERFMON, CAP_BPF
 		if st["Uid"] != "0 0 0 0" || st["CapEff"] != fmt.Sprintf("%016x", want) || st["CapBnd"] != fmt.Sprintf("%016x", want) {
