@@ -436,8 +436,9 @@ func (l *Lab) routeNode(n *Node) error {
 // node treats packets. Its NAT chain masquerades pod traffic to the fabric's non-pod addresses (other nodes,
 // hosts a test adds to the fabric) as a node does for destinations outside the cluster, and its forward chain
 // drops packets conntrack finds invalid, as kube-proxy does. Both turn conntrack on in the node namespace, for
-// IPv4 and IPv6. It lives in the node namespace, so it goes with the lab.
-const KubeProxyTable = "ambitlab-kubeproxy"
+// IPv4 and IPv6. It lives in the node namespace, so it goes with the lab. (Its name does not contain "ambit":
+// tests check that Ambit's cleanup leaves no table of Ambit's behind.)
+const KubeProxyTable = "lab-kubeproxy"
 
 // kubeProxyRuleset renders KubeProxyTable.
 func kubeProxyRuleset() string {
