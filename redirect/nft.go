@@ -44,7 +44,8 @@ func (c nftConfig) rawOutput(b *strings.Builder, t string) {
 }
 
 // tproxyRuleset renders the transaction that installs (or re-adopts) ModeTPROXY's table: sets of enrolled pods
-// (kept across re-adoption), a raw chain that exempts captured flows from conntrack, and a mangle chain that
+// (kept across re-adoption), raw chains (prerouting and output) that exempt captured flows from conntrack but
+// for the agent's own dials (ownSocket, rawOutput), and a mangle chain that
 // tproxies the first SYN of new connections of enrolled pods to the listeners and keeps the other packets of
 // the agent's transparent sockets local. Only SYNs are tproxied, so connections that existed before enrollment
 // keep their direct path.
@@ -98,7 +99,9 @@ func tproxyRuleset(c nftConfig) string {
 }
 
 // ebpfRuleset renders ModeEBPF's table (any ModeTPROXY content of it is deleted first):
-//   - the raw chain that exempts captured (marked by the program) packets from conntrack, unless NoTrack is off;
+//   - unless NoTrack is off, the raw chains that exempt captured connections from conntrack: in prerouting the
+//     packets the program marked, but for replies to the agent's own dials (ownSocket), and in output the
+//     agent's packets on accepted connections (rawOutput);
 //   - one mangle rule for replies to the agent's own transparent connections that the node source-NATs (egress
 //     that leaves with the pod's IP through a masquerade): the program sees them at tc ingress before conntrack
 //     restores the pod's address, so it cannot find the agent's socket; netfilter's socket lookup can (for
