@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -536,6 +537,57 @@ func TestCaptureUnderStrictConntrack(t *testing.T) {
 			}
 			if regexp.MustCompile(`counter packets [1-9]`).Match(out) {
 				t.Errorf("conntrack found packets invalid:\n%s", out)
+			}
+		})
+	}
+}
+
+// TestDialFromThroughMasquerade: a connection the agent dials from an enrolled pod's address to a host outside
+// the cluster leaves through the node's masquerade (the lab's kube-proxy table masquerades pod traffic to the
+// fabric), as the pod's own would, and its replies, addressed to the node and translated back by conntrack,
+// reach the agent's socket, in both modes and families.
+func TestDialFromThroughMasquerade(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(string(mode), func(t *testing.T) {
+			l, a, pod, _ := setup(t, mode)
+			for _, f := range families {
+				t.Run(f.name, func(t *testing.T) {
+					ext := netip.MustParseAddr("172.30.0.200")
+					prefix := "/24"
+					if f.name == "v6" {
+						ext, prefix = netip.MustParseAddr("fd00:30::c8"), "/64"
+					}
+					nsRun(t, l.Fabric, "ip", "addr", "add", ext.String()+prefix, "dev", "br0", "nodad")
+					ln, err := l.Fabric.Listen(t.Context(), "tcp", netip.AddrPortFrom(ext, 8080).String())
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer ln.Close()
+					go func() { // ends when the listener closes
+						for {
+							c, err := ln.Accept()
+							if err != nil {
+								return
+							}
+							go func() {
+								defer c.Close()
+								newReader(c).ReadString('\n')
+								fmt.Fprintf(c, "%s x\n", c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap())
+							}()
+						}
+					}()
+					ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+					defer cancel()
+					conn, err := a.sf.DialFrom(ctx, f.ip(pod), netip.AddrPortFrom(ext, 8080))
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer conn.Close()
+					c := &client{c: conn, br: newReader(conn)}
+					if peer := peerOf(t, c.say(t, "hello")); peer != f.node(l.Nodes[0]) {
+						t.Errorf("external host saw %s, want the node's %s (masqueraded)", peer, f.node(l.Nodes[0]))
+					}
+				})
 			}
 		})
 	}
