@@ -105,8 +105,8 @@ func tproxyRuleset(c nftConfig) string {
 //   - one mangle rule for replies to the agent's own transparent connections that the node source-NATs (egress
 //     that leaves with the pod's IP through a masquerade): the program sees them at tc ingress before conntrack
 //     restores the pod's address, so it cannot find the agent's socket; netfilter's socket lookup can (it
-//     uses the connection's original tuple when conntrack source-NATed it, IPv4 and IPv6), and the capture mark routes them
-//     to the agent. Only TCP addressed to the node itself pays for the lookup. (Matching "ct status snat"
+//     uses the connection's original tuple when conntrack source-NATed it, IPv4 and IPv6), and the capture
+//     mark routes them to the agent. Only TCP addressed to the node itself pays for the lookup. (Matching "ct status snat"
 //     instead would turn conntrack on in a node namespace that has no other use for it.)
 func ebpfRuleset(c nftConfig) string {
 	var b strings.Builder
