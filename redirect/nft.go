@@ -31,8 +31,8 @@ func (c nftConfig) ownSocket() string {
 	return fmt.Sprintf("socket mark & %#08x == %#08x", c.Marks.OwnMask, c.Marks.Own)
 }
 
-// rawOutput renders the rule of the rawout chain, the output half of the conntrack exemption (both modes): the packets of the connections
-// the agent's transparent listeners accepted skip conntrack as their peers' packets do in the raw prerouting
+// rawOutput renders the rule of the rawout chain, the output half of the conntrack exemption (both modes): the
+// packets of the connections the agent's transparent listeners accepted skip conntrack as their peers' packets do in the raw prerouting
 // chain. Tracked, the agent's first packet after the SYN-ACK (which conntrack finds invalid) would make
 // conntrack pick the connection up mid-stream in the reverse direction: the entry's "original" destination
 // is then the client, which SO_ORIGINAL_DST returns, and node NAT rules (a masquerade of pod sources) would
@@ -58,9 +58,11 @@ func tproxyRuleset(c nftConfig) string {
 	fmt.Fprintf(&b, "add set %s podsrc4 { type iface_index . ipv4_addr; }\n", t)
 	fmt.Fprintf(&b, "add set %s podsrc6 { type iface_index . ipv6_addr; }\n", t)
 	fmt.Fprintf(&b, "add chain %s raw { type filter hook prerouting priority raw; policy accept; }\n", t)
+	fmt.Fprintf(&b, "add chain %s rawtransparent\n", t)
 	fmt.Fprintf(&b, "add chain %s rawout { type filter hook output priority raw; policy accept; }\n", t)
 	fmt.Fprintf(&b, "add chain %s mangle { type filter hook prerouting priority mangle; policy accept; }\n", t)
 	fmt.Fprintf(&b, "flush chain %s raw\n", t)
+	fmt.Fprintf(&b, "flush chain %s rawtransparent\n", t)
 	fmt.Fprintf(&b, "flush chain %s rawout\n", t)
 	fmt.Fprintf(&b, "flush chain %s mangle\n", t)
 	// Rule order matters (here and in raw): the first SYN of a new connection of an enrolled pod is captured
@@ -74,8 +76,11 @@ func tproxyRuleset(c nftConfig) string {
 		fmt.Fprintf(&b, "add rule %s raw meta l4proto tcp %s ip daddr @pods4 notrack\n", t, synOnly)
 		fmt.Fprintf(&b, "add rule %s raw meta l4proto tcp %s ip6 daddr @pods6 notrack\n", t, synOnly)
 		fmt.Fprintf(&b, "add rule %s raw meta l4proto tcp socket wildcard 1 return\n", t)
-		fmt.Fprintf(&b, "add rule %s raw meta l4proto tcp %s return\n", t, c.ownSocket())
-		fmt.Fprintf(&b, "add rule %s raw meta l4proto tcp socket transparent 1 notrack\n", t)
+		// Packets of transparent sockets but those the agent dialled (a jump, so that the packets of other
+		// sockets pay for no more socket lookups than before).
+		fmt.Fprintf(&b, "add rule %s raw meta l4proto tcp socket transparent 1 jump rawtransparent\n", t)
+		fmt.Fprintf(&b, "add rule %s rawtransparent %s return\n", t, c.ownSocket())
+		fmt.Fprintf(&b, "add rule %s rawtransparent notrack\n", t)
 		c.rawOutput(&b, t)
 	}
 	mark := c.markSet()
