@@ -414,6 +414,7 @@ func TestCaptureFragmentedSYN(t *testing.T) {
 	for _, mode := range modes {
 		t.Run(string(mode), func(t *testing.T) {
 			_, a, pod, remote := setup(t, mode)
+			routerWithoutConntrack(t, remote.Node)
 			want := captured
 			if mode == redirect.ModeEBPF {
 				want = dropped
@@ -498,6 +499,7 @@ func TestCaptureIPv6ExtensionSYN(t *testing.T) {
 	for _, mode := range modes {
 		t.Run(string(mode), func(t *testing.T) {
 			_, a, pod, remote := setup(t, mode)
+			routerWithoutConntrack(t, remote.Node)
 			for _, c := range chains {
 				want := captured
 				if mode == redirect.ModeEBPF {
@@ -548,6 +550,7 @@ func truncatedSYN(src, dst netip.AddrPort, short bool) [][]byte {
 // segment it cannot parse, and the destination's TCP input discards it, as it discards any such segment.)
 func TestCaptureTruncatedTCP(t *testing.T) {
 	_, a, pod, remote := setup(t, redirect.ModeEBPF)
+	routerWithoutConntrack(t, remote.Node)
 	for _, f := range families {
 		for _, short := range []bool{true, false} {
 			name := f.name + "/data offset past the end"
@@ -634,6 +637,15 @@ func TestCaptureIPv6ExtensionHeaders(t *testing.T) {
 			}
 		})
 	}
+}
+
+// routerWithoutConntrack turns conntrack off on node n (it removes the lab's kube-proxy table there), which a
+// test uses only to route the packets it crafts in one of n's pods to the node under test. Tracking them, n
+// would reassemble their fragments and drop the segments it finds invalid (kube-proxy's forward rule) before
+// they reach the node under test, whose own conntrack stays on.
+func routerWithoutConntrack(tb testing.TB, n *lab.Node) {
+	tb.Helper()
+	nsRun(tb, n.NS, "nft", "delete", "table", "inet", lab.KubeProxyTable)
 }
 
 // nsRun runs a command in ns (through test/proc) and fails the test if it fails.

@@ -3,9 +3,13 @@ package redirect_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -15,6 +19,7 @@ import (
 
 	"github.com/ambit-mesh/ambit/redirect"
 	"github.com/ambit-mesh/ambit/test/lab"
+	"github.com/ambit-mesh/ambit/test/proc"
 	"github.com/ambit-mesh/ambit/test/testutil"
 )
 
@@ -470,6 +475,119 @@ func TestReenrollMovesAddresses(t *testing.T) {
 			// "a" lost its only remaining address to "b".
 			if len(got) != 1 || got[0].UID != "b" || len(got[0].IPs) != 2 || got[0].IPs[0] != p0.IP || got[0].IPs[1] != p1.IP {
 				t.Fatalf("enrolled = %+v, want only b with %s and %s", got, p0.IP, p1.IP)
+			}
+		})
+	}
+}
+
+// TestCaptureUnderStrictConntrack: with conntrack on in the node namespace (the lab's kube-proxy table) and a
+// firewall that drops what conntrack finds invalid in every hook the agent's packets cross, captured
+// connections still work in both directions, with their original destinations: conntrack sees neither side of
+// a captured connection (a SYN-ACK from a listener whose SYN it never saw is invalid) and both sides of the
+// agent's own dials (their ACKs would be invalid if it never saw the replies).
+func TestCaptureUnderStrictConntrack(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(string(mode), func(t *testing.T) {
+			l, a, pod, remote := setup(t, mode)
+			other := l.Nodes[0].Pods[1]
+			const table = "ambit_test_strict"
+			rules := "table inet " + table + " {\n"
+			for _, hook := range []string{"prerouting", "input", "output", "postrouting"} {
+				rules += fmt.Sprintf("\tchain %s { type filter hook %s priority 0; policy accept; ct state invalid counter drop; }\n", hook, hook)
+			}
+			rules += "}\n"
+			cmd := l.Nodes[0].NS.Command(t.Context(), "nft", "-f", "-")
+			cmd.Stdin = strings.NewReader(rules)
+			if out, err := proc.CombinedOutput(cmd); err != nil {
+				t.Fatalf("install %s: %v: %s", table, err, out)
+			}
+			for _, f := range families {
+				t.Run(f.name, func(t *testing.T) {
+					for _, tc := range []struct {
+						role     string
+						from     *lab.Pod
+						dst      netip.AddrPort
+						wantPeer netip.Addr // seen by the echo server, if set
+					}{
+						{"outbound", pod, netip.AddrPortFrom(f.ip(remote), 8080), f.node(l.Nodes[0])},
+						{"outbound", pod, netip.AddrPortFrom(f.ip(other), 8080), netip.Addr{}}, // from a node address
+						{"inbound", remote, netip.AddrPortFrom(f.ip(pod), 8080), f.ip(remote)},
+						{"inbound", other, netip.AddrPortFrom(f.ip(pod), 8080), f.ip(other)},
+						{"hbone", remote, netip.AddrPortFrom(f.ip(pod), 15008), netip.Addr{}},
+					} {
+						c := dial(t, tc.from.NS, tc.dst)
+						if got := a.next(t); got.role != tc.role || got.orig != tc.dst || got.remote.Addr() != f.ip(tc.from) {
+							t.Fatalf("agent saw %+v, want %s to %s from %s", got, tc.role, tc.dst, f.ip(tc.from))
+						}
+						if tc.role == "hbone" {
+							if reply := c.say(t, "x"); reply != "hbone "+tc.dst.String() {
+								t.Errorf("reply %q, want the agent's", reply)
+							}
+							continue
+						}
+						if peer := peerOf(t, c.say(t, "hello")); tc.wantPeer.IsValid() && peer != tc.wantPeer {
+							t.Errorf("%s %s -> %s: server saw %s, want %s", tc.role, tc.from.Name, tc.dst, peer, tc.wantPeer)
+						}
+					}
+				})
+			}
+			out, err := proc.CombinedOutput(l.Nodes[0].NS.Command(t.Context(), "nft", "list", "table", "inet", table))
+			if err != nil {
+				t.Fatalf("list %s: %v: %s", table, err, out)
+			}
+			if regexp.MustCompile(`counter packets [1-9]`).Match(out) {
+				t.Errorf("conntrack found packets invalid:\n%s", out)
+			}
+		})
+	}
+}
+
+// TestDialFromThroughMasquerade: a connection the agent dials from an enrolled pod's address to a host outside
+// the cluster leaves through the node's masquerade (the lab's kube-proxy table masquerades pod traffic to the
+// fabric), as the pod's own would, and its replies, addressed to the node and translated back by conntrack,
+// reach the agent's socket, in both modes and families.
+func TestDialFromThroughMasquerade(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(string(mode), func(t *testing.T) {
+			l, a, pod, _ := setup(t, mode)
+			for _, f := range families {
+				t.Run(f.name, func(t *testing.T) {
+					ext := netip.MustParseAddr("172.30.0.200")
+					prefix := "/24"
+					if f.name == "v6" {
+						ext, prefix = netip.MustParseAddr("fd00:30::c8"), "/64"
+					}
+					nsRun(t, l.Fabric, "ip", "addr", "add", ext.String()+prefix, "dev", "br0", "nodad")
+					ln, err := l.Fabric.Listen(t.Context(), "tcp", netip.AddrPortFrom(ext, 8080).String())
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer ln.Close()
+					go func() { // ends when the listener closes
+						for {
+							c, err := ln.Accept()
+							if err != nil {
+								return
+							}
+							go func() {
+								defer c.Close()
+								newReader(c).ReadString('\n')
+								fmt.Fprintf(c, "%s x\n", c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap())
+							}()
+						}
+					}()
+					ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+					defer cancel()
+					conn, err := a.sf.DialFrom(ctx, f.ip(pod), netip.AddrPortFrom(ext, 8080))
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer conn.Close()
+					c := &client{c: conn, br: newReader(conn)}
+					if peer := peerOf(t, c.say(t, "hello")); peer != f.node(l.Nodes[0]) {
+						t.Errorf("external host saw %s, want the node's %s (masqueraded)", peer, f.node(l.Nodes[0]))
+					}
+				})
 			}
 		})
 	}

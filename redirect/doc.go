@@ -51,6 +51,21 @@
 // its own PID namespace), not propagated to or from it (a hostPath with mountPropagation Bidirectional or
 // HostToContainer). Options.AllowEphemeralPins starts anyway, logging the danger at error level.
 //
+// Conntrack. On a real node conntrack is on in the node namespace (kube-proxy's NAT, the CNI's masquerade and
+// firewall rules), so both modes keep every connection of the agent's either tracked in both directions or in
+// neither. Captured connections (those the listeners accept) skip it in both: their clients' packets in a raw
+// prerouting chain (ModeEBPF: the packets the program marked; ModeTPROXY: the SYNs of enrolled pods and the
+// packets of transparent sockets) and the agent's packets on them in a raw output chain (packets of transparent
+// sockets without the own mark). Tracked one way only, conntrack takes the listener's SYN-ACK for invalid (which
+// a "ct state invalid drop" rule drops) and picks the connection up at the agent's next packet with the agent as
+// its originator: SO_ORIGINAL_DST then names the client as the original destination, and a masquerade of pod
+// sources rewrites the agent's replies on inbound connections. The connections the agent dials (SocketFactory,
+// own mark) are tracked in both directions: the raw prerouting chains leave their replies alone by the mark of
+// the socket they belong to, so node NAT (the masquerade of egress dialled from a pod's IP) and stateful
+// firewall rules apply to them as to the pods' own connections. OriginalDst also ignores a conntrack answer that
+// names the peer, the sign of such a pick-up. Options.DisableNoTrack removes the raw chains: captured
+// connections are then tracked from their clients' SYNs on.
+//
 // The agent's own sockets are never captured: they are created in the node namespace (their packets never cross
 // a hooked ingress) and SocketFactory marks them (SO_MARK) as well. SocketFactory also makes the transparent
 // listeners and, for inbound delivery, connections bound to the original client's (non-local) address.

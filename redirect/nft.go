@@ -24,8 +24,28 @@ func (c nftConfig) markSet() string {
 
 const synOnly = "tcp flags & (fin | syn | rst | ack) == syn"
 
+// ownSocket matches packets whose socket is one the agent dialled (SocketFactory marks them with the own mark;
+// the listeners and the connections they accept carry no mark). A socket that is not a full one (a request or
+// TIME_WAIT socket) does not match.
+func (c nftConfig) ownSocket() string {
+	return fmt.Sprintf("socket mark & %#08x == %#08x", c.Marks.OwnMask, c.Marks.Own)
+}
+
+// rawOutput renders the rule of the rawout chain, the output half of the conntrack exemption (both modes): the
+// packets of the connections the agent's transparent listeners accepted skip conntrack as their peers' packets do in the raw prerouting
+// chain. Tracked, the agent's first packet after the SYN-ACK (which conntrack finds invalid) would make
+// conntrack pick the connection up mid-stream in the reverse direction: the entry's "original" destination
+// is then the client, which SO_ORIGINAL_DST returns, and node NAT rules (a masquerade of pod sources) would
+// rewrite the agent's replies. The connections the agent dials carry the own mark and stay tracked both
+// ways (see ownSocket in the raw chains), so node NAT applies to them as to the pods' own connections.
+func (c nftConfig) rawOutput(b *strings.Builder, t string) {
+	fmt.Fprintf(b, "add rule %s rawout meta l4proto tcp meta mark & %#08x != %#08x socket transparent 1 notrack\n",
+		t, c.Marks.OwnMask, c.Marks.Own)
+}
+
 // tproxyRuleset renders the transaction that installs (or re-adopts) ModeTPROXY's table: sets of enrolled pods
-// (kept across re-adoption), a raw chain that exempts captured flows from conntrack, and a mangle chain that
+// (kept across re-adoption), raw chains (prerouting and output) that exempt captured flows from conntrack but
+// for the agent's own dials (ownSocket, rawOutput), and a mangle chain that
 // tproxies the first SYN of new connections of enrolled pods to the listeners and keeps the other packets of
 // the agent's transparent sockets local. Only SYNs are tproxied, so connections that existed before enrollment
 // keep their direct path.
@@ -38,8 +58,12 @@ func tproxyRuleset(c nftConfig) string {
 	fmt.Fprintf(&b, "add set %s podsrc4 { type iface_index . ipv4_addr; }\n", t)
 	fmt.Fprintf(&b, "add set %s podsrc6 { type iface_index . ipv6_addr; }\n", t)
 	fmt.Fprintf(&b, "add chain %s raw { type filter hook prerouting priority raw; policy accept; }\n", t)
+	fmt.Fprintf(&b, "add chain %s rawtransparent\n", t)
+	fmt.Fprintf(&b, "add chain %s rawout { type filter hook output priority raw; policy accept; }\n", t)
 	fmt.Fprintf(&b, "add chain %s mangle { type filter hook prerouting priority mangle; policy accept; }\n", t)
 	fmt.Fprintf(&b, "flush chain %s raw\n", t)
+	fmt.Fprintf(&b, "flush chain %s rawtransparent\n", t)
+	fmt.Fprintf(&b, "flush chain %s rawout\n", t)
 	fmt.Fprintf(&b, "flush chain %s mangle\n", t)
 	// Rule order matters (here and in raw): the first SYN of a new connection of an enrolled pod is captured
 	// whatever sockets exist; other packets that hit a full wildcard socket (a listener, possibly the agent's
@@ -52,7 +76,12 @@ func tproxyRuleset(c nftConfig) string {
 		fmt.Fprintf(&b, "add rule %s raw meta l4proto tcp %s ip daddr @pods4 notrack\n", t, synOnly)
 		fmt.Fprintf(&b, "add rule %s raw meta l4proto tcp %s ip6 daddr @pods6 notrack\n", t, synOnly)
 		fmt.Fprintf(&b, "add rule %s raw meta l4proto tcp socket wildcard 1 return\n", t)
-		fmt.Fprintf(&b, "add rule %s raw meta l4proto tcp socket transparent 1 notrack\n", t)
+		// Packets of transparent sockets but those the agent dialled (a jump, so that the packets of other
+		// sockets pay for no more socket lookups than before).
+		fmt.Fprintf(&b, "add rule %s raw meta l4proto tcp socket transparent 1 jump rawtransparent\n", t)
+		fmt.Fprintf(&b, "add rule %s rawtransparent %s return\n", t, c.ownSocket())
+		fmt.Fprintf(&b, "add rule %s rawtransparent notrack\n", t)
+		c.rawOutput(&b, t)
 	}
 	mark := c.markSet()
 	m := c.Marks
@@ -75,12 +104,14 @@ func tproxyRuleset(c nftConfig) string {
 }
 
 // ebpfRuleset renders ModeEBPF's table (any ModeTPROXY content of it is deleted first):
-//   - the raw chain that exempts captured (marked by the program) packets from conntrack, unless NoTrack is off;
+//   - unless NoTrack is off, the raw chains that exempt captured connections from conntrack: in prerouting the
+//     packets the program marked, but for replies to the agent's own dials (ownSocket), and in output the
+//     agent's packets on accepted connections (rawOutput);
 //   - one mangle rule for replies to the agent's own transparent connections that the node source-NATs (egress
 //     that leaves with the pod's IP through a masquerade): the program sees them at tc ingress before conntrack
-//     restores the pod's address, so it cannot find the agent's socket; netfilter's socket lookup can (for
-//     IPv4 it uses the connection's original tuple when conntrack has one), and the capture mark routes them
-//     to the agent. Only TCP addressed to the node itself pays for the lookup. (Matching "ct status snat"
+//     restores the pod's address, so it cannot find the agent's socket; netfilter's socket lookup can (it
+//     uses the connection's original tuple when conntrack source-NATed it, IPv4 and IPv6), and the capture
+//     mark routes them to the agent. Only TCP addressed to the node itself pays for the lookup. (Matching "ct status snat"
 //     instead would turn conntrack on in a node namespace that has no other use for it.)
 func ebpfRuleset(c nftConfig) string {
 	var b strings.Builder
@@ -89,8 +120,12 @@ func ebpfRuleset(c nftConfig) string {
 	fmt.Fprintf(&b, "delete table %s\n", t)
 	fmt.Fprintf(&b, "add table %s\n", t)
 	if c.NoTrack {
+		captured := fmt.Sprintf("meta mark & %#08x == %#08x", c.Marks.CaptureMask, c.Marks.Capture)
 		fmt.Fprintf(&b, "add chain %s raw { type filter hook prerouting priority raw; policy accept; }\n", t)
-		fmt.Fprintf(&b, "add rule %s raw meta mark & %#08x == %#08x notrack\n", t, c.Marks.CaptureMask, c.Marks.Capture)
+		fmt.Fprintf(&b, "add rule %s raw %s meta l4proto tcp tcp flags & (syn | ack) != syn %s return\n", t, captured, c.ownSocket())
+		fmt.Fprintf(&b, "add rule %s raw %s notrack\n", t, captured)
+		fmt.Fprintf(&b, "add chain %s rawout { type filter hook output priority raw; policy accept; }\n", t)
+		c.rawOutput(&b, t)
 	}
 	fmt.Fprintf(&b, "add chain %s mangle { type filter hook prerouting priority mangle; policy accept; }\n", t)
 	fmt.Fprintf(&b, "add rule %s mangle meta l4proto tcp fib daddr type local socket transparent 1 %s accept\n", t, c.markSet())

@@ -29,28 +29,59 @@ func OriginalDst(conn net.Conn) (netip.AddrPort, error) {
 	}
 	var dst netip.AddrPort
 	err = control(raw, func(fd int) error {
-		if ap, ok := conntrackDst(fd); ok {
-			dst = ap
-			return nil
-		}
 		sa, err := unix.Getsockname(fd)
 		if err != nil {
 			return fmt.Errorf("getsockname: %w", err)
 		}
-		switch sa := sa.(type) {
-		case *unix.SockaddrInet4:
-			dst = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
-		case *unix.SockaddrInet6:
-			dst = netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port))
-		default:
-			return fmt.Errorf("getsockname: unexpected %T", sa)
+		local, err := sockaddrAddrPort(sa)
+		if err != nil {
+			return fmt.Errorf("getsockname: %w", err)
 		}
+		ct, ok := conntrackDst(fd)
+		if !ok {
+			dst = local
+			return nil
+		}
+		pa, err := unix.Getpeername(fd)
+		if err != nil {
+			return fmt.Errorf("getpeername: %w", err)
+		}
+		remote, err := sockaddrAddrPort(pa)
+		if err != nil {
+			return fmt.Errorf("getpeername: %w", err)
+		}
+		dst = originalDst(local, remote, ct, ok)
 		return nil
 	})
 	if err != nil {
 		return netip.AddrPort{}, fmt.Errorf("original destination: %w", err)
 	}
 	return dst, nil
+}
+
+// originalDst decides the original destination of an accepted connection from its local and remote addresses
+// and conntrack's answer (ct, if ctOK). SO_ORIGINAL_DST looks up the connection's tuple from the socket's side
+// and returns the original direction's destination. For a connection conntrack saw from its first packet that
+// is the client's pre-NAT destination. For one whose client packets it never saw (captured packets skip
+// conntrack) but whose socket's packets it did, conntrack picked the connection up mid-stream with the socket
+// as the originator: the answer is then the client itself, the remote address, and the local address is the
+// original destination (captured connections are never rewritten).
+func originalDst(local, remote, ct netip.AddrPort, ctOK bool) netip.AddrPort {
+	if !ctOK || ct == remote {
+		return local
+	}
+	return ct
+}
+
+func sockaddrAddrPort(sa unix.Sockaddr) (netip.AddrPort, error) {
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port)), nil
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port)), nil
+	default:
+		return netip.AddrPort{}, fmt.Errorf("unexpected %T", sa)
+	}
 }
 
 // conntrackDst asks conntrack for the pre-NAT destination of fd's connection.

@@ -9,6 +9,10 @@
 //	pod j on node i: 10.244.i.(j+2)/32     fd00:244:i::(j+2)/128   on "eth0" in the pod namespace
 //	pod j host veth: "vp<j>" in node i's namespace (169.254.1.1/32 and fe80::1/64 as the pods' gateway)
 //
+// Conntrack is on in every node namespace, as on a real node: New installs KubeProxyTable there (a masquerade of
+// pod traffic to the fabric's non-pod addresses and kube-proxy's drop of invalid forwarded packets), unless
+// Options.NoConntrack is set.
+//
 // Every name a lab creates (network namespaces, bpffs directories) starts with its Name, which starts with
 // "ambitlab-". A lab never touches the host's own interfaces, routes or sysctls: every link, address, route and
 // sysctl it sets lives in a namespace it created. Namespaces are made as iproute2 makes them (package test/netns),

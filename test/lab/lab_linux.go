@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -20,6 +22,7 @@ import (
 
 	"github.com/ambit-mesh/ambit/test/netns"
 	"github.com/ambit-mesh/ambit/test/owner"
+	"github.com/ambit-mesh/ambit/test/proc"
 	"github.com/ambit-mesh/ambit/test/testutil"
 )
 
@@ -42,6 +45,10 @@ type Options struct {
 	Name string
 	// Keep makes the lab outlive its owner (hack/lab up): Sweep leaves it alone until Remove.
 	Keep bool
+	// NoConntrack leaves conntrack off in the node namespaces. By default every node gets KubeProxyTable, as
+	// kube-proxy and the CNI give every real node NAT rules, which turn conntrack on for all of the node's
+	// traffic (captured or not).
+	NoConntrack bool
 	// Logger receives progress at debug level; nil discards.
 	Logger *slog.Logger
 }
@@ -237,6 +244,11 @@ func (l *Lab) build(ctx context.Context, opts Options, log *slog.Logger) error {
 		if err := l.routeNode(n); err != nil {
 			return err
 		}
+		if !opts.NoConntrack {
+			if err := kubeProxy(ctx, n); err != nil {
+				return err
+			}
+		}
 	}
 	log.Debug("lab wired", "name", l.Name)
 	return nil
@@ -415,6 +427,53 @@ func (l *Lab) routeNode(n *Node) error {
 				return fmt.Errorf("add route %s via %s on node %d: %w", d.dst, d.gw, n.Index, err)
 			}
 		}
+	}
+	return nil
+}
+
+// KubeProxyTable is the nftables table (family inet) that New installs in every node namespace unless
+// Options.NoConntrack is set: what kube-proxy and the CNI put on a real node, reduced to what changes how the
+// node treats packets. Its NAT chain masquerades pod traffic to the fabric's non-pod addresses (other nodes,
+// hosts a test adds to the fabric) as a node does for destinations outside the cluster, and its forward chain
+// drops packets conntrack finds invalid, as kube-proxy does. Both turn conntrack on in the node namespace, for
+// IPv4 and IPv6. It lives in the node namespace, so it goes with the lab. (Its name does not contain "ambit":
+// tests check that Ambit's cleanup leaves no table of Ambit's behind.)
+const KubeProxyTable = "lab-kubeproxy"
+
+// kubeProxyRuleset renders KubeProxyTable.
+func kubeProxyRuleset() string {
+	return fmt.Sprintf(`table inet %s {
+	chain nat-postrouting {
+		type nat hook postrouting priority srcnat; policy accept;
+		ip saddr %s ip daddr %s ip daddr != %s masquerade
+		ip6 saddr %s ip6 daddr %s ip6 daddr != %s masquerade
+	}
+	chain filter-forward {
+		type filter hook forward priority filter; policy accept;
+		ct state invalid drop
+	}
+}
+`, KubeProxyTable, podCIDR4, fabricCIDR4, podCIDR4, podCIDR6, fabricCIDR6, podCIDR6)
+}
+
+// The lab's address plan (see the package comment).
+const (
+	podCIDR4    = "10.244.0.0/16"
+	podCIDR6    = "fd00:244::/32"
+	fabricCIDR4 = "172.30.0.0/24"
+	fabricCIDR6 = "fd00:30::/64"
+)
+
+// kubeProxy installs KubeProxyTable in n's namespace.
+func kubeProxy(ctx context.Context, n *Node) error {
+	if _, err := exec.LookPath("nft"); err != nil {
+		return fmt.Errorf("node %d: nft is needed for the kube-proxy rules (apt-get install nftables; "+
+			"Options.NoConntrack goes without): %w", n.Index, err)
+	}
+	cmd := n.NS.Command(ctx, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(kubeProxyRuleset())
+	if out, err := proc.CombinedOutput(cmd); err != nil {
+		return fmt.Errorf("install %s on node %d: %w: %s", KubeProxyTable, n.Index, err, bytes.TrimSpace(out))
 	}
 	return nil
 }

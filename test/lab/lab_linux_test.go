@@ -20,6 +20,7 @@ import (
 
 	"github.com/ambit-mesh/ambit/test/lab"
 	"github.com/ambit-mesh/ambit/test/netns"
+	"github.com/ambit-mesh/ambit/test/proc"
 	"github.com/ambit-mesh/ambit/test/testutil"
 )
 
@@ -332,6 +333,45 @@ func TestNewRejectsBadOptions(t *testing.T) {
 			if l, err := lab.New(t.Context(), o); err == nil {
 				l.Close()
 				t.Fatalf("New(%+v) succeeded", o)
+			}
+		})
+	}
+}
+
+// TestLabNodesTrackConnections: by default every node namespace has the kube-proxy table, so conntrack is on
+// there and pod traffic to the fabric's non-pod addresses leaves masqueraded, as on a real node; with
+// NoConntrack the table is absent and the pod's address goes through unchanged.
+func TestLabNodesTrackConnections(t *testing.T) {
+	for _, off := range []bool{false, true} {
+		t.Run(fmt.Sprintf("NoConntrack=%v", off), func(t *testing.T) {
+			l := lab.Start(t, lab.Options{Nodes: 2, PodsPerNode: 1, NoConntrack: off})
+			pod, n0, n1 := l.Nodes[0].Pods[0], l.Nodes[0], l.Nodes[1]
+			for _, to := range []netip.Addr{n1.IP, n1.IP6} {
+				ln, err := n1.NS.Listen(t.Context(), "tcp", netip.AddrPortFrom(to, 8080).String())
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { ln.Close() })
+				go echo(ln)
+				want, masq := pod.IP, n0.IP
+				if to.Is6() {
+					want, masq = pod.IP6, n0.IP6
+				}
+				if !off {
+					want = masq
+				}
+				got := roundTrip(t, pod.NS, netip.AddrPortFrom(to, 8080))
+				peer, _, _ := strings.Cut(got, " ")
+				if ap, err := netip.ParseAddrPort(peer); err != nil || ap.Addr().Unmap() != want {
+					t.Errorf("pod %s -> node %s: server saw %q, want %s", pod.Name, to, peer, want)
+				}
+			}
+			out, err := proc.CombinedOutput(n0.NS.Command(t.Context(), "nft", "list", "tables"))
+			if err != nil {
+				t.Fatalf("nft list tables: %v\n%s", err, out)
+			}
+			if has := strings.Contains(string(out), lab.KubeProxyTable); has == off {
+				t.Errorf("node tables %q: %s present = %v, want %v", out, lab.KubeProxyTable, has, !off)
 			}
 		})
 	}
