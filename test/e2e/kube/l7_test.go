@@ -440,6 +440,16 @@ func TestL7(t *testing.T) {
 		same(t, 10, "vs", "/subset-v2", nil, is(200, "echo-v2"))
 		same(t, 10, "vs", "/", nil, is(200, "echo-v1"))
 	})
+	t.Run("routes apply whatever Host the client sends", func(t *testing.T) {
+		// A waypoint routes by the service the request was addressed to: short names, names with the port,
+		// the VIP and foreign names all get the service's routes.
+		for _, host := range []string{"vs", "vs:9080", "vs.l7", "vs.l7.svc.cluster.local:9080", hostPort(vip["vs"], 9080), "other.example"} {
+			same(t, 1, "vs", "/subset-v2", map[string]string{"Host": host}, is(200, "echo-v2"))
+		}
+		for _, host := range []string{"route", "route:9080", hostPort(vip["route"], 9080), "other.example"} {
+			same(t, 1, "route", "/exact", map[string]string{"Host": host}, is(200, "echo-v2"))
+		}
+	})
 	t.Run("VirtualService retries", func(t *testing.T) {
 		until(t, "vs", "/subset-v2", nil, is(200, "echo-v2"))
 		// echo-v1 answers 500 to the first request with a key: without retries the client sees it ...
@@ -589,6 +599,10 @@ func l7Do(ctx context.Context, from kubelet.Pod, ip, svc, uri string, hdr map[st
 		req.Host = svc + "." + l7NS + ".svc.cluster.local"
 	}
 	for k, v := range hdr {
+		if k == "Host" {
+			req.Host = v
+			continue
+		}
 		req.Header.Set(k, v)
 	}
 	resp, err := hc.Do(req)
