@@ -26,16 +26,22 @@ import (
 	"github.com/ambit-mesh/ambit/test/kubelet"
 )
 
-// l7NS is the namespace of TestL7: ambient, enrolled to its namespace waypoint.
-const l7NS = "l7"
+// l7NS is the namespace of TestL7: ambient, enrolled to its namespace waypoint. l7OtherNS holds a backend
+// of cross-namespace references (ambient, no waypoint).
+const (
+	l7NS      = "l7"
+	l7OtherNS = "l7-other"
+)
 
 // l7App is TestL7's application: echo servers echo-v1 (node-0) and echo-v2 (node-1) labelled app=echo with
 // their version, a mirror backend and a client, and one Service per feature under test so that the routes
-// and policies of one feature never apply to another's requests.
+// and policies of one feature never apply to another's requests; and in l7OtherNS the echo server other.
 func l7App() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "apiVersion: v1\nkind: Namespace\nmetadata: {name: %s, labels: {istio.io/dataplane-mode: ambient}}\n", l7NS)
-	deploy := func(name, labels, node string) {
+	for _, ns := range []string{l7NS, l7OtherNS} {
+		fmt.Fprintf(&b, "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: %s, labels: {istio.io/dataplane-mode: ambient}}\n", ns)
+	}
+	deploy := func(ns, name, labels, node string) {
 		fmt.Fprintf(&b, `---
 apiVersion: apps/v1
 kind: Deployment
@@ -56,9 +62,9 @@ spec:
           valueFrom: {fieldRef: {fieldPath: metadata.name}}
         ports: [{containerPort: 9080, name: http}]
         readinessProbe: {tcpSocket: {port: 9080}, periodSeconds: 1}
-`, name, labels, node, l7NS)
+`, name, labels, node, ns)
 	}
-	svc := func(name, selector string) {
+	svc := func(ns, name, selector string) {
 		fmt.Fprintf(&b, `---
 apiVersion: v1
 kind: Service
@@ -66,19 +72,21 @@ metadata: {name: %[1]s, namespace: %[3]s}
 spec:
   selector: {%[2]s}
   ports: [{name: http, port: 9080, targetPort: 9080}, {name: grpc, port: 9090, targetPort: 9090}]
-`, name, selector, l7NS)
+`, name, selector, ns)
 	}
-	deploy("echo-v1", "app: echo, version: v1", "node-0")
-	deploy("echo-v2", "app: echo, version: v2", "node-1")
-	deploy("mirror", "app: mirror", "node-1")
-	deploy("client", "app: client", "node-0")
-	svc("echo-v1", "app: echo, version: v1")
-	svc("echo-v2", "app: echo, version: v2")
-	svc("mirror", "app: mirror")
-	for _, s := range []string{"route", "vs", "authz", "jwt", "rl", "grpc", "outlier"} {
-		svc(s, "app: echo")
+	deploy(l7NS, "echo-v1", "app: echo, version: v1", "node-0")
+	deploy(l7NS, "echo-v2", "app: echo, version: v2", "node-1")
+	deploy(l7NS, "mirror", "app: mirror", "node-1")
+	deploy(l7NS, "client", "app: client", "node-0")
+	deploy(l7OtherNS, "other", "app: other", "node-1")
+	svc(l7NS, "echo-v1", "app: echo, version: v1")
+	svc(l7NS, "echo-v2", "app: echo, version: v2")
+	svc(l7NS, "mirror", "app: mirror")
+	for _, s := range []string{"route", "vs", "authz", "jwt", "rl", "grpc", "outlier", "cross"} {
+		svc(l7NS, s, "app: echo")
 	}
-	svc("pool", "app: echo, version: v1")
+	svc(l7NS, "pool", "app: echo, version: v1")
+	svc(l7OtherNS, "other", "app: other")
 	return b.String()
 }
 
@@ -133,6 +141,27 @@ spec:
     backendRefs: [{name: echo-v1, port: 9080}]
 `
 
+// l7CrossRoute sends Service cross's requests to Service other of l7OtherNS (a mesh route: no ReferenceGrant
+// needed, as istiod has it); l7Grant would permit it.
+const l7CrossRoute = `
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: cross, namespace: l7}
+spec:
+  parentRefs: [{group: "", kind: Service, name: cross, port: 9080}]
+  rules:
+  - backendRefs: [{name: other, namespace: l7-other, port: 9080}]
+`
+
+const l7Grant = `
+apiVersion: gateway.networking.k8s.io/v1
+kind: ReferenceGrant
+metadata: {name: from-l7, namespace: l7-other}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: l7}]
+  to: [{group: "", kind: Service, name: other}]
+`
+
 // l7GRPCRoute sends the health checks of Service grpc carrying x-version: v2 to echo-v2, the rest to echo-v1.
 const l7GRPCRoute = `
 apiVersion: gateway.networking.k8s.io/v1
@@ -165,6 +194,15 @@ spec:
   - match: [{uri: {prefix: /noretry}}]
     retries: {attempts: 0}
     route: [{destination: {host: vs, subset: v1}}]
+  - match: [{uri: {prefix: /vs-timeout}}]
+    timeout: 300ms
+    route: [{destination: {host: vs, subset: v1}}]
+  - match: [{uri: {prefix: /vs-rewrite}}]
+    rewrite: {uri: /vs-rewritten, authority: vs-rewritten.example}
+    headers:
+      request: {set: {x-vs-set: vs}, remove: [x-vs-remove]}
+      response: {add: {x-vs-resp: vs}}
+    route: [{destination: {host: vs, subset: v2}}]
   - match: [{uri: {prefix: /fault-abort}}]
     fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
     route: [{destination: {host: vs, subset: v1}}]
@@ -205,6 +243,20 @@ spec:
   targetRefs: [{kind: Service, group: "", name: authz}]
   action: DENY
   rules: [{to: [{operation: {paths: [/deny-svc]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-principal, namespace: l7}
+spec:
+  targetRefs: [{kind: Service, group: "", name: authz}]
+  action: DENY
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/l7/sa/default]}}]
+    to: [{operation: {paths: [/deny-principal]}}]
+  - from: [{source: {notPrincipals: [cluster.local/ns/l7/sa/default]}}]
+    to: [{operation: {paths: [/deny-others]}}]
+  - to: [{operation: {methods: [DELETE]}}]
+    when: [{key: "request.headers[x-deny]", values: ["yes"]}]
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -262,6 +314,7 @@ func TestL7(t *testing.T) {
 	for _, d := range []string{"echo-v1", "echo-v2", "mirror", "client"} {
 		c.kubectl(t, "rollout", "status", "deployment/"+d, "-n", l7NS, "--timeout=120s")
 	}
+	c.kubectl(t, "rollout", "status", "deployment/other", "-n", l7OtherNS, "--timeout=120s")
 	// The namespace waypoint, applied and enrolled the way users do.
 	out := c.mustAmbitctl(t, "waypoint", "apply", "-n", l7NS, "--enroll-namespace", "--wait")
 	if !strings.Contains(out, `namespace l7 labeled with "istio.io/use-waypoint: waypoint"`) {
@@ -273,17 +326,30 @@ func TestL7(t *testing.T) {
 		defer cancel()
 		// The GatewayClass policy lives in the root namespace: it would reach other tests' waypoints.
 		_, _ = c.stack.Kubectl(ctx, "delete", "authorizationpolicy", "l7-deny-class", "-n", "istio-system", "--ignore-not-found")
-		_, _ = c.stack.Kubectl(ctx, "delete", "namespace", l7NS, "--wait=false")
+		_, _ = c.stack.Kubectl(ctx, "delete", "namespace", l7NS, l7OtherNS, "--wait=false")
 	})
 	_, client := c.podBy(t, l7NS, "app=client")
 	vip := map[string]string{}
-	for _, s := range []string{"route", "vs", "authz", "jwt", "rl", "grpc", "outlier", "pool"} {
+	for _, s := range []string{"route", "vs", "authz", "jwt", "rl", "grpc", "outlier", "pool", "cross"} {
 		vip[s] = c.kubectl(t, "get", "svc", s, "-n", l7NS, "-o", "jsonpath={.spec.clusterIP}")
 	}
 
 	key, jwks, sign := l7Signer(t)
+	signExpired := func(k *ecdsa.PrivateKey, iss string) string {
+		s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: k}, (&jose.SignerOptions{}).WithHeader("kid", "l7"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok, err := josejwt.Signed(s).Claims(josejwt.Claims{Issuer: iss, Subject: "l7-user",
+			Expiry: josejwt.NewNumericDate(time.Now().Add(-time.Hour))}).Serialize()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
 	c.apply(t, l7HTTPRoute)
 	c.apply(t, l7GRPCRoute)
+	c.apply(t, l7CrossRoute)
 	c.apply(t, strings.ReplaceAll(l7Istio, "{{jwks}}", jwks))
 
 	do := func(t *testing.T, svc, uri string, hdr map[string]string) (l7Response, error) {
@@ -435,6 +501,25 @@ func TestL7(t *testing.T) {
 		})
 	})
 
+	t.Run("HTTPRoute cross-namespace backendRef of a mesh route", func(t *testing.T) {
+		// istiod enforces ReferenceGrants only for routes attached to gateways, not for mesh (GAMMA) routes:
+		// it resolves the reference (ResolvedRefs True) and an Envoy waypoint routes it. The Ambit waypoint
+		// does the same, and keeps doing so after a ReferenceGrant comes and goes.
+		resolved := func() string {
+			out, _ := c.stack.Kubectl(t.Context(), "get", "httproute", "cross", "-n", l7NS, "-o",
+				`jsonpath={range .status.parents[*].conditions[*]}{.type}={.status}/{.reason} {end}`)
+			return strings.TrimSpace(string(out))
+		}
+		l7WaitValue(t, 30*time.Second, "ResolvedRefs on HTTPRoute cross", resolved, "ResolvedRefs=True/ResolvedRefs")
+		until(t, "cross", "/", nil, is(200, "other"))
+		same(t, 3, "cross", "/", nil, is(200, "other"))
+		c.apply(t, l7Grant)
+		same(t, 3, "cross", "/", nil, is(200, "other"))
+		c.kubectl(t, "delete", "referencegrant", "from-l7", "-n", l7OtherNS)
+		same(t, 3, "cross", "/", nil, is(200, "other"))
+		l7WaitValue(t, 30*time.Second, "ResolvedRefs on HTTPRoute cross", resolved, "ResolvedRefs=True/ResolvedRefs")
+	})
+
 	t.Run("VirtualService and DestinationRule subsets", func(t *testing.T) {
 		until(t, "vs", "/subset-v2", nil, is(200, "echo-v2"))
 		same(t, 10, "vs", "/subset-v2", nil, is(200, "echo-v2"))
@@ -457,6 +542,21 @@ func TestL7(t *testing.T) {
 		same(t, 1, "vs", fmt.Sprintf("/noretry?fail-first=n%d", k), nil, is(500, "echo-v1"))
 		// ... with retryOn 5xx the waypoint retries and the client sees the second attempt's 200.
 		same(t, 1, "vs", fmt.Sprintf("/retry?fail-first=r%d", k), nil, is(200, "echo-v1"))
+	})
+	t.Run("VirtualService timeout, rewrite and header operations", func(t *testing.T) {
+		until(t, "vs", "/vs-timeout?delay=5s", nil, is(504, ""))
+		r := until(t, "vs", "/vs-rewrite/x?dump", map[string]string{"X-Vs-Set": "client", "X-Vs-Remove": "client"}, is(200, "echo-v2"))
+		for _, want := range []string{"uri /vs-rewritten/x?dump\n", "host vs-rewritten.example\n", "header X-Vs-Set: vs\n"} {
+			if !strings.Contains(r.body, want) {
+				t.Errorf("backend did not see %q:\n%s", want, r.body)
+			}
+		}
+		if strings.Contains(r.body, "X-Vs-Remove") || strings.Contains(r.body, "X-Vs-Set: client") {
+			t.Errorf("backend saw the client's headers:\n%s", r.body)
+		}
+		if got := r.header.Get("X-Vs-Resp"); got != "vs" {
+			t.Errorf("X-Vs-Resp %q", got)
+		}
 	})
 	t.Run("VirtualService fault injection", func(t *testing.T) {
 		until(t, "vs", "/fault-abort", nil, local(418, "fault filter abort"))
@@ -555,6 +655,20 @@ func TestL7(t *testing.T) {
 			same(t, 1, "authz", "/other", nil, is(200, ""))
 			same(t, 1, "rl", "/deny-svc?not-limited", nil, is(200, "")) // another Service of the same waypoint
 		})
+		t.Run("Service, by the client's identity, method and header", func(t *testing.T) {
+			// The client runs as l7's default service account: the waypoint knows it from HBONE.
+			until(t, "authz", "/deny-principal", nil, local(403, "RBAC: access denied"))
+			same(t, 1, "authz", "/deny-others", nil, is(200, ""))
+			same(t, 1, "authz", "/x", map[string]string{"X-Deny": "yes"}, is(200, "")) // GET, not DELETE
+			r, err := l7DoMethod(t.Context(), client, http.MethodDelete, vip["authz"], "authz", "/x", map[string]string{"X-Deny": "yes"})
+			if err != nil || r.status != 403 {
+				t.Errorf("DELETE with x-deny: %d %q (err %v)", r.status, r.body, err)
+			}
+			r, err = l7DoMethod(t.Context(), client, http.MethodDelete, vip["authz"], "authz", "/x", nil)
+			if err != nil || r.status != 200 {
+				t.Errorf("DELETE without x-deny: %d %q (err %v)", r.status, r.body, err)
+			}
+		})
 		t.Run("Gateway", func(t *testing.T) {
 			until(t, "authz", "/deny-gw", nil, local(403, "RBAC: access denied"))
 			same(t, 1, "route", "/match/deny-gw", nil, is(200, ""))
@@ -572,6 +686,9 @@ func TestL7(t *testing.T) {
 		other, _, _ := l7Signer(t)
 		same(t, 1, "jwt", "/", map[string]string{"Authorization": "Bearer " + sign(other, "l7-test")}, local(401, "Jwt verification fails"))
 		same(t, 1, "jwt", "/", map[string]string{"Authorization": "Bearer not-a-token"}, is(401, ""))
+		// Envoy's default locations: the Authorization header and the access_token query parameter.
+		same(t, 1, "jwt", "/?access_token="+valid, nil, is(200, ""))
+		same(t, 1, "jwt", "/", map[string]string{"Authorization": "Bearer " + signExpired(key, "l7-test")}, local(401, "Jwt is expired"))
 	})
 
 	t.Run("local rate limit", func(t *testing.T) {
@@ -582,16 +699,21 @@ func TestL7(t *testing.T) {
 	})
 }
 
-// l7Do sends one request on a fresh connection from the pod to ip:9080 with Host <svc>.l7.svc.cluster.local
-// (ip when svc is ""), without following redirects.
+// l7Do is l7DoMethod with GET.
 func l7Do(ctx context.Context, from kubelet.Pod, ip, svc, uri string, hdr map[string]string) (l7Response, error) {
+	return l7DoMethod(ctx, from, http.MethodGet, ip, svc, uri, hdr)
+}
+
+// l7DoMethod sends one request on a fresh connection from the pod to ip:9080 with Host <svc>.l7.svc.cluster.local
+// (ip when svc is ""), without following redirects.
+func l7DoMethod(ctx context.Context, from kubelet.Pod, method, ip, svc, uri string, hdr map[string]string) (l7Response, error) {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	hc := &http.Client{
 		Transport:     &http.Transport{DialContext: from.NS.Dial, DisableKeepAlives: true},
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort(ip, "9080")+uri, nil)
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+net.JoinHostPort(ip, "9080")+uri, nil)
 	if err != nil {
 		return l7Response{}, err
 	}
@@ -638,4 +760,17 @@ func l7Signer(t *testing.T) (*ecdsa.PrivateKey, string, func(*ecdsa.PrivateKey, 
 		return tok
 	}
 	return key, string(set), sign
+}
+
+// l7WaitValue polls get until its value contains want, for up to d; on timeout it fails t with the last value.
+func l7WaitValue(t *testing.T, d time.Duration, what string, get func() string, want string) {
+	t.Helper()
+	var last string
+	deadline := time.Now().Add(d)
+	for last = get(); !strings.Contains(last, want); last = get() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s: last %q", d, what, last)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
 }
