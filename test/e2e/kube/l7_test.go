@@ -188,6 +188,8 @@ spec:
   http:
   - match: [{uri: {prefix: /subset-v2}}]
     route: [{destination: {host: vs, subset: v2}}]
+  - match: [{uri: {prefix: /subset-canary}}]
+    route: [{destination: {host: vs, subset: canary}}]
   - match: [{uri: {prefix: /retry}}]
     retries: {attempts: 3, retryOn: 5xx}
     route: [{destination: {host: vs, subset: v1}}]
@@ -219,6 +221,7 @@ spec:
   subsets:
   - {name: v1, labels: {version: v1}}
   - {name: v2, labels: {version: v2}}
+  - {name: canary, labels: {track: canary}}
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -524,6 +527,15 @@ func TestL7(t *testing.T) {
 		until(t, "vs", "/subset-v2", nil, is(200, "echo-v2"))
 		same(t, 10, "vs", "/subset-v2", nil, is(200, "echo-v2"))
 		same(t, 10, "vs", "/", nil, is(200, "echo-v1"))
+		// Subsets follow pod labels as they change: no pod is track=canary yet ...
+		same(t, 1, "vs", "/subset-canary", nil, local(503, "no healthy upstream"))
+		echo1, _ := c.podBy(t, l7NS, "app=echo,version=v1")
+		c.kubectl(t, "label", "pod", echo1.Name, "-n", l7NS, "track=canary")
+		// ... then echo-v1 is ...
+		until(t, "vs", "/subset-canary", nil, is(200, "echo-v1"))
+		c.kubectl(t, "label", "pod", echo1.Name, "-n", l7NS, "track-")
+		// ... and is no more.
+		until(t, "vs", "/subset-canary", nil, local(503, "no healthy upstream"))
 	})
 	t.Run("routes apply whatever Host the client sends", func(t *testing.T) {
 		// A waypoint routes by the service the request was addressed to: short names, names with the port,
