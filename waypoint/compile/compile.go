@@ -823,12 +823,9 @@ func (c *Compiler) virtualService(ns, name string, spec *networkingapi.VirtualSe
 				case model.StringRegex:
 					mm.PathKind, mm.PathRE = model.PathRegex, re
 				case model.StringPrefix:
-					// Istio's uri prefix is a plain string prefix, not Gateway API's element-wise prefix.
-					re, err := compileRE(mp+".uri.prefix", regexp.QuoteMeta(v)+".*")
-					if err != nil {
-						return nil, err
-					}
-					mm.PathKind, mm.PathRE = model.PathRegex, re
+					// Istio's uri prefix is a plain string prefix, not Gateway API's element-wise prefix;
+					// rewrite.uri replaces it.
+					mm.PathKind, mm.Path = model.PathStringPrefix, v
 				}
 			}
 			if m.Method != nil {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/ambit-mesh/ambit/config/local"
 	"github.com/ambit-mesh/ambit/waypoint/model"
+	"github.com/ambit-mesh/ambit/waypoint/routing"
 )
 
 // compileL7YAML decodes src with the local file reader and compiles it as the waypoint does a file version.
@@ -286,5 +287,48 @@ spec:
 	if p.Key() != "app/bad-deny" || p.Action != model.ActionDeny || len(p.Rules) != 1 || len(p.Rules[0].From) != 0 ||
 		len(p.Rules[0].To) != 0 || len(p.Rules[0].When) != 0 || len(p.Targets) != 1 || p.Targets[0].Name != "web" {
 		t.Errorf("policy %+v, want a deny-all (one empty rule) targeting Service web", p)
+	}
+}
+
+// TestVirtualServiceRewritePrefix: a VirtualService uri prefix match is Istio's plain string prefix, and
+// rewrite.uri replaces the matched prefix (Envoy's prefix_rewrite); the kube tier's TestL7 found the path
+// left as it was.
+func TestVirtualServiceRewritePrefix(t *testing.T) {
+	cfg, err := compileL7YAML(t, `apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: vs, namespace: app}
+spec:
+  hosts: [web]
+  http:
+  - match: [{uri: {prefix: /old}}]
+    rewrite: {uri: /new}
+    route: [{destination: {host: web}}]
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rule := cfg.Routes[0].Rules[0]
+	m := &rule.Matches[0]
+	for _, tc := range []struct {
+		path  string
+		match bool
+		want  string
+	}{
+		{"/old", true, "/new"},
+		{"/old/x", true, "/new/x"},
+		{"/oldx", true, "/newx"}, // a string prefix, not element-wise
+		{"/other/old", false, ""},
+		{"/ol", false, ""},
+	} {
+		if got := routing.MatchPath(m, tc.path); got != tc.match {
+			t.Errorf("%s: match %v, want %v", tc.path, got, tc.match)
+			continue
+		}
+		if !tc.match {
+			continue
+		}
+		if got := routing.RewritePath(tc.path, rule.Filters.Rewrite.PathModifier, m); got != tc.want {
+			t.Errorf("rewrite %s = %q, want %q", tc.path, got, tc.want)
+		}
 	}
 }

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
@@ -51,11 +53,15 @@ var newObject = []func() any{
 	func() any { return new(resource.LocalRateLimitPolicy) },
 }
 
-// ListKinds maps each resource to its list kind (for fake clients in tests).
+// podsResource is watched for pod labels, the context DestinationRule subsets are resolved in: the workloads
+// istiod sends the waypoint carry no labels. Only each pod's namespace, name and labels are kept.
+var podsResource = schema.GroupVersionResource{Version: "v1", Resource: "pods"}
+
+// ListKinds maps each watched resource to its list kind (for fake clients in tests).
 var ListKinds = map[schema.GroupVersionResource]string{
 	Resources[0]: "ServiceEntryList", Resources[1]: "HTTPRouteList", Resources[2]: "GRPCRouteList",
 	Resources[3]: "VirtualServiceList", Resources[4]: "DestinationRuleList", Resources[5]: "AuthorizationPolicyList",
-	Resources[6]: "RequestAuthenticationList", Resources[7]: "LocalRateLimitPolicyList",
+	Resources[6]: "RequestAuthenticationList", Resources[7]: "LocalRateLimitPolicyList", podsResource: "PodList",
 }
 
 // Source watches the cluster and calls OnUpdate with each compiled configuration.
@@ -117,17 +123,35 @@ func (s *Source) Run(ctx context.Context) error {
 			return fmt.Errorf("watch %s: %w", gvr.Resource, err)
 		}
 	}
+	pods := f.ForResource(podsResource).Informer()
+	if err := pods.SetTransform(podMeta); err != nil {
+		return fmt.Errorf("watch pods: %w", err)
+	}
+	if _, err := pods.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: func(any) { notify() },
+		UpdateFunc: func(old, new any) {
+			if podChanged(old, new) {
+				notify()
+			}
+		},
+		DeleteFunc: func(any) { notify() },
+	}); err != nil {
+		return fmt.Errorf("watch pods: %w", err)
+	}
 	f.Start(ctx.Done())
 	defer f.Shutdown()
-	for i, inf := range informers {
+	for i, inf := range append(slices.Clone(informers), pods) {
 		if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
 			if ctx.Err() != nil {
 				return nil
 			}
+			if i == len(informers) {
+				return errors.New("sync pods")
+			}
 			return fmt.Errorf("sync %s", Resources[i].Resource)
 		}
 	}
-	s.apply(informers, log)
+	s.apply(informers, pods, log)
 	close(s.syncedChan())
 	for {
 		select {
@@ -142,8 +166,46 @@ func (s *Source) Run(ctx context.Context) error {
 			return nil
 		case <-t.C:
 		}
-		s.apply(informers, log)
+		s.apply(informers, pods, log)
 	}
+}
+
+// podMeta is the pods informer's transform: it keeps a pod's namespace, name, labels and resource version,
+// all that subsets need, so that a waypoint does not hold every pod spec of the cluster.
+func podMeta(o any) (any, error) {
+	u, ok := o.(*unstructured.Unstructured)
+	if !ok {
+		return o, nil // a tombstone: kept as it is
+	}
+	out := &unstructured.Unstructured{}
+	out.SetAPIVersion("v1")
+	out.SetKind("Pod")
+	out.SetNamespace(u.GetNamespace())
+	out.SetName(u.GetName())
+	out.SetUID(u.GetUID())
+	out.SetResourceVersion(u.GetResourceVersion())
+	out.SetLabels(u.GetLabels())
+	return out, nil
+}
+
+// podChanged reports whether a pod update changes what the configuration is compiled against (its labels):
+// status and spec updates, most of a cluster's pod events, do not.
+func podChanged(old, new any) bool {
+	o, ok1 := old.(*unstructured.Unstructured)
+	n, ok2 := new.(*unstructured.Unstructured)
+	if !ok1 || !ok2 {
+		return true
+	}
+	ol, nl := o.GetLabels(), n.GetLabels()
+	if len(ol) != len(nl) {
+		return true
+	}
+	for k, v := range ol {
+		if w, ok := nl[k]; !ok || w != v {
+			return true
+		}
+	}
+	return false
 }
 
 type doc struct {
@@ -156,7 +218,7 @@ type doc struct {
 
 // apply decodes and compiles every object, each once and alone: an invalid object is skipped with a log
 // line naming it and the field, and the configuration of the others goes to OnUpdate.
-func (s *Source) apply(informers []cache.SharedIndexInformer, log *slog.Logger) {
+func (s *Source) apply(informers []cache.SharedIndexInformer, podInformer cache.SharedIndexInformer, log *slog.Logger) {
 	var lists [][]doc
 	for i, inf := range informers {
 		var list []doc
@@ -199,7 +261,13 @@ func (s *Source) apply(informers []cache.SharedIndexInformer, log *slog.Logger) 
 		}
 		entries = append(entries, d.obj.(*networkingv1.ServiceEntry))
 	}
-	c := compile.New(s.Options, entries, nil)
+	var pods []*corev1.Pod
+	for _, o := range podInformer.GetStore().List() {
+		if u, ok := o.(*unstructured.Unstructured); ok {
+			pods = append(pods, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: u.GetNamespace(), Name: u.GetName(), Labels: u.GetLabels()}})
+		}
+	}
+	c := compile.New(s.Options, entries, pods)
 	good := 0
 	for _, list := range lists[1:] {
 		for _, d := range list {

@@ -108,3 +108,84 @@ spec:
 		t.Fatal(err)
 	}
 }
+
+// TestSourcePodLabels: the labels DestinationRule subsets select come from the pods the API server lists (the
+// workloads istiod sends carry none), keyed by workload UID, and follow label changes (issue 13 item 3: subset
+// routes answered 503 in a cluster).
+func TestSourcePodLabels(t *testing.T) {
+	tu.CheckGoroutines(t)
+	pod := obj(t, `apiVersion: v1
+kind: Pod
+metadata: {name: web-v2-abc, namespace: app, labels: {app: web, version: v2}}
+spec:
+  containers: [{name: web, image: web}]
+`)
+	client := fake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), ListKinds, pod)
+	var mu sync.Mutex
+	var got []*model.Config
+	s := &Source{Client: client, Debounce: 10 * time.Millisecond,
+		OnUpdate: func(c *model.Config) { mu.Lock(); got = append(got, c); mu.Unlock() }}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel) // before the goroutine check, when a check fails
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	last := func() (*model.Config, int) {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(got) == 0 {
+			return nil, 0
+		}
+		return got[len(got)-1], len(got)
+	}
+	const uid = "Kubernetes//Pod/app/web-v2-abc"
+	tu.WaitFor(t, 5*time.Second, "first configuration", func() bool { c, _ := last(); return c != nil })
+	if c, _ := last(); c.WorkloadLabels[uid]["version"] != "v2" {
+		t.Fatalf("workload labels %v, want version v2 for %s", c.WorkloadLabels, uid)
+	}
+	up := pod.DeepCopy()
+	up.SetLabels(map[string]string{"app": "web", "version": "v3"})
+	if _, err := client.Resource(podsResource).Namespace("app").Update(ctx, up, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	tu.WaitFor(t, 5*time.Second, "the new labels", func() bool { c, _ := last(); return c.WorkloadLabels[uid]["version"] == "v3" })
+	if err := client.Resource(podsResource).Namespace("app").Delete(ctx, "web-v2-abc", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	tu.WaitFor(t, 5*time.Second, "pod removed", func() bool { c, _ := last(); return len(c.WorkloadLabels) == 0 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestPodChanged: only what subsets select (a pod's labels) or its presence recompiles; status and spec
+// updates of pods, the bulk of a cluster's pod events, do not.
+func TestPodChanged(t *testing.T) {
+	pod := func(rv string, labels map[string]string) *unstructured.Unstructured {
+		u := &unstructured.Unstructured{}
+		u.SetAPIVersion("v1")
+		u.SetKind("Pod")
+		u.SetNamespace("app")
+		u.SetName("p")
+		u.SetResourceVersion(rv)
+		u.SetLabels(labels)
+		return u
+	}
+	a := map[string]string{"app": "web", "version": "v1"}
+	for _, tc := range []struct {
+		name     string
+		old, new any
+		want     bool
+	}{
+		{"resync", pod("1", a), pod("1", a), false},
+		{"status update", pod("1", a), pod("2", a), false},
+		{"label changed", pod("1", a), pod("2", map[string]string{"app": "web", "version": "v2"}), true},
+		{"label added", pod("1", a), pod("2", map[string]string{"app": "web", "version": "v1", "x": "y"}), true},
+		{"labels removed", pod("1", a), pod("2", nil), true},
+		{"not objects", "a", "b", true},
+	} {
+		if got := podChanged(tc.old, tc.new); got != tc.want {
+			t.Errorf("%s: podChanged = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}

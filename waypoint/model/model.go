@@ -76,9 +76,10 @@ type Rule struct {
 type PathKind uint8
 
 const (
-	PathPrefix PathKind = iota
+	PathPrefix PathKind = iota // Gateway API's element-wise prefix
 	PathExact
 	PathRegex
+	PathStringPrefix // Istio's VirtualService uri prefix: a plain string prefix
 )
 
 // StringKind is how a header or query value is matched.
@@ -141,7 +142,7 @@ func (m *HeaderMod) Empty() bool { return len(m.Set) == 0 && len(m.Add) == 0 && 
 type Header struct{ Name, Value string }
 
 // PathModifier changes a path: FullPath replaces the whole path; with PrefixSet, the matched
-// PathPrefix is replaced by Prefix.
+// PathPrefix or PathStringPrefix is replaced by Prefix.
 type PathModifier struct {
 	FullPath  string
 	Prefix    string

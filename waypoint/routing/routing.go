@@ -140,7 +140,7 @@ func key(m *model.Match) rank {
 	switch m.PathKind {
 	case model.PathExact:
 		r.pathRank = 3
-	case model.PathPrefix:
+	case model.PathPrefix, model.PathStringPrefix:
 		r.pathRank = 2
 	case model.PathRegex:
 		r.pathRank = 1
@@ -216,6 +216,8 @@ func MatchPath(m *model.Match, path string) bool {
 		return path == m.Path
 	case model.PathRegex:
 		return m.PathRE != nil && m.PathRE.MatchString(path)
+	case model.PathStringPrefix:
+		return strings.HasPrefix(path, m.Path)
 	}
 	return PrefixMatches(m.Path, path)
 }
@@ -259,10 +261,14 @@ func PickBackend(bs []model.Backend, n func(total uint64) uint64) (*model.Backen
 }
 
 // RewritePath applies a rewrite or redirect path modifier: the full path, or the matched prefix
-// replaced (Gateway API ReplacePrefixMatch semantics).
+// replaced (Gateway API ReplacePrefixMatch semantics; for an Istio string prefix, Envoy's prefix_rewrite:
+// the matched characters replaced).
 func RewritePath(path string, mod model.PathModifier, m *model.Match) string {
 	if mod.FullPath != "" {
 		return mod.FullPath
+	}
+	if mod.PrefixSet && m != nil && m.PathKind == model.PathStringPrefix && strings.HasPrefix(path, m.Path) {
+		return mod.Prefix + path[len(m.Path):]
 	}
 	if !mod.PrefixSet || m == nil || m.PathKind != model.PathPrefix {
 		return path
