@@ -222,3 +222,23 @@ func TestBadTempPrefix(t *testing.T) {
 		}
 	}
 }
+
+func TestTempDirInUse(t *testing.T) {
+	d, err := owner.MkdirTemp("ambit-owner-inuse-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(d.Path)
+	if !owner.TempDirInUse(d.Path) {
+		t.Error("a directory this process owns is not in use")
+	}
+	if err := d.Keep(); err != nil {
+		t.Fatal(err)
+	}
+	if owner.TempDirInUse(d.Path) {
+		t.Error("a kept directory (lock released) is still in use")
+	}
+	if owner.TempDirInUse(t.TempDir()) {
+		t.Error("a directory without an owner lock is in use")
+	}
+}

@@ -132,3 +132,7 @@ func SweepTemp(prefix string) (removed []string, err error) {
 func tempPrefixOK(prefix string) bool {
 	return prefix != "" && !strings.ContainsAny(prefix, `/*?[\`)
 }
+
+// TempDirInUse reports whether dir, made by MkdirTemp, is still owned by a live process (its lock is held).
+// It only reads /proc/locks: the lock file is not touched.
+func TempDirInUse(dir string) bool { return len(Holders(filepath.Join(dir, tempLockName))) > 0 }
