@@ -44,6 +44,7 @@ import (
 	"github.com/ambit-mesh/ambit/waypoint/kube"
 	"github.com/ambit-mesh/ambit/waypoint/model"
 	"github.com/ambit-mesh/ambit/waypoint/telemetry"
+	"github.com/ambit-mesh/ambit/waypoint/upstream"
 	"github.com/ambit-mesh/ambit/xdsclient"
 )
 
@@ -192,6 +193,7 @@ func (w *Waypoint) newEngine(files []local.File) error {
 		Logger: w.log.With("component", "l7"), Registerer: w.Metrics.Registry, State: w.Store, Dial: w.dialEndpoint,
 		Namespace: w.cfg.Namespace, Name: w.cfg.Name, Network: w.cfg.Network, Tracing: w.tracing,
 		StreamIdleTimeout: max(w.cfg.StreamIdleTimeout, 0),
+		Resolver:          &upstream.Resolver{Conf: w.cfg.ResolvConf, Dial: w.sockets.DialContext},
 	})
 	if err != nil {
 		return fmt.Errorf("l7 engine: %w", err)
