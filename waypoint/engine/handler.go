@@ -802,6 +802,12 @@ func (rs *reqState) proxyError(w http.ResponseWriter, r *http.Request, err error
 		w.WriteHeader(499) // client went away; nothing reaches it
 	case errors.As(err, new(*connectError)):
 		rs.flag(FlagConnFailure)
+		if te := (*tlsError)(nil); errors.As(err, &te) {
+			// Envoy's words for a failed TLS origination.
+			local(w, r, http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: "+
+				"remote connection failure, transport failure reason: TLS_error: "+te.err.Error(), nil)
+			break
+		}
 		local(w, r, http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection failure", nil)
 	default:
 		rs.flag(FlagReset)

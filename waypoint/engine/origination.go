@@ -3,7 +3,6 @@ package engine
 import (
 	"context"
 	"crypto/tls"
-	"fmt"
 	"net"
 	"net/http"
 	"sync"
@@ -53,7 +52,7 @@ func (ts *tlsTransports) get(t *model.TLS, host string, http1 bool) *http.Transp
 		DialTLSContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
 			cfg, err := upstream.TLSConfig(&tcopy, host, alpn)
 			if err != nil {
-				return nil, &connectError{err: fmt.Errorf("TLS_error: %w", err)}
+				return nil, &connectError{err: &tlsError{err: err}}
 			}
 			c, err := ts.dial(ctx, addr)
 			if err != nil {
@@ -62,7 +61,7 @@ func (ts *tlsTransports) get(t *model.TLS, host string, http1 bool) *http.Transp
 			tc := tls.Client(c, cfg)
 			if err := tc.HandshakeContext(ctx); err != nil {
 				c.Close()
-				return nil, &connectError{err: fmt.Errorf("TLS_error: %w", err)}
+				return nil, &connectError{err: &tlsError{err: err}}
 			}
 			return tc, nil
 		},
@@ -74,6 +73,12 @@ func (ts *tlsTransports) get(t *model.TLS, host string, http1 bool) *http.Transp
 	ts.m[k] = tr
 	return tr
 }
+
+// tlsError is a failed TLS origination (configuration or handshake): UF with Envoy's TLS_error reason.
+type tlsError struct{ err error }
+
+func (e *tlsError) Error() string { return "TLS_error: " + e.err.Error() }
+func (e *tlsError) Unwrap() error { return e.err }
 
 // reset drops every transport (closing their idle connections).
 func (ts *tlsTransports) reset() {
