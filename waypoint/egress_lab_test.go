@@ -335,6 +335,10 @@ spec:
 			t.Fatalf("no warning for credentialName in the waypoint's log")
 		}
 		want(t, "443", "backend-1 tls=true client= host=api.example.test sni=api.example.test")
+		apply(t, drYAML(ca.file, ", credentialName: api-credential")+"# another version of the file\n")
+		if n := strings.Count(wpLog.String(), "tls.credentialName: not implemented"); n != 1 {
+			t.Errorf("the warning was logged %d times over two versions, want once", n)
+		}
 	})
 	t.Run("a changed answer is used once its TTL expired", func(t *testing.T) {
 		dnsSrv.set("api.example.test.", n1[1].IP.String())

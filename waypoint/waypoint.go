@@ -24,6 +24,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -52,6 +53,8 @@ import (
 type Waypoint struct {
 	cfg     Config
 	log     *slog.Logger
+	warnMu  sync.Mutex
+	warned  map[string]bool // guarded by warnMu; the L7 warnings of the configuration in use
 	Store   *state.Store
 	Metrics *metrics.Metrics
 	Conns   connmgr.Manager
@@ -209,7 +212,7 @@ func (w *Waypoint) newEngine(files []local.File) error {
 				return fmt.Errorf("kubernetes L7 source: %w", err)
 			}
 		}
-		w.kube = &kube.Source{Client: client, Logger: w.log.With("component", "l7-kube"), OnUpdate: w.engine.Update,
+		w.kube = &kube.Source{Client: client, Logger: w.log.With("component", "l7-kube"), OnUpdate: w.applyL7,
 			Options: w.compileOptions()}
 		return nil
 	}
@@ -217,8 +220,24 @@ func (w *Waypoint) newEngine(files []local.File) error {
 	if err != nil {
 		return err
 	}
-	w.engine.Update(cfg)
+	w.applyL7(cfg)
 	return nil
+}
+
+// applyL7 serves cfg and logs each of its warnings (fields Ambit does not implement, named with their
+// object) once: a warning already logged for the configuration before is not repeated.
+func (w *Waypoint) applyL7(cfg *model.Config) {
+	w.engine.Update(cfg)
+	w.warnMu.Lock()
+	defer w.warnMu.Unlock()
+	seen := make(map[string]bool, len(cfg.Warnings))
+	for _, m := range cfg.Warnings {
+		if !w.warned[m] && !seen[m] {
+			w.log.Warn("L7 configuration warning", "warning", m)
+		}
+		seen[m] = true
+	}
+	w.warned = seen
 }
 
 func (w *Waypoint) compileOptions() compile.Options {
@@ -368,10 +387,7 @@ func (w *Waypoint) filesChanged(files []local.File, err error) {
 			w.log.Error("L7 configuration rejected; keeping the previous configuration", "err", err)
 			return
 		}
-		w.engine.Update(cfg)
-		for _, warn := range cfg.Warnings {
-			w.log.Warn("L7 configuration warning", "warning", warn)
-		}
+		w.applyL7(cfg)
 		w.log.Info("L7 configuration applied", "routes", len(cfg.Routes), "destinationRules", len(cfg.Destinations),
 			"authorizationPolicies", len(cfg.Authz), "requestAuthentications", len(cfg.JWT), "rateLimits", len(cfg.RateLimits))
 	}
