@@ -76,8 +76,8 @@ func TestTLSConfig(t *testing.T) {
 	pool := x509.NewCertPool()
 	pool.AddCert(ca.cert)
 	// handshake runs a TLS server (requiring a client certificate when mutual) over a pipe and returns the
-	// client's error and the client certificate the server saw.
-	handshake := func(cfg *tls.Config, mutual bool) (error, string) {
+	// client certificate the server saw and the client's error.
+	handshake := func(cfg *tls.Config, mutual bool) (string, error) {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
@@ -113,7 +113,7 @@ func TestTLSConfig(t *testing.T) {
 			tc.Read(make([]byte, 1))
 		}
 		c.Close()
-		return err, <-seen
+		return <-seen, err
 	}
 	tests := []struct {
 		name   string
@@ -144,7 +144,7 @@ func TestTLSConfig(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			err, client := handshake(cfg, tt.mutual)
+			client, err := handshake(cfg, tt.mutual)
 			if tt.err == "" && err != nil || tt.err != "" && (err == nil || !strings.Contains(err.Error(), tt.err)) {
 				t.Fatalf("handshake: %v, want %q", err, tt.err)
 			}
