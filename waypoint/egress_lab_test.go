@@ -222,6 +222,7 @@ spec:
   - {number: 80, name: http, protocol: HTTP}
   - {number: 443, name: http-tls, protocol: HTTP}
   - {number: 8443, name: http-mtls, protocol: HTTP}
+  - {number: 9443, name: tls, protocol: TLS, targetPort: 443}
 `
 
 // TestEgressWaypoint is the istio.io egress example in the lab: a ServiceEntry with resolution DNS in
@@ -338,6 +339,25 @@ spec:
 		apply(t, drYAML(ca.file, ", credentialName: api-credential")+"# another version of the file\n")
 		if n := strings.Count(wpLog.String(), "tls.credentialName: not implemented"); n != 1 {
 			t.Errorf("the warning was logged %d times over two versions, want once", n)
+		}
+	})
+	t.Run("TLS from the client passes through the waypoint at L4 to the resolved host", func(t *testing.T) {
+		pool := x509.NewCertPool()
+		pool.AddCert(ca.cert)
+		tc := &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{DisableKeepAlives: true,
+			TLSClientConfig: &tls.Config{RootCAs: pool},
+			DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+				_, port, _ := net.SplitHostPort(addr)
+				return client.NS.Dial(ctx, "tcp", "240.240.0.10:"+port)
+			}}}
+		resp, err := tc.Get("https://api.example.test:9443/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if got := string(b); resp.StatusCode != 200 || got != "backend-1 tls=true client= host=api.example.test:9443 sni=api.example.test" {
+			t.Fatalf("passthrough: %d %q", resp.StatusCode, got)
 		}
 	})
 	t.Run("a changed answer is used once its TTL expired", func(t *testing.T) {

@@ -73,12 +73,14 @@ type Waypoint struct {
 	// (serveHBONE), since a policy that denies it may not have arrived.
 	configured atomic.Bool
 
-	engine  *engine.Engine
-	tracing *telemetry.Tracing
-	l7pool  *hbone.Pool    // the L7 engine's upstreams (smaller stream windows, see Config.L7StreamWindow)
-	files   *local.Watcher // Config.ConfigFiles, when set
-	kube    *kube.Source   // the kubernetes L7 source, when configured
-	xds     *xds.Source    // istiod, when the state comes from it (else the files)
+	engine *engine.Engine
+	// resolver resolves DNS endpoints (ServiceEntry resolution DNS) for the L7 engine and the L4 forward.
+	resolver *upstream.Resolver
+	tracing  *telemetry.Tracing
+	l7pool   *hbone.Pool    // the L7 engine's upstreams (smaller stream windows, see Config.L7StreamWindow)
+	files    *local.Watcher // Config.ConfigFiles, when set
+	kube     *kube.Source   // the kubernetes L7 source, when configured
+	xds      *xds.Source    // istiod, when the state comes from it (else the files)
 }
 
 // New validates cfg and loads the configuration; it binds nothing. An invalid configuration (state or
@@ -186,6 +188,7 @@ func (w *Waypoint) newEngine(files []local.File) error {
 	if sampling == 0 && w.cfg.OTLPEndpoint != "" {
 		sampling = 1
 	}
+	w.resolver = &upstream.Resolver{Conf: w.cfg.ResolvConf, Dial: w.sockets.DialContext}
 	var err error
 	w.tracing, err = telemetry.NewTracing(context.Background(), telemetry.TracingOptions{Endpoint: w.cfg.OTLPEndpoint,
 		Sampling: sampling, ServiceName: w.cfg.Name + "." + w.cfg.Namespace})
@@ -196,7 +199,7 @@ func (w *Waypoint) newEngine(files []local.File) error {
 		Logger: w.log.With("component", "l7"), Registerer: w.Metrics.Registry, State: w.Store, Dial: w.dialEndpoint,
 		Namespace: w.cfg.Namespace, Name: w.cfg.Name, Network: w.cfg.Network, Tracing: w.tracing,
 		StreamIdleTimeout: max(w.cfg.StreamIdleTimeout, 0),
-		Resolver:          &upstream.Resolver{Conf: w.cfg.ResolvConf, Dial: w.sockets.DialContext},
+		Resolver:          w.resolver,
 	})
 	if err != nil {
 		return fmt.Errorf("l7 engine: %w", err)
