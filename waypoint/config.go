@@ -89,6 +89,10 @@ type Config struct {
 	// stream_idle_timeout; negative: none). TCPIdleTimeout does the same for streams forwarded at L4
 	// (default 1 h, Envoy's tcp_proxy idle_timeout; negative: none).
 	StreamIdleTimeout, TCPIdleTimeout time.Duration
+	// ResolvConf is the resolver configuration the L7 engine resolves DNS endpoints (ServiceEntry
+	// resolution DNS) with, at request time, caching answers for their TTL (default /etc/resolv.conf: the
+	// pod's resolver, as Envoy's).
+	ResolvConf string
 }
 
 // withDefaults returns c with every zero field set to its default.

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
@@ -18,6 +19,7 @@ import (
 	"github.com/ambit-mesh/ambit/proxy/relay"
 	"github.com/ambit-mesh/ambit/waypoint/engine"
 	"github.com/ambit-mesh/ambit/waypoint/policy"
+	"github.com/ambit-mesh/ambit/waypoint/upstream"
 )
 
 // connectTimeout bounds establishing the L4 forward's upstream.
@@ -233,6 +235,16 @@ func (w *Waypoint) forwardTCP(ctx context.Context, r *hbone.Request, me, peerWl 
 	// Planned as traffic from this instance: a waypoint's own traffic goes direct to the endpoint.
 	req := route.Request{Source: me, SourceIP: w.cfg.PodIP, Destination: target, Network: w.cfg.Network}
 	plan := route.Build(w.Store, &req)
+	if plan.Path != route.PathDirect && svc != nil {
+		// A DNS ServiceEntry's endpoints have a hostname, not an address: resolve it now (TLS passthrough
+		// and other TCP egress through the waypoint).
+		if eps, err := upstream.HostEndpoints(ctx, w.Store.Endpoints(svc.Key()), svc, target.Port(), w.resolver.Lookup); len(eps) > 0 {
+			ep := eps[rand.IntN(len(eps))]
+			plan = route.Plan{Path: route.PathDirect, Protocol: route.ProtocolTCP, NextHop: ep.Addr, Service: svc, Workload: ep.Workload}
+		} else if err != nil {
+			w.log.Debug("DNS endpoints not resolved", "service", svc.Hostname, "err", err)
+		}
+	}
 	c := res.Conn
 	c.Hop, c.Protocol, c.Workload = plan.NextHop, plan.Protocol.String(), plan.Workload
 	if plan.Authority.IsValid() {

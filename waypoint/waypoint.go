@@ -24,6 +24,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -44,6 +45,7 @@ import (
 	"github.com/ambit-mesh/ambit/waypoint/kube"
 	"github.com/ambit-mesh/ambit/waypoint/model"
 	"github.com/ambit-mesh/ambit/waypoint/telemetry"
+	"github.com/ambit-mesh/ambit/waypoint/upstream"
 	"github.com/ambit-mesh/ambit/xdsclient"
 )
 
@@ -51,6 +53,8 @@ import (
 type Waypoint struct {
 	cfg     Config
 	log     *slog.Logger
+	warnMu  sync.Mutex
+	warned  map[string]bool // guarded by warnMu; the L7 warnings of the configuration in use
 	Store   *state.Store
 	Metrics *metrics.Metrics
 	Conns   connmgr.Manager
@@ -69,12 +73,14 @@ type Waypoint struct {
 	// (serveHBONE), since a policy that denies it may not have arrived.
 	configured atomic.Bool
 
-	engine  *engine.Engine
-	tracing *telemetry.Tracing
-	l7pool  *hbone.Pool    // the L7 engine's upstreams (smaller stream windows, see Config.L7StreamWindow)
-	files   *local.Watcher // Config.ConfigFiles, when set
-	kube    *kube.Source   // the kubernetes L7 source, when configured
-	xds     *xds.Source    // istiod, when the state comes from it (else the files)
+	engine *engine.Engine
+	// resolver resolves DNS endpoints (ServiceEntry resolution DNS) for the L7 engine and the L4 forward.
+	resolver *upstream.Resolver
+	tracing  *telemetry.Tracing
+	l7pool   *hbone.Pool    // the L7 engine's upstreams (smaller stream windows, see Config.L7StreamWindow)
+	files    *local.Watcher // Config.ConfigFiles, when set
+	kube     *kube.Source   // the kubernetes L7 source, when configured
+	xds      *xds.Source    // istiod, when the state comes from it (else the files)
 }
 
 // New validates cfg and loads the configuration; it binds nothing. An invalid configuration (state or
@@ -182,6 +188,7 @@ func (w *Waypoint) newEngine(files []local.File) error {
 	if sampling == 0 && w.cfg.OTLPEndpoint != "" {
 		sampling = 1
 	}
+	w.resolver = &upstream.Resolver{Conf: w.cfg.ResolvConf, Dial: w.sockets.DialContext}
 	var err error
 	w.tracing, err = telemetry.NewTracing(context.Background(), telemetry.TracingOptions{Endpoint: w.cfg.OTLPEndpoint,
 		Sampling: sampling, ServiceName: w.cfg.Name + "." + w.cfg.Namespace})
@@ -192,6 +199,7 @@ func (w *Waypoint) newEngine(files []local.File) error {
 		Logger: w.log.With("component", "l7"), Registerer: w.Metrics.Registry, State: w.Store, Dial: w.dialEndpoint,
 		Namespace: w.cfg.Namespace, Name: w.cfg.Name, Network: w.cfg.Network, Tracing: w.tracing,
 		StreamIdleTimeout: max(w.cfg.StreamIdleTimeout, 0),
+		Resolver:          w.resolver,
 	})
 	if err != nil {
 		return fmt.Errorf("l7 engine: %w", err)
@@ -207,7 +215,7 @@ func (w *Waypoint) newEngine(files []local.File) error {
 				return fmt.Errorf("kubernetes L7 source: %w", err)
 			}
 		}
-		w.kube = &kube.Source{Client: client, Logger: w.log.With("component", "l7-kube"), OnUpdate: w.engine.Update,
+		w.kube = &kube.Source{Client: client, Logger: w.log.With("component", "l7-kube"), OnUpdate: w.applyL7,
 			Options: w.compileOptions()}
 		return nil
 	}
@@ -215,8 +223,24 @@ func (w *Waypoint) newEngine(files []local.File) error {
 	if err != nil {
 		return err
 	}
-	w.engine.Update(cfg)
+	w.applyL7(cfg)
 	return nil
+}
+
+// applyL7 serves cfg and logs each of its warnings (fields Ambit does not implement, named with their
+// object) once: a warning already logged for the configuration before is not repeated.
+func (w *Waypoint) applyL7(cfg *model.Config) {
+	w.engine.Update(cfg)
+	w.warnMu.Lock()
+	defer w.warnMu.Unlock()
+	seen := make(map[string]bool, len(cfg.Warnings))
+	for _, m := range cfg.Warnings {
+		if !w.warned[m] && !seen[m] {
+			w.log.Warn("L7 configuration warning", "warning", m)
+		}
+		seen[m] = true
+	}
+	w.warned = seen
 }
 
 func (w *Waypoint) compileOptions() compile.Options {
@@ -366,10 +390,7 @@ func (w *Waypoint) filesChanged(files []local.File, err error) {
 			w.log.Error("L7 configuration rejected; keeping the previous configuration", "err", err)
 			return
 		}
-		w.engine.Update(cfg)
-		for _, warn := range cfg.Warnings {
-			w.log.Warn("L7 configuration warning", "warning", warn)
-		}
+		w.applyL7(cfg)
 		w.log.Info("L7 configuration applied", "routes", len(cfg.Routes), "destinationRules", len(cfg.Destinations),
 			"authorizationPolicies", len(cfg.Authz), "requestAuthentications", len(cfg.JWT), "rateLimits", len(cfg.RateLimits))
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/ambit-mesh/ambit/mesh/binding"
 	"github.com/ambit-mesh/ambit/mesh/istio"
+	"github.com/ambit-mesh/ambit/mesh/state"
 )
 
 // The fixture of docs/waypoint-rules.md §8.1: namespaces app and infra, Service app/svc (10.0.0.1) selecting
@@ -454,5 +455,40 @@ func TestWaypointAddress(t *testing.T) {
 		if s.Name == "svc" && (s.Waypoint == nil || s.Waypoint.Destination() != "app/wp.app.svc.cluster.local") {
 			t.Fatalf("hostname form: waypoint = %+v", s.Waypoint)
 		}
+	}
+}
+
+func TestServiceEntryDNS(t *testing.T) {
+	res := compileYAML(t, `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: istio-egress, labels: {istio.io/use-waypoint: waypoint}}
+spec:
+  hosts: [api.example.test]
+  resolution: DNS
+  ports: [{number: 80, name: http, protocol: HTTP}, {number: 443, name: https, protocol: HTTP, targetPort: 8443}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: any, namespace: istio-egress}
+spec:
+  hosts: ["*.example.test"]
+  resolution: DYNAMIC_DNS
+  ports: [{number: 80, name: http, protocol: HTTP}]
+`)
+	// The DNS entry's host is its one implicit endpoint, by hostname, for the waypoint to resolve.
+	var w *state.Workload
+	for _, x := range res.Snapshot.Workloads {
+		if x.Name == "api" {
+			w = x
+		}
+	}
+	if w == nil || w.Hostname != "api.example.test" || len(w.Addresses) != 0 || len(w.Services) != 1 {
+		t.Fatalf("implicit endpoint %+v", w)
+	}
+	if p, _ := w.Services[0].Target(443); p != 8443 {
+		t.Errorf("target of 443: %d", p)
+	}
+	if len(res.Warnings) != 1 || !strings.Contains(res.Warnings[0], "ServiceEntry istio-egress/any: spec.resolution: DYNAMIC_DNS is not implemented") {
+		t.Errorf("warnings %q", res.Warnings)
 	}
 }

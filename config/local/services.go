@@ -271,6 +271,7 @@ func (c *compiler) convertServiceEntry(se *networkingv1.ServiceEntry) error {
 			}
 		}
 	}
+	c.serviceEntryResolutionWarnings(se)
 	var lb *state.LoadBalancing
 	if spec.Resolution == networkingapi.ServiceEntry_NONE {
 		lb = &state.LoadBalancing{Mode: state.LBPassthrough, HealthPolicy: state.AllowAll}
@@ -307,4 +308,14 @@ func (c *compiler) convertServiceEntry(se *networkingv1.ServiceEntry) error {
 	c.res.Bindings = append(c.res.Bindings, b)
 	c.seServices[se] = svcs
 	return nil
+}
+
+// serviceEntryResolutionWarnings surfaces the resolution settings the waypoint does not implement: it
+// resolves each host (or endpoint hostname) of a DNS entry itself, so DYNAMIC_DNS, which resolves the
+// request's authority under a wildcard host, is not served as Istio serves it.
+func (c *compiler) serviceEntryResolutionWarnings(se *networkingv1.ServiceEntry) {
+	if se.Spec.Resolution == networkingapi.ServiceEntry_DYNAMIC_DNS {
+		c.res.Warnings = append(c.res.Warnings, fmt.Sprintf("ServiceEntry %s/%s: spec.resolution: DYNAMIC_DNS is not implemented "+
+			"(the waypoint resolves the entry's hosts, not each request's authority)", se.Namespace, se.Name))
+	}
 }

@@ -185,7 +185,12 @@ func (c *Compiler) Add(obj any) error {
 	case *networkingv1.DestinationRule:
 		return c.add(o, "DestinationRule", &o.ObjectMeta, func() error {
 			d, err := c.destinationRule(o.Namespace, o.Name, &o.Spec)
+			var warnings []string
 			if err == nil {
+				warnings, err = destinationTLS(d, &o.Spec)
+			}
+			if err == nil {
+				c.cfg.Warnings = append(c.cfg.Warnings, warnings...)
 				if _, dup := c.cfg.Destinations[d.Host]; !dup {
 					c.cfg.Destinations[d.Host] = d // the oldest rule for a host wins, as in Istio
 				}

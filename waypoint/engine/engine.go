@@ -55,6 +55,9 @@ type Options struct {
 	// Dial opens a connection to an endpoint address (pod IP and target port): HBONE to the pod's
 	// :15008 with the waypoint's identity when the pod is in the mesh.
 	Dial func(ctx context.Context, addr netip.AddrPort) (net.Conn, error)
+	// Resolver resolves the hostnames of DNS endpoints (ServiceEntry resolution DNS) at request time; nil
+	// leaves them out (no endpoint: 503 UH).
+	Resolver *upstream.Resolver
 	// Namespace and Name are the waypoint Gateway's; Network the waypoint's network.
 	Namespace, Name, Network string
 	// RootNamespace holds mesh-wide (GatewayClass-targeted) policies; default istio-system.
@@ -103,7 +106,8 @@ type Engine struct {
 
 	h1       *http.Transport
 	h2       *http.Transport
-	proxyLog *log.Logger // the ReverseProxy's error log, shared by every request's proxy
+	tls      tlsTransports // TLS origination
+	proxyLog *log.Logger   // the ReverseProxy's error log, shared by every request's proxy
 	srv      *http.Server
 	ln       *chanListener
 	mirrors  chan struct{}
@@ -193,6 +197,7 @@ func New(opts Options) (*Engine, error) {
 		IdleConnTimeout:    90 * time.Second,
 		HTTP2:              &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second},
 	}
+	e.tls.dial = dial
 	e.proxyLog = slog.NewLogLogger(e.log.Handler(), slog.LevelDebug)
 	var both http.Protocols
 	both.SetHTTP1(true)
@@ -229,6 +234,7 @@ func (e *Engine) Update(cfg *model.Config) {
 	}
 	e.authn.Sync(context.Background(), rules)
 	e.snap.Store(&snapshot{cfg: cfg, tables: map[routing.Target]*routing.Table{}})
+	e.tls.reset()
 	now := e.now()
 	e.bmu.Lock()
 	keep := map[string]*ratelimit.Bucket{}
@@ -256,6 +262,7 @@ func (e *Engine) Close() error {
 	e.wg.Wait()
 	e.h1.CloseIdleConnections()
 	e.h2.CloseIdleConnections()
+	e.tls.reset()
 	e.authn.Close()
 	if terr := e.tracing.Shutdown(ctx); terr != nil && err == nil {
 		err = terr

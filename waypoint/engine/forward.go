@@ -49,7 +49,7 @@ func (rs *reqState) RoundTrip(req *http.Request) (*http.Response, error) {
 				return nil, err
 			}
 		}
-		eps := e.endpoints(rs)
+		eps := e.endpoints(req.Context(), rs)
 		ep, err := rs.cluster.Pick(eps, upstream.PickRequest{HashKey: rs.hashKey, Exclude: tried, Now: e.now()})
 		if err != nil {
 			return nil, err
@@ -151,9 +151,14 @@ func (e *Engine) attempt(req *http.Request, rs *reqState, ep upstream.Endpoint, 
 	}
 	var resp *http.Response
 	var err error
-	if rs.http1 {
+	switch t := rs.cluster.Policy().TLS; {
+	case t != nil && rs.svc != nil:
+		// TLS origination: the client's plain request goes out over TLS to the endpoint.
+		u.Scheme = "https"
+		resp, err = e.tls.get(t, rs.svc.Hostname, rs.http1).RoundTrip(out)
+	case rs.http1:
 		resp, err = e.h1.RoundTrip(out)
-	} else {
+	default:
 		resp, err = e.h2.RoundTrip(out)
 	}
 	if err != nil {
@@ -303,7 +308,7 @@ func (e *Engine) mirror(r *http.Request, rs *reqState, m *model.Mirror) {
 	if p, ok := svc.Port(port); ok && (p.AppProtocol == state.AppProtocolHTTP2 || p.AppProtocol == state.AppProtocolGRPC) {
 		mrs.http1 = false
 	}
-	mrs.cluster = e.clus.Cluster(svc.Hostname+"|"+strconv.Itoa(int(port))+"|", rs.snap.cfg.Destinations[svc.Hostname].PolicyFor(""))
+	mrs.cluster = e.clus.Cluster(svc.Hostname+"|"+strconv.Itoa(int(port))+"|", rs.snap.cfg.Destinations[svc.Hostname].PolicyForPort("", port))
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 10*time.Second)
 	out := r.Clone(ctx)
 	out.RequestURI = ""
@@ -317,7 +322,7 @@ func (e *Engine) mirror(r *http.Request, rs *reqState, m *model.Mirror) {
 	e.wg.Go(func() {
 		defer func() { <-e.mirrors }()
 		defer cancel()
-		eps := e.endpoints(mrs)
+		eps := e.endpoints(ctx, mrs)
 		ep, err := mrs.cluster.Pick(eps, upstream.PickRequest{Now: e.now()})
 		if err != nil {
 			e.log.Debug("mirror dropped", "backend", m.Backend.Host, "err", err)

@@ -597,7 +597,7 @@ func (e *Engine) chooseBackend(r *http.Request, rs *reqState) error {
 		rs.http1 = false
 	}
 	dest := rs.snap.cfg.Destinations[svc.Hostname]
-	pol := dest.PolicyFor(b.Subset)
+	pol := dest.PolicyForPort(b.Subset, port)
 	if dest == nil {
 		pol.LB.Kind = model.LBLeastRequest
 	}
@@ -638,7 +638,7 @@ func randomHex(n int) string {
 
 // endpoints returns the usable endpoints of the request's backend (upstream.Endpoints), or the
 // original destination of workload-addressed traffic without a route.
-func (e *Engine) endpoints(rs *reqState) []upstream.Endpoint {
+func (e *Engine) endpoints(ctx context.Context, rs *reqState) []upstream.Endpoint {
 	if rs.backend == nil {
 		w := rs.info.Workload
 		if w == nil {
@@ -655,7 +655,11 @@ func (e *Engine) endpoints(rs *reqState) []upstream.Endpoint {
 		}
 		sub = s.Labels
 	}
-	return upstream.Endpoints(e.opts.State.Endpoints(svc.Key()), svc, rs.port, sub, rs.snap.cfg.WorkloadLabels)
+	eps := upstream.Endpoints(e.opts.State.Endpoints(svc.Key()), svc, rs.port, sub, rs.snap.cfg.WorkloadLabels)
+	if sub == nil {
+		eps = e.hostEndpoints(ctx, rs, eps) // DNS endpoints carry no labels: no subset selects them
+	}
+	return eps
 }
 
 // bufferBody reads up to MaxReplayBody of the body so it can be replayed; a larger body streams once.
@@ -798,6 +802,12 @@ func (rs *reqState) proxyError(w http.ResponseWriter, r *http.Request, err error
 		w.WriteHeader(499) // client went away; nothing reaches it
 	case errors.As(err, new(*connectError)):
 		rs.flag(FlagConnFailure)
+		if te := (*tlsError)(nil); errors.As(err, &te) {
+			// Envoy's words for a failed TLS origination.
+			local(w, r, http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: "+
+				"remote connection failure, transport failure reason: TLS_error: "+te.err.Error(), nil)
+			break
+		}
 		local(w, r, http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection failure", nil)
 	default:
 		rs.flag(FlagReset)

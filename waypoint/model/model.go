@@ -1,6 +1,7 @@
 package model
 
 import (
+	"fmt"
 	"net/netip"
 	"regexp"
 	"time"
@@ -249,6 +250,43 @@ type TrafficPolicy struct {
 	LB      LB
 	Pool    ConnPool
 	Outlier *Outlier
+	// TLS originates TLS to the endpoints (DestinationRule trafficPolicy.tls); nil sends what the
+	// client sent (plain text, or HBONE to mesh endpoints).
+	TLS *TLS
+}
+
+// TLSMode is how the waypoint originates TLS to a destination.
+type TLSMode uint8
+
+const (
+	// TLSSimple verifies the server (against CACertificates, else the system roots) and presents no
+	// certificate.
+	TLSSimple TLSMode = iota + 1
+	// TLSMutual also presents ClientCertificate and PrivateKey.
+	TLSMutual
+)
+
+// TLS is DestinationRule ClientTLSSettings as the waypoint implements them. Paths are files the
+// waypoint reads when it first connects with these settings (after each configuration change).
+type TLS struct {
+	Mode TLSMode
+	// CACertificates is a PEM file of the CAs the server certificate must chain to; "" uses the
+	// system roots.
+	CACertificates string
+	// ClientCertificate and PrivateKey are PEM files (MUTUAL).
+	ClientCertificate, PrivateKey string
+	// SNI is the server name sent and verified; "" uses the destination's hostname.
+	SNI string
+	// SubjectAltNames, when set, replace the SNI in verification: the certificate must carry one of them.
+	SubjectAltNames []string
+	// InsecureSkipVerify skips verifying the server certificate.
+	InsecureSkipVerify bool
+}
+
+// Key returns a string identifying the settings (equal settings, equal keys).
+func (t *TLS) Key() string {
+	return fmt.Sprintf("%d|%q|%q|%q|%q|%q|%t", t.Mode, t.CACertificates, t.ClientCertificate, t.PrivateKey, t.SNI,
+		t.SubjectAltNames, t.InsecureSkipVerify)
 }
 
 // Subset is a named group of endpoints by label, with its own policy overrides.
@@ -263,6 +301,9 @@ type Destination struct {
 	Host            string
 	Policy          TrafficPolicy
 	Subsets         map[string]Subset
+	// PortTLS are the tls settings of trafficPolicy.portLevelSettings by service port: they replace
+	// the rule's (and a subset's) TLS on that port. A nil value turns TLS off on the port.
+	PortTLS map[uint16]*TLS
 }
 
 // PolicyFor returns the policy of subset (the rule's own when the subset does not override it).
@@ -274,6 +315,18 @@ func (d *Destination) PolicyFor(subset string) TrafficPolicy {
 		return *s.Policy
 	}
 	return d.Policy
+}
+
+// PolicyForPort returns PolicyFor(subset) with the port-level TLS of port applied.
+func (d *Destination) PolicyForPort(subset string, port uint16) TrafficPolicy {
+	p := d.PolicyFor(subset)
+	if d == nil {
+		return p
+	}
+	if t, ok := d.PortTLS[port]; ok {
+		p.TLS = t
+	}
+	return p
 }
 
 // TargetRef is a policy attachment target (Gateway API policy attachment).

@@ -5,5 +5,9 @@
 // Clusters survive configuration reloads, so counters and ejections are not reset by an unrelated
 // change.
 //
-// It is pure (time is passed in) and imports only mesh/state and waypoint/model.
+// Two parts do I/O, at request time and on the engine's behalf: Resolver resolves the hostnames of DNS
+// endpoints (ServiceEntry resolution DNS; HostEndpoints turns them into endpoints) with a resolv.conf's
+// name servers and caches each answer for its TTL, and TLSConfig reads the certificate files of a
+// DestinationRule's TLS origination (SIMPLE, MUTUAL). The rest is pure (time is passed in). Of Ambit it
+// imports only mesh/state and waypoint/model.
 package upstream
