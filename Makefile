@@ -59,7 +59,7 @@ test-e2e: ## real-istiod tier: build etcd, kube-apiserver, istiod into AMBIT_PEE
 	set -e; peers=$$(hack/peers/build-istio-stack.sh); env $$peers $(GO) test -tags e2e -race -count=1 -timeout 20m -v ./test/e2e/
 
 .PHONY: test-e2e-kube
-test-e2e-kube: ## Kubernetes tier: the above plus kube-controller-manager, kube-scheduler, istioctl; netns kubelet, DaemonSet, walkthrough
+test-e2e-kube: ## Kubernetes tier: the above plus kube-controller-manager, kube-scheduler, istioctl, Istio echo; netns kubelet, DaemonSet, walkthrough, L7, Gateway API mesh conformance
 	set -e; peers=$$(hack/peers/build-kube-stack.sh); env $$peers $(GO) test -tags e2e -race -count=1 -timeout 25m -v ./test/e2e/kube/
 
 .PHONY: test-short

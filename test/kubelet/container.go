@@ -2,6 +2,7 @@ package kubelet
 
 import (
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,6 +27,9 @@ type Image struct {
 	Entrypoint []string
 	// User is the image's USER, numeric "uid" or "uid:gid" (default: root).
 	User string
+	// Files are the image's other files: path inside the container -> file on the host, shown read-only (for
+	// example a second executable on the PATH, or a certificate the entrypoint reads).
+	Files map[string]string
 }
 
 // imageRepository strips the tag and digest of an image reference.
@@ -136,13 +140,16 @@ type mount struct {
 // by the host: a tmpfs root with the host's /usr (except /usr/local), the usr-merged /bin, /sbin and /lib
 // links, /proc, /sys and /dev, a fresh /etc with the generated hosts file, then the image's executable and the
 // volumes at their paths. The host's directories and the image's executable are read-only, as an image's files
-// are to the host; with readOnlyRootFilesystem the root itself becomes read-only (the volumes stay writable
+// are to the host; the container's UTS namespace gets hostname (when set); with readOnlyRootFilesystem the root itself becomes read-only (the volumes stay writable
 // unless their mount says readOnly). Last, the script executes the container init of package test/proc, which
 // chroots and applies sec (user, groups, capabilities, no_new_privs) before it executes argv.
-func launchScript(root, etc string, img Image, mounts []mount, sec security) (string, error) {
+func launchScript(root, etc, hostname string, img Image, mounts []mount, sec security) (string, error) {
 	q := func(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 	var b strings.Builder
 	b.WriteString("set -e\nR=" + q(root) + "\n")
+	if hostname != "" {
+		b.WriteString("printf %s " + q(hostname) + " >/proc/sys/kernel/hostname\n")
+	}
 	b.WriteString("mount -t tmpfs -o mode=0755 kubelet-root \"$R\"\n")
 	b.WriteString(`for d in bin sbin lib lib32 lib64 libx32; do
   if [ -L /$d ]; then ln -s "$(readlink /$d)" "$R/$d"; elif [ -d /$d ]; then mkdir "$R/$d"; mount --rbind /$d "$R/$d"; mount -o remount,bind,ro "$R/$d"; fi
@@ -160,7 +167,11 @@ mount --rbind /sys "$R/sys"
 mount --rbind /dev "$R/dev"
 `)
 	b.WriteString("cp -a " + q(etc) + "/. \"$R/etc/\"\n")
-	all := append([]mount{{host: img.Binary, path: img.Path, readOnly: true}}, mounts...)
+	all := []mount{{host: img.Binary, path: img.Path, readOnly: true}}
+	for _, p := range slices.Sorted(maps.Keys(img.Files)) {
+		all = append(all, mount{host: img.Files[p], path: p, readOnly: true})
+	}
+	all = append(all, mounts...)
 	for _, m := range all {
 		p := filepath.Clean(m.path)
 		if !filepath.IsAbs(p) {
@@ -209,7 +220,7 @@ func startProcess(netnsPath, script string, argv, env []string, logPath string) 
 	if err != nil {
 		return nil, nil, err
 	}
-	args := append([]string{"--net=" + netnsPath, "--", "unshare", "--mount", "--propagation", "private", "--",
+	args := append([]string{"--net=" + netnsPath, "--", "unshare", "--mount", "--uts", "--propagation", "private", "--",
 		"/bin/sh", "-c", script, "container"}, argv...)
 	cmd := exec.Command("nsenter", args...)
 	cmd.Env = env

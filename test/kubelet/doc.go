@@ -12,8 +12,15 @@
 //     TokenRequest API bound to the pod, as the real kubelet does;
 //   - runs each container's image as a local process: an image is a host executable (Options.Images) shown at
 //     its path inside a private root. The process runs in the pod's network namespace and in its own mount
-//     namespace with the volumes mounted at their mount paths and an /etc/hosts that names the control-plane
-//     services; command, args and env (including fieldRef and resourceFieldRef) follow the pod spec;
+//     namespace with the volumes mounted at their mount paths, the image's other files (Image.Files) and an
+//     /etc/hosts that names the control-plane services, and in its own UTS namespace whose hostname is the pod's
+//     name (the node's for host-network pods); command, args and env (including fieldRef and resourceFieldRef)
+//     follow the pod spec;
+//   - serves cluster DNS when Options.ClusterDNS is set: <service>.<namespace>.svc.cluster.local answers A and
+//     AAAA with the Service's ClusterIPs, read from the API server at each query (as CoreDNS's kubernetes plugin
+//     does for ClusterIP Services), at port 53 of that address in every pod and node namespace, and every
+//     container's /etc/resolv.conf names it with the namespace's search path and ndots:5 (dnsPolicy
+//     ClusterFirst);
 //   - enforces each container's securityContext (pod level, the container's fields winning) as the kubelet and
 //     containerd/runc do, through the container init of package test/proc: runAsUser, runAsGroup (else the
 //     image's USER, else root), supplementalGroups and fsGroup as supplementary groups, runAsNonRoot (the
@@ -55,5 +62,7 @@
 // are the host's (writable for root) rather than masked, the image's files (the host's /usr and the executable)
 // are read-only even without readOnlyRootFilesystem, a privileged container gets the capabilities the test
 // process holds, probes run at most every second, liveness probes are ignored, and only the kubernetes Service
-// and Options.Services are reachable by ClusterIP without Ambit.
+// and Options.Services are reachable by ClusterIP without Ambit; cluster DNS is served over TCP only (resolv.conf
+// says use-vc), answers ClusterIP Services only (no headless, pod or SRV records), and every container (not every
+// pod) has its own UTS namespace, with the same hostname.
 package kubelet

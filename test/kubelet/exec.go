@@ -56,7 +56,7 @@ func (k *Kubelet) execTarget(namespace, pod, name string) (pid int, init, env []
 // execCommand is the process exec runs: the container init entered into the container's mount and network
 // namespaces (where its root is mounted), applying the container's credentials and chroot, then argv.
 func execCommand(pid int, init, env, argv []string) *exec.Cmd {
-	args := append([]string{"--target", strconv.Itoa(pid), "--mount", "--net", "--"}, init...)
+	args := append([]string{"--target", strconv.Itoa(pid), "--mount", "--uts", "--net", "--"}, init...)
 	cmd := exec.Command("nsenter", append(args, argv...)...)
 	cmd.Env = env
 	return cmd

@@ -54,6 +54,11 @@ type Options struct {
 	APIServerVIP netip.AddrPort
 	// Services are further control-plane Services reachable by ClusterIP from every namespace.
 	Services []ServiceProxy
+	// ClusterDNS, if valid, is the cluster DNS Service's ClusterIP (kube-dns's, 10.96.0.10 in kubeadm): the
+	// kubelet serves the Services' names (<svc>.<ns>.svc.cluster.local, A and AAAA from the API server) over TCP
+	// at port 53 of it in every pod and node namespace, and every container's /etc/resolv.conf names it with
+	// the pod namespace's search path (dnsPolicy ClusterFirst). Without it, resolv.conf names no server.
+	ClusterDNS netip.Addr
 	// Hosts are extra /etc/hosts entries of every container: name -> address.
 	Hosts map[string]string
 	// EgressSocket, if set, is the Unix socket on which the kubelet answers the API server's HTTP CONNECT
@@ -70,6 +75,7 @@ type Kubelet struct {
 	opts   Options
 	log    *slog.Logger
 	apiVIP netip.AddrPort
+	dns    *clusterDNS // nil without Options.ClusterDNS
 	nodes  []*node
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -107,6 +113,14 @@ func Start(ctx context.Context, opts Options) (*Kubelet, error) {
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
 	k.cancel = cancel
+	if opts.ClusterDNS.IsValid() {
+		d, err := startClusterDNS(opts.Client, log)
+		if err != nil {
+			k.Stop()
+			return nil, fmt.Errorf("kubelet: %w", err)
+		}
+		k.dns = d
+	}
 	for i, ln := range opts.Lab.Nodes {
 		n := &node{name: fmt.Sprintf("%s%d", opts.NodePrefix, i), lab: ln,
 			cidr: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(i), 0}), 24)}
@@ -145,6 +159,9 @@ func (k *Kubelet) serviceProxies() []ServiceProxy {
 	sps := append([]ServiceProxy{}, k.opts.Services...)
 	if k.apiVIP.IsValid() && k.opts.APIServer != "" {
 		sps = append(sps, ServiceProxy{VIP: k.apiVIP, Target: k.opts.APIServer})
+	}
+	if k.dns != nil {
+		sps = append(sps, ServiceProxy{VIP: netip.AddrPortFrom(k.opts.ClusterDNS, 53), Target: k.dns.addr()})
 	}
 	return sps
 }
@@ -330,6 +347,7 @@ func (k *Kubelet) Stop() {
 	for _, n := range k.nodes {
 		n.proxies.close()
 	}
+	k.dns.close()
 }
 
 // Pod describes a running pod for tests.

@@ -3,6 +3,7 @@ package kubelet
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -173,13 +174,13 @@ func runContainer(t *testing.T, psc *corev1.PodSecurityContext, c corev1.Contain
 	}
 	dir := t.TempDir()
 	etc, root := filepath.Join(dir, "etc"), filepath.Join(dir, "root")
-	if err := writeEtc(etc, "127.0.0.1 localhost\n"); err != nil {
+	if err := writeEtc(etc, "127.0.0.1 localhost\n", resolvConf("default", netip.Addr{})); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Mkdir(root, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	script, err := launchScript(root, etc, img, mounts, sec)
+	script, err := launchScript(root, etc, p.Name, img, mounts, sec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -245,6 +246,22 @@ func TestContainerEnforcement(t *testing.T) {
 			if st[k] != want {
 				t.Errorf("%s: %q, want %q", k, st[k], want)
 			}
+		}
+	})
+	t.Run("the container has the pod's hostname and the image's other files", func(t *testing.T) {
+		extra := filepath.Join(t.TempDir(), "cert.crt")
+		if err := os.WriteFile(extra, []byte("image file\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		img := shImage
+		img.Files = map[string]string{"/cert.crt": extra}
+		out, err := runContainer(t, nil, corev1.Container{Name: "c", Command: []string{"/bin/sh", "-c",
+			"cat /proc/sys/kernel/hostname /cert.crt; echo x >/cert.crt || echo read-only"}}, img, nil)
+		if err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		if !strings.HasPrefix(out, "p\nimage file\n") || !strings.Contains(out, "read-only") {
+			t.Errorf("output %q, want the pod name p, the image file, read-only", out)
 		}
 	})
 	t.Run("root without a capabilities field has containerd's default set", func(t *testing.T) {

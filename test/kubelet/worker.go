@@ -193,7 +193,7 @@ func (w *podWorker) setup(ctx context.Context, pod *corev1.Pod) error {
 		return err
 	}
 	etc := filepath.Join(w.dir, "etc")
-	if err := writeEtc(etc, k.hostsFile(pod.Name, sb.ip.String())); err != nil {
+	if err := writeEtc(etc, k.hostsFile(pod.Name, sb.ip.String()), resolvConf(pod.Namespace, k.opts.ClusterDNS)); err != nil {
 		return err
 	}
 	var ctrs []*container
@@ -234,7 +234,11 @@ func (w *podWorker) setup(ctx context.Context, pod *corev1.Pod) error {
 		if err := os.MkdirAll(root, 0o755); err != nil {
 			return err
 		}
-		script, err := launchScript(root, etc, img, mounts, sec)
+		hostname := pod.Name
+		if pod.Spec.HostNetwork {
+			hostname = n.name
+		}
+		script, err := launchScript(root, etc, hostname, img, mounts, sec)
 		if err != nil {
 			return fmt.Errorf("container %s: %w", spec.Name, err)
 		}
@@ -261,13 +265,13 @@ func (w *podWorker) setup(ctx context.Context, pod *corev1.Pod) error {
 	return nil
 }
 
-func writeEtc(dir, hosts string) error {
+func writeEtc(dir, hosts, resolv string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
 	files := map[string]string{
 		"hosts":         hosts,
-		"resolv.conf":   "nameserver 127.0.0.53\noptions ndots:1\n",
+		"resolv.conf":   resolv,
 		"nsswitch.conf": "passwd: files\ngroup: files\nhosts: files dns\n",
 		"passwd":        "root:x:0:0:root:/root:/bin/sh\nambit:x:1337:1337::/nonexistent:/usr/sbin/nologin\n",
 		"group":         "root:x:0:\nambit:x:1337:\n",

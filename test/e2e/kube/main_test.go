@@ -30,7 +30,13 @@ const (
 	agentImage    = "ghcr.io/ambit-mesh/ambit"
 	waypointImage = "ghcr.io/ambit-mesh/ambit-waypoint"
 	echoImage     = "ambit-e2e/echo"
+	// meshEchoImage is the Gateway API conformance suite's echo (Istio's Go echo app): gamma_test.go.
+	meshEchoImage = "registry.k8s.io/gateway-api/echo-advanced"
 )
+
+// clusterDNSIP is the cluster DNS Service's ClusterIP (kube-system/kube-dns, as kubeadm numbers it): the test
+// kubelet answers Service names there (kubelet.Options.ClusterDNS).
+const clusterDNSIP = "10.96.0.10"
 
 // The agent DaemonSet as the chart names it by default (ztunnelNames: ztunnel's names, which istioctl looks for)
 // and the label selector of its pods.
@@ -49,6 +55,9 @@ type cluster struct {
 	dir     string
 	// istiodVIP is the istiod Service's ClusterIP.
 	istiodVIP string
+	// meshEcho is where the conformance suite's echo image comes from (hack/peers/build-istio-echo.sh), or why
+	// it is missing.
+	meshEcho meshEchoPeer
 }
 
 var (
@@ -185,13 +194,24 @@ func setUp(ctx context.Context, dir string) (c *cluster, timings string, err err
 		}
 		// Both images run as USER 1337:1337, as the Dockerfile builds them (the DaemonSet overrides it with root).
 		ambit := kubelet.Image{Binary: filepath.Join(c.bin, "ambit"), Path: "/usr/local/bin/ambit", User: "1337:1337"}
+		images := map[string]kubelet.Image{
+			agentImage: ambit, waypointImage: ambit,
+			echoImage: {Binary: filepath.Join(c.bin, "echo"), Path: "/usr/local/bin/echo"},
+		}
+		if c.meshEcho, err = findMeshEcho(filepath.Join(dir, "mesh-echo")); err != nil {
+			return err
+		}
+		if c.meshEcho.missing == "" {
+			images[meshEchoImage] = c.meshEcho.image
+		}
+		if err := reserveClusterDNS(ctx, c.client); err != nil {
+			return err
+		}
 		c.kubelet, err = kubelet.Start(ctx, kubelet.Options{
 			Client: c.client, Lab: l, Dir: filepath.Join(dir, "kubelet"),
-			Images: map[string]kubelet.Image{
-				agentImage: ambit, waypointImage: ambit,
-				echoImage: {Binary: filepath.Join(c.bin, "echo"), Path: "/usr/local/bin/echo"},
-			},
-			APIServer: c.stack.APIServerAddr,
+			Images:     images,
+			ClusterDNS: netip.MustParseAddr(clusterDNSIP),
+			APIServer:  c.stack.APIServerAddr,
 			Services: []kubelet.ServiceProxy{
 				{VIP: netip.AddrPortFrom(vip, 15012), Target: c.stack.XDSAddr},
 				{VIP: netip.AddrPortFrom(vip, 15010), Target: c.stack.PlainXDSAddr},
