@@ -60,7 +60,7 @@ test-e2e: ## real-istiod tier: build etcd, kube-apiserver, istiod into AMBIT_PEE
 
 .PHONY: test-e2e-kube
 test-e2e-kube: ## Kubernetes tier: the above plus kube-controller-manager, kube-scheduler, istioctl, Istio echo; netns kubelet, DaemonSet, walkthrough, L7, Gateway API mesh conformance
-	set -e; peers=$$(hack/peers/build-kube-stack.sh); env $$peers $(GO) test -tags e2e -race -count=1 -timeout 25m -v ./test/e2e/kube/
+	set -e; peers=$$(hack/peers/build-kube-stack.sh); env $$peers AMBIT_REQUIRE_PEERS=1 $(GO) test -tags e2e -race -count=1 -timeout 25m -v ./test/e2e/kube/
 
 .PHONY: test-short
 test-short: ## unit tests only, no race detector (fast inner loop)
