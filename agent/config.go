@@ -111,6 +111,13 @@ type Config struct {
 
 	// DrainTimeout bounds graceful shutdown: open connections get this long to finish (default 5 s).
 	DrainTimeout time.Duration `json:"drainTimeout"`
+	// HandoffSocket, when set, is the unix socket path of the zero-gap restart (env AMBIT_HANDOFF_SOCKET;
+	// the chart uses /var/run/ambit/handoff.sock): at start the agent takes the listening sockets of the
+	// agent serving that path, if one does (the same kernel sockets, so no connection is refused or
+	// queued while it starts), serves them once ready, then tells the old agent to stop accepting and
+	// drain; it then serves the path itself for its own successor. Empty disables the hand-off: a
+	// restarted agent binds anew after the old one closed its listeners.
+	HandoffSocket string `json:"handoffSocket"`
 	// ConnectTimeout bounds establishing an upstream: a TCP connect or an HBONE stream (default 10 s).
 	ConnectTimeout time.Duration `json:"connectTimeout"`
 	// HBONE bounds of the inbound :15008 server and the outbound pool; zero takes hbone's default,

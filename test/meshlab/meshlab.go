@@ -33,6 +33,9 @@ type Cluster struct {
 	Config  string
 	Dir     string
 	stops   []func()
+	dones   []chan struct{}
+	olds    []chan struct{} // agents that handed their listeners off and drain
+	gens    int             // agents started
 	capture string
 	mutate  func(int, *agent.Config)
 }
@@ -73,11 +76,15 @@ func StartCluster(t *testing.T, nodes, pods int, capture string, yaml func(*lab.
 	c.Agents = make([]*agent.Agent, nodes)
 	c.Logs = make([]*SyncBuffer, nodes)
 	c.stops = make([]func(), nodes)
+	c.dones = make([]chan struct{}, nodes)
 	t.Cleanup(func() {
 		for _, stop := range c.stops {
 			if stop != nil {
 				stop()
 			}
+		}
+		for _, done := range c.olds {
+			<-done
 		}
 	})
 	for i := range l.Nodes {
@@ -86,14 +93,18 @@ func StartCluster(t *testing.T, nodes, pods int, capture string, yaml func(*lab.
 	return c
 }
 
-// StartAgent (re)starts the agent of node i and waits until it is ready.
+// StartAgent (re)starts the agent of node i and waits until it is ready. Each node's agent serves its
+// own listener hand-off socket (agent.Config.HandoffSocket), so starting one while another runs takes
+// the running one's listeners (see RestartAgent).
 func (c *Cluster) StartAgent(i int) {
 	t := c.t
 	n := c.Lab.Nodes[i]
 	if c.Logs[i] == nil {
 		c.Logs[i] = &SyncBuffer{}
 	}
-	log := slog.New(slog.NewTextHandler(io.MultiWriter(c.Logs[i], TestWriter{t, n.Index}), &slog.HandlerOptions{Level: slog.LevelInfo}))
+	c.gens++
+	log := slog.New(slog.NewTextHandler(io.MultiWriter(c.Logs[i], TestWriter{t, n.Index}), &slog.HandlerOptions{Level: slog.LevelInfo})).
+		With("agent", c.gens) // tells the agents of a node apart across restarts
 	cfg := agent.Config{
 		NodeName:    fmt.Sprintf("node%d", n.Index),
 		ConfigFiles: []string{c.Config},
@@ -103,6 +114,8 @@ func (c *Cluster) StartAgent(i int) {
 		NetNS:       n.NS.Path(),
 		Uplinks:     []string{n.Uplink},
 		PinDir:      n.PinDir,
+
+		HandoffSocket: filepath.Join(c.Dir, fmt.Sprintf("handoff%d.sock", n.Index)),
 	}
 	if c.mutate != nil {
 		c.mutate(i, &cfg)
@@ -110,6 +123,9 @@ func (c *Cluster) StartAgent(i int) {
 	a, err := agent.New(cfg, log)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if len(cfg.HandoffSocket) > 100 {
+		t.Fatalf("hand-off socket path %s is too long for a unix socket", cfg.HandoffSocket)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -120,6 +136,7 @@ func (c *Cluster) StartAgent(i int) {
 		}
 	}()
 	c.Agents[i] = a
+	c.dones[i] = done
 	c.stops[i] = func() {
 		cancel()
 		<-done
@@ -131,6 +148,27 @@ func (c *Cluster) StartAgent(i int) {
 func (c *Cluster) StopAgent(i int) {
 	c.stops[i]()
 	c.stops[i] = nil
+}
+
+// RestartAgent replaces the agent of node i by a new one as an upgrade does: the new agent starts while
+// the old one runs, takes its listeners and, once ready, tells it to stop accepting and drain. It returns
+// when the new agent is ready and the old one drains (its Run returns on its own when drained; the
+// cluster's cleanup waits for it).
+func (c *Cluster) RestartAgent(i int) {
+	t := c.t
+	old, oldStop, oldDone := c.Agents[i], c.stops[i], c.dones[i]
+	c.stops[i] = nil
+	c.StartAgent(i)
+	tu.WaitFor(t, 20*time.Second, "old agent draining", func() bool { ok, _ := old.Ready(); return !ok })
+	c.olds = append(c.olds, oldDone)
+	c.t.Cleanup(oldStop) // after its drain, a no-op; cuts a drain the test did not wait for
+}
+
+// WaitDrained waits until every agent that RestartAgent replaced has returned from Run.
+func (c *Cluster) WaitDrained() {
+	for _, done := range c.olds {
+		<-done
+	}
 }
 
 // TestWriter forwards log lines of a node to the test log in verbose mode.
