@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"path/filepath"
 	"time"
 
 	"k8s.io/client-go/kubernetes"
@@ -236,6 +237,9 @@ func (c Config) Validate() error {
 		return fmt.Errorf("--admin-addr %s is not a loopback address: the admin API changes state and serves pprof; "+
 			"pass --admin-allow-remote (AMBIT_ADMIN_ALLOW_REMOTE) to expose it anyway", c.AdminAddr)
 	}
+	if err := validHandoffSocket(c.HandoffSocket); err != nil {
+		return err
+	}
 	if err := c.issuer().Validate(); err != nil {
 		return err
 	}
@@ -253,4 +257,22 @@ func (c Config) issuer() identity.IssuerOptions {
 	return identity.IssuerOptions{Source: c.Identity, CADir: c.CADir, TrustDomain: c.TrustDomain, TTL: c.CertTTL,
 		CAAddress: c.CAAddress, CARootFile: c.CARootFile, TokenFile: c.TokenFile, ClusterID: c.ClusterID,
 		Impersonate: true, SPIFFESocket: c.SPIFFESocket}
+}
+
+// maxHandoffSocketLen leaves room in a unix socket address (108 bytes) for the temporary name the
+// socket is bound under before it is renamed into place.
+const maxHandoffSocketLen = 96
+
+// validHandoffSocket checks Config.HandoffSocket: empty (off), or an absolute path short enough for a
+// unix socket address.
+func validHandoffSocket(p string) error {
+	switch {
+	case p == "":
+		return nil
+	case !filepath.IsAbs(p):
+		return fmt.Errorf("--handoff-socket %q must be an absolute path", p)
+	case len(p) > maxHandoffSocketLen:
+		return fmt.Errorf("--handoff-socket %q is longer than %d bytes (a unix socket address)", p, maxHandoffSocketLen)
+	}
+	return nil
 }

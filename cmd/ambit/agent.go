@@ -120,6 +120,8 @@ authorization, and serve admin (localhost:15000), metrics (:15020) and readiness
 	addr(&cfg.ReadinessAddr, agent.DefaultReadinessAddr, "readiness-addr", "AMBIT_READINESS_ADDR", "readiness probe")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 5*time.Second, "graceful shutdown: how long open connections may take to finish")
 	envs["drain-timeout"] = "AMBIT_DRAIN_TIMEOUT"
+	str(&cfg.HandoffSocket, "handoff-socket", "AMBIT_HANDOFF_SOCKET", "",
+		"unix socket for zero-gap restarts: take the listening sockets of the agent serving it, then serve it for the next one (empty: off)")
 	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", 10*time.Second, "how long establishing an upstream connection may take")
 	envs["connect-timeout"] = "AMBIT_CONNECT_TIMEOUT"
 	fs.BoolVar(&preserve, "preserve-source-ip", true, "connect to pods from the original client IP, and send HBONE from the source pod's IP")
