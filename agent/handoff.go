@@ -123,3 +123,7 @@ func (a *Agent) serveHandoff(g *lifecycle.Group) error {
 	})
 	return nil
 }
+
+// HandedOff reports whether a successor took this agent's listeners (Run then returned after draining
+// because of it, not because its context ended).
+func (a *Agent) HandedOff() bool { return a.handedOff.Load() }

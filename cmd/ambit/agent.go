@@ -61,7 +61,16 @@ authorization, and serve admin (localhost:15000), metrics (:15020) and readiness
 			if err != nil {
 				return err
 			}
-			return a.Run(cmd.Context())
+			if err := a.Run(cmd.Context()); err != nil {
+				return err
+			}
+			if a.HandedOff() {
+				// A DaemonSet pod whose agent exited would be restarted in place and take the listeners
+				// back from its successor: idle (no listener, no capture handle) until the pod is deleted.
+				log.Info("listeners handed off and drained; waiting to be stopped")
+				<-cmd.Context().Done()
+			}
+			return nil
 		},
 	}
 	fs := cmd.Flags()
