@@ -44,7 +44,8 @@ func (a *agentProc) logged(s string) bool {
 // TestZeroGapRestartProcesses upgrades the agents of a two-node lab as a DaemonSet rolling update with
 // maxSurge 1 does: a new `ambit agent` process starts next to the running one, takes its listeners over
 // --handoff-socket, and the old one, drained, idles until it is sent SIGTERM. Five restarts, alternating
-// nodes, under a stream of new cross-node connections: none fails.
+// nodes, under a stream of new cross-node connections: none fails and none stalls (the client never
+// retransmits a SYN).
 func TestZeroGapRestartProcesses(t *testing.T) {
 	tu.RequireRoot(t)
 	for _, mode := range []string{"ebpf", "tproxy"} {
@@ -109,6 +110,7 @@ func testZeroGapRestartProcesses(t *testing.T, mode string) {
 		t.Fatalf("before the restarts: answer %q, %v", got, err)
 	}
 
+	syns := meshlab.SynRetransmits(t, client)
 	var ok, failed atomic.Int64
 	var mu sync.Mutex
 	var errs []string
@@ -156,6 +158,10 @@ func testZeroGapRestartProcesses(t *testing.T, mode string) {
 	}
 	if ok.Load() == 0 {
 		t.Error("no connection succeeded")
+	}
+	// No client waited for a listener: not one SYN had to be sent again.
+	if n := meshlab.SynRetransmits(t, client) - syns; n > 0 {
+		t.Errorf("%d SYNs retransmitted: new connections stalled while an agent restarted", n)
 	}
 }
 

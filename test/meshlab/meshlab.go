@@ -292,3 +292,37 @@ func Counter(a *agent.Agent, name string) float64 {
 	}
 	return total
 }
+
+// SynRetransmits returns the pod's count of retransmitted SYNs (TcpExt TCPSynRetrans of its network
+// namespace): a connection whose SYN went unanswered, as when nothing accepts on a capture port. The
+// lab's links lose nothing, so an increase means a client waited for a listener.
+func SynRetransmits(t *testing.T, p *lab.Pod) int64 {
+	t.Helper()
+	var b []byte
+	err := p.NS.Do(func() error {
+		var err error
+		b, err = os.ReadFile("/proc/thread-self/net/netstat") // the thread's namespace, not the process's
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(string(b), "\n")
+	for i := 0; i+1 < len(lines); i++ {
+		names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+		if len(names) == 0 || names[0] != "TcpExt:" || len(values) != len(names) || values[0] != "TcpExt:" {
+			continue
+		}
+		for j, n := range names {
+			if n == "TCPSynRetrans" {
+				var v int64
+				if _, err := fmt.Sscan(values[j], &v); err != nil {
+					t.Fatalf("TCPSynRetrans %q: %v", values[j], err)
+				}
+				return v
+			}
+		}
+	}
+	t.Fatal("no TcpExt TCPSynRetrans in /proc/net/netstat")
+	return 0
+}
