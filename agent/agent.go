@@ -68,6 +68,17 @@ type Agent struct {
 	lnAdmin, lnMetrics, lnReady *net.TCPListener
 	redir                       redirect.Redirector
 
+	takeover  *redirect.Takeover      // listeners taken from a running agent, not yet committed (Start only)
+	handoff   *redirect.HandoffServer // serves the listeners to the next agent (Config.HandoffSocket)
+	handedOff atomic.Bool             // a successor took the listeners: this agent drains
+
+	// connCtx is the context connections are served in: it outlives the group's context (which ends
+	// when the agent starts to stop) until Drain has given them the drain timeout. loops counts the
+	// running accept loops (each returns once its connections are served).
+	connCtx    context.Context
+	connCancel context.CancelFunc
+	loops      sync.WaitGroup
+
 	mu       sync.Mutex
 	enrolled map[string]redirect.Pod // guarded by mu; capture UID -> pod
 	certIDs  map[spiffeid.ID]bool    // guarded by mu; identities of local captured workloads
@@ -206,9 +217,10 @@ func (a *Agent) Ready() (bool, []string) {
 	return false, append(pending, "proxy")
 }
 
-// Run binds every listener, installs capture and serves until ctx ends; then it stops accepting,
-// drains open connections for up to Config.DrainTimeout and closes what remains (lifecycle.Run, the
-// shape both processes share). Capture stays installed (a restarted agent re-adopts it).
+// Run binds every listener (or takes them from the running agent, Config.HandoffSocket), installs
+// capture and serves until ctx ends or a successor takes the listeners; then it stops accepting, drains
+// open connections for up to Config.DrainTimeout and closes what remains (lifecycle.Run, the shape both
+// processes share). Capture stays installed (a restarted agent re-adopts it).
 func (a *Agent) Run(ctx context.Context) error {
 	return lifecycle.Run(ctx, a, a.cfg.DrainTimeout, a.log)
 }
@@ -217,6 +229,7 @@ func (a *Agent) Run(ctx context.Context) error {
 // returns once the agent is ready.
 func (a *Agent) Start(g *lifecycle.Group) error {
 	ctx := g.Context()
+	a.connCtx, a.connCancel = context.WithCancel(context.WithoutCancel(ctx))
 	if err := a.bind(ctx); err != nil {
 		return err
 	}
@@ -256,15 +269,9 @@ func (a *Agent) Start(g *lifecycle.Group) error {
 		g.Go("kube-enroll", a.kube.Run)
 	}
 	g.Go("reconcile", a.reconcileLoop)
-	g.Go("outbound", func(ctx context.Context) error { return a.acceptLoop(ctx, a.lnOut, a.outbound.serve) })
-	g.Go("inbound", func(ctx context.Context) error { return a.acceptLoop(ctx, a.lnIn, a.inbound.servePlaintext) })
-	g.Go("hbone", func(ctx context.Context) error {
-		err := a.hbone.Serve(ctx, a.lnHBONE)
-		if errors.Is(err, hbone.ErrServerClosed) {
-			return nil
-		}
-		return err
-	})
+	if a.takeover == nil {
+		a.serveTraffic(g)
+	}
 	if a.xds != nil {
 		// Serve and report ready only once istiod's first Address and Authorization responses have
 		// been applied: before that, a DENY may be missing (the proxies refuse connections).
@@ -283,6 +290,17 @@ func (a *Agent) Start(g *lifecycle.Group) error {
 		}
 	}
 	a.reconcile(ctx)
+	if a.takeover != nil && ctx.Err() == nil {
+		// The old agent accepted on these sockets until now; from here on both do, until the commit.
+		a.serveTraffic(g)
+	}
+	if a.cfg.HandoffSocket != "" && ctx.Err() == nil {
+		if err := a.serveHandoff(g); err != nil {
+			a.closeListeners() // the accept loops return
+			a.hbone.Close()
+			return fmt.Errorf("serve listener hand-off: %w", err)
+		}
+	}
 	if ctx.Err() == nil {
 		a.ready.Store(true)
 		a.log.Info("agent ready", "outbound", a.lnOut.Addr(), "inbound", a.lnIn.Addr(), "hbone", a.lnHBONE.Addr())
@@ -290,21 +308,78 @@ func (a *Agent) Start(g *lifecycle.Group) error {
 	return nil
 }
 
-// Drain implements lifecycle.App: it stops accepting traffic, then gives open connections until ctx
-// ends to finish and closes the rest.
+// serveTraffic starts the accept loops of the capture listeners.
+func (a *Agent) serveTraffic(g *lifecycle.Group) {
+	a.loops.Add(2)
+	g.Go("outbound", func(ctx context.Context) error {
+		defer a.loops.Done()
+		return a.acceptLoop(ctx, a.lnOut, a.outbound.serve)
+	})
+	g.Go("inbound", func(ctx context.Context) error {
+		defer a.loops.Done()
+		return a.acceptLoop(ctx, a.lnIn, a.inbound.servePlaintext)
+	})
+	g.Go("hbone", func(context.Context) error {
+		// Served in connCtx: Drain shuts the server down gracefully (GOAWAY, open streams finish).
+		err := a.hbone.Serve(a.connCtx, a.lnHBONE)
+		if errors.Is(err, hbone.ErrServerClosed) {
+			return nil
+		}
+		return err
+	})
+}
+
+// Drain implements lifecycle.App: it stops accepting traffic, sends GOAWAY on inbound HBONE connections
+// (peers open new streams elsewhere: to the agent that took the listeners over), then gives open
+// connections until ctx ends to finish and closes the rest.
 func (a *Agent) Drain(ctx context.Context) {
 	a.ready.Store(false)
-	a.closeListeners()
-	if err := a.Conns.Drain(ctx); err != nil {
-		a.log.Warn("drain deadline passed; closing remaining connections", "open", a.Conns.Len())
+	if a.handoff != nil {
+		a.handoff.Close()
 	}
-	_ = a.hbone.Shutdown(ctx)
+	// Stop accepting: the HBONE listener is closed by Shutdown below (closed under it, the server would
+	// take it for a failure and cut its connections).
+	for _, ln := range []*net.TCPListener{a.lnOut, a.lnIn} {
+		if ln != nil {
+			ln.Close()
+		}
+	}
+	// Served: the accept loops returned (every plaintext or outbound connection they accepted is done,
+	// including those still connecting, which the connection manager does not track yet) and the HBONE
+	// server shut down gracefully (its streams are done); both are forced at the deadline by connCancel.
+	served := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = a.hbone.Shutdown(ctx) })
+	wg.Go(a.loops.Wait)
+	go func() { // owned: ends when both returned, which the deadline (Shutdown) and connCancel force
+		wg.Wait()
+		close(served)
+	}()
+	select {
+	case <-served:
+	case <-ctx.Done():
+		a.log.Warn("drain deadline passed; closing remaining connections", "open", a.Conns.Len())
+		_ = a.Conns.Drain(ctx) // cancels what is tracked with ErrShutdown (the access log says so)
+	}
+	a.connCancel()
+	<-served
 	a.hbone.Close()
+	a.log.Info("drained")
 }
 
 // Close implements lifecycle.App. Capture stays installed.
 func (a *Agent) Close() {
+	if a.takeover != nil { // a start that failed after taking the listeners: the old agent keeps serving
+		a.takeover.Abort()
+		a.takeover = nil
+	}
+	if a.handoff != nil {
+		a.handoff.Close()
+	}
 	a.closeListeners()
+	if a.connCancel != nil {
+		a.connCancel()
+	}
 	for _, ln := range []*net.TCPListener{a.lnAdmin, a.lnMetrics, a.lnReady} {
 		if ln != nil {
 			ln.Close()
@@ -321,31 +396,39 @@ func (a *Agent) Close() {
 	}
 }
 
+// bind takes the listeners from the running agent (Config.HandoffSocket) and binds those it did not get.
 func (a *Agent) bind(ctx context.Context) error {
-	var err error
-	listen := func(addr netip.AddrPort) *net.TCPListener {
-		if err != nil {
+	if a.cfg.HandoffSocket != "" {
+		if _, err := a.takeListeners(ctx); err != nil {
+			// Binding may still work (the old agent is on its way out); if not, both errors say why.
+			a.log.Warn("listener hand-off failed; binding", "err", err)
+			if berr := a.bindMissing(ctx); berr != nil {
+				return errors.Join(err, berr)
+			}
 			return nil
 		}
-		var ln *net.TCPListener
-		ln, err = a.in.sockets.Listen(ctx, addr)
-		if err != nil {
-			err = fmt.Errorf("listen %s: %w", addr, err)
-		}
-		return ln
 	}
-	a.lnOut = listen(a.cfg.OutboundAddr)
-	a.lnIn = listen(a.cfg.InboundAddr)
-	a.lnHBONE = listen(a.cfg.HBONEAddr)
-	a.lnAdmin = listen(a.cfg.AdminAddr)
-	a.lnMetrics = listen(a.cfg.MetricsAddr)
-	a.lnReady = listen(a.cfg.ReadinessAddr)
-	return err
+	return a.bindMissing(ctx)
+}
+
+// bindMissing binds every listener that is not set yet.
+func (a *Agent) bindMissing(ctx context.Context) error {
+	for _, s := range a.listenerSpecs() {
+		if *s.ln != nil {
+			continue
+		}
+		ln, err := a.in.sockets.Listen(ctx, s.addr)
+		if err != nil {
+			return fmt.Errorf("listen %s: %w", s.addr, err)
+		}
+		*s.ln = ln
+	}
+	return nil
 }
 
 // closeListeners stops accepting traffic (the admin surfaces close themselves when their server stops).
 func (a *Agent) closeListeners() {
-	for _, ln := range []*net.TCPListener{a.lnOut, a.lnIn, a.lnHBONE} {
+	for _, ln := range []*net.TCPListener{a.lnOut, a.lnIn, a.lnHBONE} { // this process's descriptors only
 		if ln != nil {
 			ln.Close()
 		}
@@ -381,7 +464,8 @@ func (a *Agent) serveAdmin(g *lifecycle.Group) {
 	}
 }
 
-// acceptLoop serves every accepted connection on its own goroutine until the listener closes.
+// acceptLoop serves every accepted connection on its own goroutine, in connCtx, until the listener
+// closes; it returns once they are all served.
 func (a *Agent) acceptLoop(ctx context.Context, ln *net.TCPListener, serve func(context.Context, *net.TCPConn)) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -399,7 +483,7 @@ func (a *Agent) acceptLoop(ctx context.Context, ln *net.TCPListener, serve func(
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
-		wg.Go(func() { serve(ctx, c) })
+		wg.Go(func() { serve(a.connCtx, c) })
 	}
 }
 

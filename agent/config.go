@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"path/filepath"
 	"time"
 
 	"k8s.io/client-go/kubernetes"
@@ -111,6 +112,13 @@ type Config struct {
 
 	// DrainTimeout bounds graceful shutdown: open connections get this long to finish (default 5 s).
 	DrainTimeout time.Duration `json:"drainTimeout"`
+	// HandoffSocket, when set, is the unix socket path of the zero-gap restart (env AMBIT_HANDOFF_SOCKET;
+	// the chart uses /var/run/ambit/handoff.sock): at start the agent takes the listening sockets of the
+	// agent serving that path, if one does (the same kernel sockets, so no connection is refused or
+	// queued while it starts), serves them once ready, then tells the old agent to stop accepting and
+	// drain; it then serves the path itself for its own successor. Empty disables the hand-off: a
+	// restarted agent binds anew after the old one closed its listeners.
+	HandoffSocket string `json:"handoffSocket"`
 	// ConnectTimeout bounds establishing an upstream: a TCP connect or an HBONE stream (default 10 s).
 	ConnectTimeout time.Duration `json:"connectTimeout"`
 	// HBONE bounds of the inbound :15008 server and the outbound pool; zero takes hbone's default,
@@ -229,6 +237,9 @@ func (c Config) Validate() error {
 		return fmt.Errorf("--admin-addr %s is not a loopback address: the admin API changes state and serves pprof; "+
 			"pass --admin-allow-remote (AMBIT_ADMIN_ALLOW_REMOTE) to expose it anyway", c.AdminAddr)
 	}
+	if err := validHandoffSocket(c.HandoffSocket); err != nil {
+		return err
+	}
 	if err := c.issuer().Validate(); err != nil {
 		return err
 	}
@@ -246,4 +257,22 @@ func (c Config) issuer() identity.IssuerOptions {
 	return identity.IssuerOptions{Source: c.Identity, CADir: c.CADir, TrustDomain: c.TrustDomain, TTL: c.CertTTL,
 		CAAddress: c.CAAddress, CARootFile: c.CARootFile, TokenFile: c.TokenFile, ClusterID: c.ClusterID,
 		Impersonate: true, SPIFFESocket: c.SPIFFESocket}
+}
+
+// maxHandoffSocketLen leaves room in a unix socket address (108 bytes) for the temporary name the
+// socket is bound under before it is renamed into place.
+const maxHandoffSocketLen = 96
+
+// validHandoffSocket checks Config.HandoffSocket: empty (off), or an absolute path short enough for a
+// unix socket address.
+func validHandoffSocket(p string) error {
+	switch {
+	case p == "":
+		return nil
+	case !filepath.IsAbs(p):
+		return fmt.Errorf("--handoff-socket %q must be an absolute path", p)
+	case len(p) > maxHandoffSocketLen:
+		return fmt.Errorf("--handoff-socket %q is longer than %d bytes (a unix socket address)", p, maxHandoffSocketLen)
+	}
+	return nil
 }

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"net"
 	"net/netip"
 	"strings"
 	"testing"
@@ -86,6 +87,46 @@ func TestAdminAddrLoopback(t *testing.T) {
 		err := cfg.Validate()
 		if c.err != (err != nil) || (err != nil && !strings.Contains(err.Error(), "--admin-allow-remote")) {
 			t.Errorf("admin %s (allow remote %v): Validate = %v, want error %v", c.addr, c.remote, err, c.err)
+		}
+	}
+}
+
+func TestValidHandoffSocket(t *testing.T) {
+	cases := []struct {
+		path string
+		err  string
+	}{
+		{"", ""},
+		{"/var/run/ambit/handoff.sock", ""},
+		{"run/handoff.sock", "absolute path"},
+		{"/" + strings.Repeat("a", maxHandoffSocketLen), "longer than"},
+	}
+	for _, c := range cases {
+		err := validHandoffSocket(c.path)
+		if c.err == "" && err != nil || c.err != "" && (err == nil || !strings.Contains(err.Error(), c.err)) {
+			t.Errorf("validHandoffSocket(%q) = %v, want %q", c.path, err, c.err)
+		}
+	}
+}
+
+func TestSameListenAddr(t *testing.T) {
+	tcp := func(s string) net.Addr { return net.TCPAddrFromAddrPort(netip.MustParseAddrPort(s)) }
+	cases := []struct {
+		got  net.Addr
+		want string
+		same bool
+	}{
+		{tcp("[::]:15001"), "[::]:15001", true},
+		{tcp("[::]:15001"), "[::]:15006", false},
+		{tcp("127.0.0.1:15000"), "127.0.0.1:15000", true},
+		{tcp("[::ffff:127.0.0.1]:15000"), "127.0.0.1:15000", true},
+		{tcp("0.0.0.0:15020"), "[::]:15020", false},
+		{tcp("127.0.0.1:41234"), "127.0.0.1:0", true},
+		{&net.UnixAddr{Name: "/x", Net: "unix"}, "127.0.0.1:0", false},
+	}
+	for _, c := range cases {
+		if got := sameListenAddr(c.got, netip.MustParseAddrPort(c.want)); got != c.same {
+			t.Errorf("sameListenAddr(%v, %s) = %v, want %v", c.got, c.want, got, c.same)
 		}
 	}
 }

@@ -70,6 +70,10 @@
 // a hooked ingress) and SocketFactory marks them (SO_MARK) as well. SocketFactory also makes the transparent
 // listeners and, for inbound delivery, connections bound to the original client's (non-local) address.
 //
+// A restarted agent keeps its listening sockets too: HandoffServer and Take pass them from the running process
+// to its successor over a unix socket (SCM_RIGHTS), so the SOCKMAP (ModeEBPF) and the TPROXY ports keep naming
+// the same sockets and no connection meets a closed port during the restart (see handoff_linux.go).
+//
 // Every kernel operation happens in Options.NetNS (a network namespace path), or in the caller's namespace at the
 // time of New when it is empty, so tests can run an agent inside a lab node (see test/lab).
 package redirect

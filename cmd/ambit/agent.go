@@ -61,7 +61,16 @@ authorization, and serve admin (localhost:15000), metrics (:15020) and readiness
 			if err != nil {
 				return err
 			}
-			return a.Run(cmd.Context())
+			if err := a.Run(cmd.Context()); err != nil {
+				return err
+			}
+			if a.HandedOff() {
+				// A DaemonSet pod whose agent exited would be restarted in place and take the listeners
+				// back from its successor: idle (no listener, no capture handle) until the pod is deleted.
+				log.Info("listeners handed off and drained; waiting to be stopped")
+				<-cmd.Context().Done()
+			}
+			return nil
 		},
 	}
 	fs := cmd.Flags()
@@ -120,6 +129,8 @@ authorization, and serve admin (localhost:15000), metrics (:15020) and readiness
 	addr(&cfg.ReadinessAddr, agent.DefaultReadinessAddr, "readiness-addr", "AMBIT_READINESS_ADDR", "readiness probe")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 5*time.Second, "graceful shutdown: how long open connections may take to finish")
 	envs["drain-timeout"] = "AMBIT_DRAIN_TIMEOUT"
+	str(&cfg.HandoffSocket, "handoff-socket", "AMBIT_HANDOFF_SOCKET", "",
+		"unix socket for zero-gap restarts: take the listening sockets of the agent serving it, then serve it for the next one (empty: off)")
 	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", 10*time.Second, "how long establishing an upstream connection may take")
 	envs["connect-timeout"] = "AMBIT_CONNECT_TIMEOUT"
 	fs.BoolVar(&preserve, "preserve-source-ip", true, "connect to pods from the original client IP, and send HBONE from the source pod's IP")

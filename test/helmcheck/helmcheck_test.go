@@ -198,6 +198,18 @@ func TestDefaultRendering(t *testing.T) {
 		if cm := vols["istiod-ca-cert"].ConfigMap; cm == nil || cm.Name != "istio-ca-root-cert" {
 			t.Errorf("istiod-ca-cert volume = %+v", vols["istiod-ca-cert"])
 		}
+		// Zero-gap upgrade: the old and the new agent pod overlap on the node and share the hand-off socket
+		// through a host directory.
+		if ru := ds.Spec.UpdateStrategy.RollingUpdate; ds.Spec.UpdateStrategy.Type != appsv1.RollingUpdateDaemonSetStrategyType ||
+			ru == nil || ru.MaxSurge == nil || ru.MaxSurge.String() != "1" || ru.MaxUnavailable == nil || ru.MaxUnavailable.String() != "0" {
+			t.Errorf("update strategy = %+v, want a rolling update with maxSurge 1, maxUnavailable 0", ds.Spec.UpdateStrategy)
+		}
+		sock := env["AMBIT_HANDOFF_SOCKET"]
+		if hp := vols["handoff"].HostPath; sock == "" || filepath.Dir(sock) != mounts["handoff"].MountPath || hp == nil ||
+			hp.Path != mounts["handoff"].MountPath {
+			t.Errorf("hand-off socket %q, mount %+v, volume %+v: want the socket in a host directory mounted at its directory",
+				sock, mounts["handoff"], vols["handoff"])
+		}
 		if hp := vols["bpffs"].HostPath; hp == nil || hp.Path != "/sys/fs/bpf" {
 			t.Errorf("bpffs volume = %+v", vols["bpffs"])
 		}
@@ -286,6 +298,14 @@ func TestValues(t *testing.T) {
 				}
 				if find(t, objs, "ConfigMap", "ambit-waypoint-class").ns != "mesh" {
 					t.Error("waypoint class configuration not in istioNamespace")
+				}
+			}},
+		{"update strategy for clusters before 1.25", map[string]any{"agent": map[string]any{"updateStrategy": map[string]any{"maxSurge": 0, "maxUnavailable": 1}}},
+			func(t *testing.T, objs []object) {
+				var ds appsv1.DaemonSet
+				strict(t, find(t, objs, "DaemonSet", "ztunnel"), &ds)
+				if ru := ds.Spec.UpdateStrategy.RollingUpdate; ru == nil || ru.MaxSurge.String() != "0" || ru.MaxUnavailable.String() != "1" {
+					t.Errorf("update strategy = %+v, want maxSurge 0, maxUnavailable 1", ds.Spec.UpdateStrategy)
 				}
 			}},
 		{"ztunnel names off", map[string]any{"ztunnelNames": false},

@@ -33,6 +33,9 @@ type Cluster struct {
 	Config  string
 	Dir     string
 	stops   []func()
+	dones   []chan struct{}
+	olds    []chan struct{} // agents that handed their listeners off and drain
+	gens    int             // agents started
 	capture string
 	mutate  func(int, *agent.Config)
 }
@@ -73,11 +76,15 @@ func StartCluster(t *testing.T, nodes, pods int, capture string, yaml func(*lab.
 	c.Agents = make([]*agent.Agent, nodes)
 	c.Logs = make([]*SyncBuffer, nodes)
 	c.stops = make([]func(), nodes)
+	c.dones = make([]chan struct{}, nodes)
 	t.Cleanup(func() {
 		for _, stop := range c.stops {
 			if stop != nil {
 				stop()
 			}
+		}
+		for _, done := range c.olds {
+			<-done
 		}
 	})
 	for i := range l.Nodes {
@@ -86,14 +93,18 @@ func StartCluster(t *testing.T, nodes, pods int, capture string, yaml func(*lab.
 	return c
 }
 
-// StartAgent (re)starts the agent of node i and waits until it is ready.
+// StartAgent (re)starts the agent of node i and waits until it is ready. Each node's agent serves its
+// own listener hand-off socket (agent.Config.HandoffSocket), so starting one while another runs takes
+// the running one's listeners (see RestartAgent).
 func (c *Cluster) StartAgent(i int) {
 	t := c.t
 	n := c.Lab.Nodes[i]
 	if c.Logs[i] == nil {
 		c.Logs[i] = &SyncBuffer{}
 	}
-	log := slog.New(slog.NewTextHandler(io.MultiWriter(c.Logs[i], TestWriter{t, n.Index}), &slog.HandlerOptions{Level: slog.LevelInfo}))
+	c.gens++
+	log := slog.New(slog.NewTextHandler(io.MultiWriter(c.Logs[i], TestWriter{t, n.Index}), &slog.HandlerOptions{Level: slog.LevelInfo})).
+		With("agent", c.gens) // tells the agents of a node apart across restarts
 	cfg := agent.Config{
 		NodeName:    fmt.Sprintf("node%d", n.Index),
 		ConfigFiles: []string{c.Config},
@@ -103,6 +114,8 @@ func (c *Cluster) StartAgent(i int) {
 		NetNS:       n.NS.Path(),
 		Uplinks:     []string{n.Uplink},
 		PinDir:      n.PinDir,
+
+		HandoffSocket: filepath.Join(c.Dir, fmt.Sprintf("handoff%d.sock", n.Index)),
 	}
 	if c.mutate != nil {
 		c.mutate(i, &cfg)
@@ -110,6 +123,9 @@ func (c *Cluster) StartAgent(i int) {
 	a, err := agent.New(cfg, log)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if len(cfg.HandoffSocket) > 100 {
+		t.Fatalf("hand-off socket path %s is too long for a unix socket", cfg.HandoffSocket)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -120,6 +136,7 @@ func (c *Cluster) StartAgent(i int) {
 		}
 	}()
 	c.Agents[i] = a
+	c.dones[i] = done
 	c.stops[i] = func() {
 		cancel()
 		<-done
@@ -131,6 +148,27 @@ func (c *Cluster) StartAgent(i int) {
 func (c *Cluster) StopAgent(i int) {
 	c.stops[i]()
 	c.stops[i] = nil
+}
+
+// RestartAgent replaces the agent of node i by a new one as an upgrade does: the new agent starts while
+// the old one runs, takes its listeners and, once ready, tells it to stop accepting and drain. It returns
+// when the new agent is ready and the old one drains (its Run returns on its own when drained; the
+// cluster's cleanup waits for it).
+func (c *Cluster) RestartAgent(i int) {
+	t := c.t
+	old, oldStop, oldDone := c.Agents[i], c.stops[i], c.dones[i]
+	c.stops[i] = nil
+	c.StartAgent(i)
+	tu.WaitFor(t, 20*time.Second, "old agent draining", func() bool { ok, _ := old.Ready(); return !ok })
+	c.olds = append(c.olds, oldDone)
+	c.t.Cleanup(oldStop) // after its drain, a no-op; cuts a drain the test did not wait for
+}
+
+// WaitDrained waits until every agent that RestartAgent replaced has returned from Run.
+func (c *Cluster) WaitDrained() {
+	for _, done := range c.olds {
+		<-done
+	}
 }
 
 // TestWriter forwards log lines of a node to the test log in verbose mode.
@@ -253,4 +291,38 @@ func Counter(a *agent.Agent, name string) float64 {
 		}
 	}
 	return total
+}
+
+// SynRetransmits returns the pod's count of retransmitted SYNs (TcpExt TCPSynRetrans of its network
+// namespace): a connection whose SYN went unanswered, as when nothing accepts on a capture port. The
+// lab's links lose nothing, so an increase means a client waited for a listener.
+func SynRetransmits(t *testing.T, p *lab.Pod) int64 {
+	t.Helper()
+	var b []byte
+	err := p.NS.Do(func() error {
+		var err error
+		b, err = os.ReadFile("/proc/thread-self/net/netstat") // the thread's namespace, not the process's
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(string(b), "\n")
+	for i := 0; i+1 < len(lines); i++ {
+		names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+		if len(names) == 0 || names[0] != "TcpExt:" || len(values) != len(names) || values[0] != "TcpExt:" {
+			continue
+		}
+		for j, n := range names {
+			if n == "TCPSynRetrans" {
+				var v int64
+				if _, err := fmt.Sscan(values[j], &v); err != nil {
+					t.Fatalf("TCPSynRetrans %q: %v", values[j], err)
+				}
+				return v
+			}
+		}
+	}
+	t.Fatal("no TcpExt TCPSynRetrans in /proc/net/netstat")
+	return 0
 }

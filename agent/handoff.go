@@ -1,0 +1,129 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/ambit-mesh/ambit/lifecycle"
+	"github.com/ambit-mesh/ambit/redirect"
+)
+
+// Zero-gap restart (Config.HandoffSocket). The new agent takes the old one's listening sockets over the
+// hand-off socket (redirect.Take: SCM_RIGHTS, the same kernel sockets), so in both capture modes the
+// capture path never changes: the eBPF SOCKMAP keeps holding the same listeners and the TPROXY rules keep
+// sending to the same ports, and the accept queues are shared. The old agent keeps accepting while the
+// new one starts; the new one starts its accept loops only once it is ready (first configuration, pod
+// listing, capture reconciled), then serves the hand-off socket itself and commits; on the commit the old
+// agent stops accepting and drains its open connections for its drain timeout (Drain), as on any stop.
+
+// listenerSpec is one of the agent's listening sockets, by the name the hand-off carries it under.
+type listenerSpec struct {
+	name string
+	addr netip.AddrPort
+	ln   **net.TCPListener
+}
+
+func (a *Agent) listenerSpecs() []listenerSpec {
+	return []listenerSpec{
+		{"outbound", a.cfg.OutboundAddr, &a.lnOut},
+		{"inbound", a.cfg.InboundAddr, &a.lnIn},
+		{"hbone", a.cfg.HBONEAddr, &a.lnHBONE},
+		{"admin", a.cfg.AdminAddr, &a.lnAdmin},
+		{"metrics", a.cfg.MetricsAddr, &a.lnMetrics},
+		{"readiness", a.cfg.ReadinessAddr, &a.lnReady},
+	}
+}
+
+// takeListeners takes the listeners of the agent serving Config.HandoffSocket into a's listener fields,
+// those whose address matches the configuration (the others are closed and bound anew by bind). It
+// reports whether a predecessor handed them off.
+func (a *Agent) takeListeners(ctx context.Context) (bool, error) {
+	t, err := redirect.Take(ctx, a.cfg.HandoffSocket)
+	if errors.Is(err, redirect.ErrNoPredecessor) {
+		a.log.Info("no running agent to take listeners from; binding", "handoff", a.cfg.HandoffSocket)
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("take listeners from the running agent: %w", err)
+	}
+	for _, s := range a.listenerSpecs() {
+		ln := t.Listeners[s.name]
+		if ln == nil {
+			continue
+		}
+		delete(t.Listeners, s.name)
+		if !sameListenAddr(ln.Addr(), s.addr) {
+			a.log.Warn("handed-off listener has another address; binding anew", "name", s.name, "addr", ln.Addr(), "want", s.addr)
+			ln.Close()
+			continue
+		}
+		*s.ln = ln
+	}
+	for name, ln := range t.Listeners { // names this version does not know
+		a.log.Warn("handed-off listener unknown; closing it", "name", name, "addr", ln.Addr())
+		ln.Close()
+	}
+	t.Listeners = nil
+	a.takeover = t
+	a.log.Info("took listeners from the running agent", "handoff", a.cfg.HandoffSocket)
+	return true, nil
+}
+
+// sameListenAddr reports whether a listener bound at got serves want (a port of 0 in want is any port).
+func sameListenAddr(got net.Addr, want netip.AddrPort) bool {
+	ta, ok := got.(*net.TCPAddr)
+	if !ok {
+		return false
+	}
+	ga := ta.AddrPort()
+	if ga.Addr().Unmap() != want.Addr().Unmap() {
+		return false
+	}
+	return want.Port() == 0 || ga.Port() == want.Port()
+}
+
+// serveHandoff serves the hand-off socket for the next agent and commits a takeover in progress (the old
+// agent then stops accepting). When a successor has taken the listeners, the agent stops and drains.
+func (a *Agent) serveHandoff(g *lifecycle.Group) error {
+	srv, err := redirect.ListenHandoff(a.cfg.HandoffSocket)
+	if err != nil {
+		if a.takeover != nil {
+			a.takeover.Abort()
+			a.takeover = nil
+		}
+		return err
+	}
+	a.handoff = srv
+	if a.takeover != nil {
+		err := a.takeover.Commit()
+		a.takeover = nil
+		if err != nil {
+			// The old agent is gone already (it stops accepting on its own then); we serve either way.
+			a.log.Warn("commit hand-off", "err", err)
+		} else {
+			a.log.Info("old agent told to stop accepting and drain")
+		}
+	}
+	lns := make([]redirect.NamedListener, 0, 6)
+	for _, s := range a.listenerSpecs() {
+		lns = append(lns, redirect.NamedListener{Name: s.name, Ln: *s.ln})
+	}
+	g.Go("handoff", func(ctx context.Context) error {
+		err := srv.Serve(ctx, lns, func(err error) { a.log.Warn("listener hand-off failed; still serving", "err", err) })
+		if err != nil {
+			return err
+		}
+		a.log.Info("listeners handed off to a new agent; draining")
+		a.handedOff.Store(true)
+		g.Stop()
+		return nil
+	})
+	return nil
+}
+
+// HandedOff reports whether a successor took this agent's listeners (Run then returned after draining
+// because of it, not because its context ended).
+func (a *Agent) HandedOff() bool { return a.handedOff.Load() }
