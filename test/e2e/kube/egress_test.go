@@ -184,6 +184,22 @@ func TestEgress(t *testing.T) {
 			t.Fatalf("the waypoint logged no request to %s", hostPort(backend.IP.String(), 443))
 		}
 	})
+	t.Run("a field Ambit does not implement is a Warning Event on its object", func(t *testing.T) {
+		c.apply(t, strings.Replace(egressDestinationRule, "caCertificates:", "credentialName: api-credential, caCertificates:", 1))
+		const want = "Warning UnsupportedField DestinationRule/api"
+		got := ""
+		waitFor(t, 30*time.Second, "an UnsupportedField Event on DestinationRule api", func() bool {
+			out, _ := c.stack.Kubectl(t.Context(), "get", "events", "-n", egressNS, "--field-selector", "reason=UnsupportedField",
+				"-o", `jsonpath={range .items[*]}{.type} {.reason} {.involvedObject.kind}/{.involvedObject.name} {.message}{"\n"}{end}`)
+			got = strings.TrimSpace(string(out))
+			return strings.HasPrefix(got, want)
+		})
+		if !strings.Contains(got, "spec.trafficPolicy.portLevelSettings[0].tls.credentialName: not implemented") || strings.Count(got, "\n") != 0 {
+			t.Errorf("events %q, want one naming the field", got)
+		}
+		// The rest of the rule is in force.
+		until(t, "443", "tls=true sni="+egressHost+" host="+egressHost+" from="+from)
+	})
 }
 
 // egressCert issues a server certificate for egressHost from the mesh's signing CA in cacerts (istiod's
