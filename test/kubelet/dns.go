@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/miekg/dns"
@@ -59,11 +60,26 @@ func answer(q dns.Question, svc *corev1.Service) (rcode int, rrs []dns.RR) {
 	if svc == nil {
 		return dns.RcodeNameError, nil
 	}
-	hdr := dns.RR_Header{Name: q.Name, Class: dns.ClassINET, Rrtype: q.Qtype, Ttl: dnsTTL}
 	ips := svc.Spec.ClusterIPs
 	if len(ips) == 0 && svc.Spec.ClusterIP != "" {
 		ips = []string{svc.Spec.ClusterIP}
 	}
+	return dns.RcodeSuccess, records(q, ips)
+}
+
+// hostAnswer is the reply to a question about a name outside the cluster domain: its address in the static
+// table hosts (by lower-case FQDN), else no such name.
+func hostAnswer(q dns.Question, hosts map[string]netip.Addr) (rcode int, rrs []dns.RR) {
+	a, ok := hosts[strings.ToLower(dns.Fqdn(q.Name))]
+	if !ok {
+		return dns.RcodeNameError, nil
+	}
+	return dns.RcodeSuccess, records(q, []string{a.String()})
+}
+
+// records are the A or AAAA records (the question's type) of the addresses ips that are of its family.
+func records(q dns.Question, ips []string) (rrs []dns.RR) {
+	hdr := dns.RR_Header{Name: q.Name, Class: dns.ClassINET, Rrtype: q.Qtype, Ttl: dnsTTL}
 	for _, s := range ips {
 		ip, err := netip.ParseAddr(s)
 		if err != nil {
@@ -76,15 +92,40 @@ func answer(q dns.Question, svc *corev1.Service) (rcode int, rrs []dns.RR) {
 			rrs = append(rrs, &dns.AAAA{Hdr: hdr, AAAA: net.IP(ip.AsSlice())})
 		}
 	}
-	return dns.RcodeSuccess, rrs
+	return rrs
 }
 
 // clusterDNS serves the cluster's Service names over TCP from the API server, as CoreDNS's kubernetes plugin
-// does for ClusterIP Services (every query reads the Service, so answers follow the API server at once).
+// does for ClusterIP Services (every query reads the Service, so answers follow the API server at once), and
+// other names from a static table (SetDNSHost), as CoreDNS's hosts plugin does: the "external" hosts of a test,
+// answered with in-lab addresses so that no traffic leaves the machine.
 type clusterDNS struct {
 	srv  *dns.Server
 	ln   net.Listener
 	done chan struct{}
+
+	mu    sync.Mutex
+	hosts map[string]netip.Addr // guarded by mu; lower-case FQDN -> address
+}
+
+// SetDNSHost makes the cluster DNS answer name (outside the cluster domain) with addr, or no longer answer it
+// when addr is the zero Addr. It fails without Options.ClusterDNS.
+func (k *Kubelet) SetDNSHost(name string, addr netip.Addr) error {
+	if k.dns == nil {
+		return fmt.Errorf("set dns host %s: the kubelet has no cluster DNS", name)
+	}
+	fqdn := strings.ToLower(dns.Fqdn(name))
+	if _, _, ok := serviceOf(fqdn); ok || strings.HasSuffix(fqdn, "."+clusterDomain+".") {
+		return fmt.Errorf("set dns host %s: a name of the cluster domain comes from the API server", name)
+	}
+	k.dns.mu.Lock()
+	defer k.dns.mu.Unlock()
+	if !addr.IsValid() {
+		delete(k.dns.hosts, fqdn)
+		return nil
+	}
+	k.dns.hosts[fqdn] = addr
+	return nil
 }
 
 // startClusterDNS listens on the host's loopback; Options.ClusterDNS makes it reachable in every pod.
@@ -93,6 +134,7 @@ func startClusterDNS(client kubernetes.Interface, log *slog.Logger) (*clusterDNS
 	if err != nil {
 		return nil, fmt.Errorf("listen cluster dns: %w", err)
 	}
+	d := &clusterDNS{ln: ln, done: make(chan struct{}), hosts: map[string]netip.Addr{}}
 	h := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
 		m := new(dns.Msg)
 		m.SetReply(r)
@@ -104,6 +146,13 @@ func startClusterDNS(client kubernetes.Interface, log *slog.Logger) (*clusterDNS
 		}
 		q := r.Question[0]
 		ns, name, ok := serviceOf(q.Name)
+		if !ok && !strings.HasSuffix(strings.ToLower(dns.Fqdn(q.Name)), "."+clusterDomain+".") {
+			d.mu.Lock()
+			m.Rcode, m.Answer = hostAnswer(q, d.hosts)
+			d.mu.Unlock()
+			_ = w.WriteMsg(m)
+			return
+		}
 		var svc *corev1.Service
 		if ok {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -122,7 +171,7 @@ func startClusterDNS(client kubernetes.Interface, log *slog.Logger) (*clusterDNS
 		m.Rcode, m.Answer = answer(q, svc)
 		_ = w.WriteMsg(m)
 	})
-	d := &clusterDNS{ln: ln, srv: &dns.Server{Listener: ln, Net: "tcp", Handler: h}, done: make(chan struct{})}
+	d.srv = &dns.Server{Listener: ln, Net: "tcp", Handler: h}
 	started := make(chan struct{})
 	d.srv.NotifyStartedFunc = func() { close(started) }
 	go func() {

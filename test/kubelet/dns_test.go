@@ -2,6 +2,7 @@ package kubelet
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/miekg/dns"
@@ -84,5 +85,31 @@ func TestAnswer(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestHostAnswer(t *testing.T) {
+	hosts := map[string]netip.Addr{"api.example.test.": netip.MustParseAddr("10.10.1.5"), "v6.example.test.": netip.MustParseAddr("fd00::5")}
+	for _, c := range []struct {
+		qname string
+		qtype uint16
+		rcode int
+		want  []string
+	}{
+		{"api.example.test.", dns.TypeA, dns.RcodeSuccess, []string{"api.example.test.\t5\tIN\tA\t10.10.1.5"}},
+		{"API.Example.Test.", dns.TypeA, dns.RcodeSuccess, []string{"API.Example.Test.\t5\tIN\tA\t10.10.1.5"}},
+		{"api.example.test.", dns.TypeAAAA, dns.RcodeSuccess, nil},
+		{"v6.example.test.", dns.TypeAAAA, dns.RcodeSuccess, []string{"v6.example.test.\t5\tIN\tAAAA\tfd00::5"}},
+		{"other.example.test.", dns.TypeA, dns.RcodeNameError, nil},
+		{"api.example.test.istio-egress.svc.cluster.local.", dns.TypeA, dns.RcodeNameError, nil},
+	} {
+		rcode, rrs := hostAnswer(dns.Question{Name: c.qname, Qtype: c.qtype, Qclass: dns.ClassINET}, hosts)
+		var got []string
+		for _, rr := range rrs {
+			got = append(got, rr.String())
+		}
+		if rcode != c.rcode || strings.Join(got, "|") != strings.Join(c.want, "|") {
+			t.Errorf("hostAnswer(%s %s) = %d %q, want %d %q", c.qname, dns.TypeToString[c.qtype], rcode, got, c.rcode, c.want)
+		}
 	}
 }

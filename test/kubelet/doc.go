@@ -20,7 +20,8 @@
 //     AAAA with the Service's ClusterIPs, read from the API server at each query (as CoreDNS's kubernetes plugin
 //     does for ClusterIP Services), at port 53 of that address in every pod and node namespace, and every
 //     container's /etc/resolv.conf names it with the namespace's search path and ndots:5 (dnsPolicy
-//     ClusterFirst);
+//     ClusterFirst); names outside the cluster domain come from a static table (Kubelet.SetDNSHost, as
+//     CoreDNS's hosts plugin), so a test's "external" hosts resolve to in-lab addresses;
 //   - enforces each container's securityContext (pod level, the container's fields winning) as the kubelet and
 //     containerd/runc do, through the container init of package test/proc: runAsUser, runAsGroup (else the
 //     image's USER, else root), supplementalGroups and fsGroup as supplementary groups, runAsNonRoot (the

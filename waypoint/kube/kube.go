@@ -14,10 +14,13 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
 	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
@@ -77,6 +80,13 @@ type Source struct {
 	Logger   *slog.Logger
 	// Debounce coalesces bursts of events (default 100 ms).
 	Debounce time.Duration
+	// Events, if set, receives a Warning Event (reason UnsupportedField) on each object that has fields Ambit
+	// does not implement (the compile warnings), once per object generation, as istiod's analysers surface
+	// them to kubectl describe (in a cluster: typedcorev1.EventSinkImpl of the waypoint's client).
+	Events record.EventSink
+
+	recorder record.EventRecorder // set by Run when Events is
+	recorded map[types.UID]int64  // only apply's goroutine; the generation each object's Event was for
 
 	syncOnce sync.Once
 	synced   chan struct{}
@@ -137,6 +147,12 @@ func (s *Source) Run(ctx context.Context) error {
 		DeleteFunc: func(any) { notify() },
 	}); err != nil {
 		return fmt.Errorf("watch pods: %w", err)
+	}
+	if s.Events != nil {
+		b := record.NewBroadcaster(record.WithContext(ctx))
+		b.StartRecordingToSink(s.Events)
+		defer b.Shutdown()
+		s.recorder = b.NewRecorder(runtime.NewScheme(), corev1.EventSource{Component: "ambit-waypoint"})
 	}
 	f.Start(ctx.Done())
 	defer f.Shutdown()
@@ -209,6 +225,7 @@ func podChanged(old, new any) bool {
 }
 
 type doc struct {
+	u   *unstructured.Unstructured
 	gvr schema.GroupVersionResource
 	key string
 	obj any // decoded, or nil when err is set
@@ -227,7 +244,7 @@ func (s *Source) apply(informers []cache.SharedIndexInformer, podInformer cache.
 			if !ok {
 				continue
 			}
-			d := doc{gvr: Resources[i], key: u.GetNamespace() + "/" + u.GetName(), ts: u.GetCreationTimestamp().Time}
+			d := doc{u: u, gvr: Resources[i], key: u.GetNamespace() + "/" + u.GetName(), ts: u.GetCreationTimestamp().Time}
 			js, err := u.MarshalJSON()
 			if err == nil {
 				d.obj = newObject[i]()
@@ -269,9 +286,11 @@ func (s *Source) apply(informers []cache.SharedIndexInformer, podInformer cache.
 	}
 	c := compile.New(s.Options, entries, pods)
 	good := 0
+	var warned []objectWarnings
 	for _, list := range lists[1:] {
 		for _, d := range list {
 			err := d.err
+			before := len(c.Config().Warnings)
 			if err == nil {
 				err = c.Add(d.obj)
 			}
@@ -280,8 +299,44 @@ func (s *Source) apply(informers []cache.SharedIndexInformer, podInformer cache.
 				continue
 			}
 			good++
+			if w := c.Config().Warnings[before:]; len(w) > 0 {
+				warned = append(warned, objectWarnings{obj: d.u, uid: d.u.GetUID(), generation: d.u.GetGeneration(), warnings: slices.Clone(w)})
+			}
 		}
 	}
 	s.OnUpdate(c.Config())
+	if s.recorder != nil {
+		var emit []objectWarnings
+		emit, s.recorded = unsupportedEvents(s.recorded, warned)
+		for _, o := range emit {
+			s.recorder.Event(o.obj, corev1.EventTypeWarning, ReasonUnsupportedField, strings.Join(o.warnings, "; "))
+		}
+	}
 	log.Info("L7 configuration applied", "source", "kubernetes", "objects", good, "rejected", skipped)
+}
+
+// ReasonUnsupportedField is the reason of the Warning Event on an object with fields Ambit does not implement.
+const ReasonUnsupportedField = "UnsupportedField"
+
+// objectWarnings are the compile warnings of one object.
+type objectWarnings struct {
+	obj        runtime.Object
+	uid        types.UID
+	generation int64
+	warnings   []string
+}
+
+// unsupportedEvents decides which objects with warnings get an Event: those not given one for their current
+// generation before (recorded: object -> generation of its last Event). It returns them and the record of the
+// objects that still have warnings (an object whose warnings went away is forgotten, so that they get an Event
+// again should they come back).
+func unsupportedEvents(recorded map[types.UID]int64, warned []objectWarnings) (emit []objectWarnings, next map[types.UID]int64) {
+	next = make(map[types.UID]int64, len(warned))
+	for _, o := range warned {
+		if g, ok := recorded[o.uid]; !ok || g != o.generation {
+			emit = append(emit, o)
+		}
+		next[o.uid] = o.generation
+	}
+	return emit, next
 }

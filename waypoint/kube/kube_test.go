@@ -3,15 +3,21 @@ package kube
 import (
 	"context"
 	"log/slog"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic/fake"
+	kubefake "k8s.io/client-go/kubernetes/fake"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"sigs.k8s.io/yaml"
 
 	tu "github.com/ambit-mesh/ambit/test/testutil"
@@ -187,5 +193,76 @@ func TestPodChanged(t *testing.T) {
 		if got := podChanged(tc.old, tc.new); got != tc.want {
 			t.Errorf("%s: podChanged = %v, want %v", tc.name, got, tc.want)
 		}
+	}
+}
+
+func TestUnsupportedEvents(t *testing.T) {
+	w := func(uid string, gen int64) objectWarnings {
+		return objectWarnings{uid: types.UID(uid), generation: gen, warnings: []string{"x: not implemented"}}
+	}
+	for _, tc := range []struct {
+		name     string
+		recorded map[types.UID]int64
+		warned   []objectWarnings
+		emit     []types.UID
+		next     map[types.UID]int64
+	}{
+		{"first sight", nil, []objectWarnings{w("a", 1), w("b", 3)}, []types.UID{"a", "b"}, map[types.UID]int64{"a": 1, "b": 3}},
+		{"same generation: no new Event", map[types.UID]int64{"a": 1}, []objectWarnings{w("a", 1)}, nil, map[types.UID]int64{"a": 1}},
+		{"new generation", map[types.UID]int64{"a": 1}, []objectWarnings{w("a", 2)}, []types.UID{"a"}, map[types.UID]int64{"a": 2}},
+		{"warnings gone: forgotten", map[types.UID]int64{"a": 1, "b": 1}, []objectWarnings{w("b", 1)}, nil, map[types.UID]int64{"b": 1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			emit, next := unsupportedEvents(tc.recorded, tc.warned)
+			var got []types.UID
+			for _, o := range emit {
+				got = append(got, o.uid)
+			}
+			if !slices.Equal(got, tc.emit) || !maps.Equal(next, tc.next) {
+				t.Errorf("unsupportedEvents = %v %v, want %v %v", got, next, tc.emit, tc.next)
+			}
+		})
+	}
+}
+
+// TestSourceEvents: a field Ambit does not implement is surfaced as a Warning Event on its object.
+func TestSourceEvents(t *testing.T) {
+	tu.CheckGoroutines(t)
+	dr := obj(t, `apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api, namespace: istio-egress, uid: dr-uid, generation: 1}
+spec:
+  host: api.example.test
+  trafficPolicy:
+    tls: {mode: SIMPLE, credentialName: api-credential}
+`)
+	client := fake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), ListKinds, dr)
+	kc := kubefake.NewClientset()
+	s := &Source{Client: client, Debounce: 10 * time.Millisecond, OnUpdate: func(*model.Config) {},
+		Events: &typedcorev1.EventSinkImpl{Interface: kc.CoreV1().Events("")}}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	var ev corev1.Event
+	tu.WaitFor(t, 5*time.Second, "an UnsupportedField Event", func() bool {
+		l, err := kc.CoreV1().Events("istio-egress").List(ctx, metav1.ListOptions{})
+		if err != nil || len(l.Items) == 0 {
+			return false
+		}
+		ev = l.Items[0]
+		return true
+	})
+	io := ev.InvolvedObject
+	if ev.Type != corev1.EventTypeWarning || ev.Reason != ReasonUnsupportedField || io.Kind != "DestinationRule" ||
+		io.Name != "api" || io.Namespace != "istio-egress" || io.UID != "dr-uid" || io.APIVersion != "networking.istio.io/v1" {
+		t.Errorf("event %s %s on %+v", ev.Type, ev.Reason, io)
+	}
+	if !strings.Contains(ev.Message, "spec.trafficPolicy.tls.credentialName: not implemented") {
+		t.Errorf("event message %q", ev.Message)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }

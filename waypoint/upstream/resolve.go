@@ -1,11 +1,15 @@
 package upstream
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -134,9 +138,17 @@ func (r *Resolver) query(ctx context.Context, host string) ([]netip.Addr, time.D
 	if path == "" {
 		path = DefaultResolvConf
 	}
-	conf, err := dns.ClientConfigFromFile(path)
+	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, 0, fmt.Errorf("read resolver configuration: %w", err)
+	}
+	conf, err := dns.ClientConfigFromReader(bytes.NewReader(data))
+	if err != nil {
+		return nil, 0, fmt.Errorf("read resolver configuration %s: %w", path, err)
+	}
+	networks := []string{"udp", "tcp"}
+	if useVC(data) {
+		networks = []string{"tcp"}
 	}
 	if len(conf.Servers) == 0 {
 		return nil, 0, fmt.Errorf("resolve %s: no name server in %s", host, path)
@@ -149,7 +161,7 @@ func (r *Resolver) query(ctx context.Context, host string) ([]netip.Addr, time.D
 				port = r.Port
 			}
 			addr := net.JoinHostPort(srv, port)
-			addrs, ttl, err := r.queryServer(ctx, addr, name)
+			addrs, ttl, err := r.queryServer(ctx, networks, addr, name)
 			if err == nil {
 				return addrs, ttl, nil
 			}
@@ -164,9 +176,24 @@ func (r *Resolver) query(ctx context.Context, host string) ([]netip.Addr, time.D
 
 var errNoName = errors.New("no such host")
 
-func (r *Resolver) queryServer(ctx context.Context, server, name string) ([]netip.Addr, time.Duration, error) {
+// useVC reports whether a resolv.conf sets "options use-vc" (glibc's and c-ares's option: queries over TCP
+// only), as the test kubelet's resolv.conf does because its cluster DNS answers over TCP only.
+func useVC(conf []byte) bool {
+	for _, line := range strings.Split(string(conf), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] != "options" {
+			continue
+		}
+		if slices.Contains(f[1:], "use-vc") {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *Resolver) queryServer(ctx context.Context, networks []string, server, name string) ([]netip.Addr, time.Duration, error) {
 	for _, qtype := range []uint16{dns.TypeA, dns.TypeAAAA} {
-		msg, err := r.exchange(ctx, server, name, qtype)
+		msg, err := r.exchange(ctx, networks, server, name, qtype)
 		if err != nil {
 			return nil, 0, err
 		}
@@ -213,15 +240,16 @@ func answers(msg *dns.Msg, qtype uint16) ([]netip.Addr, time.Duration) {
 	return out, time.Duration(ttl) * time.Second
 }
 
-// exchange sends one query over UDP, again over TCP when the answer is truncated.
-func (r *Resolver) exchange(ctx context.Context, server, name string, qtype uint16) (*dns.Msg, error) {
+// exchange sends one query over UDP, again over TCP when the answer is truncated (networks: udp, tcp), or
+// over TCP only (networks: tcp).
+func (r *Resolver) exchange(ctx context.Context, networks []string, server, name string, qtype uint16) (*dns.Msg, error) {
 	timeout := r.Timeout
 	if timeout <= 0 {
 		timeout = 5 * time.Second
 	}
 	m := new(dns.Msg)
 	m.SetQuestion(name, qtype)
-	for _, network := range []string{"udp", "tcp"} {
+	for _, network := range networks {
 		ctx, cancel := context.WithTimeout(ctx, timeout)
 		msg, err := r.exchangeOver(ctx, network, server, m, timeout)
 		cancel()

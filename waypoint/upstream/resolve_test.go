@@ -188,3 +188,76 @@ func TestHostEndpoints(t *testing.T) {
 		})
 	}
 }
+
+func TestUseVC(t *testing.T) {
+	for _, tc := range []struct {
+		conf string
+		want bool
+	}{
+		{"nameserver 10.96.0.10\n", false},
+		{"nameserver 10.96.0.10\noptions ndots:5 use-vc\n", true},
+		{"options use-vc\nnameserver 10.96.0.10\n", true},
+		{"nameserver 10.96.0.10\n# options use-vc\n", false},
+		{"search use-vc\n", false},
+		{"options ndots:5 use-vcx\n", false},
+	} {
+		if got := useVC([]byte(tc.conf)); got != tc.want {
+			t.Errorf("useVC(%q) = %t, want %t", tc.conf, got, tc.want)
+		}
+	}
+}
+
+// TestResolverUseVC resolves with a name server that answers over TCP only (the test kubelet's cluster DNS):
+// "options use-vc" makes the resolver query over TCP at once.
+func TestResolverUseVC(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &dns.Server{Listener: ln, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(r)
+		if q := r.Question[0]; q.Qtype == dns.TypeA && q.Name == "api.example.test." {
+			m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 5},
+				A: net.ParseIP("10.1.0.7")})
+		}
+		w.WriteMsg(m)
+	})}
+	started := make(chan struct{})
+	srv.NotifyStartedFunc = func() { close(started) }
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.ActivateAndServe()
+	}()
+	<-started
+	t.Cleanup(func() {
+		srv.Shutdown()
+		<-done
+	})
+	host, port, _ := net.SplitHostPort(ln.Addr().String())
+	conf := filepath.Join(t.TempDir(), "resolv.conf")
+	if err := os.WriteFile(conf, []byte("nameserver "+host+"\noptions ndots:1 use-vc\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var networks []string
+	var mu sync.Mutex
+	var d net.Dialer
+	r := &Resolver{Conf: conf, Port: port, Timeout: 2 * time.Second, Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		mu.Lock()
+		networks = append(networks, network)
+		mu.Unlock()
+		return d.DialContext(ctx, network, addr)
+	}}
+	a, err := r.Lookup(context.Background(), "api.example.test")
+	if err != nil || len(a) != 1 || a[0].String() != "10.1.0.7" {
+		t.Fatalf("lookup over TCP: %v %v", a, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, n := range networks {
+		if n != "tcp" {
+			t.Errorf("dialled %q with use-vc", n)
+		}
+	}
+}
