@@ -151,15 +151,17 @@ func TestWaypointStreamIdleTimeout(t *testing.T) {
 	if n, err := c.Read(make([]byte, 1)); err == nil || os.IsTimeout(err) {
 		t.Fatalf("idle stream: read %d, %v; want it reset", n, err)
 	}
-	resp, err := http.Get("http://" + w.metrics + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	page, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if want := `ambit_hbone_stream_idle_timeouts_total{name="waypoint",side="server"} 1`; !strings.Contains(string(page), want) {
-		t.Errorf("/metrics lacks %q", want)
-	}
+	// The reset reaches the client before the server's handler has returned and counted it: poll.
+	want := `ambit_hbone_stream_idle_timeouts_total{name="waypoint",side="server"} 1`
+	tu.WaitFor(t, 10*time.Second, "the idle reset in /metrics", func() bool {
+		resp, err := http.Get("http://" + w.metrics + "/metrics")
+		if err != nil {
+			return false
+		}
+		page, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return strings.Contains(string(page), want)
+	})
 }
 
 // TestWaypointReadyAfterPolicySync: a waypoint whose L7 policies come from the API server is not ready,
