@@ -260,6 +260,7 @@ func (a *Agent) Start(g *lifecycle.Group) error {
 	if r, ok := a.issuer.(interface{ Run(context.Context) error }); ok {
 		g.Go("workload-api", r.Run)
 	}
+	firstChange := a.Store.Changed() // before the source can apply anything (reconcileLoop)
 	if a.xds != nil {
 		g.Go("xds", a.xds.Run)
 	} else {
@@ -268,7 +269,7 @@ func (a *Agent) Start(g *lifecycle.Group) error {
 	if a.kube != nil {
 		g.Go("kube-enroll", a.kube.Run)
 	}
-	g.Go("reconcile", a.reconcileLoop)
+	g.Go("reconcile", func(ctx context.Context) error { return a.reconcileLoop(ctx, firstChange) })
 	if a.takeover == nil {
 		a.serveTraffic(g)
 	}

@@ -2,8 +2,10 @@ package agent_test
 
 import (
 	"context"
+	"io"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -32,12 +34,13 @@ func TestOutboundRefusedBeforePolicy(t *testing.T) {
 		xdstest.PodUID("app", "client"): xdstest.Pod("app", "client", client.IP.String(), onNode0),
 	})
 	// Not meshlab.StartCluster: it waits for readiness, which must not come here.
+	logs := &meshlab.SyncBuffer{}
 	n := l.Nodes[0]
 	a, err := agent.New(agent.Config{
 		NodeName: "node0", CADir: filepath.Join(t.TempDir(), "ca"), Capture: agent.CaptureEBPF,
 		NetNS: n.NS.Path(), Uplinks: []string{n.Uplink}, PinDir: n.PinDir, ConnectTimeout: 2 * time.Second,
 		XDSAddress: srv.Addr, XDSPlaintext: true, PodName: "ztunnel", PodNamespace: "istio-system",
-	}, slog.New(slog.NewTextHandler(meshlab.TestWriter{T: t, Node: 0}, nil)))
+	}, slog.New(slog.NewTextHandler(io.MultiWriter(logs, meshlab.TestWriter{T: t, Node: 0}), nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +54,8 @@ func TestOutboundRefusedBeforePolicy(t *testing.T) {
 	}()
 	defer func() { cancel(); <-done }()
 	serve(t, server, 8080) // outside the mesh: istiod never sent it
-	tu.WaitFor(t, 20*time.Second, "the client pod from istiod", func() bool { w, _, _ := a.Store.Counts(); return w == 1 })
+	// Enrolled (captured) from istiod's Address alone: its connections now reach the agent.
+	tu.WaitFor(t, 20*time.Second, "the client pod captured", func() bool { return strings.Contains(logs.String(), `msg="pod captured"`) })
 	if ok, _ := a.Ready(); ok {
 		t.Fatal("agent ready before the first Authorization response")
 	}

@@ -14,9 +14,13 @@ import (
 // reconcileLoop brings capture, certificates and live connections in line with the state after every
 // change: local in-mesh pods are enrolled (and others unenrolled), their certificates are fetched
 // ahead of the first connection, and connections that a policy change now denies are closed.
-func (a *Agent) reconcileLoop(ctx context.Context) error {
+//
+// changed is the state's change channel taken before the configuration source started, so that a first
+// update applied before this loop runs (istiod's Address response while Authorization is still missing)
+// is not missed: the pods it names are enrolled, and the proxies refuse their connections until policy
+// arrives, instead of their traffic leaving uncaptured.
+func (a *Agent) reconcileLoop(ctx context.Context, changed <-chan struct{}) error {
 	for {
-		changed := a.Store.Changed()
 		var podsChanged <-chan struct{}
 		if a.kube != nil {
 			podsChanged = a.kube.Changed()
@@ -27,6 +31,7 @@ func (a *Agent) reconcileLoop(ctx context.Context) error {
 		case <-changed:
 		case <-podsChanged:
 		}
+		changed = a.Store.Changed() // before reconciling: a change during it is seen next round
 		a.reconcile(ctx)
 		if n := a.Conns.Recheck(); n > 0 {
 			a.Metrics.PolicyCloses.Add(float64(n))
