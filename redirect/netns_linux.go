@@ -2,10 +2,11 @@ package redirect
 
 import (
 	"fmt"
-	"runtime"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/ambit-mesh/ambit/nsrun"
 )
 
 // nsRunner runs kernel operations in one network namespace.
@@ -17,40 +18,7 @@ type nsRunner struct {
 // do runs fn with the calling OS thread in the namespace. Sockets, TCX attachments (ifindexes), sysctls and child
 // processes created by fn belong to that namespace. If the thread cannot return to its original namespace it is
 // left locked so that the Go runtime discards it.
-func (n nsRunner) do(fn func() error) error {
-	if n.path == "" {
-		return fn()
-	}
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("get current netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		target, err := netns.GetFromPath(n.path)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("open netns %s: %w", n.path, err)
-			return
-		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter netns %s: %w", n.path, err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- ferr
-	}()
-	return <-errc
-}
+func (n nsRunner) do(fn func() error) error { return nsrun.Do(n.path, fn) }
 
 // handle returns a netlink handle acting in the namespace. The caller deletes it.
 func (n nsRunner) handle() (*netlink.Handle, error) {

@@ -5,9 +5,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"runtime"
 
-	"github.com/vishvananda/netns"
+	"github.com/ambit-mesh/ambit/nsrun"
 )
 
 // sockets makes the waypoint's listeners and upstream connections: plain sockets (net.ListenConfig and
@@ -63,37 +62,4 @@ func (s sockets) DialContext(ctx context.Context, network, address string) (net.
 
 // do runs fn with the calling OS thread in s.netns (directly when it is empty). If the thread cannot return to
 // its own namespace it stays locked, so that the Go runtime discards it.
-func (s sockets) do(fn func() error) error {
-	if s.netns == "" {
-		return fn()
-	}
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("get current netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		target, err := netns.GetFromPath(s.netns)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("open netns %s: %w", s.netns, err)
-			return
-		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter netns %s: %w", s.netns, err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- ferr
-	}()
-	return <-errc
-}
+func (s sockets) do(fn func() error) error { return nsrun.Do(s.netns, fn) }

@@ -7,10 +7,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/ambit-mesh/ambit/nsrun"
 )
 
 // NS is a named network namespace under Dir.
@@ -25,37 +26,7 @@ func (ns NS) Path() string { return filepath.Join(Dir, ns.Name) }
 // Do runs fn on a fresh OS thread that has entered ns, and returns fn's error. Sockets that fn creates belong to
 // ns for their whole life and may be used from any goroutine afterwards. If the thread cannot return to its
 // original namespace it is left locked, so the Go runtime discards it.
-func (ns NS) Do(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("get current netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		target, err := netns.GetFromPath(ns.Path())
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("open netns %s: %w", ns.Name, err)
-			return
-		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter netns %s: %w", ns.Name, err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- ferr
-	}()
-	return <-errc
-}
+func (ns NS) Do(fn func() error) error { return nsrun.Do(ns.Path(), fn) }
 
 // Command returns a command that runs name with args inside ns (through `ip netns exec`). Start it with package
 // test/proc so that it dies with its parent.
