@@ -310,12 +310,9 @@ func (c *compiler) convertServiceEntry(se *networkingv1.ServiceEntry) error {
 	return nil
 }
 
-// serviceEntryResolutionWarnings surfaces the resolution settings the waypoint does not implement: it
-// resolves each host (or endpoint hostname) of a DNS entry itself, so DYNAMIC_DNS, which resolves the
-// request's authority under a wildcard host, is not served as Istio serves it.
+// serviceEntryResolutionWarnings surfaces the fields the waypoint does not implement (resource.ServiceEntryWarnings).
 func (c *compiler) serviceEntryResolutionWarnings(se *networkingv1.ServiceEntry) {
-	if se.Spec.Resolution == networkingapi.ServiceEntry_DYNAMIC_DNS {
-		c.res.Warnings = append(c.res.Warnings, fmt.Sprintf("ServiceEntry %s/%s: spec.resolution: DYNAMIC_DNS is not implemented "+
-			"(the waypoint resolves the entry's hosts, not each request's authority)", se.Namespace, se.Name))
+	for _, w := range resource.ServiceEntryWarnings(se) {
+		c.res.Warnings = append(c.res.Warnings, fmt.Sprintf("ServiceEntry %s/%s: %s", se.Namespace, se.Name, w))
 	}
 }

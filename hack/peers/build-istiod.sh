@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # build-istiod.sh builds istiod (pilot-discovery, from the istio.io/istio module, pinned) into the peer cache,
-# copies the CRDs it needs (Istio's crd-all.gen.yaml and the Gateway API standard CRDs at the version istio
-# requires) next to it, and prints the cache entry's directory.
+# copies the CRDs it needs (Istio's crd-all.gen.yaml and the Gateway API CRDs, standard and experimental channel,
+# at the version istio requires) next to it, and prints the cache entry's directory.
 #
 # Cache layout: ${AMBIT_PEER_CACHE:-/var/cache/ambit-peers}/istiod-${ISTIO_VERSION}/
 #   bin/pilot-discovery
 #   crds/istio/crd-all.gen.yaml
-#   crds/gateway-api/*.yaml
+#   crds/gateway-api/*.yaml                 Gateway API standard channel
+#   crds/gateway-api-experimental/*.yaml    Gateway API experimental channel (what the e2e tiers install)
 #   charts/istio-discovery/{files/waypoint.yaml,values.yaml}   istiod's waypoint template and chart defaults
 # istio.io/istio has no semver tags, only pseudo-versions; the default is master of 2026-08-27 (1.31-dev).
 #
@@ -30,7 +31,16 @@ copy_charts() {
 	chmod -R u+w "$dst"
 }
 
-ENTRY_FILES=(bin/pilot-discovery crds/istio/crd-all.gen.yaml crds/gateway-api charts/istio-discovery/files/waypoint.yaml)
+# copy_gateway_crds GATEWAY_API_MODULE_DIR TARGET: both channels of the Gateway API CRDs.
+copy_gateway_crds() {
+	mkdir -p "$2/crds/gateway-api" "$2/crds/gateway-api-experimental"
+	cp "$1"/config/crd/standard/gateway.networking*.yaml "$2/crds/gateway-api/"
+	cp "$1"/config/crd/experimental/gateway.networking*.yaml "$2/crds/gateway-api-experimental/"
+	chmod -R u+w "$2/crds"
+}
+
+ENTRY_FILES=(bin/pilot-discovery crds/istio/crd-all.gen.yaml crds/gateway-api crds/gateway-api-experimental
+	charts/istio-discovery/files/waypoint.yaml)
 if peer_hit "$DEST" "${ENTRY_FILES[@]}"; then
 	echo "build-istiod: cache hit in $DEST" >&2
 	echo "$DEST"
@@ -38,17 +48,22 @@ if peer_hit "$DEST" "${ENTRY_FILES[@]}"; then
 fi
 
 start=$(date +%s)
-if peer_complete "$DEST" bin/pilot-discovery crds/istio/crd-all.gen.yaml crds/gateway-api; then
-	# An entry from before the charts were cached: a new entry made of its files and the charts (module download
-	# only, no build) replaces it; the old one is never changed in place.
+if peer_complete "$DEST" bin/pilot-discovery crds/istio/crd-all.gen.yaml crds/gateway-api GATEWAY_API_VERSION; then
+	# An entry from before the charts or the experimental CRDs were cached: a new entry made of its files and the
+	# missing ones (module downloads only, no build) replaces it; the old one is never changed in place.
 	peer_stage istiod "$ISTIO_VERSION"
 	trap 'rm -rf "$STAGE"' EXIT
 	cp -a "$DEST/." "$STAGE/"
-	dir=$(GOFLAGS=-mod=mod run_go mod download -json "istio.io/istio@$ISTIO_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
-	copy_charts "$dir" "$STAGE"
+	if [[ ! -e "$STAGE/charts/istio-discovery/files/waypoint.yaml" ]]; then
+		dir=$(GOFLAGS=-mod=mod run_go mod download -json "istio.io/istio@$ISTIO_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+		copy_charts "$dir" "$STAGE"
+	fi
+	gwv=$(awk '{print $2}' "$STAGE/GATEWAY_API_VERSION")
+	gw=$(GOFLAGS=-mod=mod run_go mod download -json "sigs.k8s.io/gateway-api@$gwv" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+	copy_gateway_crds "$gw" "$STAGE"
 	peer_publish istiod "$STAGE" "$DEST" "$start" "${ENTRY_FILES[@]}"
 	trap - EXIT
-	echo "build-istiod: added the charts to $DEST" >&2
+	echo "build-istiod: added the missing charts or CRDs to $DEST" >&2
 	echo "$DEST"
 	exit 0
 fi
@@ -69,9 +84,9 @@ echo "build-istiod: building pilot-discovery $ISTIO_VERSION in $STAGE (cold: ~3.
 	istio=$(run_go list -m -f '{{.Dir}}' istio.io/istio)
 	gw=$(run_go list -m -f '{{.Dir}}' sigs.k8s.io/gateway-api)
 	run_go list -m sigs.k8s.io/gateway-api >"$STAGE/GATEWAY_API_VERSION"
-	mkdir -p "$STAGE/crds/istio" "$STAGE/crds/gateway-api"
+	mkdir -p "$STAGE/crds/istio"
 	cp "$istio/manifests/charts/base/files/crd-all.gen.yaml" "$STAGE/crds/istio/"
-	cp "$gw"/config/crd/standard/*.yaml "$STAGE/crds/gateway-api/"
+	copy_gateway_crds "$gw" "$STAGE"
 	copy_charts "$istio" "$STAGE"
 	chmod -R u+w "$STAGE/crds"
 	cp go.mod "$STAGE/go.mod.used"

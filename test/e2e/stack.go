@@ -55,7 +55,9 @@ type Binaries struct {
 	// IstioCharts holds the files of Istio's istio-discovery chart that istiod's injection configuration is made
 	// of (files/waypoint.yaml, values.yaml), copied into the peer cache by build-istiod.sh; empty when missing.
 	IstioCharts string
-	// IstioCRDs is Istio's crd-all.gen.yaml; GatewayCRDs the directory of Gateway API standard CRDs.
+	// IstioCRDs is Istio's crd-all.gen.yaml; GatewayCRDs the directory of Gateway API CRDs the tiers install:
+	// the experimental channel, as Istio's own integration tests install it, so that experimental fields
+	// users rely on (HTTPRoute retry) are accepted by the API server.
 	IstioCRDs, GatewayCRDs string
 }
 
@@ -79,7 +81,7 @@ func FindBinaries() (Binaries, error) {
 		KubeAPIServer:  filepath.Join(kapi, "kube-apiserver"),
 		PilotDiscovery: filepath.Join(istiod, "bin", "pilot-discovery"),
 		IstioCRDs:      filepath.Join(istiod, "crds", "istio", "crd-all.gen.yaml"),
-		GatewayCRDs:    filepath.Join(istiod, "crds", "gateway-api"),
+		GatewayCRDs:    filepath.Join(istiod, "crds", "gateway-api-experimental"),
 		Kubectl:        os.Getenv(KubectlEnv),
 	}
 	if b.Kubectl == "" {

@@ -271,12 +271,17 @@ func (s *Source) apply(informers []cache.SharedIndexInformer, podInformer cache.
 	}
 	// ServiceEntries (Resources[0]) are context: the hostnames routes and policies refer to.
 	var entries []*networkingv1.ServiceEntry
+	var warned []objectWarnings
 	for _, d := range lists[0] {
 		if d.err != nil {
 			reject(d, d.err)
 			continue
 		}
-		entries = append(entries, d.obj.(*networkingv1.ServiceEntry))
+		se := d.obj.(*networkingv1.ServiceEntry)
+		entries = append(entries, se)
+		if w := resource.ServiceEntryWarnings(se); len(w) > 0 {
+			warned = append(warned, objectWarnings{obj: d.u, uid: d.u.GetUID(), generation: d.u.GetGeneration(), warnings: w})
+		}
 	}
 	var pods []*corev1.Pod
 	for _, o := range podInformer.GetStore().List() {
@@ -286,7 +291,6 @@ func (s *Source) apply(informers []cache.SharedIndexInformer, podInformer cache.
 	}
 	c := compile.New(s.Options, entries, pods)
 	good := 0
-	var warned []objectWarnings
 	for _, list := range lists[1:] {
 		for _, d := range list {
 			err := d.err

@@ -236,7 +236,15 @@ spec:
   trafficPolicy:
     tls: {mode: SIMPLE, credentialName: api-credential}
 `)
-	client := fake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), ListKinds, dr)
+	se := obj(t, `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: any, namespace: istio-egress, uid: se-uid, generation: 2}
+spec:
+  hosts: ["*.example.test"]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: DYNAMIC_DNS
+`)
+	client := fake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), ListKinds, dr, se)
 	kc := kubefake.NewClientset()
 	s := &Source{Client: client, Debounce: 10 * time.Millisecond, OnUpdate: func(*model.Config) {},
 		Events: &typedcorev1.EventSinkImpl{Interface: kc.CoreV1().Events("")}}
@@ -244,15 +252,26 @@ spec:
 	t.Cleanup(cancel)
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
-	var ev corev1.Event
-	tu.WaitFor(t, 5*time.Second, "an UnsupportedField Event", func() bool {
+	var ev, seEv corev1.Event
+	tu.WaitFor(t, 5*time.Second, "UnsupportedField Events on the DestinationRule and the ServiceEntry", func() bool {
 		l, err := kc.CoreV1().Events("istio-egress").List(ctx, metav1.ListOptions{})
-		if err != nil || len(l.Items) == 0 {
+		if err != nil {
 			return false
 		}
-		ev = l.Items[0]
-		return true
+		for _, e := range l.Items {
+			switch e.InvolvedObject.Kind {
+			case "DestinationRule":
+				ev = e
+			case "ServiceEntry":
+				seEv = e
+			}
+		}
+		return ev.Reason != "" && seEv.Reason != ""
 	})
+	if sio := seEv.InvolvedObject; seEv.Type != corev1.EventTypeWarning || seEv.Reason != ReasonUnsupportedField || sio.Name != "any" ||
+		sio.UID != "se-uid" || !strings.Contains(seEv.Message, "spec.resolution: DYNAMIC_DNS is not implemented") {
+		t.Errorf("ServiceEntry event %s %s %q on %+v", seEv.Type, seEv.Reason, seEv.Message, sio)
+	}
 	io := ev.InvolvedObject
 	if ev.Type != corev1.EventTypeWarning || ev.Reason != ReasonUnsupportedField || io.Kind != "DestinationRule" ||
 		io.Name != "api" || io.Namespace != "istio-egress" || io.UID != "dr-uid" || io.APIVersion != "networking.istio.io/v1" {

@@ -200,6 +200,32 @@ func TestEgress(t *testing.T) {
 		// The rest of the rule is in force.
 		until(t, "443", "tls=true sni="+egressHost+" host="+egressHost+" from="+from)
 	})
+	t.Run("a ServiceEntry resolution Ambit does not implement is a Warning Event on its object", func(t *testing.T) {
+		c.apply(t, `apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: wildcard, namespace: `+egressNS+`}
+spec:
+  hosts: ["*.wildcard.example.test"]
+  resolution: DYNAMIC_DNS
+  location: MESH_EXTERNAL
+  ports: [{number: 80, name: http, protocol: HTTP}]
+`)
+		const want = "Warning UnsupportedField ServiceEntry/wildcard spec.resolution: DYNAMIC_DNS is not implemented"
+		got := ""
+		waitFor(t, 30*time.Second, "an UnsupportedField Event on ServiceEntry wildcard", func() bool {
+			out, _ := c.stack.Kubectl(t.Context(), "get", "events", "-n", egressNS, "--field-selector",
+				"reason=UnsupportedField,involvedObject.kind=ServiceEntry",
+				"-o", `jsonpath={range .items[*]}{.type} {.reason} {.involvedObject.kind}/{.involvedObject.name} {.message}{"\n"}{end}`)
+			got = strings.TrimSpace(string(out))
+			return strings.HasPrefix(got, want)
+		})
+		if strings.Count(got, "\n") != 0 {
+			t.Errorf("events %q, want one", got)
+		}
+		c.kubectl(t, "delete", "serviceentry", "wildcard", "-n", egressNS)
+		// The waypoint keeps serving the other entries.
+		until(t, "80", "tls=false sni= host="+egressHost+" from="+from)
+	})
 }
 
 // egressCert issues a server certificate for egressHost from the mesh's signing CA in cacerts (istiod's

@@ -139,6 +139,9 @@ spec:
   - matches: [{path: {type: PathPrefix, value: /slow}}]
     timeouts: {request: 500ms}
     backendRefs: [{name: echo-v1, port: 9080}]
+  - matches: [{path: {type: PathPrefix, value: /retry}}]
+    retry: {attempts: 2, codes: [500], backoff: 10ms}
+    backendRefs: [{name: echo-v1, port: 9080}]
 `
 
 // l7CrossRoute sends Service cross's requests to Service other of l7OtherNS (a mesh route: no ReferenceGrant
@@ -477,6 +480,14 @@ func TestL7(t *testing.T) {
 		t.Run("request timeout answers 504", func(t *testing.T) {
 			until(t, "route", "/slow?delay=5s", nil, is(504, ""))
 			same(t, 1, "route", "/slow", nil, is(200, "echo-v1"))
+		})
+		t.Run("retry (experimental channel)", func(t *testing.T) {
+			// echo-v1 answers 500 to the first request with a key: a rule without retry shows it ...
+			k := time.Now().UnixNano()
+			same(t, 1, "route", fmt.Sprintf("/match?fail-first=n%d", k), nil, is(500, "echo-v1"))
+			// ... the rule with retry {codes: [500]} retries and the client sees the second attempt's 200.
+			// (The route is one object: its /match rule answered, so its /retry rule is loaded too.)
+			same(t, 1, "route", fmt.Sprintf("/retry?fail-first=r%d", k), nil, is(200, "echo-v1"))
 		})
 		t.Run("status written by istiod", func(t *testing.T) {
 			// istiod is the route's one controller: one parent status, the Service, Accepted and ResolvedRefs
