@@ -65,6 +65,7 @@ type Agent struct {
 	kube   *kube.Watcher // pod enrollment from the Kubernetes API (Config.KubeEnroll), or nil
 
 	lnOut, lnIn, lnHBONE        *net.TCPListener
+	lnInDNAT                    *net.TCPListener // nil without kernel capture
 	lnAdmin, lnMetrics, lnReady *net.TCPListener
 	redir                       redirect.Redirector
 
@@ -236,7 +237,7 @@ func (a *Agent) Start(g *lifecycle.Group) error {
 	if a.cfg.Capture != CaptureNone {
 		r, err := redirect.New(ctx, redirect.Options{
 			Mode:      redirect.Mode(a.cfg.Capture),
-			Listeners: redirect.Listeners{Outbound: a.lnOut, Inbound: a.lnIn, HBONE: a.lnHBONE},
+			Listeners: redirect.Listeners{Outbound: a.lnOut, Inbound: a.lnIn, HBONE: a.lnHBONE, InboundDNAT: a.lnInDNAT},
 			HBONEPort: a.cfg.HBONEAddr.Port(),
 			NetNS:     a.cfg.NetNS,
 			Uplinks:   a.cfg.Uplinks,
@@ -320,6 +321,14 @@ func (a *Agent) serveTraffic(g *lifecycle.Group) {
 		defer a.loops.Done()
 		return a.acceptLoop(ctx, a.lnIn, a.inbound.servePlaintext)
 	})
+	if a.lnInDNAT != nil {
+		// Connections the node DNATed to an enrolled pod are plaintext inbound like any other.
+		a.loops.Add(1)
+		g.Go("inbound-dnat", func(ctx context.Context) error {
+			defer a.loops.Done()
+			return a.acceptLoop(ctx, a.lnInDNAT, a.inbound.servePlaintextDNAT)
+		})
+	}
 	g.Go("hbone", func(context.Context) error {
 		// Served in connCtx: Drain shuts the server down gracefully (GOAWAY, open streams finish).
 		err := a.hbone.Serve(a.connCtx, a.lnHBONE)
@@ -340,7 +349,7 @@ func (a *Agent) Drain(ctx context.Context) {
 	}
 	// Stop accepting: the HBONE listener is closed by Shutdown below (closed under it, the server would
 	// take it for a failure and cut its connections).
-	for _, ln := range []*net.TCPListener{a.lnOut, a.lnIn} {
+	for _, ln := range []*net.TCPListener{a.lnOut, a.lnIn, a.lnInDNAT} {
 		if ln != nil {
 			ln.Close()
 		}
@@ -418,7 +427,11 @@ func (a *Agent) bindMissing(ctx context.Context) error {
 		if *s.ln != nil {
 			continue
 		}
-		ln, err := a.in.sockets.Listen(ctx, s.addr)
+		listen := a.in.sockets.Listen
+		if s.tracked {
+			listen = a.in.sockets.ListenTracked
+		}
+		ln, err := listen(ctx, s.addr)
 		if err != nil {
 			return fmt.Errorf("listen %s: %w", s.addr, err)
 		}
@@ -429,7 +442,7 @@ func (a *Agent) bindMissing(ctx context.Context) error {
 
 // closeListeners stops accepting traffic (the admin surfaces close themselves when their server stops).
 func (a *Agent) closeListeners() {
-	for _, ln := range []*net.TCPListener{a.lnOut, a.lnIn, a.lnHBONE} { // this process's descriptors only
+	for _, ln := range []*net.TCPListener{a.lnOut, a.lnIn, a.lnInDNAT, a.lnHBONE} { // this process's descriptors only
 		if ln != nil {
 			ln.Close()
 		}

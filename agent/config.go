@@ -99,12 +99,15 @@ type Config struct {
 	AllowEphemeralPins bool `json:"allowEphemeralPins"`
 
 	// Listen addresses.
-	OutboundAddr  netip.AddrPort `json:"outboundAddr"`
-	InboundAddr   netip.AddrPort `json:"inboundAddr"`
-	HBONEAddr     netip.AddrPort `json:"hboneAddr"`
-	AdminAddr     netip.AddrPort `json:"adminAddr"`
-	MetricsAddr   netip.AddrPort `json:"metricsAddr"`
-	ReadinessAddr netip.AddrPort `json:"readinessAddr"`
+	OutboundAddr netip.AddrPort `json:"outboundAddr"`
+	InboundAddr  netip.AddrPort `json:"inboundAddr"`
+	// InboundDNATAddr receives connections to enrolled pods that the node destination-NATed itself (kube-proxy's
+	// ClusterIP, NodePort, LoadBalancer); bound only with kernel capture (see redirect.Listeners.InboundDNAT).
+	InboundDNATAddr netip.AddrPort `json:"inboundDnatAddr"`
+	HBONEAddr       netip.AddrPort `json:"hboneAddr"`
+	AdminAddr       netip.AddrPort `json:"adminAddr"`
+	MetricsAddr     netip.AddrPort `json:"metricsAddr"`
+	ReadinessAddr   netip.AddrPort `json:"readinessAddr"`
 	// AdminAllowRemote permits an AdminAddr that is not a loopback address (env AMBIT_ADMIN_ALLOW_REMOTE).
 	// The admin API changes state (/logging, /quitquitquit) and serves pprof, so by default Validate
 	// refuses anything but loopback, as ztunnel binds its admin port to localhost only.
@@ -142,12 +145,14 @@ type Config struct {
 
 // Default listen ports, as ztunnel.
 var (
-	DefaultOutboundAddr  = netip.MustParseAddrPort("[::]:15001")
-	DefaultInboundAddr   = netip.MustParseAddrPort("[::]:15006")
-	DefaultHBONEAddr     = netip.MustParseAddrPort("[::]:15008")
-	DefaultAdminAddr     = netip.MustParseAddrPort("127.0.0.1:15000")
-	DefaultMetricsAddr   = netip.MustParseAddrPort("[::]:15020")
-	DefaultReadinessAddr = netip.MustParseAddrPort("[::]:15021")
+	DefaultOutboundAddr = netip.MustParseAddrPort("[::]:15001")
+	DefaultInboundAddr  = netip.MustParseAddrPort("[::]:15006")
+	// DefaultInboundDNATAddr is Ambit's own (ztunnel captures inside each pod, after the node's NAT).
+	DefaultInboundDNATAddr = netip.MustParseAddrPort("[::]:15007")
+	DefaultHBONEAddr       = netip.MustParseAddrPort("[::]:15008")
+	DefaultAdminAddr       = netip.MustParseAddrPort("127.0.0.1:15000")
+	DefaultMetricsAddr     = netip.MustParseAddrPort("[::]:15020")
+	DefaultReadinessAddr   = netip.MustParseAddrPort("[::]:15021")
 )
 
 // withDefaults returns c with every zero field set to its default.
@@ -159,6 +164,7 @@ func (c Config) withDefaults() Config {
 	}
 	set(&c.OutboundAddr, DefaultOutboundAddr)
 	set(&c.InboundAddr, DefaultInboundAddr)
+	set(&c.InboundDNATAddr, DefaultInboundDNATAddr)
 	set(&c.HBONEAddr, DefaultHBONEAddr)
 	set(&c.AdminAddr, DefaultAdminAddr)
 	set(&c.MetricsAddr, DefaultMetricsAddr)

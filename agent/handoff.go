@@ -21,20 +21,25 @@ import (
 
 // listenerSpec is one of the agent's listening sockets, by the name the hand-off carries it under.
 type listenerSpec struct {
-	name string
-	addr netip.AddrPort
-	ln   **net.TCPListener
+	name    string
+	addr    netip.AddrPort
+	ln      **net.TCPListener
+	tracked bool // made with SocketFactory.ListenTracked
 }
 
 func (a *Agent) listenerSpecs() []listenerSpec {
-	return []listenerSpec{
-		{"outbound", a.cfg.OutboundAddr, &a.lnOut},
-		{"inbound", a.cfg.InboundAddr, &a.lnIn},
-		{"hbone", a.cfg.HBONEAddr, &a.lnHBONE},
-		{"admin", a.cfg.AdminAddr, &a.lnAdmin},
-		{"metrics", a.cfg.MetricsAddr, &a.lnMetrics},
-		{"readiness", a.cfg.ReadinessAddr, &a.lnReady},
+	specs := []listenerSpec{
+		{name: "outbound", addr: a.cfg.OutboundAddr, ln: &a.lnOut},
+		{name: "inbound", addr: a.cfg.InboundAddr, ln: &a.lnIn},
+		{name: "hbone", addr: a.cfg.HBONEAddr, ln: &a.lnHBONE},
+		{name: "admin", addr: a.cfg.AdminAddr, ln: &a.lnAdmin},
+		{name: "metrics", addr: a.cfg.MetricsAddr, ln: &a.lnMetrics},
+		{name: "readiness", addr: a.cfg.ReadinessAddr, ln: &a.lnReady},
 	}
+	if a.cfg.Capture != CaptureNone {
+		specs = append(specs, listenerSpec{name: "inbound-dnat", addr: a.cfg.InboundDNATAddr, ln: &a.lnInDNAT, tracked: true})
+	}
+	return specs
 }
 
 // takeListeners takes the listeners of the agent serving Config.HandoffSocket into a's listener fields,

@@ -73,21 +73,34 @@ func (in *inbound) startHBONE(ctx context.Context, r *hbone.Request) (*relayJob,
 // servePlaintext handles traffic that reached a local pod without HBONE: authorization sees no peer
 // identity, so STRICT peer authentication denies it.
 func (in *inbound) servePlaintext(ctx context.Context, down *net.TCPConn) {
-	if j := in.startPlaintext(ctx, down); j != nil {
+	if j := in.startPlaintext(ctx, down, false); j != nil {
+		in.relay(ctx, j)
+	}
+}
+
+// servePlaintextDNAT handles a connection the node destination-NATed to a local pod (a ClusterIP, NodePort or
+// LoadBalancer address of a Service kube-proxy translates): the pod is the accepted socket's local address
+// (the translated destination; conntrack would answer the Service address the client dialled), and the
+// rest is plaintext inbound.
+func (in *inbound) servePlaintextDNAT(ctx context.Context, down *net.TCPConn) {
+	if j := in.startPlaintext(ctx, down, true); j != nil {
 		in.relay(ctx, j)
 	}
 }
 
 // startPlaintext checks and opens the pod for a plaintext connection; nil when refused (accounted and
-// closed here).
-func (in *inbound) startPlaintext(ctx context.Context, down *net.TCPConn) *relayJob {
+// closed here). dnat says the node translated the destination (servePlaintextDNAT).
+func (in *inbound) startPlaintext(ctx context.Context, down *net.TCPConn, dnat bool) *relayJob {
 	src := addrPort(down.RemoteAddr())
 	if !in.configured.Load() {
 		in.log.Warn("inbound plaintext refused: policy not loaded yet", "src", src)
 		down.Close()
 		return nil
 	}
-	dst, err := redirect.OriginalDst(down)
+	dst, err := addrPort(down.LocalAddr()), error(nil)
+	if !dnat {
+		dst, err = redirect.OriginalDst(down)
+	}
 	if err != nil {
 		in.log.Warn("original destination", "src", src, "err", err)
 		down.Close()

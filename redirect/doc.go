@@ -1,10 +1,16 @@
 // Package redirect is the only part of Ambit that talks to the kernel to capture traffic. It steers the TCP
-// connections of enrolled pods into the agent's three transparent listeners in the node network namespace,
+// connections of enrolled pods into the agent's transparent listeners in the node network namespace,
 // without touching the pods:
 //
 //   - outbound: TCP from an enrolled pod to anywhere reaches the outbound listener (15001);
 //   - inbound plaintext: TCP to an enrolled pod on any port but the HBONE port reaches the inbound listener (15006);
-//   - inbound HBONE: TCP to an enrolled pod's HBONE port (15008) reaches the HBONE listener.
+//   - inbound HBONE: TCP to an enrolled pod's HBONE port (15008) reaches the HBONE listener;
+//   - inbound after the node's DNAT: TCP that the node itself translates to an enrolled pod's address (kube-proxy's
+//     ClusterIP, NodePort, LoadBalancer and external IPs) reaches the InboundDNAT listener (15007). Capture proper
+//     looks at packets before netfilter's DNAT and sees only the Service address, so a "postdnat" nftables
+//     chain after the DNAT (both modes) tproxies these connections; the listener's own mark keeps them tracked
+//     by conntrack, which undoes the DNAT on the agent's replies. Without that listener, or in ModeEBPF without
+//     nftables, they are dropped (with nftables) or, without nftables at all, pass as before (logged at start).
 //
 // Packets are never rewritten: an accepted connection's local address is the original destination (the dialled
 // pod IP and port for inbound and HBONE) and its remote address is the original source. OriginalDst reads it.

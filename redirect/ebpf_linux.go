@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -54,6 +55,9 @@ type ebpfRedirector struct {
 	skip   map[int]bool            // interfaces capture cannot attach to (warned about once)
 	pods   map[string][]netip.Addr // enrolled pods: UID -> addresses
 	names  map[string]string       // UID -> Pod.Name, for pods enrolled by this process
+	// nftSet holds the addresses in the nftables sets pods4/pods6 (the postdnat chain's copy of the enrolled
+	// addresses); nil when nftables is not used.
+	nftSet map[netip.Addr]bool
 }
 
 var _ Redirector = (*ebpfRedirector)(nil)
@@ -103,9 +107,10 @@ func newEBPF(ctx context.Context, o Options, ns nsRunner) (_ *ebpfRedirector, er
 		return nil, err
 	}
 	if err := haveNFT(); err != nil {
-		r.log.Warn("no nftables: captured flows stay in conntrack (node NAT may break them), and replies to egress "+
-			"the node masquerades cannot reach the agent", "reason", err)
-	} else if err := applyNFT(ctx, ns, ebpfRuleset(r.nftConfig())); err != nil {
+		r.log.Warn("no nftables: captured flows stay in conntrack (node NAT may break them), replies to egress "+
+			"the node masquerades cannot reach the agent, and connections the node destination-NATs to enrolled pods "+
+			"(ClusterIP, NodePort through kube-proxy) reach them around the agent", "reason", err)
+	} else if err := r.installNFT(ctx); err != nil {
 		return nil, fmt.Errorf("install nftables rules: %w", err)
 	}
 	// Listener selection first: the tc program adopted links get from here on only marks SYNs.
@@ -124,6 +129,12 @@ func newEBPF(ctx context.Context, o Options, ns nsRunner) (_ *ebpfRedirector, er
 	if err := r.readPods(); err != nil {
 		return nil, err
 	}
+	r.mu.Lock()
+	err = r.syncNFTSetLocked(ctx)
+	r.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
 	wctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
 	if err := r.watchLinks(wctx); err != nil {
@@ -139,7 +150,74 @@ func newEBPF(ctx context.Context, o Options, ns nsRunner) (_ *ebpfRedirector, er
 }
 
 func (r *ebpfRedirector) nftConfig() nftConfig {
-	return nftConfig{Table: r.o.NFTTable, Marks: r.o.Marks, NoTrack: !r.o.DisableNoTrack}
+	c := nftConfig{Table: r.o.NFTTable, Marks: r.o.Marks, NoTrack: !r.o.DisableNoTrack}
+	if l := r.o.Listeners.InboundDNAT; l != nil {
+		c.InboundDNAT = listenerPort(l)
+	}
+	return c
+}
+
+// installNFT installs ebpfRuleset. Without the tproxy expression (nft_tproxy missing), node-DNATed connections to
+// enrolled pods cannot be steered to the agent: the table is installed with postdnat dropping them.
+func (r *ebpfRedirector) installNFT(ctx context.Context) error {
+	c := r.nftConfig()
+	err := applyNFT(ctx, r.ns, ebpfRuleset(c))
+	if err != nil && c.InboundDNAT != 0 {
+		c.InboundDNAT = 0
+		if err2 := applyNFT(ctx, r.ns, ebpfRuleset(c)); err2 == nil {
+			r.log.Warn("nftables tproxy unavailable: connections to enrolled pods that the node destination-NATs "+
+				"(ClusterIP, NodePort, LoadBalancer through kube-proxy) are dropped", "reason", err)
+			err = nil
+		}
+	}
+	if err != nil {
+		return err
+	}
+	r.nftSet = map[netip.Addr]bool{}
+	return nil
+}
+
+// syncNFTSetLocked makes the nftables sets pods4/pods6 hold exactly the enrolled (not draining) addresses. It
+// requires r.mu.
+func (r *ebpfRedirector) syncNFTSetLocked(ctx context.Context) error {
+	if r.nftSet == nil {
+		return nil
+	}
+	want := map[netip.Addr]bool{}
+	for _, addrs := range r.pods {
+		for _, a := range addrs {
+			want[a] = true
+		}
+	}
+	var b strings.Builder
+	t := "inet " + r.o.NFTTable
+	for _, a := range sortedSet(r.nftSet) {
+		if !want[a] {
+			fmt.Fprintf(&b, "delete element %s pods%s { %s }\n", t, setSuffix(a), a)
+		}
+	}
+	for _, a := range sortedSet(want) {
+		if !r.nftSet[a] {
+			fmt.Fprintf(&b, "add element %s pods%s { %s }\n", t, setSuffix(a), a)
+		}
+	}
+	if b.Len() == 0 {
+		return nil
+	}
+	if err := applyNFT(ctx, r.ns, b.String()); err != nil {
+		return fmt.Errorf("update nftables pod sets: %w", err)
+	}
+	r.nftSet = want
+	return nil
+}
+
+func sortedSet(m map[netip.Addr]bool) []netip.Addr {
+	out := make([]netip.Addr, 0, len(m))
+	for a := range m {
+		out = append(out, a)
+	}
+	slices.SortFunc(out, func(a, b netip.Addr) int { return a.Compare(b) })
+	return out
 }
 
 // load loads the program with the runtime constants and the pinned maps (created on first use). Pinned maps
@@ -671,6 +749,9 @@ func (r *ebpfRedirector) Enroll(ctx context.Context, pod Pod) error {
 	}
 	r.pods[pod.UID] = addrs
 	r.names[pod.UID] = pod.Name
+	if err := r.syncNFTSetLocked(ctx); err != nil {
+		return fmt.Errorf("enroll %s: %w", pod.UID, err)
+	}
 	r.log.Info("enrolled", "pod", pod.Name, "uid", pod.UID, "ips", addrs)
 	return nil
 }
@@ -722,6 +803,9 @@ func (r *ebpfRedirector) Unenroll(ctx context.Context, uid string) error {
 	delete(r.pods, uid)
 	name := r.names[uid]
 	delete(r.names, uid)
+	if err := r.syncNFTSetLocked(ctx); err != nil {
+		return fmt.Errorf("unenroll %s: %w", uid, err)
+	}
 	r.log.Info("unenrolled", "pod", name, "uid", uid)
 	return nil
 }

@@ -21,7 +21,7 @@ var modes = []redirect.Mode{redirect.ModeEBPF, redirect.ModeTPROXY}
 
 // accepted is what the test proxy saw for one captured connection.
 type accepted struct {
-	role   string // "outbound", "inbound", "hbone"
+	role   string // "outbound", "inbound", "hbone", "inbound-dnat"
 	orig   netip.AddrPort
 	remote netip.AddrPort
 }
@@ -58,9 +58,15 @@ func agentOptions(node *lab.Node, mode redirect.Mode) redirect.Options {
 
 // startAgent starts an agent in node; it stops (without cleaning capture up) when the test ends.
 func startAgent(tb testing.TB, node *lab.Node, opts redirect.Options) *agent {
+	return startAgentListeners(tb, node, opts, true)
+}
+
+// startAgentListeners is startAgent with or without the InboundDNAT listener (15007, role "inbound-dnat").
+func startAgentListeners(tb testing.TB, node *lab.Node, opts redirect.Options, dnat bool) *agent {
 	tb.Helper()
 	a := &agent{tb: tb, node: node, opts: opts, sf: redirect.SocketFactory{NetNS: node.NS.Path()}, conns: make(chan accepted, 64), open: map[net.Conn]struct{}{}}
 	a.ctx, a.cancel = context.WithCancel(context.Background())
+	roles := []string{"outbound", "inbound", "hbone"}
 	for _, port := range []uint16{15001, 15006, 15008} {
 		ln, err := a.sf.Listen(tb.Context(), netip.AddrPortFrom(netip.IPv6Unspecified(), port))
 		if err != nil {
@@ -70,13 +76,23 @@ func startAgent(tb testing.TB, node *lab.Node, opts redirect.Options) *agent {
 		a.lns = append(a.lns, ln)
 	}
 	a.opts.Listeners = redirect.Listeners{Outbound: a.lns[0], Inbound: a.lns[1], HBONE: a.lns[2]}
+	if dnat {
+		ln, err := a.sf.ListenTracked(tb.Context(), netip.AddrPortFrom(netip.IPv6Unspecified(), 15007))
+		if err != nil {
+			a.stop()
+			tb.Fatalf("listen: %v", err)
+		}
+		a.lns = append(a.lns, ln)
+		a.opts.Listeners.InboundDNAT = ln
+		roles = append(roles, "inbound-dnat")
+	}
 	r, err := redirect.New(tb.Context(), a.opts)
 	if err != nil {
 		a.stop()
 		tb.Fatalf("new redirector: %v", err)
 	}
 	a.r = r
-	for i, role := range []string{"outbound", "inbound", "hbone"} {
+	for i, role := range roles {
 		a.wg.Add(1)
 		go func() {
 			defer a.wg.Done()
@@ -144,6 +160,11 @@ func (a *agent) serve(ln *net.TCPListener, role string) {
 
 func (a *agent) handle(c net.Conn, role string) {
 	orig, err := a.r.OriginalDst(c)
+	if role == "inbound-dnat" {
+		// The node translated the destination: the pod is the local address (conntrack answers the service).
+		l := c.LocalAddr().(*net.TCPAddr).AddrPort()
+		orig, err = netip.AddrPortFrom(l.Addr().Unmap(), l.Port()), nil
+	}
 	if err != nil {
 		a.tb.Errorf("original dst: %v", err)
 		return
@@ -163,7 +184,7 @@ func (a *agent) handle(c net.Conn, role string) {
 		return
 	case "outbound":
 		up, err = a.sf.DialContext(ctx, "tcp", orig.String())
-	case "inbound":
+	case "inbound", "inbound-dnat":
 		up, err = a.sf.DialFrom(ctx, remote.Addr(), orig)
 	}
 	if err != nil {

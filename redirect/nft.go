@@ -13,6 +13,7 @@ type nftConfig struct {
 	Table                    string
 	Marks                    Marks
 	Outbound, Inbound, HBONE uint16 // listener ports
+	InboundDNAT              uint16 // listener port for node-DNATed connections to enrolled pods; 0: none (drop them)
 	HBONEPort                uint16 // original destination port of inbound HBONE
 	NoTrack                  bool
 }
@@ -41,6 +42,36 @@ func (c nftConfig) ownSocket() string {
 func (c nftConfig) rawOutput(b *strings.Builder, t string) {
 	fmt.Fprintf(b, "add rule %s rawout meta l4proto tcp meta mark & %#08x != %#08x socket transparent 1 notrack\n",
 		t, c.Marks.OwnMask, c.Marks.Own)
+}
+
+// postDNAT renders the postdnat chain (both modes): connections to enrolled pods that the node destination-NATed
+// itself. Capture (the tc program, the mangle chain) looks at a packet before netfilter's DNAT (priority dstnat)
+// rewrites it, so it saw the address the client dialled: a ClusterIP, a NodePort or a LoadBalancer address that
+// kube-proxy translates to a pod's. This chain runs after the DNAT (dstnat + 10): the first SYN of such a
+// connection to an enrolled pod is tproxied to the InboundDNAT listener, whose sockets keep the connection
+// tracked (conntrack must undo the DNAT on the agent's replies), and the later packets of the connection reach
+// the agent's socket (a socket lookup with the rewritten address, which the mangle chain's lookup before the
+// DNAT cannot find). "ct status dnat" restricts it to translated connections in the original direction (packets
+// that skip conntrack, the other captured ones, have no status), so no other packet pays for a socket lookup.
+// Without an InboundDNAT listener, or when the agent is down, the SYNs are dropped: never passed to the pod.
+// Packets capture already marked (the mangle chain, the tc program) are left alone.
+func (c nftConfig) postDNAT(b *strings.Builder, t string) {
+	fmt.Fprintf(b, "add chain %s postdnat { type filter hook prerouting priority dstnat + 10; policy accept; }\n", t)
+	fmt.Fprintf(b, "flush chain %s postdnat\n", t)
+	// Not already captured (with DisableNoTrack, an enrolled pod's outbound SYN to a ClusterIP is tracked and
+	// DNATed too, after the capture mark sent it to the outbound listener).
+	dnat := fmt.Sprintf("meta l4proto tcp meta mark & %#08x != %#08x ct direction original ct status dnat",
+		c.Marks.CaptureMask, c.Marks.Capture)
+	if c.InboundDNAT != 0 {
+		mark := c.markSet()
+		fmt.Fprintf(b, "add rule %s postdnat %s %s ip daddr @pods4 tproxy ip to :%d %s accept\n", t, dnat, synOnly, c.InboundDNAT, mark)
+		fmt.Fprintf(b, "add rule %s postdnat %s %s ip6 daddr @pods6 tproxy ip6 to :%d %s accept\n", t, dnat, synOnly, c.InboundDNAT, mark)
+	}
+	fmt.Fprintf(b, "add rule %s postdnat %s %s ip daddr @pods4 drop\n", t, dnat, synOnly)
+	fmt.Fprintf(b, "add rule %s postdnat %s %s ip6 daddr @pods6 drop\n", t, dnat, synOnly)
+	if c.InboundDNAT != 0 {
+		fmt.Fprintf(b, "add rule %s postdnat %s socket transparent 1 %s accept\n", t, dnat, c.markSet())
+	}
 }
 
 // tproxyRuleset renders the transaction that installs (or re-adopts) ModeTPROXY's table: sets of enrolled pods
@@ -100,6 +131,7 @@ func tproxyRuleset(c nftConfig) string {
 	fmt.Fprintf(&b, "add rule %s mangle %s ip6 daddr @pods6 drop\n", t, synOnly)
 	fmt.Fprintf(&b, "add rule %s mangle socket wildcard 1 return\n", t)
 	fmt.Fprintf(&b, "add rule %s mangle socket transparent 1 %s accept\n", t, mark)
+	c.postDNAT(&b, t)
 	return b.String()
 }
 
@@ -129,6 +161,10 @@ func ebpfRuleset(c nftConfig) string {
 	}
 	fmt.Fprintf(&b, "add chain %s mangle { type filter hook prerouting priority mangle; policy accept; }\n", t)
 	fmt.Fprintf(&b, "add rule %s mangle meta l4proto tcp fib daddr type local socket transparent 1 %s accept\n", t, c.markSet())
+	// The enrolled pods' addresses, for postdnat (the program keeps its own copy in the pods map).
+	fmt.Fprintf(&b, "add set %s pods4 { type ipv4_addr; }\n", t)
+	fmt.Fprintf(&b, "add set %s pods6 { type ipv6_addr; }\n", t)
+	c.postDNAT(&b, t)
 	return b.String()
 }
 

@@ -27,7 +27,7 @@ func golden(t *testing.T, name, got string) {
 	}
 }
 
-var testNFT = nftConfig{Table: "ambit", Marks: DefaultMarks, Outbound: 15001, Inbound: 15006, HBONE: 15008, HBONEPort: 15008, NoTrack: true}
+var testNFT = nftConfig{Table: "ambit", Marks: DefaultMarks, Outbound: 15001, Inbound: 15006, HBONE: 15008, InboundDNAT: 15007, HBONEPort: 15008, NoTrack: true}
 
 func TestRulesets(t *testing.T) {
 	noTrackOff := testNFT
@@ -35,6 +35,8 @@ func TestRulesets(t *testing.T) {
 	custom := testNFT
 	custom.Table, custom.Marks = "mesh", Marks{Capture: 0x20000, CaptureMask: 0x30000, Own: 0x7, OwnMask: 0xf}
 	custom.Outbound, custom.Inbound, custom.HBONE, custom.HBONEPort = 25001, 25006, 25008, 15009
+	noDNAT := testNFT
+	noDNAT.InboundDNAT = 0
 	cases := []struct {
 		name, file, got string
 	}{
@@ -43,6 +45,8 @@ func TestRulesets(t *testing.T) {
 		{"tproxy custom ports and marks", "tproxy-custom.nft", tproxyRuleset(custom)},
 		{"ebpf", "ebpf.nft", ebpfRuleset(testNFT)},
 		{"ebpf without notrack", "ebpf-nonotrack.nft", ebpfRuleset(noTrackOff)},
+		{"tproxy without a DNAT listener", "tproxy-nodnat.nft", tproxyRuleset(noDNAT)},
+		{"ebpf without a DNAT listener", "ebpf-nodnat.nft", ebpfRuleset(noDNAT)},
 		{"delete table", "delete.nft", deleteTableRuleset("ambit")},
 	}
 	for _, tc := range cases {

@@ -127,7 +127,7 @@ func probeTPROXY(ctx context.Context, o Options, ns nsRunner) error {
 	if err := haveNFT(); err != nil {
 		return err
 	}
-	c := nftConfig{Table: o.NFTTable, Marks: o.Marks, Outbound: 15001, Inbound: 15006, HBONE: 15008, HBONEPort: o.HBONEPort, NoTrack: !o.DisableNoTrack}
+	c := nftConfig{Table: o.NFTTable, Marks: o.Marks, Outbound: 15001, Inbound: 15006, HBONE: 15008, InboundDNAT: 15007, HBONEPort: o.HBONEPort, NoTrack: !o.DisableNoTrack}
 	if _, err := runNFT(ctx, ns, tproxyRuleset(c), "-c", "-f", "-"); err != nil {
 		return missing("nftables tproxy, socket and notrack expressions (Linux 4.19)", err)
 	}

@@ -94,6 +94,13 @@ type Listeners struct {
 	Outbound *net.TCPListener // original port 15001
 	Inbound  *net.TCPListener // original port 15006
 	HBONE    *net.TCPListener // original port 15008
+	// InboundDNAT receives new connections to enrolled pods that the node itself destination-NATed (kube-proxy's
+	// ClusterIP, NodePort, LoadBalancer and external IPs: the client dialled a service address, capture saw that
+	// address, and netfilter rewrote it to the pod's after capture looked). Make it with
+	// SocketFactory.ListenTracked: its connections stay tracked by conntrack in both directions, so the node
+	// translates the agent's replies back to the address the client dialled. Nil: such connections are dropped
+	// (fail closed), never passed to the pod around the agent.
+	InboundDNAT *net.TCPListener // original port 15007
 }
 
 // Marks are the packet marks Ambit uses. Pick bits that the CNI does not use.

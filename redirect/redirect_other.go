@@ -45,6 +45,11 @@ func (f SocketFactory) Listen(ctx context.Context, addr netip.AddrPort) (*net.TC
 	return nil, fmt.Errorf("%w: transparent listeners need Linux", ErrNotSupported)
 }
 
+// ListenTracked returns ErrNotSupported outside Linux.
+func (f SocketFactory) ListenTracked(ctx context.Context, addr netip.AddrPort) (*net.TCPListener, error) {
+	return nil, fmt.Errorf("%w: transparent listeners need Linux", ErrNotSupported)
+}
+
 // DialContext dials without a mark outside Linux.
 func (f SocketFactory) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
 	var d net.Dialer

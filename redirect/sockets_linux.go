@@ -56,6 +56,26 @@ func (f SocketFactory) Listen(ctx context.Context, addr netip.AddrPort) (*net.TC
 	return ln.(*net.TCPListener), nil
 }
 
+// ListenTracked makes a transparent listener like Listen whose socket carries the own mark (SO_MARK), for
+// Listeners.InboundDNAT. Its SYN-ACKs and accepted connections inherit the mark, so the raw output chain leaves
+// them tracked (as it does the agent's dials): conntrack then sees the connection both ways and undoes the
+// node's destination NAT on the agent's replies.
+func (f SocketFactory) ListenTracked(ctx context.Context, addr netip.AddrPort) (*net.TCPListener, error) {
+	ln, err := f.Listen(ctx, addr)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := ln.SyscallConn()
+	if err == nil {
+		err = control(raw, func(fd int) error { return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(f.mark())) })
+	}
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("mark listener %s: %w", addr, err)
+	}
+	return ln, nil
+}
+
 // DialContext connects to address with the agent's mark, from the node's own address. Its signature matches
 // net.Dialer.DialContext so it can back an http.Transport or an HBONE dialer.
 func (f SocketFactory) DialContext(ctx context.Context, network, address string) (net.Conn, error) {

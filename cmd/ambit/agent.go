@@ -121,6 +121,8 @@ authorization, and serve admin (localhost:15000), metrics (:15020) and readiness
 	}
 	addr(&cfg.OutboundAddr, agent.DefaultOutboundAddr, "outbound-addr", "AMBIT_OUTBOUND_ADDR", "outbound capture listener")
 	addr(&cfg.InboundAddr, agent.DefaultInboundAddr, "inbound-addr", "AMBIT_INBOUND_ADDR", "inbound plaintext listener")
+	addr(&cfg.InboundDNATAddr, agent.DefaultInboundDNATAddr, "inbound-dnat-addr", "AMBIT_INBOUND_DNAT_ADDR",
+		"listener for connections to enrolled pods the node destination-NATed (ClusterIP, NodePort, LoadBalancer)")
 	addr(&cfg.HBONEAddr, agent.DefaultHBONEAddr, "hbone-addr", "AMBIT_HBONE_ADDR", "inbound HBONE listener")
 	addr(&cfg.AdminAddr, agent.DefaultAdminAddr, "admin-addr", "AMBIT_ADMIN_ADDR", "admin API (loopback only unless --admin-allow-remote)")
 	fs.BoolVar(&cfg.AdminAllowRemote, "admin-allow-remote", false, "allow a non-loopback --admin-addr (its endpoints change state and expose pprof)")
