@@ -66,6 +66,9 @@ func (in *inbound) startHBONE(ctx context.Context, r *hbone.Request) (*relayJob,
 		d.service = in.store.ServiceByHostname(f.Host, local.Namespace)
 	}
 	res := in.result(d, "HBONE")
+	if svc != nil {
+		res.Conn.Authority = r.Authority // a hostname authority says more than the pod's address
+	}
 	up, err := in.prepare(ctx, d)
 	if err != nil {
 		in.rec.Fail(res, err)
