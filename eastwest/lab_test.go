@@ -323,4 +323,3 @@ func counter(t *testing.T, g *eastwest.Gateway, name, reporter string) float64 {
 	}
 	return total
 }
-
