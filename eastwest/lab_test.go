@@ -268,6 +268,10 @@ func testDoubleHBONE(t *testing.T, mode string) {
 			t.Errorf("node1's access log lacks %s:\n%s", want, c.Logs[1])
 		}
 	}
+	// x-forwarded-network: the TCP peer of node1's agent is the gateway, which is not the source.
+	if strings.Contains(c.Logs[1].String(), "src.workload=ew-0") {
+		t.Errorf("node1 took the gateway for the source workload:\n%s", c.Logs[1])
+	}
 	if !strings.Contains(c.Logs[0].String(), "dst.hbone_addr=svc.app.svc.cluster.local:80") {
 		t.Errorf("node0's access log lacks the hostname authority:\n%s", c.Logs[0])
 	}
