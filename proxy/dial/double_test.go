@@ -86,7 +86,7 @@ func TestUpstreamDoubleHBONE(t *testing.T) {
 		return &state.Workload{UID: sa, Name: sa, Namespace: ns, ServiceAccount: sa, TrustDomain: "cluster.local"}
 	}
 	plan := &route.Plan{Path: route.PathDirect, Protocol: route.ProtocolHBONE, NextHop: gw, Upstream: wl("app", "server"),
-		Gateway: &state.GatewayAddress{Address: state.NetworkAddress{Network: "net2", Addr: gw.Addr()}, HBONEMTLSPort: gw.Port()},
+		Gateway:         &state.GatewayAddress{Address: state.NetworkAddress{Network: "net2", Addr: gw.Addr()}, HBONEMTLSPort: gw.Port()},
 		GatewayUpstream: wl("istio-system", "eastwest"), Host: "svc.app.svc.cluster.local", HostPort: 80}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
