@@ -19,13 +19,17 @@ import (
 
 // relayTap is what a gateway relayed from the client toward the inner server.
 type relayTap struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	discard bool // benchmarks keep nothing
 }
 
 func (r *relayTap) Write(p []byte) (int, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.discard {
+		return len(p), nil
+	}
 	return r.buf.Write(p)
 }
 
@@ -42,11 +46,15 @@ type doubleEnv struct {
 	gwID    spiffeid.ID
 	destID  spiffeid.ID
 	gateway *testServer
+	innerAt netip.AddrPort
 	tap     *relayTap
-	inner   chan *Request // requests the inner server saw
+	inner   chan *Request // requests the inner server saw (buffered; benchmarks drain it)
 }
 
-func newDoubleEnv(t *testing.T) *doubleEnv {
+func newDoubleEnv(t *testing.T) *doubleEnv { return newDoubleEnvTB(t) }
+
+// newDoubleEnvTB builds the environment; in hbone mode (no DialOver) the gateway is the echo server.
+func newDoubleEnvTB(t testing.TB) *doubleEnv {
 	pki := newPKI(t)
 	e := &doubleEnv{pki: pki, tap: &relayTap{}, inner: make(chan *Request, 4),
 		gwID:   spiffeid.RequireFromString("spiffe://cluster.local/ns/istio-system/sa/eastwest"),
@@ -65,6 +73,7 @@ func newDoubleEnv(t *testing.T) *doubleEnv {
 	}), func(s *Server) {
 		s.Credentials = func(context.Context, netip.AddrPort) (*Credentials, error) { return destCreds, nil }
 	})
+	e.innerAt = inner.addr
 	e.gateway = startServer(t, pki, HandlerFunc(func(ctx context.Context, r *Request) error {
 		up, err := net.Dial("tcp", inner.addr.String())
 		if err != nil {
@@ -169,5 +178,53 @@ func TestDialOverWrongIdentity(t *testing.T) {
 	}
 	if n := len(e.inner); n != 0 {
 		t.Errorf("the inner server saw %d requests", n)
+	}
+}
+
+// BenchmarkConnect compares setting up one connection through HBONE (a stream on a pooled connection)
+// with double HBONE (the outer stream plus an inner TLS handshake and HTTP/2 connection inside it,
+// through a relaying gateway), each followed by a 1-byte round trip. Run side by side:
+// go test -run '^$' -bench BenchmarkConnect -count 5 ./hbone/
+func BenchmarkConnect(b *testing.B) {
+	for _, double := range []bool{false, true} {
+		name := "hbone"
+		if double {
+			name = "double-hbone"
+		}
+		b.Run(name, func(b *testing.B) {
+			e := newDoubleEnvTB(b)
+			p := newTestPool(b, e.pki, nil)
+			ot := e.gateway.target(e.pki)
+			ot.Authority = "svc.demo.svc.cluster.local:80"
+			ot.Expected = []spiffeid.ID{e.gwID}
+			if !double { // straight to the destination's server
+				ot.NextHop, ot.Expected = e.innerAt, []spiffeid.ID{e.destID}
+			}
+			e.tap.mu.Lock()
+			e.tap.discard = true
+			e.tap.mu.Unlock()
+			ctx := context.Background()
+			buf := make([]byte, 1)
+			for b.Loop() {
+				c, err := p.Dial(ctx, ot)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if double {
+					if c, err = p.DialOver(ctx, c, Target{NextHop: e.gateway.addr, Authority: ot.Authority, Source: e.pki.clientID,
+						Expected: []spiffeid.ID{e.destID}}); err != nil {
+						b.Fatal(err)
+					}
+				}
+				<-e.inner
+				if _, err := c.Write(buf); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := io.ReadFull(c, buf); err != nil {
+					b.Fatal(err)
+				}
+				c.Close()
+			}
+		})
 	}
 }
