@@ -9,6 +9,7 @@ import (
 
 	"github.com/ambit-mesh/ambit/hbone"
 	"github.com/ambit-mesh/ambit/mesh/authz"
+	"github.com/ambit-mesh/ambit/mesh/state"
 	"github.com/ambit-mesh/ambit/proxy/metrics"
 	"github.com/ambit-mesh/ambit/redirect"
 )
@@ -38,22 +39,36 @@ func (in *inbound) startHBONE(ctx context.Context, r *hbone.Request) (*relayJob,
 	if local == nil {
 		return nil, hbone.NewFlagError(http.StatusServiceUnavailable, metrics.FlagConnect, "no local workload with address %s", r.Local.Addr())
 	}
-	if !r.AuthorityAddr.IsValid() {
-		return nil, hbone.NewFlagError(http.StatusBadRequest, metrics.FlagConnect, "authority %q is not an IP address and port", r.Authority)
-	}
-	target := netip.AddrPortFrom(r.AuthorityAddr.Addr().Unmap(), r.AuthorityAddr.Port())
-	if target.Addr() != r.Local.Addr().Unmap() && local.ApplicationTunnel == nil {
-		return nil, hbone.NewFlagError(http.StatusBadRequest, metrics.FlagConnect, "ip mismatch: authority %s on a connection to %s", target, r.Local.Addr())
+	var target netip.AddrPort
+	var svc *state.Service
+	if r.AuthorityAddr.IsValid() {
+		target = netip.AddrPortFrom(r.AuthorityAddr.Addr().Unmap(), r.AuthorityAddr.Port())
+		if target.Addr() != r.Local.Addr().Unmap() && local.ApplicationTunnel == nil {
+			return nil, hbone.NewFlagError(http.StatusBadRequest, metrics.FlagConnect, "ip mismatch: authority %s on a connection to %s", target, r.Local.Addr())
+		}
+	} else {
+		var err error
+		if svc, target, err = in.hostnameTarget(r, local); err != nil {
+			return nil, err
+		}
 	}
 	d := &delivery{peer: authz.PeerFromSPIFFE(r.PeerID.String()), src: r.Remote, dst: netip.AddrPortFrom(r.Local.Addr().Unmap(), target.Port()),
-		local: local, mtls: true}
+		local: local, service: svc, mtls: true}
 	if d.src.Addr().Is4In6() {
 		d.src = netip.AddrPortFrom(d.src.Addr().Unmap(), d.src.Port())
 	}
-	if f, err := hbone.ParseForwarded(r.Header.Values(hbone.HeaderForwarded)...); err == nil && f.Host != "" {
+	if n := r.Header.Get(hbone.HeaderForwardedNetwork); n != "" && n != in.network {
+		// Through an east-west gateway from another network: the TCP peer is the gateway, not the
+		// client, so the source workload is not looked up by address.
+		d.remoteNetwork = true
+	}
+	if f, err := hbone.ParseForwarded(r.Header.Values(hbone.HeaderForwarded)...); err == nil && f.Host != "" && d.service == nil {
 		d.service = in.store.ServiceByHostname(f.Host, local.Namespace)
 	}
 	res := in.result(d, "HBONE")
+	if svc != nil {
+		res.Conn.Authority = r.Authority // a hostname authority says more than the pod's address
+	}
 	up, err := in.prepare(ctx, d)
 	if err != nil {
 		in.rec.Fail(res, err)
@@ -68,6 +83,37 @@ func (in *inbound) startHBONE(ctx context.Context, r *hbone.Request) (*relayJob,
 		return nil, nil
 	}
 	return &relayJob{res: res, down: down, up: up, recheck: in.recheck(d)}, nil
+}
+
+// hostnameTarget resolves a hostname authority, "<service hostname>:<service port>" (double HBONE,
+// relayed by an east-west gateway): the service by hostname, preferring the local workload's namespace;
+// the local workload must be one of its endpoints, and the port maps to its target port (the workload's
+// own port list first, then the service's numeric target port; 503 when there is none).
+func (in *inbound) hostnameTarget(r *hbone.Request, local *state.Workload) (*state.Service, netip.AddrPort, error) {
+	svc := in.store.ServiceByHostname(r.AuthorityHost, local.Namespace)
+	if svc == nil {
+		return nil, netip.AddrPort{}, hbone.NewFlagError(http.StatusBadRequest, metrics.FlagConnect, "authority %q: no service with hostname %s",
+			r.Authority, r.AuthorityHost)
+	}
+	ref := local.ServiceRef(svc.Key())
+	if ref == nil {
+		return nil, netip.AddrPort{}, hbone.NewFlagError(http.StatusBadRequest, metrics.FlagConnect, "authority %q: workload %s/%s is not an endpoint of %s",
+			r.Authority, local.Namespace, local.Name, svc.Key())
+	}
+	port, ok := svc.Port(r.AuthorityPort)
+	if !ok {
+		return nil, netip.AddrPort{}, hbone.NewFlagError(http.StatusServiceUnavailable, metrics.FlagConnect, "authority %q: service %s has no port %d",
+			r.Authority, svc.Key(), r.AuthorityPort)
+	}
+	tp, ok := ref.Target(r.AuthorityPort)
+	if !ok {
+		tp = port.TargetPort
+	}
+	if tp == 0 {
+		return nil, netip.AddrPort{}, hbone.NewFlagError(http.StatusServiceUnavailable, metrics.FlagConnect, "authority %q: no target port for %s/%s",
+			r.Authority, local.Namespace, local.Name)
+	}
+	return svc, netip.AddrPortFrom(r.Local.Addr().Unmap(), tp), nil
 }
 
 // servePlaintext handles traffic that reached a local pod without HBONE: authorization sees no peer

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -31,7 +32,7 @@ func (o *outbound) serve(ctx context.Context, down *net.TCPConn) {
 	res, plan := o.plan(down)
 	switch {
 	case res == nil:
-	case plan.Protocol == route.ProtocolHBONE && plan.Path == route.PathDirect && o.captured(plan.Upstream):
+	case plan.Protocol == route.ProtocolHBONE && plan.Path == route.PathDirect && !plan.DoubleHBONE() && o.captured(plan.Upstream):
 		// Same-node HBONE: capture cannot intercept the agent's own dial to a local pod's :15008, so the
 		// connection is delivered here, with the checks of the destination side.
 		o.sameNode.serve(ctx, down, res, plan.Authority)
@@ -69,6 +70,8 @@ func (o *outbound) plan(down *net.TCPConn) (*metrics.ConnectionResult, route.Pla
 	}
 	if plan.Authority.IsValid() {
 		res.Conn.Authority = plan.Authority.String()
+	} else if plan.DoubleHBONE() {
+		res.Conn.Authority = net.JoinHostPort(plan.Host, strconv.Itoa(int(plan.HostPort)))
 	}
 	if plan.Protocol == route.ProtocolHBONE && src != nil {
 		res.Labels.SourcePrincipal = src.Identity()
@@ -116,7 +119,7 @@ func (o *outbound) dialUpstream(ctx context.Context, src *state.Workload, srcAdd
 			t.SourceIP = srcAddr.Addr()
 		}
 	}
-	return dial.Upstream(ctx, p, o.pool, o.sockets, t)
+	return dial.Upstream(ctx, p, o.pool, o.sockets, t, o.network)
 }
 
 // outboundHeaders are the CONNECT headers ztunnel sends: baggage describing the source workload,

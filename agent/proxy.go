@@ -70,11 +70,17 @@ type delivery struct {
 	local   *state.Workload
 	service *state.Service
 	mtls    bool
+	// remoteNetwork: the connection came from another network through its east-west gateway
+	// (x-forwarded-network), so src is the gateway's address, not the client's.
+	remoteNetwork bool
 }
 
 // result describes a delivery for telemetry, with reporter destination.
 func (in *inputs) result(d *delivery, protocol string) *metrics.ConnectionResult {
-	peerWl := in.store.WorkloadByAddr(state.NetworkAddress{Network: in.network, Addr: d.src.Addr()})
+	var peerWl *state.Workload
+	if !d.remoteNetwork {
+		peerWl = in.store.WorkloadByAddr(state.NetworkAddress{Network: in.network, Addr: d.src.Addr()})
+	}
 	res := &metrics.ConnectionResult{
 		Conn: &connmgr.Conn{Direction: connmgr.Inbound, Src: d.src, Dst: d.dst, Hop: d.dst, Protocol: protocol,
 			Workload: d.local, Peer: peerWl, Service: d.service, Start: time.Now(), Counters: &relay.Counters{}},

@@ -51,9 +51,11 @@ type Target struct {
 	Header http.Header
 }
 
-// Dialer opens HBONE streams. *Pool implements it.
+// Dialer opens HBONE streams: over pooled connections (Dial) or over a connection of their own inside
+// an established stream (DialOver, double HBONE). *Pool implements it.
 type Dialer interface {
 	Dial(ctx context.Context, t Target) (net.Conn, error)
+	DialOver(ctx context.Context, nc net.Conn, t Target) (net.Conn, error)
 }
 
 var _ Dialer = (*Pool)(nil)
@@ -274,9 +276,73 @@ func (p *Pool) dial(key poolKey, t Target, call *dialCall) {
 	call.err = err
 	close(call.done)
 	p.mu.Unlock()
-	if err != nil && pc != nil {
+	if err != nil && pc != nil && pc.c != nil {
 		pc.c.close(err)
 	}
+}
+
+// DialOver opens a CONNECT stream to t.Authority over a new HBONE connection (TLS 1.3 and HTTP/2) run
+// inside nc, an established stream: the inner connection of double HBONE, nc being the outer CONNECT
+// stream to a network gateway. It is the pool's client on another transport, not a second client: the
+// same handshake, peer check (t.Expected) and connection code. The connection is not pooled (one per
+// call, as ztunnel's inner connections are, so that connections spread over the remote endpoints): it
+// carries this one stream and then closes, closing nc. t.NextHop only names the hop in errors.
+// ConnectTimeout bounds the handshake and the wait for the CONNECT's response together. On error nc is
+// closed.
+func (p *Pool) DialOver(ctx context.Context, nc net.Conn, t Target) (net.Conn, error) {
+	if t.Source.IsZero() {
+		_ = nc.Close()
+		return nil, errors.New("hbone: dial needs Target.Source")
+	}
+	if _, err := ParseAuthority(t.Authority); err != nil {
+		_ = nc.Close()
+		return nil, fmt.Errorf("dial hbone: %w", err)
+	}
+	pc := &pconn{key: makeKey(t), reserved: 1}
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		_ = nc.Close()
+		return nil, ErrPoolClosed
+	}
+	p.all[pc] = struct{}{} // Close closes it once it exists (pc.c), and waits for this call
+	p.wg.Add(1)
+	p.mu.Unlock()
+	defer p.wg.Done()
+	hctx, cancel := context.WithTimeout(ctx, p.opts.ConnectTimeout)
+	defer cancel()
+	stop := context.AfterFunc(p.ctx, cancel) // the pool closing ends the handshake too
+	defer stop()
+	creds, err := p.opts.Credentials(hctx, t.Source)
+	if err == nil {
+		err = creds.validate()
+	}
+	if err != nil {
+		_ = nc.Close()
+		p.forget(pc, true)
+		return nil, fmt.Errorf("get credentials for %s: %w", t.Source, err)
+	}
+	if err := p.establish(hctx, pc, nc, creds, t); err != nil {
+		if pc.c != nil {
+			pc.c.close(err)
+		} else {
+			p.forget(pc, true)
+		}
+		return nil, fmt.Errorf("dial hbone %s inside the stream to %s: %w", t.Authority, t.NextHop, err)
+	}
+	fields := appendRequestFields(make([]hpack.HeaderField, 0, 2+len(t.Header)), t)
+	s, err := pc.c.openStream(hctx, fields)
+	if err != nil {
+		pc.c.close(err)
+		return nil, fmt.Errorf("dial hbone %s inside the stream to %s: %w", t.Authority, t.NextHop, err)
+	}
+	if p.ctx.Err() != nil { // Close ran meanwhile and may not have seen the connection
+		pc.c.close(ErrPoolClosed)
+		return nil, ErrPoolClosed
+	}
+	// No other stream: the connection closes when this one is done.
+	pc.c.goAway()
+	return s, nil
 }
 
 func (p *Pool) connect(key poolKey, t Target) (*pconn, error) {
@@ -293,27 +359,37 @@ func (p *Pool) connect(key poolKey, t Target) (*pconn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect %s: %w", t.NextHop, err)
 	}
+	pc := &pconn{key: key}
+	return pc, p.establish(ctx, pc, nc, creds, t)
+}
+
+// establish runs the client side of an HBONE connection over nc for pc: the TLS handshake with t's
+// expected identities, then HTTP/2 up to the server's first SETTINGS. When it fails before the
+// connection exists (pc.c nil) nc is closed; after, the caller closes pc.c.
+func (p *Pool) establish(ctx context.Context, pc *pconn, nc net.Conn, creds *Credentials, t Target) error {
 	var peer spiffeid.ID
 	sock := &coalescer{Conn: nc}
 	tc := tls.Client(sock, clientTLSConfig(creds, t.Expected, &peer))
 	if err := tc.HandshakeContext(ctx); err != nil {
 		_ = nc.Close()
-		return nil, fmt.Errorf("tls handshake with %s: %w", t.NextHop, err)
+		return fmt.Errorf("tls handshake with %s: %w", t.NextHop, err)
 	}
 	if tc.ConnectionState().NegotiatedProtocol != alpnH2 {
 		_ = tc.Close()
-		return nil, fmt.Errorf("connect %s: %w", t.NextHop, ErrNotH2)
+		return fmt.Errorf("connect %s: %w", t.NextHop, ErrNotH2)
 	}
-	pc := &pconn{key: key}
 	cfg := p.cfg
 	cfg.onStreamDone = func() { p.release(pc) }
 	cfg.onClose = func(error) { p.forget(pc, true) }
 	cfg.onGoAway = func() { p.forget(pc, false) }
-	pc.c = newConn(tc, sock, cfg, peer)
-	if err := pc.c.start(); err != nil {
+	c := newConn(tc, sock, cfg, peer)
+	if err := c.start(); err != nil {
 		_ = tc.Close()
-		return nil, fmt.Errorf("connect %s: %w", t.NextHop, err)
+		return fmt.Errorf("connect %s: %w", t.NextHop, err)
 	}
+	p.mu.Lock() // Close and Stats read pc.c of connections in p.all
+	pc.c = c
+	p.mu.Unlock()
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
@@ -325,13 +401,13 @@ func (p *Pool) connect(key poolKey, t Target) (*pconn, error) {
 		none := pc.c.peerMaxStreams == 0
 		pc.c.mu.Unlock()
 		if none {
-			return pc, fmt.Errorf("connect %s: %w: peer allows no streams", t.NextHop, ErrNotH2)
+			return fmt.Errorf("connect %s: %w: peer allows no streams", t.NextHop, ErrNotH2)
 		}
-		return pc, nil
+		return nil
 	case <-pc.c.done:
-		return pc, fmt.Errorf("connect %s: %w", t.NextHop, pc.c.err())
+		return fmt.Errorf("connect %s: %w", t.NextHop, pc.c.err())
 	case <-ctx.Done():
-		return pc, fmt.Errorf("connect %s: wait for SETTINGS: %w", t.NextHop, ctx.Err())
+		return fmt.Errorf("connect %s: wait for SETTINGS: %w", t.NextHop, ctx.Err())
 	}
 }
 
@@ -428,6 +504,9 @@ func (p *Pool) Stats() PoolStats {
 		Floods:             p.stats.floodStats(),
 	}
 	for pc := range p.all {
+		if pc.c == nil {
+			continue // DialOver's connection, still in its handshake
+		}
 		st.Conns++
 		if pc.pooled {
 			st.Pooled++
@@ -444,6 +523,9 @@ func (p *Pool) Close() error {
 	p.closed = true
 	all := make([]*pconn, 0, len(p.all))
 	for pc := range p.all {
+		if pc.c == nil {
+			continue // DialOver's handshake, which the cancel below ends
+		}
 		all = append(all, pc)
 		if pc.idleTimer != nil {
 			pc.idleTimer.Stop()

@@ -257,7 +257,7 @@ func (w *Waypoint) forwardTCP(ctx context.Context, r *hbone.Request, me, peerWl 
 		return fail(err)
 	}
 	dctx, cancel := context.WithTimeout(ctx, connectTimeout)
-	up, err := dial.Upstream(dctx, &plan, w.pool, w.sockets, hbone.Target{Source: w.id, Header: forwardHeaders(r, &plan)})
+	up, err := dial.Upstream(dctx, &plan, w.pool, w.sockets, hbone.Target{Source: w.id, Header: forwardHeaders(r, &plan)}, w.cfg.Network)
 	cancel()
 	if err != nil {
 		err := hbone.NewFlagError(http.StatusServiceUnavailable, metrics.FlagConnect, "connect to %s: %w", plan.NextHop, err)

@@ -1,6 +1,7 @@
 // Command ambit is Ambit's data-plane binary: `ambit agent` is the node agent (the role of Istio's
 // ztunnel, package agent); `ambit waypoint` is the waypoint (the role of Envoy waypoints, package
-// waypoint); `ambit cleanup` removes capture from a node. It only parses flags and environment variables
+// waypoint); `ambit eastwest` is a network's east-west gateway for multi-network meshes (package
+// eastwest); `ambit cleanup` removes capture from a node. It only parses flags and environment variables
 // and exits; it is the one place that imports both processes.
 package main
 
@@ -40,7 +41,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(newAgentCmd(stderr), newWaypointCmd(stderr), newCleanupCmd(stdout), newVersionCmd())
+	root.AddCommand(newAgentCmd(stderr), newWaypointCmd(stderr), newEastWestCmd(stderr), newCleanupCmd(stdout), newVersionCmd())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintf(stderr, "Error: %v\n", err)
 		return 1

@@ -2,7 +2,9 @@ package main
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -98,7 +100,7 @@ func explain(s *state.Store, src *state.Workload, dst netip.AddrPort) explainJSO
 	if len(src.Addresses) > 0 {
 		srcIP = src.Addresses[0]
 	}
-	req := &route.Request{Source: src, SourceIP: srcIP, Destination: dst}
+	req := &route.Request{Source: src, SourceIP: srcIP, Destination: dst, Network: src.Network} // the agent on the source's network
 	p := route.Build(s, req)
 	out := explainJSON{Path: p.Path.String(), Protocol: p.Protocol.String(), Reason: route.Describe(s, req, &p)}
 	if p.Path == route.PathReject {
@@ -113,6 +115,9 @@ func explain(s *state.Store, src *state.Workload, dst netip.AddrPort) explainJSO
 	}
 	if p.Authority.IsValid() {
 		a := p.Authority.String()
+		out.Authority = &a
+	} else if p.DoubleHBONE() { // both CONNECTs of double HBONE carry the service hostname
+		a := net.JoinHostPort(p.Host, strconv.Itoa(int(p.HostPort)))
 		out.Authority = &a
 	}
 	return out

@@ -32,7 +32,8 @@ type Options struct {
 	ClusterID string
 	// RootNamespace holds mesh-wide policies; default istio-system.
 	RootNamespace string
-	// Network of every workload and VIP; default "" (the default network).
+	// Network of every workload and VIP without a topology.istio.io/network label of its own, its
+	// namespace's or the root namespace's (networks.go); default "" (the default network).
 	Network string
 }
 
@@ -78,6 +79,8 @@ type compiler struct {
 	nodes      map[string]state.Locality
 	classes    map[string]*gwv1.GatewayClass
 	waypoints  map[string]*binding.Waypoint
+	// netGateways are the east-west gateways by network (networks.go).
+	netGateways map[string]*state.GatewayAddress
 	// podsByNS and wesByNS are used for selectors (services, waypoints, policies).
 	podsByNS map[string][]*corev1.Pod
 	svcInfos map[string][]*svcInfo // by namespace
@@ -99,19 +102,20 @@ func Compile(objs *Objects, opts Options) (*Result, error) {
 		return nil, fmt.Errorf("compile: trust domain %q: %w", opts.TrustDomain, err)
 	}
 	c := &compiler{
-		opts:       opts,
-		objs:       objs,
-		namespaces: map[string]map[string]string{},
-		nodes:      map[string]state.Locality{},
-		classes:    map[string]*gwv1.GatewayClass{},
-		waypoints:  map[string]*binding.Waypoint{},
-		podsByNS:   map[string][]*corev1.Pod{},
-		svcInfos:   map[string][]*svcInfo{},
-		seServices: map[*networkingv1.ServiceEntry][]*state.Service{},
-		res:        &Result{},
+		opts:        opts,
+		objs:        objs,
+		namespaces:  map[string]map[string]string{},
+		nodes:       map[string]state.Locality{},
+		classes:     map[string]*gwv1.GatewayClass{},
+		waypoints:   map[string]*binding.Waypoint{},
+		netGateways: map[string]*state.GatewayAddress{},
+		podsByNS:    map[string][]*corev1.Pod{},
+		svcInfos:    map[string][]*svcInfo{},
+		seServices:  map[*networkingv1.ServiceEntry][]*state.Service{},
+		res:         &Result{},
 	}
 	steps := []func() error{
-		c.indexNamespaces, c.indexNodes, c.indexPods, c.indexGatewayClasses, c.buildWaypoints,
+		c.indexNamespaces, c.indexNodes, c.indexPods, c.indexGatewayClasses, c.buildWaypoints, c.indexNetworkGateways,
 		c.buildServices, c.buildServiceEntries, c.buildPolicies, c.buildPodWorkloads, c.buildWorkloadEntries,
 		c.buildServiceEntryWorkloads,
 	}

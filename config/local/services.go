@@ -80,7 +80,7 @@ func (c *compiler) convertService(s *corev1.Service) (*svcInfo, error) {
 		if err != nil {
 			return nil, err
 		}
-		svc.Addresses = append(svc.Addresses, state.NetworkAddress{Network: c.opts.Network, Addr: a})
+		svc.Addresses = append(svc.Addresses, state.NetworkAddress{Network: c.networkOf(s.Namespace, nil), Addr: a})
 	}
 	info := &svcInfo{svc: svc, kind: "Service", selector: s.Spec.Selector, portNames: map[uint16]portName{}}
 	for i, p := range s.Spec.Ports {
@@ -223,14 +223,14 @@ func (c *compiler) convertServiceEntry(se *networkingv1.ServiceEntry) error {
 			if p.Bits() != p.Addr().BitLen() {
 				continue // CIDR VIPs (recent WDS feature) are not modelled; single-address prefixes are
 			}
-			vips = append(vips, state.NetworkAddress{Network: c.opts.Network, Addr: p.Addr()})
+			vips = append(vips, state.NetworkAddress{Network: c.networkOf(se.Namespace, nil), Addr: p.Addr()})
 			continue
 		}
 		ip, err := parseIP(what, a)
 		if err != nil {
 			return err
 		}
-		vips = append(vips, state.NetworkAddress{Network: c.opts.Network, Addr: ip})
+		vips = append(vips, state.NetworkAddress{Network: c.networkOf(se.Namespace, nil), Addr: ip})
 	}
 	var ports []state.Port
 	names := map[uint16]portName{}

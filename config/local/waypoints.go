@@ -44,6 +44,9 @@ func (c *compiler) buildWaypoints() error {
 		if err := resource.ValidateMeta(&gw.ObjectMeta, true); err != nil {
 			return c.inputErr(gw, "Gateway", &gw.ObjectMeta, err)
 		}
+		if isEastWest(gw) {
+			continue // a network gateway (networks.go), not a waypoint
+		}
 		wp, err := c.makeWaypoint(gw)
 		if err != nil {
 			return c.inputErr(gw, "Gateway", &gw.ObjectMeta, err)

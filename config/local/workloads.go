@@ -146,7 +146,7 @@ func (c *compiler) buildPodWorkloads() error {
 			Name:        p.Name,
 			Namespace:   p.Namespace,
 			Addresses:   ips,
-			Network:     c.opts.Network,
+			Network:     c.networkOf(p.Namespace, p.Labels),
 			TrustDomain: c.opts.TrustDomain,
 			// An empty service account is the namespace's default one.
 			ServiceAccount: cmp.Or(p.Spec.ServiceAccountName, state.DefaultServiceAccount),
@@ -158,6 +158,7 @@ func (c *compiler) buildPodWorkloads() error {
 		if res.Waypoint != nil {
 			w.Waypoint = res.Waypoint.Address
 		}
+		w.NetworkGateway = c.netGateways[w.Network]
 		if !podReady(p) || p.DeletionTimestamp != nil {
 			w.Status = state.Unhealthy
 		}
@@ -295,7 +296,7 @@ func (c *compiler) convertWorkloadEntry(we *networkingv1.WorkloadEntry) error {
 		UID:            c.opts.ClusterID + "/networking.istio.io/WorkloadEntry/" + we.Namespace + "/" + we.Name,
 		Name:           we.Name,
 		Namespace:      we.Namespace,
-		Network:        cmp.Or(spec.Network, c.opts.Network),
+		Network:        cmp.Or(spec.Network, c.networkOf(we.Namespace, lbls)),
 		TrustDomain:    c.opts.TrustDomain,
 		ServiceAccount: spec.ServiceAccount,
 		ClusterID:      c.opts.ClusterID,
@@ -312,6 +313,7 @@ func (c *compiler) convertWorkloadEntry(we *networkingv1.WorkloadEntry) error {
 	if res.Waypoint != nil {
 		w.Waypoint = res.Waypoint.Address
 	}
+	w.NetworkGateway = c.netGateways[w.Network]
 	w.WorkloadName = cmp.Or(we.Annotations[istio.AnnotationAutoRegistration], lbls[istio.LabelWorkloadName], we.Name)
 	w.CanonicalName, w.CanonicalRevision = canonicalService(lbls, w.WorkloadName)
 	tunnelProtocol(w, lbls, we.Annotations, false)
@@ -382,7 +384,7 @@ func (c *compiler) buildServiceEntryWorkloads() error {
 				UID:            c.opts.ClusterID + "/networking.istio.io/ServiceEntry/" + se.Namespace + "/" + se.Name + "/" + ep.Address,
 				Name:           se.Name,
 				Namespace:      se.Namespace,
-				Network:        cmp.Or(ep.Network, c.opts.Network),
+				Network:        cmp.Or(ep.Network, c.networkOf(se.Namespace, ep.Labels)),
 				TrustDomain:    c.opts.TrustDomain,
 				ServiceAccount: ep.ServiceAccount,
 				ClusterID:      c.opts.ClusterID,
@@ -391,6 +393,7 @@ func (c *compiler) buildServiceEntryWorkloads() error {
 				WorkloadName:   se.Name,
 				WorkloadType:   state.WorkloadPod,
 			}
+			w.NetworkGateway = c.netGateways[w.Network]
 			if err := setEntryAddress(w, ep.Address); err != nil {
 				return c.inputErr(se, "ServiceEntry", &se.ObjectMeta, fmt.Errorf("spec.endpoints[%d]: %w", i, err))
 			}

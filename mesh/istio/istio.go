@@ -35,6 +35,9 @@ const (
 	LabelRevision = "istio.io/rev"
 	// LabelSubzone is a Node's locality subzone.
 	LabelSubzone = "topology.istio.io/subzone"
+	// LabelNetwork names the network of a pod, a namespace (istiod reads the system namespace's as the
+	// cluster's network) or an east-west gateway.
+	LabelNetwork = "topology.istio.io/network"
 )
 
 // Label values.
@@ -47,6 +50,8 @@ const (
 	ManagedEastWestController = "istio.io-eastwest-controller"
 	// WaypointClassName is the GatewayClass of Istio waypoints.
 	WaypointClassName = "istio-waypoint"
+	// EastWestClassName is the GatewayClass of ambient east-west gateways (multi-network, double HBONE).
+	EastWestClassName = "istio-east-west"
 )
 
 // Annotations.

@@ -31,12 +31,13 @@ func Describe(v View, r *Request, p *Plan) string {
 	case ReasonRecursive:
 		return fmt.Sprintf("%s is one of the agent's own capture ports on loopback", dst)
 	case ReasonServiceWaypoint:
-		return fmt.Sprintf("%s is service %s, bound to waypoint %s; HBONE to waypoint instance %s", dst, svcName(p.Service), WaypointName(v, p), wlName(p.Upstream))
+		return fmt.Sprintf("%s is service %s, bound to waypoint %s; HBONE to waypoint instance %s", dst, svcName(p.Service), WaypointName(v, p), wlName(p.Upstream)) +
+			gatewaySuffix(p)
 	case ReasonWorkloadWaypoint:
 		return fmt.Sprintf("%s is workload %s, bound to waypoint %s; HBONE to waypoint instance %s", dst, wlName(p.Workload), WaypointName(v, p), wlName(p.Upstream))
 	case ReasonServiceEndpoint:
 		s := fmt.Sprintf("%s is service %s with no waypoint; endpoint %s selected", dst, svcName(p.Service), wlName(p.Workload))
-		return s + directSuffix(p)
+		return s + directSuffix(p) + gatewaySuffix(p)
 	case ReasonWorkload:
 		return fmt.Sprintf("%s is workload %s with no waypoint", dst, wlName(p.Workload)) + directSuffix(p)
 	case ReasonFromWaypoint:
@@ -53,6 +54,11 @@ func Describe(v View, r *Request, p *Plan) string {
 		return fmt.Sprintf("%s is %s, bound to waypoint %s, which is not a known service or workload", dst, target(p), p.Waypoint.Destination())
 	case ReasonNoWaypointEndpoint:
 		return fmt.Sprintf("%s is %s, bound to waypoint %s, which has no healthy instance", dst, target(p), waypointRef(v, p))
+	case ReasonNoNetworkGateway:
+		return fmt.Sprintf("%s is %s; its upstream %s is on network %q, which has no network gateway", dst, target(p), wlName(p.Upstream), p.Upstream.Network)
+	case ReasonUnknownNetworkGateway:
+		return fmt.Sprintf("%s is %s; its upstream %s is on network %q, whose gateway %s is not a known workload or service", dst, target(p),
+			wlName(p.Upstream), p.Upstream.Network, p.Gateway.Destination())
 	case ReasonNoUsableIP:
 		if p.Workload != nil {
 			return fmt.Sprintf("workload %s has no usable IP address", wlName(p.Workload))
@@ -72,7 +78,19 @@ func target(p *Plan) string {
 	return "a mesh destination"
 }
 
+// gatewaySuffix describes the outer hop of double HBONE.
+func gatewaySuffix(p *Plan) string {
+	if !p.DoubleHBONE() {
+		return ""
+	}
+	return fmt.Sprintf(", on network %q: double HBONE through network gateway %s (instance %s/%s), authority %s:%d",
+		p.Upstream.Network, p.NextHop, p.GatewayUpstream.Namespace, p.GatewayUpstream.Name, p.Host, p.HostPort)
+}
+
 func directSuffix(p *Plan) string {
+	if p.DoubleHBONE() {
+		return ""
+	}
 	if p.Protocol == ProtocolHBONE {
 		return fmt.Sprintf("; direct HBONE to %s", p.NextHop)
 	}

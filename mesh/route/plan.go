@@ -60,6 +60,10 @@ const (
 	ReasonUnknownWaypoint
 	ReasonNoWaypointEndpoint
 	ReasonNoUsableIP
+	// ReasonNoNetworkGateway: the chosen upstream is on another network and has no network gateway.
+	ReasonNoNetworkGateway
+	// ReasonUnknownNetworkGateway: the upstream's network gateway is not a known workload or service.
+	ReasonUnknownNetworkGateway
 )
 
 // Plan is the decision for one connection. Pointers refer to immutable state objects.
@@ -85,8 +89,34 @@ type Plan struct {
 	Upstream *state.Workload
 	// SANs are extra accepted peer identities (the subject alt names of the service used to pick the
 	// upstream), besides Upstream's own identity.
-	SANs   []string
-	Reason Reason
+	SANs []string
+	// Gateway is set for double HBONE (2.8): the upstream is on another network than the source, so the
+	// connection goes through that network's east-west gateway. NextHop is then the gateway's address
+	// and port; GatewayUpstream (the gateway instance) and GatewaySANs (its service's SANs) are the
+	// identities the outer connection expects; Upstream and SANs those the inner TLS, run inside the
+	// outer stream, expects. Both CONNECTs carry :authority Host:HostPort (the service's hostname and
+	// port) and Authority is invalid.
+	Gateway         *state.GatewayAddress
+	GatewayUpstream *state.Workload
+	GatewaySANs     []string
+	Host            string
+	HostPort        uint16
+	Reason          Reason
+}
+
+// DoubleHBONE reports whether p goes through a network gateway (a rejected plan may name the gateway
+// it could not use, in Gateway, but never goes through one).
+func (p *Plan) DoubleHBONE() bool { return p.GatewayUpstream != nil }
+
+// GatewayIdentities calls fn for every SPIFFE identity the network gateway may present (outer
+// connection of double HBONE). It allocates nothing.
+func (p *Plan) GatewayIdentities(fn func(id string)) {
+	if p.GatewayUpstream != nil {
+		fn(p.GatewayUpstream.Identity())
+	}
+	for _, s := range p.GatewaySANs {
+		fn(s)
+	}
 }
 
 // ExpectedIdentities calls fn for every SPIFFE identity the HBONE peer may present: Upstream's own and
@@ -153,6 +183,10 @@ func Build(v View, r *Request) Plan {
 		if svc.Waypoint != nil && !fromWaypoint(v, r, svc.Waypoint) {
 			p := viaWaypoint(v, r, svc.Waypoint, ReasonServiceWaypoint)
 			p.Service = svc
+			if p.Path == PathWaypoint && p.Upstream.Network != r.Network {
+				// 1. The chosen waypoint instance is on another network: through its network gateway.
+				viaGateway(v, r, &p, svc)
+			}
 			return p
 		}
 		if svc.LoadBalancing != nil && svc.LoadBalancing.Mode == state.LBPassthrough {
@@ -169,6 +203,10 @@ func Build(v View, r *Request) Plan {
 		}
 		p := direct(ep, svc, dst, target, ReasonServiceEndpoint)
 		p.Service = svc
+		if p.Path == PathDirect && ep.Network != r.Network {
+			// 4. A remote-network endpoint: double HBONE through its network gateway.
+			viaGateway(v, r, &p, svc)
+		}
 		return p
 	}
 	if wl == nil {
@@ -186,6 +224,52 @@ func Build(v View, r *Request) Plan {
 	}
 	// 6. Direct.
 	return direct(wl, nil, dst, dst.Port(), ReasonWorkload)
+}
+
+// viaGateway turns p, planned to an upstream on another network, into double HBONE through the
+// upstream's network gateway (2.8), or a rejection when it has none or the gateway is unknown. The
+// gateway is resolved like a waypoint but in standard mode: an address names a workload or a service
+// VIP (whose endpoint gives the identity; the next hop stays the gateway's address, the only one
+// reachable from this network), a hostname names a service, reached at its first VIP.
+func viaGateway(v View, r *Request, p *Plan, svc *state.Service) {
+	up := p.Upstream
+	g := up.NetworkGateway
+	if g == nil {
+		*p = Plan{Path: PathReject, Service: svc, Workload: p.Workload, Waypoint: p.Waypoint, WaypointService: p.WaypointService,
+			Upstream: up, Reason: ReasonNoNetworkGateway}
+		return
+	}
+	var inst *state.Workload
+	var gsvc *state.Service
+	hop := g.Address.Addr
+	if g.IsHostname() {
+		gsvc = v.Service(g.Hostname)
+		if gsvc != nil && len(gsvc.Addresses) > 0 {
+			hop = gsvc.Addresses[0].Addr
+		}
+	} else if inst = v.WorkloadByAddr(g.Address); inst == nil {
+		gsvc = v.ServiceByVIP(g.Address, r.Source.Namespace)
+	}
+	if gsvc != nil {
+		sp, ok := gsvc.Port(g.HBONEMTLSPort)
+		if !ok {
+			sp = state.Port{ServicePort: g.HBONEMTLSPort, TargetPort: g.HBONEMTLSPort}
+		}
+		inst, _, _ = pickEndpoint(v.Endpoints(gsvc.Key()), gsvc, sp, r.Source, r, true)
+	}
+	if inst == nil || !hop.IsValid() {
+		*p = Plan{Path: PathReject, Service: svc, Workload: p.Workload, Waypoint: p.Waypoint, WaypointService: p.WaypointService,
+			Upstream: up, Gateway: g, Reason: ReasonUnknownNetworkGateway}
+		return
+	}
+	p.Protocol = ProtocolHBONE
+	p.NextHop = netip.AddrPortFrom(hop, g.HBONEMTLSPort)
+	p.Authority = netip.AddrPort{}
+	p.Gateway, p.GatewayUpstream = g, inst
+	if gsvc != nil {
+		p.GatewaySANs = gsvc.SubjectAltNames
+	}
+	p.Host, p.HostPort = svc.Hostname, r.Destination.Port()
 }
 
 // direct plans a connection straight to workload w on target port.

@@ -10,6 +10,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
+	"strconv"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -32,7 +34,12 @@ var ErrNoIdentity = errors.New("no valid SPIFFE identity to expect of the upstre
 // :authority p.Authority, accepting only the identities the plan expects (ErrNoIdentity, without
 // dialling, when there is none); t supplies the rest (the source identity, the source IP to dial from,
 // the CONNECT headers). Otherwise it dials p.NextHop with tcp.
-func Upstream(ctx context.Context, p *route.Plan, pool hbone.Dialer, tcp TCP, t hbone.Target) (net.Conn, error) {
+//
+// For double HBONE (p.DoubleHBONE) it opens the outer stream to the network gateway, pooled, expecting
+// the gateway's identities, and inside it the inner connection (DialOver, not pooled) expecting the
+// destination's, with x-forwarded-network: network added to the inner CONNECT only; both carry the
+// :authority <service hostname>:<service port>.
+func Upstream(ctx context.Context, p *route.Plan, pool hbone.Dialer, tcp TCP, t hbone.Target, network string) (net.Conn, error) {
 	if p.Protocol != route.ProtocolHBONE {
 		return tcp.DialContext(ctx, "tcp", p.NextHop.String())
 	}
@@ -40,10 +47,59 @@ func Upstream(ctx context.Context, p *route.Plan, pool hbone.Dialer, tcp TCP, t 
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", p.NextHop, err)
 	}
-	t.NextHop = p.NextHop
-	t.Authority = p.Authority.String()
-	t.Expected = expected
-	return pool.Dial(ctx, t)
+	if !p.DoubleHBONE() {
+		t.NextHop = p.NextHop
+		t.Authority = p.Authority.String()
+		t.Expected = expected
+		return pool.Dial(ctx, t)
+	}
+	gw, err := ids(p.GatewayIdentities)
+	if err != nil {
+		return nil, fmt.Errorf("connect to network gateway %s: %w", p.NextHop, err)
+	}
+	authority := net.JoinHostPort(p.Host, strconv.Itoa(int(p.HostPort)))
+	ot := t
+	ot.NextHop, ot.Authority, ot.Expected = p.NextHop, authority, gw
+	outer, err := pool.Dial(ctx, ot)
+	if err != nil {
+		return nil, fmt.Errorf("connect to network gateway: %w", err)
+	}
+	it := t
+	it.NextHop, it.Authority, it.Expected = p.NextHop, authority, expected
+	it.Header = t.Header.Clone()
+	if it.Header == nil {
+		it.Header = make(http.Header, 1)
+	}
+	it.Header.Set(hbone.HeaderForwardedNetwork, network)
+	inner, err := pool.DialOver(ctx, outer, it)
+	if err != nil {
+		return nil, fmt.Errorf("double HBONE to %s: %w", authority, err)
+	}
+	return inner, nil
+}
+
+// ids collects the identities each calls back with: the first must parse, the rest are skipped when
+// they do not (ExpectedIdentities' rule).
+func ids(each func(func(string))) ([]spiffeid.ID, error) {
+	var out []spiffeid.ID
+	var first error
+	n := 0
+	each(func(s string) {
+		id, err := spiffeid.FromString(s)
+		if err == nil {
+			out = append(out, id)
+		} else if n == 0 {
+			first = fmt.Errorf("%w: %q: %w", ErrNoIdentity, s, err)
+		}
+		n++
+	})
+	if first != nil {
+		return nil, first
+	}
+	if len(out) == 0 {
+		return nil, ErrNoIdentity
+	}
+	return out, nil
 }
 
 // ExpectedIdentities returns the SPIFFE identities p's HBONE peer may present: its upstream's and the

@@ -79,7 +79,7 @@ func TestUpstream(t *testing.T) {
 	if got, err := ExpectedIdentities(plan); err != nil || len(got) != 1 || got[0] != server {
 		t.Fatalf("expected identities %v, %v", got, err)
 	}
-	c, err := Upstream(ctx, plan, pool, &net.Dialer{}, hbone.Target{Source: client})
+	c, err := Upstream(ctx, plan, pool, &net.Dialer{}, hbone.Target{Source: client}, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +91,7 @@ func TestUpstream(t *testing.T) {
 	// A server with another identity than the plan expects is refused.
 	wrong := *plan
 	wrong.Upstream = &state.Workload{UID: "v", Name: "other", Namespace: "app", ServiceAccount: "other", TrustDomain: "cluster.local"}
-	if c, err := Upstream(ctx, &wrong, pool, &net.Dialer{}, hbone.Target{Source: client}); err == nil {
+	if c, err := Upstream(ctx, &wrong, pool, &net.Dialer{}, hbone.Target{Source: client}, ""); err == nil {
 		c.Close()
 		t.Error("a server presenting an unexpected identity was accepted")
 	}
@@ -107,7 +107,7 @@ func TestUpstream(t *testing.T) {
 		"no identity":         {Protocol: route.ProtocolHBONE, NextHop: hop, Authority: plan.Authority},
 		"only an invalid SAN": {Protocol: route.ProtocolHBONE, NextHop: hop, Authority: plan.Authority, SANs: []string{"spiffe://Cluster.Local/x"}},
 	} {
-		c, err := Upstream(ctx, &p, pool, &net.Dialer{}, hbone.Target{Source: client})
+		c, err := Upstream(ctx, &p, pool, &net.Dialer{}, hbone.Target{Source: client}, "")
 		if err == nil {
 			c.Close()
 			t.Errorf("%s: dialled and accepted the server", name)
@@ -133,7 +133,7 @@ func TestUpstream(t *testing.T) {
 		}
 	}()
 	tcp := &route.Plan{Protocol: route.ProtocolTCP, NextHop: netip.MustParseAddrPort(tcpLn.Addr().String())}
-	c, err = Upstream(ctx, tcp, pool, &net.Dialer{}, hbone.Target{Source: client})
+	c, err = Upstream(ctx, tcp, pool, &net.Dialer{}, hbone.Target{Source: client}, "")
 	if err != nil {
 		t.Fatal(err)
 	}

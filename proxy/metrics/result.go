@@ -12,8 +12,12 @@ import (
 	"github.com/ambit-mesh/ambit/proxy/connmgr"
 )
 
-// ReporterWaypoint is the reporter label of the connections a waypoint forwards at L4.
-const ReporterWaypoint = "waypoint"
+// ReporterWaypoint is the reporter label of the connections a waypoint forwards at L4, ReporterGateway
+// that of the streams an east-west gateway relays (package eastwest). Both get the waypoint's log line.
+const (
+	ReporterWaypoint = "waypoint"
+	ReporterGateway  = "gateway"
+)
 
 // ConnectionResult is one proxied connection as telemetry sees it (after ztunnel's ConnectionResult):
 // the tracked connection and its metric labels, built once when the connection is accepted and recorded
@@ -57,7 +61,7 @@ func (r Recorder) Fail(res *ConnectionResult, err error) {
 	res.Labels.ResponseFlags = FlagFor(err)
 	r.Metrics.Failed.WithLabelValues(res.Labels.Values()...).Inc()
 	c := res.Conn
-	if res.Labels.Reporter == ReporterWaypoint {
+	if res.Labels.Reporter == ReporterWaypoint || res.Labels.Reporter == ReporterGateway {
 		var fe *hbone.FlagError
 		if res.Labels.ResponseFlags == FlagDeny && errors.As(err, &fe) {
 			r.Log.Info("connection denied", "src.addr", c.Src, "src.identity", c.PeerIdentity, "dst.hbone_addr", c.Dst,
@@ -86,17 +90,17 @@ func (r Recorder) Complete(res *ConnectionResult, err error) {
 	// Istio's convention: received = bytes from the client (downstream), sent = bytes to it.
 	m.Received.WithLabelValues(vals...).Add(float64(cnt.AToB.Load()))
 	m.Sent.WithLabelValues(vals...).Add(float64(cnt.BToA.Load()))
-	if res.Labels.Reporter == ReporterWaypoint {
-		r.waypointLine(c, err)
+	if res.Labels.Reporter == ReporterWaypoint || res.Labels.Reporter == ReporterGateway {
+		r.waypointLine(c, res.Labels.Reporter, err)
 		return
 	}
 	r.accessLog(c, err)
 }
 
-func (r Recorder) waypointLine(c *connmgr.Conn, err error) {
+func (r Recorder) waypointLine(c *connmgr.Conn, reporter string, err error) {
 	cnt := c.Counters
 	attrs := []any{"src.addr", c.Src, "src.identity", c.PeerIdentity, "dst.addr", c.Dst, "dst.hbone_addr", c.Authority,
-		"upstream", c.Hop, "direction", ReporterWaypoint, "bytes_sent", cnt.AToB.Load(), "bytes_recv", cnt.BToA.Load(),
+		"upstream", c.Hop, "direction", reporter, "bytes_sent", cnt.AToB.Load(), "bytes_recv", cnt.BToA.Load(),
 		"duration", time.Since(c.Start)}
 	if c.Service != nil {
 		attrs = append(attrs, "dst.service", c.Service.Hostname)
