@@ -32,7 +32,7 @@ func listenerPort(ln *net.TCPListener) uint16 {
 
 func (r *tproxyRedirector) nftConfig() nftConfig {
 	l := r.o.Listeners
-	return nftConfig{
+	c := nftConfig{
 		Table:     r.o.NFTTable,
 		Marks:     r.o.Marks,
 		Outbound:  listenerPort(l.Outbound),
@@ -41,6 +41,10 @@ func (r *tproxyRedirector) nftConfig() nftConfig {
 		HBONEPort: r.o.HBONEPort,
 		NoTrack:   !r.o.DisableNoTrack,
 	}
+	if l.dns() {
+		c.DNSUDP, c.DNSTCP = l.DNSUDP.local.Port(), listenerPort(l.DNSTCP)
+	}
+	return c
 }
 
 func newTPROXY(ctx context.Context, o Options, ns nsRunner) (_ *tproxyRedirector, err error) {
