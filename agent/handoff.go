@@ -27,7 +27,7 @@ type listenerSpec struct {
 }
 
 func (a *Agent) listenerSpecs() []listenerSpec {
-	return []listenerSpec{
+	specs := []listenerSpec{
 		{"outbound", a.cfg.OutboundAddr, &a.lnOut},
 		{"inbound", a.cfg.InboundAddr, &a.lnIn},
 		{"hbone", a.cfg.HBONEAddr, &a.lnHBONE},
@@ -35,6 +35,10 @@ func (a *Agent) listenerSpecs() []listenerSpec {
 		{"metrics", a.cfg.MetricsAddr, &a.lnMetrics},
 		{"readiness", a.cfg.ReadinessAddr, &a.lnReady},
 	}
+	if a.dns != nil {
+		specs = append(specs, listenerSpec{"dns-tcp", a.cfg.DNSAddr, &a.lnDNSTCP})
+	}
+	return specs
 }
 
 // takeListeners takes the listeners of the agent serving Config.HandoffSocket into a's listener fields,

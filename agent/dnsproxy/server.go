@@ -51,6 +51,9 @@ type Config struct {
 	// Source finds the workload behind a client address (ok false when none is known: the query is then
 	// answered for exact names only). Nil knows no client.
 	Source func(netip.Addr) (Source, bool)
+	// KnownClientsOnly drops the queries of clients Source does not know (loopback excepted), so that a
+	// proxy listening on a node address is no open resolver for the network.
+	KnownClientsOnly bool
 	// Domain is the cluster domain (default cluster.local).
 	Domain string
 	// Upstreams are the resolvers unknown names are forwarded to, tried in order (ip:port).
@@ -146,6 +149,10 @@ func (s *Server) Handle(ctx context.Context, query []byte, src netip.AddrPort, p
 	source, known := Source{}, false
 	if s.cfg.Source != nil {
 		source, known = s.cfg.Source(src.Addr().Unmap())
+	}
+	if s.cfg.KnownClientsOnly && !known && !src.Addr().Unmap().IsLoopback() {
+		s.m.dropped.WithLabelValues("unknown_client").Inc()
+		return nil
 	}
 	req := new(dns.Msg)
 	if err := req.Unpack(query); err != nil {

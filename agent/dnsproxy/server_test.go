@@ -408,3 +408,29 @@ func TestParseResolvConf(t *testing.T) {
 		t.Errorf("ParseResolvConf = %v, want %s", got, want)
 	}
 }
+
+func TestKnownClientsOnly(t *testing.T) {
+	srv, err := New(Config{Lookup: meshStore(t), KnownClientsOnly: true,
+		Source: func(a netip.Addr) (Source, bool) { return Source{Namespace: "demo"}, a == netip.MustParseAddr("10.0.0.5") }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := new(dns.Msg)
+	m.SetQuestion("reviews.demo.svc.cluster.local.", dns.TypeA)
+	q, err := m.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		src    string
+		answer bool
+	}{{"10.0.0.5:4000", true}, {"127.0.0.1:4000", true}, {"[::1]:4000", true}, {"192.0.2.9:4000", false}} {
+		got := srv.Handle(context.Background(), q, netip.MustParseAddrPort(tc.src), UDP) != nil
+		if got != tc.answer {
+			t.Errorf("query from %s answered: %v, want %v", tc.src, got, tc.answer)
+		}
+	}
+	if v := testutil.ToFloat64(srv.m.dropped.WithLabelValues("unknown_client")); v != 1 {
+		t.Errorf("ambit_dns_dropped_total{reason=unknown_client} = %v, want 1", v)
+	}
+}
