@@ -245,7 +245,7 @@ func (a *Agent) Start(g *lifecycle.Group) error {
 	}
 	if a.cfg.Capture != CaptureNone {
 		r, err := redirect.New(ctx, redirect.Options{
-			Mode:      redirect.Mode(a.cfg.Capture),
+			Mode: redirect.Mode(a.cfg.Capture),
 			Listeners: redirect.Listeners{Outbound: a.lnOut, Inbound: a.lnIn, HBONE: a.lnHBONE,
 				DNSUDP: a.dnsUDP, DNSTCP: a.lnDNSTCP},
 			HBONEPort: a.cfg.HBONEAddr.Port(),

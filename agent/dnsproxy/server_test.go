@@ -411,7 +411,9 @@ func TestParseResolvConf(t *testing.T) {
 
 func TestKnownClientsOnly(t *testing.T) {
 	srv, err := New(Config{Lookup: meshStore(t), KnownClientsOnly: true,
-		Source: func(a netip.Addr) (Source, bool) { return Source{Namespace: "demo"}, a == netip.MustParseAddr("10.0.0.5") }})
+		Source: func(a netip.Addr) (Source, bool) {
+			return Source{Namespace: "demo"}, a == netip.MustParseAddr("10.0.0.5")
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}
