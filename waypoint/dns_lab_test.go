@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -187,6 +188,15 @@ spec:
   resolution: DNS
   ports:
   - {number: 80, name: http, protocol: HTTP}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: auto, namespace: istio-egress, labels: {istio.io/use-waypoint: waypoint}}
+spec:
+  hosts: [auto.example.test]
+  resolution: DNS
+  ports:
+  - {number: 80, name: http, protocol: HTTP}
 `
 
 // TestDNSProxy: the node agent captures an enrolled pod's DNS (UDP and TCP to its nameserver) and answers
@@ -227,6 +237,7 @@ func testDNSProxy(t *testing.T, mode string) {
 	serve(t, n1[0], 8080)
 	up := startUpstreamDNS(t, dnsPod, map[string]string{
 		"api.example.test.":     backend.IP.String(), // for the waypoint's own resolver
+		"auto.example.test.":    backend.IP.String(),
 		"external.example.org.": "192.0.2.9",
 	})
 	startEgressBackend(t, backend, "backend", srvCert, ca)
@@ -268,29 +279,37 @@ func testDNSProxy(t *testing.T, mode string) {
 		})
 	}
 
-	t.Run("connects to the Service and the ServiceEntry by the answered addresses", func(t *testing.T) {
+	t.Run("connects to the Service and the ServiceEntries by the answered addresses", func(t *testing.T) {
 		addrs, _, _ := r.lookup(t, "udp", "reviews")
 		got, err := call(t, client, net.JoinHostPort(addrs[0], "9080"))
 		if err != nil || !strings.HasPrefix(got, n1[0].Name+" ") {
 			t.Fatalf("call reviews at %v: %q, %v", addrs, got, err)
 		}
-		addrs, _, _ = r.lookup(t, "udp", "api.example.test")
 		hc := &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{DisableKeepAlives: true,
 			DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) { return client.NS.Dial(ctx, "tcp", addr) }}}
-		req, _ := http.NewRequest(http.MethodGet, "http://"+net.JoinHostPort(addrs[0], "80")+"/", nil)
-		req.Host = "api.example.test"
-		resp, err := hc.Do(req)
-		if err != nil {
-			t.Fatalf("GET api.example.test at %v: %v", addrs, err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if want := "backend tls=false client= host=api.example.test sni="; resp.StatusCode != 200 || string(b) != want {
-			t.Fatalf("GET api.example.test: %d %q, want 200 %q", resp.StatusCode, b, want)
-		}
-		// 240.240.0.10 is routed nowhere: the waypoint carried the request (its access log names it).
-		if !strings.Contains(wpLog.String(), "api.example.test") {
-			t.Errorf("the waypoint's log does not show the request:\n%s", wpLog.String())
+		// api has its address in the file; auto has none and gets one allocated (240.240.0.0/16) by the
+		// compiler both the agents and the waypoint run. Neither address is routed anywhere in the lab:
+		// only the waypoint can answer.
+		allocated := netip.MustParsePrefix("240.240.0.0/16")
+		for _, host := range []string{"api.example.test", "auto.example.test"} {
+			addrs, _, _ := r.lookup(t, "udp", host)
+			if len(addrs) != 1 || (host == "auto.example.test" && !allocated.Contains(netip.MustParseAddr(addrs[0]))) {
+				t.Fatalf("%s resolved to %v", host, addrs)
+			}
+			req, _ := http.NewRequest(http.MethodGet, "http://"+net.JoinHostPort(addrs[0], "80")+"/", nil)
+			req.Host = host
+			resp, err := hc.Do(req)
+			if err != nil {
+				t.Fatalf("GET %s at %v: %v", host, addrs, err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if want := "backend tls=false client= host=" + host + " sni="; resp.StatusCode != 200 || string(b) != want {
+				t.Fatalf("GET %s: %d %q, want 200 %q", host, resp.StatusCode, b, want)
+			}
+			if !strings.Contains(wpLog.String(), host) {
+				t.Errorf("the waypoint's log does not show the request to %s:\n%s", host, wpLog.String())
+			}
 		}
 	})
 
