@@ -11,4 +11,5 @@ var (
 	call         = meshlab.Call
 	meshYAML     = meshlab.MeshYAML
 	counter      = meshlab.Counter
+	meshlabPod   = meshlab.Pod
 )

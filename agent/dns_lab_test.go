@@ -1,0 +1,85 @@
+package agent_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/ambit-mesh/ambit/agent"
+	"github.com/ambit-mesh/ambit/test/lab"
+	tu "github.com/ambit-mesh/ambit/test/testutil"
+)
+
+// queryFrom asks a nameserver address that only capture answers, from inside pod p, over proto.
+func queryFrom(t *testing.T, p *lab.Pod, proto, name string) (*dns.Msg, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := p.NS.Dial(ctx, proto, "10.96.0.53:53")
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	m := new(dns.Msg)
+	m.SetQuestion(name, dns.TypeA)
+	co := &dns.Conn{Conn: c}
+	if err := co.WriteMsg(m); err != nil {
+		return nil, err
+	}
+	return co.ReadMsg()
+}
+
+// TestDNSProxyAcrossRestarts: the DNS proxy keeps answering captured queries (UDP and TCP) after zero-gap
+// restarts, in both capture modes: the DNS TCP listener is handed off with the others, and the new
+// agent's UDP socket, bound next to the old one, takes the queries once the old agent has drained.
+func TestDNSProxyAcrossRestarts(t *testing.T) {
+	tu.RequireRoot(t)
+	for _, mode := range []string{agent.CaptureEBPF, agent.CaptureTPROXY} {
+		t.Run(mode, func(t *testing.T) {
+			c := startCluster(t, 1, 2, mode, func(l *lab.Lab) string {
+				n0 := l.Nodes[0].Pods
+				return `apiVersion: v1
+kind: Namespace
+metadata: {name: app, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: svc, namespace: app}
+spec: {clusterIP: 10.96.0.10, selector: {app: server}, ports: [{name: http, port: 80, targetPort: http}]}
+` + podYAML("client", "app", "client", n0[0]) + podYAML("server", "app", "server", n0[1])
+			}, func(_ int, cfg *agent.Config) {
+				cfg.DNSCapture = true
+				cfg.DNSResolvConf = "/nonexistent" // no upstream: mesh names only
+				cfg.DrainTimeout = time.Second
+			})
+			client := c.Lab.Nodes[0].Pods[0]
+			check := func(t *testing.T, when string) {
+				t.Helper()
+				for _, proto := range []string{"udp", "tcp"} {
+					r, err := queryFrom(t, client, proto, "svc.app.svc.cluster.local.")
+					if err != nil {
+						t.Fatalf("%s, %s: %v", when, proto, err)
+					}
+					if len(r.Answer) != 1 || r.Answer[0].(*dns.A).A.String() != "10.96.0.10" {
+						t.Fatalf("%s, %s: answer %v", when, proto, r.Answer)
+					}
+				}
+			}
+			check(t, "first agent")
+			for range 3 {
+				c.RestartAgent(0)
+				check(t, "new agent, old one draining")
+				c.WaitDrained()
+				check(t, "old agent gone")
+			}
+		})
+	}
+}
+
+// podYAML is meshlab.Pod for a pod without extra labels.
+func podYAML(name, ns, app string, p *lab.Pod) string {
+	return meshlabPod(name, ns, app, "", p)
+}
