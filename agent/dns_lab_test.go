@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -12,12 +13,12 @@ import (
 	tu "github.com/ambit-mesh/ambit/test/testutil"
 )
 
-// queryFrom asks a nameserver address that only capture answers, from inside pod p, over proto.
-func queryFrom(t *testing.T, p *lab.Pod, proto, name string) (*dns.Msg, error) {
+// queryFrom asks nameserver (an address only capture answers) from inside pod p, over proto.
+func queryFrom(t *testing.T, p *lab.Pod, proto, nameserver, name string) (*dns.Msg, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	c, err := p.NS.Dial(ctx, proto, "10.96.0.53:53")
+	c, err := p.NS.Dial(ctx, proto, nameserver)
 	if err != nil {
 		return nil, err
 	}
@@ -32,7 +33,8 @@ func queryFrom(t *testing.T, p *lab.Pod, proto, name string) (*dns.Msg, error) {
 	return co.ReadMsg()
 }
 
-// TestDNSProxyAcrossRestarts: the DNS proxy keeps answering captured queries (UDP and TCP) after zero-gap
+// TestDNSProxyAcrossRestarts: the DNS proxy keeps answering captured queries (UDP and TCP, to an IPv4 and an
+// IPv6 nameserver address) after zero-gap
 // restarts, in both capture modes: the DNS TCP listener is handed off with the others, and the new
 // agent's UDP socket, bound next to the old one, takes the queries once the old agent has drained.
 func TestDNSProxyAcrossRestarts(t *testing.T) {
@@ -59,12 +61,14 @@ spec: {clusterIP: 10.96.0.10, selector: {app: server}, ports: [{name: http, port
 			check := func(t *testing.T, when string) {
 				t.Helper()
 				for _, proto := range []string{"udp", "tcp"} {
-					r, err := queryFrom(t, client, proto, "svc.app.svc.cluster.local.")
-					if err != nil {
-						t.Fatalf("%s, %s: %v", when, proto, err)
-					}
-					if len(r.Answer) != 1 || r.Answer[0].(*dns.A).A.String() != "10.96.0.10" {
-						t.Fatalf("%s, %s: answer %v", when, proto, r.Answer)
+					for _, ns := range []string{"10.96.0.53:53", "[fd00:96::53]:53"} {
+						r, err := queryFrom(t, client, proto, ns, "svc.app.svc.cluster.local.")
+						if err != nil {
+							t.Fatalf("%s, %s to %s: %v", when, proto, ns, err)
+						}
+						if len(r.Answer) != 1 || r.Answer[0].(*dns.A).A.String() != "10.96.0.10" {
+							t.Fatalf("%s, %s to %s: answer %v", when, proto, ns, r.Answer)
+						}
 					}
 				}
 			}
@@ -79,7 +83,14 @@ spec: {clusterIP: 10.96.0.10, selector: {app: server}, ports: [{name: http, port
 	}
 }
 
-// podYAML is meshlab.Pod for a pod without extra labels.
+// podYAML is a Pod document for lab pod p with both its addresses (the DNS proxy answers only the
+// addresses of local workloads).
 func podYAML(name, ns, app string, p *lab.Pod) string {
-	return meshlabPod(name, ns, app, "", p)
+	return fmt.Sprintf(`---
+apiVersion: v1
+kind: Pod
+metadata: {name: %s, namespace: %s, labels: {app: %s}}
+spec: {nodeName: node%d, serviceAccountName: %s, containers: [{name: c, image: c, ports: [{name: http, containerPort: 8080}]}]}
+status: {podIP: %s, podIPs: [{ip: %s}, {ip: %s}]}
+`, name, ns, app, p.Node.Index, name, p.IP, p.IP, p.IP6)
 }

@@ -11,5 +11,4 @@ var (
 	call         = meshlab.Call
 	meshYAML     = meshlab.MeshYAML
 	counter      = meshlab.Counter
-	meshlabPod   = meshlab.Pod
 )
