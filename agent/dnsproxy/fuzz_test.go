@@ -36,7 +36,7 @@ func FuzzHandle(f *testing.F) {
 			if reply == nil {
 				continue
 			}
-			if len(q) < 12 {
+			if len(q) < 12 || len(q) > MaxQuery {
 				t.Fatalf("%s: a reply to %d bytes", proto, len(q))
 			}
 			if proto == UDP && len(reply) > maxUDPReply {

@@ -37,6 +37,9 @@ const (
 	TTL = 30
 	// maxUDPReply caps a UDP reply whatever the client's EDNS0 buffer says.
 	maxUDPReply = 4096
+	// MaxQuery is the largest query the proxy reads: one question with EDNS0 options fits many times
+	// over; anything longer is dropped unparsed.
+	MaxQuery = 4096
 )
 
 // Source describes the client of a query: the workload that owns its address.
@@ -135,11 +138,16 @@ const (
 )
 
 // Handle answers one query from client src that came over proto; a nil reply means drop it (fewer
-// bytes than a DNS header, or a message that is itself a response). It never panics on any input.
+// bytes than a DNS header or more than MaxQuery, a message that is itself a response, or a client
+// KnownClientsOnly refuses). It never panics on any input.
 func (s *Server) Handle(ctx context.Context, query []byte, src netip.AddrPort, proto Protocol) []byte {
 	start := time.Now()
 	if len(query) < 12 {
 		s.m.dropped.WithLabelValues("malformed").Inc()
+		return nil
+	}
+	if len(query) > MaxQuery {
+		s.m.dropped.WithLabelValues("oversize").Inc()
 		return nil
 	}
 	if query[2]&0x80 != 0 { // QR: a response sent to the proxy (never answer one: no reflection loops)

@@ -62,14 +62,21 @@ type upstream struct {
 func startUpstream(t *testing.T) *upstream {
 	t.Helper()
 	u := &upstream{queries: map[string]int{}}
-	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.addr = pc.LocalAddr().(*net.UDPAddr).AddrPort()
-	ln, err := net.Listen("tcp4", u.addr.String())
-	if err != nil {
-		t.Fatal(err)
+	// One port for both transports: the UDP socket picks it, TCP may find it taken (then try another).
+	var pc net.PacketConn
+	var ln net.Listener
+	for attempt := 0; ln == nil; attempt++ {
+		var err error
+		if pc, err = net.ListenPacket("udp4", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		u.addr = pc.LocalAddr().(*net.UDPAddr).AddrPort()
+		if ln, err = net.Listen("tcp4", u.addr.String()); err != nil {
+			pc.Close()
+			if attempt == 20 {
+				t.Fatal(err)
+			}
+		}
 	}
 	handler := func(proto string) dns.Handler {
 		return dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
@@ -290,6 +297,19 @@ func TestServer(t *testing.T) {
 		}
 		if v := testutil.ToFloat64(p.srv.m.dropped.WithLabelValues("malformed")); v != 1 {
 			t.Errorf("ambit_dns_dropped_total{reason=malformed} = %v, want 1", v)
+		}
+		// Longer than MaxQuery: dropped unparsed.
+		m := new(dns.Msg)
+		m.SetQuestion("reviews.demo.svc.cluster.local.", dns.TypeA)
+		b, err := m.Pack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := p.srv.Handle(context.Background(), append(b, make([]byte, MaxQuery)...), netip.MustParseAddrPort("127.0.0.1:1"), UDP); r != nil {
+			t.Errorf("reply to an oversize query: %d bytes", len(r))
+		}
+		if v := testutil.ToFloat64(p.srv.m.dropped.WithLabelValues("oversize")); v != 1 {
+			t.Errorf("ambit_dns_dropped_total{reason=oversize} = %v, want 1", v)
 		}
 	})
 
