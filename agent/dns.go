@@ -14,6 +14,7 @@ import (
 // 53, to the agent's DNS socket and listener on DNSAddr (redirect: the SOCKMAP in ModeEBPF, tproxy rules
 // in ModeTPROXY), and dnsproxy answers them from the state or forwards them upstream over the agent's own
 // marked sockets, which capture never takes. UDP replies leave from the nameserver address the pod asked.
+// A zero-gap restart hands the DNS UDP socket ("dns-udp") and TCP listener ("dns-tcp") off with the others.
 
 // newDNS builds the DNS proxy (New).
 func (a *Agent) newDNS() error {
@@ -60,8 +61,11 @@ func (a *Agent) dnsSource(ip netip.Addr) (dnsproxy.Source, bool) {
 	return dnsproxy.Source{Workload: name, Namespace: w.Namespace}, true
 }
 
-// bindDNS binds the DNS UDP socket (the TCP listener is one of listenerSpecs, so the hand-off carries
-// it; the UDP socket is bound with SO_REUSEPORT next to the old agent's instead).
+// dnsUDPName is the DNS UDP socket's name in the listener hand-off (the TCP listener is "dns-tcp", one of
+// listenerSpecs).
+const dnsUDPName = "dns-udp"
+
+// bindDNS binds the DNS UDP socket unless it was taken from the running agent.
 func (a *Agent) bindDNS(ctx context.Context) error {
 	if a.dns == nil || a.dnsUDP != nil {
 		return nil

@@ -34,9 +34,8 @@ func queryFrom(t *testing.T, p *lab.Pod, proto, nameserver, name string) (*dns.M
 }
 
 // TestDNSProxyAcrossRestarts: the DNS proxy keeps answering captured queries (UDP and TCP, to an IPv4 and an
-// IPv6 nameserver address) after zero-gap
-// restarts, in both capture modes: the DNS TCP listener is handed off with the others, and the new
-// agent's UDP socket, bound next to the old one, takes the queries once the old agent has drained.
+// IPv6 nameserver address) across zero-gap restarts, in both capture modes: the DNS TCP listener and UDP
+// socket are handed off with the others (the new agent could not bind the UDP port the old one holds).
 func TestDNSProxyAcrossRestarts(t *testing.T) {
 	tu.RequireRoot(t)
 	for _, mode := range []string{agent.CaptureEBPF, agent.CaptureTPROXY} {

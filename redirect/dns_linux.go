@@ -27,10 +27,8 @@ type DNSConn struct {
 
 // ListenDNS makes the DNS UDP socket on addr (an IPv6 wildcard address serves both families) in the node
 // namespace: IP_TRANSPARENT and IPV6_TRANSPARENT (capture delivers datagrams addressed to other hosts to
-// it), the original-destination control messages, and SO_REUSEPORT so that a restarting agent binds its
-// socket while the old one still holds it (the eBPF SOCKMAP then selects the new one; in ModeTPROXY the
-// kernel spreads queries over both until the old agent closes its socket, and a query lost in between is
-// retried by the client).
+// it) and the original-destination control messages. On a zero-gap restart the socket itself is handed
+// off (NamedListener.PC), like the TCP listeners: see DNSConnOf.
 func (f SocketFactory) ListenDNS(ctx context.Context, addr netip.AddrPort) (*DNSConn, error) {
 	network := "udp6"
 	switch {
@@ -41,9 +39,6 @@ func (f SocketFactory) ListenDNS(ctx context.Context, addr netip.AddrPort) (*DNS
 	}
 	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 		return control(c, func(fd int) error {
-			if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
-				return fmt.Errorf("set SO_REUSEPORT: %w", err)
-			}
 			v4 := addr.Addr().Is4() || addr.Addr() == netip.IPv6Unspecified()
 			if v4 {
 				if err := unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_TRANSPARENT, 1); err != nil {
@@ -73,8 +68,13 @@ func (f SocketFactory) ListenDNS(ctx context.Context, addr netip.AddrPort) (*DNS
 	if err != nil {
 		return nil, fmt.Errorf("listen dns on %s: %w", addr, err)
 	}
-	uc := pc.(*net.UDPConn)
-	return &DNSConn{UDPConn: uc, f: f, local: uc.LocalAddr().(*net.UDPAddr).AddrPort()}, nil
+	return f.DNSConnOf(pc.(*net.UDPConn)), nil
+}
+
+// DNSConnOf wraps a DNS socket that ListenDNS made, possibly in another process (taken over a hand-off):
+// its socket options are the kernel socket's.
+func (f SocketFactory) DNSConnOf(uc *net.UDPConn) *DNSConn {
+	return &DNSConn{UDPConn: uc, f: f, local: uc.LocalAddr().(*net.UDPAddr).AddrPort()}
 }
 
 // oobSize holds one original-destination control message of either family.

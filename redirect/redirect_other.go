@@ -69,6 +69,9 @@ func (f SocketFactory) ListenDNS(ctx context.Context, addr netip.AddrPort) (*DNS
 	return nil, fmt.Errorf("%w: the DNS socket needs Linux", ErrNotSupported)
 }
 
+// DNSConnOf wraps a DNS socket.
+func (f SocketFactory) DNSConnOf(uc *net.UDPConn) *DNSConn { return &DNSConn{UDPConn: uc} }
+
 // ReadQuery returns ErrNotSupported outside Linux.
 func (c *DNSConn) ReadQuery(b []byte) (int, netip.AddrPort, netip.AddrPort, error) {
 	return 0, netip.AddrPort{}, netip.AddrPort{}, ErrNotSupported
