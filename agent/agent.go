@@ -33,6 +33,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/ambit-mesh/ambit/admin"
+	"github.com/ambit-mesh/ambit/agent/dnsproxy"
 	"github.com/ambit-mesh/ambit/agent/kube"
 	"github.com/ambit-mesh/ambit/config/xds"
 	"github.com/ambit-mesh/ambit/hbone"
@@ -68,6 +69,10 @@ type Agent struct {
 	lnInDNAT                    *net.TCPListener // nil without kernel capture
 	lnAdmin, lnMetrics, lnReady *net.TCPListener
 	redir                       redirect.Redirector
+
+	dns      *dnsproxy.Server  // the DNS proxy (Config.DNSCapture), or nil
+	dnsUDP   *redirect.DNSConn // its UDP socket
+	lnDNSTCP *net.TCPListener  // its TCP listener
 
 	takeover  *redirect.Takeover      // listeners taken from a running agent, not yet committed (Start only)
 	handoff   *redirect.HandoffServer // serves the listeners to the next agent (Config.HandoffSocket)
@@ -175,6 +180,11 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		StreamIdleTimeout: cfg.HBONEStreamIdleTimeout,
 	}
 	a.Metrics.RegisterHBONE(map[string]*hbone.Server{"inbound": a.hbone}, map[string]*hbone.Pool{"outbound": a.in.pool})
+	if cfg.DNSCapture {
+		if err := a.newDNS(); err != nil {
+			return nil, err
+		}
+	}
 	return a, nil
 }
 
@@ -236,8 +246,9 @@ func (a *Agent) Start(g *lifecycle.Group) error {
 	}
 	if a.cfg.Capture != CaptureNone {
 		r, err := redirect.New(ctx, redirect.Options{
-			Mode:      redirect.Mode(a.cfg.Capture),
-			Listeners: redirect.Listeners{Outbound: a.lnOut, Inbound: a.lnIn, HBONE: a.lnHBONE, InboundDNAT: a.lnInDNAT},
+			Mode: redirect.Mode(a.cfg.Capture),
+			Listeners: redirect.Listeners{Outbound: a.lnOut, Inbound: a.lnIn, HBONE: a.lnHBONE, InboundDNAT: a.lnInDNAT,
+				DNSUDP: a.dnsUDP, DNSTCP: a.lnDNSTCP},
 			HBONEPort: a.cfg.HBONEAddr.Port(),
 			NetNS:     a.cfg.NetNS,
 			Uplinks:   a.cfg.Uplinks,
@@ -310,8 +321,9 @@ func (a *Agent) Start(g *lifecycle.Group) error {
 	return nil
 }
 
-// serveTraffic starts the accept loops of the capture listeners.
+// serveTraffic starts the accept loops of the capture listeners and the DNS proxy.
 func (a *Agent) serveTraffic(g *lifecycle.Group) {
+	a.serveDNS(g)
 	a.loops.Add(2)
 	g.Go("outbound", func(ctx context.Context) error {
 		defer a.loops.Done()
@@ -423,6 +435,9 @@ func (a *Agent) bind(ctx context.Context) error {
 
 // bindMissing binds every listener that is not set yet.
 func (a *Agent) bindMissing(ctx context.Context) error {
+	if err := a.bindDNS(ctx); err != nil {
+		return err
+	}
 	for _, s := range a.listenerSpecs() {
 		if *s.ln != nil {
 			continue
@@ -442,10 +457,13 @@ func (a *Agent) bindMissing(ctx context.Context) error {
 
 // closeListeners stops accepting traffic (the admin surfaces close themselves when their server stops).
 func (a *Agent) closeListeners() {
-	for _, ln := range []*net.TCPListener{a.lnOut, a.lnIn, a.lnInDNAT, a.lnHBONE} { // this process's descriptors only
+	for _, ln := range []*net.TCPListener{a.lnOut, a.lnIn, a.lnInDNAT, a.lnHBONE, a.lnDNSTCP} { // this process's descriptors only
 		if ln != nil {
 			ln.Close()
 		}
+	}
+	if a.dnsUDP != nil {
+		a.dnsUDP.Close()
 	}
 }
 

@@ -98,6 +98,18 @@ type Config struct {
 	// refuses to start (redirect.ErrEphemeralPins).
 	AllowEphemeralPins bool `json:"allowEphemeralPins"`
 
+	// DNSCapture turns the DNS proxy on (ztunnel's DNS_CAPTURE; `ambit agent` defaults it to true): the
+	// queries of enrolled pods to port 53 (UDP and TCP) are captured to DNSAddr and answered from the
+	// mesh state (Services, ServiceEntry hosts) or forwarded to DNSUpstreams (see agent/dnsproxy).
+	DNSCapture bool `json:"dnsCapture"`
+	// DNSAddr is the DNS proxy's UDP socket and TCP listener (default [::]:15053, node namespace).
+	DNSAddr netip.AddrPort `json:"dnsAddr"`
+	// DNSUpstreams are the resolvers other names are forwarded to (ip or ip:port; default: the
+	// nameservers of DNSResolvConf).
+	DNSUpstreams []string `json:"dnsUpstreams"`
+	// DNSResolvConf is read for the upstreams when DNSUpstreams is empty (default /etc/resolv.conf).
+	DNSResolvConf string `json:"dnsResolvConf"`
+
 	// Listen addresses.
 	OutboundAddr netip.AddrPort `json:"outboundAddr"`
 	InboundAddr  netip.AddrPort `json:"inboundAddr"`
@@ -153,6 +165,7 @@ var (
 	DefaultAdminAddr       = netip.MustParseAddrPort("127.0.0.1:15000")
 	DefaultMetricsAddr     = netip.MustParseAddrPort("[::]:15020")
 	DefaultReadinessAddr   = netip.MustParseAddrPort("[::]:15021")
+	DefaultDNSAddr         = netip.MustParseAddrPort("[::]:15053")
 )
 
 // withDefaults returns c with every zero field set to its default.
@@ -169,6 +182,10 @@ func (c Config) withDefaults() Config {
 	set(&c.AdminAddr, DefaultAdminAddr)
 	set(&c.MetricsAddr, DefaultMetricsAddr)
 	set(&c.ReadinessAddr, DefaultReadinessAddr)
+	set(&c.DNSAddr, DefaultDNSAddr)
+	if c.DNSResolvConf == "" {
+		c.DNSResolvConf = "/etc/resolv.conf"
+	}
 	if c.ConfigPoll == 0 {
 		c.ConfigPoll = time.Second
 	}
@@ -254,7 +271,27 @@ func (c Config) Validate() error {
 	default:
 		return fmt.Errorf("unknown capture mode %q (auto, ebpf, tproxy or none)", c.Capture)
 	}
+	if _, err := parseUpstreams(c.DNSUpstreams); err != nil {
+		return err
+	}
 	return nil
+}
+
+// parseUpstreams parses Config.DNSUpstreams: IP addresses, with port 53 unless given.
+func parseUpstreams(ss []string) ([]netip.AddrPort, error) {
+	var out []netip.AddrPort
+	for _, s := range ss {
+		if ap, err := netip.ParseAddrPort(s); err == nil {
+			out = append(out, ap)
+			continue
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("--dns-upstreams %q: want ip or ip:port", s)
+		}
+		out = append(out, netip.AddrPortFrom(a, 53))
+	}
+	return out, nil
 }
 
 // issuer returns the certificate source settings: a node agent impersonates the workloads of its node

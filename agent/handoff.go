@@ -39,6 +39,9 @@ func (a *Agent) listenerSpecs() []listenerSpec {
 	if a.cfg.Capture != CaptureNone {
 		specs = append(specs, listenerSpec{name: "inbound-dnat", addr: a.cfg.InboundDNATAddr, ln: &a.lnInDNAT, tracked: true})
 	}
+	if a.dns != nil {
+		specs = append(specs, listenerSpec{name: "dns-tcp", addr: a.cfg.DNSAddr, ln: &a.lnDNSTCP})
+	}
 	return specs
 }
 
@@ -71,19 +74,36 @@ func (a *Agent) takeListeners(ctx context.Context) (bool, error) {
 		a.log.Warn("handed-off listener unknown; closing it", "name", name, "addr", ln.Addr())
 		ln.Close()
 	}
-	t.Listeners = nil
+	for name, pc := range t.PacketConns {
+		switch {
+		case name != dnsUDPName || a.dns == nil:
+			a.log.Warn("handed-off socket unknown; closing it", "name", name, "addr", pc.LocalAddr())
+			pc.Close()
+		case !sameListenAddr(pc.LocalAddr(), a.cfg.DNSAddr):
+			a.log.Warn("handed-off socket has another address; binding anew", "name", name, "addr", pc.LocalAddr(), "want", a.cfg.DNSAddr)
+			pc.Close()
+		default:
+			a.dnsUDP = a.in.sockets.DNSConnOf(pc)
+		}
+	}
+	t.Listeners, t.PacketConns = nil, nil
 	a.takeover = t
 	a.log.Info("took listeners from the running agent", "handoff", a.cfg.HandoffSocket)
 	return true, nil
 }
 
-// sameListenAddr reports whether a listener bound at got serves want (a port of 0 in want is any port).
+// sameListenAddr reports whether a listener (or UDP socket) bound at got serves want (a port of 0 in want
+// is any port).
 func sameListenAddr(got net.Addr, want netip.AddrPort) bool {
-	ta, ok := got.(*net.TCPAddr)
-	if !ok {
+	var ga netip.AddrPort
+	switch a := got.(type) {
+	case *net.TCPAddr:
+		ga = a.AddrPort()
+	case *net.UDPAddr:
+		ga = a.AddrPort()
+	default:
 		return false
 	}
-	ga := ta.AddrPort()
 	if ga.Addr().Unmap() != want.Addr().Unmap() {
 		return false
 	}
@@ -112,9 +132,12 @@ func (a *Agent) serveHandoff(g *lifecycle.Group) error {
 			a.log.Info("old agent told to stop accepting and drain")
 		}
 	}
-	lns := make([]redirect.NamedListener, 0, 6)
+	lns := make([]redirect.NamedListener, 0, 8)
 	for _, s := range a.listenerSpecs() {
 		lns = append(lns, redirect.NamedListener{Name: s.name, Ln: *s.ln})
+	}
+	if a.dnsUDP != nil {
+		lns = append(lns, redirect.NamedListener{Name: dnsUDPName, PC: a.dnsUDP.UDPConn})
 	}
 	g.Go("handoff", func(ctx context.Context) error {
 		err := srv.Serve(ctx, lns, func(err error) { a.log.Warn("listener hand-off failed; still serving", "err", err) })

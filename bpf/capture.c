@@ -56,6 +56,11 @@ volatile const __u32 capture_mark_mask = 0xf00;
 volatile const __u32 own_mark = 0x539;
 volatile const __u32 own_mark_mask = 0xfff;
 volatile const __u16 hbone_port = 15008;
+/* dns_capture, when set, steers the DNS queries of enrolled pods (UDP and
+ * TCP to port 53) to the DNS proxy's socket and listener. */
+volatile const __u8 dns_capture = 0;
+
+#define DNS_PORT 53
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -135,6 +140,8 @@ enum parse_result {
 	                * truncated or shorter than 20 bytes, an IPv6 header chain longer than
 	                * V6_MAX_EXT headers or truncated. f has the addresses. */
 	PARSE_PULL,    /* (parse_once only) the headers are not all in the linear data: pull and retry */
+	PARSE_UDP,     /* a whole UDP datagram (not a fragment, no IPv6 extension headers): f has the
+	                * addresses and ports */
 };
 
 /* V6_MAX_EXT is how many IPv6 extension headers the parser walks to find
@@ -161,6 +168,7 @@ static __always_inline int finish(struct __sk_buff *skb, enum verdict v)
 	case VERDICT_OUTBOUND:
 	case VERDICT_INBOUND:
 	case VERDICT_HBONE:
+	case VERDICT_DNS:
 		skb->mark = (skb->mark & ~capture_mark_mask) | capture_mark;
 		return TC_ACT_OK;
 	case VERDICT_NO_LISTENER:
@@ -282,6 +290,47 @@ static __always_inline int v6_ext(struct __sk_buff *skb, struct flow *f, __u8 nh
 	return tcp_fill(f, &th, plen - hdrs);
 }
 
+/* udp_fill completes f from the UDP header uh (ports only: DNS capture needs
+ * no more). */
+static __always_inline int udp_fill(struct flow *f, const struct udphdr *uh)
+{
+	f->sport = uh->source;
+	f->dport = uh->dest;
+	return PARSE_UDP;
+}
+
+/* udp_parse4 classifies an IPv4 UDP datagram: whole ones are PARSE_UDP,
+ * fragments and truncated headers are not ours (PARSE_OTHER: DNS capture
+ * leaves them to the stack). */
+static __always_inline int udp_parse4(struct __sk_buff *skb, __u32 l2, struct iphdr *ip, void *end, struct flow *f,
+				      __u32 *need)
+{
+	__u32 ihl = ip->ihl * 4;
+	if (ihl < sizeof(*ip) || (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)))
+		return PARSE_OTHER;
+	f->tuple.ipv4.saddr = ip->saddr;
+	f->tuple.ipv4.daddr = ip->daddr;
+	v4_key(&f->src, ip->saddr);
+	v4_key(&f->dst, ip->daddr);
+	struct udphdr *uh = (void *)ip + ihl;
+	if ((void *)(uh + 1) > end)
+		return need_linear(skb, l2 + ihl + sizeof(*uh), need, PARSE_OTHER);
+	return udp_fill(f, uh);
+}
+
+/* udp_parse6 is udp_parse4 for IPv6 (UDP right after the fixed header). */
+static __always_inline int udp_parse6(struct __sk_buff *skb, __u32 l2, struct ipv6hdr *ip6, void *end, struct flow *f,
+				      __u32 *need)
+{
+	__builtin_memcpy(f->src.addr, &ip6->saddr, 16);
+	__builtin_memcpy(f->dst.addr, &ip6->daddr, 16);
+	f->v6 = 1;
+	struct udphdr *uh = (void *)(ip6 + 1);
+	if ((void *)(uh + 1) > end)
+		return need_linear(skb, l2 + sizeof(*ip6) + sizeof(*uh), need, PARSE_OTHER);
+	return udp_fill(f, uh);
+}
+
 /* parse_once classifies the packet (see parse_result) and fills f. l2 is the
  * link-layer header length. It returns PARSE_PULL with *need set when the
  * headers it must read directly are not all in the linear data. */
@@ -304,6 +353,8 @@ static __always_inline int parse_once(struct __sk_buff *skb, __u32 l2, struct fl
 		struct iphdr *ip = data + l2;
 		if ((void *)(ip + 1) > end)
 			return need_linear(skb, l2 + sizeof(*ip), need, PARSE_OTHER);
+		if (ip->protocol == IPPROTO_UDP)
+			return udp_parse4(skb, l2, ip, end, f, need);
 		if (ip->protocol != IPPROTO_TCP)
 			return PARSE_OTHER;
 		f->tuple.ipv4.saddr = ip->saddr;
@@ -334,6 +385,8 @@ static __always_inline int parse_once(struct __sk_buff *skb, __u32 l2, struct fl
 		if ((void *)(ip6 + 1) > end)
 			return need_linear(skb, l2 + sizeof(*ip6), need, PARSE_OTHER);
 		__u8 nh = ip6->nexthdr;
+		if (nh == IPPROTO_UDP)
+			return udp_parse6(skb, l2, ip6, end, f, need);
 		if (nh != IPPROTO_TCP && !v6_ext_header(nh))
 			return PARSE_OTHER;
 		__u32 plen = bpf_ntohs(ip6->payload_len);
@@ -393,14 +446,36 @@ static __always_inline void pods_of(struct pod_key *src_key, struct pod_key *dst
  * never marks a SYN that sk_lookup would not steer. */
 static __always_inline enum listener decide(struct pod_info *src, struct pod_info *dst, __be16 dport)
 {
-	if (src && (src->flags & POD_ENROLLED))
+	if (src && (src->flags & POD_ENROLLED)) {
+		if (dns_capture && dport == bpf_htons(DNS_PORT))
+			return LISTENER_DNS_TCP;
 		return LISTENER_OUTBOUND;
+	}
 	if (dst && (dst->flags & POD_ENROLLED)) {
 		if (dport == bpf_htons(hbone_port))
 			return LISTENER_HBONE;
 		return LISTENER_INBOUND;
 	}
 	return LISTENER_MAX; /* neither end enrolled, or draining */
+}
+
+/* steer_udp marks a DNS query of an enrolled pod (UDP to port 53, arriving on
+ * the pod's own interface) for local delivery, where capture_lookup selects
+ * the DNS socket. Without the socket (the agent is restarting, or DNS capture
+ * is off) the query takes its direct path to the nameserver. */
+static __always_inline int steer_udp(struct __sk_buff *skb, struct flow *f)
+{
+	if (!dns_capture || f->dport != bpf_htons(DNS_PORT))
+		return finish(skb, VERDICT_PASS);
+	struct pod_info *src = bpf_map_lookup_elem(&pods, &f->src);
+	if (!src || src->ifindex != skb->ingress_ifindex || !(src->flags & POD_ENROLLED))
+		return finish(skb, VERDICT_PASS);
+	enum listener key = LISTENER_DNS_UDP;
+	struct bpf_sock *sk = bpf_map_lookup_elem(&listeners, &key);
+	if (!sk)
+		return finish(skb, VERDICT_PASS);
+	bpf_sk_release(sk);
+	return finish(skb, VERDICT_DNS);
 }
 
 static __always_inline int steer(struct __sk_buff *skb, __u32 l2)
@@ -414,6 +489,8 @@ static __always_inline int steer(struct __sk_buff *skb, __u32 l2)
 	int r = parse(skb, l2, &f);
 	if (r == PARSE_OTHER)
 		return finish(skb, VERDICT_PASS);
+	if (r == PARSE_UDP)
+		return steer_udp(skb, &f);
 
 	pods_of(&f.src, &f.dst, skb->ingress_ifindex, &src, &dst);
 	/* Sequential branches: clang may fold (!src && !dst) into a pointer OR
@@ -486,6 +563,9 @@ static __always_inline int steer(struct __sk_buff *skb, __u32 l2)
 	case LISTENER_HBONE:
 		v = VERDICT_HBONE;
 		break;
+	case LISTENER_DNS_TCP:
+		v = VERDICT_DNS;
+		break;
 	default:
 		return finish(skb, VERDICT_PASS);
 	}
@@ -535,7 +615,7 @@ int capture_egress(struct __sk_buff *skb)
 	if (!iif)
 		return TC_ACT_UNSPEC;
 	int r = parse(skb, ETH_HLEN, &f);
-	if (r == PARSE_OTHER)
+	if (r == PARSE_OTHER || r == PARSE_UDP)
 		return TC_ACT_UNSPEC;
 	if (r == PARSE_TCP && (!f.syn || f.ack))
 		return TC_ACT_UNSPEC;
@@ -557,6 +637,38 @@ static __always_inline void v6_key(struct pod_key *k, const __u32 *addr)
 	w[3] = addr[3];
 }
 
+/* lookup_udp selects the DNS socket for a datagram that capture marked: a
+ * query of an enrolled pod to port 53 arriving on the pod's interface. It
+ * runs only after the kernel found no connected socket for the datagram's
+ * exact tuple. A missing socket, or one that refuses, leaves the datagram to
+ * the regular lookup (no socket on the nameserver's address: it is dropped,
+ * and the client retries). */
+static __always_inline int lookup_udp(struct bpf_sk_lookup *ctx)
+{
+	struct pod_key src_key;
+
+	if (!dns_capture || ctx->local_port != DNS_PORT)
+		return SK_PASS;
+	if (ctx->family == AF_INET)
+		v4_key(&src_key, ctx->remote_ip4);
+	else if (ctx->family == AF_INET6)
+		v6_key(&src_key, ctx->remote_ip6);
+	else
+		return SK_PASS;
+	struct pod_info *src = bpf_map_lookup_elem(&pods, &src_key);
+	if (!src || src->ifindex != ctx->ingress_ifindex || !(src->flags & POD_ENROLLED))
+		return SK_PASS;
+	enum listener key = LISTENER_DNS_UDP;
+	struct bpf_sock *sk = bpf_map_lookup_elem(&listeners, &key);
+	if (!sk)
+		return SK_PASS;
+	long err = bpf_sk_assign(ctx, sk, 0);
+	bpf_sk_release(sk);
+	if (err)
+		count(VERDICT_ASSIGN_FAILED);
+	return SK_PASS;
+}
+
 /* capture_lookup is attached to the node network namespace (sk_lookup). It
  * runs for every TCP listener lookup there (TCP input, but also
  * bpf_skc_lookup_tcp in capture and netfilter socket matches), so it only
@@ -573,6 +685,8 @@ int capture_lookup(struct bpf_sk_lookup *ctx)
 	struct pod_info *src, *dst;
 	struct bpf_sock *sk;
 
+	if (ctx->protocol == IPPROTO_UDP)
+		return lookup_udp(ctx);
 	if (ctx->protocol != IPPROTO_TCP)
 		return SK_PASS;
 	if (ctx->family == AF_INET) {

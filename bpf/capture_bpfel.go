@@ -27,7 +27,9 @@ const (
 	CaptureListenerLISTENER_OUTBOUND CaptureListener = 0
 	CaptureListenerLISTENER_INBOUND  CaptureListener = 1
 	CaptureListenerLISTENER_HBONE    CaptureListener = 2
-	CaptureListenerLISTENER_MAX      CaptureListener = 3
+	CaptureListenerLISTENER_DNS_UDP  CaptureListener = 3
+	CaptureListenerLISTENER_DNS_TCP  CaptureListener = 4
+	CaptureListenerLISTENER_MAX      CaptureListener = 5
 )
 
 type CapturePodFlags uint32
@@ -61,7 +63,8 @@ const (
 	CaptureVerdictVERDICT_ASSIGN_FAILED CaptureVerdict = 6
 	CaptureVerdictVERDICT_MALFORMED     CaptureVerdict = 7
 	CaptureVerdictVERDICT_UNHOOKED      CaptureVerdict = 8
-	CaptureVerdictVERDICT_MAX           CaptureVerdict = 9
+	CaptureVerdictVERDICT_DNS           CaptureVerdict = 9
+	CaptureVerdictVERDICT_MAX           CaptureVerdict = 10
 )
 
 // Names of all BPF objects in the ELF.
@@ -79,6 +82,7 @@ const (
 	CaptureProgCaptureLookup  = "capture_lookup"
 	CaptureVarCaptureMark     = "capture_mark"
 	CaptureVarCaptureMarkMask = "capture_mark_mask"
+	CaptureVarDnsCapture      = "dns_capture"
 	CaptureVarHbonePort       = "hbone_port"
 	CaptureVarOwnMark         = "own_mark"
 	CaptureVarOwnMarkMask     = "own_mark_mask"
@@ -149,6 +153,7 @@ type CaptureMapSpecs struct {
 type CaptureVariableSpecs struct {
 	CaptureMark     *ebpf.VariableSpec `ebpf:"capture_mark"`
 	CaptureMarkMask *ebpf.VariableSpec `ebpf:"capture_mark_mask"`
+	DnsCapture      *ebpf.VariableSpec `ebpf:"dns_capture"`
 	HbonePort       *ebpf.VariableSpec `ebpf:"hbone_port"`
 	OwnMark         *ebpf.VariableSpec `ebpf:"own_mark"`
 	OwnMarkMask     *ebpf.VariableSpec `ebpf:"own_mark_mask"`
@@ -197,6 +202,7 @@ func (m *CaptureMaps) Close() error {
 type CaptureVariables struct {
 	CaptureMark     *ebpf.Variable `ebpf:"capture_mark"`
 	CaptureMarkMask *ebpf.Variable `ebpf:"capture_mark_mask"`
+	DnsCapture      *ebpf.Variable `ebpf:"dns_capture"`
 	HbonePort       *ebpf.Variable `ebpf:"hbone_port"`
 	OwnMark         *ebpf.Variable `ebpf:"own_mark"`
 	OwnMarkMask     *ebpf.Variable `ebpf:"own_mark_mask"`

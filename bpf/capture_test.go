@@ -95,7 +95,10 @@ type fixture struct {
 	cookies map[bpf.CaptureListener]uint64 // socket cookies of the listeners in the listeners map
 }
 
-func loadFixture(tb testing.TB) *fixture {
+func loadFixture(tb testing.TB) *fixture { return loadFixtureVars(tb, nil) }
+
+// loadFixtureVars loads the objects with the runtime constants in vars set (by variable name).
+func loadFixtureVars(tb testing.TB, vars map[string]any) *fixture {
 	tb.Helper()
 	testutil.RequireRoot(tb)
 	if err := rlimit.RemoveMemlock(); err != nil {
@@ -107,6 +110,11 @@ func loadFixture(tb testing.TB) *fixture {
 	}
 	for _, m := range spec.Maps {
 		m.Pinning = ebpf.PinNone
+	}
+	for name, v := range vars {
+		if err := spec.Variables[name].Set(v); err != nil {
+			tb.Fatalf("set %s: %v", name, err)
+		}
 	}
 	f := &fixture{}
 	if err := spec.LoadAndAssign(&f.objs, nil); err != nil {

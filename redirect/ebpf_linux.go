@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -154,6 +155,9 @@ func (r *ebpfRedirector) nftConfig() nftConfig {
 	if l := r.o.Listeners.InboundDNAT; l != nil {
 		c.InboundDNAT = listenerPort(l)
 	}
+	if l := r.o.Listeners; l.dns() {
+		c.DNSUDP, c.DNSTCP = l.DNSUDP.local.Port(), listenerPort(l.DNSTCP)
+	}
 	return c
 }
 
@@ -237,6 +241,7 @@ func (r *ebpfRedirector) load() error {
 		{bpf.CaptureVarOwnMark, m.Own},
 		{bpf.CaptureVarOwnMarkMask, m.OwnMask},
 		{bpf.CaptureVarHbonePort, r.o.HBONEPort},
+		{bpf.CaptureVarDnsCapture, boolByte(r.o.Listeners.dns())},
 	}
 	for _, v := range vars {
 		if err := spec.Variables[v.name].Set(v.v); err != nil {
@@ -285,32 +290,61 @@ func (r *ebpfRedirector) dropIncompatiblePins(spec *ebpf.CollectionSpec) {
 	}
 }
 
-// setListeners puts the listeners in the SOCKMAP (replacing those of an earlier process).
+func boolByte(b bool) uint8 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// setListeners puts the listeners in the SOCKMAP (replacing those of an earlier process). Without DNS
+// capture the DNS entries an earlier process left are removed.
 func (r *ebpfRedirector) setListeners(l Listeners) error {
-	for _, e := range []struct {
+	type entry struct {
 		key bpf.CaptureListener
-		ln  *net.TCPListener
-	}{
-		{bpf.CaptureListenerLISTENER_OUTBOUND, l.Outbound},
-		{bpf.CaptureListenerLISTENER_INBOUND, l.Inbound},
-		{bpf.CaptureListenerLISTENER_HBONE, l.HBONE},
-	} {
+		ln  interface {
+			SyscallConn() (syscall.RawConn, error)
+			LocalAddr() net.Addr
+		}
+	}
+	entries := []entry{
+		{bpf.CaptureListenerLISTENER_OUTBOUND, tcpSock{l.Outbound}},
+		{bpf.CaptureListenerLISTENER_INBOUND, tcpSock{l.Inbound}},
+		{bpf.CaptureListenerLISTENER_HBONE, tcpSock{l.HBONE}},
+	}
+	if l.dns() {
+		entries = append(entries, entry{bpf.CaptureListenerLISTENER_DNS_UDP, l.DNSUDP.UDPConn},
+			entry{bpf.CaptureListenerLISTENER_DNS_TCP, tcpSock{l.DNSTCP}})
+	} else {
+		for _, k := range []bpf.CaptureListener{bpf.CaptureListenerLISTENER_DNS_UDP, bpf.CaptureListenerLISTENER_DNS_TCP} {
+			// A SOCKMAP reports a missing entry as EINVAL.
+			if err := r.objs.Listeners.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) && !errors.Is(err, unix.EINVAL) {
+				return fmt.Errorf("remove dns listener from sockmap: %w", err)
+			}
+		}
+	}
+	for _, e := range entries {
 		raw, err := e.ln.SyscallConn()
 		if err != nil {
-			return fmt.Errorf("listener %s: %w", e.ln.Addr(), err)
+			return fmt.Errorf("listener %s: %w", e.ln.LocalAddr(), err)
 		}
 		err = control(raw, func(fd int) error {
 			return r.objs.Listeners.Update(e.key, uint64(fd), ebpf.UpdateAny)
 		})
 		if errors.Is(err, unix.EOPNOTSUPP) {
-			return fmt.Errorf("put listener %s in sockmap: %w (an MPTCP listener? make it with SocketFactory.Listen)", e.ln.Addr(), err)
+			return fmt.Errorf("put listener %s in sockmap: %w (an MPTCP listener? make it with SocketFactory.Listen)", e.ln.LocalAddr(), err)
 		}
 		if err != nil {
-			return fmt.Errorf("put listener %s in sockmap: %w", e.ln.Addr(), err)
+			return fmt.Errorf("put listener %s in sockmap: %w", e.ln.LocalAddr(), err)
 		}
 	}
 	return nil
 }
+
+// tcpSock gives a listener the LocalAddr of a connection, for setListeners.
+type tcpSock struct{ *net.TCPListener }
+
+func (s tcpSock) LocalAddr() net.Addr { return s.Addr() }
 
 // attachLookup attaches capture_lookup to the node namespace and pins the link, or takes over the link an
 // earlier process pinned there, replacing its program (atomically, so listener selection never stops).

@@ -41,10 +41,12 @@ const maxHandoffListeners = 16
 // ErrNoPredecessor is returned by Take when no running process serves the hand-off socket.
 var ErrNoPredecessor = errors.New("no process serves the hand-off socket")
 
-// NamedListener is a listening socket with the name both processes know it by ("outbound", "admin", ...).
+// NamedListener is a listening socket with the name both processes know it by ("outbound", "admin", ...):
+// a TCP listener (Ln) or a UDP socket (PC, the DNS proxy's), exactly one of them.
 type NamedListener struct {
 	Name string
 	Ln   *net.TCPListener
+	PC   *net.UDPConn
 }
 
 // HandoffServer serves a process's listeners to its successor. Create it with ListenHandoff.
@@ -137,7 +139,13 @@ func (s *HandoffServer) handOff(ctx context.Context, c *net.UnixConn, lns []Name
 	}()
 	fds := make([]int, 0, len(lns))
 	for _, l := range lns {
-		f, err := l.Ln.File() // a duplicate; the listener keeps serving
+		var f *os.File
+		var err error
+		if l.PC != nil {
+			f, err = l.PC.File()
+		} else {
+			f, err = l.Ln.File() // a duplicate; the listener keeps serving
+		}
 		if err != nil {
 			return fmt.Errorf("duplicate listener %s: %w", l.Name, err)
 		}
@@ -179,6 +187,8 @@ func (s *HandoffServer) Close() {
 type Takeover struct {
 	c         *net.UnixConn
 	Listeners map[string]*net.TCPListener
+	// PacketConns are the UDP sockets received (the DNS proxy's), by name.
+	PacketConns map[string]*net.UDPConn
 }
 
 // Take connects to the hand-off socket at path and receives the listeners of the process serving it. It
@@ -217,7 +227,7 @@ func receive(c *net.UnixConn) (*Takeover, error) {
 		return nil, fmt.Errorf("receive listeners: %w", err)
 	}
 	fds, err := parseRights(oob[:oobn])
-	t := &Takeover{c: c, Listeners: map[string]*net.TCPListener{}}
+	t := &Takeover{c: c, Listeners: map[string]*net.TCPListener{}, PacketConns: map[string]*net.UDPConn{}}
 	defer func() { // what is not a listener of t is not kept
 		for _, fd := range fds {
 			if fd >= 0 {
@@ -242,6 +252,32 @@ func receive(c *net.UnixConn) (*Takeover, error) {
 		return nil, fmt.Errorf("hand-off names %d listeners but carries %d descriptors", len(h.Names), len(fds))
 	}
 	for i, name := range h.Names {
+		if _, dup := t.Listeners[name]; dup {
+			t.Abort()
+			return nil, fmt.Errorf("listener %s sent twice", name)
+		}
+		if _, dup := t.PacketConns[name]; dup {
+			t.Abort()
+			return nil, fmt.Errorf("listener %s sent twice", name)
+		}
+		if typ, err := unix.GetsockoptInt(fds[i], unix.SOL_SOCKET, unix.SO_TYPE); err == nil && typ == unix.SOCK_DGRAM {
+			f := os.NewFile(uintptr(fds[i]), name)
+			fds[i] = -1
+			pc, err := net.FilePacketConn(f) // duplicates the descriptor
+			f.Close()
+			if err != nil {
+				t.Abort()
+				return nil, fmt.Errorf("socket %s: %w", name, err)
+			}
+			uc, ok := pc.(*net.UDPConn)
+			if !ok {
+				pc.Close()
+				t.Abort()
+				return nil, fmt.Errorf("socket %s is not UDP", name)
+			}
+			t.PacketConns[name] = uc
+			continue
+		}
 		f := os.NewFile(uintptr(fds[i]), name)
 		fds[i] = -1
 		ln, err := net.FileListener(f) // duplicates the descriptor
@@ -255,11 +291,6 @@ func receive(c *net.UnixConn) (*Takeover, error) {
 			ln.Close()
 			t.Abort()
 			return nil, fmt.Errorf("listener %s is not TCP", name)
-		}
-		if _, dup := t.Listeners[name]; dup {
-			tl.Close()
-			t.Abort()
-			return nil, fmt.Errorf("listener %s sent twice", name)
 		}
 		t.Listeners[name] = tl
 	}
@@ -298,7 +329,10 @@ func (t *Takeover) Abort() {
 	for _, ln := range t.Listeners {
 		ln.Close()
 	}
-	t.Listeners = nil
+	for _, pc := range t.PacketConns {
+		pc.Close()
+	}
+	t.Listeners, t.PacketConns = nil, nil
 	t.c.Close()
 }
 

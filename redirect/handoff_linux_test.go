@@ -208,3 +208,60 @@ func TestHandoffSuccessorOwnsThePath(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestHandoffPassesTheDNSSocket: a UDP socket (the DNS proxy's) is handed off as itself, next to TCP
+// listeners: a datagram queued on it before the hand-off is read by the successor.
+func TestHandoffPassesTheDNSSocket(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	testutil.CheckFDs(t)
+	path := filepath.Join(t.TempDir(), "handoff.sock")
+	srv, err := ListenHandoff(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	ln := listenTCP(t)
+	uc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer uc.Close()
+	done := make(chan error, 1)
+	go func() {
+		done <- srv.Serve(context.Background(), []NamedListener{{Name: "outbound", Ln: ln}, {Name: "dns-udp", PC: uc}}, nil)
+	}()
+	client, err := net.Dial("udp4", uc.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	if _, err := client.Write([]byte("queued")); err != nil {
+		t.Fatal(err)
+	}
+	tk, err := Take(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc, tl := tk.PacketConns["dns-udp"], tk.Listeners["outbound"]
+	if pc == nil || tl == nil || len(tk.PacketConns) != 1 || len(tk.Listeners) != 1 {
+		tk.Abort()
+		t.Fatalf("listeners %v, packet conns %v", tk.Listeners, tk.PacketConns)
+	}
+	defer pc.Close()
+	defer tl.Close()
+	if pc.LocalAddr().String() != uc.LocalAddr().String() {
+		t.Errorf("taken socket on %s, want %s", pc.LocalAddr(), uc.LocalAddr())
+	}
+	pc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 16)
+	n, _, err := pc.ReadFromUDP(buf)
+	if err != nil || string(buf[:n]) != "queued" {
+		t.Fatalf("read on the taken socket: %q, %v", buf[:n], err)
+	}
+	if err := tk.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("predecessor's Serve after the commit: %v", err)
+	}
+}

@@ -16,6 +16,7 @@ var ErrNoPredecessor = errors.New("no process serves the hand-off socket")
 type NamedListener struct {
 	Name string
 	Ln   *net.TCPListener
+	PC   *net.UDPConn
 }
 
 // HandoffServer serves a process's listeners to its successor (Linux only).
@@ -36,7 +37,8 @@ func (s *HandoffServer) Close() {}
 
 // Takeover is the successor's side of a hand-off (Linux only).
 type Takeover struct {
-	Listeners map[string]*net.TCPListener
+	Listeners   map[string]*net.TCPListener
+	PacketConns map[string]*net.UDPConn
 }
 
 // Take returns ErrNoPredecessor: the hand-off needs Linux.

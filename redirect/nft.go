@@ -15,7 +15,24 @@ type nftConfig struct {
 	Outbound, Inbound, HBONE uint16 // listener ports
 	InboundDNAT              uint16 // listener port for node-DNATed connections to enrolled pods; 0: none (drop them)
 	HBONEPort                uint16 // original destination port of inbound HBONE
-	NoTrack                  bool
+	// DNSUDP and DNSTCP are the ports of the DNS socket and listener; 0 when DNS capture is off.
+	DNSUDP, DNSTCP uint16
+	NoTrack        bool
+}
+
+// dnsNoTrack renders the conntrack exemption of captured DNS (both modes): pods' UDP queries in raw
+// prerouting (ModeEBPF exempts every packet it marked already) and the replies the agent sends from the
+// nameservers' addresses in raw output. Tracked, a node's DNAT of the nameserver's Service address
+// (kube-proxy) would rewrite the query's destination before the agent reads it.
+func (c nftConfig) dnsNoTrack(b *strings.Builder, t string, prerouting bool) {
+	if c.DNSUDP == 0 || !c.NoTrack {
+		return
+	}
+	if prerouting {
+		fmt.Fprintf(b, "add rule %s raw meta l4proto udp udp dport %d meta iif . ip saddr @podsrc4 notrack\n", t, DNSPort)
+		fmt.Fprintf(b, "add rule %s raw meta l4proto udp udp dport %d meta iif . ip6 saddr @podsrc6 notrack\n", t, DNSPort)
+	}
+	fmt.Fprintf(b, "add rule %s rawout meta l4proto udp udp sport %d socket transparent 1 notrack\n", t, DNSPort)
 }
 
 // markSet is the nft statement that sets the capture mark under its mask, keeping the other bits.
@@ -113,11 +130,21 @@ func tproxyRuleset(c nftConfig) string {
 		fmt.Fprintf(&b, "add rule %s rawtransparent %s return\n", t, c.ownSocket())
 		fmt.Fprintf(&b, "add rule %s rawtransparent notrack\n", t)
 		c.rawOutput(&b, t)
+		c.dnsNoTrack(&b, t, true)
 	}
 	mark := c.markSet()
 	m := c.Marks
+	if c.DNSUDP != 0 {
+		// A query with no DNS socket to take it (the agent is restarting) goes on to its nameserver.
+		fmt.Fprintf(&b, "add rule %s mangle meta l4proto udp udp dport %d meta iif . ip saddr @podsrc4 tproxy ip to :%d %s accept\n", t, DNSPort, c.DNSUDP, mark)
+		fmt.Fprintf(&b, "add rule %s mangle meta l4proto udp udp dport %d meta iif . ip6 saddr @podsrc6 tproxy ip6 to :%d %s accept\n", t, DNSPort, c.DNSUDP, mark)
+	}
 	fmt.Fprintf(&b, "add rule %s mangle meta l4proto != tcp return\n", t)
 	fmt.Fprintf(&b, "add rule %s mangle meta mark & %#08x == %#08x return\n", t, m.OwnMask, m.Own)
+	if c.DNSTCP != 0 {
+		fmt.Fprintf(&b, "add rule %s mangle %s tcp dport %d meta iif . ip saddr @podsrc4 tproxy ip to :%d %s accept\n", t, synOnly, DNSPort, c.DNSTCP, mark)
+		fmt.Fprintf(&b, "add rule %s mangle %s tcp dport %d meta iif . ip6 saddr @podsrc6 tproxy ip6 to :%d %s accept\n", t, synOnly, DNSPort, c.DNSTCP, mark)
+	}
 	fmt.Fprintf(&b, "add rule %s mangle %s meta iif . ip saddr @podsrc4 tproxy ip to :%d %s accept\n", t, synOnly, c.Outbound, mark)
 	fmt.Fprintf(&b, "add rule %s mangle %s meta iif . ip6 saddr @podsrc6 tproxy ip6 to :%d %s accept\n", t, synOnly, c.Outbound, mark)
 	fmt.Fprintf(&b, "add rule %s mangle %s ip daddr @pods4 tcp dport %d tproxy ip to :%d %s accept\n", t, synOnly, c.HBONEPort, c.HBONE, mark)
@@ -158,6 +185,7 @@ func ebpfRuleset(c nftConfig) string {
 		fmt.Fprintf(&b, "add rule %s raw %s notrack\n", t, captured)
 		fmt.Fprintf(&b, "add chain %s rawout { type filter hook output priority raw; policy accept; }\n", t)
 		c.rawOutput(&b, t)
+		c.dnsNoTrack(&b, t, false)
 	}
 	fmt.Fprintf(&b, "add chain %s mangle { type filter hook prerouting priority mangle; policy accept; }\n", t)
 	fmt.Fprintf(&b, "add rule %s mangle meta l4proto tcp fib daddr type local socket transparent 1 %s accept\n", t, c.markSet())

@@ -37,10 +37,14 @@ func TestRulesets(t *testing.T) {
 	custom.Outbound, custom.Inbound, custom.HBONE, custom.HBONEPort = 25001, 25006, 25008, 15009
 	noDNAT := testNFT
 	noDNAT.InboundDNAT = 0
+	dns := testNFT
+	dns.DNSUDP, dns.DNSTCP = 15053, 15053
 	cases := []struct {
 		name, file, got string
 	}{
 		{"tproxy", "tproxy.nft", tproxyRuleset(testNFT)},
+		{"tproxy with dns capture", "tproxy-dns.nft", tproxyRuleset(dns)},
+		{"ebpf with dns capture", "ebpf-dns.nft", ebpfRuleset(dns)},
 		{"tproxy without notrack", "tproxy-nonotrack.nft", tproxyRuleset(noTrackOff)},
 		{"tproxy custom ports and marks", "tproxy-custom.nft", tproxyRuleset(custom)},
 		{"ebpf", "ebpf.nft", ebpfRuleset(testNFT)},

@@ -101,7 +101,14 @@ type Listeners struct {
 	// translates the agent's replies back to the address the client dialled. Nil: such connections are dropped
 	// (fail closed), never passed to the pod around the agent.
 	InboundDNAT *net.TCPListener // original port 15007
+	// DNSUDP and DNSTCP, both or neither, turn DNS capture on: the queries of enrolled pods to port
+	// DNSPort (UDP, and TCP connections) go to them instead of their nameserver (port 15053).
+	DNSUDP *DNSConn
+	DNSTCP *net.TCPListener
 }
+
+// dns reports whether DNS capture is on.
+func (l Listeners) dns() bool { return l.DNSUDP != nil && l.DNSTCP != nil }
 
 // Marks are the packet marks Ambit uses. Pick bits that the CNI does not use.
 type Marks struct {
@@ -228,6 +235,9 @@ func (o Options) validate(cleanupOnly bool) error {
 	l := o.Listeners
 	if l.Outbound == nil || l.Inbound == nil || l.HBONE == nil {
 		return fmt.Errorf("all three capture listeners are required")
+	}
+	if (l.DNSUDP == nil) != (l.DNSTCP == nil) {
+		return fmt.Errorf("DNS capture needs both the DNS socket and the DNS listener")
 	}
 	return nil
 }

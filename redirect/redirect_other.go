@@ -60,3 +60,27 @@ func (f SocketFactory) DialContext(ctx context.Context, network, address string)
 func (f SocketFactory) DialFrom(ctx context.Context, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
 	return nil, fmt.Errorf("%w: transparent dials need Linux", ErrNotSupported)
 }
+
+// DNSPort is the destination port of the DNS traffic capture takes.
+const DNSPort = 53
+
+// DNSConn is the agent's DNS socket (Linux only).
+type DNSConn struct {
+	*net.UDPConn
+}
+
+// ListenDNS returns ErrNotSupported outside Linux.
+func (f SocketFactory) ListenDNS(ctx context.Context, addr netip.AddrPort) (*DNSConn, error) {
+	return nil, fmt.Errorf("%w: the DNS socket needs Linux", ErrNotSupported)
+}
+
+// DNSConnOf wraps a DNS socket.
+func (f SocketFactory) DNSConnOf(uc *net.UDPConn) *DNSConn { return &DNSConn{UDPConn: uc} }
+
+// ReadQuery returns ErrNotSupported outside Linux.
+func (c *DNSConn) ReadQuery(b []byte) (int, netip.AddrPort, netip.AddrPort, error) {
+	return 0, netip.AddrPort{}, netip.AddrPort{}, ErrNotSupported
+}
+
+// Reply returns ErrNotSupported outside Linux.
+func (c *DNSConn) Reply(b []byte, from, to netip.AddrPort) error { return ErrNotSupported }

@@ -44,6 +44,9 @@ func (r *tproxyRedirector) nftConfig() nftConfig {
 	if l.InboundDNAT != nil {
 		c.InboundDNAT = listenerPort(l.InboundDNAT)
 	}
+	if l.dns() {
+		c.DNSUDP, c.DNSTCP = l.DNSUDP.local.Port(), listenerPort(l.DNSTCP)
+	}
 	return c
 }
 

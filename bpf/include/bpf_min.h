@@ -207,6 +207,7 @@ static long (*bpf_sk_assign)(void *ctx, void *sk, __u64 flags) = (void *)124;
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
 #define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
 
 /* IPv6 extension headers (linux/in6.h) that may precede TCP. */
 #define IPPROTO_HOPOPTS 0
@@ -283,6 +284,15 @@ struct tcphdr {
 	__be16 window;
 	__u16 check;
 	__be16 urg_ptr;
+};
+
+/* ---- linux/udp.h ---- */
+
+struct udphdr {
+	__be16 source;
+	__be16 dest;
+	__be16 len;
+	__u16 check;
 };
 
 #endif /* AMBIT_BPF_MIN_H */

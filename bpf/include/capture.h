@@ -26,7 +26,9 @@ enum verdict {
 	                            * too long or truncated to find TCP): dropped */
 	VERDICT_UNHOOKED = 8,      /* tc egress (pod side): a new TCP connection to an enrolled pod forwarded
 	                            * from an interface capture does not hook: dropped */
-	VERDICT_MAX = 9,
+	VERDICT_DNS = 9,           /* tc: a DNS query (UDP, or the SYN of TCP, to port 53) from an enrolled
+	                            * pod with DNS capture on: marked for the DNS socket or listener */
+	VERDICT_MAX = 10,
 };
 
 /* listener is the key of the listeners SOCKMAP. */
@@ -34,7 +36,9 @@ enum listener {
 	LISTENER_OUTBOUND = 0,
 	LISTENER_INBOUND = 1,
 	LISTENER_HBONE = 2,
-	LISTENER_MAX = 3,
+	LISTENER_DNS_UDP = 3, /* the DNS proxy's UDP socket (DNS capture on) */
+	LISTENER_DNS_TCP = 4, /* the DNS proxy's TCP listener (DNS capture on) */
+	LISTENER_MAX = 5,
 };
 
 /* pod_flags are the bits of pod_info.flags. A pod entry without

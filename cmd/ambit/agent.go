@@ -42,7 +42,8 @@ func newAgentCmd(stderr io.Writer) *cobra.Command {
 		Short: "Run the node agent",
 		Long: `Run Ambit's node agent: capture the traffic of this node's ambient pods, carry it over HBONE to
 waypoints and peer agents (or as plain TCP outside the mesh), terminate HBONE for local pods, enforce L4
-authorization, and serve admin (localhost:15000), metrics (:15020) and readiness (:15021).`,
+authorization, proxy the pods' DNS (:15053), and serve admin (localhost:15000), metrics (:15020) and
+readiness (:15021).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := applyEnv(cmd.Flags(), envs); err != nil {
@@ -129,6 +130,13 @@ authorization, and serve admin (localhost:15000), metrics (:15020) and readiness
 	envs["admin-allow-remote"] = "AMBIT_ADMIN_ALLOW_REMOTE"
 	addr(&cfg.MetricsAddr, agent.DefaultMetricsAddr, "metrics-addr", "AMBIT_METRICS_ADDR", "Prometheus metrics")
 	addr(&cfg.ReadinessAddr, agent.DefaultReadinessAddr, "readiness-addr", "AMBIT_READINESS_ADDR", "readiness probe")
+	fs.BoolVar(&cfg.DNSCapture, "dns-capture", true,
+		"capture enrolled pods' DNS (UDP and TCP port 53) and answer mesh names (Services, ServiceEntry hosts); forward the rest")
+	envs["dns-capture"] = "DNS_CAPTURE"
+	addr(&cfg.DNSAddr, agent.DefaultDNSAddr, "dns-addr", "AMBIT_DNS_ADDR", "DNS proxy socket and listener (UDP and TCP)")
+	fs.StringSliceVar(&cfg.DNSUpstreams, "dns-upstreams", nil, "resolvers for names outside the mesh, ip or ip:port (default: --dns-resolv-conf's nameservers)")
+	envs["dns-upstreams"] = "AMBIT_DNS_UPSTREAMS"
+	str(&cfg.DNSResolvConf, "dns-resolv-conf", "AMBIT_DNS_RESOLV_CONF", "/etc/resolv.conf", "resolv.conf read for the upstream resolvers")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 5*time.Second, "graceful shutdown: how long open connections may take to finish")
 	envs["drain-timeout"] = "AMBIT_DRAIN_TIMEOUT"
 	str(&cfg.HandoffSocket, "handoff-socket", "AMBIT_HANDOFF_SOCKET", "",

@@ -3,6 +3,7 @@ package local
 import (
 	"cmp"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 
@@ -86,6 +87,8 @@ type compiler struct {
 	svcInfos map[string][]*svcInfo // by namespace
 	// seServices are the services compiled from each ServiceEntry, one per host.
 	seServices map[*networkingv1.ServiceEntry][]*state.Service
+	// autoAddrs are the auto-allocated addresses of ServiceEntry hosts, by "<namespace>/<host>".
+	autoAddrs map[string][]netip.Addr
 	// policies are the WORKLOAD_SELECTOR authorization policies, for attaching to workloads.
 	selectorPolicies []selectorPolicy
 	// peerAuths are the PeerAuthentications, for each workload's effective mTLS mode.

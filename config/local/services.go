@@ -196,6 +196,7 @@ func (c *compiler) bindService(svc *state.Service, kind string, m *metav1.Object
 }
 
 func (c *compiler) buildServiceEntries() error {
+	c.autoAddrs = autoAllocate(c.objs.ServiceEntries)
 	for _, se := range c.objs.ServiceEntries {
 		if err := resource.ValidateMeta(&se.ObjectMeta, true); err != nil {
 			return c.inputErr(se, "ServiceEntry", &se.ObjectMeta, err)
@@ -284,9 +285,15 @@ func (c *compiler) convertServiceEntry(se *networkingv1.ServiceEntry) error {
 			return fmt.Errorf("spec.hosts: empty host")
 		}
 		wildcard = wildcard || strings.HasPrefix(h, "*")
+		addrs := vips
+		if len(vips) == 0 {
+			for _, ip := range c.autoAddrs[se.Namespace+"/"+h] {
+				addrs = append(addrs, state.NetworkAddress{Network: c.opts.Network, Addr: ip})
+			}
+		}
 		svc := &state.Service{
 			Name: se.Name, Namespace: se.Namespace, Hostname: h,
-			Addresses: vips, Ports: ports, SubjectAltNames: spec.SubjectAltNames, LoadBalancing: lb,
+			Addresses: addrs, Ports: ports, SubjectAltNames: spec.SubjectAltNames, LoadBalancing: lb,
 		}
 		res := c.bindService(svc, "ServiceEntry", &se.ObjectMeta, se)
 		if first == nil {

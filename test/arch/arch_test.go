@@ -112,6 +112,7 @@ func TestDependencyRules(t *testing.T) {
 			func(p string) bool { return production(p) && !under(p, "redirect") && !under(p, "bpf") },
 			func(imp string) bool { return imp == "golang.org/x/sys/unix" }},
 		{"mesh is pure: it imports only mesh", in("mesh"), oursExcept("mesh")},
+		{"the DNS proxy reads the state only", in("agent/dnsproxy"), oursExcept("agent/dnsproxy", "mesh")},
 		{"mesh does no I/O", in("mesh"), func(imp string) bool {
 			switch imp {
 			case "net", "net/http", "os", "os/exec", "os/signal", "syscall", "io/fs", "io/ioutil", "path/filepath", "unsafe":
