@@ -77,9 +77,9 @@ spec:
 `, egressNS, egressClientNS, egressExtNS)
 }
 
-// egressServiceEntry is the istio.io egress example's ServiceEntry (with an address, which the client dials:
-// Ambit's agent has no DNS proxy allocating one), in the waypoint's namespace, which --enroll-namespace binds
-// to the waypoint.
+// egressServiceEntry is the istio.io egress example's ServiceEntry, with an address the client dials directly
+// (without one, the agent's DNS proxy would answer the host with an auto-allocated address: see
+// waypoint/dns_lab_test.go), in the waypoint's namespace, which --enroll-namespace binds to the waypoint.
 const egressServiceEntry = `apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: api, namespace: istio-egress}
