@@ -132,3 +132,57 @@ func TestCaptureNodeDNATFailsClosed(t *testing.T) {
 		})
 	}
 }
+
+// TestDialFromThroughOutputDNAT: a connection the agent dials from an enrolled pod's address to an address the
+// node destination-NATs in output (kube-proxy's ClusterIP of a Service the agent does not route itself; backends
+// on another node and on the same node) gets its replies, which come from the backend to the pod's address,
+// delivered to the agent's socket, in both modes and families. Before, neither capture's socket lookup nor
+// netfilter's found the socket (it is connected to the Service address), and the node forwarded the replies to
+// the pod, which reset the connection.
+func TestDialFromThroughOutputDNAT(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(string(mode), func(t *testing.T) {
+			l, a, pod, remote := setup(t, mode)
+			local := l.Nodes[0].Pods[1]
+			svc := map[string][2]netip.Addr{ // family -> Service addresses for remote and local
+				"v4": {netip.MustParseAddr("10.96.0.60"), netip.MustParseAddr("10.96.0.61")},
+				"v6": {netip.MustParseAddr("fd00:96::60"), netip.MustParseAddr("fd00:96::61")},
+			}
+			rules := fmt.Sprintf(`table inet ambit_test_outdnat {
+	chain out {
+		type nat hook output priority -100; policy accept;
+		ip daddr %s tcp dport 80 dnat ip to %s:8080
+		ip daddr %s tcp dport 80 dnat ip to %s:8080
+		ip6 daddr %s tcp dport 80 dnat ip6 to [%s]:8080
+		ip6 daddr %s tcp dport 80 dnat ip6 to [%s]:8080
+	}
+}
+`, svc["v4"][0], remote.IP, svc["v4"][1], local.IP, svc["v6"][0], remote.IP6, svc["v6"][1], local.IP6)
+			cmd := l.Nodes[0].NS.Command(t.Context(), "nft", "-f", "-")
+			cmd.Stdin = strings.NewReader(rules)
+			if out, err := proc.CombinedOutput(cmd); err != nil {
+				t.Fatalf("install the output DNAT: %v: %s", err, out)
+			}
+			// A node routes Service addresses somewhere (its default route) before kube-proxy's DNAT rewrites them.
+			nsRun(t, l.Nodes[0].NS, "ip", "route", "add", "10.96.0.0/24", "dev", l.Nodes[0].Uplink)
+			nsRun(t, l.Nodes[0].NS, "ip", "-6", "route", "add", "fd00:96::/64", "dev", l.Nodes[0].Uplink)
+			for _, f := range families {
+				for i, where := range []string{"backend on another node", "backend on the same node"} {
+					t.Run(f.name+"/"+where, func(t *testing.T) {
+						ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+						defer cancel()
+						conn, err := a.sf.DialFrom(ctx, f.ip(pod), netip.AddrPortFrom(svc[f.name][i], 80))
+						if err != nil {
+							t.Fatal(err)
+						}
+						defer conn.Close()
+						c := &client{c: conn, br: newReader(conn)}
+						if peer := peerOf(t, c.say(t, "hello")); peer != f.ip(pod) {
+							t.Errorf("backend saw %s, want the pod's %s", peer, f.ip(pod))
+						}
+					})
+				}
+			}
+		})
+	}
+}

@@ -72,6 +72,13 @@
 // names the peer, the sign of such a pick-up. Options.DisableNoTrack removes the raw chains: captured
 // connections are then tracked from their clients' SYNs on.
 //
+// Every reply of a connection the agent dialled reaches the agent, whatever NAT the node applies to it: the first
+// packet stamps the own mark into the connection's conntrack mark (bits under Marks.OwnMask), and reply packets
+// of such connections get the capture mark in prerouting. This covers the node's destination NAT in output
+// (kube-proxy's ClusterIP or LoadBalancer address of a Service the agent passes through from a pod's address),
+// whose replies name the backend, which no socket lookup can match to the agent's socket before conntrack undoes
+// the translation on local delivery.
+//
 // The agent's own sockets are never captured: they are created in the node namespace (their packets never cross
 // a hooked ingress) and SocketFactory marks them (SO_MARK) as well. SocketFactory also makes the transparent
 // listeners and, for inbound delivery, connections bound to the original client's (non-local) address.

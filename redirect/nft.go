@@ -91,6 +91,31 @@ func (c nftConfig) postDNAT(b *strings.Builder, t string) {
 	}
 }
 
+// ownConnmark renders the rules (both modes) that deliver every reply of a connection the agent dialled to the
+// agent, whatever NAT the node applied to it: in output, the first packet of such a connection (own mark) stamps
+// the own mark into the connection's conntrack mark (ct mark bits under OwnMask); in prerouting (after conntrack),
+// packets in the reply direction of a connection so stamped get the capture mark and so reach the agent's
+// socket through the local routing table. Without it, a connection the agent dials from a pod's address to an
+// address the node destination-NATs in output (kube-proxy's ClusterIP or LoadBalancer address for a Service the
+// agent does not route itself) gets its replies addressed to the pod's address from the translated backend,
+// which neither the program's socket lookup nor netfilter's (both see the backend, not the address the socket
+// is connected to) finds: the node forwards them to the pod instead. The socket lookup only finds the agent's
+// socket once conntrack has undone the NAT on local delivery (LOCAL_IN).
+func (c nftConfig) ownConnmark(b *strings.Builder, t string) {
+	m := c.Marks
+	fmt.Fprintf(b, "add chain %s ownout { type filter hook output priority mangle; policy accept; }\n", t)
+	fmt.Fprintf(b, "flush chain %s ownout\n", t)
+	fmt.Fprintf(b, "add rule %s ownout meta l4proto tcp meta mark & %#08x == %#08x ct state new ct mark set ct mark & %#08x | %#08x\n",
+		t, m.OwnMask, m.Own, ^m.OwnMask, m.Own)
+}
+
+// ownReply is the prerouting rule of ownConnmark (in the mangle chain).
+func (c nftConfig) ownReply(b *strings.Builder, t string) {
+	m := c.Marks
+	fmt.Fprintf(b, "add rule %s mangle meta l4proto tcp ct direction reply ct mark & %#08x == %#08x %s accept\n",
+		t, m.OwnMask, m.Own, c.markSet())
+}
+
 // tproxyRuleset renders the transaction that installs (or re-adopts) ModeTPROXY's table: sets of enrolled pods
 // (kept across re-adoption), raw chains (prerouting and output) that exempt captured flows from conntrack but
 // for the agent's own dials (ownSocket, rawOutput), and a mangle chain that
@@ -140,6 +165,7 @@ func tproxyRuleset(c nftConfig) string {
 		fmt.Fprintf(&b, "add rule %s mangle meta l4proto udp udp dport %d meta iif . ip6 saddr @podsrc6 tproxy ip6 to :%d %s accept\n", t, DNSPort, c.DNSUDP, mark)
 	}
 	fmt.Fprintf(&b, "add rule %s mangle meta l4proto != tcp return\n", t)
+	c.ownReply(&b, t)
 	fmt.Fprintf(&b, "add rule %s mangle meta mark & %#08x == %#08x return\n", t, m.OwnMask, m.Own)
 	if c.DNSTCP != 0 {
 		fmt.Fprintf(&b, "add rule %s mangle %s tcp dport %d meta iif . ip saddr @podsrc4 tproxy ip to :%d %s accept\n", t, synOnly, DNSPort, c.DNSTCP, mark)
@@ -158,6 +184,7 @@ func tproxyRuleset(c nftConfig) string {
 	fmt.Fprintf(&b, "add rule %s mangle %s ip6 daddr @pods6 drop\n", t, synOnly)
 	fmt.Fprintf(&b, "add rule %s mangle socket wildcard 1 return\n", t)
 	fmt.Fprintf(&b, "add rule %s mangle socket transparent 1 %s accept\n", t, mark)
+	c.ownConnmark(&b, t)
 	c.postDNAT(&b, t)
 	return b.String()
 }
@@ -170,8 +197,10 @@ func tproxyRuleset(c nftConfig) string {
 //     that leaves with the pod's IP through a masquerade): the program sees them at tc ingress before conntrack
 //     restores the pod's address, so it cannot find the agent's socket; netfilter's socket lookup can (it
 //     uses the connection's original tuple when conntrack source-NATed it, IPv4 and IPv6), and the capture
-//     mark routes them to the agent. Only TCP addressed to the node itself pays for the lookup. (Matching "ct status snat"
-//     instead would turn conntrack on in a node namespace that has no other use for it.)
+//     mark routes them to the agent. Only TCP addressed to the node itself pays for the lookup;
+//   - ownConnmark's rules, for replies to the agent's dials that the node destination-NATed;
+//   - the postdnat chain and its sets of enrolled addresses. Its ct expressions (and ownConnmark's) turn conntrack
+//     on in the node namespace, where kube-proxy has turned it on already on any node it DNATs on.
 func ebpfRuleset(c nftConfig) string {
 	var b strings.Builder
 	t := "inet " + c.Table
@@ -188,7 +217,9 @@ func ebpfRuleset(c nftConfig) string {
 		c.dnsNoTrack(&b, t, false)
 	}
 	fmt.Fprintf(&b, "add chain %s mangle { type filter hook prerouting priority mangle; policy accept; }\n", t)
+	c.ownReply(&b, t)
 	fmt.Fprintf(&b, "add rule %s mangle meta l4proto tcp fib daddr type local socket transparent 1 %s accept\n", t, c.markSet())
+	c.ownConnmark(&b, t)
 	// The enrolled pods' addresses, for postdnat (the program keeps its own copy in the pods map).
 	fmt.Fprintf(&b, "add set %s pods4 { type ipv4_addr; }\n", t)
 	fmt.Fprintf(&b, "add set %s pods6 { type ipv6_addr; }\n", t)
