@@ -30,26 +30,9 @@ import (
 // the service does not have with 503, and nothing reaches the pod then.
 func TestHostnameAuthority(t *testing.T) {
 	tu.CheckGoroutines(t)
-	app, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	appPort := uint32(app.Addr().(*net.TCPAddr).Port)
 	accepted := make(chan struct{}, 16)
-	appDone := make(chan struct{})
-	go func() {
-		defer close(appDone)
-		for {
-			c, err := app.Accept()
-			if err != nil {
-				return
-			}
-			accepted <- struct{}{}
-			_, _ = io.Copy(c, c)
-			c.Close()
-		}
-	}()
-	defer func() { app.Close(); <-appDone }()
+	app := startEchoApp(t, accepted)
+	appPort := uint32(app.Addr().(*net.TCPAddr).Port)
 
 	srv := xdstest.Start(t, xdstest.Options{TypeURLs: []string{xds.AddressTypeURL, xds.AuthorizationTypeURL}})
 	inSvc := func(w *wapi.Workload) {
@@ -73,17 +56,7 @@ func TestHostnameAuthority(t *testing.T) {
 	tu.WaitFor(t, 20*time.Second, "agent ready", func() bool { ok, _ := a.Ready(); return ok })
 
 	client := spiffeid.RequireFromString("spiffe://cluster.local/ns/app/sa/client")
-	pool, err := hbone.NewPool(hbone.PoolOptions{Credentials: func(ctx context.Context, id spiffeid.ID) (*hbone.Credentials, error) {
-		c, err := ca.Issue(ctx, id)
-		if err != nil {
-			return nil, err
-		}
-		return &hbone.Credentials{ID: c.ID(), Certificate: *c.TLSCertificate(), Roots: c.RootPool()}, nil
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
+	pool := testPool(t, ca)
 	connect := func(authority string) (net.Conn, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()

@@ -30,25 +30,8 @@ func TestNoServiceBeforePolicy(t *testing.T) {
 	srv := xdstest.Start(t, xdstest.Options{TypeURLs: []string{xds.AddressTypeURL, xds.AuthorizationTypeURL},
 		Hold: []string{xds.AuthorizationTypeURL}})
 	srv.Set(xds.AddressTypeURL, map[string]proto.Message{xdstest.PodUID("app", "local"): xdstest.Pod("app", "local", "127.0.0.1")})
-	// The pod's application: an echo of one line.
-	app, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer app.Close()
-	appDone := make(chan struct{})
-	go func() {
-		defer close(appDone)
-		for {
-			c, err := app.Accept()
-			if err != nil {
-				return
-			}
-			_, _ = io.Copy(c, c)
-			c.Close()
-		}
-	}()
-	defer func() { app.Close(); <-appDone }()
+	// The pod's application: an echo.
+	app := startEchoApp(t, nil)
 
 	caDir := filepath.Join(t.TempDir(), "ca")
 	ca, err := identity.NewLocalCA(identity.LocalCAOptions{Dir: caDir})
@@ -62,17 +45,7 @@ func TestNoServiceBeforePolicy(t *testing.T) {
 	tu.WaitFor(t, 20*time.Second, "workload from istiod", func() bool { w, _, _ := a.Store.Counts(); return w == 1 })
 
 	client := spiffeid.RequireFromString("spiffe://cluster.local/ns/app/sa/client")
-	pool, err := hbone.NewPool(hbone.PoolOptions{Credentials: func(ctx context.Context, id spiffeid.ID) (*hbone.Credentials, error) {
-		c, err := ca.Issue(ctx, id)
-		if err != nil {
-			return nil, err
-		}
-		return &hbone.Credentials{ID: c.ID(), Certificate: *c.TLSCertificate(), Roots: c.RootPool()}, nil
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
+	pool := testPool(t, ca)
 	connect := func() (net.Conn, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
