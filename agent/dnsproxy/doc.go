@@ -8,8 +8,9 @@
 // and truncates UDP replies to what the client accepts. ServeUDP and ServeTCP run it on the sockets the
 // agent gets from redirect (a transparent UDP socket that learns each datagram's original destination
 // and replies from it, and a transparent TCP listener). Bounds for hostile clients: a global pool of
-// in-flight queries (a UDP query beyond it is dropped, counted), a cap on TCP connections, an idle
-// timeout and a message-size bound per TCP connection, an upstream timeout.
+// in-flight queries (a UDP query beyond it is dropped, counted), a cap on TCP connections, both also per
+// client address (MaxPerSource, so that one pod cannot starve the others), an idle timeout and a
+// message-size bound per TCP connection, an upstream timeout.
 //
 // Metrics use Istio's names (istio_dns_requests_total, istio_dns_upstream_requests_total,
 // istio_dns_upstream_failures_total, istio_dns_upstream_request_duration_seconds) plus

@@ -29,7 +29,7 @@ func newMetrics(reg prometheus.Registerer) (*metricSet, error) {
 		responses: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ambit_dns_responses_total",
 			Help: "DNS replies sent, by response code and by who answered (mesh, upstream, proxy)"}, []string{"rcode", "answered_by"}),
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ambit_dns_dropped_total",
-			Help: "DNS messages dropped without a reply, by reason (malformed, oversize, response, overload, unknown_client)"}, []string{"reason"}),
+			Help: "DNS messages dropped without a reply, by reason (malformed, oversize, response, overload, source_overload, unknown_client)"}, []string{"reason"}),
 	}
 	if reg == nil {
 		return m, nil

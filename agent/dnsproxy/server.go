@@ -29,9 +29,12 @@ const (
 
 // Defaults of the zero Config fields.
 const (
-	DefaultTimeout        = 5 * time.Second
-	DefaultMaxInflight    = 256
-	DefaultMaxTCPConns    = 256
+	DefaultTimeout     = 5 * time.Second
+	DefaultMaxInflight = 256
+	DefaultMaxTCPConns = 256
+	// DefaultMaxPerSource bounds what one client address holds of either (a pod flooding the proxy with
+	// queries its upstream never answers cannot take every slot from the pods next to it).
+	DefaultMaxPerSource   = 32
 	DefaultTCPIdleTimeout = 10 * time.Second
 	// TTL of the answers from the mesh, in seconds (Istio's DNS proxy uses 30).
 	TTL = 30
@@ -71,6 +74,9 @@ type Config struct {
 	MaxInflight int
 	// MaxTCPConns bounds open TCP connections (default DefaultMaxTCPConns); more are closed at accept.
 	MaxTCPConns int
+	// MaxPerSource bounds the queries in flight (UDP) and the open TCP connections of one client address
+	// (default DefaultMaxPerSource); beyond it UDP queries are dropped and connections closed at accept.
+	MaxPerSource int
 	// TCPIdleTimeout closes a TCP connection that sends no complete query for this long (default
 	// DefaultTCPIdleTimeout).
 	TCPIdleTimeout time.Duration
@@ -87,6 +93,35 @@ type Server struct {
 	m        *metricSet
 	inflight chan struct{} // a token per query being handled
 	tcpConns chan struct{} // a token per open TCP connection
+	udpSrc   perSource     // UDP queries in flight by client address
+	tcpSrc   perSource     // open TCP connections by client address
+}
+
+// perSource counts what each client address holds, up to a bound.
+type perSource struct {
+	mu  sync.Mutex
+	max int
+	n   map[netip.Addr]int
+}
+
+// acquire takes one for a, unless a holds max already.
+func (p *perSource) acquire(a netip.Addr) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.n[a] >= p.max {
+		return false
+	}
+	p.n[a]++
+	return true
+}
+
+// release gives back one that a held.
+func (p *perSource) release(a netip.Addr) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.n[a]--; p.n[a] <= 0 {
+		delete(p.n, a)
+	}
 }
 
 // New checks cfg and returns a Server.
@@ -105,6 +140,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.MaxTCPConns <= 0 {
 		cfg.MaxTCPConns = DefaultMaxTCPConns
+	}
+	if cfg.MaxPerSource <= 0 {
+		cfg.MaxPerSource = DefaultMaxPerSource
 	}
 	if cfg.TCPIdleTimeout <= 0 {
 		cfg.TCPIdleTimeout = DefaultTCPIdleTimeout
@@ -127,7 +165,9 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	return &Server{cfg: cfg, log: log, m: m,
-		inflight: make(chan struct{}, cfg.MaxInflight), tcpConns: make(chan struct{}, cfg.MaxTCPConns)}, nil
+		inflight: make(chan struct{}, cfg.MaxInflight), tcpConns: make(chan struct{}, cfg.MaxTCPConns),
+		udpSrc: perSource{max: cfg.MaxPerSource, n: map[netip.Addr]int{}},
+		tcpSrc: perSource{max: cfg.MaxPerSource, n: map[netip.Addr]int{}}}, nil
 }
 
 // answeredBy values of ambit_dns_responses_total.
@@ -393,15 +433,21 @@ func (s *Server) ServeUDP(ctx context.Context, pc PacketConn) error {
 			}
 			return fmt.Errorf("read dns query: %w", err)
 		}
+		client := src.Addr().Unmap()
+		if !s.udpSrc.acquire(client) {
+			s.m.dropped.WithLabelValues("source_overload").Inc()
+			continue
+		}
 		select {
 		case s.inflight <- struct{}{}:
 		default:
+			s.udpSrc.release(client)
 			s.m.dropped.WithLabelValues("overload").Inc()
 			continue
 		}
 		q := append([]byte(nil), buf[:n]...)
 		wg.Go(func() {
-			defer func() { <-s.inflight }()
+			defer func() { <-s.inflight; s.udpSrc.release(client) }()
 			reply := s.Handle(ctx, q, src, UDP)
 			if reply == nil {
 				return
@@ -433,15 +479,22 @@ func (s *Server) ServeTCP(ctx context.Context, ln net.Listener) error {
 			}
 			return fmt.Errorf("accept dns connection: %w", err)
 		}
+		client := addrPortOf(c.RemoteAddr()).Addr().Unmap()
+		if !s.tcpSrc.acquire(client) {
+			s.m.dropped.WithLabelValues("source_overload").Inc()
+			c.Close()
+			continue
+		}
 		select {
 		case s.tcpConns <- struct{}{}:
 		default:
+			s.tcpSrc.release(client)
 			s.m.dropped.WithLabelValues("overload").Inc()
 			c.Close()
 			continue
 		}
 		wg.Go(func() {
-			defer func() { <-s.tcpConns }()
+			defer func() { <-s.tcpConns; s.tcpSrc.release(client) }()
 			s.serveConn(ctx, c)
 		})
 	}

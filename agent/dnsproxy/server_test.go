@@ -456,3 +456,100 @@ func TestKnownClientsOnly(t *testing.T) {
 		t.Errorf("ambit_dns_dropped_total{reason=unknown_client} = %v, want 1", v)
 	}
 }
+
+// TestPerSourceBound: a client flooding the proxy with queries its upstream never answers holds at most
+// MaxPerSource of the in-flight slots; another client's query is still answered. Before the bound, the flood
+// took every slot and the other client's queries were dropped.
+func TestPerSourceBound(t *testing.T) {
+	tu.CheckGoroutines(t)
+	// An upstream that reads queries and never answers.
+	hole, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hole.Close()
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			if _, _, err := hole.ReadFrom(buf); err != nil {
+				return
+			}
+		}
+	}()
+	p := startProxy(t, Config{Upstreams: []netip.AddrPort{hole.LocalAddr().(*net.UDPAddr).AddrPort()},
+		Timeout: 3 * time.Second, MaxInflight: 4, MaxPerSource: 2})
+	flood, err := net.Dial("udp4", p.udp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer flood.Close()
+	for i := range 6 {
+		m := new(dns.Msg)
+		m.SetQuestion(fmt.Sprintf("q%d.example.org.", i), dns.TypeA)
+		b, err := m.Pack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := flood.Write(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tu.WaitFor(t, 5*time.Second, "the flood's excess dropped", func() bool {
+		return testutil.ToFloat64(p.srv.m.dropped.WithLabelValues("source_overload")) == 4
+	})
+	// Another client (127.0.0.2) is answered from the mesh while the flood holds its two slots.
+	m := new(dns.Msg)
+	m.SetQuestion("reviews.demo.svc.cluster.local.", dns.TypeA)
+	c := &dns.Client{Net: "udp", Timeout: 2 * time.Second,
+		Dialer: &net.Dialer{LocalAddr: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 2)}}}
+	r, _, err := c.Exchange(m, p.udp)
+	if err != nil || len(r.Answer) == 0 {
+		t.Fatalf("the other client's query: %v, %v", r, err)
+	}
+}
+
+// TestPerSourceTCPConnections: one client address holds at most MaxPerSource TCP connections; another
+// client's connection is still served.
+func TestPerSourceTCPConnections(t *testing.T) {
+	tu.CheckGoroutines(t)
+	p := startProxy(t, Config{MaxTCPConns: 4, MaxPerSource: 1})
+	ask := func(c net.Conn) error {
+		m := new(dns.Msg)
+		m.SetQuestion("reviews.demo.svc.cluster.local.", dns.TypeA)
+		co := &dns.Conn{Conn: c}
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		if err := co.WriteMsg(m); err != nil {
+			return err
+		}
+		_, err := co.ReadMsg()
+		return err
+	}
+	first, err := net.Dial("tcp4", p.tcp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	if err := ask(first); err != nil {
+		t.Fatal(err)
+	}
+	second, err := net.Dial("tcp4", p.tcp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	if err := ask(second); err == nil {
+		t.Error("a second connection from the same address was served")
+	}
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
+	other, err := d.Dial("tcp4", p.tcp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if err := ask(other); err != nil {
+		t.Errorf("another client's connection: %v", err)
+	}
+	if v := testutil.ToFloat64(p.srv.m.dropped.WithLabelValues("source_overload")); v != 1 {
+		t.Errorf("ambit_dns_dropped_total{reason=source_overload} = %v, want 1", v)
+	}
+}
