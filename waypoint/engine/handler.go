@@ -13,8 +13,8 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
-	"net/http/httputil"
 	"net/netip"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -58,11 +58,10 @@ const (
 )
 
 // reqState is one request through the engine. It is handed explicitly to every step (handler.go,
-// forward.go), and it owns the request's ReverseProxy, whose hooks (rewrite, modifyResponse,
-// proxyError) and transport (RoundTrip) are its methods: no state travels in the request's context.
+// proxy.go, forward.go): the proxy's hooks (rewrite, modifyResponse, proxyError) and its transport
+// (RoundTrip) are its methods, and no state travels in the request's context.
 type reqState struct {
 	e         *Engine
-	proxy     httputil.ReverseProxy
 	info      *ConnInfo
 	snap      *snapshot
 	sel       routing.Selected
@@ -83,6 +82,16 @@ type reqState struct {
 	rw         respWriter
 	cbody      countingBody
 	defBackend model.Backend
+	out        http.Request // the outgoing request (proxy.go)
+	outURL     url.URL
+	ncBody     noCloseBody
+
+	reqHeaderBytes   int64 // the client's request header size, counted before forwarding edits the headers
+	reqHeaderCounted bool
+	on1xx            func(code int, h http.Header) // relays an informational response to the client
+
+	mu1xx  sync.Mutex
+	rtDone bool // guarded by mu1xx; the round trip returned: no more 1xx may touch the response
 
 	flags    []string
 	upstream netip.AddrPort
@@ -179,7 +188,11 @@ func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if rs.dstWl != nil {
 		lbl.DestPrincipal = strings.TrimPrefix(rs.dstWl.Identity(), "spiffe://")
 	}
-	reqBytes := body.n + headerSize(r.Header)
+	reqHdr := rs.reqHeaderBytes
+	if !rs.reqHeaderCounted {
+		reqHdr = headerSize(r.Header)
+	}
+	reqBytes := body.n.Load() + reqHdr
 	respBytes := rw.n + headerSize(rw.Header())
 	e.metrics.Observe(lbl, dur, reqBytes, respBytes)
 
@@ -202,7 +215,7 @@ func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		slog.String("method", r.Method), slog.String("authority", r.Host), slog.String("path", r.URL.RequestURI()),
 		slog.String("protocol", r.Proto), slog.Int("status", code), slog.String("response_flags", rs.flagString()),
 		slog.String("upstream", addrString(rs.upstream)), slog.Int("attempts", rs.attempts),
-		slog.Duration("duration", dur), slog.Int64("bytes_received", body.n), slog.Int64("bytes_sent", rw.n),
+		slog.Duration("duration", dur), slog.Int64("bytes_received", body.n.Load()), slog.Int64("bytes_sent", rw.n),
 		slog.String("trace_id", span.SpanContext().TraceID().String()),
 	}
 	if dstSvc != nil {
@@ -484,7 +497,11 @@ func (e *Engine) handle(w http.ResponseWriter, r *http.Request, rs *reqState) {
 	}
 
 	// 9. Forward.
-	rs.proxy.ServeHTTP(w, r)
+	if rs.upgrade {
+		rs.forwardUpgrade(w, r)
+		return
+	}
+	rs.forward(w, r)
 }
 
 func cmpOr(a, b int) int {
@@ -682,25 +699,14 @@ type readCloser struct {
 	io.Closer
 }
 
-// newReqState returns the state of a request arriving on info, its proxy bound to it.
+// newReqState returns the state of a request arriving on info.
 func (e *Engine) newReqState(info *ConnInfo, snap *snapshot) *reqState {
-	rs := &reqState{e: e, info: info, snap: snap}
-	rs.proxy = httputil.ReverseProxy{
-		Rewrite:        rs.rewrite,
-		Transport:      rs,
-		FlushInterval:  0, // streamed responses (unknown length, gRPC, event streams) are still flushed per write
-		BufferPool:     bufferPool{},
-		ModifyResponse: rs.modifyResponse,
-		ErrorHandler:   rs.proxyError,
-		ErrorLog:       e.proxyLog,
-	}
-	return rs
+	return &reqState{e: e, info: info, snap: snap}
 }
 
-// rewrite builds the upstream request (ReverseProxy Rewrite hook).
-func (rs *reqState) rewrite(pr *httputil.ProxyRequest) {
+// rewrite builds the upstream request out from the client's request in.
+func (rs *reqState) rewrite(in, out *http.Request) {
 	e := rs.e
-	out := pr.Out
 	out.URL.Scheme = "http"
 	rule := rs.rule
 	applyRequestFilters(out, &rule.Filters, rs.sel.Match)
@@ -724,10 +730,10 @@ func (rs *reqState) rewrite(pr *httputil.ProxyRequest) {
 		for _, h := range []string{"X-B3-Traceid", "X-B3-Spanid", "X-B3-Parentspanid", "X-B3-Sampled", "X-B3-Flags", "B3"} {
 			out.Header.Del(h)
 		}
-		e.tracing.Propagator.Inject(pr.In.Context(), propagation.HeaderCarrier(out.Header))
+		e.tracing.Propagator.Inject(in.Context(), propagation.HeaderCarrier(out.Header))
 	} else {
 		out.Header.Del("Tracestate")
-		e.tracing.W3C.Inject(pr.In.Context(), propagation.HeaderCarrier(out.Header))
+		e.tracing.W3C.Inject(in.Context(), propagation.HeaderCarrier(out.Header))
 	}
 	if rs.http1 && out.ProtoMajor == 2 {
 		out.Header.Del("Te") // h2 "te: trailers" is meaningless to an HTTP/1.1 upstream
@@ -759,7 +765,7 @@ func applyHeaderMod(h http.Header, m *model.HeaderMod) {
 	}
 }
 
-// modifyResponse applies the response filters (ReverseProxy ModifyResponse hook).
+// modifyResponse applies the response filters.
 func (rs *reqState) modifyResponse(resp *http.Response) error {
 	if resp.StatusCode == http.StatusSwitchingProtocols && (!rs.upgrade || !strings.EqualFold(resp.Header.Get("Upgrade"), "websocket")) {
 		return errUnexpectedUpgrade // the proxy closes the body (releasing the attempt) and calls proxyError
@@ -778,7 +784,7 @@ func (rs *reqState) modifyResponse(resp *http.Response) error {
 	return nil
 }
 
-// proxyError answers a request that could not be forwarded (ReverseProxy ErrorHandler hook).
+// proxyError answers a request that could not be forwarded.
 func (rs *reqState) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	e := rs.e
 	switch {
@@ -861,13 +867,13 @@ func (w *respWriter) Flush() {
 
 type countingBody struct {
 	io.ReadCloser
-	n    int64
+	n    atomic.Int64 // read by ServeHTTP while a streamed body's writer may still count
 	idle *idleWatch
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
-	b.n += int64(n)
+	b.n.Add(int64(n))
 	if n > 0 && b.idle != nil {
 		b.idle.touch()
 	}
