@@ -120,7 +120,9 @@ func (s *reqState) flagString() string {
 
 // ServeHTTP runs one request through the pipeline described in the package documentation.
 func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	growStack(0)
+	if r.ProtoMajor == 2 {
+		growStack(0) // a fresh goroutine per HTTP/2 stream; HTTP/1.1 reuses the connection's, already grown
+	}
 	info, _ := r.Context().Value(connKey{}).(*ConnInfo)
 	if info == nil {
 		http.Error(w, "no HBONE context", http.StatusInternalServerError)
