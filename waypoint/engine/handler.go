@@ -86,7 +86,8 @@ type reqState struct {
 	outURL     url.URL
 	ncBody     noCloseBody
 
-	reqHeaderBytes   int64 // the client's request header size, counted before forwarding edits the headers
+	hv               [4]string // header values the proxy sets (rewrite, forward)
+	reqHeaderBytes   int64     // the client's request header size, counted before forwarding edits the headers
 	reqHeaderCounted bool
 	on1xx            func(code int, h http.Header) // relays an informational response to the client
 
@@ -149,7 +150,11 @@ func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		defer rs.idle.stop()
 		rs.rw.idle, rs.cbody.idle = rs.idle, rs.idle
 	}
-	ctx = e.tracing.Propagator.Extract(ctx, propagation.HeaderCarrier(r.Header))
+	if hasB3(r.Header) {
+		ctx = e.tracing.Propagator.Extract(ctx, headerCarrier(r.Header))
+	} else {
+		ctx = e.tracing.W3C.Extract(ctx, headerCarrier(r.Header)) // the same result, without B3's context values
+	}
 	ctx, span := e.tracing.Tracer.Start(ctx, "waypoint", trace.WithSpanKind(trace.SpanKindServer))
 	if span.IsRecording() {
 		span.SetName(r.Host + r.URL.Path)
@@ -641,6 +646,56 @@ func (e *Engine) chooseBackend(r *http.Request, rs *reqState) error {
 	return nil
 }
 
+// headerCarrier is propagation.HeaderCarrier without its allocation per Get and Set: the propagators'
+// lower-case keys map to canonical header names without building them.
+type headerCarrier http.Header
+
+func (c headerCarrier) Get(key string) string {
+	if vs := c[traceHeader(key)]; len(vs) > 0 {
+		return vs[0]
+	}
+	return ""
+}
+
+func (c headerCarrier) Set(key, value string) { c[traceHeader(key)] = []string{value} }
+
+func (c headerCarrier) Keys() []string { return propagation.HeaderCarrier(c).Keys() }
+
+// traceHeader returns the canonical form of a trace propagation header name.
+func traceHeader(k string) string {
+	switch k {
+	case "traceparent":
+		return "Traceparent"
+	case "tracestate":
+		return "Tracestate"
+	case "baggage":
+		return "Baggage"
+	case "b3":
+		return "B3"
+	case "x-b3-traceid":
+		return "X-B3-Traceid"
+	case "x-b3-spanid":
+		return "X-B3-Spanid"
+	case "x-b3-parentspanid":
+		return "X-B3-Parentspanid"
+	case "x-b3-sampled":
+		return "X-B3-Sampled"
+	case "x-b3-flags":
+		return "X-B3-Flags"
+	}
+	return http.CanonicalHeaderKey(k)
+}
+
+// hasB3 reports whether h carries any B3 header (single or multi).
+func hasB3(h http.Header) bool {
+	for _, k := range [...]string{"B3", "X-B3-Traceid", "X-B3-Spanid", "X-B3-Sampled", "X-B3-Flags", "X-B3-Parentspanid"} {
+		if _, ok := h[k]; ok {
+			return true
+		}
+	}
+	return false
+}
+
 // requestID returns a random 128-bit hex ID (math/rand/v2's ChaCha8 source: unique, not secret).
 func requestID() string {
 	var b [16]byte
@@ -715,16 +770,20 @@ func (rs *reqState) rewrite(in, out *http.Request) {
 	if rs.backend != nil {
 		applyRequestFilters(out, &rs.backend.Filters, rs.sel.Match)
 	}
+	// The values live in rs (rs.hv): setting them costs no allocation of their own.
 	if ip := rs.info.Remote.Addr(); ip.IsValid() {
 		if prior := out.Header.Get("X-Forwarded-For"); prior != "" {
-			out.Header.Set("X-Forwarded-For", prior+", "+ip.Unmap().String())
+			rs.hv[0] = prior + ", " + ip.Unmap().String()
 		} else {
-			out.Header.Set("X-Forwarded-For", ip.Unmap().String())
+			rs.hv[0] = ip.Unmap().String()
 		}
+		out.Header["X-Forwarded-For"] = rs.hv[0:1:1]
 	}
-	out.Header.Set("X-Forwarded-Proto", "http")
+	rs.hv[1] = "http"
+	out.Header["X-Forwarded-Proto"] = rs.hv[1:2:2]
 	if out.Header.Get("X-Request-Id") == "" {
-		out.Header.Set("X-Request-Id", requestID())
+		rs.hv[2] = requestID()
+		out.Header["X-Request-Id"] = rs.hv[2:3:3]
 	}
 	// W3C trace context always; B3 too when the client used B3 (the formats the client understands).
 	b3 := out.Header.Get("X-B3-Traceid") != "" || out.Header.Get("B3") != ""
@@ -732,10 +791,10 @@ func (rs *reqState) rewrite(in, out *http.Request) {
 		for _, h := range []string{"X-B3-Traceid", "X-B3-Spanid", "X-B3-Parentspanid", "X-B3-Sampled", "X-B3-Flags", "B3"} {
 			out.Header.Del(h)
 		}
-		e.tracing.Propagator.Inject(in.Context(), propagation.HeaderCarrier(out.Header))
+		e.tracing.Propagator.Inject(in.Context(), headerCarrier(out.Header))
 	} else {
 		out.Header.Del("Tracestate")
-		e.tracing.W3C.Inject(in.Context(), propagation.HeaderCarrier(out.Header))
+		e.tracing.W3C.Inject(in.Context(), headerCarrier(out.Header))
 	}
 	if rs.http1 && out.ProtoMajor == 2 {
 		out.Header.Del("Te") // h2 "te: trailers" is meaningless to an HTTP/1.1 upstream

@@ -51,7 +51,7 @@ func (rs *reqState) forward(w http.ResponseWriter, r *http.Request) {
 	out.URL.RawQuery = cleanQueryParams(out.URL.RawQuery)
 	rs.rewrite(r, out)
 	if _, ok := h["User-Agent"]; !ok {
-		h["User-Agent"] = []string{""} // no default Go User-Agent upstream
+		h["User-Agent"] = rs.hv[3:4:4] // "": no default Go User-Agent upstream
 	}
 	rs.on1xx = func(code int, hdr http.Header) {
 		dst := w.Header()
@@ -175,7 +175,7 @@ func streamingResponse(resp *http.Response) bool {
 		return true
 	}
 	ct := resp.Header.Get("Content-Type")
-	if ct == "" {
+	if len(ct) < len("text/event-stream") || !strings.EqualFold(ct[:len("text/event-stream")], "text/event-stream") {
 		return false
 	}
 	base, _, _ := mime.ParseMediaType(ct)
