@@ -17,6 +17,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -145,6 +146,12 @@ func startBackend() (string, func(), error) {
 	protos.SetHTTP1(true)
 	protos.SetUnencryptedHTTP2(true)
 	srv := &http.Server{Protocols: &protos, ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			select {
+			case <-time.After(2 * time.Second):
+			case <-r.Context().Done():
+			}
+		}
 		if r.URL.Path == "/big" {
 			w.Header().Set("Content-Length", strconv.Itoa(256<<20))
 			buf := make([]byte, 64<<10)
@@ -635,6 +642,7 @@ type row struct {
 	proxy, mode                     string
 	rps, p50, p99                   []float64
 	rssAtRate, anonAtRate, slowPeak []float64
+	perConn, perStream              []float64 // anonymous KiB per idle keep-alive connection, per in-flight h2c stream
 }
 
 func benchProxies(ctx context.Context, rounds int, d time.Duration, rate int, only string) error {
@@ -727,6 +735,12 @@ func benchProxies(ctx context.Context, rounds int, d time.Duration, rate int, on
 					rw.rssAtRate = append(rw.rssAtRate, float64(p.rss())/(1<<20))
 					rw.anonAtRate = append(rw.anonAtRate, float64(p.anon())/(1<<20))
 					rw.slowPeak = append(rw.slowPeak, float64(slowClients(ctx, p, 4, 1<<20, d))/(1<<20))
+					pc, ps, err := connMemory(ctx, p, 500)
+					if err != nil {
+						p.stop()
+						return fmt.Errorf("%s memory per connection: %w", n, err)
+					}
+					rw.perConn, rw.perStream = append(rw.perConn, pc), append(rw.perStream, ps)
 				}
 			}
 			if n != "direct" {
@@ -736,7 +750,7 @@ func benchProxies(ctx context.Context, rounds int, d time.Duration, rate int, on
 		}
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "proxy\tmode\treq/s (1 core)\tvs nginx\tp50 µs\tp99 µs\tadded p50 µs\tadded p99 µs\tp99 vs nginx\tRSS MiB @"+strconv.Itoa(rate)+"/s\tslow-client growth MiB\t")
+	fmt.Fprintln(tw, "proxy\tmode\treq/s (1 core)\tvs nginx\tp50 µs\tp99 µs\tadded p50 µs\tadded p99 µs\tp99 vs nginx\tRSS MiB @"+strconv.Itoa(rate)+"/s\tslow-client growth MiB\tKiB/conn\tKiB/stream\t")
 	for _, m := range modes {
 		direct := rows[key("direct", m.name)]
 		ng := rows[key("nginx", m.name)]
@@ -747,7 +761,7 @@ func benchProxies(ctx context.Context, rounds int, d time.Duration, rate int, on
 			}
 			added50 := median(rw.p50) - median(direct.p50)
 			added99 := median(rw.p99) - median(direct.p99)
-			vs, p99vs, mem, slow := "-", "-", "-", "-"
+			vs, p99vs, mem, slow, pc, ps := "-", "-", "-", "-", "-", "-"
 			if n != "direct" {
 				vs = fmt.Sprintf("%.2fx", median(rw.rps)/median(ng.rps))
 				p99vs = fmt.Sprintf("%.2fx", median(rw.p99)/median(ng.p99))
@@ -755,9 +769,10 @@ func benchProxies(ctx context.Context, rounds int, d time.Duration, rate int, on
 			if len(rw.rssAtRate) > 0 {
 				mem = fmt.Sprintf("%.1f (%.1f)", median(rw.rssAtRate), median(rw.anonAtRate))
 				slow = fmt.Sprintf("%.1f", median(rw.slowPeak))
+				pc, ps = fmt.Sprintf("%.1f", median(rw.perConn)), fmt.Sprintf("%.1f", median(rw.perStream))
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%s\t%.0f\t%.0f\t%.0f\t%.0f\t%s\t%s\t%s\t\n", n, m.name, median(rw.rps), vs,
-				median(rw.p50), median(rw.p99), added50, added99, p99vs, mem, slow)
+			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%s\t%.0f\t%.0f\t%.0f\t%.0f\t%s\t%s\t%s\t%s\t%s\t\n", n, m.name, median(rw.rps), vs,
+				median(rw.p50), median(rw.p99), added50, added99, p99vs, mem, slow, pc, ps)
 		}
 	}
 	tw.Flush()
@@ -765,9 +780,80 @@ func benchProxies(ctx context.Context, rounds int, d time.Duration, rate int, on
 	fmt.Println(" RSS includes the mapped binary (Ambit's single binary is ~45 MB); anon = heap and stacks only;")
 	fmt.Println(" slow-client growth = peak anonymous RSS increase while 4 clients download 256 MiB at 1 MiB/s each;")
 	fmt.Println(" nginx spills buffered responses to temp files, so its memory stays flat while its disk use grows;")
+	fmt.Println(" KiB/conn = anonymous memory per idle HTTP/1.1 keep-alive client connection (500 open, one request each);")
+	fmt.Println(" KiB/stream = per in-flight h2c request (500 on 8 connections, the backend answering after 2 s), upstream connection included;")
 	fmt.Println(" gRPC = fortio's gRPC ping (unary calls, empty payload) against fortio's server: Ambit with appProtocol grpc,")
 	fmt.Println(" nginx grpc_pass, HAProxy proto h2, all HTTP/2 upstream; its fixed-rate latency is fortio's, closed-loop per call)")
 	return nil
 }
 
 var errNotRoot = errors.New("the HBONE phase needs root (network namespaces, eBPF); skipping it")
+
+// connMemory measures the proxy's anonymous memory per idle keep-alive connection (n HTTP/1.1
+// connections that made one request each and stay open) and per in-flight HTTP/2 stream (n
+// concurrent h2c requests to /slow on 8 connections), in KiB.
+func connMemory(ctx context.Context, p *proxy, n int) (perConn, perStream float64, err error) {
+	runtimeSettle := func() { time.Sleep(500 * time.Millisecond) }
+	runtimeSettle()
+	base := p.anon()
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for range n {
+		c, err := net.Dial("tcp", p.h1)
+		if err != nil {
+			return 0, 0, err
+		}
+		conns = append(conns, c)
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: web\r\n\r\n"); err != nil {
+			return 0, 0, err
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			return 0, 0, err
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	runtimeSettle()
+	perConn = float64(p.anon()-base) / 1024 / float64(n)
+	for _, c := range conns {
+		c.Close()
+	}
+	conns = nil
+	runtimeSettle()
+
+	base = p.anon()
+	var clients []*http.Client
+	var closers []func()
+	for range 8 {
+		c, cl := client(mode{h2: true, keepAlive: true}, n)
+		clients, closers = append(clients, c), append(closers, cl)
+	}
+	defer func() {
+		for _, cl := range closers {
+			cl()
+		}
+	}()
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			req, _ := http.NewRequestWithContext(cctx, http.MethodGet, "http://"+p.h2+"/slow", nil)
+			resp, err := clients[i%len(clients)].Do(req)
+			if err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		})
+	}
+	time.Sleep(1500 * time.Millisecond) // all in flight: the backend answers after 2 s
+	perStream = float64(p.anon()-base) / 1024 / float64(n)
+	wg.Wait()
+	return perConn, perStream, nil
+}
