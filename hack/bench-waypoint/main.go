@@ -408,6 +408,43 @@ func (p *proxy) stop() {
 	}
 }
 
+// cpu returns the summed user and system CPU time of the proxy's process group.
+func (p *proxy) cpu() time.Duration {
+	if p.p == nil {
+		return 0 // direct: no proxy
+	}
+	var ticks int64
+	pgid := p.p.Pid()
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if g, err := syscall.Getpgid(pid); err != nil || g != pgid {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		// Fields after the command (which may hold spaces) start after the last ')': utime and stime
+		// are fields 14 and 15 of the line, 12 and 13 after it.
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) < 13 {
+			continue
+		}
+		u, _ := strconv.ParseInt(f[11], 10, 64)
+		s, _ := strconv.ParseInt(f[12], 10, 64)
+		ticks += u + s
+	}
+	return time.Duration(ticks) * time.Second / 100 // USER_HZ is 100 on Linux
+}
+
 // rss returns the summed resident memory (bytes) of the proxy's process group.
 func (p *proxy) rss() int64 { return p.mem("VmRSS:") }
 
@@ -643,6 +680,7 @@ type row struct {
 	rps, p50, p99                   []float64
 	rssAtRate, anonAtRate, slowPeak []float64
 	perConn, perStream              []float64 // anonymous KiB per idle keep-alive connection, per in-flight h2c stream
+	cpuPerReq                       []float64 // the proxy's CPU time (user + system) per request at the max rate, µs
 }
 
 func benchProxies(ctx context.Context, rounds int, d time.Duration, rate int, only string) error {
@@ -699,7 +737,11 @@ func benchProxies(ctx context.Context, rounds int, d time.Duration, rate int, on
 					if p.grpc == "" {
 						continue // this proxy serves no gRPC (ambit-base)
 					}
+					cpu0 := p.cpu()
 					max, err := grpcLoad(ctx, fortio, p.grpc, m.grpcConns, m.grpcStreams, 0, d)
+					if err == nil && n != "direct" {
+						rw.cpuPerReq = append(rw.cpuPerReq, (p.cpu()-cpu0).Seconds()*1e6/float64(max.DurationHistogram.Count))
+					}
 					if err == nil {
 						var fixed *fortioResult
 						if fixed, err = grpcLoad(ctx, fortio, p.grpc, m.grpcConns, m.grpcStreams, rate, d); err == nil {
@@ -718,10 +760,14 @@ func benchProxies(ctx context.Context, rounds int, d time.Duration, rate int, on
 				if m.h2 {
 					addr = p.h2
 				}
+				cpu0, t0 := p.cpu(), time.Now()
 				rps, err := maxRate(ctx, m, addr, d, 32)
 				if err != nil {
 					p.stop()
 					return fmt.Errorf("%s %s max rate: %w", n, m.name, err)
+				}
+				if n != "direct" {
+					rw.cpuPerReq = append(rw.cpuPerReq, (p.cpu()-cpu0).Seconds()*1e6/(rps*time.Since(t0).Seconds()))
 				}
 				p50, p99, err := fixedRate(ctx, m, addr, d, rate)
 				if err != nil {
@@ -761,7 +807,13 @@ func benchProxies(ctx context.Context, rounds int, d time.Duration, rate int, on
 			}
 			added50 := median(rw.p50) - median(direct.p50)
 			added99 := median(rw.p99) - median(direct.p99)
-			vs, p99vs, mem, slow, pc, ps := "-", "-", "-", "-", "-", "-"
+			vs, p99vs, mem, slow, pc, ps, cpu, cpuvs := "-", "-", "-", "-", "-", "-", "-", "-"
+			if len(rw.cpuPerReq) > 0 {
+				cpu = fmt.Sprintf("%.1f", median(rw.cpuPerReq))
+				if len(ng.cpuPerReq) > 0 {
+					cpuvs = fmt.Sprintf("%.2fx", median(rw.cpuPerReq)/median(ng.cpuPerReq))
+				}
+			}
 			if n != "direct" {
 				vs = fmt.Sprintf("%.2fx", median(rw.rps)/median(ng.rps))
 				p99vs = fmt.Sprintf("%.2fx", median(rw.p99)/median(ng.p99))
@@ -771,8 +823,8 @@ func benchProxies(ctx context.Context, rounds int, d time.Duration, rate int, on
 				slow = fmt.Sprintf("%.1f", median(rw.slowPeak))
 				pc, ps = fmt.Sprintf("%.1f", median(rw.perConn)), fmt.Sprintf("%.1f", median(rw.perStream))
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%s\t%.0f\t%.0f\t%.0f\t%.0f\t%s\t%s\t%s\t%s\t%s\t\n", n, m.name, median(rw.rps), vs,
-				median(rw.p50), median(rw.p99), added50, added99, p99vs, mem, slow, pc, ps)
+			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%s\t%.0f\t%.0f\t%.0f\t%.0f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", n, m.name, median(rw.rps), vs,
+				median(rw.p50), median(rw.p99), added50, added99, p99vs, mem, slow, pc, ps, cpu, cpuvs)
 		}
 	}
 	tw.Flush()
@@ -780,6 +832,8 @@ func benchProxies(ctx context.Context, rounds int, d time.Duration, rate int, on
 	fmt.Println(" RSS includes the mapped binary (Ambit's single binary is ~45 MB); anon = heap and stacks only;")
 	fmt.Println(" slow-client growth = peak anonymous RSS increase while 4 clients download 256 MiB at 1 MiB/s each;")
 	fmt.Println(" nginx spills buffered responses to temp files, so its memory stays flat while its disk use grows;")
+	fmt.Println(" CPU µs/req = the proxy's user+system CPU time per request during the max-rate run (robust to a shared machine;")
+	fmt.Println(" CPU vs nginx < 1 is cheaper than nginx per request); ")
 	fmt.Println(" KiB/conn = anonymous memory per idle HTTP/1.1 keep-alive client connection (500 open, one request each);")
 	fmt.Println(" KiB/stream = per in-flight h2c request (500 on 8 connections, the backend answering after 2 s), upstream connection included;")
 	fmt.Println(" gRPC = fortio's gRPC ping (unary calls, empty payload) against fortio's server: Ambit with appProtocol grpc,")
