@@ -5,9 +5,11 @@
 // Phase "proxies" (no root needed): each proxy runs as its own process pinned to CPU 1 with one worker
 // (GOMAXPROCS=1, worker_processes 1, nbthread 1); the load generator and a Go backend answering 1 KB run
 // pinned to CPU 0. Downstream HTTP/1.1 (keep-alive and not) and HTTP/2 (h2c prior knowledge); upstream
-// HTTP/1.1 keep-alive for all three. For each: the maximum rate (closed loop, requests/s on the one
-// proxy core), latency at a fixed rate (open loop, p50/p99 added over the direct path), resident memory
-// at 1,000 requests/s, and memory growth while slow clients download a large body.
+// HTTP/1.1 keep-alive for all three; and gRPC (grpc.go: fortio's gRPC ping, HTTP/2 both ways). For each:
+// the maximum rate (closed loop, requests/s on the one proxy core) and the proxy's CPU time per request
+// during it, latency at a fixed rate (open loop, p50/p99 added over the direct path), resident memory at
+// 1,000 requests/s, anonymous memory per idle connection and per in-flight h2c stream, and memory growth
+// while slow clients download a large body.
 //
 // Phase "hbone" (root): a two-node lab with one agent per node and an L7 waypoint, all in-process:
 // client -> agent -> waypoint -> agent -> server, against the same server reached without the mesh.
@@ -829,11 +831,11 @@ func benchProxies(ctx context.Context, rounds int, d time.Duration, rate int, on
 	}
 	tw.Flush()
 	fmt.Println("(direct = load generator to the backend with no proxy; added = proxy minus direct at the same fixed rate;")
-	fmt.Println(" RSS includes the mapped binary (Ambit's single binary is ~45 MB); anon = heap and stacks only;")
+	fmt.Println(" RSS includes the resident part of the mapped binary (about 44 MiB of Ambit's 74 MB); anon = heap and stacks only;")
 	fmt.Println(" slow-client growth = peak anonymous RSS increase while 4 clients download 256 MiB at 1 MiB/s each;")
 	fmt.Println(" nginx spills buffered responses to temp files, so its memory stays flat while its disk use grows;")
 	fmt.Println(" CPU µs/req = the proxy's user+system CPU time per request during the max-rate run (robust to a shared machine;")
-	fmt.Println(" CPU vs nginx < 1 is cheaper than nginx per request); ")
+	fmt.Println(" CPU vs nginx < 1 is cheaper than nginx per request);")
 	fmt.Println(" KiB/conn = anonymous memory per idle HTTP/1.1 keep-alive client connection (500 open, one request each);")
 	fmt.Println(" KiB/stream = per in-flight h2c request (500 on 8 connections, the backend answering after 2 s), upstream connection included;")
 	fmt.Println(" gRPC = fortio's gRPC ping (unary calls, empty payload) against fortio's server: Ambit with appProtocol grpc,")
