@@ -264,7 +264,13 @@ func (e *Engine) Close() error {
 	e.ln.Close()
 	e.wg.Wait()
 	e.h1c.closeIdle()
-	e.h1c.wg.Wait()
+	// Request body writers end with their requests; wait for them within Close's time bound.
+	writers := make(chan struct{})
+	go func() { e.h1c.wg.Wait(); close(writers) }()
+	select {
+	case <-writers:
+	case <-ctx.Done():
+	}
 	e.h1.CloseIdleConnections()
 	e.h2.CloseIdleConnections()
 	e.tls.reset()

@@ -163,7 +163,7 @@ func (e *Engine) transportAttempt(ctx context.Context, req *http.Request, rs *re
 	if i > 0 && rs.body != nil {
 		out.Body = io.NopCloser(strings.NewReader(string(rs.body)))
 	}
-	if rs.on1xx != nil {
+	if rs.on1xx != nil && !isGRPC(req) { // gRPC has no informational responses
 		out = out.WithContext(httptrace.WithClientTrace(out.Context(), &httptrace.ClientTrace{
 			Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
 				rs.mu1xx.Lock()
