@@ -197,7 +197,9 @@ func New(opts Options) (*Engine, error) {
 		Protocols:          &h2c,
 		DisableCompression: true,
 		IdleConnTimeout:    90 * time.Second,
-		HTTP2:              &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second},
+		// An encoder table too small to index anything: per-request values (x-request-id, traceparent) would
+		// otherwise churn the HPACK table on every request (insert, evict); names still come from the static table.
+		HTTP2: &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second, MaxEncoderHeaderTableSize: 1},
 	}
 	e.tls.dial = dial
 	e.proxyLog = slog.NewLogLogger(e.log.Handler(), slog.LevelDebug)
