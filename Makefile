@@ -3,6 +3,9 @@
 .DEFAULT_GOAL := help
 GO ?= go
 BIN ?= bin
+# Release-style builds, as the Dockerfile's: no DWARF or symbol table, no local paths. Stripping takes bin/ambit
+# from ~106 MB to ~74 MB; the waypoint's resident memory counts the binary pages it touches (~3 MB less).
+BUILDFLAGS ?= -trimpath -ldflags='-s -w'
 FUZZTIME ?= 30s
 # Root-only tests skip without root; CI sets AMBIT_REQUIRE_ROOT=1 so that they fail instead.
 TEST_TIMEOUT ?= 30m
@@ -13,8 +16,8 @@ help: ## list targets
 
 .PHONY: build
 build: ## build bin/ambit and bin/ambitctl (no clang needed: BPF objects are committed)
-	$(GO) build -o $(BIN)/ambit ./cmd/ambit
-	$(GO) build -o $(BIN)/ambitctl ./cmd/ambitctl
+	$(GO) build $(BUILDFLAGS) -o $(BIN)/ambit ./cmd/ambit
+	$(GO) build $(BUILDFLAGS) -o $(BIN)/ambitctl ./cmd/ambitctl
 
 # The steps of `make test`, in order, each timed by hack/timed.sh (into $$AMBIT_TIMINGS: .ci/run prints them). The
 # kills come first so that every later tier runs after killed runs, and test-leftovers last checks nothing is left.
@@ -146,7 +149,7 @@ bench-hbone: ## HBONE vs raw TCP, plain TLS 1.3 and net/http h2: table of median
 
 .PHONY: bench-waypoint
 bench-waypoint: ## L7 waypoint: Ambit vs nginx and HAProxy (apt) per core, latency, memory; HBONE path vs direct (root) (ROUNDS=5)
-	$(GO) build -o $(BIN)/bench-waypoint ./hack/bench-waypoint
+	$(GO) build $(BUILDFLAGS) -o $(BIN)/bench-waypoint ./hack/bench-waypoint
 	$(BIN)/bench-waypoint -rounds $(or $(ROUNDS),5) -duration $(or $(DURATION),3s)
 
 .PHONY: fuzz-l7

@@ -5,9 +5,11 @@
 // Phase "proxies" (no root needed): each proxy runs as its own process pinned to CPU 1 with one worker
 // (GOMAXPROCS=1, worker_processes 1, nbthread 1); the load generator and a Go backend answering 1 KB run
 // pinned to CPU 0. Downstream HTTP/1.1 (keep-alive and not) and HTTP/2 (h2c prior knowledge); upstream
-// HTTP/1.1 keep-alive for all three. For each: the maximum rate (closed loop, requests/s on the one
-// proxy core), latency at a fixed rate (open loop, p50/p99 added over the direct path), resident memory
-// at 1,000 requests/s, and memory growth while slow clients download a large body.
+// HTTP/1.1 keep-alive for all three; and gRPC (grpc.go: fortio's gRPC ping, HTTP/2 both ways). For each:
+// the maximum rate (closed loop, requests/s on the one proxy core) and the proxy's CPU time per request
+// during it, latency at a fixed rate (open loop, p50/p99 added over the direct path), resident memory at
+// 1,000 requests/s, anonymous memory per idle connection and per in-flight h2c stream, and memory growth
+// while slow clients download a large body.
 //
 // Phase "hbone" (root): a two-node lab with one agent per node and an L7 waypoint, all in-process:
 // client -> agent -> waypoint -> agent -> server, against the same server reached without the mesh.
@@ -17,6 +19,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -49,10 +52,12 @@ func main() {
 	dur := flag.Duration("duration", 3*time.Second, "length of one measurement")
 	rate := flag.Int("rate", 1000, "fixed rate for latency and memory (requests/s)")
 	only := flag.String("proxies", "ambit,nginx,haproxy", "proxies to compare (comma-separated)")
-	modeList := flag.String("modes", "h1,h1-close,h2c", "client modes to measure (comma-separated: h1, h1-close, h2c)")
+	modeList := flag.String("modes", "h1,h1-close,h2c,grpc,grpc-mux", "client modes to measure (comma-separated: h1, h1-close, h2c, grpc, grpc-mux)")
 	flag.StringVar(&ambitBase, "ambit-base", "", "also run this bench-waypoint binary's Ambit engine as proxy \"ambit-base\" (old vs new side by side)")
 	serve := flag.String("serve-ambit", "", "internal: run the Ambit engine as a reverse proxy on this address")
 	backend := flag.String("backend", "", "internal: backend address for -serve-ambit")
+	grpcListen := flag.String("grpc-listen", "", "internal: also serve gRPC (appProtocol grpc) on this address with -serve-ambit")
+	grpcBackend := flag.String("grpc-backend", "", "internal: gRPC backend address for -grpc-listen")
 	cpuProfile := flag.String("cpuprofile", "", "internal: write a CPU profile of -serve-ambit here")
 	flag.Parse()
 	if err := selectModes(*modeList); err != nil {
@@ -69,7 +74,7 @@ func main() {
 				defer pprof.StopCPUProfile()
 			}
 		}
-		if err := serveAmbit(ctx, *serve, *backend); err != nil {
+		if err := serveAmbit(ctx, *serve, *backend, *grpcListen, *grpcBackend); err != nil {
 			fmt.Fprintln(os.Stderr, "serve-ambit:", err)
 			os.Exit(1)
 		}
@@ -143,6 +148,12 @@ func startBackend() (string, func(), error) {
 	protos.SetHTTP1(true)
 	protos.SetUnencryptedHTTP2(true)
 	srv := &http.Server{Protocols: &protos, ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			select {
+			case <-time.After(2 * time.Second):
+			case <-r.Context().Done():
+			}
+		}
 		if r.URL.Path == "/big" {
 			w.Header().Set("Content-Length", strconv.Itoa(256<<20))
 			buf := make([]byte, 64<<10)
@@ -164,10 +175,11 @@ func startBackend() (string, func(), error) {
 
 type proxy struct {
 	name string
-	// h1 and h2 are the addresses for HTTP/1.1 and h2c clients.
-	h1, h2 string
-	p      *proc.Proc
-	dir    string
+	// h1 and h2 are the addresses for HTTP/1.1 and h2c clients; grpc for gRPC clients ("" when the
+	// proxy has no gRPC listener: ambit-base).
+	h1, h2, grpc string
+	p            *proc.Proc
+	dir          string
 }
 
 func ensureTools() error {
@@ -202,9 +214,9 @@ func bin(name string) string {
 // (inherited as fd 3): no port can be taken from it. nginx and HAProxy (and -ambit-base, which may predate fd
 // passing) bind ports we choose outside the ephemeral range; if one was taken meanwhile they exit saying the
 // address is in use, and are started again on others.
-func startProxy(ctx context.Context, name, backend, dir string) (*proxy, error) {
+func startProxy(ctx context.Context, name, backend, grpcBackend, dir string) (*proxy, error) {
 	for attempt := 1; ; attempt++ {
-		p, retry, err := tryProxy(ctx, name, backend, dir)
+		p, retry, err := tryProxy(ctx, name, backend, grpcBackend, dir)
 		if err == nil || !retry || attempt == 5 {
 			return p, err
 		}
@@ -213,19 +225,38 @@ func startProxy(ctx context.Context, name, backend, dir string) (*proxy, error) 
 }
 
 // tryProxy makes one attempt; retry reports whether the proxy failed because an address was in use.
-func tryProxy(ctx context.Context, name, backend, dir string) (_ *proxy, retry bool, _ error) {
+func tryProxy(ctx context.Context, name, backend, grpcBackend, dir string) (_ *proxy, retry bool, _ error) {
 	p := &proxy{name: name, dir: filepath.Join(dir, name)}
 	if err := os.MkdirAll(p.dir, 0o755); err != nil {
 		return nil, false, err
 	}
-	ports, err := testutil.FreePorts(2)
+	ports, err := testutil.FreePorts(3)
 	if err != nil {
 		return nil, false, err
 	}
-	h1, h2 := ports[0], ports[1]
+	h1, h2, g := ports[0], ports[1], ports[2]
 	p.h1, p.h2 = fmt.Sprintf("127.0.0.1:%d", h1), fmt.Sprintf("127.0.0.1:%d", h2)
+	if grpcBackend != "" {
+		p.grpc = fmt.Sprintf("127.0.0.1:%d", g)
+	}
+	// gRPC (nginx grpc_pass, HAProxy proto h2 both ways) against the gRPC backend, when there is one.
+	ngGRPC, haGRPC := "", ""
+	if grpcBackend != "" {
+		ngGRPC = fmt.Sprintf(`  upstream grpcbackend { server %s; keepalive 256; }
+  server {
+    listen 127.0.0.1:%d http2;
+    location / { grpc_pass grpc://grpcbackend; }
+  }
+`, grpcBackend, g)
+		haGRPC = fmt.Sprintf(`frontend feg
+  bind 127.0.0.1:%d proto h2
+  default_backend beg
+backend beg
+  server g1 %s proto h2
+`, g, grpcBackend)
+	}
 	var args []string
-	var inherit *os.File
+	var inherit []*os.File
 	switch name {
 	case "nginx":
 		conf := fmt.Sprintf(`daemon off;
@@ -245,8 +276,8 @@ http {
     listen 127.0.0.1:%[4]d http2;
     location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
   }
-}
-`, p.dir, backend, h1, h2)
+%[5]s}
+`, p.dir, backend, h1, h2, ngGRPC)
 		f := filepath.Join(p.dir, "nginx.conf")
 		if err := os.WriteFile(f, []byte(conf), 0o644); err != nil {
 			return nil, false, err
@@ -270,7 +301,7 @@ frontend fe2
   default_backend be
 backend be
   server s1 %[1]s
-`, backend, h1, h2)
+%[4]s`, backend, h1, h2, haGRPC)
 		f := filepath.Join(p.dir, "haproxy.cfg")
 		if err := os.WriteFile(f, []byte(conf), 0o644); err != nil {
 			return nil, false, err
@@ -284,24 +315,37 @@ backend be
 		if name == "ambit-base" {
 			self = ambitBase
 		}
-		// One listener serves HTTP/1.1 and h2c (the engine tells them apart by the preface).
+		// One listener serves HTTP/1.1 and h2c (the engine tells them apart by the preface); a second one
+		// gRPC. Ambit gets its listeners from us (fds 3 and 4); ambit-base, which may predate fd passing and
+		// gRPC, binds the HTTP port itself and serves no gRPC.
 		listen := p.h1
 		if name == "ambit" {
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			n := 1
+			if grpcBackend != "" {
+				n = 2
+			}
+			files, addrs, err := inheritListeners(n)
 			if err != nil {
 				return nil, false, err
 			}
-			p.h1 = ln.Addr().String()
-			inherit, err = ln.(*net.TCPListener).File()
-			ln.Close() // the duplicate in inherit keeps the socket listening
-			if err != nil {
-				return nil, false, err
+			defer func() {
+				for _, f := range files {
+					f.Close() // the child's duplicates keep the sockets listening
+				}
+			}()
+			inherit = files
+			p.h1, listen = addrs[0], "fd:3"
+			if grpcBackend != "" {
+				p.grpc = addrs[1]
 			}
-			defer inherit.Close()
-			listen = "fd:3"
+		} else {
+			p.grpc = ""
 		}
 		p.h2 = p.h1
 		args = []string{self, "-serve-ambit", listen, "-backend", backend}
+		if p.grpc != "" {
+			args = append(args, "-grpc-listen", "fd:4", "-grpc-backend", grpcBackend)
+		}
 		if prof := os.Getenv("AMBIT_BENCH_CPUPROFILE"); prof != "" {
 			args = append(args, "-cpuprofile", prof)
 		}
@@ -310,9 +354,7 @@ backend be
 	cmd.Env = append(os.Environ(), "GOMAXPROCS=1")
 	var stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = io.Discard, io.MultiWriter(os.Stderr, &stderr)
-	if inherit != nil {
-		cmd.ExtraFiles = []*os.File{inherit}
-	}
+	cmd.ExtraFiles = inherit
 	if p.p, err = proc.Start(cmd); err != nil { // dies with this program, with its process group (test/proc)
 		return nil, false, fmt.Errorf("start %s: %w", name, err)
 	}
@@ -336,10 +378,73 @@ backend be
 	}
 }
 
+// inheritListeners opens n loopback listeners and returns their files (for ExtraFiles) and addresses.
+func inheritListeners(n int) ([]*os.File, []string, error) {
+	var files []*os.File
+	var addrs []string
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			for _, f := range files {
+				f.Close()
+			}
+			return nil, nil, err
+		}
+		f, err := ln.(*net.TCPListener).File()
+		addrs = append(addrs, ln.Addr().String())
+		ln.Close() // the duplicate in f keeps the socket listening
+		if err != nil {
+			for _, f := range files {
+				f.Close()
+			}
+			return nil, nil, err
+		}
+		files = append(files, f)
+	}
+	return files, addrs, nil
+}
+
 func (p *proxy) stop() {
 	if p.p != nil {
 		_ = p.p.Stop(5 * time.Second)
 	}
+}
+
+// cpu returns the summed user and system CPU time of the proxy's process group.
+func (p *proxy) cpu() time.Duration {
+	if p.p == nil {
+		return 0 // direct: no proxy
+	}
+	var ticks int64
+	pgid := p.p.Pid()
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if g, err := syscall.Getpgid(pid); err != nil || g != pgid {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		// Fields after the command (which may hold spaces) start after the last ')': utime and stime
+		// are fields 14 and 15 of the line, 12 and 13 after it.
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) < 13 {
+			continue
+		}
+		u, _ := strconv.ParseInt(f[11], 10, 64)
+		s, _ := strconv.ParseInt(f[12], 10, 64)
+		ticks += u + s
+	}
+	return time.Duration(ticks) * time.Second / 100 // USER_HZ is 100 on Linux
 }
 
 // rss returns the summed resident memory (bytes) of the proxy's process group.
@@ -380,12 +485,16 @@ type mode struct {
 	name      string
 	h2        bool
 	keepAlive bool
+	// gRPC modes (fortio's gRPC ping): grpcConns connections of grpcStreams concurrent calls each.
+	grpcConns, grpcStreams int
 }
 
-var modes = []mode{{"HTTP/1.1 keep-alive", false, true}, {"HTTP/1.1 no keep-alive", false, false}, {"HTTP/2 (h2c)", true, true}}
+var modes = []mode{{name: "HTTP/1.1 keep-alive", keepAlive: true}, {name: "HTTP/1.1 no keep-alive"}, {name: "HTTP/2 (h2c)", h2: true, keepAlive: true},
+	{name: "gRPC unary, 16 conns", h2: true, keepAlive: true, grpcConns: 16, grpcStreams: 1},
+	{name: "gRPC unary, 2 conns x 16 streams", h2: true, keepAlive: true, grpcConns: 2, grpcStreams: 16}}
 
 // modeFlags name the modes for -modes, in the order of modes.
-var modeFlags = []string{"h1", "h1-close", "h2c"}
+var modeFlags = []string{"h1", "h1-close", "h2c", "grpc", "grpc-mux"}
 
 // selectModes keeps the modes named in list.
 func selectModes(list string) error {
@@ -572,6 +681,8 @@ type row struct {
 	proxy, mode                     string
 	rps, p50, p99                   []float64
 	rssAtRate, anonAtRate, slowPeak []float64
+	perConn, perStream              []float64 // anonymous KiB per idle keep-alive connection, per in-flight h2c stream
+	cpuPerReq                       []float64 // the proxy's CPU time (user + system) per request at the max rate, µs
 }
 
 func benchProxies(ctx context.Context, rounds int, d time.Duration, rate int, only string) error {
@@ -588,6 +699,17 @@ func benchProxies(ctx context.Context, rounds int, d time.Duration, rate int, on
 		return err
 	}
 	defer os.RemoveAll(dir)
+	var fortio, grpcBackend string
+	if slices.ContainsFunc(modes, func(m mode) bool { return m.grpcConns > 0 }) {
+		if fortio, err = fortioBin(ctx, dir); err != nil {
+			return err
+		}
+		var stopGRPC func()
+		if grpcBackend, stopGRPC, err = startGRPCBackend(ctx, fortio); err != nil {
+			return err
+		}
+		defer stopGRPC()
+	}
 	names := append([]string{"direct"}, strings.Split(only, ",")...)
 	if ambitBase != "" && !slices.Contains(names, "ambit-base") {
 		names = append(names, "ambit-base")
@@ -607,20 +729,47 @@ func benchProxies(ctx context.Context, rounds int, d time.Duration, rate int, on
 		for _, n := range names {
 			var p *proxy
 			if n == "direct" {
-				p = &proxy{name: n, h1: backend, h2: backend}
-			} else if p, err = startProxy(ctx, n, backend, dir); err != nil {
+				p = &proxy{name: n, h1: backend, h2: backend, grpc: grpcBackend}
+			} else if p, err = startProxy(ctx, n, backend, grpcBackend, dir); err != nil {
 				return err
 			}
 			for _, m := range modes {
 				rw := rows[key(n, m.name)]
+				if m.grpcConns > 0 {
+					if p.grpc == "" {
+						continue // this proxy serves no gRPC (ambit-base)
+					}
+					cpu0 := p.cpu()
+					max, err := grpcLoad(ctx, fortio, p.grpc, m.grpcConns, m.grpcStreams, 0, d)
+					if err == nil && n != "direct" {
+						rw.cpuPerReq = append(rw.cpuPerReq, (p.cpu()-cpu0).Seconds()*1e6/float64(max.DurationHistogram.Count))
+					}
+					if err == nil {
+						var fixed *fortioResult
+						if fixed, err = grpcLoad(ctx, fortio, p.grpc, m.grpcConns, m.grpcStreams, rate, d); err == nil {
+							rw.rps = append(rw.rps, max.ActualQPS)
+							rw.p50 = append(rw.p50, float64(fixed.percentile(50).Microseconds()))
+							rw.p99 = append(rw.p99, float64(fixed.percentile(99).Microseconds()))
+						}
+					}
+					if err != nil {
+						p.stop()
+						return fmt.Errorf("%s %s: %w", n, m.name, err)
+					}
+					continue
+				}
 				addr := p.h1
 				if m.h2 {
 					addr = p.h2
 				}
+				cpu0, t0 := p.cpu(), time.Now()
 				rps, err := maxRate(ctx, m, addr, d, 32)
 				if err != nil {
 					p.stop()
 					return fmt.Errorf("%s %s max rate: %w", n, m.name, err)
+				}
+				if n != "direct" {
+					rw.cpuPerReq = append(rw.cpuPerReq, (p.cpu()-cpu0).Seconds()*1e6/(rps*time.Since(t0).Seconds()))
 				}
 				p50, p99, err := fixedRate(ctx, m, addr, d, rate)
 				if err != nil {
@@ -634,6 +783,12 @@ func benchProxies(ctx context.Context, rounds int, d time.Duration, rate int, on
 					rw.rssAtRate = append(rw.rssAtRate, float64(p.rss())/(1<<20))
 					rw.anonAtRate = append(rw.anonAtRate, float64(p.anon())/(1<<20))
 					rw.slowPeak = append(rw.slowPeak, float64(slowClients(ctx, p, 4, 1<<20, d))/(1<<20))
+					pc, ps, err := connMemory(ctx, p, 500)
+					if err != nil {
+						p.stop()
+						return fmt.Errorf("%s memory per connection: %w", n, err)
+					}
+					rw.perConn, rw.perStream = append(rw.perConn, pc), append(rw.perStream, ps)
 				}
 			}
 			if n != "direct" {
@@ -643,15 +798,24 @@ func benchProxies(ctx context.Context, rounds int, d time.Duration, rate int, on
 		}
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "proxy\tmode\treq/s (1 core)\tvs nginx\tp50 µs\tp99 µs\tadded p50 µs\tadded p99 µs\tp99 vs nginx\tRSS MiB @"+strconv.Itoa(rate)+"/s\tslow-client growth MiB\t")
+	fmt.Fprintln(tw, "proxy\tmode\treq/s (1 core)\tvs nginx\tp50 µs\tp99 µs\tadded p50 µs\tadded p99 µs\tp99 vs nginx\tRSS MiB @"+strconv.Itoa(rate)+"/s\tslow-client growth MiB\tKiB/conn\tKiB/stream\t")
 	for _, m := range modes {
 		direct := rows[key("direct", m.name)]
 		ng := rows[key("nginx", m.name)]
 		for _, n := range names {
 			rw := rows[key(n, m.name)]
+			if len(rw.rps) == 0 {
+				continue // not measured (ambit-base serves no gRPC)
+			}
 			added50 := median(rw.p50) - median(direct.p50)
 			added99 := median(rw.p99) - median(direct.p99)
-			vs, p99vs, mem, slow := "-", "-", "-", "-"
+			vs, p99vs, mem, slow, pc, ps, cpu, cpuvs := "-", "-", "-", "-", "-", "-", "-", "-"
+			if len(rw.cpuPerReq) > 0 {
+				cpu = fmt.Sprintf("%.1f", median(rw.cpuPerReq))
+				if len(ng.cpuPerReq) > 0 {
+					cpuvs = fmt.Sprintf("%.2fx", median(rw.cpuPerReq)/median(ng.cpuPerReq))
+				}
+			}
 			if n != "direct" {
 				vs = fmt.Sprintf("%.2fx", median(rw.rps)/median(ng.rps))
 				p99vs = fmt.Sprintf("%.2fx", median(rw.p99)/median(ng.p99))
@@ -659,17 +823,93 @@ func benchProxies(ctx context.Context, rounds int, d time.Duration, rate int, on
 			if len(rw.rssAtRate) > 0 {
 				mem = fmt.Sprintf("%.1f (%.1f)", median(rw.rssAtRate), median(rw.anonAtRate))
 				slow = fmt.Sprintf("%.1f", median(rw.slowPeak))
+				pc, ps = fmt.Sprintf("%.1f", median(rw.perConn)), fmt.Sprintf("%.1f", median(rw.perStream))
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%s\t%.0f\t%.0f\t%.0f\t%.0f\t%s\t%s\t%s\t\n", n, m.name, median(rw.rps), vs,
-				median(rw.p50), median(rw.p99), added50, added99, p99vs, mem, slow)
+			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%s\t%.0f\t%.0f\t%.0f\t%.0f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", n, m.name, median(rw.rps), vs,
+				median(rw.p50), median(rw.p99), added50, added99, p99vs, mem, slow, pc, ps, cpu, cpuvs)
 		}
 	}
 	tw.Flush()
 	fmt.Println("(direct = load generator to the backend with no proxy; added = proxy minus direct at the same fixed rate;")
-	fmt.Println(" RSS includes the mapped binary (Ambit's single binary is ~45 MB); anon = heap and stacks only;")
+	fmt.Println(" RSS includes the resident part of the mapped binary (about 44 MiB of Ambit's 74 MB); anon = heap and stacks only;")
 	fmt.Println(" slow-client growth = peak anonymous RSS increase while 4 clients download 256 MiB at 1 MiB/s each;")
-	fmt.Println(" nginx spills buffered responses to temp files, so its memory stays flat while its disk use grows)")
+	fmt.Println(" nginx spills buffered responses to temp files, so its memory stays flat while its disk use grows;")
+	fmt.Println(" CPU µs/req = the proxy's user+system CPU time per request during the max-rate run (robust to a shared machine;")
+	fmt.Println(" CPU vs nginx < 1 is cheaper than nginx per request);")
+	fmt.Println(" KiB/conn = anonymous memory per idle HTTP/1.1 keep-alive client connection (500 open, one request each);")
+	fmt.Println(" KiB/stream = per in-flight h2c request (500 on 8 connections, the backend answering after 2 s), upstream connection included;")
+	fmt.Println(" gRPC = fortio's gRPC ping (unary calls, empty payload) against fortio's server: Ambit with appProtocol grpc,")
+	fmt.Println(" nginx grpc_pass, HAProxy proto h2, all HTTP/2 upstream; its fixed-rate latency is fortio's, closed-loop per call)")
 	return nil
 }
 
 var errNotRoot = errors.New("the HBONE phase needs root (network namespaces, eBPF); skipping it")
+
+// connMemory measures the proxy's anonymous memory per idle keep-alive connection (n HTTP/1.1
+// connections that made one request each and stay open) and per in-flight HTTP/2 stream (n
+// concurrent h2c requests to /slow on 8 connections), in KiB.
+func connMemory(ctx context.Context, p *proxy, n int) (perConn, perStream float64, err error) {
+	runtimeSettle := func() { time.Sleep(500 * time.Millisecond) }
+	runtimeSettle()
+	base := p.anon()
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for range n {
+		c, err := net.Dial("tcp", p.h1)
+		if err != nil {
+			return 0, 0, err
+		}
+		conns = append(conns, c)
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: web\r\n\r\n"); err != nil {
+			return 0, 0, err
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			return 0, 0, err
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	runtimeSettle()
+	perConn = float64(p.anon()-base) / 1024 / float64(n)
+	for _, c := range conns {
+		c.Close()
+	}
+	conns = nil
+	runtimeSettle()
+
+	base = p.anon()
+	var clients []*http.Client
+	var closers []func()
+	for range 8 {
+		c, cl := client(mode{h2: true, keepAlive: true}, n)
+		clients, closers = append(clients, c), append(closers, cl)
+	}
+	defer func() {
+		for _, cl := range closers {
+			cl()
+		}
+	}()
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			req, _ := http.NewRequestWithContext(cctx, http.MethodGet, "http://"+p.h2+"/slow", nil)
+			resp, err := clients[i%len(clients)].Do(req)
+			if err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		})
+	}
+	time.Sleep(1500 * time.Millisecond) // all in flight: the backend answers after 2 s
+	perStream = float64(p.anon()-base) / 1024 / float64(n)
+	wg.Wait()
+	return perConn, perStream, nil
+}

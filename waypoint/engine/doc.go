@@ -12,6 +12,14 @@
 // UT). Every request is counted in Istio's HTTP metrics, written as one access-log line, and traced
 // (W3C traceparent and B3 in, W3C and B3 out, spans over OTLP).
 //
+// Forwarding: the engine is its own reverse proxy (proxy.go: ReverseProxy's header rules, without its
+// per-request copies; the outgoing request shares the client's header map). Plain HTTP/1.1 upstreams
+// go through its own client (h1client.go): keep-alive connections pooled per endpoint (at most 256 idle
+// per endpoint, closed after 90 s idle), the request head written from one pooled buffer, the response
+// read on the handler's goroutine; a streamed request body is written by one goroutine meanwhile. HTTP/2
+// (h2c) upstreams, TLS origination and WebSocket upgrades use http.Transport (and ReverseProxy for the
+// upgrade's tunnel).
+//
 // Buffering and limits (backpressure): bodies stream through a pooled 32 KiB copy buffer in both
 // directions and are never held whole, except a request body of at most MaxReplayBody (64 KiB) when the
 // rule retries or mirrors (a larger body is streamed once: no retry, no mirror). Request headers are

@@ -104,7 +104,8 @@ type Engine struct {
 	bmu     sync.Mutex
 	buckets map[string]*ratelimit.Bucket // guarded by bmu; by policy key
 
-	h1       *http.Transport
+	h1c      h1Client        // plain HTTP/1.1 upstreams
+	h1       *http.Transport // HTTP/1.1 upgrades (WebSocket)
 	h2       *http.Transport
 	tls      tlsTransports // TLS origination
 	proxyLog *log.Logger   // the ReverseProxy's error log, shared by every request's proxy
@@ -176,6 +177,7 @@ func New(opts Options) (*Engine, error) {
 		}
 		return c, nil
 	}
+	e.h1c = h1Client{dial: dial, idle: upstream.IdlePool[*h1Conn]{MaxPerKey: h1MaxIdlePerEndpoint, IdleTimeout: h1IdleTimeout}}
 	e.h1 = &http.Transport{
 		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
 			c, err := dial(ctx, addr)
@@ -195,7 +197,9 @@ func New(opts Options) (*Engine, error) {
 		Protocols:          &h2c,
 		DisableCompression: true,
 		IdleConnTimeout:    90 * time.Second,
-		HTTP2:              &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second},
+		// An encoder table too small to index anything: per-request values (x-request-id, traceparent) would
+		// otherwise churn the HPACK table on every request (insert, evict); names still come from the static table.
+		HTTP2: &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second, MaxEncoderHeaderTableSize: 1},
 	}
 	e.tls.dial = dial
 	e.proxyLog = slog.NewLogLogger(e.log.Handler(), slog.LevelDebug)
@@ -220,6 +224,7 @@ func New(opts Options) (*Engine, error) {
 	}
 	e.ln = newChanListener()
 	e.wg.Go(func() { _ = e.srv.Serve(e.ln) })
+	e.wg.Go(e.expireIdle)
 	e.Update(&model.Config{})
 	return e, nil
 }
@@ -260,6 +265,14 @@ func (e *Engine) Close() error {
 	err := e.srv.Shutdown(ctx)
 	e.ln.Close()
 	e.wg.Wait()
+	e.h1c.closeIdle()
+	// Request body writers end with their requests; wait for them within Close's time bound.
+	writers := make(chan struct{})
+	go func() { e.h1c.wg.Wait(); close(writers) }()
+	select {
+	case <-writers:
+	case <-ctx.Done():
+	}
 	e.h1.CloseIdleConnections()
 	e.h2.CloseIdleConnections()
 	e.tls.reset()
@@ -274,6 +287,20 @@ func (e *Engine) Close() error {
 }
 
 type connKey struct{}
+
+// expireIdle closes idle upstream HTTP/1.1 connections past their idle timeout until Close.
+func (e *Engine) expireIdle() {
+	t := time.NewTicker(h1IdleTimeout / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			e.h1c.expire()
+		case <-e.ln.closed:
+			return
+		}
+	}
+}
 
 // ServeConn serves HTTP on c (one accepted HBONE stream) until the client closes it or ctx ends. One
 // server speaks HTTP/1.1 and HTTP/2 with prior knowledge (h2c; gRPC), told apart by the client preface,

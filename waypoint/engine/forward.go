@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/netip"
+	"net/textproto"
 	"slices"
 	"strconv"
 	"strings"
@@ -111,15 +112,49 @@ var defaultRetry = &model.Retry{Attempts: 2, On: []string{model.RetryOnConnectFa
 
 type attemptCtx struct{ cancel context.CancelFunc }
 
-// attempt sends the request once to ep, with the per-try timeout.
+// attempt sends the request once to ep, with the per-try timeout. Plain HTTP/1.1 goes through the
+// engine's pooled client (h1client.go); HTTP/2, TLS origination and upgrades through http.Transport.
 func (e *Engine) attempt(req *http.Request, rs *reqState, ep upstream.Endpoint, i int) (*http.Response, attemptCtx, error) {
 	ctx, cancel := req.Context(), context.CancelFunc(func() {})
 	if t := rs.rule.PerTryTimeout; t > 0 {
 		ctx, cancel = context.WithTimeout(req.Context(), t)
 	}
-	if d := rs.cluster.Policy().Pool.ConnectTimeout; d > 0 {
+	pool := rs.cluster.Policy().Pool
+	if d := pool.ConnectTimeout; d > 0 {
 		ctx = context.WithValue(ctx, connectTimeoutKey{}, d)
 	}
+	if i > 0 {
+		req.Header.Set("X-Envoy-Attempt-Count", strconv.Itoa(i+1))
+	}
+	tlsPolicy := rs.cluster.Policy().TLS
+	var resp *http.Response
+	var err error
+	if rs.http1 && !rs.upgrade && (tlsPolicy == nil || rs.svc == nil) {
+		// The request itself goes out: the endpoint is the connection's, not the request's.
+		o := h1Request{maxRequests: pool.MaxRequestsPerConn, on1xx: rs.on1xx}
+		if rs.body != nil {
+			o.body = rs.body
+		}
+		resp, err = e.h1c.roundTrip(ctx, req, ep.Addr, o)
+	} else {
+		resp, err = e.transportAttempt(ctx, req, rs, ep, i, tlsPolicy)
+	}
+	if err != nil {
+		cancel()
+		if !errors.As(err, new(*connectError)) && isDialError(err) {
+			err = &connectError{err: err}
+		}
+		if ctx.Err() == context.DeadlineExceeded && req.Context().Err() == nil {
+			err = errTimeout
+		}
+		return nil, attemptCtx{}, err
+	}
+	return resp, attemptCtx{cancel: cancel}, nil
+}
+
+// transportAttempt sends the request through http.Transport: HTTP/2 (h2c), TLS origination, and
+// HTTP/1.1 upgrades.
+func (e *Engine) transportAttempt(ctx context.Context, req *http.Request, rs *reqState, ep upstream.Endpoint, i int, t *model.TLS) (*http.Response, error) {
 	// req is the proxy's own outgoing request: a shallow copy with the endpoint address is enough.
 	out := req.WithContext(ctx)
 	u := *req.URL
@@ -128,8 +163,21 @@ func (e *Engine) attempt(req *http.Request, rs *reqState, ep upstream.Endpoint, 
 	if i > 0 && rs.body != nil {
 		out.Body = io.NopCloser(strings.NewReader(string(rs.body)))
 	}
-	if i > 0 {
-		out.Header.Set("X-Envoy-Attempt-Count", strconv.Itoa(i+1))
+	if rs.on1xx != nil && !isGRPC(req) { // gRPC has no informational responses
+		out = out.WithContext(httptrace.WithClientTrace(out.Context(), &httptrace.ClientTrace{
+			Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+				rs.mu1xx.Lock()
+				defer rs.mu1xx.Unlock()
+				if !rs.rtDone {
+					rs.on1xx(code, http.Header(h))
+				}
+				return nil
+			}}))
+		defer func() {
+			rs.mu1xx.Lock()
+			rs.rtDone = true
+			rs.mu1xx.Unlock()
+		}()
 	}
 	var retire **countedConn // set to the connection this request retires (maxRequestsPerConnection)
 	if rs.http1 {
@@ -151,7 +199,7 @@ func (e *Engine) attempt(req *http.Request, rs *reqState, ep upstream.Endpoint, 
 	}
 	var resp *http.Response
 	var err error
-	switch t := rs.cluster.Policy().TLS; {
+	switch {
 	case t != nil && rs.svc != nil:
 		// TLS origination: the client's plain request goes out over TLS to the endpoint.
 		u.Scheme = "https"
@@ -162,21 +210,14 @@ func (e *Engine) attempt(req *http.Request, rs *reqState, ep upstream.Endpoint, 
 		resp, err = e.h2.RoundTrip(out)
 	}
 	if err != nil {
-		cancel()
-		if !errors.As(err, new(*connectError)) && isDialError(err) {
-			err = &connectError{err: err}
-		}
-		if ctx.Err() == context.DeadlineExceeded && req.Context().Err() == nil {
-			err = errTimeout
-		}
-		return nil, attemptCtx{}, err
+		return nil, err
 	}
 	if retire != nil && *retire != nil {
 		// Close the connection once this response has been read; the transport then drops it.
 		conn := *retire
 		resp.Body = wrapBody(resp.Body, func() { conn.Close() })
 	}
-	return resp, attemptCtx{cancel: cancel}, nil
+	return resp, nil
 }
 
 // isDialError recognizes failures to open the upstream connection.

@@ -13,8 +13,8 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
-	"net/http/httputil"
 	"net/netip"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -58,11 +58,10 @@ const (
 )
 
 // reqState is one request through the engine. It is handed explicitly to every step (handler.go,
-// forward.go), and it owns the request's ReverseProxy, whose hooks (rewrite, modifyResponse,
-// proxyError) and transport (RoundTrip) are its methods: no state travels in the request's context.
+// proxy.go, forward.go): the proxy's hooks (rewrite, modifyResponse, proxyError) and its transport
+// (RoundTrip) are its methods, and no state travels in the request's context.
 type reqState struct {
 	e         *Engine
-	proxy     httputil.ReverseProxy
 	info      *ConnInfo
 	snap      *snapshot
 	sel       routing.Selected
@@ -83,6 +82,17 @@ type reqState struct {
 	rw         respWriter
 	cbody      countingBody
 	defBackend model.Backend
+	out        http.Request // the outgoing request (proxy.go)
+	outURL     url.URL
+	ncBody     noCloseBody
+
+	hv               [4]string // header values the proxy sets (rewrite, forward)
+	reqHeaderBytes   int64     // the client's request header size, counted before forwarding edits the headers
+	reqHeaderCounted bool
+	on1xx            func(code int, h http.Header) // relays an informational response to the client
+
+	mu1xx  sync.Mutex
+	rtDone bool // guarded by mu1xx; the round trip returned: no more 1xx may touch the response
 
 	flags    []string
 	upstream netip.AddrPort
@@ -111,7 +121,9 @@ func (s *reqState) flagString() string {
 
 // ServeHTTP runs one request through the pipeline described in the package documentation.
 func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	growStack(0)
+	if r.ProtoMajor == 2 {
+		growStack(0) // a fresh goroutine per HTTP/2 stream; HTTP/1.1 reuses the connection's, already grown
+	}
 	info, _ := r.Context().Value(connKey{}).(*ConnInfo)
 	if info == nil {
 		http.Error(w, "no HBONE context", http.StatusInternalServerError)
@@ -138,7 +150,11 @@ func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		defer rs.idle.stop()
 		rs.rw.idle, rs.cbody.idle = rs.idle, rs.idle
 	}
-	ctx = e.tracing.Propagator.Extract(ctx, propagation.HeaderCarrier(r.Header))
+	if hasB3(r.Header) {
+		ctx = e.tracing.Propagator.Extract(ctx, headerCarrier(r.Header))
+	} else {
+		ctx = e.tracing.W3C.Extract(ctx, headerCarrier(r.Header)) // the same result, without B3's context values
+	}
 	ctx, span := e.tracing.Tracer.Start(ctx, "waypoint", trace.WithSpanKind(trace.SpanKindServer))
 	if span.IsRecording() {
 		span.SetName(r.Host + r.URL.Path)
@@ -179,7 +195,11 @@ func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if rs.dstWl != nil {
 		lbl.DestPrincipal = strings.TrimPrefix(rs.dstWl.Identity(), "spiffe://")
 	}
-	reqBytes := body.n + headerSize(r.Header)
+	reqHdr := rs.reqHeaderBytes
+	if !rs.reqHeaderCounted {
+		reqHdr = headerSize(r.Header)
+	}
+	reqBytes := body.n.Load() + reqHdr
 	respBytes := rw.n + headerSize(rw.Header())
 	e.metrics.Observe(lbl, dur, reqBytes, respBytes)
 
@@ -202,7 +222,7 @@ func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		slog.String("method", r.Method), slog.String("authority", r.Host), slog.String("path", r.URL.RequestURI()),
 		slog.String("protocol", r.Proto), slog.Int("status", code), slog.String("response_flags", rs.flagString()),
 		slog.String("upstream", addrString(rs.upstream)), slog.Int("attempts", rs.attempts),
-		slog.Duration("duration", dur), slog.Int64("bytes_received", body.n), slog.Int64("bytes_sent", rw.n),
+		slog.Duration("duration", dur), slog.Int64("bytes_received", body.n.Load()), slog.Int64("bytes_sent", rw.n),
 		slog.String("trace_id", span.SpanContext().TraceID().String()),
 	}
 	if dstSvc != nil {
@@ -484,7 +504,11 @@ func (e *Engine) handle(w http.ResponseWriter, r *http.Request, rs *reqState) {
 	}
 
 	// 9. Forward.
-	rs.proxy.ServeHTTP(w, r)
+	if rs.upgrade {
+		rs.forwardUpgrade(w, r)
+		return
+	}
+	rs.forward(w, r)
 }
 
 func cmpOr(a, b int) int {
@@ -622,6 +646,56 @@ func (e *Engine) chooseBackend(r *http.Request, rs *reqState) error {
 	return nil
 }
 
+// headerCarrier is propagation.HeaderCarrier without its allocation per Get and Set: the propagators'
+// lower-case keys map to canonical header names without building them.
+type headerCarrier http.Header
+
+func (c headerCarrier) Get(key string) string {
+	if vs := c[traceHeader(key)]; len(vs) > 0 {
+		return vs[0]
+	}
+	return ""
+}
+
+func (c headerCarrier) Set(key, value string) { c[traceHeader(key)] = []string{value} }
+
+func (c headerCarrier) Keys() []string { return propagation.HeaderCarrier(c).Keys() }
+
+// traceHeader returns the canonical form of a trace propagation header name.
+func traceHeader(k string) string {
+	switch k {
+	case "traceparent":
+		return "Traceparent"
+	case "tracestate":
+		return "Tracestate"
+	case "baggage":
+		return "Baggage"
+	case "b3":
+		return "B3"
+	case "x-b3-traceid":
+		return "X-B3-Traceid"
+	case "x-b3-spanid":
+		return "X-B3-Spanid"
+	case "x-b3-parentspanid":
+		return "X-B3-Parentspanid"
+	case "x-b3-sampled":
+		return "X-B3-Sampled"
+	case "x-b3-flags":
+		return "X-B3-Flags"
+	}
+	return http.CanonicalHeaderKey(k)
+}
+
+// hasB3 reports whether h carries any B3 header (single or multi).
+func hasB3(h http.Header) bool {
+	for _, k := range [...]string{"B3", "X-B3-Traceid", "X-B3-Spanid", "X-B3-Sampled", "X-B3-Flags", "X-B3-Parentspanid"} {
+		if _, ok := h[k]; ok {
+			return true
+		}
+	}
+	return false
+}
+
 // requestID returns a random 128-bit hex ID (math/rand/v2's ChaCha8 source: unique, not secret).
 func requestID() string {
 	var b [16]byte
@@ -682,41 +756,34 @@ type readCloser struct {
 	io.Closer
 }
 
-// newReqState returns the state of a request arriving on info, its proxy bound to it.
+// newReqState returns the state of a request arriving on info.
 func (e *Engine) newReqState(info *ConnInfo, snap *snapshot) *reqState {
-	rs := &reqState{e: e, info: info, snap: snap}
-	rs.proxy = httputil.ReverseProxy{
-		Rewrite:        rs.rewrite,
-		Transport:      rs,
-		FlushInterval:  0, // streamed responses (unknown length, gRPC, event streams) are still flushed per write
-		BufferPool:     bufferPool{},
-		ModifyResponse: rs.modifyResponse,
-		ErrorHandler:   rs.proxyError,
-		ErrorLog:       e.proxyLog,
-	}
-	return rs
+	return &reqState{e: e, info: info, snap: snap}
 }
 
-// rewrite builds the upstream request (ReverseProxy Rewrite hook).
-func (rs *reqState) rewrite(pr *httputil.ProxyRequest) {
+// rewrite builds the upstream request out from the client's request in.
+func (rs *reqState) rewrite(in, out *http.Request) {
 	e := rs.e
-	out := pr.Out
 	out.URL.Scheme = "http"
 	rule := rs.rule
 	applyRequestFilters(out, &rule.Filters, rs.sel.Match)
 	if rs.backend != nil {
 		applyRequestFilters(out, &rs.backend.Filters, rs.sel.Match)
 	}
+	// The values live in rs (rs.hv): setting them costs no allocation of their own.
 	if ip := rs.info.Remote.Addr(); ip.IsValid() {
 		if prior := out.Header.Get("X-Forwarded-For"); prior != "" {
-			out.Header.Set("X-Forwarded-For", prior+", "+ip.Unmap().String())
+			rs.hv[0] = prior + ", " + ip.Unmap().String()
 		} else {
-			out.Header.Set("X-Forwarded-For", ip.Unmap().String())
+			rs.hv[0] = ip.Unmap().String()
 		}
+		out.Header["X-Forwarded-For"] = rs.hv[0:1:1]
 	}
-	out.Header.Set("X-Forwarded-Proto", "http")
+	rs.hv[1] = "http"
+	out.Header["X-Forwarded-Proto"] = rs.hv[1:2:2]
 	if out.Header.Get("X-Request-Id") == "" {
-		out.Header.Set("X-Request-Id", requestID())
+		rs.hv[2] = requestID()
+		out.Header["X-Request-Id"] = rs.hv[2:3:3]
 	}
 	// W3C trace context always; B3 too when the client used B3 (the formats the client understands).
 	b3 := out.Header.Get("X-B3-Traceid") != "" || out.Header.Get("B3") != ""
@@ -724,10 +791,10 @@ func (rs *reqState) rewrite(pr *httputil.ProxyRequest) {
 		for _, h := range []string{"X-B3-Traceid", "X-B3-Spanid", "X-B3-Parentspanid", "X-B3-Sampled", "X-B3-Flags", "B3"} {
 			out.Header.Del(h)
 		}
-		e.tracing.Propagator.Inject(pr.In.Context(), propagation.HeaderCarrier(out.Header))
+		e.tracing.Propagator.Inject(in.Context(), headerCarrier(out.Header))
 	} else {
 		out.Header.Del("Tracestate")
-		e.tracing.W3C.Inject(pr.In.Context(), propagation.HeaderCarrier(out.Header))
+		e.tracing.W3C.Inject(in.Context(), headerCarrier(out.Header))
 	}
 	if rs.http1 && out.ProtoMajor == 2 {
 		out.Header.Del("Te") // h2 "te: trailers" is meaningless to an HTTP/1.1 upstream
@@ -759,7 +826,7 @@ func applyHeaderMod(h http.Header, m *model.HeaderMod) {
 	}
 }
 
-// modifyResponse applies the response filters (ReverseProxy ModifyResponse hook).
+// modifyResponse applies the response filters.
 func (rs *reqState) modifyResponse(resp *http.Response) error {
 	if resp.StatusCode == http.StatusSwitchingProtocols && (!rs.upgrade || !strings.EqualFold(resp.Header.Get("Upgrade"), "websocket")) {
 		return errUnexpectedUpgrade // the proxy closes the body (releasing the attempt) and calls proxyError
@@ -778,7 +845,7 @@ func (rs *reqState) modifyResponse(resp *http.Response) error {
 	return nil
 }
 
-// proxyError answers a request that could not be forwarded (ReverseProxy ErrorHandler hook).
+// proxyError answers a request that could not be forwarded.
 func (rs *reqState) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	e := rs.e
 	switch {
@@ -861,13 +928,13 @@ func (w *respWriter) Flush() {
 
 type countingBody struct {
 	io.ReadCloser
-	n    int64
+	n    atomic.Int64 // read by ServeHTTP while a streamed body's writer may still count
 	idle *idleWatch
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
-	b.n += int64(n)
+	b.n.Add(int64(n))
 	if n > 0 && b.idle != nil {
 		b.idle.touch()
 	}

@@ -3,7 +3,8 @@
 // load balancing (round robin, least request, random, consistent hash), circuit breaking
 // (DestinationRule connection pool limits) and outlier detection (ejection after consecutive errors).
 // Clusters survive configuration reloads, so counters and ejections are not reset by an unrelated
-// change.
+// change. IdlePool keeps the engine's idle HTTP/1.1 keep-alive connections per endpoint (bounded per
+// address, expired after an idle timeout); it decides which to keep and leaves closing to the caller.
 //
 // Two parts do I/O, at request time and on the engine's behalf: Resolver resolves the hostnames of DNS
 // endpoints (ServiceEntry resolution DNS; HostEndpoints turns them into endpoints) with a resolv.conf's

@@ -36,6 +36,7 @@ type Cluster struct {
 	active  int                         // guarded by mu; admitted requests in flight
 	waiters []chan struct{}             // guarded by mu; pending requests, FIFO
 	rr      uint64                      // guarded by mu
+	rel     func()                      // c.release, made once (Admit returns it to every request)
 }
 
 // Manager holds clusters by key.
@@ -54,6 +55,7 @@ func (m *Manager) Cluster(key string, p model.TrafficPolicy) *Cluster {
 	c := m.clusters[key]
 	if c == nil {
 		c = &Cluster{Key: key, eps: map[netip.AddrPort]*epState{}}
+		c.rel = c.release
 		m.clusters[key] = c
 	}
 	c.mu.Lock()
@@ -83,7 +85,7 @@ func (c *Cluster) Admit(ctx context.Context, http1 bool) (release func(), err er
 	if limit == 0 || c.active < limit {
 		c.active++
 		c.mu.Unlock()
-		return c.release, nil
+		return c.rel, nil
 	}
 	queueable := http1 && p.MaxConnections > 0 && p.MaxConnections == limit
 	if !queueable || p.MaxPending > 0 && len(c.waiters) >= p.MaxPending {
@@ -95,7 +97,7 @@ func (c *Cluster) Admit(ctx context.Context, http1 bool) (release func(), err er
 	c.mu.Unlock()
 	select {
 	case <-ch:
-		return c.release, nil // the slot was handed over by release
+		return c.rel, nil // the slot was handed over by release
 	case <-ctx.Done():
 		c.mu.Lock()
 		for i, w := range c.waiters {
