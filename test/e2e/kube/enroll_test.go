@@ -49,7 +49,7 @@ func TestEnrollmentFollowsLabels(t *testing.T) {
 		var s seen
 		deadline := time.Now().Add(3 * time.Second)
 		for time.Now().Before(deadline) && (s.outbound == nil || s.inbound == nil) {
-			if ls := c.accessLines("istio-system", clientAgent, "ambit", map[string]string{"src.addr": local, "direction": "outbound"}); len(ls) > 0 {
+			if ls := c.accessLines("istio-system", clientAgent, "ambit", map[string]string{"src.addr": local, "direction": "outbound", "src.namespace": ns}); len(ls) > 0 {
 				s.outbound = ls[0]
 			}
 			// The server agent's lines since the request: plaintext keeps the client's address, HBONE names

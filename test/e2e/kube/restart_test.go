@@ -373,7 +373,8 @@ func (c *cluster) rsCheckSurvived(t *testing.T, lc *rsConn, before dump.Connecti
 func (c *cluster) rsCloseLongLived(t *testing.T, e *rsEnv, lc *rsConn, live dump.Connection) {
 	t.Helper()
 	lc.conn.Close()
-	out := c.rsAccessLine(t, e, rsClientNode, map[string]string{"src.addr": lc.local(), "direction": "outbound"})
+	// By the source namespace too: pod IPs are reused, and an earlier pod's connection may have had the port.
+	out := c.rsAccessLine(t, e, rsClientNode, map[string]string{"src.addr": lc.local(), "direction": "outbound", "src.namespace": e.ns})
 	if out["dst.hbone_addr"] != live.Authority || out["protocol"] != "HBONE" || out["dst.service"] != "server."+e.ns+".svc.cluster.local" ||
 		out["error"] != "" || out["waypoint"] != "" {
 		t.Errorf("client agent's access log: %v, want HBONE to %s for service server without error", out, live.Authority)
@@ -407,7 +408,7 @@ func (c *cluster) rsReach(t *testing.T, e *rsEnv, target string, pods map[string
 		if err == nil {
 			name, _, _ := strings.Cut(body, " saw ")
 			if p, ok := pods[name]; ok {
-				line := c.rsAccessLine(t, e, rsClientNode, map[string]string{"src.addr": local, "direction": "outbound"})
+				line := c.rsAccessLine(t, e, rsClientNode, map[string]string{"src.addr": local, "direction": "outbound", "src.namespace": e.ns})
 				hbone := net.JoinHostPort(p.IP.String(), fmt.Sprint(rsPort))
 				if line["dst.hbone_addr"] == hbone && line["protocol"] == "HBONE" && line["dst.service"] == svc && line["error"] == "" {
 					t.Logf("%s answered by %s: client agent's access log %v", target, name, line)
