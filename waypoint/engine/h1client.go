@@ -52,11 +52,32 @@ type h1Conn struct {
 	br       *bufio.Reader
 	read     int64 // bytes read since the current request was written
 	requests int   // requests sent
+	// headLimit bounds the bytes read from the connection while a response head is read (negative: no
+	// bound), so that an endpoint sending an endless header line or 1xx responses cannot grow the
+	// waypoint's memory; the buffered reader's read-ahead counts too, so the bound is approximate.
+	headLimit int64
 }
 
+// Response head bounds: MaxHeaderBytes of heads (Envoy's max_response_headers_kb is 60 KiB), and at most
+// max1xxResponses informational responses before the final one (as net/http's Transport).
+const max1xxResponses = 5
+
+var errResponseHeadTooLarge = errors.New("response head too large")
+
 func (c *h1Conn) Read(p []byte) (int, error) {
+	if c.headLimit >= 0 {
+		if c.headLimit == 0 {
+			return 0, errResponseHeadTooLarge
+		}
+		if int64(len(p)) > c.headLimit {
+			p = p[:c.headLimit]
+		}
+	}
 	n, err := c.Conn.Read(p)
 	c.read += int64(n)
+	if c.headLimit >= 0 {
+		c.headLimit -= int64(n)
+	}
 	return n, err
 }
 
@@ -124,7 +145,7 @@ func (hc *h1Client) get(ctx context.Context, addr netip.AddrPort) (*h1Conn, bool
 	if err != nil {
 		return nil, false, err
 	}
-	c = &h1Conn{Conn: nc, addr: addr}
+	c = &h1Conn{Conn: nc, addr: addr, headLimit: -1}
 	c.br = bufio.NewReaderSize(c, 4<<10)
 	return c, false, nil
 }
@@ -215,7 +236,12 @@ func (hc *h1Client) send(ctx context.Context, c *h1Conn, req *http.Request, addr
 
 // readResponse reads the response to req from c, relaying informational responses to on1xx.
 func readResponse(c *h1Conn, req *http.Request, on1xx func(int, http.Header)) (*http.Response, error) {
-	for {
+	c.headLimit = MaxHeaderBytes + int64(c.br.Size()) // what the head may take plus one read-ahead
+	defer func() { c.headLimit = -1 }()
+	for informational := 0; ; informational++ {
+		if informational > max1xxResponses {
+			return nil, fmt.Errorf("read response: more than %d informational responses", max1xxResponses)
+		}
 		resp, err := http.ReadResponse(c.br, req)
 		if err != nil {
 			if c.read == 0 && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed)) {

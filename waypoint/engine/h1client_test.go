@@ -290,3 +290,44 @@ func mustReq(method, url string, body io.Reader) *http.Request {
 func netipAddr(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
 
 func bufioReader(s string) *bufio.Reader { return bufio.NewReader(strings.NewReader(s)) }
+
+// TestH1HostileResponseHeads: an endpoint that sends a response head larger than MaxHeaderBytes, or more
+// informational responses than max1xxResponses, gets its request failed (an error status to the client), not
+// read into the waypoint's memory without bound. Before the bounds both were relayed as a 200.
+func TestH1HostileResponseHeads(t *testing.T) {
+	tu.CheckGoroutines(t)
+	h := newHarness(t, 1, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hj, _ := w.(http.Hijacker)
+		c, brw, err := hj.Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		switch r.URL.Path {
+		case "/huge-head":
+			brw.WriteString("HTTP/1.1 200 OK\r\nX-Big: ")
+			brw.WriteString(strings.Repeat("a", 1<<20))
+			brw.WriteString("\r\nContent-Length: 2\r\n\r\nok")
+		case "/endless-1xx":
+			for range 100 {
+				brw.WriteString("HTTP/1.1 102 Processing\r\n\r\n")
+			}
+			brw.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		}
+		brw.Flush()
+	}))
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	for _, path := range []string{"/huge-head", "/endless-1xx"} {
+		resp, err := c.Get("http://" + h.addr + path)
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode < 500 {
+			t.Errorf("%s: status %d, want the request failed", path, resp.StatusCode)
+		}
+	}
+}
