@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -22,18 +23,25 @@ import (
 	wapi "github.com/ambit-mesh/ambit/xdsclient/workloadapi"
 )
 
-// Benchmark size of issue 6: 100,000 workloads and 10,000 services in one delta response.
-const (
-	benchNamespaces = 1000
-	benchServices   = 10000
-	benchWorkloads  = 100000
+// benchSize is the shape of one benchmark configuration.
+type benchSize struct {
+	name                            string
+	namespaces, services, workloads int
+}
+
+var (
+	// size100k is issue 6's size: 100,000 workloads and 10,000 services in one delta response.
+	size100k = benchSize{"100k", 1000, 10000, 100000}
+	// size1M is issue 15's: 1,000,000 workloads and 66,000 services (the same services per namespace and
+	// workloads per service as size100k would give with fewer, larger services: istiod's large-cluster shape).
+	size1M = benchSize{"1M", 6600, 66000, 1000000}
 )
 
 // benchPod is workload i, shaped like istiod's pods: one IP, HBONE, identity, node, telemetry names, one
 // service membership; every tenth namespace uses a waypoint.
-func benchPod(i, generation int) (string, *wapi.Address) {
-	svc := i % benchServices
-	ns := fmt.Sprintf("ns%d", svc%benchNamespaces)
+func benchPod(sz benchSize, i, generation int) (string, *wapi.Address) {
+	svc := i % sz.services
+	ns := fmt.Sprintf("ns%d", svc%sz.namespaces)
 	name := fmt.Sprintf("pod%d", i)
 	ip := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
 	a := xdstest.Pod(ns, name, ip.String(), xdstest.InService(ns, fmt.Sprintf("svc%d", svc)), func(w *wapi.Workload) {
@@ -41,17 +49,17 @@ func benchPod(i, generation int) (string, *wapi.Address) {
 		w.ServiceAccount = fmt.Sprintf("sa%d", svc)
 		w.CanonicalName = fmt.Sprintf("svc%d", svc)
 		w.CanonicalRevision = fmt.Sprintf("v%d", generation)
-		if (svc%benchNamespaces)%10 == 0 {
+		if (svc%sz.namespaces)%10 == 0 {
 			w.Waypoint = xdstest.WaypointHost(ns, "waypoint")
 		}
 	})
 	return a.GetWorkload().GetUid(), a
 }
 
-func benchService(i int) (string, *wapi.Address) {
-	ns := fmt.Sprintf("ns%d", i%benchNamespaces)
+func benchService(sz benchSize, i int) (string, *wapi.Address) {
+	ns := fmt.Sprintf("ns%d", i%sz.namespaces)
 	name := fmt.Sprintf("svc%d", i)
-	if i < benchNamespaces && i%10 == 0 {
+	if i < sz.namespaces && i%10 == 0 {
 		name = "waypoint" // the waypoint service of every tenth namespace
 	}
 	vip := netip.AddrFrom4([4]byte{100, byte(i >> 16), byte(i >> 8), byte(i)})
@@ -59,17 +67,17 @@ func benchService(i int) (string, *wapi.Address) {
 }
 
 // benchResponse is the marshaled DeltaDiscoveryResponse istiod would send on connect.
-func benchResponse(b *testing.B) []byte {
+func benchResponse(b *testing.B, sz benchSize) []byte {
 	b.Helper()
 	resp := &discovery.DeltaDiscoveryResponse{TypeUrl: xds.AddressTypeURL, Nonce: "n1"}
 	add := func(name string, m proto.Message) {
 		resp.Resources = append(resp.Resources, &discovery.Resource{Name: name, Version: "v1", Resource: xdstest.Any(m)})
 	}
-	for i := range benchServices {
-		add(benchService(i))
+	for i := range sz.services {
+		add(benchService(sz, i))
 	}
-	for i := range benchWorkloads {
-		add(benchPod(i, 0))
+	for i := range sz.workloads {
+		add(benchPod(sz, i, 0))
 	}
 	raw, err := proto.Marshal(resp)
 	if err != nil {
@@ -116,32 +124,38 @@ func heapPeak() (stop func() uint64) {
 	}
 }
 
-// BenchmarkIngest decodes one delta response of 100,000 workloads and 10,000 services from its wire bytes
-// (as gRPC does), converts and validates every resource and applies it to an empty store. It reports the
-// peak live heap during the operation above the heap before it (the wire bytes themselves excluded) and
-// the heap the store retains afterwards.
+// BenchmarkIngest decodes one delta response from its wire bytes (as gRPC does), converts and validates
+// every resource and applies it to an empty store, at 100,000 workloads and 10,000 services and at
+// 1,000,000 workloads and 66,000 services. It reports the peak live heap during the operation above the
+// heap before it (the wire bytes themselves excluded) and the heap the store retains afterwards.
 func BenchmarkIngest(b *testing.B) {
-	raw := benchResponse(b)
-	for _, mode := range []struct {
-		name      string
-		threshold int
-	}{{"parallel", 2048}, {"serial", 1 << 30}} {
-		b.Run(mode.name, func(b *testing.B) {
-			defer xds.SetParallelThreshold(xds.SetParallelThreshold(mode.threshold))
-			benchIngest(b, raw)
+	for _, sz := range []benchSize{size100k, size1M} {
+		b.Run(sz.name, func(b *testing.B) {
+			raw := benchResponse(b, sz)
+			for _, mode := range []struct {
+				name      string
+				threshold int
+			}{{"parallel", 2048}, {"serial", 1 << 30}} {
+				b.Run(mode.name, func(b *testing.B) {
+					defer xds.SetParallelThreshold(xds.SetParallelThreshold(mode.threshold))
+					benchIngest(b, sz, raw)
+				})
+			}
 		})
 	}
 }
 
-func benchIngest(b *testing.B, raw []byte) {
+func benchIngest(b *testing.B, sz benchSize, raw []byte) {
 	b.SetBytes(int64(len(raw)))
 	var peak, retained uint64
+	var cpu time.Duration
 	for b.Loop() {
 		b.StopTimer()
 		runtime.GC()
 		var before runtime.MemStats
 		runtime.ReadMemStats(&before)
 		stop := heapPeak()
+		cpu0 := processCPU()
 		b.StartTimer()
 
 		resp := &discovery.DeltaDiscoveryResponse{}
@@ -155,12 +169,13 @@ func benchIngest(b *testing.B, raw []byte) {
 		}
 
 		b.StopTimer()
+		cpu += processCPU() - cpu0
 		p := stop()
 		resp = nil
 		runtime.GC()
 		var after runtime.MemStats
 		runtime.ReadMemStats(&after)
-		if w, s, _ := st.Counts(); w != benchWorkloads || s != benchServices {
+		if w, s, _ := st.Counts(); w != sz.workloads || s != sz.services {
 			b.Fatalf("counts = %d, %d", w, s)
 		}
 		peak = max(peak, p-min(p, before.HeapAlloc))
@@ -169,6 +184,9 @@ func benchIngest(b *testing.B, raw []byte) {
 		runtime.KeepAlive(resp)
 		b.StartTimer()
 	}
+	// CPU time (user + system, every thread: decoding, conversion and the GC's workers) says more than wall
+	// time on a shared machine.
+	b.ReportMetric(float64(cpu.Milliseconds())/float64(b.N), "cpu-ms/op")
 	b.ReportMetric(float64(peak)/(1<<20), "peak-MB")
 	b.ReportMetric(float64(retained)/(1<<20), "store-MB")
 }
@@ -179,7 +197,7 @@ func benchIngest(b *testing.B, raw []byte) {
 // (reads/op), which shows they keep going; how long one update holds the store's write lock is measured
 // alone by BenchmarkStoreApplyOne.
 func BenchmarkIncrementalUpdate(b *testing.B) {
-	raw := benchResponse(b)
+	raw := benchResponse(b, size100k)
 	resp := &discovery.DeltaDiscoveryResponse{}
 	if err := proto.Unmarshal(raw, resp); err != nil {
 		b.Fatal(err)
@@ -193,7 +211,7 @@ func BenchmarkIncrementalUpdate(b *testing.B) {
 	// Two versions of pod 4242 to alternate between.
 	var updates [2]*xdsclient.Update
 	for g := range updates {
-		name, a := benchPod(4242, g+1)
+		name, a := benchPod(size100k, 4242, g+1)
 		updates[g] = &xdsclient.Update{TypeURL: xds.AddressTypeURL, Resources: []xdsclient.Resource{{Name: name, Version: fmt.Sprint(g), Body: xdstest.Any(a)}}}
 	}
 	runtime.GC()
@@ -228,7 +246,7 @@ func BenchmarkIncrementalUpdate(b *testing.B) {
 	stop.Store(true)
 	wg.Wait()
 	b.ReportMetric(float64(reads.Load())/float64(b.N), "reads/op")
-	name, _ := benchPod(4242, 0)
+	name, _ := benchPod(size100k, 4242, 0)
 	if w := st.Workload(name); w == nil || !slices.Contains([]string{"v1", "v2"}, w.CanonicalRevision) {
 		b.Fatalf("update not applied: %v", w)
 	}
@@ -237,7 +255,7 @@ func BenchmarkIncrementalUpdate(b *testing.B) {
 // BenchmarkStoreApplyOne isolates state.Store.Apply of one changed workload in the same full store, to
 // separate the store's cost from conversion in BenchmarkIncrementalUpdate.
 func BenchmarkStoreApplyOne(b *testing.B) {
-	raw := benchResponse(b)
+	raw := benchResponse(b, size100k)
 	resp := &discovery.DeltaDiscoveryResponse{}
 	if err := proto.Unmarshal(raw, resp); err != nil {
 		b.Fatal(err)
@@ -249,7 +267,7 @@ func BenchmarkStoreApplyOne(b *testing.B) {
 	resp, raw = nil, nil
 	var ws [2]*state.Workload
 	for g := range ws {
-		_, a := benchPod(4242, g+1)
+		_, a := benchPod(size100k, 4242, g+1)
 		w, err := xds.ConvertWorkload(a.GetWorkload())
 		if err != nil {
 			b.Fatal(err)
@@ -262,4 +280,13 @@ func BenchmarkStoreApplyOne(b *testing.B) {
 		st.Apply(&state.Update{Workloads: []*state.Workload{ws[i%2]}})
 		i++
 	}
+}
+
+// processCPU is the CPU time the process has used (user + system).
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
