@@ -117,7 +117,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	if cfg.XDSAddress != "" {
 		src, err := xds.NewSource(xds.SourceOptions{
 			Address: cfg.XDSAddress, Plaintext: cfg.XDSPlaintext, RootCertFile: cfg.XDSRootFile, TokenFile: cfg.TokenFile,
-			ClusterID: cfg.ClusterID, Store: a.Store, Logger: a.log.With("component", "xds"),
+			ClusterID: cfg.ClusterID, Store: a.Store, Logger: a.log.With("component", "xds"), OnDemand: cfg.XDSOnDemand,
 			Node: xdsclient.NodeInfo{IP: cfg.InstanceIP, PodName: cfg.PodName, PodNamespace: cfg.PodNamespace,
 				NodeName: cfg.NodeName, ClusterID: cfg.ClusterID, ServiceAccount: cfg.ServiceAccount},
 		})
@@ -125,6 +125,12 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 			return nil, fmt.Errorf("xds source: %w", err)
 		}
 		a.xds = src
+		if cfg.XDSOnDemand {
+			a.in.demand = newOnDemand(src.Lookup, cfg.XDSOnDemandTimeout, a.Metrics.Registry, a.log.With("component", "xds-on-demand"))
+			if cfg.DNSCapture {
+				a.log.Warn("on-demand xDS: the DNS proxy answers only for hostnames istiod has pushed (ztunnel does not combine the two)")
+			}
+		}
 	} else {
 		a.source = newFileSource(cfg, a.Store, a.Metrics, a.log.With("component", "config"))
 		if err := a.source.load(); err != nil {

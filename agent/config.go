@@ -46,6 +46,11 @@ type Config struct {
 	// disables TLS (istiod's port 15010, for development).
 	XDSRootFile  string `json:"xdsRootFile"`
 	XDSPlaintext bool   `json:"xdsPlaintext"`
+	// XDSOnDemand subscribes to addresses on demand (env XDS_ON_DEMAND, as ztunnel): istiod pushes this
+	// node's workloads, and the agent asks for any other address when a connection needs it, waiting at
+	// most XDSOnDemandTimeout (default DefaultXDSOnDemandTimeout) before treating it as unknown.
+	XDSOnDemand        bool          `json:"xdsOnDemand"`
+	XDSOnDemandTimeout time.Duration `json:"xdsOnDemandTimeout"`
 	// PodName, PodNamespace, InstanceIP and ServiceAccount describe the agent's own pod to istiod
 	// (POD_NAME, POD_NAMESPACE, INSTANCE_IP, SERVICE_ACCOUNT), as ztunnel's node metadata.
 	PodName        string `json:"podName"`
@@ -189,6 +194,9 @@ func (c Config) withDefaults() Config {
 	if c.ConfigPoll == 0 {
 		c.ConfigPoll = time.Second
 	}
+	if c.XDSOnDemandTimeout <= 0 {
+		c.XDSOnDemandTimeout = DefaultXDSOnDemandTimeout
+	}
 	if c.TrustDomain == "" {
 		c.TrustDomain = "cluster.local"
 	}
@@ -239,6 +247,8 @@ func (c Config) Validate() error {
 		return errors.New("a configuration source is required (--config-file or --xds-address)")
 	case len(c.ConfigFiles) > 0 && c.XDSAddress != "":
 		return errors.New("--config-file and --xds-address are exclusive")
+	case c.XDSOnDemand && c.XDSAddress == "":
+		return errors.New("--xds-on-demand needs --xds-address")
 	case c.XDSAddress != "" && !c.XDSPlaintext && c.XDSRootFile == "":
 		return errors.New("--xds-root-file is required unless --xds-plaintext")
 	case c.XDSAddress != "" && (c.PodName == "" || c.PodNamespace == ""):

@@ -65,6 +65,7 @@ func (in *inbound) startHBONE(ctx context.Context, r *hbone.Request) (*relayJob,
 	if f, err := hbone.ParseForwarded(r.Header.Values(hbone.HeaderForwarded)...); err == nil && f.Host != "" && d.service == nil {
 		d.service = in.store.ServiceByHostname(f.Host, local.Namespace)
 	}
+	in.demandSource(ctx, d)
 	res := in.result(d, "HBONE")
 	if svc != nil {
 		res.Conn.Authority = r.Authority // a hostname authority says more than the pod's address
@@ -159,6 +160,7 @@ func (in *inbound) startPlaintext(ctx context.Context, down *net.TCPConn, dnat b
 		return nil
 	}
 	d := &delivery{src: src, dst: dst, local: local}
+	in.demandSource(ctx, d)
 	res := in.result(d, "TCP")
 	up, err := in.prepare(ctx, d)
 	if err != nil {

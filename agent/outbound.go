@@ -29,7 +29,7 @@ type outbound struct {
 
 // serve carries one captured outbound connection.
 func (o *outbound) serve(ctx context.Context, down *net.TCPConn) {
-	res, plan := o.plan(down)
+	res, plan := o.plan(ctx, down)
 	switch {
 	case res == nil:
 	case plan.Protocol == route.ProtocolHBONE && plan.Path == route.PathDirect && !plan.DoubleHBONE() && o.captured(plan.Upstream):
@@ -44,8 +44,9 @@ func (o *outbound) serve(ctx context.Context, down *net.TCPConn) {
 }
 
 // plan reads the connection's original destination and plans it; nil when it could not be planned or
-// was refused (accounted and closed here).
-func (o *outbound) plan(down *net.TCPConn) (*metrics.ConnectionResult, route.Plan) {
+// was refused (accounted and closed here). With on-demand xDS, a destination missing from the state is
+// asked of istiod (see ondemand.go) and planned again.
+func (o *outbound) plan(ctx context.Context, down *net.TCPConn) (*metrics.ConnectionResult, route.Plan) {
 	srcAddr := addrPort(down.RemoteAddr())
 	if !o.configured.Load() {
 		o.log.Warn("outbound connection refused: policy not loaded yet", "src", srcAddr)
@@ -61,6 +62,11 @@ func (o *outbound) plan(down *net.TCPConn) (*metrics.ConnectionResult, route.Pla
 	src := o.localWorkload(srcAddr.Addr())
 	req := route.Request{Source: src, SourceIP: srcAddr.Addr(), Destination: orig, Network: o.network}
 	plan := route.Build(o.store, &req)
+	if o.demand != nil {
+		if key, ask := demandKey(o.network, &plan, orig); ask && o.demand.fetch(ctx, key) {
+			plan = route.Build(o.store, &req) // istiod had it: the state holds it now
+		}
+	}
 	res := &metrics.ConnectionResult{
 		Conn: &connmgr.Conn{Direction: connmgr.Outbound, Src: srcAddr, Dst: orig, Hop: plan.NextHop, Protocol: plan.Protocol.String(),
 			Workload: src, Peer: plan.Workload, Service: plan.Service, Waypoint: route.WaypointName(o.store, &plan),

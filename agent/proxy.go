@@ -40,6 +40,9 @@ type inputs struct {
 	metrics *metrics.Metrics
 	rec     metrics.Recorder
 	log     *slog.Logger
+
+	// demand asks istiod for addresses the state lacks (Config.XDSOnDemand); nil otherwise.
+	demand *onDemand
 }
 
 // errNotConfigured refuses a connection that arrived before the first complete configuration.

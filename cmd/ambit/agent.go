@@ -87,6 +87,8 @@ readiness (:15021).`,
 	str(&cfg.XDSRootFile, "xds-root-file", "XDS_ROOT_CA", "/var/run/secrets/istio/root-cert.pem", "root certificate of istiod's serving certificate")
 	fs.BoolVar(&cfg.XDSPlaintext, "xds-plaintext", false, "connect to istiod without TLS (port 15010; development only)")
 	envs["xds-plaintext"] = "AMBIT_XDS_PLAINTEXT"
+	fs.BoolVar(&cfg.XDSOnDemand, "xds-on-demand", false, "ask istiod for addresses when a connection needs them instead of receiving every workload")
+	envs["xds-on-demand"] = "XDS_ON_DEMAND"
 	str(&cfg.KubeEnroll, "kube-enroll", "AMBIT_KUBE_ENROLL", agent.KubeEnrollAuto,
 		"take the pods to capture from the Kubernetes API and annotate them for istiod: true, false, or auto (with --xds-address, when a kubeconfig or in-cluster credentials exist)")
 	fs.Lookup("kube-enroll").NoOptDefVal = agent.KubeEnrollOn
