@@ -130,3 +130,29 @@ func TestSameListenAddr(t *testing.T) {
 		}
 	}
 }
+
+// TestXDSOnDemandConfig: on-demand xDS needs istiod, and its wait gets a default.
+func TestXDSOnDemandConfig(t *testing.T) {
+	cases := []struct {
+		name string
+		cfg  Config
+		err  string
+	}{
+		{name: "files", cfg: Config{NodeName: "n", ConfigFiles: []string{"mesh.yaml"}, CADir: "/ca", XDSOnDemand: true},
+			err: "--xds-on-demand needs --xds-address"},
+		{name: "istiod", cfg: Config{NodeName: "n", CADir: "/ca", XDSOnDemand: true, XDSAddress: "istiod:15010", XDSPlaintext: true,
+			PodName: "z", PodNamespace: "istio-system"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := c.cfg.withDefaults()
+			err := cfg.Validate()
+			if c.err == "" && err != nil || c.err != "" && (err == nil || !strings.Contains(err.Error(), c.err)) {
+				t.Errorf("Validate = %v, want %q", err, c.err)
+			}
+			if cfg.XDSOnDemandTimeout != DefaultXDSOnDemandTimeout {
+				t.Errorf("timeout = %v, want the default %v", cfg.XDSOnDemandTimeout, DefaultXDSOnDemandTimeout)
+			}
+		})
+	}
+}

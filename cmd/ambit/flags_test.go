@@ -26,6 +26,8 @@ func TestAdminAddrFlag(t *testing.T) {
 		{name: "allowed by env", args: []string{"--admin-addr", "0.0.0.0:15000"},
 			env: map[string]string{"AMBIT_ADMIN_ALLOW_REMOTE": "true"}, want: "missing.yaml"},
 		{name: "negative connection cap", args: []string{"--hbone-max-connections", "-1"}, want: "--hbone-max-connections -1"},
+		{name: "on demand without istiod", args: []string{"--xds-on-demand"}, want: "--xds-on-demand needs --xds-address"},
+		{name: "on demand by env", env: map[string]string{"XDS_ON_DEMAND": "true"}, want: "--xds-on-demand needs --xds-address"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
