@@ -33,14 +33,36 @@ const (
 	onDemandMaxInFlight = 64
 )
 
-// demandKey is the pure part of the outbound decision: whether the plan for a connection missed because
-// the original destination is not in the state, and then the on-demand key to ask istiod for. A plan that
-// found the address (whatever it decided) or refused the connection for another reason asks nothing.
+// demandKey is the pure part of the outbound decision: whether the plan for a connection missed something
+// istiod may have, and then the on-demand key to ask for. Two misses ask: the original destination is not
+// in the state (passthrough as not in the mesh: ask for "<network>/<ip>"), and the waypoint the destination
+// uses is unknown (in on-demand mode istiod sends the waypoint service only when asked: ask for its
+// "<namespace>/<hostname>" or "<network>/<ip>", as ztunnel's fetch_destination does for a service's
+// waypoint). A plan that found what it needed, or refused the connection for another reason, asks nothing.
 func demandKey(network string, p *route.Plan, dst netip.AddrPort) (string, bool) {
-	if p.Reason != route.ReasonNotInMesh || p.Path != route.PathPassthrough {
-		return "", false
+	switch {
+	case p.Reason == route.ReasonNotInMesh && p.Path == route.PathPassthrough:
+		return addressKey(network, dst.Addr()), true
+	case p.Reason == route.ReasonUnknownWaypoint && p.Path == route.PathReject && p.Waypoint != nil:
+		return p.Waypoint.Destination(), true
 	}
-	return addressKey(network, dst.Addr()), true
+	return "", false
+}
+
+// maxDemandRounds bounds the lookups of one connection: its destination, then that destination's waypoint.
+const maxDemandRounds = 2
+
+// demandPlan asks istiod for what plan missed (demandKey) and plans again, up to maxDemandRounds times;
+// it returns the last plan. Only the miss path gets here.
+func (o *outbound) demandPlan(ctx context.Context, req *route.Request, plan route.Plan) route.Plan {
+	for range maxDemandRounds {
+		key, ask := demandKey(o.network, &plan, req.Destination)
+		if !ask || !o.demand.fetch(ctx, key) {
+			break
+		}
+		plan = route.Build(o.store, req) // istiod had it: the state holds it now
+	}
+	return plan
 }
 
 // addressKey is istiod's on-demand alias of an address: "<network>/<ip>".

@@ -21,6 +21,7 @@ import (
 	tu "github.com/ambit-mesh/ambit/test/testutil"
 	"github.com/ambit-mesh/ambit/test/xdstest"
 	"github.com/ambit-mesh/ambit/xdsclient"
+	wapi "github.com/ambit-mesh/ambit/xdsclient/workloadapi"
 )
 
 func TestDemandKey(t *testing.T) {
@@ -41,6 +42,14 @@ func TestDemandKey(t *testing.T) {
 			dst: netip.MustParseAddrPort("[fd00::5]:80"), want: "/fd00::5", ask: true},
 		{name: "ipv4 mapped", plan: route.Plan{Path: route.PathPassthrough, Reason: route.ReasonNotInMesh},
 			dst: netip.MustParseAddrPort("[::ffff:10.1.2.3]:80"), want: "/10.1.2.3", ask: true},
+		{name: "unknown waypoint by hostname", plan: route.Plan{Path: route.PathReject, Reason: route.ReasonUnknownWaypoint,
+			Waypoint: &state.GatewayAddress{Hostname: state.NamespacedHostname{Namespace: "demo", Hostname: "waypoint.demo.svc.cluster.local"},
+				HBONEMTLSPort: 15008}}, dst: dst, want: "demo/waypoint.demo.svc.cluster.local", ask: true},
+		{name: "unknown waypoint by address", plan: route.Plan{Path: route.PathReject, Reason: route.ReasonUnknownWaypoint,
+			Waypoint: &state.GatewayAddress{Address: state.NetworkAddress{Network: "net1", Addr: netip.MustParseAddr("10.96.0.9")},
+				HBONEMTLSPort: 15008}}, dst: dst, want: "net1/10.96.0.9", ask: true},
+		{name: "waypoint without endpoints is known", plan: route.Plan{Path: route.PathReject, Reason: route.ReasonNoWaypointEndpoint,
+			Waypoint: &state.GatewayAddress{HBONEMTLSPort: 15008}}, dst: dst},
 		{name: "known workload", plan: route.Plan{Path: route.PathDirect, Reason: route.ReasonWorkload}, dst: dst},
 		{name: "service passthrough is known", plan: route.Plan{Path: route.PathPassthrough, Reason: route.ReasonServicePassthrough}, dst: dst},
 		{name: "unknown source", plan: route.Plan{Path: route.PathReject, Reason: route.ReasonUnknownSource}, dst: dst},
@@ -298,5 +307,46 @@ func TestOnDemandInFlightBound(t *testing.T) {
 	}
 	if d.negativeLen() != 0 {
 		t.Error("a cancelled lookup was cached as unknown")
+	}
+}
+
+// TestOnDemandWaypoint: a destination whose waypoint service istiod has not sent (on demand it sends it only
+// when asked) is refused as an unknown waypoint; the agent asks for the waypoint by "<namespace>/<hostname>"
+// and the next plan goes through it.
+func TestOnDemandWaypoint(t *testing.T) {
+	tu.CheckGoroutines(t)
+	src, st, srv := onDemandSource(t)
+	wpPorts := func(w *wapi.Workload) {
+		w.Services = map[string]*wapi.PortList{xdstest.ServiceName("demo", "waypoint"): {Ports: []*wapi.Port{{ServicePort: 15008, TargetPort: 15008}}}}
+	}
+	srv.Set(xdstest.AddressType, map[string]proto.Message{
+		xdstest.PodUID("demo", "b"):          xdstest.Pod("demo", "b", "10.0.0.3", func(w *wapi.Workload) { w.Waypoint = xdstest.WaypointHost("demo", "waypoint") }),
+		xdstest.PodUID("demo", "waypoint-0"): xdstest.Pod("demo", "waypoint-0", "10.0.0.2", wpPorts),
+		xdstest.ServiceName("demo", "waypoint"): xdstest.Service("demo", "waypoint", "10.96.0.9", func(s *wapi.Service) {
+			s.Ports = []*wapi.Port{{ServicePort: 15008, TargetPort: 15008}}
+		}),
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// The destination and the waypoint's pod are known already (istiod sends a service's pods with it).
+	for _, uid := range []string{xdstest.PodUID("demo", "b"), xdstest.PodUID("demo", "waypoint-0")} {
+		if ok, err := src.Lookup(ctx, uid); !ok || err != nil {
+			t.Fatalf("Lookup %s = %v, %v", uid, ok, err)
+		}
+	}
+	cl := &countingLookup{src: src}
+	o := &outbound{inputs: &inputs{store: st, demand: newOnDemand(cl.lookup, 10*time.Second, nil, slog.New(slog.DiscardHandler))}}
+	req := route.Request{Source: &state.Workload{UID: "Kubernetes//Pod/demo/client", Name: "client", Namespace: "demo", ServiceAccount: "client",
+		Node: "node9", Protocol: state.TunnelHBONE}, SourceIP: netip.MustParseAddr("10.0.9.1"), Destination: netip.MustParseAddrPort("10.0.0.3:8080")}
+	before := route.Build(st, &req)
+	if before.Reason != route.ReasonUnknownWaypoint {
+		t.Fatalf("plan before the lookup: %v; want an unknown waypoint", before.Reason)
+	}
+	p := o.demandPlan(ctx, &req, before)
+	if p.Path != route.PathWaypoint || p.NextHop != netip.MustParseAddrPort("10.0.0.2:15008") {
+		t.Errorf("plan after the lookup: path %v via %v (reason %v); want the waypoint 10.0.0.2:15008", p.Path, p.NextHop, p.Reason)
+	}
+	if got := cl.calls.Load(); got != 1 {
+		t.Errorf("lookups = %d; want 1 (the waypoint service)", got)
 	}
 }

@@ -62,10 +62,8 @@ func (o *outbound) plan(ctx context.Context, down *net.TCPConn) (*metrics.Connec
 	src := o.localWorkload(srcAddr.Addr())
 	req := route.Request{Source: src, SourceIP: srcAddr.Addr(), Destination: orig, Network: o.network}
 	plan := route.Build(o.store, &req)
-	if o.demand != nil {
-		if key, ask := demandKey(o.network, &plan, orig); ask && o.demand.fetch(ctx, key) {
-			plan = route.Build(o.store, &req) // istiod had it: the state holds it now
-		}
+	if o.demand != nil && plan.Path != route.PathDirect && plan.Path != route.PathWaypoint {
+		plan = o.demandPlan(ctx, &req, plan)
 	}
 	res := &metrics.ConnectionResult{
 		Conn: &connmgr.Conn{Direction: connmgr.Outbound, Src: srcAddr, Dst: orig, Hop: plan.NextHop, Protocol: plan.Protocol.String(),
