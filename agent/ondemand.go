@@ -34,33 +34,48 @@ const (
 )
 
 // demandKey is the pure part of the outbound decision: whether the plan for a connection missed something
-// istiod may have, and then the on-demand key to ask for. Two misses ask: the original destination is not
-// in the state (passthrough as not in the mesh: ask for "<network>/<ip>"), and the waypoint the destination
-// uses is unknown (in on-demand mode istiod sends the waypoint service only when asked: ask for its
-// "<namespace>/<hostname>" or "<network>/<ip>", as ztunnel's fetch_destination does for a service's
-// waypoint). A plan that found what it needed, or refused the connection for another reason, asks nothing.
-func demandKey(network string, p *route.Plan, dst netip.AddrPort) (string, bool) {
+// istiod may have, and then the on-demand key to ask for. Three misses ask:
+//   - the source is not a known workload (a pod captured before istiod pushed it): ask for
+//     "<network>/<source ip>", as ztunnel's shared-proxy outbound fetches its source workload;
+//   - the original destination is not in the state (passthrough as not in the mesh): ask for
+//     "<network>/<ip>";
+//   - the waypoint the destination uses is unknown (in on-demand mode istiod sends the waypoint service only
+//     when asked): ask for its "<namespace>/<hostname>" or "<network>/<ip>", as ztunnel's fetch_destination
+//     does for a service's waypoint.
+//
+// A plan that found what it needed, or refused the connection for another reason, asks nothing.
+func demandKey(network string, p *route.Plan, r *route.Request) (string, bool) {
 	switch {
+	case p.Reason == route.ReasonUnknownSource && p.Path == route.PathReject && r.SourceIP.IsValid():
+		return addressKey(network, r.SourceIP), true
 	case p.Reason == route.ReasonNotInMesh && p.Path == route.PathPassthrough:
-		return addressKey(network, dst.Addr()), true
+		return addressKey(network, r.Destination.Addr()), true
 	case p.Reason == route.ReasonUnknownWaypoint && p.Path == route.PathReject && p.Waypoint != nil:
 		return p.Waypoint.Destination(), true
 	}
 	return "", false
 }
 
-// maxDemandRounds bounds the lookups of one connection: its destination, then that destination's waypoint.
-const maxDemandRounds = 2
+// maxDemandRounds bounds the lookups of one connection: its source, its destination, then that
+// destination's waypoint.
+const maxDemandRounds = 3
 
 // demandPlan asks istiod for what plan missed (demandKey) and plans again, up to maxDemandRounds times;
-// it returns the last plan. Only the miss path gets here.
+// it returns the last plan, with req.Source updated when the source was what it asked for. Only the miss
+// path gets here.
 func (o *outbound) demandPlan(ctx context.Context, req *route.Request, plan route.Plan) route.Plan {
 	for range maxDemandRounds {
-		key, ask := demandKey(o.network, &plan, req.Destination)
+		key, ask := demandKey(o.network, &plan, req)
 		if !ask || !o.demand.fetch(ctx, key) {
 			break
 		}
-		plan = route.Build(o.store, req) // istiod had it: the state holds it now
+		// istiod had it: the state holds it now.
+		if plan.Reason == route.ReasonUnknownSource {
+			if req.Source = o.localWorkload(req.SourceIP); req.Source == nil {
+				break // a workload of another node: still refused
+			}
+		}
+		plan = route.Build(o.store, req)
 	}
 	return plan
 }

@@ -64,6 +64,7 @@ func (o *outbound) plan(ctx context.Context, down *net.TCPConn) (*metrics.Connec
 	plan := route.Build(o.store, &req)
 	if o.demand != nil && plan.Path != route.PathDirect && plan.Path != route.PathWaypoint {
 		plan = o.demandPlan(ctx, &req, plan)
+		src = req.Source
 	}
 	res := &metrics.ConnectionResult{
 		Conn: &connmgr.Conn{Direction: connmgr.Outbound, Src: srcAddr, Dst: orig, Hop: plan.NextHop, Protocol: plan.Protocol.String(),
