@@ -127,6 +127,7 @@ func TestAgentOnDemandAgainstIstiod(t *testing.T) {
 	// 2. An address istiod does not know: asked once, then passthrough (plaintext to the pod, which no
 	// agent captures).
 	before := meshlab.Counter(c.Agents[0], "ambit_xds_on_demand_fetches_total")
+	foundBefore := fetches(t, c.Agents[0], "found")
 	got, err = meshlab.Call(t, client, outsider.IP.String()+":8080")
 	if err != nil || !strings.HasPrefix(got, outsider.Name+" ") {
 		t.Fatalf("client -> unknown address = %q, %v; want an answer from %s", got, err, outsider.Name)
@@ -137,6 +138,11 @@ func TestAgentOnDemandAgainstIstiod(t *testing.T) {
 	if n := meshlab.Counter(c.Agents[0], "ambit_xds_on_demand_fetches_total"); n != before+1 {
 		t.Errorf("on-demand fetches for the unknown address = %v; want 1", n-before)
 	}
+	if n := fetches(t, c.Agents[0], "found"); n != foundBefore {
+		t.Errorf("the unknown address counted as found (%v found fetches, %v before)", n, foundBefore)
+	}
+	t.Logf("client agent's fetches: found %v, not_found %v, timeout %v", fetches(t, c.Agents[0], "found"),
+		fetches(t, c.Agents[0], "not_found"), fetches(t, c.Agents[0], "timeout"))
 	if w := c.Agents[0].Store.WorkloadByAddr(state.AddrOf(outsider.IP)); w != nil {
 		t.Errorf("an address istiod does not know resolved to %+v", w)
 	}
@@ -159,4 +165,26 @@ func logLine(log string, want ...string) string {
 		}
 	}
 	return ""
+}
+
+// fetches is the value of ambit_xds_on_demand_fetches_total{result} in a's registry.
+func fetches(t *testing.T, a *agent.Agent, result string) float64 {
+	t.Helper()
+	mfs, err := a.Metrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "ambit_xds_on_demand_fetches_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "result" && l.GetValue() == result {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
 }
