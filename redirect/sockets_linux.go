@@ -118,6 +118,12 @@ func (f SocketFactory) DialFrom(ctx context.Context, src netip.Addr, dst netip.A
 				if err := setTransparent(fd, src); err != nil {
 					return err
 				}
+				// The source port is picked at connect, unique per 4-tuple as for the pod's own sockets; a
+				// bind(src, 0) would take a port unique for the whole address (exhausted by a busy client's
+				// TIME_WAITs towards one server) and scan the range under the bind-hash locks to find it.
+				if err := unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1); err != nil {
+					return fmt.Errorf("set IP_BIND_ADDRESS_NO_PORT: %w", err)
+				}
 				if src.Is4() {
 					return unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_FREEBIND, 1)
 				}
