@@ -8,6 +8,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ambit-mesh/ambit/nsrun"
 )
 
 // SocketFactory makes the agent's own sockets in the node network namespace: transparent capture listeners, and
@@ -132,12 +134,7 @@ func (f SocketFactory) DialFrom(ctx context.Context, src netip.Addr, dst netip.A
 		},
 	}
 	d.SetMultipathTCP(false)
-	var conn net.Conn
-	err := f.ns().do(func() error {
-		var err error
-		conn, err = d.DialContext(ctx, network, netip.AddrPortFrom(da, dst.Port()).String())
-		return err
-	})
+	conn, err := nsrun.Dial(ctx, f.NetNS, d, network, netip.AddrPortFrom(da, dst.Port()).String())
 	if err != nil {
 		return nil, fmt.Errorf("dial %s from %s: %w", dst, src, err)
 	}
