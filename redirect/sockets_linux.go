@@ -8,6 +8,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ambit-mesh/ambit/nsrun"
 )
 
 // SocketFactory makes the agent's own sockets in the node network namespace: transparent capture listeners, and
@@ -118,6 +120,12 @@ func (f SocketFactory) DialFrom(ctx context.Context, src netip.Addr, dst netip.A
 				if err := setTransparent(fd, src); err != nil {
 					return err
 				}
+				// The source port is picked at connect, unique per 4-tuple as for the pod's own sockets; a
+				// bind(src, 0) would take a port unique for the whole address (exhausted by a busy client's
+				// TIME_WAITs towards one server) and scan the range under the bind-hash locks to find it.
+				if err := unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1); err != nil {
+					return fmt.Errorf("set IP_BIND_ADDRESS_NO_PORT: %w", err)
+				}
 				if src.Is4() {
 					return unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_FREEBIND, 1)
 				}
@@ -126,12 +134,7 @@ func (f SocketFactory) DialFrom(ctx context.Context, src netip.Addr, dst netip.A
 		},
 	}
 	d.SetMultipathTCP(false)
-	var conn net.Conn
-	err := f.ns().do(func() error {
-		var err error
-		conn, err = d.DialContext(ctx, network, netip.AddrPortFrom(da, dst.Port()).String())
-		return err
-	})
+	conn, err := nsrun.Dial(ctx, f.NetNS, d, network, netip.AddrPortFrom(da, dst.Port()).String())
 	if err != nil {
 		return nil, fmt.Errorf("dial %s from %s: %w", dst, src, err)
 	}
