@@ -13,6 +13,8 @@
 package metrics
 
 import (
+	"sync"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -59,6 +61,43 @@ type Metrics struct {
 	ConfigReloads     *prometheus.CounterVec
 	EnrolledPods      prometheus.Gauge
 	PolicyCloses      prometheus.Counter
+
+	series seriesCache
+}
+
+// tcpSeries are the istio_tcp_* counters a completed connection adds to, for one label set.
+type tcpSeries struct{ opened, closed, received, sent prometheus.Counter }
+
+// seriesCache remembers the counters of recent label sets. Resolving a label set costs building ~25 values and,
+// per metric, hashing and UTF-8-checking each of them; a connection adds to four metrics, and most connections
+// repeat the label set of an earlier one (same workloads, same flags). Series are never deleted, so a cached
+// counter stays the one registered. Bounded: full, it starts over.
+type seriesCache struct {
+	mu sync.Mutex
+	m  map[ConnLabels]*tcpSeries
+}
+
+const maxCachedSeries = 1024
+
+// tcp returns the counters of l's label set.
+func (m *Metrics) tcp(l *ConnLabels) *tcpSeries {
+	c := &m.series
+	c.mu.Lock()
+	s, ok := c.m[*l]
+	c.mu.Unlock()
+	if ok {
+		return s
+	}
+	vals := l.Values()
+	s = &tcpSeries{opened: m.Opened.WithLabelValues(vals...), closed: m.Closed.WithLabelValues(vals...),
+		received: m.Received.WithLabelValues(vals...), sent: m.Sent.WithLabelValues(vals...)}
+	c.mu.Lock()
+	if c.m == nil || len(c.m) >= maxCachedSeries {
+		c.m = make(map[ConnLabels]*tcpSeries)
+	}
+	c.m[*l] = s
+	c.mu.Unlock()
+	return s
 }
 
 // New registers every metric, plus Go and process collectors, on a new registry.

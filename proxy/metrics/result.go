@@ -83,13 +83,12 @@ func (r Recorder) Complete(res *ConnectionResult, err error) {
 		res.Labels.ResponseFlags = FlagDeny
 	}
 	c, cnt := res.Conn, res.Conn.Counters
-	vals := res.Labels.Values()
-	m := r.Metrics
-	m.Opened.WithLabelValues(vals...).Inc()
-	m.Closed.WithLabelValues(vals...).Inc()
+	s := r.Metrics.tcp(&res.Labels)
+	s.opened.Inc()
+	s.closed.Inc()
 	// Istio's convention: received = bytes from the client (downstream), sent = bytes to it.
-	m.Received.WithLabelValues(vals...).Add(float64(cnt.AToB.Load()))
-	m.Sent.WithLabelValues(vals...).Add(float64(cnt.BToA.Load()))
+	s.received.Add(float64(cnt.AToB.Load()))
+	s.sent.Add(float64(cnt.BToA.Load()))
 	if res.Labels.Reporter == ReporterWaypoint || res.Labels.Reporter == ReporterGateway {
 		r.waypointLine(c, res.Labels.Reporter, err)
 		return

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ambit-mesh/ambit/hbone"
+	"github.com/ambit-mesh/ambit/mesh/state"
 	"github.com/ambit-mesh/ambit/proxy/connmgr"
 	"github.com/ambit-mesh/ambit/proxy/relay"
 )
@@ -106,4 +107,64 @@ func total(t *testing.T, m *Metrics, name, flag string) float64 {
 		}
 	}
 	return sum
+}
+
+// TestCompleteSeries: completions with one label set add to one series (served from the cache after the
+// first), another label set gets its own, and past the cache's bound every count still lands where it belongs.
+func TestCompleteSeries(t *testing.T) {
+	m := New("test")
+	rec := Recorder{Metrics: m, Log: slog.New(slog.DiscardHandler)}
+	complete := func(flags string, dst *state.Workload, bytes int64) {
+		c := &connmgr.Conn{Direction: connmgr.Outbound, Src: netip.MustParseAddrPort("10.0.0.1:5000"),
+			Dst: netip.MustParseAddrPort("10.0.0.2:80"), Start: time.Now(), Counters: &relay.Counters{}}
+		c.Counters.AToB.Add(bytes)
+		rec.Complete(&ConnectionResult{Conn: c, Labels: ConnLabels{Reporter: ReporterSource, ResponseFlags: flags, Destination: dst}}, nil)
+	}
+	for range 3 {
+		complete(FlagNone, nil, 10)
+	}
+	complete("UF", nil, 1)
+	if got := total(t, m, "istio_tcp_connections_closed_total", FlagNone); got != 3 {
+		t.Errorf("closed with flags -: %v, want 3", got)
+	}
+	if got := total(t, m, "istio_tcp_received_bytes_total", FlagNone); got != 30 {
+		t.Errorf("received with flags -: %v, want 30", got)
+	}
+	if got := total(t, m, "istio_tcp_connections_opened_total", "UF"); got != 1 {
+		t.Errorf("opened with flags UF: %v, want 1", got)
+	}
+	// More label sets than the cache holds (each workload object is its own key), twice over.
+	dsts := make([]*state.Workload, 2*maxCachedSeries+7)
+	for i := range dsts {
+		dsts[i] = &state.Workload{Name: fmt.Sprintf("w%d", i), Namespace: "ns"}
+	}
+	for range 2 {
+		for _, d := range dsts {
+			complete("DC", d, 2)
+		}
+	}
+	if got, want := total(t, m, "istio_tcp_connections_closed_total", "DC"), float64(2*len(dsts)); got != want {
+		t.Errorf("closed with flags DC: %v, want %v", got, want)
+	}
+	if got, want := total(t, m, "istio_tcp_received_bytes_total", "DC"), float64(4*len(dsts)); got != want {
+		t.Errorf("received with flags DC: %v, want %v", got, want)
+	}
+	if n := len(m.series.m); n > maxCachedSeries {
+		t.Errorf("cache holds %d label sets, bound %d", n, maxCachedSeries)
+	}
+}
+
+func BenchmarkComplete(b *testing.B) {
+	m := New("test")
+	rec := Recorder{Metrics: m, Log: slog.New(slog.DiscardHandler)}
+	src := &state.Workload{Name: "client", Namespace: "a", ServiceAccount: "sa", CanonicalName: "client", CanonicalRevision: "v1"}
+	dst := &state.Workload{Name: "server", Namespace: "b", ServiceAccount: "sb", CanonicalName: "server", CanonicalRevision: "v1"}
+	c := &connmgr.Conn{Direction: connmgr.Outbound, Src: netip.MustParseAddrPort("10.0.0.1:5000"),
+		Dst: netip.MustParseAddrPort("10.0.0.2:80"), Start: time.Now(), Counters: &relay.Counters{}}
+	b.ReportAllocs()
+	for b.Loop() {
+		rec.Complete(&ConnectionResult{Conn: c, Labels: ConnLabels{Reporter: ReporterSource, Source: src, Destination: dst,
+			SourcePrincipal: "spiffe://cluster.local/ns/a/sa/sa", DestPrincipal: "spiffe://cluster.local/ns/b/sa/sb",
+			ResponseFlags: FlagNone, MutualTLS: true}}, nil)
+	}
 }
