@@ -13,7 +13,7 @@
 // at most, so a busy machine affects both).
 //
 //	make bench-agent                      # builds bin/ambit, then runs this with -bin bin
-//	go run ./hack/bench-agent -bin bin [-rounds 5] [-phases throughput,latency,cps,memory]
+//	go run ./hack/bench-agent -bin bin [-rounds 5] [-phases throughput,latency,cps,memory,gobench]
 //
 // Needs root, iperf3 (apt-get install -y iperf3) and fortio v1.68.2, which is built on first use into
 // ${AMBIT_PEER_CACHE:-/var/cache/ambit-peers}/fortio-v1.68.2/ (the Go module proxy is needed once).
@@ -54,7 +54,8 @@ func main() {
 	var o options
 	flag.StringVar(&o.bin, "bin", "bin", "directory holding the ambit binary")
 	flag.IntVar(&o.rounds, "rounds", 5, "rounds; medians are taken over them (at least 5 for quoted numbers)")
-	flag.StringVar(&o.phases, "phases", "throughput,latency,cps,memory", "phases to run, comma separated")
+	flag.StringVar(&o.phases, "phases", "throughput,latency,cps,memory,gobench", "phases to run, comma separated (gobench: the\n"+
+		"in-process rows, Go benchmarks of this tree run -rounds times after the lab rounds; see gobench.go)")
 	flag.DurationVar(&o.iperfTime, "iperf-time", 5*time.Second, "length of one iperf3 run")
 	flag.DurationVar(&o.latencyTime, "latency-time", 10*time.Second, "length of one fortio run at the fixed rate (10 s = 10,000 requests)")
 	flag.DurationVar(&o.cpsTime, "cps-time", 5*time.Second, "length of one connections-per-second run")
@@ -143,7 +144,7 @@ func run(ctx context.Context, o options) error {
 			return fmt.Errorf("make profile directory: %w", err)
 		}
 	}
-	selected, err := selectPhases(o.phases)
+	selected, gobench, err := selectPhases(o.phases)
 	if err != nil {
 		return err
 	}
@@ -185,6 +186,13 @@ func run(ctx context.Context, o options) error {
 		}
 	}
 	report(os.Stdout, b, o, res, selected)
+	if gobench {
+		r, err := runGoBenches(ctx, o.rounds, os.Stderr)
+		if err != nil {
+			return err
+		}
+		reportGoBenches(os.Stdout, r)
+	}
 	if o.profile != "" {
 		if err := b.profilePass(ctx, selected); err != nil {
 			return fmt.Errorf("profile pass: %w", err)
@@ -223,17 +231,23 @@ func (b *bench) profilePass(ctx context.Context, selected []phase) error {
 	return nil
 }
 
-func selectPhases(list string) ([]phase, error) {
+// selectPhases returns the lab phases named in list, and whether it names gobench.
+func selectPhases(list string) ([]phase, bool, error) {
 	var out []phase
+	gobench := false
 	for _, name := range strings.Split(list, ",") {
 		name = strings.TrimSpace(name)
+		if name == "gobench" {
+			gobench = true
+			continue
+		}
 		i := slices.IndexFunc(phases, func(p phase) bool { return p.name == name })
 		if i < 0 {
-			return nil, fmt.Errorf("unknown phase %q (have throughput, latency, cps, memory)", name)
+			return nil, false, fmt.Errorf("unknown phase %q (have throughput, latency, cps, memory, gobench)", name)
 		}
 		out = append(out, phases[i])
 	}
-	return out, nil
+	return out, gobench, nil
 }
 
 // measure runs one phase on one topology, with the agents' CPU time read around it.
