@@ -285,7 +285,7 @@ func (op *opener) check() (alive, dead int, err error) {
 // churnResult is the `churn` helper's final line.
 type churnResult struct {
 	Attempted, OK, Failed, Skipped int64
-	MaxInFlight                    int64 // the most connections open at once (each one byte echoed, then closed)
+	MaxInFlight                    int64    // the most connections open at once (each one byte echoed, then closed)
 	Errors                         []string // the first few
 }
 
