@@ -18,7 +18,6 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
@@ -27,6 +26,7 @@ import (
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 
 	"github.com/ambit-mesh/ambit/config/resource"
+	"github.com/ambit-mesh/ambit/kubeapi"
 	"github.com/ambit-mesh/ambit/waypoint/compile"
 	"github.com/ambit-mesh/ambit/waypoint/model"
 )
@@ -113,7 +113,13 @@ func (s *Source) Run(ctx context.Context) error {
 		log = slog.New(slog.DiscardHandler)
 	}
 	debounce := cmp.Or(s.Debounce, 100*time.Millisecond)
-	f := dynamicinformer.NewFilteredDynamicSharedInformerFactory(s.Client, s.Resync, s.Namespace, nil)
+	// One informer per resource, as dynamicinformer's factory builds them (that package imports client-go's
+	// clientset: see package kubeapi).
+	informer := func(gvr schema.GroupVersionResource) cache.SharedIndexInformer {
+		r := s.Client.Resource(gvr).Namespace(s.Namespace)
+		return kubeapi.Informer(s.Client, &unstructured.Unstructured{}, gvr.String(), s.Resync,
+			func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { return r.List(ctx, o) }, r.Watch)
+	}
 	changed := make(chan struct{}, 1)
 	notify := func() {
 		select {
@@ -128,12 +134,12 @@ func (s *Source) Run(ctx context.Context) error {
 	}
 	informers := make([]cache.SharedIndexInformer, len(Resources))
 	for i, gvr := range Resources {
-		informers[i] = f.ForResource(gvr).Informer()
+		informers[i] = informer(gvr)
 		if _, err := informers[i].AddEventHandler(h); err != nil {
 			return fmt.Errorf("watch %s: %w", gvr.Resource, err)
 		}
 	}
-	pods := f.ForResource(podsResource).Informer()
+	pods := informer(podsResource)
 	if err := pods.SetTransform(podMeta); err != nil {
 		return fmt.Errorf("watch pods: %w", err)
 	}
@@ -154,8 +160,15 @@ func (s *Source) Run(ctx context.Context) error {
 		defer b.Shutdown()
 		s.recorder = b.NewRecorder(runtime.NewScheme(), corev1.EventSource{Component: "ambit-waypoint"})
 	}
-	f.Start(ctx.Done())
-	defer f.Shutdown()
+	infCtx, stopInformers := context.WithCancel(ctx)
+	var running sync.WaitGroup
+	defer func() {
+		stopInformers()
+		running.Wait()
+	}()
+	for _, inf := range append(slices.Clone(informers), pods) {
+		running.Go(func() { inf.RunWithContext(infCtx) })
+	}
 	for i, inf := range append(slices.Clone(informers), pods) {
 		if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
 			if ctx.Err() != nil {
