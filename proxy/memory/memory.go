@@ -16,6 +16,7 @@ package memory
 import (
 	"context"
 	"log/slog"
+	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
 	"time"
@@ -23,7 +24,7 @@ import (
 
 // Policy tunes when memory is released. The zero value of a field means its default.
 type Policy struct {
-	// Interval is the minimum time between two releases (default 30 s; negative: never release).
+	// Interval is the minimum time between two releases (default 10 s; negative: never release).
 	Interval time.Duration
 	// Sample is how often the goroutine count is read (default 2 s).
 	Sample time.Duration
@@ -34,7 +35,7 @@ type Policy struct {
 
 // Defaults of Policy.
 const (
-	DefaultInterval = 30 * time.Second
+	DefaultInterval = 10 * time.Second
 	DefaultSample   = 2 * time.Second
 	DefaultMinDrop  = 1000
 )
@@ -58,31 +59,46 @@ type State struct {
 	Peak int
 	// Last is when memory was last released (zero: never).
 	Last time.Time
+	// Prev is the count at the previous sample.
+	Prev int
 }
 
 // Decide returns whether to release memory now, given the goroutine count just sampled, and the next state.
 // It releases when the count has fallen to at most half of the peak and by at least p.MinDrop goroutines,
-// and the last release is at least p.Interval ago; a release starts a new peak from the current count.
+// has stopped falling (less than p.MinDrop below the previous sample: a release in the middle of a mass close
+// would leave the rest of the burst's memory for the next one), and the last release is at least p.Interval
+// ago; a release starts a new peak from the current count.
 func Decide(p Policy, s State, goroutines int, now time.Time) (release bool, next State) {
 	p = p.withDefaults()
 	next = s
 	next.Peak = max(s.Peak, goroutines)
+	next.Prev = goroutines
 	if p.Interval < 0 {
 		return false, next
 	}
 	fell := next.Peak-goroutines >= p.MinDrop && goroutines <= next.Peak/2
-	if !fell || (!s.Last.IsZero() && now.Sub(s.Last) < p.Interval) {
+	falling := s.Prev-goroutines >= p.MinDrop
+	if !fell || falling || (!s.Last.IsZero() && now.Sub(s.Last) < p.Interval) {
 		return false, next
 	}
-	return true, State{Peak: goroutines, Last: now}
+	return true, State{Peak: goroutines, Last: now, Prev: goroutines}
 }
 
 // Releaser runs the policy. Create it with a Policy and a Logger (nil discards), then Run it.
 type Releaser struct {
 	Policy Policy
 	Logger *slog.Logger
-	// Release returns memory to the OS (nil: debug.FreeOSMemory).
+	// Release returns memory to the OS (nil: Release).
 	Release func()
+}
+
+// Release returns the memory a burst left behind: two garbage collections, as sync.Pool keeps what it held
+// through one (its victim cache), then debug.FreeOSMemory, which collects once more and returns every free
+// page to the OS.
+func Release() {
+	runtime.GC()
+	runtime.GC()
+	debug.FreeOSMemory()
 }
 
 const goroutinesMetric = "/sched/goroutines:goroutines"
@@ -99,7 +115,7 @@ func (r *Releaser) Run(ctx context.Context) error {
 	}
 	release := r.Release
 	if release == nil {
-		release = debug.FreeOSMemory
+		release = Release
 	}
 	sample := []metrics.Sample{{Name: goroutinesMetric}}
 	var st State
