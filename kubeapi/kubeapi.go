@@ -1,6 +1,8 @@
 // Package kubeapi is the small Kubernetes API client Ambit's processes use: the core/v1 calls they make (pods
-// and namespaces listed, watched and patched; events written) and informers over any client, built on
-// client-go's rest and tools/cache packages without its generated clientset. The clientset
+// and namespaces listed, watched and patched; events written, in the background by EventWriter) and informers
+// over any client, built on client-go's rest and tools/cache packages without its generated clientset or its
+// event recorder (tools/record, whose strategic-merge-patch support brings in the OpenAPI models: ~4 MB of
+// binary). The clientset
 // (k8s.io/client-go/kubernetes, and every typed client, informer factory and dynamicinformer, which import it)
 // registers all ~50 API groups of k8s.io/api in its scheme at process start: ~10 MB of the binary resident in
 // every process, agent and waypoint alike, whether or not it talks to an API server. This package's scheme
@@ -86,7 +88,7 @@ func (c *CoreV1) Pods(namespace string) PodClient { return pods{c, namespace} }
 // Namespaces returns the namespaces.
 func (c *CoreV1) Namespaces() NamespaceClient { return namespaces{c} }
 
-// Events returns a sink for the events of every namespace (client-go's record.EventSink).
+// Events returns a sink for the events of every namespace (an EventSink; also client-go's record.EventSink).
 func (c *CoreV1) Events() *Events { return &Events{c} }
 
 func (c *CoreV1) list(ctx context.Context, namespace, resource string, opts metav1.ListOptions, into runtime.Object) error {

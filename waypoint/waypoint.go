@@ -30,7 +30,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/record"
 
 	"github.com/ambit-mesh/ambit/admin"
 	"github.com/ambit-mesh/ambit/config/local"
@@ -208,7 +207,7 @@ func (w *Waypoint) newEngine(files []local.File) error {
 	}
 	if w.cfg.L7Source == L7SourceKubernetes {
 		client := w.cfg.KubeClient
-		var events record.EventSink // in a cluster: Events on objects with fields Ambit does not implement
+		var events kubeapi.EventSink // in a cluster: Events on objects with fields Ambit does not implement
 		if client == nil {
 			rc, err := rest.InClusterConfig()
 			if err != nil {

@@ -12,6 +12,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/ambit-mesh/ambit/agent/kube"
@@ -148,5 +149,30 @@ func TestKubeAPIAgainstAPIServer(t *testing.T) {
 	}
 	if string(out) != "2 updated by kubeapi" {
 		t.Errorf("event as the API server has it: %q", out)
+	}
+
+	// The background writer the waypoint's kube source uses.
+	ew := kubeapi.NewEventWriter(c.Events(), "ambit-e2e", Logger(t))
+	stopEvents := kubeapi.RunEvents(ctx, ew)
+	defer stopEvents()
+	pod := &unstructured.Unstructured{}
+	pod.SetAPIVersion("v1")
+	pod.SetKind("Pod")
+	pod.SetNamespace("kubeapi-e2e")
+	pod.SetName("here")
+	ew.Emit(pod, corev1.EventTypeWarning, "Emitted", "queued by the event writer")
+	err = poll(ctx, time.Minute, func() error {
+		out, err := stack.Kubectl(ctx, "get", "events", "-n", "kubeapi-e2e", "--field-selector", "reason=Emitted",
+			"-o", "jsonpath={.items[*].involvedObject.name} {.items[*].type} {.items[*].source.component}")
+		if err != nil {
+			return err
+		}
+		if string(out) != "here Warning ambit-e2e" {
+			return errors.New("events with reason Emitted: " + string(out))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

@@ -19,7 +19,6 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/tools/record"
 	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
@@ -82,10 +81,10 @@ type Source struct {
 	Debounce time.Duration
 	// Events, if set, receives a Warning Event (reason UnsupportedField) on each object that has fields Ambit
 	// does not implement (the compile warnings), once per object generation, as istiod's analysers surface
-	// them to kubectl describe (in a cluster: typedcorev1.EventSinkImpl of the waypoint's client).
-	Events record.EventSink
+	// them to kubectl describe (in a cluster: kubeapi.CoreV1's Events).
+	Events kubeapi.EventSink
 
-	recorder record.EventRecorder // set by Run when Events is
+	recorder *kubeapi.EventWriter // set by Run when Events is
 	recorded map[types.UID]int64  // only apply's goroutine; the generation each object's Event was for
 
 	syncOnce sync.Once
@@ -155,10 +154,8 @@ func (s *Source) Run(ctx context.Context) error {
 		return fmt.Errorf("watch pods: %w", err)
 	}
 	if s.Events != nil {
-		b := record.NewBroadcaster(record.WithContext(ctx))
-		b.StartRecordingToSink(s.Events)
-		defer b.Shutdown()
-		s.recorder = b.NewRecorder(runtime.NewScheme(), corev1.EventSource{Component: "ambit-waypoint"})
+		s.recorder = kubeapi.NewEventWriter(s.Events, "ambit-waypoint", log)
+		defer kubeapi.RunEvents(ctx, s.recorder)()
 	}
 	infCtx, stopInformers := context.WithCancel(ctx)
 	var running sync.WaitGroup
@@ -326,7 +323,7 @@ func (s *Source) apply(informers []cache.SharedIndexInformer, podInformer cache.
 		var emit []objectWarnings
 		emit, s.recorded = unsupportedEvents(s.recorded, warned)
 		for _, o := range emit {
-			s.recorder.Event(o.obj, corev1.EventTypeWarning, ReasonUnsupportedField, strings.Join(o.warnings, "; "))
+			s.recorder.Emit(o.obj, corev1.EventTypeWarning, ReasonUnsupportedField, strings.Join(o.warnings, "; "))
 		}
 	}
 	log.Info("L7 configuration applied", "source", "kubernetes", "objects", good, "rejected", skipped)
@@ -337,7 +334,7 @@ const ReasonUnsupportedField = "UnsupportedField"
 
 // objectWarnings are the compile warnings of one object.
 type objectWarnings struct {
-	obj        runtime.Object
+	obj        kubeapi.Object
 	uid        types.UID
 	generation int64
 	warnings   []string
