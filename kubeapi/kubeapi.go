@@ -1,12 +1,11 @@
 // Package kubeapi is the small Kubernetes API client Ambit's processes use: the core/v1 calls they make (pods
 // and namespaces listed, watched and patched; events written, in the background by EventWriter) and informers
-// over any client, built on client-go's rest and tools/cache packages without its generated clientset or its
-// event recorder (tools/record, whose strategic-merge-patch support brings in the OpenAPI models: ~4 MB of
-// binary). The clientset
-// (k8s.io/client-go/kubernetes, and every typed client, informer factory and dynamicinformer, which import it)
-// registers all ~50 API groups of k8s.io/api in its scheme at process start: ~10 MB of the binary resident in
-// every process, agent and waypoint alike, whether or not it talks to an API server. This package's scheme
-// holds core/v1 only.
+// over any client, built on client-go's rest and tools/cache packages. Not on its generated clientset
+// (k8s.io/client-go/kubernetes, and every typed client, informer factory and dynamicinformer, which import it):
+// that registers all ~50 API groups of k8s.io/api in its scheme at process start, in every process, agent and
+// waypoint alike, whether or not it talks to an API server. Nor on its event recorder (tools/record), whose
+// strategic-merge-patch support brings in the OpenAPI models. Together they were 36 MB of the 74 MB binary and
+// 16 MB of an idle agent's 51 MB resident (make bench-agent). This package's scheme holds core/v1 only.
 //
 // It imports no other Ambit package.
 package kubeapi
