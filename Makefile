@@ -98,7 +98,7 @@ soak: ## soak both agents: 10,000 long-lived conns, 1,000 new conn/s, policy chu
 
 .PHONY: bench-agent
 bench-agent: ## node agent vs direct in the lab: iperf3, fortio latency and conn/s, agent CPU and RSS; medians of ROUNDS=5 (root, ~10 min; needs iperf3)
-	$(GO) build -o $(BIN)/ambit ./cmd/ambit
+	$(GO) build $(BUILDFLAGS) -o $(BIN)/ambit ./cmd/ambit
 	$(GO) run ./hack/bench-agent -bin $(BIN) -rounds $(or $(ROUNDS),5)
 
 .PHONY: generate

@@ -28,7 +28,6 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -38,6 +37,7 @@ import (
 	"github.com/ambit-mesh/ambit/config/xds"
 	"github.com/ambit-mesh/ambit/hbone"
 	"github.com/ambit-mesh/ambit/identity"
+	"github.com/ambit-mesh/ambit/kubeapi"
 	"github.com/ambit-mesh/ambit/lifecycle"
 	"github.com/ambit-mesh/ambit/mesh/state"
 	"github.com/ambit-mesh/ambit/proxy/connmgr"
@@ -195,7 +195,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 }
 
 // newKubeClient builds an API client from a kubeconfig file, or from in-cluster credentials when it is empty.
-func newKubeClient(kubeconfig string) (kubernetes.Interface, error) {
+func newKubeClient(kubeconfig string) (kubeapi.Client, error) {
 	var rc *rest.Config
 	var err error
 	if kubeconfig != "" {
@@ -207,9 +207,9 @@ func newKubeClient(kubeconfig string) (kubernetes.Interface, error) {
 		return nil, fmt.Errorf("kube enrollment: load credentials: %w", err)
 	}
 	rc.UserAgent = "ambit-agent/" + admin.Version
-	c, err := kubernetes.NewForConfig(rc)
+	c, err := kubeapi.NewCoreV1(rc)
 	if err != nil {
-		return nil, fmt.Errorf("kube enrollment: create client: %w", err)
+		return nil, fmt.Errorf("kube enrollment: %w", err)
 	}
 	return c, nil
 }

@@ -8,9 +8,8 @@ import (
 	"path/filepath"
 	"time"
 
-	"k8s.io/client-go/kubernetes"
-
 	"github.com/ambit-mesh/ambit/identity"
+	"github.com/ambit-mesh/ambit/kubeapi"
 	"github.com/ambit-mesh/ambit/redirect"
 )
 
@@ -66,7 +65,7 @@ type Config struct {
 	// Kubeconfig is the kubeconfig file used by KubeEnroll (env KUBECONFIG; default in-cluster credentials).
 	Kubeconfig string `json:"kubeconfig"`
 	// KubeClient, when set, is the API client KubeEnroll uses instead of Kubeconfig (tests).
-	KubeClient kubernetes.Interface `json:"-"`
+	KubeClient kubeapi.Client `json:"-"`
 	// ConfigPoll is how often the files are checked for changes (default 1 s).
 	ConfigPoll time.Duration `json:"configPoll"`
 	// TrustDomain of workload identities (default cluster.local), DomainSuffix of service hostnames

@@ -6,9 +6,8 @@ import (
 	"strings"
 	"testing"
 
-	"k8s.io/client-go/kubernetes/fake"
-
 	"github.com/ambit-mesh/ambit/identity"
+	"github.com/ambit-mesh/ambit/test/kubefake"
 )
 
 func TestKubeEnrollment(t *testing.T) {
@@ -42,7 +41,7 @@ func TestKubeEnrollment(t *testing.T) {
 				cfg.ConfigFiles = []string{"mesh.yaml"}
 			}
 			if c.client {
-				cfg.KubeClient = fake.NewClientset()
+				cfg.KubeClient = kubefake.New()
 			}
 			cfg = cfg.withDefaults()
 			err := cfg.Validate()

@@ -29,16 +29,14 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/record"
 
 	"github.com/ambit-mesh/ambit/admin"
 	"github.com/ambit-mesh/ambit/config/local"
 	"github.com/ambit-mesh/ambit/config/xds"
 	"github.com/ambit-mesh/ambit/hbone"
 	"github.com/ambit-mesh/ambit/identity"
+	"github.com/ambit-mesh/ambit/kubeapi"
 	"github.com/ambit-mesh/ambit/lifecycle"
 	"github.com/ambit-mesh/ambit/mesh/state"
 	"github.com/ambit-mesh/ambit/proxy/connmgr"
@@ -209,7 +207,7 @@ func (w *Waypoint) newEngine(files []local.File) error {
 	}
 	if w.cfg.L7Source == L7SourceKubernetes {
 		client := w.cfg.KubeClient
-		var events record.EventSink // in a cluster: Events on objects with fields Ambit does not implement
+		var events kubeapi.EventSink // in a cluster: Events on objects with fields Ambit does not implement
 		if client == nil {
 			rc, err := rest.InClusterConfig()
 			if err != nil {
@@ -218,11 +216,11 @@ func (w *Waypoint) newEngine(files []local.File) error {
 			if client, err = dynamic.NewForConfig(rc); err != nil {
 				return fmt.Errorf("kubernetes L7 source: %w", err)
 			}
-			kc, err := kubernetes.NewForConfig(rc)
+			kc, err := kubeapi.NewCoreV1(rc)
 			if err != nil {
 				return fmt.Errorf("kubernetes L7 source: %w", err)
 			}
-			events = &typedcorev1.EventSinkImpl{Interface: kc.CoreV1().Events("")}
+			events = kc.Events()
 		}
 		w.kube = &kube.Source{Client: client, Logger: w.log.With("component", "l7-kube"), OnUpdate: w.applyL7,
 			Options: w.compileOptions(), Events: events}

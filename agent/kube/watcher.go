@@ -15,19 +15,20 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
+	"k8s.io/apimachinery/pkg/watch"
 	listersv1 "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/ambit-mesh/ambit/kubeapi"
 	"github.com/ambit-mesh/ambit/mesh/istio"
 )
 
 // Options configures New.
 type Options struct {
-	// Client talks to the API server. Required.
-	Client kubernetes.Interface
+	// Client talks to the API server (kubeapi.NewCoreV1). Required.
+	Client kubeapi.Client
 	// NodeName is the node whose pods are watched. Required.
 	NodeName string
 	// ClusterID prefixes workload UIDs (default Kubernetes); TrustDomain is that of pod identities (default
@@ -118,29 +119,42 @@ func (w *Watcher) wake() {
 // Run starts the informers, waits for their first listing, then keeps Wanted and the annotations up to date
 // until ctx ends. It returns nil when ctx ends.
 func (w *Watcher) Run(ctx context.Context) error {
-	podFactory := informers.NewSharedInformerFactoryWithOptions(w.opts.Client, w.opts.Resync,
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "spec.nodeName=" + w.opts.NodeName }))
-	nsFactory := informers.NewSharedInformerFactory(w.opts.Client, w.opts.Resync)
-	podInf, nsInf := podFactory.Core().V1().Pods(), nsFactory.Core().V1().Namespaces()
+	nodePods := func(o metav1.ListOptions) metav1.ListOptions {
+		o.FieldSelector = "spec.nodeName=" + w.opts.NodeName
+		return o
+	}
+	pods, nss := w.opts.Client.Pods(""), w.opts.Client.Namespaces()
+	podInf := kubeapi.Informer(w.opts.Client, &corev1.Pod{}, "pods", w.opts.Resync,
+		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return pods.List(ctx, nodePods(o))
+		},
+		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			return pods.Watch(ctx, nodePods(o))
+		})
+	nsInf := kubeapi.Informer(w.opts.Client, &corev1.Namespace{}, "namespaces", w.opts.Resync,
+		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { return nss.List(ctx, o) },
+		nss.Watch)
 	handler := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { w.wake() },
 		UpdateFunc: func(any, any) { w.wake() },
 		DeleteFunc: func(any) { w.wake() },
 	}
-	if _, err := podInf.Informer().AddEventHandler(handler); err != nil {
+	if _, err := podInf.AddEventHandler(handler); err != nil {
 		return fmt.Errorf("watch pods: %w", err)
 	}
-	if _, err := nsInf.Informer().AddEventHandler(handler); err != nil {
+	if _, err := nsInf.AddEventHandler(handler); err != nil {
 		return fmt.Errorf("watch namespaces: %w", err)
 	}
-	w.pods, w.namespaces = podInf.Lister(), nsInf.Lister()
-	podFactory.Start(ctx.Done())
-	nsFactory.Start(ctx.Done())
+	w.pods, w.namespaces = listersv1.NewPodLister(podInf.GetIndexer()), listersv1.NewNamespaceLister(nsInf.GetIndexer())
+	infCtx, stopInformers := context.WithCancel(ctx)
+	var running sync.WaitGroup
 	defer func() {
-		podFactory.Shutdown()
-		nsFactory.Shutdown()
+		stopInformers()
+		running.Wait()
 	}()
-	if !cache.WaitForCacheSync(ctx.Done(), podInf.Informer().HasSynced, nsInf.Informer().HasSynced) {
+	running.Go(func() { podInf.RunWithContext(infCtx) })
+	running.Go(func() { nsInf.RunWithContext(infCtx) })
+	if !cache.WaitForCacheSync(ctx.Done(), podInf.HasSynced, nsInf.HasSynced) {
 		return nil
 	}
 	w.recompute()
@@ -256,7 +270,7 @@ func (w *Watcher) syncAnnotations(ctx context.Context) bool {
 		}
 		pctx, cancel := context.WithTimeout(ctx, w.opts.RequestTimeout)
 		defer cancel()
-		_, err := w.opts.Client.CoreV1().Pods(pod.Namespace).Patch(pctx, pod.Name, types.MergePatchType, annotationPatch(enabled),
+		_, err := w.opts.Client.Pods(pod.Namespace).Patch(pctx, pod.Name, types.MergePatchType, annotationPatch(enabled),
 			metav1.PatchOptions{FieldManager: "ambit"})
 		switch {
 		case err == nil:

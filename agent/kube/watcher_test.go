@@ -11,9 +11,9 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/ambit-mesh/ambit/mesh/istio"
+	"github.com/ambit-mesh/ambit/test/kubefake"
 	"github.com/ambit-mesh/ambit/test/testutil"
 )
 
@@ -37,7 +37,7 @@ func TestNewValidates(t *testing.T) {
 	if _, err := New(Options{NodeName: "n"}); !errors.Is(err, ErrInvalidOptions) {
 		t.Errorf("New without client = %v", err)
 	}
-	if _, err := New(Options{Client: fake.NewClientset()}); !errors.Is(err, ErrInvalidOptions) {
+	if _, err := New(Options{Client: kubefake.New()}); !errors.Is(err, ErrInvalidOptions) {
 		t.Errorf("New without node = %v", err)
 	}
 }
@@ -46,7 +46,7 @@ func TestNewValidates(t *testing.T) {
 // redirection annotation on the captured pods only.
 func TestWatcher(t *testing.T) {
 	testutil.CheckGoroutines(t)
-	client := fake.NewClientset(
+	client := kubefake.New(
 		ns("amb", "istio.io/dataplane-mode", "ambient"), ns("plain"),
 		mkPod("amb", "web"), mkPod("amb", "optout", withLabels("istio.io/dataplane-mode", "none")),
 		mkPod("amb", "elsewhere", onNode("node-1")), mkPod("plain", "solo", withLabels("istio.io/dataplane-mode", "ambient")),

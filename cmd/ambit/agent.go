@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/netip"
@@ -35,6 +36,7 @@ func (addrPortValue) Type() string { return "ip:port" }
 func newAgentCmd(stderr io.Writer) *cobra.Command {
 	var cfg agent.Config
 	var lf logFlags
+	var mf memFlags
 	var preserve bool
 	envs := map[string]string{}
 	cmd := &cobra.Command{
@@ -62,16 +64,18 @@ readiness (:15021).`,
 			if err != nil {
 				return err
 			}
-			if err := a.Run(cmd.Context()); err != nil {
-				return err
-			}
-			if a.HandedOff() {
-				// A DaemonSet pod whose agent exited would be restarted in place and take the listeners
-				// back from its successor: idle (no listener, no capture handle) until the pod is deleted.
-				log.Info("listeners handed off and drained; waiting to be stopped")
-				<-cmd.Context().Done()
-			}
-			return nil
+			return mf.run(cmd.Context(), log, func(ctx context.Context) error {
+				if err := a.Run(ctx); err != nil {
+					return err
+				}
+				if a.HandedOff() {
+					// A DaemonSet pod whose agent exited would be restarted in place and take the listeners
+					// back from its successor: idle (no listener, no capture handle) until the pod is deleted.
+					log.Info("listeners handed off and drained; waiting to be stopped")
+					<-ctx.Done()
+				}
+				return nil
+			})
 		},
 	}
 	fs := cmd.Flags()
@@ -153,6 +157,7 @@ readiness (:15021).`,
 		"reset an inbound HBONE stream without data either way for this long (0: never, as ztunnel)")
 	envs["hbone-stream-idle-timeout"] = "AMBIT_HBONE_STREAM_IDLE_TIMEOUT"
 	lf.register(fs, envs)
+	mf.register(fs, envs)
 	cmd.Long += "\n" + envTable(fs, envs)
 	return cmd
 }

@@ -13,6 +13,7 @@ import (
 func newEastWestCmd(stderr io.Writer) *cobra.Command {
 	var cfg eastwest.Config
 	var lf logFlags
+	var mf memFlags
 	envs := map[string]string{}
 	cmd := &cobra.Command{
 		Use:   "eastwest",
@@ -35,7 +36,7 @@ decrypts it.`,
 			if err != nil {
 				return err
 			}
-			return g.Run(cmd.Context())
+			return mf.run(cmd.Context(), log, g.Run)
 		},
 	}
 	fs := cmd.Flags()
@@ -80,6 +81,7 @@ decrypts it.`,
 	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", 10*time.Second, "TCP connect timeout to an endpoint's :15008")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 5*time.Second, "graceful shutdown: how long open connections may take to finish")
 	lf.register(fs, envs)
+	mf.register(fs, envs)
 	cmd.Long += "\n" + envTable(fs, envs)
 	return cmd
 }

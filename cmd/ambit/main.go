@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 
 	"github.com/ambit-mesh/ambit/admin"
 	"github.com/ambit-mesh/ambit/hbone"
+	"github.com/ambit-mesh/ambit/proxy/memory"
 )
 
 func main() {
@@ -84,6 +86,31 @@ func (l *logFlags) logger(w io.Writer) (*slog.Logger, *slog.LevelVar, error) {
 		return slog.New(slog.NewJSONHandler(w, opts)), lv, nil
 	}
 	return nil, nil, fmt.Errorf("--log-format %q: use text or json", l.format)
+}
+
+// memFlags configure the return of memory to the OS after connection bursts (package proxy/memory).
+type memFlags struct {
+	releaseInterval time.Duration
+}
+
+func (m *memFlags) register(fs *pflag.FlagSet, envs map[string]string) {
+	fs.DurationVar(&m.releaseInterval, "memory-release-interval", memory.DefaultInterval,
+		"when the goroutine count falls well below its recent peak (a connection burst ended), return free memory "+
+			"to the OS, at most once per this interval (0: never; GOGC and GOMEMLIMIT apply as usual)")
+	envs["memory-release-interval"] = "AMBIT_MEMORY_RELEASE_INTERVAL"
+}
+
+// run runs fn with a memory.Releaser beside it, stopped when fn returns.
+func (m *memFlags) run(ctx context.Context, log *slog.Logger, fn func(context.Context) error) error {
+	interval := m.releaseInterval
+	disableZero(&interval)
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	r := &memory.Releaser{Policy: memory.Policy{Interval: interval}, Logger: log.With("component", "memory")}
+	wg.Go(func() { r.Run(ctx) })
+	return fn(ctx)
 }
 
 // hboneFlags are the HBONE server and pool bounds both processes take (fields of their Configs).

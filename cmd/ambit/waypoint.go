@@ -35,6 +35,7 @@ func (addrValue) Type() string { return "ip" }
 func newWaypointCmd(stderr io.Writer) *cobra.Command {
 	var cfg waypoint.Config
 	var lf logFlags
+	var mf memFlags
 	envs := map[string]string{}
 	cmd := &cobra.Command{
 		Use:   "waypoint",
@@ -59,7 +60,7 @@ Istio's HTTP metrics, access logs and OTLP tracing.`,
 			if err != nil {
 				return err
 			}
-			return w.Run(cmd.Context())
+			return mf.run(cmd.Context(), log, w.Run)
 		},
 	}
 	fs := cmd.Flags()
@@ -114,6 +115,7 @@ Istio's HTTP metrics, access logs and OTLP tracing.`,
 		"reset a stream forwarded at L4 that moves no data either way for this long (0: never; Envoy's tcp_proxy idle_timeout)")
 	envs["tcp-idle-timeout"] = "AMBIT_TCP_IDLE_TIMEOUT"
 	lf.register(fs, envs)
+	mf.register(fs, envs)
 	cmd.Long += "\n" + envTable(fs, envs)
 	return cmd
 }

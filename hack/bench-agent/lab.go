@@ -103,7 +103,7 @@ func newBench(ctx context.Context, o options, t tools) (_ *bench, err error) {
 	}
 	// A fixed name owned by one run at a time (test/lab): a concurrent run fails instead of tearing this one down,
 	// and what a killed run left is removed first.
-	l, err := lab.New(ctx, lab.Options{Name: lab.NamePrefix + "bench", Nodes: 2, PodsPerNode: 4})
+	l, err := lab.New(ctx, lab.Options{Name: lab.NamePrefix + o.lab, Nodes: 2, PodsPerNode: 4})
 	if err != nil {
 		return nil, fmt.Errorf("build the lab: %w", err)
 	}

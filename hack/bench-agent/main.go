@@ -34,6 +34,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/ambit-mesh/ambit/test/lab"
 )
 
 func main() {
@@ -65,6 +67,7 @@ func main() {
 		"of both agents per phase, and heap and goroutine profiles while the idle connections are open, written to this directory")
 	flag.StringVar(&o.agentEnv, "agent-env", "", "extra environment for the agents only, comma separated (e.g. GOMAXPROCS=1,GOGC=50)")
 	flag.IntVar(&o.nice, "nice", 0, "scheduling priority for this program and everything it starts (e.g. -5 on a shared machine)")
+	flag.StringVar(&o.lab, "lab", "bench", "lab name (after "+lab.NamePrefix+"); another name lets two runs share the machine")
 	flag.BoolVar(&o.keep, "keep", false, "keep the lab and the agents running after the table until Ctrl-C")
 	flag.DurationVar(&o.soak.d, "soak", 0, "instead of the phases, soak the agents for this long (soak.go; `make soak` runs 10m)")
 	flag.DurationVar(&o.soak.warmup, "soak-warmup", 30*time.Second, "soak: load before the start sample")
@@ -87,6 +90,7 @@ func main() {
 // options are the command-line settings.
 type options struct {
 	bin, phases, capture, profile   string
+	lab                             string
 	agentEnv                        string
 	rounds, idleConns, nice         int
 	iperfTime, latencyTime, cpsTime time.Duration
@@ -122,7 +126,7 @@ var phases = []phase{
 		run: (*bench).latency, length: func(o options) time.Duration { return o.latencyTime }},
 	{name: "cps", what: "a new TCP connection per tiny HTTP request, 16 concurrent, as fast as possible (fortio load -keepalive=false)",
 		run: (*bench).connRate, length: func(o options) time.Duration { return o.cpsTime }},
-	{name: "memory", what: "agents restarted; RSS of both agents idle, then with -idle-conns idle connections open through the mesh",
+	{name: "memory", what: "agents restarted; RSS of both agents idle, then with -idle-conns idle connections open through the mesh, then 3 s and 30 s after they close",
 		topologies: func(b *bench) []topology { return []topology{b.topo("cross", true)} },
 		run:        (*bench).memory},
 }

@@ -18,24 +18,26 @@ import (
 
 // Metric names (keys of sample.vals; report.go lays them out).
 const (
-	mGbps         = "gbps"
-	mCPUPerGB     = "cpu_s_per_gb"
-	mP50          = "p50_ms"
-	mP99          = "p99_ms"
-	mQPS          = "qps"
-	mCPUPer10kReq = "cpu_s_per_10k_req"
-	mCPS          = "conn_per_s"
-	mCPUPer10kCon = "cpu_s_per_10k_conn"
-	mRSSIdle      = "rss_idle_mb"
-	mRSSConns     = "rss_conns_mb"
-	mRSSAfter     = "rss_after_mb"
-	mKBPerConn    = "kb_per_conn"
-	mKBSrc        = "kb_per_conn_node0"
-	mKBDst        = "kb_per_conn_node1"
-	mKBStack      = "kb_stack_per_conn"
-	mKBHeap       = "kb_live_heap_per_conn"
-	mFailedReq    = "failed_req"
-	mFailedConn   = "failed_conn"
+	mGbps            = "gbps"
+	mCPUPerGB        = "cpu_s_per_gb"
+	mP50             = "p50_ms"
+	mP99             = "p99_ms"
+	mQPS             = "qps"
+	mCPUPer10kReq    = "cpu_s_per_10k_req"
+	mCPS             = "conn_per_s"
+	mCPUPer10kCon    = "cpu_s_per_10k_conn"
+	mRSSIdle         = "rss_idle_mb"
+	mRSSConns        = "rss_conns_mb"
+	mRSSAfter        = "rss_after_mb"
+	mRSSAfter30      = "rss_after30_mb"
+	mRSSAfter30Ratio = "rss_after30_ratio"
+	mKBPerConn       = "kb_per_conn"
+	mKBSrc           = "kb_per_conn_node0"
+	mKBDst           = "kb_per_conn_node1"
+	mKBStack         = "kb_stack_per_conn"
+	mKBHeap          = "kb_live_heap_per_conn"
+	mFailedReq       = "failed_req"
+	mFailedConn      = "failed_conn"
 )
 
 // iperfResult is the part of `iperf3 -J` output the benchmark reads.
@@ -164,9 +166,12 @@ func (b *bench) connRate(ctx context.Context, t topology) (sample, error) {
 	}, nil
 }
 
+// afterCloseWait is how long after closing the idle connections the memory phase reads RSS the last time.
+const afterCloseWait = 30 * time.Second
+
 // memory restarts both agents, reads their RSS once idle, opens idle connections from the mesh client to
 // the holder in the server pod (each exchanges one byte first, so both agents have carried data on it),
-// reads RSS again, closes them and reads it a last time. RSS is read as it is (what an operator sees);
+// reads RSS again, closes them and reads it 3 s and 30 s later. RSS is read as it is (what an operator sees);
 // then a forced GC (pprof's heap?gc=1 on the admin API) gives the live heap and the goroutine stacks.
 // Both agents are restarted again at the end, so the next phases do not inherit a grown heap.
 func (b *bench) memory(ctx context.Context, t topology) (sample, error) {
@@ -204,8 +209,16 @@ func (b *bench) memory(ctx context.Context, t topology) (sample, error) {
 	if err != nil {
 		return sample{}, err
 	}
+	closed := time.Now()
 	settle()
 	after, err := b.agentRSS()
+	if err != nil {
+		return sample{}, err
+	}
+	// The target: back within 30 s of the close to idle + 20% (the agents return a burst's memory to the OS
+	// when their goroutine count falls, package proxy/memory).
+	sleep(ctx, time.Until(closed.Add(afterCloseWait)))
+	after30, err := b.agentRSS()
 	if err != nil {
 		return sample{}, err
 	}
@@ -214,14 +227,16 @@ func (b *bench) memory(ctx context.Context, t topology) (sample, error) {
 	}
 	perConn := func(before, with int64) float64 { return float64(with-before) / float64(n) }
 	return sample{vals: map[string]float64{
-		mRSSIdle:   float64(sum(idle)) / 1024,
-		mRSSConns:  float64(sum(held)) / 1024,
-		mRSSAfter:  float64(sum(after)) / 1024,
-		mKBPerConn: perConn(sum(idle), sum(held)),
-		mKBSrc:     perConn(idle[0], held[0]),
-		mKBDst:     perConn(idle[1], held[1]),
-		mKBStack:   perConn(idleMem.stack, heldMem.stack) / 1024,
-		mKBHeap:    perConn(idleMem.heapLive, heldMem.heapLive) / 1024,
+		mRSSIdle:         float64(sum(idle)) / 1024,
+		mRSSConns:        float64(sum(held)) / 1024,
+		mRSSAfter:        float64(sum(after)) / 1024,
+		mRSSAfter30:      float64(sum(after30)) / 1024,
+		mRSSAfter30Ratio: float64(sum(after30)) / float64(sum(idle)),
+		mKBPerConn:       perConn(sum(idle), sum(held)),
+		mKBSrc:           perConn(idle[0], held[0]),
+		mKBDst:           perConn(idle[1], held[1]),
+		mKBStack:         perConn(idleMem.stack, heldMem.stack) / 1024,
+		mKBHeap:          perConn(idleMem.heapLive, heldMem.heapLive) / 1024,
 	}}, nil
 }
 

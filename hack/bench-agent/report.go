@@ -91,14 +91,16 @@ var mainRows = []row{
 }
 
 var memoryRows = []row{
-	{"RSS idle, freshly started (MB)", mRSSIdle, "%.1f", "", "tens of MB"},
+	{"RSS idle, freshly started (MB)", mRSSIdle, "%.1f", "", "<= 50 (25 MB each)"},
 	{"RSS with the idle connections open (MB)", mRSSConns, "%.1f", "", ""},
 	{"RSS per idle connection, both agents (KB)", mKBPerConn, "%.2f", "", "< 8 KB"},
 	{"  of which source agent, node0 (KB)", mKBSrc, "%.2f", "", ""},
 	{"  of which destination agent, node1 (KB)", mKBDst, "%.2f", "", ""},
 	{"Goroutine stacks per connection, both agents (KB)", mKBStack, "%.2f", "", ""},
 	{"Live heap per connection after a forced GC, both agents (KB)", mKBHeap, "%.2f", "", ""},
-	{"RSS after closing them (MB)", mRSSAfter, "%.1f", "", ""},
+	{"RSS 3 s after closing them (MB)", mRSSAfter, "%.1f", "", ""},
+	{"RSS 30 s after closing them (MB)", mRSSAfter30, "%.1f", "", ""},
+	{"RSS 30 s after closing them / RSS idle", mRSSAfter30Ratio, "%.2fx", "", "<= 1.2x (ztunnel: back to idle with jemalloc decay)"},
 }
 
 func report(w io.Writer, b *bench, o options, res *results, selected []phase) {

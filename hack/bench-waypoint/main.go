@@ -831,7 +831,7 @@ func benchProxies(ctx context.Context, rounds int, d time.Duration, rate int, on
 	}
 	tw.Flush()
 	fmt.Println("(direct = load generator to the backend with no proxy; added = proxy minus direct at the same fixed rate;")
-	fmt.Println(" RSS includes the resident part of the mapped binary (about 44 MiB of Ambit's 74 MB); anon = heap and stacks only;")
+	fmt.Println(" RSS includes the resident part of the mapped binary (the RSS minus anon); anon = heap and stacks only;")
 	fmt.Println(" slow-client growth = peak anonymous RSS increase while 4 clients download 256 MiB at 1 MiB/s each;")
 	fmt.Println(" nginx spills buffered responses to temp files, so its memory stays flat while its disk use grows;")
 	fmt.Println(" CPU µs/req = the proxy's user+system CPU time per request during the max-rate run (robust to a shared machine;")

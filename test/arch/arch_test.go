@@ -136,6 +136,15 @@ func TestDependencyRules(t *testing.T) {
 		{"ambitctl reaches the data plane only through the admin API", in("cmd/ambitctl"),
 			ours("agent", "waypoint", "bpf", "redirect", "hbone", "xdsclient")},
 		{"production code never imports test packages", production, ours("test")},
+		// Their scheme registers every API group at start, in every process, and the recorder brings in the
+		// OpenAPI models (package kubeapi); ambitctl is another binary.
+		{"the data-plane processes never import client-go's clientset",
+			func(p string) bool { return production(p) && !under(p, "cmd/ambitctl") },
+			func(imp string) bool {
+				return imp == "k8s.io/client-go/kubernetes" || strings.HasPrefix(imp, "k8s.io/client-go/kubernetes/") ||
+					imp == "k8s.io/client-go/informers" || strings.HasPrefix(imp, "k8s.io/client-go/informers/") ||
+					imp == "k8s.io/client-go/dynamic/dynamicinformer" || imp == "k8s.io/client-go/tools/record"
+			}},
 	}
 	for _, p := range pkgs {
 		path := rel(p.ImportPath)

@@ -371,6 +371,30 @@ func TestValues(t *testing.T) {
 					t.Errorf("image %s env %v", c.Image, env)
 				}
 			}},
+		{"GOMEMLIMIT from the memory limit", map[string]any{"agent": map[string]any{"resources": map[string]any{"limits": map[string]any{"memory": "256Mi"}}}},
+			func(t *testing.T, objs []object) {
+				e := agentEnv(t, objs)
+				if v, ok := e["GOMEMLIMIT"]; !ok || v.ValueFrom == nil || v.ValueFrom.ResourceFieldRef == nil ||
+					v.ValueFrom.ResourceFieldRef.Resource != "limits.memory" {
+					t.Errorf("GOMEMLIMIT = %+v, want from limits.memory", v)
+				}
+				if e["AMBIT_MEMORY_RELEASE_INTERVAL"].Value != "10s" {
+					t.Errorf("AMBIT_MEMORY_RELEASE_INTERVAL = %+v", e["AMBIT_MEMORY_RELEASE_INTERVAL"])
+				}
+			}},
+		{"no memory limit: no GOMEMLIMIT", map[string]any{},
+			func(t *testing.T, objs []object) {
+				if v, ok := agentEnv(t, objs)["GOMEMLIMIT"]; ok {
+					t.Errorf("GOMEMLIMIT = %+v without a memory limit", v)
+				}
+			}},
+		{"GOMEMLIMIT given", map[string]any{"agent": map[string]any{"goMemLimit": "300MiB", "memoryReleaseInterval": "0"}},
+			func(t *testing.T, objs []object) {
+				e := agentEnv(t, objs)
+				if e["GOMEMLIMIT"].Value != "300MiB" || e["AMBIT_MEMORY_RELEASE_INTERVAL"].Value != "0" {
+					t.Errorf("GOMEMLIMIT %+v, AMBIT_MEMORY_RELEASE_INTERVAL %+v", e["GOMEMLIMIT"], e["AMBIT_MEMORY_RELEASE_INTERVAL"])
+				}
+			}},
 		{"waypoint class disabled", map[string]any{"waypoint": map[string]any{"enabled": false}},
 			func(t *testing.T, objs []object) {
 				for _, o := range objs {
@@ -391,6 +415,18 @@ func TestValues(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) { c.check(t, render(t, c.values)) })
 	}
+}
+
+// agentEnv returns the agent container's environment by name.
+func agentEnv(t *testing.T, objs []object) map[string]corev1.EnvVar {
+	t.Helper()
+	var ds appsv1.DaemonSet
+	strict(t, find(t, objs, "DaemonSet", "ztunnel"), &ds)
+	env := map[string]corev1.EnvVar{}
+	for _, e := range ds.Spec.Template.Spec.Containers[0].Env {
+		env[e.Name] = e
+	}
+	return env
 }
 
 // TestAgentImageCapabilities: the agent image's file capabilities (Dockerfile setcap) must be exactly the chart's

@@ -18,15 +18,14 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/tools/record"
 	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 
 	"github.com/ambit-mesh/ambit/config/resource"
+	"github.com/ambit-mesh/ambit/kubeapi"
 	"github.com/ambit-mesh/ambit/waypoint/compile"
 	"github.com/ambit-mesh/ambit/waypoint/model"
 )
@@ -82,10 +81,10 @@ type Source struct {
 	Debounce time.Duration
 	// Events, if set, receives a Warning Event (reason UnsupportedField) on each object that has fields Ambit
 	// does not implement (the compile warnings), once per object generation, as istiod's analysers surface
-	// them to kubectl describe (in a cluster: typedcorev1.EventSinkImpl of the waypoint's client).
-	Events record.EventSink
+	// them to kubectl describe (in a cluster: kubeapi.CoreV1's Events).
+	Events kubeapi.EventSink
 
-	recorder record.EventRecorder // set by Run when Events is
+	recorder *kubeapi.EventWriter // set by Run when Events is
 	recorded map[types.UID]int64  // only apply's goroutine; the generation each object's Event was for
 
 	syncOnce sync.Once
@@ -113,7 +112,13 @@ func (s *Source) Run(ctx context.Context) error {
 		log = slog.New(slog.DiscardHandler)
 	}
 	debounce := cmp.Or(s.Debounce, 100*time.Millisecond)
-	f := dynamicinformer.NewFilteredDynamicSharedInformerFactory(s.Client, s.Resync, s.Namespace, nil)
+	// One informer per resource, as dynamicinformer's factory builds them (that package imports client-go's
+	// clientset: see package kubeapi).
+	informer := func(gvr schema.GroupVersionResource) cache.SharedIndexInformer {
+		r := s.Client.Resource(gvr).Namespace(s.Namespace)
+		return kubeapi.Informer(s.Client, &unstructured.Unstructured{}, gvr.String(), s.Resync,
+			func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { return r.List(ctx, o) }, r.Watch)
+	}
 	changed := make(chan struct{}, 1)
 	notify := func() {
 		select {
@@ -128,12 +133,12 @@ func (s *Source) Run(ctx context.Context) error {
 	}
 	informers := make([]cache.SharedIndexInformer, len(Resources))
 	for i, gvr := range Resources {
-		informers[i] = f.ForResource(gvr).Informer()
+		informers[i] = informer(gvr)
 		if _, err := informers[i].AddEventHandler(h); err != nil {
 			return fmt.Errorf("watch %s: %w", gvr.Resource, err)
 		}
 	}
-	pods := f.ForResource(podsResource).Informer()
+	pods := informer(podsResource)
 	if err := pods.SetTransform(podMeta); err != nil {
 		return fmt.Errorf("watch pods: %w", err)
 	}
@@ -149,13 +154,18 @@ func (s *Source) Run(ctx context.Context) error {
 		return fmt.Errorf("watch pods: %w", err)
 	}
 	if s.Events != nil {
-		b := record.NewBroadcaster(record.WithContext(ctx))
-		b.StartRecordingToSink(s.Events)
-		defer b.Shutdown()
-		s.recorder = b.NewRecorder(runtime.NewScheme(), corev1.EventSource{Component: "ambit-waypoint"})
+		s.recorder = kubeapi.NewEventWriter(s.Events, "ambit-waypoint", log)
+		defer kubeapi.RunEvents(ctx, s.recorder)()
 	}
-	f.Start(ctx.Done())
-	defer f.Shutdown()
+	infCtx, stopInformers := context.WithCancel(ctx)
+	var running sync.WaitGroup
+	defer func() {
+		stopInformers()
+		running.Wait()
+	}()
+	for _, inf := range append(slices.Clone(informers), pods) {
+		running.Go(func() { inf.RunWithContext(infCtx) })
+	}
 	for i, inf := range append(slices.Clone(informers), pods) {
 		if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
 			if ctx.Err() != nil {
@@ -313,7 +323,7 @@ func (s *Source) apply(informers []cache.SharedIndexInformer, podInformer cache.
 		var emit []objectWarnings
 		emit, s.recorded = unsupportedEvents(s.recorded, warned)
 		for _, o := range emit {
-			s.recorder.Event(o.obj, corev1.EventTypeWarning, ReasonUnsupportedField, strings.Join(o.warnings, "; "))
+			s.recorder.Emit(o.obj, corev1.EventTypeWarning, ReasonUnsupportedField, strings.Join(o.warnings, "; "))
 		}
 	}
 	log.Info("L7 configuration applied", "source", "kubernetes", "objects", good, "rejected", skipped)
@@ -324,7 +334,7 @@ const ReasonUnsupportedField = "UnsupportedField"
 
 // objectWarnings are the compile warnings of one object.
 type objectWarnings struct {
-	obj        runtime.Object
+	obj        kubeapi.Object
 	uid        types.UID
 	generation int64
 	warnings   []string
