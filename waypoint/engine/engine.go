@@ -107,7 +107,7 @@ type Engine struct {
 	h1c      h1Client        // plain HTTP/1.1 upstreams
 	h2c      *h2Client       // plain HTTP/2 (h2c, gRPC) upstreams
 	h1       *http.Transport // HTTP/1.1 upgrades (WebSocket)
-	h2       *http.Transport // HTTP/2 to TLS-originated upstreams
+	h2       *http.Transport // upgrade requests to HTTP/2 ports
 	tls      tlsTransports   // TLS origination
 	proxyLog *log.Logger     // the ReverseProxy's error log, shared by every request's proxy
 	srv      *http.Server

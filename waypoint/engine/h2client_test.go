@@ -579,3 +579,79 @@ func TestH2ClientHostileUpstream(t *testing.T) {
 		}
 	})
 }
+
+// FuzzH2ClientFrames feeds peer-controlled bytes (the upstream's frames after its SETTINGS) to the h2
+// client answering one request: it must not panic or hang, and every stream slot must be released
+// once the response is read and closed (or the request failed).
+func FuzzH2ClientFrames(f *testing.F) {
+	enc := newHpackWriter()
+	seed := func(write func(fr *http2.Framer)) {
+		var b bytes.Buffer
+		write(http2.NewFramer(&b, nil))
+		f.Add(b.Bytes())
+	}
+	resp := enc.block(":status", "200", "content-type", "application/grpc", "trailer", "grpc-status")
+	trailers := enc.block("grpc-status", "0")
+	seed(func(fr *http2.Framer) {
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: resp, EndHeaders: true})
+		fr.WriteData(1, false, []byte{0, 0, 0, 0, 1, 7})
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: trailers, EndHeaders: true, EndStream: true})
+	})
+	seed(func(fr *http2.Framer) {
+		fr.WriteSettingsAck()
+		fr.WritePing(false, [8]byte{1})
+		fr.WriteWindowUpdate(0, 1000)
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: enc.block(":status", "103", "link", "</x>"), EndHeaders: true})
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: resp[:3]})
+		fr.WriteContinuation(1, true, resp[3:])
+		fr.WriteDataPadded(1, true, []byte("body"), make([]byte, 10))
+	})
+	seed(func(fr *http2.Framer) {
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: enc.block(":status", "200", "content-length", "3"), EndHeaders: true})
+		fr.WriteRSTStream(1, http2.ErrCodeInternal)
+	})
+	seed(func(fr *http2.Framer) { fr.WriteGoAway(0, http2.ErrCodeNo, []byte("bye")) })
+	seed(func(fr *http2.Framer) {
+		fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1}, http2.Setting{ID: http2.SettingMaxFrameSize, Val: 16384})
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: enc.block(":status", "204"), EndHeaders: true, EndStream: true})
+	})
+	f.Fuzz(func(t *testing.T, in []byte) {
+		cli, srv := net.Pipe()
+		hc := newH2Client(func(context.Context, string) (net.Conn, error) { return cli, nil }, slog.New(slog.DiscardHandler))
+		var wg sync.WaitGroup
+		wg.Go(func() { io.Copy(io.Discard, srv) })
+		wg.Go(func() {
+			fr := http2.NewFramer(srv, nil)
+			fr.WriteSettings()
+			srv.Write(in)
+			srv.Close()
+		})
+		addr := netip.MustParseAddrPort("127.0.0.1:80")
+		req, _ := http.NewRequest(http.MethodPost, "http://web/svc/M", nil)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		resp, err := hc.roundTrip(ctx, req, addr, []byte("request"), func(int, http.Header) {})
+		if err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		hc.mu.Lock()
+		var conns []*h2Conn
+		for _, l := range hc.conns {
+			conns = append(conns, l...)
+		}
+		hc.mu.Unlock()
+		hc.closeAll(ctx) // waits for the read loop, which may still be finishing the stream
+		wg.Wait()
+		hc.mu.Lock()
+		for _, c := range conns {
+			if c.active != 0 {
+				t.Errorf("%d stream slots still taken", c.active)
+			}
+		}
+		hc.mu.Unlock()
+		if ctx.Err() != nil {
+			t.Fatal("round trip hung")
+		}
+	})
+}
