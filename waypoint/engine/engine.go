@@ -291,9 +291,10 @@ func (e *Engine) Close() error {
 
 type connKey struct{}
 
-// expireIdle closes idle upstream HTTP/1.1 connections past their idle timeout until Close.
+// expireIdle closes idle upstream connections past their idle timeout, and checks the liveness of
+// busy HTTP/2 ones, every 10 s until Close.
 func (e *Engine) expireIdle() {
-	t := time.NewTicker(h1IdleTimeout / 3)
+	t := time.NewTicker(10 * time.Second)
 	defer t.Stop()
 	for {
 		select {

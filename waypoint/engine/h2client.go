@@ -54,7 +54,14 @@ const (
 	h2ConnWindow          = 4 << 20
 	h2MaxFrameSize        = 1 << 20
 	h2DefaultMaxStreams   = 100 // until the peer's SETTINGS arrive
+	// A connection with streams that has read nothing for h2PingAfter is sent a PING; without an answer
+	// (or any frame) for h2PingTimeout more it is closed, failing its streams (http.Transport's
+	// SendPingTimeout and PingTimeout as the engine configured them). Checked on every expire tick.
+	h2PingAfter   = 30 * time.Second
+	h2PingTimeout = 15 * time.Second
 )
+
+var errH2PingTimeout = errors.New("h2 upstream: no answer to PING")
 
 var errH2ConnClosed = errors.New("h2 upstream: connection closed")
 
@@ -182,15 +189,18 @@ func (hc *h2Client) unpool(c *h2Conn) (idle bool) {
 	return c.active == 0
 }
 
-// expire closes the connections without streams for h2IdleTimeout.
+// expire closes the connections without streams for h2IdleTimeout, and checks the liveness of those
+// with streams: a PING after h2PingAfter without reading anything, closed h2PingTimeout later.
 func (hc *h2Client) expire() {
 	now := hc.now()
-	var idle []*h2Conn
+	var idle, busy []*h2Conn
 	hc.mu.Lock()
 	for _, l := range hc.conns {
 		for _, c := range l {
 			if c.active == 0 && now.Sub(c.idleSince) >= h2IdleTimeout {
 				idle = append(idle, c)
+			} else if c.active > 0 {
+				busy = append(busy, c)
 			}
 		}
 	}
@@ -199,6 +209,25 @@ func (hc *h2Client) expire() {
 		if c.cl.unpool(c) {
 			c.close(errH2ConnClosed)
 		}
+	}
+	for _, c := range busy {
+		c.checkAlive(now)
+	}
+}
+
+// checkAlive pings c when it has read nothing for h2PingAfter, and closes it when the PING went
+// unanswered (nothing read) for h2PingTimeout.
+func (c *h2Conn) checkAlive(now time.Time) {
+	last := time.Unix(0, c.lastRead.Load())
+	sent := c.pingSent.Load()
+	switch {
+	case sent != 0 && last.UnixNano() < sent && now.Sub(time.Unix(0, sent)) >= h2PingTimeout:
+		c.close(errH2PingTimeout)
+	case sent != 0 && last.UnixNano() < sent:
+		// waiting for the answer
+	case now.Sub(last) >= h2PingAfter:
+		c.pingSent.Store(now.UnixNano())
+		_ = c.writeFrames(func(fr *http2.Framer) error { return fr.WritePing(false, [8]byte{'a', 'm', 'b', 'i', 't'}) })
 	}
 }
 
@@ -235,6 +264,7 @@ func (hc *h2Client) connect(ctx context.Context, addr netip.AddrPort) (*h2Conn, 
 		sendWin: 65535, peerInitWin: 65535, inflow: h2ConnWindow, peerMaxFrame: 16384, windowCh: make(chan struct{}),
 		done: make(chan struct{}), idleSince: hc.now()}
 	c.maxStr.Store(h2DefaultMaxStreams)
+	c.lastRead.Store(hc.now().UnixNano())
 	c.bw = bufio.NewWriterSize(nc, 16<<10)
 	c.fr = http2.NewFramer(c.bw, bufio.NewReaderSize(nc, 16<<10))
 	c.fr.SetMaxReadFrameSize(h2MaxFrameSize)
@@ -296,6 +326,9 @@ type h2Conn struct {
 	active    int
 	goingAway bool
 	idleSince time.Time
+
+	lastRead atomic.Int64 // unix ns of the last frame read (by the client's clock)
+	pingSent atomic.Int64 // unix ns of the last liveness PING sent
 
 	done      chan struct{}
 	closeOnce sync.Once
@@ -379,6 +412,9 @@ func (c *h2Conn) readFrames() error {
 				c.goAwayErr(http2.ErrCode(ce))
 			}
 			return fmt.Errorf("read from h2 upstream: %w", err)
+		}
+		if n := c.cl.now().UnixNano(); n > c.lastRead.Load() {
+			c.lastRead.Store(n)
 		}
 		if err := c.process(f); err != nil {
 			return err
@@ -1033,11 +1069,18 @@ func (s *h2Stream) fail(err error, reset bool) {
 	s.finish(err, reset)
 }
 
-// peerResetErr ends s after the peer reset or refused it.
+// peerResetErr ends s after the peer reset or refused it. A reset after the complete response (a
+// server that answered before reading the whole request body ends it with RST_STREAM NO_ERROR, as
+// gRPC servers do) only stops the request body: the response stays readable to its end.
 func (s *h2Stream) peerResetErr(err error) {
 	s.mu.Lock()
 	s.peerReset = true
+	complete := s.eof && s.err == nil
 	s.mu.Unlock()
+	if complete {
+		s.finish(nil, false)
+		return
+	}
 	s.fail(err, false)
 }
 
@@ -1068,8 +1111,11 @@ func (s *h2Stream) finish(err error, reset bool) {
 		}
 	}
 	open := !s.peerReset && (!s.eof || !s.sentEnd)
-	unread := int64(len(s.buf) - s.off)
-	s.buf, s.off = nil, 0
+	var unread int64
+	if s.err != nil { // the reader gets the error: what it has not read is dropped
+		unread = int64(len(s.buf) - s.off)
+		s.buf, s.off = nil, 0
+	}
 	close(s.bodyDone)
 	stop := s.stopCtx
 	s.mu.Unlock()

@@ -549,6 +549,88 @@ func TestH2ClientHostileUpstream(t *testing.T) {
 			t.Fatal("idle connection not closed")
 		}
 	})
+	t.Run("RST_STREAM NO_ERROR after the complete response", func(t *testing.T) {
+		// gRPC servers answer unary calls before the request's END_STREAM, then reset the stream.
+		u := startRawUpstream(t, nil, func(fr *http2.Framer, enc *hpackWriter) {
+			id := nextRequest(fr)
+			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: enc.block(":status", "200", "content-type", "application/grpc"), EndHeaders: true})
+			fr.WriteData(id, false, []byte("response"))
+			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: enc.block("grpc-status", "0"), EndHeaders: true, EndStream: true})
+			fr.WriteRSTStream(id, http2.ErrCodeNo)
+			drainFrames(fr)
+		})
+		hc := newTestH2Client(t)
+		pr, pw := io.Pipe()
+		defer pw.Close()
+		req, _ := http.NewRequest(http.MethodPost, "http://web/svc/M", pr) // a body that never ends
+		resp, err := hc.roundTrip(context.Background(), req, u.addr, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := resp.Body.(*h2Body).s
+		tu.WaitFor(t, 5*time.Second, "reset received", func() bool {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			return s.finished
+		})
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || string(b) != "response" || resp.Trailer.Get("Grpc-Status") != "0" {
+			t.Fatalf("body %q, err %v, trailers %v", b, err, resp.Trailer)
+		}
+	})
+	t.Run("a silent connection is pinged, then closed", func(t *testing.T) {
+		pinged := make(chan struct{}, 1)
+		u := startRawUpstream(t, nil, func(fr *http2.Framer, enc *hpackWriter) {
+			nextRequest(fr)
+			for { // never answers, not even the PING
+				f, err := fr.ReadFrame()
+				if err != nil {
+					return
+				}
+				if p, ok := f.(*http2.PingFrame); ok && !p.IsAck() {
+					pinged <- struct{}{}
+				}
+			}
+		})
+		hc := newTestH2Client(t)
+		now := time.Now()
+		var mu sync.Mutex
+		hc.now = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+		advance := func(d time.Duration) {
+			mu.Lock()
+			now = now.Add(d)
+			mu.Unlock()
+		}
+		done := make(chan error, 1)
+		go func() {
+			_, err := hc.roundTrip(context.Background(), getReq(t), u.addr, nil, nil)
+			done <- err
+		}()
+		tu.WaitFor(t, 5*time.Second, "request sent", func() bool {
+			hc.mu.Lock()
+			defer hc.mu.Unlock()
+			return len(hc.conns[u.addr]) == 1 && hc.conns[u.addr][0].active == 1
+		})
+		hc.expire() // read just now: nothing to do
+		advance(h2PingAfter)
+		hc.expire()
+		select {
+		case <-pinged:
+		case <-time.After(5 * time.Second):
+			t.Fatal("no PING after a silent h2PingAfter")
+		}
+		advance(h2PingTimeout)
+		hc.expire()
+		select {
+		case err := <-done:
+			if !errors.Is(err, errH2PingTimeout) {
+				t.Fatalf("err %v, want the PING timeout", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("request still waiting on a dead connection")
+		}
+	})
 	t.Run("cancel while waiting for the response resets the stream", func(t *testing.T) {
 		reset := make(chan http2.ErrCode, 1)
 		u := startRawUpstream(t, nil, func(fr *http2.Framer, enc *hpackWriter) {
