@@ -45,7 +45,7 @@ func TestH2Upstream(t *testing.T) {
 	tu.CheckGoroutines(t)
 	var remotes sync.Map
 	var tries atomic.Int32
-	cancelled := make(chan struct{}, 1)
+	cancelled, hanging := make(chan struct{}, 1), make(chan struct{}, 1)
 	h := newHarness(t, 1, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		remotes.Store(r.RemoteAddr, true)
 		if r.ProtoMajor != 2 {
@@ -87,6 +87,7 @@ func TestH2Upstream(t *testing.T) {
 				rc.Flush()
 			}
 		case "/hang":
+			hanging <- struct{}{}
 			<-r.Context().Done()
 			cancelled <- struct{}{}
 		case "/flaky":
@@ -211,12 +212,11 @@ func TestH2Upstream(t *testing.T) {
 			}
 			done <- err
 		}()
-		tu.WaitFor(t, 5*time.Second, "request at the backend", func() bool {
-			var n int
-			remotes.Range(func(any, any) bool { n++; return true })
-			return n > 0
-		})
-		time.Sleep(50 * time.Millisecond)
+		select {
+		case <-hanging:
+		case <-time.After(10 * time.Second):
+			t.Fatal("request did not reach the backend")
+		}
 		cancel()
 		select {
 		case <-cancelled:
