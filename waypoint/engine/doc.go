@@ -20,9 +20,10 @@
 // (h2c, gRPC) upstreams go through its own client on x/net/http2's Framer and hpack (h2client.go):
 // requests multiplexed per endpoint (at most 256 streams per connection, bounded by the endpoint's
 // MAX_CONCURRENT_STREAMS, and 16 connections per endpoint, closed after 90 s without streams; GOAWAY
-// refuses newer streams, which the retry policy treats as refused), headers encoded straight from the
+// refuses newer streams, which the retry policy treats as refused; headers encoded straight from the
 // request's map, 256 KiB stream and 4 MiB connection receive windows, response header lists bounded
-// by MaxHeaderBytes. TLS origination and WebSocket upgrades use http.Transport (and ReverseProxy for
+// by MaxHeaderBytes, a busy connection silent for 30 s pinged and closed when still silent 15 s later).
+// TLS origination and WebSocket upgrades use http.Transport (and ReverseProxy for
 // the upgrade's tunnel).
 //
 // Buffering and limits (backpressure): bodies stream through a pooled 32 KiB copy buffer in both
