@@ -316,10 +316,10 @@ backend be
 			self = ambitBase
 		}
 		// One listener serves HTTP/1.1 and h2c (the engine tells them apart by the preface); a second one
-		// gRPC. Ambit gets its listeners from us (fds 3 and 4); ambit-base, which may predate fd passing and
-		// gRPC, binds the HTTP port itself and serves no gRPC.
+		// gRPC. Ambit gets its listeners from us (fds 3 and 4); so does an ambit-base that knows
+		// -grpc-listen (fd passing came first); an older one binds the HTTP port itself and serves no gRPC.
 		listen := p.h1
-		if name == "ambit" {
+		if name == "ambit" || baseServesGRPC() {
 			n := 1
 			if grpcBackend != "" {
 				n = 2
@@ -512,6 +512,16 @@ func selectModes(list string) error {
 
 // ambitBase is the -ambit-base binary: a build of this command whose -serve-ambit runs as "ambit-base".
 var ambitBase string
+
+// baseServesGRPC reports whether the -ambit-base binary has -grpc-listen (and so takes its listeners as
+// fds 3 and 4), by its usage text.
+var baseServesGRPC = sync.OnceValue(func() bool {
+	if ambitBase == "" {
+		return false
+	}
+	out, _ := exec.Command(ambitBase, "-h").CombinedOutput()
+	return bytes.Contains(out, []byte("-grpc-listen"))
+})
 
 func client(m mode, conns int) (*http.Client, func()) {
 	d := &net.Dialer{}

@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"testing"
 	"time"
+
+	"github.com/ambit-mesh/ambit/mesh/state"
 )
 
 // BenchmarkEngineHTTP1 measures one keep-alive HTTP/1.1 request through the engine to a loopback
@@ -106,4 +108,45 @@ func BenchmarkEngineStreamIdle(b *testing.B) {
 			})
 		})
 	}
+}
+
+// BenchmarkEngineGRPC measures gRPC-shaped requests (POST, application/grpc, te: trailers, a 5-byte
+// message each way, grpc-status trailer) from one h2c client connection through the engine to an h2c
+// upstream (the service port's appProtocol grpc): HTTP/2 on both sides.
+func BenchmarkEngineGRPC(b *testing.B) {
+	msg := []byte{0, 0, 0, 0, 0}
+	h := newHarness(b, 1, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/grpc")
+		w.Header().Set("Trailer", "Grpc-Status")
+		w.Write(msg)
+		w.Header().Set("Grpc-Status", "0")
+	}))
+	h.svc.Ports[0].AppProtocol = state.AppProtocolGRPC
+	var protos http.Protocols
+	protos.SetUnencryptedHTTP2(true)
+	tr := &http.Transport{Protocols: &protos}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr}
+	url := "http://" + h.addr + "/grpc.Ping/Ping"
+	b.ReportAllocs()
+	b.SetParallelism(8)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			req, _ := http.NewRequest(http.MethodPost, url, bytes.NewReader(msg))
+			req.Header.Set("Content-Type", "application/grpc")
+			req.Header.Set("Te", "trailers")
+			resp, err := c.Do(req)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.Trailer.Get("Grpc-Status") != "0" {
+				b.Errorf("grpc-status %q", resp.Trailer.Get("Grpc-Status"))
+				return
+			}
+		}
+	})
 }

@@ -17,8 +17,14 @@
 // go through its own client (h1client.go): keep-alive connections pooled per endpoint (at most 256 idle
 // per endpoint, closed after 90 s idle), the request head written from one pooled buffer, the response
 // read on the handler's goroutine; a streamed request body is written by one goroutine meanwhile. HTTP/2
-// (h2c) upstreams, TLS origination and WebSocket upgrades use http.Transport (and ReverseProxy for the
-// upgrade's tunnel).
+// (h2c, gRPC) upstreams go through its own client on x/net/http2's Framer and hpack (h2client.go):
+// requests multiplexed per endpoint (at most 256 streams per connection, bounded by the endpoint's
+// MAX_CONCURRENT_STREAMS, and 16 connections per endpoint, closed after 90 s without streams; GOAWAY
+// refuses newer streams, which the retry policy treats as refused; headers encoded straight from the
+// request's map, 256 KiB stream and 4 MiB connection receive windows, response header lists bounded
+// by MaxHeaderBytes, a busy connection silent for 30 s pinged and closed when still silent 15 s later).
+// TLS origination and WebSocket upgrades use http.Transport (and ReverseProxy for
+// the upgrade's tunnel).
 //
 // Buffering and limits (backpressure): bodies stream through a pooled 32 KiB copy buffer in both
 // directions and are never held whole, except a request body of at most MaxReplayBody (64 KiB) when the

@@ -105,10 +105,11 @@ type Engine struct {
 	buckets map[string]*ratelimit.Bucket // guarded by bmu; by policy key
 
 	h1c      h1Client        // plain HTTP/1.1 upstreams
+	h2c      *h2Client       // plain HTTP/2 (h2c, gRPC) upstreams
 	h1       *http.Transport // HTTP/1.1 upgrades (WebSocket)
-	h2       *http.Transport
-	tls      tlsTransports // TLS origination
-	proxyLog *log.Logger   // the ReverseProxy's error log, shared by every request's proxy
+	h2       *http.Transport // upgrade requests to HTTP/2 ports
+	tls      tlsTransports   // TLS origination
+	proxyLog *log.Logger     // the ReverseProxy's error log, shared by every request's proxy
 	srv      *http.Server
 	ln       *chanListener
 	mirrors  chan struct{}
@@ -190,6 +191,7 @@ func New(opts Options) (*Engine, error) {
 		IdleConnTimeout:     90 * time.Second,
 		DisableCompression:  true,
 	}
+	e.h2c = newH2Client(dial, e.log)
 	var h2c http.Protocols
 	h2c.SetUnencryptedHTTP2(true)
 	e.h2 = &http.Transport{
@@ -266,6 +268,7 @@ func (e *Engine) Close() error {
 	e.ln.Close()
 	e.wg.Wait()
 	e.h1c.closeIdle()
+	e.h2c.closeAll(ctx)
 	// Request body writers end with their requests; wait for them within Close's time bound.
 	writers := make(chan struct{})
 	go func() { e.h1c.wg.Wait(); close(writers) }()
@@ -288,14 +291,16 @@ func (e *Engine) Close() error {
 
 type connKey struct{}
 
-// expireIdle closes idle upstream HTTP/1.1 connections past their idle timeout until Close.
+// expireIdle closes idle upstream connections past their idle timeout, and checks the liveness of
+// busy HTTP/2 ones, every 10 s until Close.
 func (e *Engine) expireIdle() {
-	t := time.NewTicker(h1IdleTimeout / 3)
+	t := time.NewTicker(10 * time.Second)
 	defer t.Stop()
 	for {
 		select {
 		case <-t.C:
 			e.h1c.expire()
+			e.h2c.expire()
 		case <-e.ln.closed:
 			return
 		}

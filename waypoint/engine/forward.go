@@ -136,6 +136,13 @@ func (e *Engine) attempt(req *http.Request, rs *reqState, ep upstream.Endpoint, 
 			o.body = rs.body
 		}
 		resp, err = e.h1c.roundTrip(ctx, req, ep.Addr, o)
+	} else if !rs.http1 && !rs.upgrade && (tlsPolicy == nil || rs.svc == nil) {
+		// HTTP/2 (h2c, gRPC): the engine's multiplexing client (h2client.go).
+		on1xx := rs.on1xx
+		if isGRPC(req) {
+			on1xx = nil // gRPC has no informational responses
+		}
+		resp, err = e.h2c.roundTrip(ctx, req, ep.Addr, rs.body, on1xx)
 	} else {
 		resp, err = e.transportAttempt(ctx, req, rs, ep, i, tlsPolicy)
 	}
