@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -188,6 +189,8 @@ func (b *bench) soak(ctx context.Context, so soakOptions) error {
 	}
 	fmt.Printf("\nnew connections, allowed port: %d attempted, %d echoed, %d failed (must be 0); %d not started (pacing fell behind); at most %d in flight\n",
 		ar.Attempted, ar.OK, ar.Failed, ar.Skipped, ar.MaxInFlight)
+	fmt.Printf("  time per allowed connection (connect, echo, close): p50 %.2f ms, p99 %.2f ms, p99.9 %.2f ms, max %.0f ms\n",
+		ar.P50ms, ar.P99ms, ar.P999ms, ar.MaxMs)
 	fmt.Printf("new connections, denied port:  %d attempted, %d refused, %d let through (must be 0)\n", dr.Attempted, dr.Failed, dr.OK)
 	fmt.Printf("long-lived connections at the end: %d alive, %d dead (must be 0)\n", alive, dead)
 	if ar.Failed > 0 {
@@ -287,6 +290,8 @@ type churnResult struct {
 	Attempted, OK, Failed, Skipped int64
 	MaxInFlight                    int64    // the most connections open at once (each one byte echoed, then closed)
 	Errors                         []string // the first few
+	// Connect + one byte echoed + close, of the connections that succeeded, in milliseconds.
+	P50ms, P99ms, P999ms, MaxMs float64
 }
 
 // churner is a running `churn` helper.
@@ -363,21 +368,27 @@ func churnHelper(args []string) error {
 	var r churnResult
 	var mu sync.Mutex
 	var inFlight atomic.Int64
+	var durations []time.Duration // of the exchanges that succeeded
 	tokens := make(chan struct{}, *workers)
 	var wg sync.WaitGroup
 	for range *workers {
 		wg.Go(func() {
 			for range tokens {
 				n := inFlight.Add(1)
+				t0 := time.Now()
 				c, err := (&net.Dialer{Timeout: 5 * time.Second}).Dial("tcp", *to)
 				if err == nil {
 					err = exchange(c)
 					c.Close()
 				}
+				took := time.Since(t0)
 				inFlight.Add(-1)
 				mu.Lock()
 				r.Attempted++
 				r.MaxInFlight = max(r.MaxInFlight, n)
+				if err == nil {
+					durations = append(durations, took)
+				}
 				switch {
 				case err == nil:
 					r.OK++
@@ -408,6 +419,11 @@ func churnHelper(args []string) error {
 	}
 	close(tokens)
 	wg.Wait()
+	if len(durations) > 0 {
+		slices.Sort(durations)
+		at := func(q float64) float64 { return durations[int(q*float64(len(durations)-1))].Seconds() * 1e3 }
+		r.P50ms, r.P99ms, r.P999ms, r.MaxMs = at(0.5), at(0.99), at(0.999), at(1)
+	}
 	return json.NewEncoder(os.Stdout).Encode(r)
 }
 
