@@ -696,39 +696,33 @@ func (hc *h2Client) roundTrip(ctx context.Context, req *http.Request, addr netip
 	}
 }
 
-// headerLower caches the lower-case HTTP/2 names of canonical header keys (bounded).
-var (
-	headerLower  sync.Map
-	headerLowerN atomic.Int32
-	headerCanon  sync.Map
-	headerCanonN atomic.Int32
-)
+// keyCache remembers a header-name conversion (bounded: past headerCacheMax names it converts without
+// remembering), so that the common names cost a map load instead of an allocation per request.
+type keyCache struct {
+	m sync.Map
+	n atomic.Int32
+}
 
 const headerCacheMax = 1024
 
-func lowerKey(k string) string {
-	if v, ok := headerLower.Load(k); ok {
+func (c *keyCache) get(k string, convert func(string) string) string {
+	if v, ok := c.m.Load(k); ok {
 		return v.(string)
 	}
-	l := strings.ToLower(k)
-	if headerLowerN.Load() < headerCacheMax {
-		headerLowerN.Add(1)
-		headerLower.Store(k, l)
+	v := convert(k)
+	if c.n.Load() < headerCacheMax {
+		c.n.Add(1)
+		c.m.Store(k, v)
 	}
-	return l
+	return v
 }
 
-func canonKey(l string) string {
-	if v, ok := headerCanon.Load(l); ok {
-		return v.(string)
-	}
-	k := http.CanonicalHeaderKey(l)
-	if headerCanonN.Load() < headerCacheMax {
-		headerCanonN.Add(1)
-		headerCanon.Store(l, k)
-	}
-	return k
-}
+// headerLower maps canonical header keys to their lower-case HTTP/2 names, headerCanon the other way.
+var headerLower, headerCanon keyCache
+
+func lowerKey(k string) string { return headerLower.get(k, strings.ToLower) }
+
+func canonKey(l string) string { return headerCanon.get(l, http.CanonicalHeaderKey) }
 
 // h2SkipRequest are the request headers that do not go into an HTTP/2 request (connection-specific or
 // pseudo-header sources); Te is sent only as "trailers".
