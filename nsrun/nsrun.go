@@ -9,31 +9,29 @@ import (
 	"fmt"
 	"net"
 	"runtime"
-	"sync"
 	"syscall"
 
 	"github.com/vishvananda/netns"
 )
 
-// home is the process's own network namespace, where every thread not inside Do is. It is opened once, by the
-// first Do, from that call's fresh thread (opening /proc/.../ns/net per call cost as much as the setns calls).
+// home is the process's own network namespace, where every thread not inside Do is. It is opened once, at
+// start-up, on the thread running package initialisation (opening /proc/.../ns/net per call cost as much as
+// the setns calls); the descriptor is close-on-exec and lives as long as the process.
 var home struct {
-	once sync.Once
-	h    netns.NsHandle
-	err  error
+	h   netns.NsHandle
+	err error
 }
 
-func homeNS() (netns.NsHandle, error) {
-	home.once.Do(func() {
-		runtime.LockOSThread() // the calling goroutine is locked already; this only nests
-		defer runtime.UnlockOSThread()
-		home.h, home.err = netns.Get()
-		if home.err != nil {
-			home.err = fmt.Errorf("get current netns: %w", home.err)
-		}
-	})
-	return home.h, home.err
+func init() {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	home.h, home.err = netns.Get()
+	if home.err != nil {
+		home.err = fmt.Errorf("get current netns: %w", home.err)
+	}
 }
+
+func homeNS() (netns.NsHandle, error) { return home.h, home.err }
 
 // enter locks the calling goroutine to its thread and moves the thread into the namespace at path. On error the
 // thread is unlocked again and still in the home namespace.
