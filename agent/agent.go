@@ -27,6 +27,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -127,6 +128,9 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		a.xds = src
 		if cfg.XDSOnDemand {
 			a.in.demand = newOnDemand(src.Lookup, cfg.XDSOnDemandTimeout, a.Metrics.Registry, a.log.With("component", "xds-on-demand"))
+			a.Metrics.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ambit_xds_on_demand_subscribed",
+				Help: "Names the on-demand Address subscription holds (looked up and found, or waiting for istiod)"},
+				func() float64 { return float64(src.Stats()[xds.AddressTypeURL].OnDemandNames) }))
 			if cfg.DNSCapture {
 				a.log.Warn("on-demand xDS: the DNS proxy answers only for hostnames istiod has pushed (ztunnel does not combine the two)")
 			}

@@ -29,9 +29,11 @@ import (
 // Transport defaults (ztunnel's).
 const (
 	DefaultMaxMessageSize = 200 << 20
-	connectTimeout        = 5 * time.Second
-	keepaliveTime         = 30 * time.Second
-	keepaliveTimeout      = 10 * time.Second
+	// DefaultMaxOnDemandNames bounds the names one on-demand subscription holds (Options.MaxOnDemandNames).
+	DefaultMaxOnDemandNames = 1 << 16
+	connectTimeout          = 5 * time.Second
+	keepaliveTime           = 30 * time.Second
+	keepaliveTimeout        = 10 * time.Second
 )
 
 // Wildcard is the explicit wildcard resource name of the delta protocol.
@@ -124,6 +126,11 @@ type Options struct {
 	InitialBackoff, MaxBackoff time.Duration
 	// MaxMessageSize bounds a received response (default DefaultMaxMessageSize).
 	MaxMessageSize int
+	// MaxOnDemandNames bounds the names an on-demand subscription holds at once (default
+	// DefaultMaxOnDemandNames): the names come from connections pods open, so a pod scanning addresses
+	// must not grow the subscription, and every reconnect's initial request, without bound. Past it,
+	// Subscribe and Fetch fail with ErrTooManyNames until Forget makes room.
+	MaxOnDemandNames int
 	// Logger; nil discards.
 	Logger *slog.Logger
 	// DialOptions are appended to the client's gRPC dial options.
@@ -135,6 +142,8 @@ type Stats struct {
 	Responses, ACKs, NACKs, Rejected uint64
 	// Held is the number of resources whose versions the client keeps for reconnects.
 	Held int
+	// OnDemandNames is the number of names an on-demand subscription holds (Fetch, Subscribe, less Forget).
+	OnDemandNames int
 	// LastNACK is the error_detail message of the last NACK.
 	LastNACK string
 }
@@ -195,6 +204,7 @@ func New(opts Options) (*Client, error) {
 	opts.InitialBackoff = cmp.Or(opts.InitialBackoff, DefaultInitialBackoff)
 	opts.MaxBackoff = max(cmp.Or(opts.MaxBackoff, DefaultMaxBackoff), opts.InitialBackoff)
 	opts.MaxMessageSize = cmp.Or(opts.MaxMessageSize, DefaultMaxMessageSize)
+	opts.MaxOnDemandNames = cmp.Or(opts.MaxOnDemandNames, DefaultMaxOnDemandNames)
 	c := &Client{opts: opts, log: opts.Logger, types: map[string]*typeState{}}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
@@ -546,6 +556,13 @@ func (c *Client) subscribe(typeURL string, names []string, wait bool) (waiter, e
 	for i, name := range names {
 		n := ts.names[name]
 		if n == nil {
+			if len(ts.names) >= c.opts.MaxOnDemandNames {
+				for _, f := range fresh { // all or nothing
+					delete(ts.names, f)
+				}
+				c.mu.Unlock()
+				return waiter{}, fmt.Errorf("subscribe %s %s: %w (%d)", typeURL, name, ErrTooManyNames, c.opts.MaxOnDemandNames)
+			}
 			n = &onDemandName{}
 			ts.names[name] = n
 			fresh = append(fresh, name)
@@ -571,6 +588,52 @@ func (c *Client) subscribe(typeURL string, names []string, wait bool) (waiter, e
 	return w, nil
 }
 
+// Forget drops on-demand names that name nothing the client holds: names the server answered as absent,
+// or never answered, and that no Fetch is waiting for. It unsubscribes them on the open stream (a later
+// stream's initial request leaves them out) and reports how many it dropped. Names that resolved to a
+// resource, or are aliases of one, stay subscribed so that the resource keeps its updates; so do names
+// a Fetch still waits for. A caller that learned a name is absent keeps that answer itself (the agent's
+// negative cache): the subscription then holds only what exists, however many addresses pods try.
+func (c *Client) Forget(typeURL string, names ...string) (int, error) {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return 0, ErrClosed
+	}
+	ts := c.types[typeURL]
+	if ts == nil {
+		c.mu.Unlock()
+		return 0, fmt.Errorf("forget %s: %w", typeURL, ErrUnknownType)
+	}
+	if !ts.sub.OnDemand {
+		c.mu.Unlock()
+		return 0, fmt.Errorf("forget %s: %w", typeURL, ErrNotOnDemand)
+	}
+	var gone []string
+	for _, name := range names {
+		n := ts.names[name]
+		if n == nil || len(n.waiters) > 0 || n.found {
+			continue
+		}
+		if _, held := ts.versions[name]; held {
+			continue
+		}
+		if _, held := ts.aliases[name]; held {
+			continue
+		}
+		delete(ts.names, name)
+		gone = append(gone, name)
+	}
+	as := c.cur
+	c.mu.Unlock()
+	if len(gone) > 0 && as != nil {
+		if err := as.send(&discovery.DeltaDiscoveryRequest{TypeUrl: typeURL, ResourceNamesUnsubscribe: gone}); err != nil {
+			c.log.Debug("xds unsubscribe on a failing stream", "type", typeURL, "error", err)
+		}
+	}
+	return len(gone), nil
+}
+
 func (c *Client) dropWaiter(typeURL, name string, ch chan struct{}) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -584,7 +647,9 @@ func (c *Client) Stats(typeURL string) Stats {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if ts := c.types[typeURL]; ts != nil {
-		return ts.stats
+		st := ts.stats
+		st.OnDemandNames = len(ts.names)
+		return st
 	}
 	return Stats{}
 }

@@ -410,3 +410,106 @@ func TestRunAndFetchAfterClose(t *testing.T) {
 		t.Errorf("Run on a closed client = %v", err)
 	}
 }
+
+// TestOnDemandForget: Forget drops names that name nothing (never answered, or answered with a removal)
+// and unsubscribes them; names that resolved to a resource, or that a Fetch waits for, stay subscribed.
+func TestOnDemandForget(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	srv := xdstest.Start(t, xdstest.Options{TypeURLs: []string{xdstest.AddressType}})
+	a, gone := xdstest.PodUID("demo", "a"), xdstest.PodUID("demo", "gone")
+	srv.Set(xdstest.AddressType, map[string]proto.Message{a: xdstest.Pod("demo", "a", "10.0.0.1"), gone: xdstest.Pod("demo", "gone", "10.0.0.2")})
+	rec := newRecorder()
+	c := start(t, xdsclient.Options{Address: srv.Addr, Plaintext: true,
+		Subscriptions: []xdsclient.Subscription{{TypeURL: xdstest.AddressType, Handler: rec, OnDemand: true}}})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, name := range []string{a, gone} {
+		if found, err := c.Fetch(ctx, xdstest.AddressType, name); err != nil || !found {
+			t.Fatalf("Fetch %s = %v, %v", name, found, err)
+		}
+	}
+	// gone is deleted: the server answers with a removal.
+	n := rec.count()
+	srv.Delete(xdstest.AddressType, gone)
+	rec.wait(t, n, func(u *xdsclient.Update) bool { return slices.Contains(u.Removed, gone) })
+	never := "Kubernetes//Pod/demo/never" // the server never answers
+	if err := c.Subscribe(xdstest.AddressType, never); err != nil {
+		t.Fatal(err)
+	}
+	waited := "Kubernetes//Pod/demo/waited"
+	fetchDone := make(chan error, 1)
+	fctx, fcancel := context.WithCancel(ctx)
+	go func() { _, err := c.Fetch(fctx, xdstest.AddressType, waited); fetchDone <- err }()
+	srv.WaitRequest(0, func(r *discovery.DeltaDiscoveryRequest) bool {
+		return slices.Contains(r.GetResourceNamesSubscribe(), waited)
+	})
+	if got := c.Stats(xdstest.AddressType).OnDemandNames; got != 4 {
+		t.Errorf("OnDemandNames = %d; want 4", got)
+	}
+	before := len(srv.Requests())
+	dropped, err := c.Forget(xdstest.AddressType, a, gone, never, waited, "not-subscribed")
+	if err != nil || dropped != 2 {
+		t.Errorf("Forget = %d, %v; want 2 (gone and never)", dropped, err)
+	}
+	unsub, _ := srv.WaitRequest(before, func(r *discovery.DeltaDiscoveryRequest) bool { return len(r.GetResourceNamesUnsubscribe()) > 0 })
+	if got := unsub.GetResourceNamesUnsubscribe(); !slices.Equal(got, []string{gone, never}) {
+		t.Errorf("unsubscribed %v; want [%s %s]", got, gone, never)
+	}
+	if got := c.Stats(xdstest.AddressType).OnDemandNames; got != 2 {
+		t.Errorf("OnDemandNames after Forget = %d; want 2 (a and the waited name)", got)
+	}
+	fcancel()
+	if err := <-fetchDone; !errors.Is(err, context.Canceled) {
+		t.Errorf("waiting Fetch = %v", err)
+	}
+	if dropped, _ := c.Forget(xdstest.AddressType, waited); dropped != 1 {
+		t.Errorf("Forget after the Fetch gave up = %d; want 1", dropped)
+	}
+	// A reconnect subscribes only what is left.
+	before = len(srv.Requests())
+	srv.Restart()
+	re, _ := srv.WaitRequest(before, func(r *discovery.DeltaDiscoveryRequest) bool { return r.GetResponseNonce() == "" })
+	if got := re.GetResourceNamesSubscribe(); !slices.Equal(got, []string{"*", a}) {
+		t.Errorf("reconnect subscribes %v; want [* %s]", got, a)
+	}
+	if _, err := c.Forget("type.googleapis.com/unknown", a); !errors.Is(err, xdsclient.ErrUnknownType) {
+		t.Errorf("Forget of an unknown type = %v", err)
+	}
+}
+
+// TestOnDemandNamesBound: names come from the addresses pods dial, so a subscription holds at most
+// MaxOnDemandNames; past it Subscribe and Fetch fail (nothing is sent) until Forget makes room.
+func TestOnDemandNamesBound(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	srv := xdstest.Start(t, xdstest.Options{TypeURLs: []string{xdstest.AddressType}})
+	c := start(t, xdsclient.Options{Address: srv.Addr, Plaintext: true, MaxOnDemandNames: 3,
+		Subscriptions: []xdsclient.Subscription{{TypeURL: xdstest.AddressType, Handler: newRecorder(), OnDemand: true}}})
+	if err := c.Subscribe(xdstest.AddressType, "n1", "n2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Subscribe(xdstest.AddressType, "n3", "n4"); !errors.Is(err, xdsclient.ErrTooManyNames) {
+		t.Errorf("Subscribe past the bound = %v; want ErrTooManyNames", err)
+	}
+	if got := c.Stats(xdstest.AddressType).OnDemandNames; got != 2 {
+		t.Errorf("OnDemandNames = %d; want 2 (a refused Subscribe adds none of its names)", got)
+	}
+	if err := c.Subscribe(xdstest.AddressType, "n3"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := c.Fetch(ctx, xdstest.AddressType, "n4"); !errors.Is(err, xdsclient.ErrTooManyNames) {
+		t.Errorf("Fetch past the bound = %v; want ErrTooManyNames", err)
+	}
+	for _, r := range srv.Requests() {
+		if slices.Contains(r.GetResourceNamesSubscribe(), "n4") {
+			t.Errorf("a refused name was sent: %v", r)
+		}
+	}
+	if dropped, err := c.Forget(xdstest.AddressType, "n1"); err != nil || dropped != 1 {
+		t.Fatalf("Forget = %d, %v", dropped, err)
+	}
+	if err := c.Subscribe(xdstest.AddressType, "n4"); err != nil {
+		t.Errorf("Subscribe after Forget made room = %v", err)
+	}
+}

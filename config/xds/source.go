@@ -133,11 +133,19 @@ func (s *Source) Ready() <-chan struct{} { return s.ready }
 
 // Lookup asks istiod for one Address on demand: a workload UID, "<namespace>/<hostname>" of a service, or
 // "<network>/<ip>". It waits until istiod answers and reports whether the resource exists; the store holds
-// it by then. It fails with xdsclient.ErrNotOnDemand unless SourceOptions.OnDemand was set.
+// it by then. A key istiod does not know is unsubscribed again at once (the caller caches that answer),
+// so the subscription holds only keys that exist, whatever addresses pods dial; ztunnel keeps them all.
+// It fails with xdsclient.ErrNotOnDemand unless SourceOptions.OnDemand was set, and with
+// xdsclient.ErrTooManyNames when the subscription is full.
 func (s *Source) Lookup(ctx context.Context, key string) (bool, error) {
 	ok, err := s.client.Fetch(ctx, AddressTypeURL, key)
 	if err != nil {
 		return false, fmt.Errorf("look up %s: %w", key, err)
+	}
+	if !ok {
+		if _, err := s.client.Forget(AddressTypeURL, key); err != nil {
+			return false, fmt.Errorf("forget %s: %w", key, err)
+		}
 	}
 	return ok, nil
 }

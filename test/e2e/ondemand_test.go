@@ -128,6 +128,7 @@ func TestAgentOnDemandAgainstIstiod(t *testing.T) {
 	// agent captures).
 	before := meshlab.Counter(c.Agents[0], "ambit_xds_on_demand_fetches_total")
 	foundBefore := fetches(t, c.Agents[0], "found")
+	subscribedBefore := meshlab.Counter(c.Agents[0], "ambit_xds_on_demand_subscribed")
 	got, err = meshlab.Call(t, client, outsider.IP.String()+":8080")
 	if err != nil || !strings.HasPrefix(got, outsider.Name+" ") {
 		t.Fatalf("client -> unknown address = %q, %v; want an answer from %s", got, err, outsider.Name)
@@ -140,6 +141,11 @@ func TestAgentOnDemandAgainstIstiod(t *testing.T) {
 	}
 	if n := fetches(t, c.Agents[0], "found"); n != foundBefore {
 		t.Errorf("the unknown address counted as found (%v found fetches, %v before)", n, foundBefore)
+	}
+	// istiod answered with a removal; the name is unsubscribed again, so addresses a pod tries do not
+	// accumulate in the subscription (and in every reconnect's initial request).
+	if n := meshlab.Counter(c.Agents[0], "ambit_xds_on_demand_subscribed"); n != subscribedBefore {
+		t.Errorf("on-demand names subscribed after the unknown address = %v, %v before; want it forgotten", n, subscribedBefore)
 	}
 	t.Logf("client agent's fetches: found %v, not_found %v, timeout %v", fetches(t, c.Agents[0], "found"),
 		fetches(t, c.Agents[0], "not_found"), fetches(t, c.Agents[0], "timeout"))

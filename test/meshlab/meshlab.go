@@ -275,7 +275,7 @@ spec: {clusterIP: 10.96.0.10, selector: {app: server}, ports: [{name: http, port
 	}
 }
 
-// Counter sums the series of counter name in a's registry.
+// Counter sums the series of counter (or gauge) name in a's registry.
 func Counter(a *agent.Agent, name string) float64 {
 	mfs, err := a.Metrics.Registry.Gather()
 	if err != nil {
@@ -287,7 +287,7 @@ func Counter(a *agent.Agent, name string) float64 {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
-			total += m.GetCounter().GetValue()
+			total += m.GetCounter().GetValue() + m.GetGauge().GetValue()
 		}
 	}
 	return total
