@@ -150,20 +150,32 @@ type converted struct {
 var parallelThreshold = 2048
 
 // convertAddresses decodes and converts every resource of rs, in parallel for large responses (istiod's
-// first response holds the whole mesh). It is pure: the results are indexed like rs.
+// first response holds the whole mesh). It is pure: the results are indexed like rs. Each goroutine has its
+// own decoder (fast path and string interner); what the fast path declines takes the generic path.
 func convertAddresses(rs []xdsclient.Resource) []converted {
 	out := make([]converted, len(rs))
-	one := func(i int) {
-		a, err := DecodeAddress(rs[i].Body)
+	one := func(d *decoder, i int) {
+		r := &rs[i]
+		if r.Body.GetTypeUrl() == AddressTypeURL {
+			if w, ok := d.address(r.Name, r.Body.GetValue()); ok {
+				out[i].workload = w
+				return
+			}
+		}
+		a, err := DecodeAddress(r.Body)
 		if err == nil {
-			out[i].workload, out[i].service, err = ConvertAddress(rs[i].Name, a)
+			out[i].workload, out[i].service, err = ConvertAddress(r.Name, a)
+		}
+		if out[i].service != nil {
+			out[i].service.Intern(&d.in)
 		}
 		out[i].err = err
 	}
 	workers := min(runtime.GOMAXPROCS(0), len(rs)/parallelThreshold+1)
 	if workers <= 1 {
+		d := &decoder{}
 		for i := range rs {
-			one(i)
+			one(d, i)
 		}
 		return out
 	}
@@ -172,8 +184,9 @@ func convertAddresses(rs []xdsclient.Resource) []converted {
 	for lo := 0; lo < len(rs); lo += chunk {
 		hi := min(lo+chunk, len(rs))
 		wg.Go(func() {
+			d := &decoder{}
 			for i := lo; i < hi; i++ {
-				one(i)
+				one(d, i)
 			}
 		})
 	}
