@@ -356,7 +356,7 @@ func (d *decoder) validIdentity(id string) bool {
 	if _, err := spiffeid.FromString(id); err != nil {
 		return false
 	}
-	if d.identities == nil || len(d.identities) >= 1<<16 {
+	if d.identities == nil || len(d.identities) >= 1<<17 {
 		d.identities = map[string]struct{}{}
 	}
 	d.identities[id] = struct{}{}

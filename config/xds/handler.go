@@ -82,7 +82,10 @@ func (h *AddressHandler) HandleUpdate(_ context.Context, u *xdsclient.Update) []
 	var rej []xdsclient.Rejection
 	dups := duplicates(u.Resources)
 	upd := &state.Update{}
-	batch := map[string]*parkedAddress{} // converted, by name
+	batch := make(map[string]*parkedAddress, len(u.Resources)) // converted, by name
+	// items backs batch's entries: one allocation for the response instead of one per resource. Entries
+	// that get parked are copied out (holdUnknownWaypointsLocked), so that nothing keeps items alive.
+	items := make([]parkedAddress, 0, len(u.Resources))
 	order := make([]string, 0, len(u.Resources))
 	conv := convertAddresses(u.Resources)
 	for i := range u.Resources {
@@ -101,7 +104,8 @@ func (h *AddressHandler) HandleUpdate(_ context.Context, u *xdsclient.Update) []
 		}
 		// A newer version supersedes whatever was parked under the name.
 		delete(h.parked, r.Name)
-		batch[r.Name] = &parkedAddress{workload: w, service: s}
+		items = append(items, parkedAddress{workload: w, service: s})
+		batch[r.Name] = &items[len(items)-1]
 		order = append(order, r.Name)
 	}
 	removedSvc := map[state.NamespacedHostname]bool{}
@@ -271,8 +275,8 @@ func (h *AddressHandler) holdUnknownWaypointsLocked(batch map[string]*parkedAddr
 		if _, was := h.parked[name]; was {
 			continue // reported when it arrived
 		}
-		p := batch[name]
-		h.parked[name] = p
+		p := *batch[name] // a copy: batch's entries share one array with the whole response
+		h.parked[name] = &p
 		rej = append(rej, xdsclient.Rejection{Name: name, Keep: true,
 			Err: fmt.Errorf("waypoint %s: %w", p.waypoint().Hostname, ErrUnknownWaypoint)})
 	}
