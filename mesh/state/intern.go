@@ -19,7 +19,7 @@ type Interner struct {
 }
 
 // maxInterned bounds an Interner's cache.
-const maxInterned = 1 << 17
+const maxInterned = 1 << 19
 
 // String returns the canonical copy of s.
 func (in *Interner) String(s string) string {
