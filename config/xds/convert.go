@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
-	"slices"
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -115,35 +114,17 @@ func ConvertWorkload(in *workloadapi.Workload) (*state.Workload, error) {
 			w.Addresses[i] = ip
 		}
 	}
-	switch in.GetTunnelProtocol() {
-	case workloadapi.TunnelProtocol_NONE:
-		w.Protocol = state.TunnelNone
-	case workloadapi.TunnelProtocol_HBONE:
-		w.Protocol = state.TunnelHBONE
-	default: // LEGACY_ISTIO_MTLS is refused by ztunnel as well.
-		return fail(fmt.Errorf("%w: tunnel protocol %v", ErrUnknownEnum, in.GetTunnelProtocol()))
-	}
-	switch in.GetStatus() {
-	case workloadapi.WorkloadStatus_HEALTHY:
-		w.Status = state.Healthy
-	case workloadapi.WorkloadStatus_UNHEALTHY:
-		w.Status = state.Unhealthy
-	default:
-		return fail(fmt.Errorf("%w: status %v", ErrUnknownEnum, in.GetStatus()))
-	}
-	switch in.GetNetworkMode() {
-	case workloadapi.NetworkMode_STANDARD:
-		w.NetworkMode = state.NetworkStandard
-	case workloadapi.NetworkMode_HOST_NETWORK:
-		w.NetworkMode = state.NetworkHost
-	default:
-		return fail(fmt.Errorf("%w: network mode %v", ErrUnknownEnum, in.GetNetworkMode()))
-	}
-	// Unknown workload types fall back to the default, as in ztunnel.
-	if t := in.GetWorkloadType(); t >= 0 && t <= workloadapi.WorkloadType_JOB {
-		w.WorkloadType = state.WorkloadType(t)
-	}
 	var err error
+	if w.Protocol, err = tunnelProtocol(int32(in.GetTunnelProtocol())); err != nil {
+		return fail(err)
+	}
+	if w.Status, err = workloadStatus(int32(in.GetStatus())); err != nil {
+		return fail(err)
+	}
+	if w.NetworkMode, err = networkMode(int32(in.GetNetworkMode())); err != nil {
+		return fail(err)
+	}
+	w.WorkloadType = workloadType(int32(in.GetWorkloadType()))
 	if w.Waypoint, err = convertGateway(in.GetWaypoint()); err != nil {
 		return fail(fmt.Errorf("waypoint: %w", err))
 	}
@@ -151,14 +132,9 @@ func ConvertWorkload(in *workloadapi.Workload) (*state.Workload, error) {
 		return fail(fmt.Errorf("network gateway: %w", err))
 	}
 	if at := in.GetApplicationTunnel(); at != nil {
-		var p state.ApplicationTunnelProtocol
-		switch at.GetProtocol() {
-		case workloadapi.ApplicationTunnel_NONE:
-			p = state.AppTunnelNone
-		case workloadapi.ApplicationTunnel_PROXY:
-			p = state.AppTunnelProxy
-		default:
-			return fail(fmt.Errorf("%w: application tunnel protocol %v", ErrUnknownEnum, at.GetProtocol()))
+		p, err := appTunnelProtocol(int32(at.GetProtocol()))
+		if err != nil {
+			return fail(err)
 		}
 		port, err := port16(at.GetPort())
 		if err != nil {
@@ -188,10 +164,7 @@ func ConvertWorkload(in *workloadapi.Workload) (*state.Workload, error) {
 			w.Services = append(w.Services, ref)
 		}
 		// Map order is random; a stable order keeps dumps and comparisons deterministic.
-		slices.SortFunc(w.Services, func(a, b state.ServiceRef) int {
-			return cmp.Or(strings.Compare(a.Service.Namespace, b.Service.Namespace),
-				strings.Compare(a.Service.Hostname, b.Service.Hostname))
-		})
+		sortServiceRefs(w.Services)
 	}
 	if l := in.GetLocality(); l != nil {
 		w.Locality = state.Locality{Region: l.GetRegion(), Zone: l.GetZone(), Subzone: l.GetSubzone()}
@@ -199,7 +172,9 @@ func ConvertWorkload(in *workloadapi.Workload) (*state.Workload, error) {
 	if c := in.GetCapacity(); c != nil {
 		w.Capacity = c.GetValue()
 	}
-	if err := w.Validate(); err != nil {
+	var strs state.Interner
+	w.Intern(&strs)
+	if err := w.ValidateWith(&strs); err != nil {
 		return nil, err
 	}
 	if _, err := spiffeid.FromString(w.Identity()); err != nil {
@@ -480,6 +455,55 @@ func serviceAccounts(in []*security.ServiceAccountMatch) []state.ServiceAccountM
 		out[i] = state.ServiceAccountMatch{Namespace: m.GetNamespace(), ServiceAccount: m.GetServiceAccount()}
 	}
 	return out
+}
+
+// tunnelProtocol maps the wire tunnel protocol; LEGACY_ISTIO_MTLS is refused by ztunnel as well.
+func tunnelProtocol(v int32) (state.TunnelProtocol, error) {
+	switch workloadapi.TunnelProtocol(v) {
+	case workloadapi.TunnelProtocol_NONE:
+		return state.TunnelNone, nil
+	case workloadapi.TunnelProtocol_HBONE:
+		return state.TunnelHBONE, nil
+	}
+	return 0, fmt.Errorf("%w: tunnel protocol %v", ErrUnknownEnum, workloadapi.TunnelProtocol(v))
+}
+
+func workloadStatus(v int32) (state.WorkloadStatus, error) {
+	switch workloadapi.WorkloadStatus(v) {
+	case workloadapi.WorkloadStatus_HEALTHY:
+		return state.Healthy, nil
+	case workloadapi.WorkloadStatus_UNHEALTHY:
+		return state.Unhealthy, nil
+	}
+	return 0, fmt.Errorf("%w: status %v", ErrUnknownEnum, workloadapi.WorkloadStatus(v))
+}
+
+func networkMode(v int32) (state.NetworkMode, error) {
+	switch workloadapi.NetworkMode(v) {
+	case workloadapi.NetworkMode_STANDARD:
+		return state.NetworkStandard, nil
+	case workloadapi.NetworkMode_HOST_NETWORK:
+		return state.NetworkHost, nil
+	}
+	return 0, fmt.Errorf("%w: network mode %v", ErrUnknownEnum, workloadapi.NetworkMode(v))
+}
+
+// workloadType maps the wire workload type; unknown types fall back to the default, as in ztunnel.
+func workloadType(v int32) state.WorkloadType {
+	if t := workloadapi.WorkloadType(v); t >= 0 && t <= workloadapi.WorkloadType_JOB {
+		return state.WorkloadType(t)
+	}
+	return state.WorkloadDeployment
+}
+
+func appTunnelProtocol(v int32) (state.ApplicationTunnelProtocol, error) {
+	switch workloadapi.ApplicationTunnel_Protocol(v) {
+	case workloadapi.ApplicationTunnel_NONE:
+		return state.AppTunnelNone, nil
+	case workloadapi.ApplicationTunnel_PROXY:
+		return state.AppTunnelProxy, nil
+	}
+	return 0, fmt.Errorf("%w: application tunnel protocol %v", ErrUnknownEnum, workloadapi.ApplicationTunnel_Protocol(v))
 }
 
 // ipFromBytes reads a 4- or 16-byte IP, as the workload API encodes them.

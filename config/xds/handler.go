@@ -82,7 +82,10 @@ func (h *AddressHandler) HandleUpdate(_ context.Context, u *xdsclient.Update) []
 	var rej []xdsclient.Rejection
 	dups := duplicates(u.Resources)
 	upd := &state.Update{}
-	batch := map[string]*parkedAddress{} // converted, by name
+	batch := make(map[string]*parkedAddress, len(u.Resources)) // converted, by name
+	// items backs batch's entries: one allocation for the response instead of one per resource. Entries
+	// that get parked are copied out (holdUnknownWaypointsLocked), so that nothing keeps items alive.
+	items := make([]parkedAddress, 0, len(u.Resources))
 	order := make([]string, 0, len(u.Resources))
 	conv := convertAddresses(u.Resources)
 	for i := range u.Resources {
@@ -101,7 +104,8 @@ func (h *AddressHandler) HandleUpdate(_ context.Context, u *xdsclient.Update) []
 		}
 		// A newer version supersedes whatever was parked under the name.
 		delete(h.parked, r.Name)
-		batch[r.Name] = &parkedAddress{workload: w, service: s}
+		items = append(items, parkedAddress{workload: w, service: s})
+		batch[r.Name] = &items[len(items)-1]
 		order = append(order, r.Name)
 	}
 	removedSvc := map[state.NamespacedHostname]bool{}
@@ -150,20 +154,32 @@ type converted struct {
 var parallelThreshold = 2048
 
 // convertAddresses decodes and converts every resource of rs, in parallel for large responses (istiod's
-// first response holds the whole mesh). It is pure: the results are indexed like rs.
+// first response holds the whole mesh). It is pure: the results are indexed like rs. Each goroutine has its
+// own decoder (fast path and string interner); what the fast path declines takes the generic path.
 func convertAddresses(rs []xdsclient.Resource) []converted {
 	out := make([]converted, len(rs))
-	one := func(i int) {
-		a, err := DecodeAddress(rs[i].Body)
+	one := func(d *decoder, i int) {
+		r := &rs[i]
+		if r.Body.GetTypeUrl() == AddressTypeURL {
+			if w, ok := d.address(r.Name, r.Body.GetValue()); ok {
+				out[i].workload = w
+				return
+			}
+		}
+		a, err := DecodeAddress(r.Body)
 		if err == nil {
-			out[i].workload, out[i].service, err = ConvertAddress(rs[i].Name, a)
+			out[i].workload, out[i].service, err = ConvertAddress(r.Name, a)
+		}
+		if out[i].service != nil {
+			out[i].service.Intern(&d.in)
 		}
 		out[i].err = err
 	}
 	workers := min(runtime.GOMAXPROCS(0), len(rs)/parallelThreshold+1)
 	if workers <= 1 {
+		d := &decoder{}
 		for i := range rs {
-			one(i)
+			one(d, i)
 		}
 		return out
 	}
@@ -172,8 +188,9 @@ func convertAddresses(rs []xdsclient.Resource) []converted {
 	for lo := 0; lo < len(rs); lo += chunk {
 		hi := min(lo+chunk, len(rs))
 		wg.Go(func() {
+			d := &decoder{}
 			for i := lo; i < hi; i++ {
-				one(i)
+				one(d, i)
 			}
 		})
 	}
@@ -258,8 +275,8 @@ func (h *AddressHandler) holdUnknownWaypointsLocked(batch map[string]*parkedAddr
 		if _, was := h.parked[name]; was {
 			continue // reported when it arrived
 		}
-		p := batch[name]
-		h.parked[name] = p
+		p := *batch[name] // a copy: batch's entries share one array with the whole response
+		h.parked[name] = &p
 		rej = append(rej, xdsclient.Rejection{Name: name, Keep: true,
 			Err: fmt.Errorf("waypoint %s: %w", p.waypoint().Hostname, ErrUnknownWaypoint)})
 	}

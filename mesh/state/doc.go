@@ -9,6 +9,11 @@
 // released. Producers (the local Kubernetes file compiler, the xDS client) convert and validate off-lock
 // with Validate, then apply a whole batch atomically with Store.Apply or Store.Replace.
 //
+// The index is compact, for a million workloads: an address one workload claims maps to that workload
+// alone (only shared addresses hold a list), endpoint sets are sorted slices merged with each batch's
+// changes, and producers intern the strings workloads repeat (Interner), so a namespace or service account
+// is stored once. A batch costs O(its size plus the endpoint sets it touches).
+//
 // It is the root of the pure mesh/ packages: no I/O, no goroutines of its own, and it imports no
 // other Ambit package.
 package state

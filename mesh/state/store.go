@@ -51,13 +51,17 @@ func NewStore() *Store {
 // index holds every table. Values are immutable objects; tables are mutated only under Store.mu.
 type index struct {
 	workloads map[string]*Workload
-	byAddr    map[NetworkAddress][]*Workload
-	byNode    map[string]map[string]*Workload
-	services  map[NamespacedHostname]*Service
-	byVIP     map[NetworkAddress][]*Service
-	byHost    map[string][]*Service
-	endpoints map[NamespacedHostname]*endpointSet
-	policies  map[string]*Authorization
+	// byAddr holds the addresses one workload claims; sharedAddr those several claim, in the order they
+	// were added (WorkloadByAddr prefers the first among equals). An address is in exactly one of them.
+	// Most addresses have one owner, and a map to a pointer costs a third of a map to a slice.
+	byAddr     map[NetworkAddress]*Workload
+	sharedAddr map[NetworkAddress][]*Workload
+	byNode     map[string]map[string]*Workload
+	services   map[NamespacedHostname]*Service
+	byVIP      map[NetworkAddress][]*Service
+	byHost     map[string][]*Service
+	endpoints  map[NamespacedHostname]*endpointSet
+	policies   map[string]*Authorization
 	// nsPolicies holds NAMESPACE-scope policies by namespace; global holds GLOBAL-scope policies.
 	nsPolicies map[string][]*Authorization
 	global     []*Authorization
@@ -66,18 +70,27 @@ type index struct {
 	dirty []*endpointSet
 }
 
-// endpointSet is the set of workloads behind one service. list is rebuilt (copy on write) after each
-// batch that touched byUID, so readers may keep the slice they got.
+// endpointSet is the set of workloads behind one service, sorted by UID. list is rebuilt (copy on write)
+// after each batch that touched it, so readers may keep the slice they got. The set keeps no map by UID:
+// the batch's changes are staged in pending and merged into a new list at the end of the batch, which
+// costs O(len(list) + changes) as the rebuild did before.
 type endpointSet struct {
-	byUID map[string]*Workload
-	list  []*Workload
-	dirty bool
+	key  NamespacedHostname
+	list []*Workload
+	// pending holds the batch's changes in order (a nil workload removes the UID); nil outside apply.
+	pending []endpointChange
+}
+
+type endpointChange struct {
+	uid string
+	w   *Workload
 }
 
 func newIndex() *index {
 	return &index{
 		workloads:  map[string]*Workload{},
-		byAddr:     map[NetworkAddress][]*Workload{},
+		byAddr:     map[NetworkAddress]*Workload{},
+		sharedAddr: map[NetworkAddress][]*Workload{},
 		byNode:     map[string]map[string]*Workload{},
 		services:   map[NamespacedHostname]*Service{},
 		byVIP:      map[NetworkAddress][]*Service{},
@@ -132,6 +145,11 @@ func (s *Store) Generation() uint64 {
 
 func (ix *index) apply(u *Update) {
 	ix.generation++
+	if n := len(u.Workloads); n >= presizeThreshold && len(ix.workloads) == 0 {
+		// A first full response (or a replacement): size the largest tables once instead of growing them.
+		ix.workloads = make(map[string]*Workload, n)
+		ix.byAddr = make(map[NetworkAddress]*Workload, n)
+	}
 	for _, uid := range u.RemoveWorkloads {
 		ix.removeWorkload(uid)
 	}
@@ -154,28 +172,31 @@ func (ix *index) apply(u *Update) {
 		ix.addPolicy(p)
 	}
 	for _, es := range ix.dirty {
-		if es.dirty {
-			es.rebuild()
+		es.rebuild()
+		if len(es.list) == 0 && ix.endpoints[es.key] == es {
+			delete(ix.endpoints, es.key)
 		}
 	}
 	clear(ix.dirty)
 	ix.dirty = ix.dirty[:0]
 }
 
-// markDirty schedules es for a rebuild at the end of the batch.
-func (ix *index) markDirty(es *endpointSet) {
-	if !es.dirty {
-		es.dirty = true
+// presizeThreshold is the batch size from which apply sizes empty tables up front.
+const presizeThreshold = 1024
+
+// stage records that uid joins (w set) or leaves (w nil) es, for the rebuild at the end of the batch.
+func (ix *index) stage(es *endpointSet, uid string, w *Workload) {
+	if es.pending == nil {
 		ix.dirty = append(ix.dirty, es)
 	}
+	es.pending = append(es.pending, endpointChange{uid: uid, w: w})
 }
 
 func (ix *index) addWorkload(w *Workload) {
 	ix.workloads[w.UID] = w
 	if w.NetworkMode == NetworkStandard {
 		for _, a := range w.Addresses {
-			k := NetworkAddress{Network: w.Network, Addr: a}
-			ix.byAddr[k] = append(ix.byAddr[k], w)
+			ix.addAddr(NetworkAddress{Network: w.Network, Addr: a}, w)
 		}
 	}
 	if w.Node != "" {
@@ -189,11 +210,42 @@ func (ix *index) addWorkload(w *Workload) {
 	for _, ref := range w.Services {
 		es := ix.endpoints[ref.Service]
 		if es == nil {
-			es = &endpointSet{byUID: map[string]*Workload{}}
+			es = &endpointSet{key: ref.Service}
 			ix.endpoints[ref.Service] = es
 		}
-		es.byUID[w.UID] = w
-		ix.markDirty(es)
+		ix.stage(es, w.UID, w)
+	}
+}
+
+func (ix *index) addAddr(k NetworkAddress, w *Workload) {
+	if ws, ok := ix.sharedAddr[k]; ok {
+		ix.sharedAddr[k] = append(slices.Clip(ws), w)
+		return
+	}
+	if first, ok := ix.byAddr[k]; ok {
+		delete(ix.byAddr, k)
+		ix.sharedAddr[k] = []*Workload{first, w}
+		return
+	}
+	ix.byAddr[k] = w
+}
+
+func (ix *index) removeAddr(k NetworkAddress, uid string) {
+	if ws, ok := ix.sharedAddr[k]; ok {
+		ws = slices.DeleteFunc(slices.Clone(ws), func(x *Workload) bool { return x.UID == uid })
+		switch len(ws) {
+		case 0:
+			delete(ix.sharedAddr, k)
+		case 1:
+			delete(ix.sharedAddr, k)
+			ix.byAddr[k] = ws[0]
+		default:
+			ix.sharedAddr[k] = ws
+		}
+		return
+	}
+	if w, ok := ix.byAddr[k]; ok && w.UID == uid {
+		delete(ix.byAddr, k)
 	}
 }
 
@@ -205,13 +257,7 @@ func (ix *index) removeWorkload(uid string) {
 	delete(ix.workloads, uid)
 	if w.NetworkMode == NetworkStandard {
 		for _, a := range w.Addresses {
-			k := NetworkAddress{Network: w.Network, Addr: a}
-			ws := slices.DeleteFunc(slices.Clone(ix.byAddr[k]), func(x *Workload) bool { return x.UID == uid })
-			if len(ws) == 0 {
-				delete(ix.byAddr, k)
-			} else {
-				ix.byAddr[k] = ws
-			}
+			ix.removeAddr(NetworkAddress{Network: w.Network, Addr: a}, uid)
 		}
 	}
 	if m := ix.byNode[w.Node]; m != nil {
@@ -222,24 +268,49 @@ func (ix *index) removeWorkload(uid string) {
 	}
 	for _, ref := range w.Services {
 		if es := ix.endpoints[ref.Service]; es != nil {
-			delete(es.byUID, uid)
-			ix.markDirty(es)
-			if len(es.byUID) == 0 {
-				delete(ix.endpoints, ref.Service)
-			}
+			ix.stage(es, uid, nil)
 		}
 	}
 }
 
+// rebuild merges the staged changes into a new list, sorted by UID (a stable order keeps load balancing
+// and dumps deterministic for a given state). For a UID changed several times the last change wins.
 func (es *endpointSet) rebuild() {
-	list := make([]*Workload, 0, len(es.byUID))
-	for _, w := range es.byUID {
-		list = append(list, w)
+	ch := es.pending
+	es.pending = nil
+	// Sort the changes by UID keeping their order among equals, then keep the last of each UID.
+	slices.SortStableFunc(ch, func(a, b endpointChange) int { return strings.Compare(a.uid, b.uid) })
+	n := 0
+	for i := range ch {
+		if i+1 < len(ch) && ch[i+1].uid == ch[i].uid {
+			continue
+		}
+		ch[n] = ch[i]
+		n++
 	}
-	// A stable order keeps load balancing and dumps deterministic for a given state.
-	slices.SortFunc(list, func(a, b *Workload) int { return strings.Compare(a.UID, b.UID) })
-	es.list = list
-	es.dirty = false
+	ch = ch[:n]
+	old := es.list
+	list := make([]*Workload, 0, len(old)+len(ch))
+	i, j := 0, 0
+	for i < len(old) || j < len(ch) {
+		switch {
+		case j == len(ch) || (i < len(old) && old[i].UID < ch[j].uid):
+			list = append(list, old[i])
+			i++
+		default:
+			if i < len(old) && old[i].UID == ch[j].uid {
+				i++ // replaced or removed by the change
+			}
+			if ch[j].w != nil {
+				list = append(list, ch[j].w)
+			}
+			j++
+		}
+	}
+	if len(list) == 0 {
+		list = nil
+	}
+	es.list = slices.Clip(list)
 }
 
 func (ix *index) addService(svc *Service) {
@@ -314,13 +385,14 @@ func (s *Store) Workload(uid string) *Workload {
 // is preferred, then an HBONE workload, as ztunnel does.
 func (s *Store) WorkloadByAddr(addr NetworkAddress) *Workload {
 	s.mu.RLock()
-	ws := s.idx.byAddr[addr]
+	w, ok := s.idx.byAddr[addr]
+	ws := s.idx.sharedAddr[addr]
 	s.mu.RUnlock()
-	switch len(ws) {
-	case 0:
+	if ok {
+		return w
+	}
+	if len(ws) == 0 {
 		return nil
-	case 1:
-		return ws[0]
 	}
 	best, bestScore := ws[0], -1
 	for _, w := range ws {

@@ -21,7 +21,10 @@ var (
 
 // Validate checks w and fills istiod's defaults (trust domain, service account, cluster id, capacity).
 // Call it off-lock before handing w to Store.Apply; after that w must not be modified.
-func (w *Workload) Validate() error {
+func (w *Workload) Validate() error { return w.validate(nil) }
+
+// validate is Validate; with in set, the identity is interned.
+func (w *Workload) validate(in *Interner) error {
 	if w.UID == "" {
 		return ErrMissingUID
 	}
@@ -54,7 +57,11 @@ func (w *Workload) Validate() error {
 	if w.Capacity == 0 {
 		w.Capacity = 1
 	}
-	w.identity = SPIFFEID(w.TrustDomain, w.Namespace, w.ServiceAccount)
+	if in != nil {
+		w.identity = in.identity(w.TrustDomain, w.Namespace, w.ServiceAccount)
+	} else {
+		w.identity = SPIFFEID(w.TrustDomain, w.Namespace, w.ServiceAccount)
+	}
 	return nil
 }
 
