@@ -994,15 +994,15 @@ func (s *h2Stream) onHeaders(f *http2.MetaHeadersFrame) error {
 		}
 	}
 	resp.Body = &h2Body{s: s}
+	if f.StreamEnded() && resp.ContentLength < 0 {
+		resp.ContentLength = 0 // before the response is published: the engine reads it at once
+	}
 	s.mu.Lock()
 	s.resp = resp
 	s.eof = f.StreamEnded()
 	s.mu.Unlock()
 	s.wake()
 	if f.StreamEnded() {
-		if resp.ContentLength < 0 {
-			resp.ContentLength = 0
-		}
 		s.maybeFinish()
 	}
 	return nil
