@@ -462,9 +462,15 @@ func TestOnDemandForget(t *testing.T) {
 	if err := <-fetchDone; !errors.Is(err, context.Canceled) {
 		t.Errorf("waiting Fetch = %v", err)
 	}
+	before = len(srv.Requests())
 	if dropped, _ := c.Forget(xdstest.AddressType, waited); dropped != 1 {
 		t.Errorf("Forget after the Fetch gave up = %d; want 1", dropped)
 	}
+	// The unsubscribe is sent asynchronously and also carries no nonce: wait for it, or it could be
+	// taken for the reconnect's initial request below.
+	srv.WaitRequest(before, func(r *discovery.DeltaDiscoveryRequest) bool {
+		return slices.Contains(r.GetResourceNamesUnsubscribe(), waited)
+	})
 	// A reconnect subscribes only what is left.
 	before = len(srv.Requests())
 	srv.Restart()
