@@ -78,7 +78,9 @@ type Rejection struct {
 
 // Handler consumes the responses of one type URL. HandleUpdate is called from the client's stream
 // goroutine, one update at a time, and must not block for long: the ACK waits for it. It returns the
-// resources it rejected; everything else in the update counts as accepted.
+// resources it rejected; everything else in the update counts as accepted. It may set a Resource's Body
+// to nil once it has used it: the client reads only names, versions and aliases afterwards and keeps no
+// other reference to the response, so a large response can be collected while it is being applied.
 type Handler interface {
 	HandleUpdate(ctx context.Context, u *Update) []Rejection
 }
@@ -371,8 +373,11 @@ func (c *Client) runStream(ctx context.Context) (healthy bool, err error) {
 			return healthy, fmt.Errorf("receive: %w", err)
 		}
 		healthy = true
-		ack := c.handle(sctx, resp, !seen[resp.GetTypeUrl()])
-		seen[resp.GetTypeUrl()] = true
+		typeURL := resp.GetTypeUrl()
+		first := !seen[typeURL]
+		seen[typeURL] = true
+		// resp is not used after this call, so the handler's dropping of bodies frees them.
+		ack := c.handle(sctx, resp, first)
 		if err := as.send(ack); err != nil {
 			return healthy, fmt.Errorf("send ack: %w", err)
 		}

@@ -67,7 +67,7 @@ func benchService(sz benchSize, i int) (string, *wapi.Address) {
 }
 
 // benchResponse is the marshaled DeltaDiscoveryResponse istiod would send on connect.
-func benchResponse(b *testing.B, sz benchSize) []byte {
+func benchResponse(b testing.TB, sz benchSize) []byte {
 	b.Helper()
 	resp := &discovery.DeltaDiscoveryResponse{TypeUrl: xds.AddressTypeURL, Nonce: "n1"}
 	add := func(name string, m proto.Message) {

@@ -163,6 +163,7 @@ func convertAddresses(rs []xdsclient.Resource) []converted {
 		if r.Body.GetTypeUrl() == AddressTypeURL {
 			if w, ok := d.address(r.Name, r.Body.GetValue()); ok {
 				out[i].workload = w
+				r.Body = nil
 				return
 			}
 		}
@@ -170,6 +171,9 @@ func convertAddresses(rs []xdsclient.Resource) []converted {
 		if err == nil {
 			out[i].workload, out[i].service, err = ConvertAddress(r.Name, a)
 		}
+		// The body is not needed again (xdsclient.Handler allows dropping it): the collector can take
+		// back a large first response while the rest of it is converted.
+		r.Body = nil
 		if out[i].service != nil {
 			out[i].service.Intern(&d.in)
 		}

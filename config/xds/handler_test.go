@@ -307,3 +307,29 @@ func TestAuthorizationHandlerInvalidDeny(t *testing.T) {
 		t.Errorf("invalid DENY enforced as %+v (decision %+v), want a namespace deny-all", p, d)
 	}
 }
+
+// TestAddressHandlerDropsBodies: once converted, a resource's body is released (xdsclient.Handler allows
+// it), so that istiod's first response, the whole mesh, can be collected while it is applied instead of
+// being held whole until the handler returns. Valid and rejected resources, fast and generic decoding.
+func TestAddressHandlerDropsBodies(t *testing.T) {
+	st := state.NewStore()
+	h := xds.NewAddressHandler(xds.AddressHandlerOptions{Store: st})
+	bad := xdstest.Pod("demo", "bad", "10.0.0.9")
+	bad.GetWorkload().Addresses = [][]byte{{1, 2, 3}}
+	u := update(
+		res(podA, xdstest.Pod("demo", "a", "10.0.0.1", xdstest.InService("demo", "echo"))), // fast path
+		res(svcEcho, xdstest.Service("demo", "echo", "10.96.0.1")),                         // generic path
+		res(xdstest.PodUID("demo", "bad"), bad),                                            // rejected
+	)
+	if rej := h.HandleUpdate(context.Background(), u); len(rej) != 1 {
+		t.Fatalf("rejected %v; want only the bad pod", rej)
+	}
+	for _, r := range u.Resources {
+		if r.Body != nil {
+			t.Errorf("%s: body still held after HandleUpdate", r.Name)
+		}
+	}
+	if st.WorkloadByAddr(state.AddrOf(netip.MustParseAddr("10.0.0.1"))) == nil {
+		t.Error("pod a not applied")
+	}
+}
