@@ -106,6 +106,12 @@ func TestIndexMatchesReference(t *testing.T) {
 			for i := range 1500 {
 				first.Workloads = append(first.Workloads, g.workload(t, fmt.Sprintf("Kubernetes//Pod/a/big%d", i), 250))
 			}
+			if seed%2 == 1 {
+				// A UID twice in the first batch: the parallel bulk fill backs out, the later copy wins.
+				for i := range 3 {
+					first.Workloads = append(first.Workloads, g.workload(t, fmt.Sprintf("Kubernetes//Pod/a/big%d", 7*i), 250))
+				}
+			}
 			steps := []*Update{first}
 			for range 60 {
 				steps = append(steps, g.batch(t, 1+g.r.IntN(20), 40, 12))

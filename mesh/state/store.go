@@ -153,9 +153,11 @@ func (ix *index) apply(u *Update) {
 	for _, uid := range u.RemoveWorkloads {
 		ix.removeWorkload(uid)
 	}
-	for _, w := range u.Workloads {
-		ix.removeWorkload(w.UID)
-		ix.addWorkload(w)
+	if !ix.bulkAddWorkloads(u.Workloads) {
+		for _, w := range u.Workloads {
+			ix.removeWorkload(w.UID)
+			ix.addWorkload(w)
+		}
 	}
 	for _, k := range u.RemoveServices {
 		ix.removeService(k)
@@ -181,8 +183,59 @@ func (ix *index) apply(u *Update) {
 	ix.dirty = ix.dirty[:0]
 }
 
-// presizeThreshold is the batch size from which apply sizes empty tables up front.
+// presizeThreshold is the batch size from which apply sizes empty tables up front and fills them in
+// parallel (bulkAddWorkloads).
 const presizeThreshold = 1024
+
+// bulkAddWorkloads adds ws to an index that holds no workload (istiod's first response, or a
+// replacement), filling the three independent tables at once: by UID; by address; by node and the
+// endpoint sets. Each goroutine owns its tables and walks ws in order, so the result is the one the
+// serial loop gives, provided no UID repeats; if one does, the work is undone and it returns false, and
+// the serial loop (where the last copy wins) runs instead. It returns false without doing anything for
+// small batches or a non-empty index.
+func (ix *index) bulkAddWorkloads(ws []*Workload) bool {
+	if len(ws) < presizeThreshold || len(ix.workloads) != 0 || len(ix.byAddr) != 0 || len(ix.sharedAddr) != 0 ||
+		len(ix.byNode) != 0 || len(ix.endpoints) != 0 || len(ix.dirty) != 0 {
+		return false
+	}
+	var (
+		wg     sync.WaitGroup
+		unique = true
+	)
+	wg.Go(func() {
+		for _, w := range ws {
+			if _, dup := ix.workloads[w.UID]; dup {
+				unique = false
+				return
+			}
+			ix.workloads[w.UID] = w
+		}
+	})
+	wg.Go(func() {
+		for _, w := range ws {
+			if w.NetworkMode == NetworkStandard {
+				for _, a := range w.Addresses {
+					ix.addAddr(NetworkAddress{Network: w.Network, Addr: a}, w)
+				}
+			}
+		}
+	})
+	for _, w := range ws {
+		ix.addNodeAndEndpoints(w)
+	}
+	wg.Wait()
+	if unique {
+		return true
+	}
+	clear(ix.workloads)
+	clear(ix.byAddr)
+	clear(ix.sharedAddr)
+	clear(ix.byNode)
+	clear(ix.endpoints)
+	clear(ix.dirty)
+	ix.dirty = ix.dirty[:0]
+	return false
+}
 
 // stage records that uid joins (w set) or leaves (w nil) es, for the rebuild at the end of the batch.
 func (ix *index) stage(es *endpointSet, uid string, w *Workload) {
@@ -199,6 +252,11 @@ func (ix *index) addWorkload(w *Workload) {
 			ix.addAddr(NetworkAddress{Network: w.Network, Addr: a}, w)
 		}
 	}
+	ix.addNodeAndEndpoints(w)
+}
+
+// addNodeAndEndpoints indexes w by node and stages it into its services' endpoint sets.
+func (ix *index) addNodeAndEndpoints(w *Workload) {
 	if w.Node != "" {
 		m := ix.byNode[w.Node]
 		if m == nil {
