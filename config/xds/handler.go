@@ -82,11 +82,11 @@ func (h *AddressHandler) HandleUpdate(_ context.Context, u *xdsclient.Update) []
 	var rej []xdsclient.Rejection
 	dups := duplicates(u.Resources)
 	upd := &state.Update{}
-	batch := make(map[string]*parkedAddress, len(u.Resources)) // converted, by name
-	// items backs batch's entries: one allocation for the response instead of one per resource. Entries
-	// that get parked are copied out (holdUnknownWaypointsLocked), so that nothing keeps items alive.
+	// batch holds the converted resources in order, items their contents: two arrays for the response
+	// instead of a map by name and an allocation per resource. Entries that get parked are copied out
+	// (holdUnknownWaypointsLocked), so that nothing keeps the arrays alive.
+	batch := make([]batchEntry, 0, len(u.Resources))
 	items := make([]parkedAddress, 0, len(u.Resources))
-	order := make([]string, 0, len(u.Resources))
 	conv := convertAddresses(u.Resources)
 	for i := range u.Resources {
 		r := &u.Resources[i]
@@ -105,8 +105,7 @@ func (h *AddressHandler) HandleUpdate(_ context.Context, u *xdsclient.Update) []
 		// A newer version supersedes whatever was parked under the name.
 		delete(h.parked, r.Name)
 		items = append(items, parkedAddress{workload: w, service: s})
-		batch[r.Name] = &items[len(items)-1]
-		order = append(order, r.Name)
+		batch = append(batch, batchEntry{name: r.Name, p: &items[len(items)-1]})
 	}
 	removedSvc := map[state.NamespacedHostname]bool{}
 	for _, name := range u.Removed {
@@ -122,24 +121,30 @@ func (h *AddressHandler) HandleUpdate(_ context.Context, u *xdsclient.Update) []
 
 	if !h.allowWPs {
 		var held []xdsclient.Rejection
-		order, held = h.holdUnknownWaypointsLocked(batch, order, removedSvc)
+		batch, held = h.holdUnknownWaypointsLocked(batch, removedSvc)
 		rej = append(rej, held...)
 	}
-	for _, name := range order {
-		p := batch[name]
-		if p.workload != nil {
-			upd.Workloads = append(upd.Workloads, p.workload)
+	upd.Workloads = make([]*state.Workload, 0, len(batch))
+	for _, e := range batch {
+		if e.p.workload != nil {
+			upd.Workloads = append(upd.Workloads, e.p.workload)
 			// A name can only be one kind at a time; drop a service of the same name.
-			if k, ok := serviceKey(name); ok {
+			if k, ok := serviceKey(e.name); ok {
 				upd.RemoveServices = append(upd.RemoveServices, k)
 			}
 		} else {
-			upd.Services = append(upd.Services, p.service)
-			upd.RemoveWorkloads = append(upd.RemoveWorkloads, name)
+			upd.Services = append(upd.Services, e.p.service)
+			upd.RemoveWorkloads = append(upd.RemoveWorkloads, e.name)
 		}
 	}
 	h.store.Apply(upd)
 	return rej
+}
+
+// batchEntry is one converted resource of a response, or one parked earlier.
+type batchEntry struct {
+	name string
+	p    *parkedAddress
 }
 
 // converted is the outcome of decoding and converting one Address resource.
@@ -216,10 +221,10 @@ func (h *AddressHandler) reject(name string, err error) xdsclient.Rejection {
 // holdUnknownWaypointsLocked decides which entries may enter the store: those without a waypoint hostname,
 // and those whose waypoint service is in the store (and not removed by this response) or admitted in this
 // round. Entries of batch that must wait move to h.parked and are reported with Keep; entries parked
-// earlier whose service is now known are admitted. It returns the names to apply, in order, and the
-// rejections. Requires h.mu.
-func (h *AddressHandler) holdUnknownWaypointsLocked(batch map[string]*parkedAddress, order []string,
-	removed map[state.NamespacedHostname]bool) ([]string, []xdsclient.Rejection) {
+// earlier whose service is now known are admitted. It returns the entries to apply, in order (reusing
+// batch's array), and the rejections. Requires h.mu.
+func (h *AddressHandler) holdUnknownWaypointsLocked(batch []batchEntry,
+	removed map[state.NamespacedHostname]bool) ([]batchEntry, []xdsclient.Rejection) {
 	admitted := map[state.NamespacedHostname]bool{}
 	inStore := map[state.NamespacedHostname]bool{}
 	known := func(k state.NamespacedHostname) bool {
@@ -233,56 +238,53 @@ func (h *AddressHandler) holdUnknownWaypointsLocked(batch map[string]*parkedAddr
 		}
 		return v
 	}
-	out := make([]string, 0, len(order))
-	var waiting []string
-	admit := func(name string, p *parkedAddress) {
-		out = append(out, name)
-		if p.service != nil {
-			admitted[p.service.Key()] = true
+	out := batch[:0] // admitted entries never outrun the ones read
+	var waiting []batchEntry
+	admit := func(e batchEntry) {
+		out = append(out, e)
+		if e.p.service != nil {
+			admitted[e.p.service.Key()] = true
 		}
 	}
-	for _, name := range order {
-		p := batch[name]
-		if wp := p.waypoint(); wp != nil && wp.IsHostname() {
-			waiting = append(waiting, name)
+	for _, e := range batch {
+		if wp := e.p.waypoint(); wp != nil && wp.IsHostname() {
+			waiting = append(waiting, e)
 			continue
 		}
-		admit(name, p)
+		admit(e)
 	}
 	for name, p := range h.parked {
-		batch[name] = p
-		waiting = append(waiting, name)
+		waiting = append(waiting, batchEntry{name: name, p: p})
 	}
 	// Admitting a service can make another entry's waypoint known; repeat until nothing changes (chains are
 	// short: waypoints rarely have waypoints of their own).
 	for changed := true; changed && len(waiting) > 0; {
 		changed = false
 		rest := waiting[:0]
-		for _, name := range waiting {
-			p := batch[name]
-			if !known(p.waypoint().Hostname) {
-				rest = append(rest, name)
+		for _, e := range waiting {
+			if !known(e.p.waypoint().Hostname) {
+				rest = append(rest, e)
 				continue
 			}
-			if _, was := h.parked[name]; was {
-				delete(h.parked, name)
-				h.log.Info("admitting resource whose waypoint is now known", "name", name,
-					"waypoint", p.waypoint().Hostname.String())
+			if _, was := h.parked[e.name]; was {
+				delete(h.parked, e.name)
+				h.log.Info("admitting resource whose waypoint is now known", "name", e.name,
+					"waypoint", e.p.waypoint().Hostname.String())
 			}
-			admit(name, p)
-			changed = changed || p.service != nil
+			admit(e)
+			changed = changed || e.p.service != nil
 		}
 		waiting = rest
 	}
 	var rej []xdsclient.Rejection
-	for _, name := range waiting {
-		if _, was := h.parked[name]; was {
+	for _, e := range waiting {
+		if _, was := h.parked[e.name]; was {
 			continue // reported when it arrived
 		}
-		p := *batch[name] // a copy: batch's entries share one array with the whole response
-		h.parked[name] = &p
-		rej = append(rej, xdsclient.Rejection{Name: name, Keep: true,
-			Err: fmt.Errorf("waypoint %s: %w", p.waypoint().Hostname, ErrUnknownWaypoint)})
+		p := *e.p // a copy: batch's entries share one array with the whole response
+		h.parked[e.name] = &p
+		rej = append(rej, xdsclient.Rejection{Name: e.name, Keep: true,
+			Err: fmt.Errorf("waypoint %s: %w", e.p.waypoint().Hostname, ErrUnknownWaypoint)})
 	}
 	return out, rej
 }
