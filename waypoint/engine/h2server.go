@@ -12,10 +12,12 @@ package engine
 //     the handler reads the body. Frames it answers itself (SETTINGS and PING acks, resets) are written
 //     under wmu like any other: a peer that does not read stalls the read loop (backpressure), so
 //     nothing queues without bound.
-//   - wmu guards the write side (bufio.Writer, Framer writes, the hpack encoder); c.mu the stream map,
-//     counters and send windows; a stream's mu its receive side. wmu may be taken before c.mu or a
-//     stream's mu, never after; none is held across a wait. A writer skips the flush when another one
-//     waits for wmu (that one flushes): frames of concurrent streams share a socket write.
+//   - wmu guards the write side (pending frames, Framer writes, the hpack encoder); c.mu the stream
+//     map, counters and send windows; a stream's mu its receive side. wmu may be taken before c.mu or
+//     a stream's mu, never after; none is held across a wait or a socket write. Frames are appended to
+//     a pending buffer; the goroutine that finds no write in progress writes it (and what others
+//     append meanwhile) outside wmu, so frames of concurrent streams share socket writes. At most
+//     h2MaxPendingWrite bytes wait: beyond, writers (the read loop's acks included) wait for the socket.
 //   - One goroutine per stream, running the handler; the stream holds its MAX_CONCURRENT_STREAMS slot
 //     until the peer's side ended or was reset, and its place among the running handlers
 //     (h2MaxHandlers) until its handler returned, even after a RST_STREAM (CVE-2023-44487). A peer
@@ -29,7 +31,6 @@ package engine
 //   - A connection without streams for Engine.h2IdleTimeout is closed with GOAWAY NO_ERROR.
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -43,7 +44,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http/httpguts"
@@ -61,6 +61,7 @@ const (
 	h2PrefaceTimeout  = 30 * time.Second // for the first bytes of a connection
 	h2LingerTimeout   = time.Second      // reading after a GOAWAY for a connection error
 	h2LingerBytes     = 1 << 20
+	h2MaxPendingWrite = 64 << 10 // frames waiting for the socket before writers wait
 )
 
 var errH2StreamReset = errors.New("h2: stream reset by the client")
@@ -84,8 +85,10 @@ type h2Server struct {
 
 	// write side, guarded by wmu
 	wmu     sync.Mutex
-	waiters atomic.Int32
-	bw      *bufio.Writer
+	wcond   *sync.Cond    // signalled when pending bytes were written, a write failed or writing ended
+	wbuf    []byte        // frames not written yet
+	wspare  []byte        // the other buffer (wbuf and wspare swap around each socket write)
+	writing bool          // a goroutine is writing to the socket
 	fr      *http2.Framer // writes under wmu; reads by serve only
 	henc    *hpack.Encoder
 	hbuf    bytes.Buffer
@@ -122,8 +125,8 @@ func (e *Engine) serveH2(ctx context.Context, sc *streamConn, info *ConnInfo) er
 	}
 	c.ctx, c.cancel = context.WithCancel(context.WithValue(ctx, connKey{}, info))
 	defer c.cancel()
-	c.bw = bufio.NewWriterSize(sc.Conn, 16<<10)
-	c.fr = http2.NewFramer(c.bw, sc)
+	c.wcond = sync.NewCond(&c.wmu)
+	c.fr = http2.NewFramer(h2FrameSink{c}, sc)
 	c.fr.SetMaxReadFrameSize(h2SrvMaxFrame)
 	c.fr.MaxHeaderListSize = MaxHeaderBytes
 	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
@@ -247,23 +250,75 @@ func (c *h2Server) closeConn() {
 	c.sc.Close()
 }
 
-func (c *h2Server) lockWrite() {
-	c.waiters.Add(1)
-	c.wmu.Lock()
-	c.waiters.Add(-1)
+// h2FrameSink is the Framer's writer: frames are appended to the pending bytes (under wmu).
+type h2FrameSink struct{ c *h2Server }
+
+func (w h2FrameSink) Write(p []byte) (int, error) {
+	w.c.wbuf = append(w.c.wbuf, p...)
+	return len(p), nil
 }
 
-// unlockWrite flushes unless another writer waits (it flushes), then releases wmu.
-func (c *h2Server) unlockWrite() error {
-	if c.werr == nil && c.waiters.Load() == 0 {
-		c.werr = c.bw.Flush()
+// lockWrite takes wmu once fewer than h2MaxPendingWrite bytes are pending (backpressure).
+func (c *h2Server) lockWrite() {
+	c.wmu.Lock()
+	for c.werr == nil && len(c.wbuf) >= h2MaxPendingWrite {
+		c.wcond.Wait()
 	}
+}
+
+// unlockWrite writes the pending frames: when another goroutine is writing, it takes them with its
+// next write; otherwise this one writes them (and whatever others add meanwhile) to the socket,
+// outside wmu. Frames of concurrent streams share a write, and no goroutine is started for it.
+func (c *h2Server) unlockWrite() error {
+	if c.writing || c.werr != nil || len(c.wbuf) == 0 {
+		err := c.werr
+		c.wmu.Unlock()
+		return err
+	}
+	c.writing = true
+	for len(c.wbuf) > 0 && c.werr == nil {
+		b := c.wbuf
+		c.wbuf = c.wspare[:0]
+		c.wmu.Unlock()
+		_, err := c.sc.Conn.Write(b)
+		c.wmu.Lock()
+		if cap(b) <= 2*h2MaxPendingWrite {
+			c.wspare = b[:0]
+		} else {
+			c.wspare = nil
+		}
+		if err != nil && c.werr == nil {
+			c.werr = fmt.Errorf("write to h2 client: %w", err)
+		}
+		c.wcond.Broadcast()
+	}
+	c.writing = false
+	c.wcond.Broadcast()
 	err := c.werr
 	c.wmu.Unlock()
 	if err != nil {
 		c.closeConn()
 	}
 	return err
+}
+
+// drainWrites waits until the pending frames are written (or the writes failed), at most for d.
+func (c *h2Server) drainWrites(d time.Duration) {
+	t := time.AfterFunc(d, func() {
+		c.wmu.Lock()
+		if c.werr == nil {
+			c.werr = errors.New("h2 downstream: write drain timeout")
+		}
+		c.wcond.Broadcast()
+		c.wmu.Unlock()
+		c.sc.Conn.Close() // unblocks a write in progress
+	})
+	defer t.Stop()
+	c.wmu.Lock()
+	for c.werr == nil && (c.writing || len(c.wbuf) > 0) {
+		c.wcond.Wait()
+	}
+	c.wmu.Unlock()
 }
 
 func (c *h2Server) writeFrames(fn func(fr *http2.Framer) error) error {
@@ -278,14 +333,8 @@ func (c *h2Server) goAway(code http2.ErrCode) {
 	c.mu.Lock()
 	last := c.maxID
 	c.mu.Unlock()
-	c.lockWrite()
-	if c.werr == nil {
-		c.werr = c.fr.WriteGoAway(last, code, nil)
-	}
-	if c.werr == nil {
-		c.werr = c.bw.Flush() // now, even with other writers waiting: the connection may close next
-	}
-	_ = c.unlockWrite()
+	_ = c.writeFrames(func(fr *http2.Framer) error { return fr.WriteGoAway(last, code, nil) })
+	c.drainWrites(h2LingerTimeout) // out before the connection closes
 }
 
 func (c *h2Server) resetStream(id uint32, code http2.ErrCode) error {
