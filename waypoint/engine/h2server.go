@@ -44,6 +44,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http/httpguts"
@@ -1217,6 +1218,9 @@ func (s *h2SrvStream) writeHeaderBlock(endStream bool) error {
 		}
 	}
 	w(":status", statusString(s.status))
+	if _, ok := s.hdr["Date"]; !ok {
+		w("date", httpDate()) // as net/http's servers (and Envoy) add it
+	}
 	for k, vv := range s.hdr {
 		if h2SkipResponse(k) || strings.HasPrefix(k, http.TrailerPrefix) {
 			continue
@@ -1308,6 +1312,26 @@ func (c *h2Server) writeBlock(id uint32, endStream bool) error {
 		block = block[n:]
 	}
 	return err
+}
+
+// dateCache holds the Date header value of the current second.
+var dateCache struct {
+	sec atomic.Int64
+	val atomic.Pointer[string]
+}
+
+// httpDate returns the current time as an HTTP Date value, formatted once per second.
+func httpDate() string {
+	now := time.Now()
+	if sec := now.Unix(); dateCache.sec.Load() == sec {
+		if v := dateCache.val.Load(); v != nil {
+			return *v
+		}
+	}
+	v := now.UTC().Format(http.TimeFormat)
+	dateCache.val.Store(&v)
+	dateCache.sec.Store(now.Unix())
+	return v
 }
 
 func statusString(code int) string {

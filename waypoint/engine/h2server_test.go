@@ -15,6 +15,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	tu "github.com/ambit-mesh/ambit/test/testutil"
+	"github.com/ambit-mesh/ambit/waypoint/model"
 )
 
 // TestH2CIdleConnection: a downstream h2c connection without streams for the idle timeout is closed
@@ -59,8 +60,9 @@ func TestH2CIdleConnection(t *testing.T) {
 	})
 }
 
-// TestH2CRequestShapes: what the server hands to the engine from the wire: split cookies joined, a
-// request body with trailers, content-length mismatches and connection-specific headers refused.
+// TestH2CRequestShapes: what the server hands to the engine from the wire (split cookies joined, a
+// body in two DATA frames; content-length mismatches and connection-specific headers refused), and a
+// Date on the response.
 func TestH2CRequestShapes(t *testing.T) {
 	tu.CheckGoroutines(t)
 	h := newHarness(t, 1, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -111,6 +113,20 @@ func TestH2CRequestShapes(t *testing.T) {
 	p.headers(13, true, "/after")
 	if f := p.next("the next answer", isStream(13)); status(f) != http.StatusOK {
 		t.Errorf("after the refusals: %d", status(f))
+	}
+
+	// A local reply (no backend response to take a Date from) carries one too.
+	h.eng.Update(&model.Config{Routes: []*model.Route{{Kind: model.KindHTTPRoute, Namespace: "app", Name: "r",
+		Parents: []model.Parent{{Kind: model.KindService, Hostname: h.svc.Hostname}},
+		Rules: []*model.Rule{{Name: "abort", Fault: &model.Fault{AbortPercent: 100, AbortStatus: http.StatusServiceUnavailable},
+			Backends: []model.Backend{{Host: h.svc.Hostname, Port: 80, Weight: 1}}}}}}})
+	p.headers(15, true, "/abort")
+	f = p.next("the local reply", isStream(15)).(*http2.MetaHeadersFrame)
+	if status(f) != http.StatusServiceUnavailable {
+		t.Errorf("fault abort: %d", status(f))
+	}
+	if _, err := http.ParseTime(headerValue(f, "date")); err != nil {
+		t.Errorf("local reply date: %v", err)
 	}
 }
 
