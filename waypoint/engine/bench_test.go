@@ -50,30 +50,41 @@ func BenchmarkEngineDials(b *testing.B) {
 	}
 }
 
+// h2Servers are the downstream HTTP/2 servers the h2c benchmarks compare side by side: the engine's
+// own (h2server.go) and net/http's.
+var h2Servers = []struct {
+	name   string
+	mutate func(*Options)
+}{{"own", func(*Options) {}}, {"nethttp", func(o *Options) { o.netHTTP2 = true }}}
+
 // BenchmarkEngineH2C measures requests from one h2c client connection through the engine (HTTP/1.1
 // upstream), 1 KB responses.
 func BenchmarkEngineH2C(b *testing.B) {
-	body := make([]byte, 1024)
-	h := newHarness(b, 1, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write(body) }))
-	var protos http.Protocols
-	protos.SetUnencryptedHTTP2(true)
-	tr := &http.Transport{Protocols: &protos}
-	defer tr.CloseIdleConnections()
-	c := &http.Client{Transport: tr}
-	url := "http://" + h.addr + "/"
-	b.ReportAllocs()
-	b.SetParallelism(8)
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			resp, err := c.Get(url)
-			if err != nil {
-				b.Error(err)
-				return
-			}
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-		}
-	})
+	for _, srv := range h2Servers {
+		b.Run(srv.name, func(b *testing.B) {
+			body := make([]byte, 1024)
+			h := newHarness(b, 1, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write(body) }), srv.mutate)
+			var protos http.Protocols
+			protos.SetUnencryptedHTTP2(true)
+			tr := &http.Transport{Protocols: &protos}
+			defer tr.CloseIdleConnections()
+			c := &http.Client{Transport: tr}
+			url := "http://" + h.addr + "/"
+			b.ReportAllocs()
+			b.SetParallelism(8)
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					resp, err := c.Get(url)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+			})
+		})
+	}
 }
 
 // BenchmarkEngineStreamIdle compares keep-alive HTTP/1.1 POSTs (4 KB bodies both ways) without and with
@@ -114,6 +125,12 @@ func BenchmarkEngineStreamIdle(b *testing.B) {
 // message each way, grpc-status trailer) from one h2c client connection through the engine to an h2c
 // upstream (the service port's appProtocol grpc): HTTP/2 on both sides.
 func BenchmarkEngineGRPC(b *testing.B) {
+	for _, srv := range h2Servers {
+		b.Run(srv.name, func(b *testing.B) { benchGRPC(b, srv.mutate) })
+	}
+}
+
+func benchGRPC(b *testing.B, mutate func(*Options)) {
 	msg := []byte{0, 0, 0, 0, 0}
 	h := newHarness(b, 1, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
@@ -121,7 +138,7 @@ func BenchmarkEngineGRPC(b *testing.B) {
 		w.Header().Set("Trailer", "Grpc-Status")
 		w.Write(msg)
 		w.Header().Set("Grpc-Status", "0")
-	}))
+	}), mutate)
 	h.svc.Ports[0].AppProtocol = state.AppProtocolGRPC
 	var protos http.Protocols
 	protos.SetUnencryptedHTTP2(true)

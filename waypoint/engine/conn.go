@@ -3,6 +3,8 @@ package engine
 import (
 	"bytes"
 	"net"
+
+	"golang.org/x/net/http2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -101,6 +103,43 @@ func (s *streamConn) read(p []byte) (int, error) {
 	}
 	s.rbuf, s.rpos, s.rend, s.rerr = buf, c, n, err
 	return c, nil
+}
+
+// detectPreface reads the start of the stream and reports whether it is the HTTP/2 client preface
+// (consumed then); otherwise the bytes read are replayed to the next reads (HTTP/1.1). A client that
+// sends nothing within timeout gets its stream closed.
+func (s *streamConn) detectPreface(timeout time.Duration) (bool, error) {
+	t := time.AfterFunc(timeout, func() { s.Conn.Close() })
+	defer t.Stop()
+	buf := readBuffers.Get().(*[]byte)
+	n := 0
+	var rerr error
+	for {
+		m, err := s.Conn.Read((*buf)[n:])
+		n += m
+		k := min(n, len(http2.ClientPreface))
+		if string((*buf)[:k]) != http2.ClientPreface[:k] || k == len(http2.ClientPreface) {
+			rerr = err
+			break
+		}
+		if err != nil {
+			readBuffers.Put(buf)
+			return false, err
+		}
+	}
+	s.first = true
+	h2 := n >= len(http2.ClientPreface) && string((*buf)[:len(http2.ClientPreface)]) == http2.ClientPreface
+	pos := 0
+	if h2 {
+		pos = len(http2.ClientPreface)
+	}
+	if pos == n {
+		readBuffers.Put(buf)
+		s.rerr = rerr
+	} else {
+		s.rbuf, s.rpos, s.rend, s.rerr = buf, pos, n, rerr
+	}
+	return h2, nil
 }
 
 // Write implements net.Conn; on HTTP/2 connections it queues p for the writer goroutine.

@@ -12,6 +12,17 @@
 // UT). Every request is counted in Istio's HTTP metrics, written as one access-log line, and traced
 // (W3C traceparent and B3 in, W3C and B3 out, spans over OTLP).
 //
+// Serving: HTTP/1.1 goes through net/http's server; HTTP/2 with prior knowledge (h2c, gRPC), told
+// apart by the client preface, through the engine's own server on x/net/http2's Framer and hpack
+// (h2server.go): one read loop per connection, one goroutine per stream only while its handler runs,
+// frames of concurrent streams coalesced into shared socket writes, a small response sent as HEADERS
+// plus one DATA with END_STREAM. Its bounds: 1000 concurrent streams (REFUSED_STREAM beyond), at most
+// 2000 running handlers and fewer than half of 500+ streams reset before their response (rapid reset:
+// GOAWAY ENHANCE_YOUR_CALM), header lists of MaxHeaderBytes (431; a CONTINUATION flood ends the
+// connection), 256 KiB per stream and 1 MiB per connection of unread request body (FLOW_CONTROL_ERROR),
+// control frames answered in line so a peer that does not read stalls its own connection, 64 KiB
+// frames, and a connection without streams for an hour closed with GOAWAY.
+//
 // Forwarding: the engine is its own reverse proxy (proxy.go: ReverseProxy's header rules, without its
 // per-request copies; the outgoing request shares the client's header map). Plain HTTP/1.1 upstreams
 // go through its own client (h1client.go): keep-alive connections pooled per endpoint (at most 256 idle

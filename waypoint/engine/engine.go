@@ -71,6 +71,9 @@ type Options struct {
 	// stream_idle_timeout, 5 min by default there). Waiting for the upstream's response counts as idle,
 	// as in Envoy. Zero disables it.
 	StreamIdleTimeout time.Duration
+
+	// netHTTP2 serves downstream HTTP/2 with net/http's server instead of the engine's own (h2server.go).
+	netHTTP2 bool
 }
 
 // ConnInfo describes the HBONE stream a connection arrived on.
@@ -114,6 +117,7 @@ type Engine struct {
 	ln       *chanListener
 	mirrors  chan struct{}
 	wg       sync.WaitGroup
+	h2Idle   atomic.Int64 // downstream HTTP/2 connection idle timeout (ns); zero: h2DefaultIdleConn
 }
 
 // snapshot is one configuration with its lazily built route tables.
@@ -312,6 +316,18 @@ func (e *Engine) expireIdle() {
 // so an HTTP/1.1 port also accepts h2c and an HTTP2/GRPC port HTTP/1.1 clients.
 func (e *Engine) ServeConn(ctx context.Context, c net.Conn, info *ConnInfo) error {
 	sc := newStreamConn(c, info)
+	if !e.opts.netHTTP2 {
+		h2, err := sc.detectPreface(h2PrefaceTimeout)
+		if err != nil {
+			sc.Close()
+			return nil // the client went away before a request: nothing to serve
+		}
+		if h2 {
+			err := e.serveH2(ctx, sc, info)
+			sc.Close()
+			return err
+		}
+	}
 	if err := e.ln.push(ctx, sc); err != nil {
 		sc.Close()
 		return err
