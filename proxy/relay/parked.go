@@ -1,0 +1,240 @@
+package relay
+
+// parked.go: the readiness-driven relay (Start).
+//
+// Invariants:
+//   - Each direction (a half) is running, parked or done (state). Only the goroutine that moved it to
+//     running drains it; a wake-up (readiness event, stream notification, cancellation) takes it from
+//     parked to running with a compare-and-swap and starts that goroutine, so a half is drained by at most
+//     one goroutine at a time and a wake-up for a half that is not parked is dropped.
+//   - A half parks by storing parked and then arming its watch: a readiness that comes before the arm is
+//     reported by the arm itself (level-triggered epoll, NotifyReadable's ready), so no wake-up is lost.
+//   - Cancellation closes both connections, then wakes both halves: a parked half's next read fails and
+//     ends it; a running one's fails on its own.
+//   - The relay ends when both halves have ended: the last one closes both connections and calls done.
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync/atomic"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ambit-mesh/ambit/hbone"
+)
+
+const (
+	running int32 = iota
+	parked
+	ended
+)
+
+// relay is one connection relayed by Start.
+type relay struct {
+	ctx    context.Context
+	a, b   net.Conn
+	ab, ba half
+	left   atomic.Int32 // halves not ended yet
+	stop   func() bool  // stops the cancellation hook
+	done   func(error)
+}
+
+// half is one direction of a relay: src to dst.
+type half struct {
+	r        *relay
+	src, dst net.Conn
+	n        *atomic.Int64
+	w        io.Writer // dst counting into n
+
+	rc     syscall.RawConn // a TCP source: parked by the poller
+	stream *hbone.Stream   // a stream source: parked by its notification
+	wakeFn func()          // h.wake, allocated once
+
+	state  atomic.Int32
+	pollID uint64 // registration in the poller, guarded by its mu
+	err    error  // the half's result, written before it counts itself out of left
+}
+
+// Start relays between a and b like Bidi but returns at once: done is called once, with Bidi's result,
+// from whichever goroutine ends the relay (it must not block for long). While a direction has nothing to
+// read it holds no goroutine (see the package doc); the caller need not keep one either.
+func Start(ctx context.Context, a, b net.Conn, c *Counters, done func(error)) {
+	if c == nil {
+		c = &Counters{}
+	}
+	r := &relay{ctx: ctx, a: a, b: b, done: done}
+	r.left.Store(2)
+	r.ab.init(r, a, b, &c.AToB)
+	r.ba.init(r, b, a, &c.BToA)
+	r.stop = context.AfterFunc(ctx, r.cancel)
+	r.ab.start()
+	r.ba.start()
+}
+
+// cancel closes both connections and wakes both halves, which then end.
+func (r *relay) cancel() {
+	r.a.Close()
+	r.b.Close()
+	r.ab.wake()
+	r.ba.wake()
+}
+
+// halfEnded counts a half out; the last one ends the relay.
+func (r *relay) halfEnded() {
+	if r.left.Add(-1) != 0 {
+		return
+	}
+	r.stop()
+	r.a.Close()
+	r.b.Close()
+	var err error
+	if r.ctx.Err() != nil {
+		err = r.ctx.Err()
+	} else {
+		err = errors.Join(r.ba.err, r.ab.err)
+	}
+	r.done(err)
+}
+
+func (h *half) init(r *relay, src, dst net.Conn, n *atomic.Int64) {
+	h.r, h.src, h.dst, h.n = r, src, dst, n
+	h.w = countingWriter{dst, n}
+	switch s := src.(type) {
+	case *net.TCPConn:
+		if rc, err := s.SyscallConn(); err == nil {
+			h.rc = rc
+		}
+	case *hbone.Stream:
+		h.stream = s
+	}
+	h.wakeFn = h.wake
+}
+
+// start begins the half: parked when its source can wait for readiness, else on a goroutine of its own.
+func (h *half) start() {
+	if h.rc == nil && h.stream == nil {
+		go func() { h.end(copyData(h.dst, h.src, h.n)) }() // owned: ends with src (Close interrupts it)
+		return
+	}
+	h.state.Store(parked)
+	if h.arm() && h.state.CompareAndSwap(parked, running) {
+		go h.run() // owned: drains, then parks or ends the half
+	}
+}
+
+// wake starts draining a parked half; it does nothing to a half that is running or ended.
+func (h *half) wake() {
+	if h.state.CompareAndSwap(parked, running) {
+		go h.run() // owned: drains, then parks or ends the half
+	}
+}
+
+// run drains the source until it has nothing more to read, then parks; or ends the half.
+func (h *half) run() {
+	for {
+		var done bool
+		var err error
+		if h.stream != nil {
+			done, err = h.drainStream()
+		} else {
+			done, err = h.drainTCP()
+		}
+		if done {
+			h.end(err)
+			return
+		}
+		h.state.Store(parked)
+		if !h.arm() || !h.state.CompareAndSwap(parked, running) {
+			return // parked, or a wake-up took it over
+		}
+	}
+}
+
+// arm watches the source for readiness; it reports true when the half must not wait (readable now, or
+// the watch failed: the next read reports why).
+func (h *half) arm() (now bool) {
+	if h.stream != nil {
+		return h.stream.NotifyReadable(h.wakeFn)
+	}
+	return sources.arm(h) != nil
+}
+
+// end records the half's result, half-closes its destination and counts it out of the relay.
+func (h *half) end(err error) {
+	h.state.Store(ended)
+	if h.rc != nil {
+		sources.remove(h)
+	}
+	h.err = closeHalf(h.dst, err)
+	h.r.halfEnded()
+}
+
+// drainStream writes to dst what the stream has received; done once the stream or dst ended.
+func (h *half) drainStream() (done bool, err error) {
+	_, err = h.stream.WriteAvailable(h.w)
+	if err == nil {
+		return false, nil
+	}
+	return true, cleanEnd(err)
+}
+
+// drainTCP copies what the TCP source has to read now, with pooled buffers given back before it
+// returns; done once the source ended or either side failed. A short read ends the drain: the source
+// is probably empty, and if not the arm reports it readable at once.
+func (h *half) drainTCP() (done bool, err error) {
+	pool := &smallPool
+	bp := pool.Get().(*[]byte)
+	defer func() { pool.Put(bp) }()
+	for {
+		buf := *bp
+		nr, again, rerr := readNow(h.rc, buf)
+		if nr > 0 {
+			nw, werr := h.dst.Write(buf[:nr])
+			h.n.Add(int64(nw))
+			if werr != nil {
+				return true, cleanEnd(werr)
+			}
+		}
+		switch {
+		case rerr != nil:
+			return true, cleanEnd(rerr)
+		case again:
+			return false, nil
+		case nr == 0:
+			return true, nil // end of stream
+		case nr < len(buf):
+			return false, nil
+		}
+		if pool == &smallPool {
+			pool.Put(bp)
+			pool = &bigPool
+			bp = pool.Get().(*[]byte)
+		}
+	}
+}
+
+// readNow reads from a non-blocking socket without waiting: again when it has nothing to read.
+func readNow(rc syscall.RawConn, p []byte) (n int, again bool, err error) {
+	var serr error
+	if cerr := rc.Read(func(fd uintptr) bool {
+		for {
+			n, serr = unix.Read(int(fd), p)
+			if serr != unix.EINTR {
+				return true
+			}
+		}
+	}); cerr != nil {
+		return 0, false, cerr
+	}
+	switch {
+	case serr == unix.EAGAIN:
+		return 0, true, nil
+	case serr != nil:
+		return 0, false, os.NewSyscallError("read", serr)
+	}
+	return n, false, nil
+}

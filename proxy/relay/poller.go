@@ -1,0 +1,138 @@
+package relay
+
+// poller.go: the readiness watch of parked TCP sources.
+//
+// Invariants:
+//   - One epoll instance for the process, open while at least one source is registered and closed (its
+//     goroutine ends) when the last one is removed. Its goroutine waits in the runtime's network poller
+//     (the epoll descriptor is an os.File), so no thread blocks while every relay is idle.
+//   - A source is watched with EPOLLONESHOT: one event per arm, so a parked half is woken once, and
+//     re-armed (EPOLL_CTL_MOD) only by the goroutine that drained it. Events carry a registration id, never
+//     a descriptor number: ids are not reused, descriptors are.
+//   - epoll_ctl runs inside syscall.RawConn.Control, which holds a reference on the descriptor: a socket
+//     closed meanwhile fails the call (and the kernel dropped its registration with it); a descriptor
+//     number reused by another socket is never touched.
+
+import (
+	"fmt"
+	"os"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+const watchEvents = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT
+
+type poller struct {
+	mu   sync.Mutex
+	ep   *os.File         // the epoll instance; nil while nothing is registered
+	epfd int              // ep's descriptor
+	regs map[uint64]*half // registered sources by id
+	next uint64
+}
+
+var sources = &poller{regs: make(map[uint64]*half)}
+
+// arm watches h's TCP source for one readiness event, which wakes h (half.wake). An error (the socket
+// was closed, epoll failed) means h must not wait: its next read reports why.
+func (p *poller) arm(h *half) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ep == nil {
+		if err := p.openLocked(); err != nil {
+			return err
+		}
+	}
+	op := unix.EPOLL_CTL_MOD
+	if h.pollID == 0 {
+		p.next++
+		h.pollID = p.next
+		p.regs[h.pollID] = h
+		op = unix.EPOLL_CTL_ADD
+	}
+	ev := unix.EpollEvent{Events: watchEvents, Fd: int32(uint32(h.pollID)), Pad: int32(uint32(h.pollID >> 32))}
+	epfd := p.epfd
+	var cerr error
+	if err := h.rc.Control(func(fd uintptr) { cerr = unix.EpollCtl(epfd, op, int(fd), &ev) }); err != nil {
+		return err
+	}
+	if cerr != nil {
+		return fmt.Errorf("epoll_ctl: %w", cerr)
+	}
+	return nil
+}
+
+// remove stops watching h's source (h ended); the last removal closes the epoll instance.
+func (p *poller) remove(h *half) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if h.pollID == 0 {
+		return
+	}
+	delete(p.regs, h.pollID)
+	h.pollID = 0
+	epfd := p.epfd
+	_ = h.rc.Control(func(fd uintptr) { _ = unix.EpollCtl(epfd, unix.EPOLL_CTL_DEL, int(fd), nil) })
+	if len(p.regs) == 0 {
+		_ = p.ep.Close() // interrupts loop's wait: it returns
+		p.ep, p.epfd = nil, -1
+	}
+}
+
+// openLocked creates the epoll instance and starts its goroutine.
+func (p *poller) openLocked() error {
+	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("epoll_create1: %w", err)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return fmt.Errorf("epoll nonblocking: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "relay-epoll") // non-blocking: the runtime poller watches it
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("epoll raw conn: %w", err)
+	}
+	p.ep, p.epfd = f, fd
+	go p.loop(rc) // owned: ends when remove closes f
+	return nil
+}
+
+// loop waits for readiness events on one epoll instance and wakes their halves, until the instance is
+// closed.
+func (p *poller) loop(rc syscall.RawConn) {
+	events := make([]unix.EpollEvent, 64)
+	var ready []*half
+	for {
+		var n int
+		var werr error
+		err := rc.Read(func(fd uintptr) bool {
+			for {
+				n, werr = unix.EpollWait(int(fd), events, 0)
+				if werr != unix.EINTR {
+					return n > 0 || werr != nil // nothing yet: the runtime waits for the instance to be readable
+				}
+			}
+		})
+		if err != nil || werr != nil {
+			// Closed by remove (epoll_wait on an instance rc.Read holds open fails only on bad arguments).
+			return
+		}
+		p.mu.Lock()
+		for _, ev := range events[:n] {
+			id := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
+			if h := p.regs[id]; h != nil {
+				ready = append(ready, h)
+			}
+		}
+		p.mu.Unlock()
+		for i, h := range ready {
+			h.wake()
+			ready[i] = nil
+		}
+		ready = ready[:0]
+	}
+}
