@@ -60,6 +60,12 @@ type half struct {
 	err    error  // the half's result, written before it counts itself out of left
 }
 
+// live counts the relays started and not ended.
+var live atomic.Int64
+
+// Live returns the number of relays running in the process (Start or Bidi).
+func Live() int { return int(live.Load()) }
+
 // Start relays between a and b like Bidi but returns at once: done is called once, with Bidi's result,
 // from whichever goroutine ends the relay (it must not block for long). While a direction has nothing to
 // read it holds no goroutine (see the package doc); the caller need not keep one either.
@@ -67,6 +73,7 @@ func Start(ctx context.Context, a, b net.Conn, c *Counters, done func(error)) {
 	if c == nil {
 		c = &Counters{}
 	}
+	live.Add(1)
 	r := &relay{ctx: ctx, a: a, b: b, done: done}
 	r.left.Store(2)
 	r.ab.init(r, a, b, &c.AToB)
@@ -97,6 +104,7 @@ func (r *relay) halfEnded() {
 	}
 	r.a.Close()
 	r.b.Close()
+	live.Add(-1)
 	r.done(err)
 }
 

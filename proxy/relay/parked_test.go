@@ -282,10 +282,16 @@ func TestIdleRelaysHoldNoGoroutine(t *testing.T) {
 			}
 			// The pool may spread the streams over a few HBONE connections (two goroutines each).
 			settle(t, base+8, "no goroutine per idle relay")
+			if got := Live(); got != n {
+				t.Errorf("Live() = %d with %d relays running", got, n)
+			}
 			for _, r := range rs {
 				r.client.Close()
 				r.server.Close()
 				_ = r.wait(t)
+			}
+			if got := Live(); got != 0 {
+				t.Errorf("Live() = %d after every relay ended", got)
 			}
 		})
 	}
