@@ -16,7 +16,6 @@ package relay
 import (
 	"context"
 	"errors"
-	"io"
 	"net"
 	"os"
 	"sync/atomic"
@@ -48,7 +47,6 @@ type half struct {
 	r        *relay
 	src, dst net.Conn
 	n        *atomic.Int64
-	w        io.Writer // dst counting into n
 
 	rc     syscall.RawConn // a TCP source: parked by the poller
 	dstRC  syscall.RawConn // a TCP destination of a TCP source: drained by splice(2)
@@ -110,7 +108,6 @@ func (r *relay) halfEnded() {
 
 func (h *half) init(r *relay, src, dst net.Conn, n *atomic.Int64) {
 	h.r, h.src, h.dst, h.n = r, src, dst, n
-	h.w = countingWriter{dst, n}
 	switch s := src.(type) {
 	case *net.TCPConn:
 		if rc, err := s.SyscallConn(); err == nil {
@@ -189,9 +186,16 @@ func (h *half) end(err error) {
 	h.r.halfEnded()
 }
 
+// Write writes p to dst and counts it (the writer a stream drains into).
+func (h *half) Write(p []byte) (int, error) {
+	n, err := h.dst.Write(p)
+	h.n.Add(int64(n))
+	return n, err
+}
+
 // drainStream writes to dst what the stream has received; done once the stream or dst ended.
 func (h *half) drainStream() (done bool, err error) {
-	_, err = h.stream.WriteAvailable(h.w)
+	_, err = h.stream.WriteAvailable(h)
 	if err == nil {
 		return false, nil
 	}

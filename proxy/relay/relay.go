@@ -112,18 +112,6 @@ func copyData(dst, src net.Conn, n *atomic.Int64) error {
 	}
 }
 
-// countingWriter counts what it writes to w.
-type countingWriter struct {
-	w io.Writer
-	n *atomic.Int64
-}
-
-func (c countingWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n.Add(int64(n))
-	return n, err
-}
-
 // cleanEnd maps the ways a connection ends normally to nil: end of stream, a connection closed here, and
 // an HBONE stream the peer reset with NO_ERROR or CANCEL (how a peer closes a stream it no longer wants;
 // reads see it as io.EOF, writes as *hbone.ResetError).
