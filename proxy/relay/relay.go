@@ -60,11 +60,6 @@ func Bidi(ctx context.Context, a, b net.Conn, c *Counters) error {
 	return <-done
 }
 
-// copyHalf copies src to dst, then half-closes dst (or closes it when it cannot half-close).
-func copyHalf(dst, src net.Conn, n *atomic.Int64) error {
-	return closeHalf(dst, copyData(dst, src, n))
-}
-
 // closeHalf half-closes dst after its copy ended with err (or closes it when it cannot half-close) and
 // returns the copy's result.
 func closeHalf(dst net.Conn, err error) error {
