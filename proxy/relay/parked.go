@@ -263,28 +263,23 @@ func readNow(rc syscall.RawConn, p []byte) (n int, again bool, err error) {
 const pipeSize = 256 << 10
 
 // drainSplice moves what the TCP source has to read now into the TCP destination through a kernel pipe
-// (splice(2), no user-space copy); done once the source ended or either side failed. The pipe lives only
-// as long as the drain: an idle relay holds none. A write that would block waits in the runtime poller.
+// (splice(2), no user-space copy), until the source would block; done once the source ended or either
+// side failed. The pipe is the poller's (kept only while relays are registered). A write that would
+// block waits in the runtime poller.
 func (h *half) drainSplice() (done bool, err error) {
-	var p [2]int
-	if err := unix.Pipe2(p[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+	kp, err := sources.getPipe()
+	if err != nil {
 		return h.drainTCP() // out of descriptors: copy through user space instead
 	}
-	defer unix.Close(p[0])
-	defer unix.Close(p[1])
-	size := pipeSize
-	if got, err := unix.FcntlInt(uintptr(p[1]), unix.F_SETPIPE_SZ, pipeSize); err != nil {
-		size = 64 << 10 // the default
-	} else {
-		size = got
-	}
+	empty := true
+	defer func() { sources.putPipe(kp, empty) }()
 	const flags = unix.SPLICE_F_NONBLOCK | unix.SPLICE_F_MOVE
 	for {
 		var n int64
 		var serr error
 		if cerr := h.rc.Read(func(fd uintptr) bool {
 			for {
-				n, serr = unix.Splice(int(fd), nil, p[1], nil, size, flags)
+				n, serr = unix.Splice(int(fd), nil, kp.w, nil, kp.size, flags)
 				if serr != unix.EINTR {
 					return true
 				}
@@ -300,12 +295,13 @@ func (h *half) drainSplice() (done bool, err error) {
 		case n == 0:
 			return true, nil // end of stream
 		}
+		empty = false
 		for left := n; left > 0; {
 			var k int64
 			var werr error
 			if cerr := h.dstRC.Write(func(fd uintptr) bool {
 				for {
-					k, werr = unix.Splice(p[0], nil, int(fd), nil, int(left), flags)
+					k, werr = unix.Splice(kp.r, nil, int(fd), nil, int(left), flags)
 					if werr != unix.EINTR {
 						return werr != unix.EAGAIN // EAGAIN: wait until dst is writable
 					}
@@ -319,8 +315,6 @@ func (h *half) drainSplice() (done bool, err error) {
 			h.n.Add(k)
 			left -= k
 		}
-		if int(n) < size {
-			return false, nil // probably drained; if not, the arm reports it readable at once
-		}
+		empty = true
 	}
 }

@@ -30,6 +30,52 @@ type poller struct {
 	epfd int              // ep's descriptor
 	regs map[uint64]*half // registered sources by id
 	next uint64
+	// pipes are kernel pipes for splice drains, kept while any source is registered (a drain's source
+	// is) and closed with the epoll instance, so that an idle process holds none.
+	pipes []kpipe
+}
+
+// kpipe is a kernel pipe: read end, write end, and its capacity.
+type kpipe struct{ r, w, size int }
+
+const maxPipes = 16
+
+// getPipe returns an empty pipe, from the pool or new.
+func (p *poller) getPipe() (kpipe, error) {
+	p.mu.Lock()
+	if n := len(p.pipes); n > 0 {
+		kp := p.pipes[n-1]
+		p.pipes = p.pipes[:n-1]
+		p.mu.Unlock()
+		return kp, nil
+	}
+	p.mu.Unlock()
+	var fds [2]int
+	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+		return kpipe{}, fmt.Errorf("pipe2: %w", err)
+	}
+	kp := kpipe{r: fds[0], w: fds[1], size: 64 << 10} // the default
+	if got, err := unix.FcntlInt(uintptr(kp.w), unix.F_SETPIPE_SZ, pipeSize); err == nil {
+		kp.size = got
+	}
+	return kp, nil
+}
+
+// putPipe gives back a pipe from getPipe; empty says it holds no data (else it is closed).
+func (p *poller) putPipe(kp kpipe, empty bool) {
+	p.mu.Lock()
+	if empty && p.ep != nil && len(p.pipes) < maxPipes {
+		p.pipes = append(p.pipes, kp)
+		p.mu.Unlock()
+		return
+	}
+	p.mu.Unlock()
+	kp.close()
+}
+
+func (kp kpipe) close() {
+	unix.Close(kp.r)
+	unix.Close(kp.w)
 }
 
 var sources = &poller{regs: make(map[uint64]*half)}
@@ -77,6 +123,10 @@ func (p *poller) remove(h *half) {
 	if len(p.regs) == 0 {
 		_ = p.ep.Close() // interrupts loop's wait: it returns
 		p.ep, p.epfd = nil, -1
+		for _, kp := range p.pipes {
+			kp.close()
+		}
+		p.pipes = nil
 	}
 }
 
