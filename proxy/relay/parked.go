@@ -20,6 +20,7 @@ import (
 	"os"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -148,6 +149,7 @@ func (h *half) run() {
 	for {
 		var done bool
 		var err error
+		before := h.n.Load()
 		switch {
 		case h.stream != nil:
 			done, err = h.drainStream()
@@ -160,10 +162,49 @@ func (h *half) run() {
 			h.end(err)
 			return
 		}
+		if h.rc != nil && h.n.Load()-before >= lingerBytes && h.linger() {
+			continue
+		}
 		h.state.Store(parked)
 		if !h.arm() || !h.state.CompareAndSwap(parked, running) {
 			return // parked, or a wake-up took it over
 		}
+	}
+}
+
+// A drain that moved at least lingerBytes is a bulk flow: its goroutine waits up to lingerTime for more
+// (in the runtime poller, as a blocking read would) before it parks, so that a busy connection is not
+// parked and woken through the poller for every burst. A connection idle for longer holds no goroutine.
+const (
+	lingerBytes = 64 << 10
+	lingerTime  = 5 * time.Millisecond
+)
+
+// linger waits up to lingerTime for the TCP source to become readable; false when it did not.
+func (h *half) linger() bool {
+	c := h.src.(*net.TCPConn)
+	if c.SetReadDeadline(time.Now().Add(lingerTime)) != nil {
+		return false
+	}
+	err := h.rc.Read(waitReadable)
+	_ = c.SetReadDeadline(time.Time{})
+	return !errors.Is(err, os.ErrDeadlineExceeded) // readable, or an error the next read reports
+}
+
+// waitReadable is a syscall.RawConn.Read callback that reports whether fd has something to read (bytes,
+// end of stream or an error) without taking any: a MSG_PEEK of one byte. On EAGAIN it returns false and
+// the runtime poller parks the goroutine until fd becomes readable (or the read deadline).
+func waitReadable(fd uintptr) bool {
+	var b [1]byte
+	for {
+		_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		switch err {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		}
+		return true // data, end of stream (0 bytes) or an error the next read reports
 	}
 }
 

@@ -192,6 +192,22 @@ func TestStartParkedTransitions(t *testing.T) {
 					t.Errorf("relay = %v", err)
 				}
 			})
+			t.Run("bulk, then idle", func(t *testing.T) {
+				base := runtime.NumGoroutine()
+				r := startRelay(t, context.Background(), kind, sp0)
+				const size = 4 << 20 // drains of 64 KiB and more: the half lingers, then parks
+				go r.client.Write(make([]byte, size))
+				if _, err := io.ReadFull(r.server, make([]byte, size)); err != nil {
+					t.Fatal(err)
+				}
+				settle(t, base, "parked after a bulk transfer")
+				roundTrip(t, r.client, r.server, "after the bulk")
+				r.client.Close()
+				r.server.Close()
+				if err := r.wait(t); err != nil {
+					t.Errorf("relay = %v", err)
+				}
+			})
 			t.Run("half-close while parked", func(t *testing.T) {
 				base := runtime.NumGoroutine()
 				r := startRelay(t, context.Background(), kind, sp0)

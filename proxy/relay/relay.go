@@ -4,11 +4,12 @@
 // process-wide epoll instance (EPOLLIN|EPOLLRDHUP, one-shot, re-armed after each drain; poller.go), a
 // stream by its one-shot readable notification (hbone.Stream.NotifyReadable). On readiness a goroutine
 // drains what is there and parks again: TCP to TCP through a kernel pipe (splice(2); a few pipes are
-// pooled while relays are registered, closed once every relay has ended), TCP to anything else with pooled buffers (1 KiB, then 64 KiB while reads keep filling it)
-// given back before it parks, a stream's received chunks as they are (hbone.Stream.WriteAvailable, no
-// buffer of ours); a write that blocks keeps its goroutine only while blocked. Start relays this way
-// and returns at once; Bidi waits for the end. Other sources (TLS, anything wrapped) keep a goroutine
-// that reads into a 1 KiB buffer of its own, as before.
+// pooled while relays are registered, closed once every relay has ended), TCP to anything else with
+// pooled buffers (1 KiB, then 64 KiB while reads keep filling it) given back before it parks, a
+// stream's received chunks as they are (hbone.Stream.WriteAvailable, no buffer of ours). A write that
+// blocks keeps its goroutine only while blocked. Start relays this way and returns at once; Bidi waits
+// for the end. Other sources (TLS, anything wrapped) keep a goroutine that reads into a 1 KiB buffer of
+// its own, as before.
 //
 // It imports only hbone (for its streams); never agent/ or waypoint/.
 package relay
