@@ -53,10 +53,27 @@ type half struct {
 	dstRC  syscall.RawConn // a TCP destination of a TCP source: drained by splice(2)
 	stream *hbone.Stream   // a stream source: parked by its notification
 	wakeFn func()          // h.wake, allocated once
+	runFn  func()          // h.run, allocated once (go h.run() would allocate a closure each time)
 
 	state  atomic.Int32
 	pollID uint64 // registration in the poller, guarded by its mu
 	err    error  // the half's result, written before it counts itself out of left
+
+	// A TCP source's raw-connection callbacks, allocated once rather than per call, with their
+	// arguments and results: io for readNow (the draining goroutine's), ctl for the poller's epoll_ctl
+	// (under its mu).
+	io struct {
+		p    []byte
+		n    int
+		err  error
+		read func(fd uintptr) bool
+	}
+	ctl struct {
+		op, epfd int
+		ev       unix.EpollEvent
+		err      error
+		fn       func(fd uintptr)
+	}
 }
 
 // live counts the relays started and not ended.
@@ -113,6 +130,8 @@ func (h *half) init(r *relay, src, dst net.Conn, n *atomic.Int64) {
 	case *net.TCPConn:
 		if rc, err := s.SyscallConn(); err == nil {
 			h.rc = rc
+			h.io.read = h.readCallback
+			h.ctl.fn = h.ctlCallback
 		}
 		if d, ok := dst.(*net.TCPConn); ok && h.rc != nil {
 			if rc, err := d.SyscallConn(); err == nil {
@@ -122,7 +141,7 @@ func (h *half) init(r *relay, src, dst net.Conn, n *atomic.Int64) {
 	case *hbone.Stream:
 		h.stream = s
 	}
-	h.wakeFn = h.wake
+	h.wakeFn, h.runFn = h.wake, h.run
 }
 
 // start begins the half: parked when its source can wait for readiness, else on a goroutine of its own.
@@ -133,14 +152,14 @@ func (h *half) start() {
 	}
 	h.state.Store(parked)
 	if h.arm() && h.state.CompareAndSwap(parked, running) {
-		go h.run() // owned: drains, then parks or ends the half
+		go h.runFn() // owned: drains, then parks or ends the half
 	}
 }
 
 // wake starts draining a parked half; it does nothing to a half that is running or ended.
 func (h *half) wake() {
 	if h.state.CompareAndSwap(parked, running) {
-		go h.run() // owned: drains, then parks or ends the half
+		go h.runFn() // owned: drains, then parks or ends the half
 	}
 }
 
@@ -252,7 +271,7 @@ func (h *half) drainTCP() (done bool, err error) {
 	defer func() { pool.Put(bp) }()
 	for {
 		buf := *bp
-		nr, again, rerr := readNow(h.rc, buf)
+		nr, again, rerr := h.readNow(buf)
 		if nr > 0 {
 			nw, werr := h.dst.Write(buf[:nr])
 			h.n.Add(int64(nw))
@@ -278,17 +297,13 @@ func (h *half) drainTCP() (done bool, err error) {
 	}
 }
 
-// readNow reads from a non-blocking socket without waiting: again when it has nothing to read.
-func readNow(rc syscall.RawConn, p []byte) (n int, again bool, err error) {
-	var serr error
-	if cerr := rc.Read(func(fd uintptr) bool {
-		for {
-			n, serr = unix.Read(int(fd), p)
-			if serr != unix.EINTR {
-				return true
-			}
-		}
-	}); cerr != nil {
+// readNow reads from the non-blocking TCP source without waiting: again when it has nothing to read.
+func (h *half) readNow(p []byte) (n int, again bool, err error) {
+	h.io.p = p
+	cerr := h.rc.Read(h.io.read)
+	n, serr := h.io.n, h.io.err
+	h.io.p, h.io.err = nil, nil
+	if cerr != nil {
 		return 0, false, cerr
 	}
 	switch {
@@ -298,6 +313,19 @@ func readNow(rc syscall.RawConn, p []byte) (n int, again bool, err error) {
 		return 0, false, os.NewSyscallError("read", serr)
 	}
 	return n, false, nil
+}
+
+func (h *half) readCallback(fd uintptr) bool {
+	for {
+		h.io.n, h.io.err = unix.Read(int(fd), h.io.p)
+		if h.io.err != unix.EINTR {
+			return true
+		}
+	}
+}
+
+func (h *half) ctlCallback(fd uintptr) {
+	h.ctl.err = unix.EpollCtl(h.ctl.epfd, h.ctl.op, int(fd), &h.ctl.ev)
 }
 
 // pipeSize is the kernel pipe a splice drain moves data through (asked for; the kernel may round it).

@@ -97,14 +97,14 @@ func (p *poller) arm(h *half) error {
 		p.regs[h.pollID] = h
 		op = unix.EPOLL_CTL_ADD
 	}
-	ev := unix.EpollEvent{Events: watchEvents, Fd: int32(uint32(h.pollID)), Pad: int32(uint32(h.pollID >> 32))}
-	epfd := p.epfd
-	var cerr error
-	if err := h.rc.Control(func(fd uintptr) { cerr = unix.EpollCtl(epfd, op, int(fd), &ev) }); err != nil {
+	h.ctl.op, h.ctl.epfd = op, p.epfd
+	h.ctl.ev = unix.EpollEvent{Events: watchEvents, Fd: int32(uint32(h.pollID)), Pad: int32(uint32(h.pollID >> 32))}
+	if err := h.rc.Control(h.ctl.fn); err != nil {
 		return err
 	}
-	if cerr != nil {
-		return fmt.Errorf("epoll_ctl: %w", cerr)
+	if err := h.ctl.err; err != nil {
+		h.ctl.err = nil
+		return fmt.Errorf("epoll_ctl: %w", err)
 	}
 	return nil
 }
@@ -118,8 +118,9 @@ func (p *poller) remove(h *half) {
 	}
 	delete(p.regs, h.pollID)
 	h.pollID = 0
-	epfd := p.epfd
-	_ = h.rc.Control(func(fd uintptr) { _ = unix.EpollCtl(epfd, unix.EPOLL_CTL_DEL, int(fd), nil) })
+	h.ctl.op, h.ctl.epfd = unix.EPOLL_CTL_DEL, p.epfd
+	_ = h.rc.Control(h.ctl.fn)
+	h.ctl.err = nil
 	if len(p.regs) == 0 {
 		_ = p.ep.Close() // interrupts loop's wait: it returns
 		p.ep, p.epfd = nil, -1
@@ -156,17 +157,18 @@ func (p *poller) openLocked() error {
 func (p *poller) loop(rc syscall.RawConn) {
 	events := make([]unix.EpollEvent, 64)
 	var ready []*half
-	for {
-		var n int
-		var werr error
-		err := rc.Read(func(fd uintptr) bool {
-			for {
-				n, werr = unix.EpollWait(int(fd), events, 0)
-				if werr != unix.EINTR {
-					return n > 0 || werr != nil // nothing yet: the runtime waits for the instance to be readable
-				}
+	var n int
+	var werr error
+	wait := func(fd uintptr) bool {
+		for {
+			n, werr = unix.EpollWait(int(fd), events, 0)
+			if werr != unix.EINTR {
+				return n > 0 || werr != nil // nothing yet: the runtime waits for the instance to be readable
 			}
-		})
+		}
+	}
+	for {
+		err := rc.Read(wait)
 		if err != nil || werr != nil {
 			// Closed by remove (epoll_wait on an instance rc.Read holds open fails only on bad arguments).
 			return
