@@ -22,8 +22,6 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/ambit-mesh/ambit/hbone"
 )
 
@@ -70,7 +68,7 @@ type half struct {
 	}
 	ctl struct {
 		op, epfd int
-		ev       unix.EpollEvent
+		ev       syscall.EpollEvent
 		err      error
 		fn       func(fd uintptr)
 	}
@@ -216,11 +214,11 @@ func (h *half) linger() bool {
 func waitReadable(fd uintptr) bool {
 	var b [1]byte
 	for {
-		_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 		switch err {
-		case unix.EINTR:
+		case syscall.EINTR:
 			continue
-		case unix.EAGAIN:
+		case syscall.EAGAIN:
 			return false
 		}
 		return true // data, end of stream (0 bytes) or an error the next read reports
@@ -307,7 +305,7 @@ func (h *half) readNow(p []byte) (n int, again bool, err error) {
 		return 0, false, cerr
 	}
 	switch {
-	case serr == unix.EAGAIN:
+	case serr == syscall.EAGAIN:
 		return 0, true, nil
 	case serr != nil:
 		return 0, false, os.NewSyscallError("read", serr)
@@ -317,15 +315,15 @@ func (h *half) readNow(p []byte) (n int, again bool, err error) {
 
 func (h *half) readCallback(fd uintptr) bool {
 	for {
-		h.io.n, h.io.err = unix.Read(int(fd), h.io.p)
-		if h.io.err != unix.EINTR {
+		h.io.n, h.io.err = syscall.Read(int(fd), h.io.p)
+		if h.io.err != syscall.EINTR {
 			return true
 		}
 	}
 }
 
 func (h *half) ctlCallback(fd uintptr) {
-	h.ctl.err = unix.EpollCtl(h.ctl.epfd, h.ctl.op, int(fd), &h.ctl.ev)
+	h.ctl.err = syscall.EpollCtl(h.ctl.epfd, h.ctl.op, int(fd), &h.ctl.ev)
 }
 
 // pipeSize is the kernel pipe a splice drain moves data through (asked for; the kernel may round it).
@@ -342,14 +340,14 @@ func (h *half) drainSplice() (done bool, err error) {
 	}
 	empty := true
 	defer func() { sources.putPipe(kp, empty) }()
-	const flags = unix.SPLICE_F_NONBLOCK | unix.SPLICE_F_MOVE
+	const flags = spliceNonblock | spliceMove
 	for {
 		var n int64
 		var serr error
 		if cerr := h.rc.Read(func(fd uintptr) bool {
 			for {
-				n, serr = unix.Splice(int(fd), nil, kp.w, nil, kp.size, flags)
-				if serr != unix.EINTR {
+				n, serr = syscall.Splice(int(fd), nil, kp.w, nil, kp.size, flags)
+				if serr != syscall.EINTR {
 					return true
 				}
 			}
@@ -357,7 +355,7 @@ func (h *half) drainSplice() (done bool, err error) {
 			return true, cleanEnd(cerr)
 		}
 		switch {
-		case serr == unix.EAGAIN:
+		case serr == syscall.EAGAIN:
 			return false, nil // the pipe is empty here: the source is
 		case serr != nil:
 			return true, os.NewSyscallError("splice", serr)
@@ -370,9 +368,9 @@ func (h *half) drainSplice() (done bool, err error) {
 			var werr error
 			if cerr := h.dstRC.Write(func(fd uintptr) bool {
 				for {
-					k, werr = unix.Splice(kp.r, nil, int(fd), nil, int(left), flags)
-					if werr != unix.EINTR {
-						return werr != unix.EAGAIN // EAGAIN: wait until dst is writable
+					k, werr = syscall.Splice(kp.r, nil, int(fd), nil, int(left), flags)
+					if werr != syscall.EINTR {
+						return werr != syscall.EAGAIN // EAGAIN: wait until dst is writable
 					}
 				}
 			}); cerr != nil {

@@ -18,11 +18,9 @@ import (
 	"os"
 	"sync"
 	"syscall"
-
-	"golang.org/x/sys/unix"
 )
 
-const watchEvents = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT
+const watchEvents = syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT
 
 type poller struct {
 	mu   sync.Mutex
@@ -51,11 +49,11 @@ func (p *poller) getPipe() (kpipe, error) {
 	}
 	p.mu.Unlock()
 	var fds [2]int
-	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+	if err := syscall.Pipe2(fds[:], syscall.O_CLOEXEC|syscall.O_NONBLOCK); err != nil {
 		return kpipe{}, fmt.Errorf("pipe2: %w", err)
 	}
 	kp := kpipe{r: fds[0], w: fds[1], size: 64 << 10} // the default
-	if got, err := unix.FcntlInt(uintptr(kp.w), unix.F_SETPIPE_SZ, pipeSize); err == nil {
+	if got, err := setPipeSize(kp.w, pipeSize); err == nil {
 		kp.size = got
 	}
 	return kp, nil
@@ -74,8 +72,8 @@ func (p *poller) putPipe(kp kpipe, empty bool) {
 }
 
 func (kp kpipe) close() {
-	unix.Close(kp.r)
-	unix.Close(kp.w)
+	syscall.Close(kp.r)
+	syscall.Close(kp.w)
 }
 
 var sources = &poller{regs: make(map[uint64]*half)}
@@ -90,15 +88,15 @@ func (p *poller) arm(h *half) error {
 			return err
 		}
 	}
-	op := unix.EPOLL_CTL_MOD
+	op := syscall.EPOLL_CTL_MOD
 	if h.pollID == 0 {
 		p.next++
 		h.pollID = p.next
 		p.regs[h.pollID] = h
-		op = unix.EPOLL_CTL_ADD
+		op = syscall.EPOLL_CTL_ADD
 	}
 	h.ctl.op, h.ctl.epfd = op, p.epfd
-	h.ctl.ev = unix.EpollEvent{Events: watchEvents, Fd: int32(uint32(h.pollID)), Pad: int32(uint32(h.pollID >> 32))}
+	h.ctl.ev = syscall.EpollEvent{Events: watchEvents, Fd: int32(uint32(h.pollID)), Pad: int32(uint32(h.pollID >> 32))}
 	if err := h.rc.Control(h.ctl.fn); err != nil {
 		return err
 	}
@@ -118,7 +116,7 @@ func (p *poller) remove(h *half) {
 	}
 	delete(p.regs, h.pollID)
 	h.pollID = 0
-	h.ctl.op, h.ctl.epfd = unix.EPOLL_CTL_DEL, p.epfd
+	h.ctl.op, h.ctl.epfd = syscall.EPOLL_CTL_DEL, p.epfd
 	_ = h.rc.Control(h.ctl.fn)
 	h.ctl.err = nil
 	if len(p.regs) == 0 {
@@ -133,12 +131,12 @@ func (p *poller) remove(h *half) {
 
 // openLocked creates the epoll instance and starts its goroutine.
 func (p *poller) openLocked() error {
-	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	fd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
 	if err != nil {
 		return fmt.Errorf("epoll_create1: %w", err)
 	}
-	if err := unix.SetNonblock(fd, true); err != nil {
-		unix.Close(fd)
+	if err := syscall.SetNonblock(fd, true); err != nil {
+		syscall.Close(fd)
 		return fmt.Errorf("epoll nonblocking: %w", err)
 	}
 	f := os.NewFile(uintptr(fd), "relay-epoll") // non-blocking: the runtime poller watches it
@@ -155,14 +153,14 @@ func (p *poller) openLocked() error {
 // loop waits for readiness events on one epoll instance and wakes their halves, until the instance is
 // closed.
 func (p *poller) loop(rc syscall.RawConn) {
-	events := make([]unix.EpollEvent, 64)
+	events := make([]syscall.EpollEvent, 64)
 	var ready []*half
 	var n int
 	var werr error
 	wait := func(fd uintptr) bool {
 		for {
-			n, werr = unix.EpollWait(int(fd), events, 0)
-			if werr != unix.EINTR {
+			n, werr = syscall.EpollWait(int(fd), events, 0)
+			if werr != syscall.EINTR {
 				return n > 0 || werr != nil // nothing yet: the runtime waits for the instance to be readable
 			}
 		}
@@ -187,4 +185,20 @@ func (p *poller) loop(rc syscall.RawConn) {
 		}
 		ready = ready[:0]
 	}
+}
+
+// Linux constants the syscall package lacks (include/uapi/linux/splice.h, fcntl.h).
+const (
+	spliceMove     = 0x1
+	spliceNonblock = 0x2
+	fSetPipeSize   = 0x407 // F_SETPIPE_SZ
+)
+
+// setPipeSize asks for a pipe capacity of size and returns the one the kernel set.
+func setPipeSize(fd, size int) (int, error) {
+	r, _, errno := syscall.Syscall(syscall.SYS_FCNTL, uintptr(fd), fSetPipeSize, uintptr(size))
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(r), nil
 }
