@@ -385,6 +385,7 @@ func (a *Agent) Drain(ctx context.Context) {
 	wg.Go(a.loops.Wait)
 	go func() { // owned: ends when both returned, which the deadline (Shutdown) and connCancel force
 		wg.Wait()
+		a.in.live.wait() // relays outlive the goroutines that started them
 		close(served)
 	}()
 	select {
@@ -418,6 +419,7 @@ func (a *Agent) Close() {
 		}
 	}
 	a.hbone.Close()
+	a.in.live.wait() // connCancel ends every relay
 	a.in.pool.Close()
 	a.certs.Close()
 	if c, ok := a.issuer.(io.Closer); ok {

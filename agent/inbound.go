@@ -20,11 +20,12 @@ type inbound struct {
 	*inputs
 }
 
-// serveHBONE handles one CONNECT stream for a local pod (ztunnel's inbound phases).
+// serveHBONE handles one CONNECT stream for a local pod (ztunnel's inbound phases). An accepted stream is
+// handed off to its relay (hbone.Request.HandOff), so the handler's goroutine returns while it relays.
 func (in *inbound) serveHBONE(ctx context.Context, r *hbone.Request) error {
 	j, err := in.startHBONE(ctx, r)
-	if j != nil {
-		in.relay(ctx, j)
+	if j != nil && r.HandOff() {
+		in.relay(ctx, j, nil)
 	}
 	return err
 }
@@ -121,7 +122,7 @@ func (in *inbound) hostnameTarget(r *hbone.Request, local *state.Workload) (*sta
 // identity, so STRICT peer authentication denies it.
 func (in *inbound) servePlaintext(ctx context.Context, down *net.TCPConn) {
 	if j := in.startPlaintext(ctx, down, false); j != nil {
-		in.relay(ctx, j)
+		in.relay(ctx, j, nil)
 	}
 }
 
@@ -131,7 +132,7 @@ func (in *inbound) servePlaintext(ctx context.Context, down *net.TCPConn) {
 // rest is plaintext inbound.
 func (in *inbound) servePlaintextDNAT(ctx context.Context, down *net.TCPConn) {
 	if j := in.startPlaintext(ctx, down, true); j != nil {
-		in.relay(ctx, j)
+		in.relay(ctx, j, nil)
 	}
 }
 

@@ -38,7 +38,7 @@ func (o *outbound) serve(ctx context.Context, down *net.TCPConn) {
 		o.sameNode.serve(ctx, down, res, plan.Authority)
 	default:
 		if j := o.connect(ctx, down, res, &plan); j != nil {
-			o.relay(ctx, j)
+			o.relay(ctx, j, nil)
 		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -43,6 +44,9 @@ type inputs struct {
 
 	// demand asks istiod for addresses the state lacks (Config.XDSOnDemand); nil otherwise.
 	demand *onDemand
+
+	// live counts the relays running; shutdown waits for them.
+	live liveRelays
 }
 
 // errNotConfigured refuses a connection that arrived before the first complete configuration.
@@ -146,35 +150,76 @@ func (in *inputs) recheck(d *delivery) func() bool {
 	}
 }
 
-// relayJob is an established connection ready to relay. The set-up that built it has returned by the
-// time it relays, so the goroutine carrying the connection for its lifetime keeps only small frames on
-// its stack: the runtime shrinks a stack at GC only while less than a quarter of it is in use, so a set-up
-// frame of a kilobyte left below the relay keeps an idle connection's goroutine at 8 KiB instead of 4.
+// relayJob is an established connection ready to relay. The set-up that built it returns once the relay
+// is started: an idle connection then holds no goroutine at all (relay.Start), and its completion runs on
+// whichever goroutine ends the relay.
 type relayJob struct {
 	res      *metrics.ConnectionResult
 	down, up net.Conn
 	recheck  func() bool // for delivered connections: is the connection still allowed
 }
 
-// relay tracks j's connection, copies bytes between j.down and j.up until both ends finish or the
-// connection is closed (policy change, shutdown), records it and returns how it ended.
-func (in *inputs) relay(ctx context.Context, j *relayJob) error {
+// relay tracks j's connection and starts copying bytes between j.down and j.up until both ends finish or
+// the connection is closed (policy change, shutdown); it returns at once. When the relay ends, it
+// records the connection, then calls then (may be nil).
+func (in *inputs) relay(ctx context.Context, j *relayJob, then func()) {
 	c := j.res.Conn
 	c.Recheck = j.recheck
 	rctx, cancel := context.WithCancelCause(ctx)
 	untrack := in.conns.Track(c, cancel)
-	in.metrics.ActiveConnections.WithLabelValues(string(c.Direction)).Inc()
-	err := relay.Bidi(rctx, j.down, j.up, c.Counters)
-	in.metrics.ActiveConnections.WithLabelValues(string(c.Direction)).Dec()
-	if cause := context.Cause(rctx); cause != nil && !errors.Is(cause, context.Canceled) {
-		err = cause
-	} else if errors.Is(err, context.Canceled) {
-		err = nil // the agent is stopping; the connection was closed on purpose
+	active := in.metrics.ActiveConnections.WithLabelValues(string(c.Direction))
+	active.Inc()
+	in.live.add()
+	relay.Start(rctx, j.down, j.up, c.Counters, func(err error) {
+		active.Dec()
+		if cause := context.Cause(rctx); cause != nil && !errors.Is(cause, context.Canceled) {
+			err = cause
+		} else if errors.Is(err, context.Canceled) {
+			err = nil // the agent is stopping, or the peer reset the stream; the connection was closed on purpose
+		}
+		untrack()
+		cancel(nil)
+		in.rec.Complete(j.res, err)
+		if then != nil {
+			then()
+		}
+		in.live.done()
+	})
+}
+
+// liveRelays counts the relays started and not ended, for shutdown to wait for (a relay outlives the
+// goroutine that started it).
+type liveRelays struct {
+	mu   sync.Mutex
+	n    int
+	zero *sync.Cond
+}
+
+func (l *liveRelays) add() {
+	l.mu.Lock()
+	l.n++
+	l.mu.Unlock()
+}
+
+func (l *liveRelays) done() {
+	l.mu.Lock()
+	l.n--
+	if l.n == 0 && l.zero != nil {
+		l.zero.Broadcast()
 	}
-	untrack()
-	cancel(nil)
-	in.rec.Complete(j.res, err)
-	return err
+	l.mu.Unlock()
+}
+
+// wait returns once no relay is running.
+func (l *liveRelays) wait() {
+	l.mu.Lock()
+	if l.zero == nil {
+		l.zero = sync.NewCond(&l.mu)
+	}
+	for l.n > 0 {
+		l.zero.Wait()
+	}
+	l.mu.Unlock()
 }
 
 // baggageOf describes w in the baggage header ztunnel sends and answers with.

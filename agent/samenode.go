@@ -22,9 +22,8 @@ type sameNode struct {
 // serve delivers down, whose outbound side is out, to the local pod at target.
 func (s *sameNode) serve(ctx context.Context, down net.Conn, out *metrics.ConnectionResult, target netip.AddrPort) {
 	if j := s.start(ctx, down, out, target); j != nil {
-		// One relay, tracked as the delivery (policy changes may close it); the outbound side ended with it.
-		s.relay(ctx, j)
-		s.rec.Complete(out, nil)
+		// One relay, tracked as the delivery (policy changes may close it); the outbound side ends with it.
+		s.relay(ctx, j, func() { s.rec.Complete(out, nil) })
 	}
 }
 

@@ -10,7 +10,8 @@ package hbone
 //     requests before the Handler runs; otherwise the Handler's Accept sends 200, or the server answers
 //     the Handler's error status (503 when it is not a *StatusError) and logs the reason.
 //   - Serve owns every goroutine it starts (connections and handlers) and waits for them before it
-//     returns.
+//     returns. A stream a Handler handed off (Request.HandOff) is the Handler's to close; closing the
+//     connection still fails it.
 //   - Every accepted connection counts towards MaxConns from Accept until its goroutine ends; beyond the
 //     cap, Accept's connection is closed at once, before any TLS work. A connection must finish TLS and
 //     the HTTP/2 preface (the client's first SETTINGS) within HandshakeTimeout, and an established one
@@ -39,7 +40,8 @@ import (
 
 // A Handler serves HBONE CONNECT requests. ServeHBONE runs on its own goroutine per stream. It decides
 // (authorization) and prepares its upstream, then calls r.Accept to send 200 and obtain the stream, relays
-// bytes, and returns when done; the server then closes the stream. If it returns without calling Accept,
+// bytes, and returns when done; the server then closes the stream, unless the Handler handed it off
+// (Request.HandOff: it relays without a goroutine of its own and closes it later). If it returns without calling Accept,
 // the server answers the status of the *StatusError in the returned error's chain (400, 401, 403, 503...;
 // 503 for any other error or nil) and logs the error. ctx is cancelled when the peer resets the stream,
 // the connection closes or the server is closed.
@@ -67,8 +69,23 @@ type Request struct {
 	Local         netip.AddrPort // the address the HBONE connection was accepted on
 	Remote        netip.AddrPort // the HBONE peer's TCP address
 
-	stream   *Stream
-	accepted bool
+	stream    *Stream
+	accepted  bool
+	handedOff bool
+}
+
+// HandOff, after Accept, makes the stream outlive the Handler: when ServeHBONE returns, the server
+// neither closes the stream nor cancels the Handler's ctx, and frees the handler slot, so a stream that
+// waits for readiness (Stream.NotifyReadable) needs no goroutine. The caller then owns the stream and
+// must Close it; ctx is still cancelled when the peer resets the stream, the connection closes or the
+// server is closed, and Close cancels it too. It applies when ServeHBONE returns nil (an error still
+// closes the stream) and reports false, changing nothing, before Accept.
+func (r *Request) HandOff() bool {
+	if !r.accepted {
+		return false
+	}
+	r.handedOff = true
+	return true
 }
 
 // Accept sends 200 with respHeader (may be nil; connection-specific headers are dropped) and returns the
@@ -341,8 +358,9 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn, cfg connConfig, wg 
 		go func() {
 			// No defers: this frame is under every handler's stack, which must stay within 4 KiB
 			// (BenchmarkIdleStreams); serveStream recovers a handler's panic.
-			s.serveStream(sctx, c, st, fields, truncated, creds.ID)
-			scancel()
+			if !s.serveStream(sctx, c, st, fields, truncated, creds.ID) {
+				scancel()
+			}
 			c.handlerDone()
 			wg.Done()
 		}()
@@ -395,25 +413,30 @@ func (c *conn) closeErrForLog() error {
 	return c.closeErr
 }
 
-func (s *Server) serveStream(ctx context.Context, c *conn, st *Stream, fields []hpack.HeaderField, truncated bool, localID spiffeid.ID) {
+// serveStream parses a request and runs the Handler; it reports whether the Handler handed the stream
+// off (Request.HandOff), which then stays open with its context.
+func (s *Server) serveStream(ctx context.Context, c *conn, st *Stream, fields []hpack.HeaderField, truncated bool, localID spiffeid.ID) (handedOff bool) {
 	log := c.cfg.logger
 	req, status, err := parseRequest(fields, truncated)
 	if err != nil {
 		log.Info("hbone: refused request", "status", status, "peer", c.peerID, "remote", c.remote, "err", err)
 		_ = st.respondStatus(status)
 		_ = st.Close()
-		return
+		return false
 	}
 	req.PeerID, req.LocalID = c.peerID, localID
 	req.Local, req.Remote = c.local, c.remote
 	req.stream = st
 	err = s.callHandler(ctx, req)
+	if req.accepted && req.handedOff && err == nil {
+		return true
+	}
 	if req.accepted {
 		if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !errors.Is(err, context.Canceled) {
 			log.Debug("hbone: stream ended", "authority", req.Authority, "peer", req.PeerID, "err", err)
 		}
 		_ = st.Close()
-		return
+		return false
 	}
 	if err == nil {
 		err = ErrNotAccepted
@@ -423,6 +446,7 @@ func (s *Server) serveStream(ctx context.Context, c *conn, st *Stream, fields []
 		"remote", req.Remote, "err", err)
 	_ = st.respondStatus(status)
 	_ = st.Close()
+	return false
 }
 
 // callHandler runs the Handler, turning a panic into an error.

@@ -44,6 +44,7 @@ type Stream struct {
 	closed   atomic.Bool
 	activity atomic.Uint32 // DATA frames received and sent, for the idle timeout
 	idle     atomic.Pointer[streamIdle]
+	notify   atomic.Pointer[func()] // NotifyReadable's one-shot callback
 	readDL   deadline
 	writeDL  deadline
 
@@ -200,6 +201,63 @@ func (s *Stream) WriteTo(w io.Writer) (int64, error) {
 	}
 }
 
+// WriteAvailable writes to w the bytes received and not yet read, without waiting for more. It returns
+// nil once nothing is left and the stream is still open (NotifyReadable tells when to call it again),
+// io.EOF after the peer's end of stream (or a reset with NO_ERROR or CANCEL) once everything before it
+// was written, net.ErrClosed after Close, or the write's or the stream's error.
+func (s *Stream) WriteAvailable(w io.Writer) (int64, error) {
+	var total int64
+	for {
+		s.rmu.Lock()
+		if s.rclosed {
+			s.rmu.Unlock()
+			return total, net.ErrClosed
+		}
+		if s.rbuf.len() == 0 {
+			err := s.rerr
+			s.rmu.Unlock()
+			return total, err
+		}
+		ch := s.rbuf.pop()
+		s.rmu.Unlock()
+		n, err := w.Write(ch.b[ch.r:ch.w])
+		s.rbuf.release(ch.b)
+		total += int64(n)
+		s.consumed(ch.w - ch.r)
+		if err != nil {
+			return total, err
+		}
+	}
+}
+
+// NotifyReadable arranges for f to be called once when the stream next becomes readable: bytes arrive,
+// the peer ends or resets it, the connection fails or the stream is closed. It reports true, without
+// arranging anything, when the stream is readable already. f runs on the connection's read loop (or the
+// goroutine that closed the stream), possibly with the stream's locks held: it must only schedule work
+// and return, never block or call into the stream. A later call replaces an f not yet called.
+func (s *Stream) NotifyReadable(f func()) (ready bool) {
+	p := &f
+	s.notify.Store(p)
+	s.rmu.Lock()
+	ready = s.rbuf.len() > 0 || s.rerr != nil || s.rclosed
+	s.rmu.Unlock()
+	if ready && s.notify.CompareAndSwap(p, nil) {
+		return true
+	}
+	return false // f was or will be called by whoever made the stream readable
+}
+
+// readable wakes a waiting Read or WriteTo, and calls the NotifyReadable callback. Call it after the
+// change that made the stream readable.
+func (s *Stream) readable() {
+	signal(s.rready)
+	if s.notify.Load() != nil {
+		if p := s.notify.Swap(nil); p != nil {
+			(*p)()
+		}
+	}
+}
+
 var spins = 3
 
 func (s *Stream) pendingReady() bool {
@@ -260,7 +318,7 @@ func (s *Stream) receive(fh http2.FrameHeader) error {
 			s.rbuf.appendCopy(padded)
 		}
 		s.rmu.Unlock()
-		signal(s.rready)
+		s.readable()
 		// Padding and the pad-length byte are flow-controlled but never read: credit them now.
 		s.discarded(n - len(padded))
 		if dropped {
@@ -310,7 +368,7 @@ func (s *Stream) receiveData(n int) error {
 				s.pendingN += len(dst)
 			}
 			s.rmu.Unlock()
-			signal(s.rready)
+			s.readable()
 			if err != nil {
 				return err
 			}
@@ -334,7 +392,7 @@ func (s *Stream) receiveData(n int) error {
 				s.rbuf.appendCopy(c.piece[:m]) // pack small pieces: memory stays within 2x the window
 			}
 			s.rmu.Unlock()
-			signal(s.rready)
+			s.readable()
 			n -= m
 		}
 		if err != nil {
@@ -378,7 +436,7 @@ func (s *Stream) remoteEOFLocked() {
 	if s.rerr == nil {
 		s.rerr = io.EOF
 	}
-	signal(s.rready)
+	s.readable()
 }
 
 // Write sends p as DATA frames, waiting for flow-control window. It honours the write deadline.
@@ -465,7 +523,7 @@ func (s *Stream) Close() error {
 	dropped := s.rbuf.reset()
 	cancel := s.cancel
 	s.rmu.Unlock()
-	signal(s.rready)
+	s.readable()
 	c.mu.Lock()
 	if s.werr == nil {
 		s.werr = net.ErrClosed
@@ -539,7 +597,7 @@ func (s *Stream) failWith(readErr, writeErr, respErr error) {
 	cancel := s.cancel
 	s.setResponseLocked(0, nil, respErr)
 	s.rmu.Unlock()
-	signal(s.rready)
+	s.readable()
 	if cancel != nil {
 		cancel()
 	}
@@ -558,7 +616,7 @@ func (s *Stream) setResponseLocked(status int, h http.Header, err error) {
 	}
 	s.respDone = true
 	s.status, s.respHeader, s.respErr = status, h, err
-	signal(s.rready)
+	s.readable()
 }
 
 // waitResponse waits for the response headers (or a failure) of a client stream.

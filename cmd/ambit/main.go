@@ -24,6 +24,7 @@ import (
 	"github.com/ambit-mesh/ambit/admin"
 	"github.com/ambit-mesh/ambit/hbone"
 	"github.com/ambit-mesh/ambit/proxy/memory"
+	"github.com/ambit-mesh/ambit/proxy/relay"
 )
 
 func main() {
@@ -108,7 +109,8 @@ func (m *memFlags) run(ctx context.Context, log *slog.Logger, fn func(context.Co
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel()
-	r := &memory.Releaser{Policy: memory.Policy{Interval: interval}, Logger: log.With("component", "memory")}
+	r := &memory.Releaser{Policy: memory.Policy{Interval: interval}, Logger: log.With("component", "memory"),
+		Extra: relay.Live}
 	wg.Go(func() { r.Run(ctx) })
 	return fn(ctx)
 }

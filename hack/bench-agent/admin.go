@@ -49,9 +49,11 @@ func (b *bench) adminGet(ctx context.Context, i int, path string, timeout time.D
 // memStats are the Go runtime's memory figures of both agents together, after a forced GC.
 type memStats struct {
 	heapLive, stack int64 // bytes: HeapAlloc right after GC, stack spans in use
+	goroutines      int64
 }
 
-// liveMemory forces a GC in both agents (pprof's heap?gc=1) and reads their runtime.MemStats.
+// liveMemory forces a GC in both agents (pprof's heap?gc=1) and reads their runtime.MemStats and goroutine
+// counts.
 func (b *bench) liveMemory(ctx context.Context) (memStats, error) {
 	var m memStats
 	for i := range b.agents {
@@ -75,6 +77,14 @@ func (b *bench) liveMemory(ctx context.Context) (memStats, error) {
 			case "Stack":
 				m.stack += n
 			}
+		}
+		body, err = b.adminGet(ctx, i, "/debug/pprof/goroutine?debug=1", 30*time.Second)
+		if err != nil {
+			return m, err
+		}
+		first, _, _ := strings.Cut(string(body), "\n")
+		if n, err := strconv.ParseInt(strings.TrimPrefix(first, "goroutine profile: total "), 10, 64); err == nil {
+			m.goroutines += n
 		}
 	}
 	return m, nil

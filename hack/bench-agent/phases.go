@@ -36,6 +36,7 @@ const (
 	mKBDst           = "kb_per_conn_node1"
 	mKBStack         = "kb_stack_per_conn"
 	mKBHeap          = "kb_live_heap_per_conn"
+	mGoroutinesConn  = "goroutines_per_conn"
 	mFailedReq       = "failed_req"
 	mFailedConn      = "failed_conn"
 )
@@ -237,6 +238,7 @@ func (b *bench) memory(ctx context.Context, t topology) (sample, error) {
 		mKBDst:           perConn(idle[1], held[1]),
 		mKBStack:         perConn(idleMem.stack, heldMem.stack) / 1024,
 		mKBHeap:          perConn(idleMem.heapLive, heldMem.heapLive) / 1024,
+		mGoroutinesConn:  perConn(idleMem.goroutines, heldMem.goroutines),
 	}}, nil
 }
 

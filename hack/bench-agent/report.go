@@ -98,6 +98,7 @@ var memoryRows = []row{
 	{"  of which destination agent, node1 (KB)", mKBDst, "%.2f", "", ""},
 	{"Goroutine stacks per connection, both agents (KB)", mKBStack, "%.2f", "", ""},
 	{"Live heap per connection after a forced GC, both agents (KB)", mKBHeap, "%.2f", "", ""},
+	{"Goroutines per idle connection, both agents", mGoroutinesConn, "%.2f", "", "0 (readiness-driven relay)"},
 	{"RSS 3 s after closing them (MB)", mRSSAfter, "%.1f", "", ""},
 	{"RSS 30 s after closing them (MB)", mRSSAfter30, "%.1f", "", ""},
 	{"RSS 30 s after closing them / RSS idle", mRSSAfter30Ratio, "%.2fx", "", "<= 1.2x (ztunnel: back to idle with jemalloc decay)"},

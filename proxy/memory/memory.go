@@ -1,8 +1,8 @@
 // Package memory returns the memory of connection bursts to the operating system. Go's runtime keeps the
 // heap and the goroutine stacks of a burst (10,000 connections: ~400 MB) mapped after the connections close:
 // an idle process runs no garbage collection for up to two minutes, and the background scavenger then
-// releases what it keeps above the heap goal at a low pace. Releaser samples the number of goroutines (each
-// relayed connection holds at least one) and, when it has fallen well below its recent peak, runs
+// releases what it keeps above the heap goal at a low pace. Releaser samples the number of goroutines (plus, through
+// Releaser.Extra, the relayed connections, which hold none while idle) and, when it has fallen well below its recent peak, runs
 // runtime/debug.FreeOSMemory (a garbage collection that returns every free page to the OS), at most once per
 // interval. The decision is Decide, a pure function.
 //
@@ -90,6 +90,9 @@ type Releaser struct {
 	Logger *slog.Logger
 	// Release returns memory to the OS (nil: Release).
 	Release func()
+	// Extra, when set, is added to every goroutine count sampled: connections that hold no goroutine
+	// while idle (relay.Live), so that their end still counts as the end of a burst.
+	Extra func() int
 }
 
 // Release returns the memory a burst left behind: two garbage collections, as sync.Pool keeps what it held
@@ -131,6 +134,9 @@ func (r *Releaser) Run(ctx context.Context) error {
 				return nil // not this runtime's metric: nothing to decide on
 			}
 			n := int(sample[0].Value.Uint64())
+			if r.Extra != nil {
+				n += r.Extra()
+			}
 			peak := st.Peak
 			var ok bool
 			if ok, st = Decide(p, st, n, now); ok {

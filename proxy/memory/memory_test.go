@@ -5,6 +5,7 @@ import (
 	"runtime"
 	"runtime/metrics"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -104,5 +105,45 @@ func TestReleaserDisabled(t *testing.T) {
 	r := &Releaser{Policy: Policy{Interval: -1}, Release: func() { t.Error("released while disabled") }}
 	if err := r.Run(t.Context()); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestReleaserExtra: connections counted through Extra (idle relays hold no goroutine) make a burst too;
+// their end makes the releaser release, with no change in the goroutine count.
+func TestReleaserExtra(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	var conns atomic.Int64
+	conns.Store(3000)
+	samples := make(chan struct{}, 1)
+	released := make(chan int64, 1)
+	r := &Releaser{Policy: Policy{Sample: time.Millisecond},
+		Extra: func() int {
+			select {
+			case samples <- struct{}{}:
+			default:
+			}
+			return int(conns.Load())
+		},
+		Release: func() {
+			select {
+			case released <- conns.Load():
+			default:
+			}
+		}}
+	var done sync.WaitGroup
+	done.Go(func() { r.Run(ctx) })
+	defer func() { cancel(); done.Wait() }()
+	for range 3 { // a few samples see the burst as the peak
+		<-samples
+	}
+	select {
+	case n := <-released:
+		t.Fatalf("released during the burst (%d connections)", n)
+	default:
+	}
+	conns.Store(0)
+	if n := <-released; n != 0 {
+		t.Errorf("released with %d connections, want after they ended", n)
 	}
 }

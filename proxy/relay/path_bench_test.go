@@ -160,7 +160,11 @@ func startPath(tb testing.TB) *testPath {
 				up.Close()
 				return err
 			}
-			return Bidi(ctx, down, up, nil)
+			// As the agent: the handler hands the stream off and returns; the relay parks while idle.
+			r.HandOff()
+			wg.Add(1)
+			Start(ctx, down, up, nil, func(error) { wg.Done() })
+			return nil
 		}),
 	}
 	wg.Go(func() { _ = srv.Serve(ctx, hln) })
@@ -181,7 +185,8 @@ func startPath(tb testing.TB) *testPath {
 			down.Close()
 			return
 		}
-		_ = Bidi(ctx, down, up, nil)
+		wg.Add(1)
+		Start(ctx, down, up, nil, func(error) { wg.Done() })
 	})
 	tb.Cleanup(func() {
 		cancel()

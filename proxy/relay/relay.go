@@ -1,10 +1,15 @@
-// Package relay copies bytes both ways between two connections with half-close, live byte counters and
-// no buffer held while a connection is idle: a direction reading TCP waits for readability without a
-// buffer (a MSG_PEEK of one byte through the runtime poller), then borrows a pooled 1 KiB buffer, and a
-// 64 KiB one while reads keep filling it, and gives it back as soon as a read comes up short. When both
-// sides are plain TCP the kernel splices instead (io.Copy on *net.TCPConn), with no user-space buffer at
-// all; an HBONE stream hands over the chunks it received (hbone.Stream.WriteTo), also without a buffer
-// of ours. Other sources read into a 1 KiB buffer of their own, as before.
+// Package relay copies bytes both ways between two connections with half-close, live byte counters and,
+// while a connection is idle, neither a buffer nor a goroutine. A direction whose source is a TCP
+// connection or an HBONE stream parks when it has nothing to read: a TCP source is watched by one
+// process-wide epoll instance (EPOLLIN|EPOLLRDHUP, one-shot, re-armed after each drain; poller.go), a
+// stream by its one-shot readable notification (hbone.Stream.NotifyReadable). On readiness a goroutine
+// drains what is there and parks again: TCP to TCP through a kernel pipe (splice(2); a few pipes are
+// pooled while relays are registered, closed once every relay has ended), TCP to anything else with
+// pooled buffers (1 KiB, then 64 KiB while reads keep filling it) given back before it parks, a
+// stream's received chunks as they are (hbone.Stream.WriteAvailable, no buffer of ours). A write that
+// blocks keeps its goroutine only while blocked. Start relays this way and returns at once; Bidi waits
+// for the end. Other sources (TLS, anything wrapped) keep a goroutine that reads into a 1 KiB buffer of
+// its own, as before.
 //
 // It imports only hbone (for its streams); never agent/ or waypoint/.
 package relay
@@ -12,13 +17,10 @@ package relay
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"sync"
 	"sync/atomic"
-	"syscall"
-	"unsafe"
 
 	"golang.org/x/net/http2"
 
@@ -51,31 +53,17 @@ type closeWriter interface{ CloseWrite() error }
 // Bidi relays between a and b until both directions end, then closes both. When one side's reads end
 // (EOF), the other side is half-closed so the peer sees the end of stream while the reverse direction
 // keeps flowing. Cancelling ctx closes both connections at once (policy change, shutdown). The error is
-// the first one that is not a clean end of stream or a consequence of cancellation.
+// the first one that is not a clean end of stream or a consequence of cancellation. It is Start, waited
+// for: while the connection is idle, only the caller's goroutine waits.
 func Bidi(ctx context.Context, a, b net.Conn, c *Counters) error {
-	if c == nil {
-		c = &Counters{}
-	}
-	stop := context.AfterFunc(ctx, func() {
-		a.Close()
-		b.Close()
-	})
-	defer stop()
-	errs := make(chan error, 1)
-	go func() { errs <- copyHalf(b, a, &c.AToB) }()
-	err1 := copyHalf(a, b, &c.BToA)
-	err2 := <-errs
-	a.Close()
-	b.Close()
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	return errors.Join(err1, err2)
+	done := make(chan error, 1)
+	Start(ctx, a, b, c, func(err error) { done <- err })
+	return <-done
 }
 
-// copyHalf copies src to dst, then half-closes dst (or closes it when it cannot half-close).
-func copyHalf(dst, src net.Conn, n *atomic.Int64) error {
-	err := copyData(dst, src, n)
+// closeHalf half-closes dst after its copy ended with err (or closes it when it cannot half-close) and
+// returns the copy's result.
+func closeHalf(dst net.Conn, err error) error {
 	if cw, ok := dst.(closeWriter); ok {
 		if cerr := cw.CloseWrite(); err == nil {
 			err = cleanEnd(cerr) // a stream the peer already reset cannot half-close
@@ -86,23 +74,8 @@ func copyHalf(dst, src net.Conn, n *atomic.Int64) error {
 	return err
 }
 
+// copyData copies src to dst with a buffer of its own (sources that cannot park).
 func copyData(dst, src net.Conn, n *atomic.Int64) error {
-	dt, ok1 := dst.(*net.TCPConn)
-	st, ok2 := src.(*net.TCPConn)
-	if ok1 && ok2 {
-		// splice(2) through a kernel pipe; the count arrives when the copy ends.
-		w, err := dt.ReadFrom(st)
-		n.Add(w)
-		return cleanEnd(err)
-	}
-	if hs, ok := src.(*hbone.Stream); ok {
-		// The stream hands over the chunks it received; no buffer of ours, none held while idle.
-		_, err := hs.WriteTo(countingWriter{dst, n})
-		return cleanEnd(err)
-	}
-	if ok2 {
-		return copyTCP(dst, st, n)
-	}
 	small := make([]byte, smallSize)
 	buf := small
 	var big *[]byte
@@ -133,84 +106,6 @@ func copyData(dst, src net.Conn, n *atomic.Int64) error {
 			big, buf = nil, small
 		}
 	}
-}
-
-// copyTCP copies from a TCP connection holding a buffer only while data is there to read: it waits for
-// readability without one (waitReadable), then reads with pooled buffers until a read comes up short.
-func copyTCP(dst net.Conn, src *net.TCPConn, n *atomic.Int64) error {
-	rc, err := src.SyscallConn()
-	if err != nil {
-		return fmt.Errorf("raw connection: %w", err)
-	}
-	for {
-		// Blocks in the runtime poller like Read; Close and read deadlines interrupt it alike.
-		if err := rc.Read(waitReadable); err != nil {
-			return cleanEnd(err)
-		}
-		if done, err := drain(dst, src, n); done {
-			return err
-		}
-	}
-}
-
-// drain copies what src has to read now, with pooled buffers given back before it returns. It reports
-// done with the copy's result once src ends or either side fails.
-func drain(dst net.Conn, src *net.TCPConn, n *atomic.Int64) (done bool, err error) {
-	pool := &smallPool
-	bp := pool.Get().(*[]byte)
-	defer func() { pool.Put(bp) }()
-	for {
-		buf := *bp
-		nr, rerr := src.Read(buf)
-		if nr > 0 {
-			nw, werr := dst.Write(buf[:nr])
-			n.Add(int64(nw))
-			if werr != nil {
-				return true, cleanEnd(werr)
-			}
-		}
-		if rerr != nil {
-			return true, cleanEnd(rerr)
-		}
-		if nr < len(buf) {
-			return false, nil // probably drained: wait again without a buffer
-		}
-		if pool == &smallPool {
-			pool.Put(bp)
-			pool = &bigPool
-			bp = pool.Get().(*[]byte)
-		}
-	}
-}
-
-// waitReadable is a syscall.RawConn.Read callback that reports whether fd has something to read (bytes,
-// end of stream or an error) without taking any: a MSG_PEEK of one byte. On EAGAIN it returns false and
-// the runtime poller parks the goroutine until fd becomes readable.
-func waitReadable(fd uintptr) bool {
-	var b [1]byte
-	for {
-		_, _, errno := syscall.Syscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
-			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
-		switch errno {
-		case syscall.EINTR:
-			continue
-		case syscall.EAGAIN:
-			return false
-		}
-		return true // data, end of stream (0 bytes) or an error the next Read reports
-	}
-}
-
-// countingWriter counts what it writes to w.
-type countingWriter struct {
-	w io.Writer
-	n *atomic.Int64
-}
-
-func (c countingWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n.Add(int64(n))
-	return n, err
 }
 
 // cleanEnd maps the ways a connection ends normally to nil: end of stream, a connection closed here, and
