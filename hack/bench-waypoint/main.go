@@ -59,6 +59,7 @@ func main() {
 	grpcListen := flag.String("grpc-listen", "", "internal: also serve gRPC (appProtocol grpc) on this address with -serve-ambit")
 	grpcBackend := flag.String("grpc-backend", "", "internal: gRPC backend address for -grpc-listen")
 	cpuProfile := flag.String("cpuprofile", "", "internal: write a CPU profile of -serve-ambit here")
+	flag.StringVar(&l7Profile, "l7-cpuprofile", "", "phase hbone: write a CPU profile of the process while only the L7 waypoint path runs (its max-rate runs)")
 	flag.Parse()
 	if err := selectModes(*modeList); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-waypoint:", err)
@@ -80,7 +81,7 @@ func main() {
 		}
 		return
 	}
-	if *cpuProfile != "" && *serve == "" {
+	if *cpuProfile != "" && *serve == "" && l7Profile == "" {
 		f, err := os.Create(*cpuProfile)
 		if err == nil {
 			pprof.StartCPUProfile(f)
