@@ -106,23 +106,41 @@ func benchHBONE(ctx context.Context, rounds int, d time.Duration) error {
 	var wg sync.WaitGroup
 	runCtx, cancel := context.WithCancel(ctx)
 	defer func() { cancel(); wg.Wait() }()
+	// Each part runs under a pprof label that its goroutines inherit, so that -l7-cpuprofile splits the
+	// path's CPU by component (go tool pprof -tags, -tagfocus component=waypoint).
 	for _, n := range l.Nodes {
-		a, err := agent.New(agent.Config{NodeName: fmt.Sprintf("node%d", n.Index), ConfigFiles: []string{cfgFile},
-			CADir: filepath.Join(dir, "ca"), Capture: agent.CaptureEBPF, NetNS: n.NS.Path(), Uplinks: []string{n.Uplink}, PinDir: n.PinDir}, log)
+		var a *agent.Agent
+		err := labeled(fmt.Sprintf("agent node%d", n.Index), func() error {
+			var err error
+			a, err = agent.New(agent.Config{NodeName: fmt.Sprintf("node%d", n.Index), ConfigFiles: []string{cfgFile},
+				CADir: filepath.Join(dir, "ca"), Capture: agent.CaptureEBPF, NetNS: n.NS.Path(), Uplinks: []string{n.Uplink}, PinDir: n.PinDir}, log)
+			if err != nil {
+				return err
+			}
+			wg.Go(func() { a.Run(runCtx) })
+			return nil
+		})
 		if err != nil {
 			return err
 		}
-		wg.Go(func() { a.Run(runCtx) })
 		if err := waitReady(ctx, a.Ready); err != nil {
 			return err
 		}
 	}
-	w, err := waypoint.New(waypoint.Config{Name: "wp", Namespace: "app", PodIP: wpPod.IP, ConfigFiles: []string{cfgFile},
-		CADir: filepath.Join(dir, "ca"), NetNS: wpPod.NS.Path()}, log)
+	var w *waypoint.Waypoint
+	err = labeled("waypoint", func() error {
+		var err error
+		w, err = waypoint.New(waypoint.Config{Name: "wp", Namespace: "app", PodIP: wpPod.IP, ConfigFiles: []string{cfgFile},
+			CADir: filepath.Join(dir, "ca"), NetNS: wpPod.NS.Path()}, log)
+		if err != nil {
+			return err
+		}
+		wg.Go(func() { w.Run(runCtx) })
+		return nil
+	})
 	if err != nil {
 		return err
 	}
-	wg.Go(func() { w.Run(runCtx) })
 	if err := waitReady(ctx, w.Ready); err != nil {
 		return err
 	}
@@ -135,7 +153,7 @@ func benchHBONE(ctx context.Context, rounds int, d time.Duration) error {
 			w.Header().Set("Content-Length", "1024")
 			w.Write(payload)
 		})}
-		go srv.Serve(ln)
+		labeled("backend", func() error { go srv.Serve(ln); return nil })
 		defer srv.Close()
 	}
 	paths := []struct {
@@ -169,7 +187,13 @@ func benchHBONE(ctx context.Context, rounds int, d time.Duration) error {
 			}
 			r0, w0 := procSyscalls()
 			c0 := procCPU()
-			rps, n, err := labMaxRate(ctx, p.from, p.addr, d, 16)
+			var rps float64
+			var n int64
+			err := labeled("client", func() error {
+				var err error
+				rps, n, err = labMaxRate(ctx, p.from, p.addr, d, 16)
+				return err
+			})
 			if p.profile && l7Profile != "" {
 				pprof.StopCPUProfile()
 			}
@@ -202,6 +226,13 @@ func benchHBONE(ctx context.Context, rounds int, d time.Duration) error {
 	}
 	tw.Flush()
 	return nil
+}
+
+// labeled runs f with the pprof label component=name, which the goroutines it starts inherit.
+func labeled(name string, f func() error) error {
+	var err error
+	pprof.Do(context.Background(), pprof.Labels("component", name), func(context.Context) { err = f() })
+	return err
 }
 
 func waitReady(ctx context.Context, ready func() (bool, []string)) error {
