@@ -13,6 +13,9 @@
 //
 // Phase "hbone" (root): a two-node lab with one agent per node and an L7 waypoint, all in-process:
 // client -> agent -> waypoint -> agent -> server, against the same server reached without the mesh.
+// Besides requests/s and latency, each path's CPU time and read/write system calls per request (the
+// whole process: client, agents, waypoint and server); -l7-cpuprofile records the L7 path's max-rate
+// run with each part under a pprof label (go tool pprof -tags; -tagfocus component=waypoint).
 //
 //	make bench-waypoint            # both phases, medians of ROUNDS (default 5) rounds
 //	go run ./hack/bench-waypoint -phase proxies -rounds 5 -duration 3s
