@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -9,9 +10,13 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -67,6 +72,9 @@ status: {podIP: %s}
 `, name, ns, app, extra, p.Node.Index, sa, p.IP)
 }
 
+// l7Profile is -l7-cpuprofile: where to write the CPU profile of the L7 path's max-rate runs.
+var l7Profile string
+
 // benchHBONE measures the full waypoint path against the mesh L4 path and the direct path.
 func benchHBONE(ctx context.Context, rounds int, d time.Duration) error {
 	if os.Geteuid() != 0 {
@@ -98,23 +106,41 @@ func benchHBONE(ctx context.Context, rounds int, d time.Duration) error {
 	var wg sync.WaitGroup
 	runCtx, cancel := context.WithCancel(ctx)
 	defer func() { cancel(); wg.Wait() }()
+	// Each part runs under a pprof label that its goroutines inherit, so that -l7-cpuprofile splits the
+	// path's CPU by component (go tool pprof -tags, -tagfocus component=waypoint).
 	for _, n := range l.Nodes {
-		a, err := agent.New(agent.Config{NodeName: fmt.Sprintf("node%d", n.Index), ConfigFiles: []string{cfgFile},
-			CADir: filepath.Join(dir, "ca"), Capture: agent.CaptureEBPF, NetNS: n.NS.Path(), Uplinks: []string{n.Uplink}, PinDir: n.PinDir}, log)
+		var a *agent.Agent
+		err := labeled(fmt.Sprintf("agent node%d", n.Index), func() error {
+			var err error
+			a, err = agent.New(agent.Config{NodeName: fmt.Sprintf("node%d", n.Index), ConfigFiles: []string{cfgFile},
+				CADir: filepath.Join(dir, "ca"), Capture: agent.CaptureEBPF, NetNS: n.NS.Path(), Uplinks: []string{n.Uplink}, PinDir: n.PinDir}, log)
+			if err != nil {
+				return err
+			}
+			wg.Go(func() { a.Run(runCtx) })
+			return nil
+		})
 		if err != nil {
 			return err
 		}
-		wg.Go(func() { a.Run(runCtx) })
 		if err := waitReady(ctx, a.Ready); err != nil {
 			return err
 		}
 	}
-	w, err := waypoint.New(waypoint.Config{Name: "wp", Namespace: "app", PodIP: wpPod.IP, ConfigFiles: []string{cfgFile},
-		CADir: filepath.Join(dir, "ca"), NetNS: wpPod.NS.Path()}, log)
+	var w *waypoint.Waypoint
+	err = labeled("waypoint", func() error {
+		var err error
+		w, err = waypoint.New(waypoint.Config{Name: "wp", Namespace: "app", PodIP: wpPod.IP, ConfigFiles: []string{cfgFile},
+			CADir: filepath.Join(dir, "ca"), NetNS: wpPod.NS.Path()}, log)
+		if err != nil {
+			return err
+		}
+		wg.Go(func() { w.Run(runCtx) })
+		return nil
+	})
 	if err != nil {
 		return err
 	}
-	wg.Go(func() { w.Run(runCtx) })
 	if err := waitReady(ctx, w.Ready); err != nil {
 		return err
 	}
@@ -127,24 +153,57 @@ func benchHBONE(ctx context.Context, rounds int, d time.Duration) error {
 			w.Header().Set("Content-Length", "1024")
 			w.Write(payload)
 		})}
-		go srv.Serve(ln)
+		labeled("backend", func() error { go srv.Serve(ln); return nil })
 		defer srv.Close()
 	}
 	paths := []struct {
-		name string
-		from *lab.Pod
-		addr string
+		name    string
+		from    *lab.Pod
+		addr    string
+		profile bool // the L7 path: -l7-cpuprofile records its max-rate runs
 	}{
-		{"direct (no mesh)", outsider, plain.IP.String() + ":8080"},
-		{"mesh L4 (agent, agent)", client, "10.96.0.11:80"},
-		{"L7 waypoint (agent, waypoint, agent)", client, "10.96.0.10:80"},
+		{"direct (no mesh)", outsider, plain.IP.String() + ":8080", false},
+		{"mesh L4 (agent, agent)", client, "10.96.0.11:80", false},
+		{"L7 waypoint (agent, waypoint, agent)", client, "10.96.0.10:80", true},
 	}
-	type res struct{ rps, p50, p99 []float64 }
+	var prof bytes.Buffer
+	if l7Profile != "" {
+		defer func() {
+			if err := os.WriteFile(l7Profile, prof.Bytes(), 0o644); err != nil {
+				fmt.Fprintln(os.Stderr, "bench-waypoint: write the L7 profile:", err)
+			}
+		}()
+	}
+	type res struct{ rps, p50, p99, sysr, sysw, cpu []float64 }
 	results := make([]res, len(paths))
 	fmt.Printf("HBONE path: %d rounds of %v, 2 lab nodes, agents and waypoint in-process (both CPUs shared)\n", rounds, d)
 	for range rounds {
 		for i, p := range paths {
-			rps, err := labMaxRate(ctx, p.from, p.addr, d, 16)
+			if p.profile && l7Profile != "" && prof.Len() == 0 {
+				// One profile can run at a time: the first round's L7 max-rate run is recorded.
+				if err := pprof.StartCPUProfile(&prof); err != nil {
+					return fmt.Errorf("l7 profile: %w", err)
+				}
+			}
+			r0, w0 := procSyscalls()
+			c0 := procCPU()
+			var rps float64
+			var n int64
+			err := labeled("client", func() error {
+				var err error
+				rps, n, err = labMaxRate(ctx, p.from, p.addr, d, 16)
+				return err
+			})
+			if p.profile && l7Profile != "" {
+				pprof.StopCPUProfile()
+			}
+			r1, w1 := procSyscalls()
+			c1 := procCPU()
+			if n > 0 {
+				results[i].cpu = append(results[i].cpu, float64((c1-c0).Microseconds())/float64(n))
+				results[i].sysr = append(results[i].sysr, float64(r1-r0)/float64(n))
+				results[i].sysw = append(results[i].sysw, float64(w1-w0)/float64(n))
+			}
 			if err != nil {
 				return fmt.Errorf("%s: %w", p.name, err)
 			}
@@ -158,14 +217,22 @@ func benchHBONE(ctx context.Context, rounds int, d time.Duration) error {
 		}
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "path\treq/s (16 conns)\tvs direct\tp50 µs @500/s\tp99 µs @500/s\tadded p50 µs\tadded p99 µs\t")
+	fmt.Fprintln(tw, "path\treq/s (16 conns)\tvs direct\tp50 µs @500/s\tp99 µs @500/s\tadded p50 µs\tadded p99 µs\tCPU µs/req\treads/req\twrites/req\t")
 	for i, p := range paths {
 		r := results[i]
-		fmt.Fprintf(tw, "%s\t%.0f\t%.2fx\t%.0f\t%.0f\t%.0f\t%.0f\t\n", p.name, median(r.rps), median(r.rps)/median(results[0].rps),
-			median(r.p50), median(r.p99), median(r.p50)-median(results[0].p50), median(r.p99)-median(results[0].p99))
+		fmt.Fprintf(tw, "%s\t%.0f\t%.2fx\t%.0f\t%.0f\t%.0f\t%.0f\t%.1f\t%.1f\t%.1f\t\n", p.name, median(r.rps), median(r.rps)/median(results[0].rps),
+			median(r.p50), median(r.p99), median(r.p50)-median(results[0].p50), median(r.p99)-median(results[0].p99),
+			median(r.cpu), median(r.sysr), median(r.sysw))
 	}
 	tw.Flush()
 	return nil
+}
+
+// labeled runs f with the pprof label component=name, which the goroutines it starts inherit.
+func labeled(name string, f func() error) error {
+	var err error
+	pprof.Do(context.Background(), pprof.Labels("component", name), func(context.Context) { err = f() })
+	return err
 }
 
 func waitReady(ctx context.Context, ready func() (bool, []string)) error {
@@ -187,13 +254,43 @@ func labClient(from *lab.Pod, conns int) (*http.Client, func()) {
 	return &http.Client{Transport: tr, Timeout: 10 * time.Second}, tr.CloseIdleConnections
 }
 
-func labMaxRate(ctx context.Context, from *lab.Pod, addr string, d time.Duration, workers int) (float64, error) {
+// procSyscalls returns this process's read and write system calls so far (/proc/self/io syscr, syscw):
+// the whole path's (client, agents, waypoint, server), since all of it runs in this process.
+func procSyscalls() (r, w int64) {
+	b, err := os.ReadFile("/proc/self/io")
+	if err != nil {
+		return 0, 0
+	}
+	for line := range strings.Lines(string(b)) {
+		k, v, _ := strings.Cut(strings.TrimSpace(line), ": ")
+		n, _ := strconv.ParseInt(v, 10, 64)
+		switch k {
+		case "syscr":
+			r = n
+		case "syscw":
+			w = n
+		}
+	}
+	return r, w
+}
+
+// procCPU returns this process's CPU time so far (user and system): the whole path's.
+func procCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// labMaxRate returns the request rate of workers closed-loop clients and the requests done.
+func labMaxRate(ctx context.Context, from *lab.Pod, addr string, d time.Duration, workers int) (float64, int64, error) {
 	c, cl := labClient(from, workers)
 	defer cl()
 	url := "http://" + addr + "/"
 	for range 20 {
 		if err := get(c, url); err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 	}
 	var n, errs atomic.Int64
@@ -213,9 +310,9 @@ func labMaxRate(ctx context.Context, from *lab.Pod, addr string, d time.Duration
 	}
 	wg.Wait()
 	if errs.Load() > n.Load()/100 {
-		return 0, fmt.Errorf("%d errors", errs.Load())
+		return 0, 0, fmt.Errorf("%d errors", errs.Load())
 	}
-	return float64(n.Load()) / time.Since(start).Seconds(), nil
+	return float64(n.Load()) / time.Since(start).Seconds(), n.Load(), nil
 }
 
 func labFixedRate(ctx context.Context, from *lab.Pod, addr string, d time.Duration, rate int) (time.Duration, time.Duration, error) {

@@ -13,6 +13,9 @@
 //
 // Phase "hbone" (root): a two-node lab with one agent per node and an L7 waypoint, all in-process:
 // client -> agent -> waypoint -> agent -> server, against the same server reached without the mesh.
+// Besides requests/s and latency, each path's CPU time and read/write system calls per request (the
+// whole process: client, agents, waypoint and server); -l7-cpuprofile records the L7 path's max-rate
+// run with each part under a pprof label (go tool pprof -tags; -tagfocus component=waypoint).
 //
 //	make bench-waypoint            # both phases, medians of ROUNDS (default 5) rounds
 //	go run ./hack/bench-waypoint -phase proxies -rounds 5 -duration 3s
@@ -59,6 +62,7 @@ func main() {
 	grpcListen := flag.String("grpc-listen", "", "internal: also serve gRPC (appProtocol grpc) on this address with -serve-ambit")
 	grpcBackend := flag.String("grpc-backend", "", "internal: gRPC backend address for -grpc-listen")
 	cpuProfile := flag.String("cpuprofile", "", "internal: write a CPU profile of -serve-ambit here")
+	flag.StringVar(&l7Profile, "l7-cpuprofile", "", "phase hbone: write a CPU profile of the process while only the L7 waypoint path runs (its max-rate runs)")
 	flag.Parse()
 	if err := selectModes(*modeList); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-waypoint:", err)
@@ -80,7 +84,7 @@ func main() {
 		}
 		return
 	}
-	if *cpuProfile != "" && *serve == "" {
+	if *cpuProfile != "" && *serve == "" && l7Profile == "" {
 		f, err := os.Create(*cpuProfile)
 		if err == nil {
 			pprof.StartCPUProfile(f)

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"bytes"
+	"errors"
 	"net"
 
 	"golang.org/x/net/http2"
@@ -36,6 +37,8 @@ type streamConn struct {
 	first      bool  // the first read happened
 	h2         atomic.Bool
 
+	rdl readDeadline
+
 	wmu     sync.Mutex
 	wcond   *sync.Cond    // signalled when pending bytes were written or an error was seen
 	wbuf    *[]byte       // pending bytes (from writeBuffers), nil when none
@@ -63,6 +66,80 @@ func newStreamConn(c net.Conn, info *ConnInfo) *streamConn {
 	s := &streamConn{Conn: c, info: info, done: make(chan struct{})}
 	s.wcond = sync.NewCond(&s.wmu)
 	return s
+}
+
+// readDeadline is a streamConn's read deadline. net/http's server moves it six times per request
+// (header timeout, cleared, its background read started and aborted, the idle timeout, the next
+// header timeout), and on an HBONE stream each future deadline is a new runtime timer with its own
+// closure. streamConn keeps one timer instead, armed at the earliest future deadline it was given and
+// re-armed when it fires if the deadline has moved later since (net/http's deadlines move later from
+// request to request, so they cost no timer operation). A deadline that has passed goes to the stream
+// at once (it fails a pending read, as net/http's abort of its background read needs), and is cleared
+// there when a deadline in the future or none replaces it.
+type readDeadline struct {
+	mu      sync.Mutex
+	at      time.Time   // the deadline in force; zero: none
+	timer   *time.Timer // nil until the first future deadline
+	armedAt time.Time   // when timer fires; zero: not armed
+	passed  bool        // the stream was given a deadline in the past: its reads fail
+}
+
+// SetReadDeadline implements net.Conn (see readDeadline).
+func (s *streamConn) SetReadDeadline(t time.Time) error {
+	d := &s.rdl
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.at = t
+	if !t.IsZero() && !t.After(time.Now()) {
+		d.passed = true
+		return s.Conn.SetReadDeadline(t)
+	}
+	var err error
+	if d.passed {
+		d.passed = false
+		err = s.Conn.SetReadDeadline(time.Time{})
+	}
+	if !t.IsZero() && (d.armedAt.IsZero() || t.Before(d.armedAt)) {
+		s.armReadDeadline(t)
+	}
+	return err
+}
+
+// SetDeadline implements net.Conn.
+func (s *streamConn) SetDeadline(t time.Time) error {
+	return errors.Join(s.SetReadDeadline(t), s.Conn.SetWriteDeadline(t))
+}
+
+// armReadDeadline makes the timer fire at t; s.rdl.mu is held.
+func (s *streamConn) armReadDeadline(t time.Time) {
+	d := &s.rdl
+	d.armedAt = t
+	if d.timer == nil {
+		d.timer = time.AfterFunc(time.Until(t), s.readDeadlineFired)
+		return
+	}
+	d.timer.Reset(time.Until(t))
+}
+
+// readDeadlineFired hands a deadline that has passed to the stream, or re-arms the timer for a
+// deadline that moved later.
+func (s *streamConn) readDeadlineFired() {
+	d := &s.rdl
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	now := time.Now()
+	if d.armedAt.IsZero() || now.Before(d.armedAt) {
+		return // a fire the timer was re-armed after: it fires again at armedAt
+	}
+	d.armedAt = time.Time{}
+	switch {
+	case d.at.IsZero():
+	case d.at.After(now):
+		s.armReadDeadline(d.at)
+	case !d.passed:
+		d.passed = true
+		_ = s.Conn.SetReadDeadline(d.at)
+	}
 }
 
 // Read implements net.Conn, buffering small reads.
@@ -220,6 +297,12 @@ func (s *streamConn) Close() error {
 	s.wcond.Broadcast()
 	s.wmu.Unlock()
 	err := s.Conn.Close()
+	s.rdl.mu.Lock()
+	if s.rdl.timer != nil {
+		s.rdl.timer.Stop()
+		s.rdl.armedAt = time.Time{}
+	}
+	s.rdl.mu.Unlock()
 	s.once.Do(func() { close(s.done) })
 	return err
 }

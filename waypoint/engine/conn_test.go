@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -147,5 +148,54 @@ func TestStreamConnWriteError(t *testing.T) {
 	sc.wmu.Unlock()
 	if running {
 		t.Fatal("writer goroutine still running after Close")
+	}
+}
+
+// TestStreamConnReadDeadline checks the read deadline's semantics through streamConn's one timer: a
+// deadline that passes fails a pending read, a passed deadline fails reads until cleared, and a
+// deadline moved later or cleared before it passes does not fire.
+func TestStreamConnReadDeadline(t *testing.T) {
+	isTimeout := func(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
+	t.Run("pending read times out", func(t *testing.T) {
+		_, server := tcpPair(t)
+		sc := newStreamConn(server, &ConnInfo{})
+		defer sc.Close()
+		sc.SetReadDeadline(time.Now().Add(time.Hour))
+		sc.SetReadDeadline(time.Now().Add(20 * time.Millisecond)) // earlier: re-arms the timer
+		if _, err := sc.Read(make([]byte, 1)); !isTimeout(err) {
+			t.Fatalf("read: %v, want a timeout", err)
+		}
+		// The passed deadline holds until it is replaced; then reads work again.
+		if _, err := sc.Read(make([]byte, 1)); !isTimeout(err) {
+			t.Fatalf("second read: %v, want a timeout", err)
+		}
+	})
+	t.Run("past deadline then cleared", func(t *testing.T) {
+		client, server := tcpPair(t)
+		sc := newStreamConn(server, &ConnInfo{})
+		defer sc.Close()
+		sc.SetReadDeadline(time.Unix(1, 0))
+		if _, err := sc.Read(make([]byte, 1)); !isTimeout(err) {
+			t.Fatalf("read: %v, want a timeout", err)
+		}
+		sc.SetReadDeadline(time.Time{})
+		client.Write([]byte("x"))
+		if n, err := sc.Read(make([]byte, 1)); n != 1 || err != nil {
+			t.Fatalf("read after clearing: %d, %v", n, err)
+		}
+	})
+	for _, later := range []time.Time{{}, time.Now().Add(time.Hour)} {
+		t.Run("moved before it passes, to "+map[bool]string{true: "none", false: "later"}[later.IsZero()], func(t *testing.T) {
+			client, server := tcpPair(t)
+			sc := newStreamConn(server, &ConnInfo{})
+			defer sc.Close()
+			sc.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
+			sc.SetReadDeadline(later)
+			time.Sleep(50 * time.Millisecond) // the timer armed for the first deadline fires
+			client.Write([]byte("x"))
+			if n, err := sc.Read(make([]byte, 1)); n != 1 || err != nil {
+				t.Fatalf("read: %d, %v", n, err)
+			}
+		})
 	}
 }

@@ -44,7 +44,8 @@
 // per stream and 1 MiB per connection in flight to the waypoint (flow control), and the waypoint's
 // HBONE streams to endpoints use 256 KiB windows, so a slow client holds at most about 256 KiB per
 // response in the waypoint plus one copy buffer. On each downstream stream, small reads go through a
-// pooled 4 KiB read-ahead, and HTTP/2 writes are coalesced with at most 64 KiB pending. With
+// pooled 4 KiB read-ahead, HTTP/2 writes are coalesced with at most 64 KiB pending, and the read
+// deadline (moved several times per request by net/http's server) is one lazily re-armed timer. With
 // Options.StreamIdleTimeout (the waypoint's --stream-idle-timeout, Envoy's stream_idle_timeout), a request
 // whose body moves no bytes either way for that long is ended: 408 "stream timeout" (flag SI) before the
 // response started, a reset after; a trickling body cannot hold a request forever.
