@@ -338,6 +338,20 @@ func (c *h2Server) goAway(code http2.ErrCode) {
 	c.drainWrites(h2LingerTimeout) // out before the connection closes
 }
 
+// resetOwn resets stream id (s, when it is still open) for its own error: RST_STREAM is written before
+// the handler is woken (peerReset cancels its context), so that the peer sees the reset and no answer
+// the handler might make once woken.
+func (c *h2Server) resetOwn(s *h2SrvStream, id uint32, code http2.ErrCode) error {
+	if s != nil {
+		s.gone.Store(true)
+	}
+	err := c.resetStream(id, code)
+	if s != nil {
+		s.peerReset(code, false)
+	}
+	return err
+}
+
 func (c *h2Server) resetStream(id uint32, code http2.ErrCode) error {
 	return c.writeFrames(func(fr *http2.Framer) error { return fr.WriteRSTStream(id, code) })
 }
@@ -358,10 +372,7 @@ func (c *h2Server) readFrames() error {
 				if se.StreamID > c.maxID {
 					c.maxID = se.StreamID
 				}
-				if s := c.stream(se.StreamID); s != nil {
-					s.peerReset(se.Code, false)
-				}
-				if werr := c.resetStream(se.StreamID, se.Code); werr != nil {
+				if werr := c.resetOwn(c.stream(se.StreamID), se.StreamID, se.Code); werr != nil {
 					return werr
 				}
 				continue
@@ -489,8 +500,7 @@ func (c *h2Server) onWindowUpdate(f *http2.WindowUpdateFrame) error {
 	c.windowCh = make(chan struct{})
 	c.mu.Unlock()
 	if overflow != nil {
-		overflow.peerReset(http2.ErrCodeFlowControl, false)
-		return c.resetStream(f.StreamID, http2.ErrCodeFlowControl)
+		return c.resetOwn(overflow, f.StreamID, http2.ErrCodeFlowControl)
 	}
 	return nil
 }
@@ -541,8 +551,7 @@ func (c *h2Server) onData(f *http2.DataFrame) error {
 		if errors.Is(err, errH2StreamWindow) {
 			code = http2.ErrCodeFlowControl
 		}
-		s.peerReset(code, false)
-		return c.resetStream(f.StreamID, code)
+		return c.resetOwn(s, f.StreamID, code)
 	}
 	if pad := n - int64(len(data)); pad > 0 {
 		s.mu.Lock()
@@ -625,20 +634,23 @@ type h2SrvStream struct {
 	slot    bool  // guarded by c.mu; the stream holds a MAX_CONCURRENT_STREAMS slot
 
 	// receive side, guarded by mu
-	mu         sync.Mutex
-	rcond      sync.Cond
-	buf        []byte
-	off        int
-	eof        bool  // END_STREAM received
-	err        error // the stream was reset or the connection closed
-	inflow     int64 // what the peer may still send on the stream
-	consumed   int64 // stream credit not yet returned
-	received   int64
-	declared   int64 // content-length, or -1
-	deadline   bool  // SetReadDeadline passed
-	dlTimer    *time.Timer
-	peerEnded  bool // the peer's side is over (END_STREAM or reset)
-	reset      bool // the stream was reset (by the peer, or by us for its errors)
+	mu        sync.Mutex
+	rcond     sync.Cond
+	buf       []byte
+	off       int
+	eof       bool  // END_STREAM received
+	err       error // the stream was reset or the connection closed
+	inflow    int64 // what the peer may still send on the stream
+	consumed  int64 // stream credit not yet returned
+	received  int64
+	declared  int64 // content-length, or -1
+	deadline  bool  // SetReadDeadline passed
+	dlTimer   *time.Timer
+	peerEnded bool // the peer's side is over (END_STREAM or reset)
+	reset     bool // the stream was reset (by the peer, or by us for its errors)
+	// gone is set once the stream is reset, before its handler learns of it: nothing more is sent on it
+	// (send checks it under the write lock), so a handler woken by the reset cannot answer first.
+	gone       atomic.Bool
 	responded  bool // the response ended
 	bodyClosed bool
 
@@ -809,6 +821,7 @@ func (s *h2SrvStream) receive(data []byte, n int64, end bool) (ended bool, _ err
 // peerReset ends the stream's receive side with a reset (from the peer when fromPeer, else sent by
 // us); it reports whether the response had not ended yet (a premature reset).
 func (s *h2SrvStream) peerReset(code http2.ErrCode, fromPeer bool) bool {
+	s.gone.Store(true)
 	s.mu.Lock()
 	early := !s.responded
 	s.peerEnded = true
@@ -1174,6 +1187,10 @@ func (s *h2SrvStream) send(p []byte, end bool) error {
 		}
 		last := n == len(p)
 		c.lockWrite()
+		if s.gone.Load() {
+			_ = c.unlockWrite()
+			return errH2StreamReset
+		}
 		if c.werr == nil && !s.sentHeaders {
 			s.sentHeaders = true
 			c.werr = s.writeHeaderBlock(end && len(p) == 0 && !trailers)
@@ -1278,7 +1295,7 @@ func (s *h2SrvStream) writeTrailerBlock() error {
 func (s *h2SrvStream) writeInformational(code int) error {
 	c := s.c
 	c.lockWrite()
-	if c.werr == nil {
+	if c.werr == nil && !s.gone.Load() {
 		c.hbuf.Reset()
 		_ = c.henc.WriteField(hpack.HeaderField{Name: ":status", Value: strconv.Itoa(code)})
 		for k, vv := range s.hdr {

@@ -134,7 +134,10 @@ func readCopy(fr *http2.Framer) (http2.Frame, error) {
 		r := *f
 		return &r, nil
 	case *http2.MetaHeadersFrame:
-		return f, nil // its fields are freshly decoded
+		// Its fields are freshly decoded, but its HEADERS frame is the framer's and reused by the next read.
+		m, h := *f, *f.HeadersFrame
+		m.HeadersFrame = &h
+		return &m, nil
 	case *http2.WindowUpdateFrame:
 		w := *f
 		return &w, nil
@@ -316,7 +319,10 @@ func TestH2CControlFloodNotReading(t *testing.T) {
 			var err error
 			data := [8]byte{1, 2, 3, 4, 5, 6, 7, 8}
 			_ = p.c.SetWriteDeadline(time.Now().Add(10 * time.Second))
-			const flood = 1_000_000
+			// Well past what the kernel's buffers absorb (the acks of 1,000,000 SETTINGS are 9 MB against a
+			// 4 MiB send buffer), so that a server that closes only after a grace period of reading, or
+			// whose acks all fit, is still caught.
+			const flood = 4_000_000
 			for i := 0; err == nil && i < flood; i++ {
 				if kind == "PING" {
 					err = p.fr.WritePing(false, data)
