@@ -177,25 +177,13 @@ func (s *Stream) WriteTo(w io.Writer) (int64, error) {
 			}
 			s.rmu.Lock()
 		}
-		if s.rclosed {
-			s.rmu.Unlock()
-			return total, net.ErrClosed
-		}
-		if s.rbuf.len() == 0 {
-			err := s.rerr
-			s.rmu.Unlock()
+		s.rmu.Unlock()
+		n, err := s.WriteAvailable(w)
+		total += n
+		if err != nil {
 			if err == io.EOF {
 				err = nil
 			}
-			return total, err
-		}
-		ch := s.rbuf.pop()
-		s.rmu.Unlock()
-		n, err := w.Write(ch.b[ch.r:ch.w])
-		s.rbuf.release(ch.b)
-		total += int64(n)
-		s.consumed(ch.w - ch.r) // a short write still consumed the chunk: credit it all
-		if err != nil {
 			return total, err
 		}
 	}
