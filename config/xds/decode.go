@@ -26,7 +26,8 @@ import (
 //
 // A decoder is not safe for concurrent use; give each converting goroutine its own.
 type decoder struct {
-	in state.Interner
+	// in is the goroutine's interner: a local one that the AddressHandler keeps across responses.
+	in *state.Interner
 	// gateways shares one GatewayAddress between the workloads that name the same (validated) one.
 	gateways map[state.GatewayAddress]*state.GatewayAddress
 	// identities holds the identities spiffeid has accepted.
@@ -337,7 +338,7 @@ func (d *decoder) workload(b []byte) (*state.Workload, bool) {
 	if hasCapacity {
 		w.Capacity = capacity
 	}
-	if err := w.ValidateWith(&d.in); err != nil {
+	if err := w.ValidateWith(d.in); err != nil {
 		return nil, false
 	}
 	if !d.validIdentity(w.Identity()) {

@@ -7,6 +7,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/ambit-mesh/ambit/mesh/state"
 	"github.com/ambit-mesh/ambit/test/xdstest"
 	"github.com/ambit-mesh/ambit/xdsclient/workloadapi"
 )
@@ -91,7 +92,7 @@ func TestFastDecodeMatchesGeneric(t *testing.T) {
 		{"no uid", xdstest.Pod("demo", "u", "10.0.0.8", func(w *workloadapi.Workload) { w.Uid = "" }), false},
 		{"service", xdstest.Service("demo", "echo", "10.96.0.1"), false},
 	}
-	d := &decoder{}
+	d := &decoder{in: state.NewLocalInterner()}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			data, err := proto.Marshal(tc.addr)
@@ -124,6 +125,6 @@ func FuzzFastDecode(f *testing.F) {
 		if err == nil {
 			name = a.GetWorkload().GetUid()
 		}
-		checkFast(t, &decoder{}, name, data)
+		checkFast(t, &decoder{in: state.NewLocalInterner()}, name, data)
 	})
 }

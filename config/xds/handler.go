@@ -40,6 +40,9 @@ type AddressHandler struct {
 	mu sync.Mutex
 	// parked holds resources rejected only because their waypoint service is not known yet, by name.
 	parked map[string]*parkedAddress // guarded by mu
+	// interners are the conversion goroutines' string interners (state.NewLocalInterner), one per CPU,
+	// kept across responses so that later updates share the copies earlier ones made.
+	interners []*state.Interner // guarded by mu
 }
 
 type parkedAddress struct {
@@ -58,6 +61,9 @@ func (p *parkedAddress) waypoint() *state.GatewayAddress {
 func NewAddressHandler(opts AddressHandlerOptions) *AddressHandler {
 	h := &AddressHandler{store: opts.Store, log: opts.Logger, allowWPs: opts.AllowUnknownWaypoints,
 		parked: map[string]*parkedAddress{}}
+	for range max(1, runtime.GOMAXPROCS(0)) {
+		h.interners = append(h.interners, state.NewLocalInterner())
+	}
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)
 	}
@@ -87,7 +93,7 @@ func (h *AddressHandler) HandleUpdate(_ context.Context, u *xdsclient.Update) []
 	// (holdUnknownWaypointsLocked), so that nothing keeps the arrays alive.
 	batch := make([]batchEntry, 0, len(u.Resources))
 	items := make([]parkedAddress, 0, len(u.Resources))
-	conv := convertAddresses(u.Resources)
+	conv := convertAddresses(u.Resources, h.interners)
 	for i := range u.Resources {
 		r := &u.Resources[i]
 		if reported, dup := dups[r.Name]; dup {
@@ -161,7 +167,7 @@ var parallelThreshold = 2048
 // convertAddresses decodes and converts every resource of rs, in parallel for large responses (istiod's
 // first response holds the whole mesh). It is pure: the results are indexed like rs. Each goroutine has its
 // own decoder (fast path and string interner); what the fast path declines takes the generic path.
-func convertAddresses(rs []xdsclient.Resource) []converted {
+func convertAddresses(rs []xdsclient.Resource, interners []*state.Interner) []converted {
 	out := make([]converted, len(rs))
 	one := func(d *decoder, i int) {
 		r := &rs[i]
@@ -180,13 +186,13 @@ func convertAddresses(rs []xdsclient.Resource) []converted {
 		// back a large first response while the rest of it is converted.
 		r.Body = nil
 		if out[i].service != nil {
-			out[i].service.Intern(&d.in)
+			out[i].service.Intern(d.in)
 		}
 		out[i].err = err
 	}
-	workers := min(runtime.GOMAXPROCS(0), len(rs)/parallelThreshold+1)
+	workers := min(len(interners), len(rs)/parallelThreshold+1)
 	if workers <= 1 {
-		d := &decoder{}
+		d := &decoder{in: interners[0]}
 		for i := range rs {
 			one(d, i)
 		}
@@ -194,10 +200,10 @@ func convertAddresses(rs []xdsclient.Resource) []converted {
 	}
 	var wg sync.WaitGroup
 	chunk := (len(rs) + workers - 1) / workers
-	for lo := 0; lo < len(rs); lo += chunk {
+	for k, lo := 0, 0; lo < len(rs); k, lo = k+1, lo+chunk {
 		hi := min(lo+chunk, len(rs))
 		wg.Go(func() {
-			d := &decoder{}
+			d := &decoder{in: interners[k]}
 			for i := lo; i < hi; i++ {
 				one(d, i)
 			}

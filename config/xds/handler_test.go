@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+	"unsafe"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -331,5 +332,39 @@ func TestAddressHandlerDropsBodies(t *testing.T) {
 	}
 	if st.WorkloadByAddr(state.AddrOf(netip.MustParseAddr("10.0.0.1"))) == nil {
 		t.Error("pod a not applied")
+	}
+}
+
+// TestAddressHandlerSharesStrings: the handler's interners outlive a response, so a workload of a later
+// update shares its namespace, service account and identity with the workloads already in the store, and
+// never aliases the bytes it was decoded from.
+func TestAddressHandlerSharesStrings(t *testing.T) {
+	st := state.NewStore()
+	h := xds.NewAddressHandler(xds.AddressHandlerOptions{Store: st})
+	ctx := context.Background()
+	withSA := func(w *wapi.Workload) { w.ServiceAccount = "reviews" }
+	first := update(res(podA, xdstest.Pod("demo", "a", "10.0.0.1", withSA)))
+	if rej := h.HandleUpdate(ctx, first); len(rej) != 0 {
+		t.Fatal(rej)
+	}
+	second := update(res(podB, xdstest.Pod("demo", "b", "10.0.0.2", withSA)))
+	if rej := h.HandleUpdate(ctx, second); len(rej) != 0 {
+		t.Fatal(rej)
+	}
+	a, b := st.Workload(podA), st.Workload(podB)
+	if a == nil || b == nil {
+		t.Fatal("workloads not applied")
+	}
+	for _, f := range []struct{ name, x, y string }{
+		{"namespace", a.Namespace, b.Namespace},
+		{"service account", a.ServiceAccount, b.ServiceAccount},
+		{"identity", a.Identity(), b.Identity()},
+	} {
+		if f.x != f.y || unsafe.StringData(f.x) != unsafe.StringData(f.y) {
+			t.Errorf("%s: %q and %q are two copies", f.name, f.x, f.y)
+		}
+	}
+	if b.Identity() != "spiffe://cluster.local/ns/demo/sa/reviews" {
+		t.Errorf("identity %q", b.Identity())
 	}
 }
