@@ -11,11 +11,11 @@
 // their key (a workload's UID, "<namespace>/<hostname>" of a service, "<namespace>/<name>" of a policy).
 //
 // The handlers decode workloads straight from the wire bytes into state.Workload (decoder: no generated
-// message in between, repeated strings interned through a local state.Interner per goroutine that the
-// handler keeps across responses, large responses spread over the CPUs): at a million workloads the
-// generated messages cost more than the state itself (BenchmarkIngest measures the first response). That fast path takes on only the encoding protoc and
-// istiod produce; anything else, every error included, goes through proto.Unmarshal and ConvertAddress,
-// which stay the reference (FuzzFastDecode checks the two agree).
+// message in between, repeated strings interned through a local state.Interner per goroutine that the handler
+// keeps across responses, large responses spread over the CPUs): at a million workloads the generated
+// messages cost more than the state itself (BenchmarkIngest measures the first response). That fast path
+// takes on only the encoding protoc and istiod produce; anything else, every error included, goes through
+// proto.Unmarshal and ConvertAddress, which stay the reference (FuzzFastDecode checks the two agree).
 //
 // The handlers (AddressHandler, AuthorizationHandler) reject a malformed resource alone, reported in the
 // NACK as "<name>: <reason>", and apply the rest of the response. A resource name that appears twice in one
