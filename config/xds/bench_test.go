@@ -163,6 +163,7 @@ func benchIngest(b *testing.B, sz benchSize, raw []byte) {
 			b.Fatal(err)
 		}
 		st := state.NewStore()
+		st.WorkloadsOnNode("node0") // as an agent on node0: its own node is indexed
 		h := xds.NewAddressHandler(xds.AddressHandlerOptions{Store: st})
 		if rej := h.HandleUpdate(context.Background(), toUpdate(resp)); len(rej) != 0 {
 			b.Fatalf("rejected: %v", rej[:min(len(rej), 3)])

@@ -56,6 +56,9 @@ type index struct {
 	// Most addresses have one owner, and a map to a pointer costs a third of a map to a slice.
 	byAddr     map[NetworkAddress]*Workload
 	sharedAddr map[NetworkAddress][]*Workload
+	// byNode indexes the workloads of the nodes WorkloadsOnNode was asked about (an agent asks about its
+	// own): a map per node for every node would cost a tenth of the store at a million workloads, for
+	// queries no process makes. A watched node keeps its (possibly empty) map.
 	byNode     map[string]map[string]*Workload
 	services   map[NamespacedHostname]*Service
 	byVIP      map[NetworkAddress][]*Service
@@ -195,7 +198,7 @@ const presizeThreshold = 1024
 // small batches or a non-empty index.
 func (ix *index) bulkAddWorkloads(ws []*Workload) bool {
 	if len(ws) < presizeThreshold || len(ix.workloads) != 0 || len(ix.byAddr) != 0 || len(ix.sharedAddr) != 0 ||
-		len(ix.byNode) != 0 || len(ix.endpoints) != 0 || len(ix.dirty) != 0 {
+		len(ix.endpoints) != 0 || len(ix.dirty) != 0 {
 		return false
 	}
 	var (
@@ -230,7 +233,9 @@ func (ix *index) bulkAddWorkloads(ws []*Workload) bool {
 	clear(ix.workloads)
 	clear(ix.byAddr)
 	clear(ix.sharedAddr)
-	clear(ix.byNode)
+	for _, m := range ix.byNode {
+		clear(m) // the watches stay
+	}
 	clear(ix.endpoints)
 	clear(ix.dirty)
 	ix.dirty = ix.dirty[:0]
@@ -257,12 +262,7 @@ func (ix *index) addWorkload(w *Workload) {
 
 // addNodeAndEndpoints indexes w by node and stages it into its services' endpoint sets.
 func (ix *index) addNodeAndEndpoints(w *Workload) {
-	if w.Node != "" {
-		m := ix.byNode[w.Node]
-		if m == nil {
-			m = map[string]*Workload{}
-			ix.byNode[w.Node] = m
-		}
+	if m := ix.byNode[w.Node]; m != nil && w.Node != "" {
 		m[w.UID] = w
 	}
 	for _, ref := range w.Services {
@@ -320,9 +320,6 @@ func (ix *index) removeWorkload(uid string) {
 	}
 	if m := ix.byNode[w.Node]; m != nil {
 		delete(m, uid)
-		if len(m) == 0 {
-			delete(ix.byNode, w.Node)
-		}
 	}
 	for _, ref := range w.Services {
 		if es := ix.endpoints[ref.Service]; es != nil {
@@ -544,11 +541,31 @@ func (s *Store) PoliciesFor(w *Workload) []*Authorization {
 	return out
 }
 
-// WorkloadsOnNode returns the workloads scheduled on node, sorted by UID.
+// WorkloadsOnNode returns the workloads scheduled on node, sorted by UID. The first call for a node scans
+// every workload and indexes the node from then on (byNode).
 func (s *Store) WorkloadsOnNode(node string) []*Workload {
 	s.mu.RLock()
-	out := make([]*Workload, 0, len(s.idx.byNode[node]))
-	for _, w := range s.idx.byNode[node] {
+	m, ok := s.idx.byNode[node]
+	if !ok {
+		s.mu.RUnlock()
+		s.mu.Lock()
+		if m, ok = s.idx.byNode[node]; !ok {
+			m = map[string]*Workload{}
+			if node != "" {
+				for uid, w := range s.idx.workloads {
+					if w.Node == node {
+						m[uid] = w
+					}
+				}
+			}
+			s.idx.byNode[node] = m
+		}
+		s.mu.Unlock()
+		s.mu.RLock()
+		m = s.idx.byNode[node]
+	}
+	out := make([]*Workload, 0, len(m))
+	for _, w := range m {
 		out = append(out, w)
 	}
 	s.mu.RUnlock()

@@ -1,7 +1,9 @@
 package state_test
 
 import (
+	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -190,4 +192,64 @@ func TestStoreConcurrentReaders(t *testing.T) {
 	if len(s.Endpoints(key)) != 1 {
 		t.Errorf("endpoints = %d", len(s.Endpoints(key)))
 	}
+}
+
+// TestWorkloadsOnNodeWatch: a node is indexed from the first question about it (a scan), and that index
+// then follows every update: arrivals, removals, a workload moving between nodes, a bulk first batch.
+func TestWorkloadsOnNodeWatch(t *testing.T) {
+	s := state.NewStore()
+	ip := netip.MustParseAddr("10.0.0.0")
+	mk := func(name, node string) *state.Workload {
+		ip = ip.Next()
+		return &state.Workload{UID: "Kubernetes//Pod/demo/" + name, Name: name, Namespace: "demo", Node: node,
+			Addresses: []netip.Addr{ip}}
+	}
+	brute := func(node string) []string {
+		var out []string
+		for _, w := range s.Workloads() {
+			if w.Node == node && node != "" {
+				out = append(out, w.UID)
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	check := func(step string) {
+		t.Helper()
+		for _, node := range []string{"n1", "n2", "n3", ""} {
+			var got []string
+			for _, w := range s.WorkloadsOnNode(node) {
+				got = append(got, w.UID)
+			}
+			if want := brute(node); !slices.Equal(got, want) {
+				t.Errorf("%s: WorkloadsOnNode(%q) = %v, want %v", step, node, got, want)
+			}
+		}
+	}
+	s.Apply(&state.Update{Workloads: []*state.Workload{mk("a", "n1"), mk("b", "n1"), mk("c", "n2"), mk("d", "")}})
+	if got := len(s.WorkloadsOnNode("n1")); got != 2 { // n1 watched from here, n2 and n3 not yet
+		t.Fatalf("n1: %d workloads, want 2", got)
+	}
+	s.Apply(&state.Update{Workloads: []*state.Workload{mk("b", "n2"), mk("e", "n1"), mk("f", "n3")},
+		RemoveWorkloads: []string{"Kubernetes//Pod/demo/a"}})
+	check("after moves") // n2, n3 and "" are scanned here, n1 followed the update
+	s.Apply(&state.Update{RemoveWorkloads: []string{"Kubernetes//Pod/demo/e", "Kubernetes//Pod/demo/f"}})
+	check("after removals") // n1 and n3 empty but still watched
+	s.Apply(&state.Update{Workloads: []*state.Workload{mk("g", "n3"), mk("h", "")}})
+	check("after re-adding")
+
+	// A node watched before the first response, which is large enough for the bulk fill.
+	s = state.NewStore()
+	if got := s.WorkloadsOnNode("n1"); len(got) != 0 {
+		t.Fatalf("empty store: %d workloads on n1", len(got))
+	}
+	var batch []*state.Workload
+	for i := range 3000 {
+		batch = append(batch, mk(fmt.Sprintf("p%d", i), fmt.Sprintf("n%d", 1+i%3)))
+	}
+	s.Apply(&state.Update{Workloads: batch})
+	if got := len(s.WorkloadsOnNode("n1")); got != 1000 {
+		t.Errorf("bulk first batch: %d workloads on n1, want 1000", got)
+	}
+	check("bulk first batch")
 }
