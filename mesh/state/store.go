@@ -59,12 +59,12 @@ type index struct {
 	// byNode indexes the workloads of the nodes WorkloadsOnNode was asked about (an agent asks about its
 	// own): a map per node for every node would cost a tenth of the store at a million workloads, for
 	// queries no process makes. A watched node keeps its (possibly empty) map.
-	byNode     map[string]map[string]*Workload
-	services   map[NamespacedHostname]*Service
-	byVIP      map[NetworkAddress][]*Service
-	byHost     map[string][]*Service
-	endpoints  map[NamespacedHostname]*endpointSet
-	policies   map[string]*Authorization
+	byNode    map[string]map[string]*Workload
+	services  map[NamespacedHostname]*Service
+	byVIP     map[NetworkAddress][]*Service
+	byHost    map[string][]*Service
+	endpoints map[NamespacedHostname]*endpointSet
+	policies  map[string]*Authorization
 	// nsPolicies holds NAMESPACE-scope policies by namespace; global holds GLOBAL-scope policies.
 	nsPolicies map[string][]*Authorization
 	global     []*Authorization
