@@ -288,7 +288,7 @@ func (c *conn) onRST(f *http2.RSTStreamFrame) error {
 	c.mu.Unlock()
 	early := c.cfg.server && !s.responded()
 	s.peerReset(f.ErrCode)
-	c.streamLeft()
+	c.streamLeft(true)
 	if early {
 		return c.countEarlyReset()
 	}
@@ -314,7 +314,7 @@ func (c *conn) onGoAway(f *http2.GoAwayFrame) {
 	}
 	for _, s := range refused {
 		s.fail(errRefused)
-		c.streamLeft()
+		c.streamLeft(true)
 	}
 	c.maybeCloseIdle()
 }
@@ -402,6 +402,7 @@ func (c *conn) newPeerStreamLocked(f *http2.MetaHeadersFrame) error {
 	c.streams[id] = s
 	c.streamCount.Add(1)
 	c.opened.Add(1)
+	c.busyLocked()
 	c.mu.Unlock()
 	s.startIdle(c.cfg.streamIdleTimeout)
 	if f.StreamEnded() {

@@ -143,7 +143,7 @@ func (s *Stream) writeResponse(fields []hpack.HeaderField, endStream bool) error
 	c.mu.Unlock()
 	c.settle()
 	if open {
-		c.streamLeft()
+		c.streamLeft(false)
 	}
 	return nil
 }

@@ -327,9 +327,16 @@ func (s *Stream) receive(fh http2.FrameHeader) error {
 	return nil
 }
 
-// receiveData moves n payload bytes from the connection to s (see receive).
+// receiveData moves n payload bytes from the connection to s (see receive). The connection's piece is
+// given back to the spares when the frame is done, so that an idle connection holds none.
 func (s *Stream) receiveData(n int) error {
 	c := s.c
+	defer func() {
+		if c.piece != nil {
+			c.spare.put(c.piece)
+			c.piece = nil
+		}
+	}()
 	for n > 0 {
 		s.rmu.Lock()
 		if s.rclosed {
@@ -493,7 +500,7 @@ func (s *Stream) CloseWrite() error {
 	c.mu.Unlock()
 	c.settle()
 	if gone {
-		c.streamLeft()
+		c.streamLeft(false)
 	}
 	return nil
 }
@@ -538,7 +545,7 @@ func (s *Stream) Close() error {
 	c.settle()
 	c.consumed(int64(dropped))
 	if open {
-		c.streamLeft()
+		c.streamLeft(false)
 	}
 	s.readDL.stop()
 	s.writeDL.stop()

@@ -134,15 +134,23 @@ func (c *conn) finishWriteLocked() {
 			c.writeFailed(err)
 		}
 		c.dirty.Store(false)
+		if err == nil && c.streamCount.Load() == 0 {
+			c.releaseIdleLocked()
+			return
+		}
 	} else if c.bw.Buffered() > 0 {
 		c.dirty.Store(true)
 	}
+	if !c.idleHeld.Load() {
+		c.idleHeld.Store(true)
+	}
 }
 
-// settle writes what is queued or buffered if nobody else will: it runs after every release of the write
-// lock and after queueing, and takes the lock only when it is free.
+// settle writes what is queued or buffered if nobody else will, and gives back the buffers of a
+// connection left without streams: it runs after every release of the write lock and after queueing, and
+// takes the lock only when it is free.
 func (c *conn) settle() {
-	for c.ctrlNew.Load() || (c.dirty.Load() && c.wwait.Load() == 0) {
+	for c.ctrlNew.Load() || (c.wwait.Load() == 0 && (c.dirty.Load() || c.idleHeld.Load() && c.streamCount.Load() == 0)) {
 		select {
 		case c.wsem <- struct{}{}:
 		default:
