@@ -18,6 +18,15 @@ const (
 	DefaultKeepaliveTimeout     = 20 * time.Second
 	DefaultIdleTimeout          = 5 * time.Minute // client pool (ztunnel POOL_UNUSED_RELEASE_TIMEOUT)
 	DefaultConnectTimeout       = 10 * time.Second
+	// DefaultIdleGrace and DefaultMaxIdleConnsPerKey (client pool): a connection without streams is
+	// kept for DefaultIdleGrace whatever its key has, so that a burst that paused finds its connections;
+	// beyond that a key keeps at most DefaultMaxIdleConnsPerKey of them (until DefaultIdleTimeout) and
+	// the others go away with GOAWAY. A burst of 10,000 streams leaves 100 connections behind, each
+	// with its reader, TLS state and HPACK tables; two serve the next 200 streams without a dial, and a
+	// dial beyond them costs one handshake. The grace is shorter than the 30 s within which the memory
+	// of a burst must be back (issue 15), and long enough for request/response bursts seconds apart.
+	DefaultIdleGrace          = 20 * time.Second
+	DefaultMaxIdleConnsPerKey = 2
 
 	// Server bounds (Server fields; README "Limits" has the table with Envoy's and ztunnel's values).
 
