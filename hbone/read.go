@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"net/textproto"
+	"slices"
 	"strconv"
 	"time"
 
@@ -362,7 +363,11 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 		}
 		return nil // informational
 	}
-	s.setResponse(status, headerOf(f.RegularFields()))
+	var fields []hpack.HeaderField
+	if reg := f.RegularFields(); len(reg) > 0 {
+		fields = slices.Clone(reg) // not a map: most streams never look (ResponseHeader builds one)
+	}
+	s.setResponse(status, fields)
 	if f.StreamEnded() {
 		c.remoteEnd(s)
 	}

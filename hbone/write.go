@@ -226,10 +226,11 @@ func (c *conn) writeFailed(err error) {
 // rest when the section ends (finishWriteLocked, by the last writer out). A large Write thus costs the
 // records plain TLS would use (plus a 9-byte one when len(p) is a multiple of 16 KiB) but about one
 // syscall per 256 KiB instead of one per record.
-func (c *conn) writeData(id uint32, p []byte, cancel, cancel2 <-chan struct{}) error {
-	if err := c.lockWrite(cancel, cancel2); err != nil {
+func (c *conn) writeData(s *Stream, p []byte) error {
+	if err := s.lockWrite(); err != nil {
 		return err
 	}
+	id := s.id
 	n := len(p)
 	c.dataUnits.Add(uint64((n + dataUnit - 1) / dataUnit))
 	c.hdr = [9]byte{byte(n >> 16), byte(n >> 8), byte(n), byte(http2.FrameData), 0,
