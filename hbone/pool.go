@@ -79,7 +79,7 @@ type PoolOptions struct {
 	KeepaliveInterval, KeepaliveTimeout time.Duration
 	// IdleTimeout closes connections without streams for this long (5 min).
 	IdleTimeout time.Duration
-	// IdleGrace (20 s) and MaxIdleConnsPerKey (2): a connection without streams for longer than
+	// IdleGrace (15 s) and MaxIdleConnsPerKey (2): a connection without streams for longer than
 	// IdleGrace is closed with GOAWAY when its key has more than MaxIdleConnsPerKey such connections
 	// (DefaultIdleGrace). A negative IdleGrace keeps every idle connection until IdleTimeout.
 	IdleGrace          time.Duration

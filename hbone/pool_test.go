@@ -441,6 +441,7 @@ func TestIdleVerdict(t *testing.T) {
 func TestPoolTrimsIdleConns(t *testing.T) {
 	testutil.CheckGoroutines(t)
 	testutil.CheckFDs(t)
+	base := LiveConns()
 	pki := newPKI(t)
 	ts := startServer(t, pki, echoHandler(), nil)
 	const n, keep = 6, 2
@@ -489,6 +490,10 @@ func TestPoolTrimsIdleConns(t *testing.T) {
 	testutil.WaitFor(t, 10*time.Second, "idle connections trimmed", func() bool {
 		st := p.Stats()
 		return st.Conns == keep && st.Pooled == keep && st.Streams == 0
+	})
+	// LiveConns, which the memory releaser weighs, sees both sides of the trimmed connections go.
+	testutil.WaitFor(t, 10*time.Second, "LiveConns to count the kept connections only", func() bool {
+		return LiveConns() == base+2*keep
 	})
 	// The trimmed connections ended with our GOAWAY(NO_ERROR), cleanly: the server's side read it.
 	gone := 0

@@ -17,14 +17,27 @@ import (
 	"net/textproto"
 	"slices"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 )
 
+// liveConns counts the connections whose readLoop runs, in the process (LiveConns).
+var liveConns atomic.Int64
+
+// LiveConns returns the number of HBONE connections open in the process, both roles (pooled, draining,
+// inner double-HBONE and server connections, from their first frame read to their close). Each holds
+// far more memory than a relayed connection (its TLS state, HPACK tables, reader and its goroutine):
+// the memory releaser weighs them (memory.ConnWeight) so that a pool trimming its idle connections
+// ends a burst.
+func LiveConns() int { return int(liveConns.Load()) }
+
 // readLoop reads frames until the connection fails, closes or has finished going away, then closes it.
 func (c *conn) readLoop() {
+	liveConns.Add(1)
+	defer liveConns.Add(-1)
 	defer close(c.readerDone)
 	defer c.flushers.Wait()
 	err := c.readFrames()

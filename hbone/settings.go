@@ -23,9 +23,11 @@ const (
 	// beyond that a key keeps at most DefaultMaxIdleConnsPerKey of them (until DefaultIdleTimeout) and
 	// the others go away with GOAWAY. A burst of 10,000 streams leaves 100 connections behind, each
 	// with its reader, TLS state and HPACK tables; two serve the next 200 streams without a dial, and a
-	// dial beyond them costs one handshake. The grace is shorter than the 30 s within which the memory
-	// of a burst must be back (issue 15), and long enough for request/response bursts seconds apart.
-	DefaultIdleGrace          = 20 * time.Second
+	// dial beyond them costs one handshake. The grace is long enough for bursts seconds apart, and
+	// short enough that the memory releaser (proxy/memory, which counts LiveConns) returns the trimmed
+	// connections' memory within the 30 s after a burst that issue 15 allows (trim at 15 s, release
+	// one or two 2 s samples later).
+	DefaultIdleGrace          = 15 * time.Second
 	DefaultMaxIdleConnsPerKey = 2
 
 	// Server bounds (Server fields; README "Limits" has the table with Envoy's and ztunnel's values).
