@@ -161,30 +161,30 @@ type relayJob struct {
 
 // relay tracks j's connection and starts copying bytes between j.down and j.up until both ends finish or
 // the connection is closed (policy change, shutdown); it returns at once. When the relay ends, it
-// records the connection, then calls then (may be nil).
+// records the connection, then calls then (may be nil). The tracker cancels the relay itself
+// (relay.Relay.Cancel), so that a connection carries one cancellation hook on ctx and no context of its
+// own.
 func (in *inputs) relay(ctx context.Context, j *relayJob, then func()) {
 	c := j.res.Conn
 	c.Recheck = j.recheck
-	rctx, cancel := context.WithCancelCause(ctx)
-	untrack := in.conns.Track(c, cancel)
 	active := in.metrics.ActiveConnections.WithLabelValues(string(c.Direction))
 	active.Inc()
 	in.live.add()
-	relay.Start(rctx, j.down, j.up, c.Counters, func(err error) {
+	var untrack func()
+	r := relay.New(ctx, j.down, j.up, c.Counters, func(err error) {
 		active.Dec()
-		if cause := context.Cause(rctx); cause != nil && !errors.Is(cause, context.Canceled) {
-			err = cause
-		} else if errors.Is(err, context.Canceled) {
+		if errors.Is(err, context.Canceled) {
 			err = nil // the agent is stopping, or the peer reset the stream; the connection was closed on purpose
 		}
 		untrack()
-		cancel(nil)
 		in.rec.Complete(j.res, err)
 		if then != nil {
 			then()
 		}
 		in.live.done()
 	})
+	untrack = in.conns.Track(c, r.Cancel)
+	r.Run()
 }
 
 // liveRelays counts the relays started and not ended, for shutdown to wait for (a relay outlives the

@@ -488,12 +488,20 @@ func cpuTime() time.Duration {
 func BenchmarkIdleStreams(b *testing.B) {
 	const n = 10000
 	pki := newPKI(b)
+	// As the agents' streams: a response header (baggage), a byte each way, then idle.
+	respHeader := http.Header{"Baggage": {"k8s.namespace.name=dst,k8s.deployment.name=server"}}
 	h := HandlerFunc(func(ctx context.Context, r *Request) error {
-		c, err := r.Accept(nil)
+		c, err := r.Accept(respHeader)
 		if err != nil {
 			return err
 		}
 		var one [1]byte
+		if _, err := io.ReadFull(c, one[:]); err != nil {
+			return err
+		}
+		if _, err := c.Write(one[:]); err != nil {
+			return err
+		}
 		_, err = c.Read(one[:]) // an idle relay: blocked reading
 		return err
 	})
@@ -507,6 +515,13 @@ func BenchmarkIdleStreams(b *testing.B) {
 		for range n {
 			c, err := p.Dial(context.Background(), t)
 			if err != nil {
+				b.Fatal(err)
+			}
+			var one [1]byte
+			if _, err := c.Write(one[:]); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := io.ReadFull(c, one[:]); err != nil {
 				b.Fatal(err)
 			}
 			streams = append(streams, c)

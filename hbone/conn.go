@@ -81,7 +81,7 @@ type conn struct {
 	sock   *coalescer // the socket under nc; nil when nc is not TLS over a coalescer (fuzz tests)
 	br     *bufio.Reader
 	fr     *http2.Framer
-	piece  []byte      // readLoop's buffer for the next piece of DATA
+	piece  []byte      // readLoop's buffer for the next piece of DATA, within one frame
 	spare  spareChunks // pieces recycled by readers
 	peerID spiffeid.ID
 	local  netip.AddrPort
@@ -92,7 +92,7 @@ type conn struct {
 	wwait   atomic.Int32 // goroutines waiting for wsem
 	dirty   atomic.Bool  // bw holds unflushed bytes
 	ctrlNew atomic.Bool  // ctrl is not empty
-	bw      *bufio.Writer
+	bw      writeBuf     // released while the connection has no stream (wbuf.go)
 	henc    *hpack.Encoder
 	hbuf    bytes.Buffer
 	hdr     [9]byte
@@ -110,6 +110,7 @@ type conn struct {
 	ctrlFull     atomic.Bool   // the control queue reached maxQueuedControlFrames
 	dataUnits    atomic.Uint64 // DATA sent, in dataUnit bytes rounded up (writers)
 	opened       atomic.Uint64 // streams opened on the connection, by either side
+	idleHeld     atomic.Bool   // buffers may be held that an idle connection gives back (wbuf.go)
 
 	// readLoop only
 	guard headerGuard
@@ -152,7 +153,7 @@ func newConn(nc net.Conn, sock *coalescer, cfg connConfig, peer spiffeid.ID) *co
 		cfg:            cfg,
 		nc:             nc,
 		br:             bufio.NewReaderSize(nc, readBufSize),
-		bw:             bufio.NewWriterSize(nc, writeBufSize),
+		bw:             writeBuf{w: nc},
 		peerID:         peer,
 		local:          addrPortOf(nc.LocalAddr()),
 		remote:         addrPortOf(nc.RemoteAddr()),
@@ -170,7 +171,7 @@ func newConn(nc net.Conn, sock *coalescer, cfg connConfig, peer spiffeid.ID) *co
 		peerMaxStreams: 1<<32 - 1,
 	}
 	c.guard.r = c.br
-	c.fr = http2.NewFramer(c.bw, &c.guard)
+	c.fr = http2.NewFramer(&c.bw, &c.guard)
 	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	c.fr.MaxHeaderListSize = cfg.settings.MaxHeaderListSize
 	c.fr.SetMaxReadFrameSize(cfg.settings.MaxFrameSize)
@@ -237,11 +238,13 @@ func (c *conn) removeLocked(s *Stream) {
 	}
 }
 
-// streamLeft reports one departed stream to the owner and closes a connection going away once empty.
-func (c *conn) streamLeft() {
+// streamLeft reports one departed stream to the owner, gives back the buffers of a connection left
+// without streams and closes a connection going away once empty. reader: called by readLoop.
+func (c *conn) streamLeft(reader bool) {
 	if c.cfg.onStreamDone != nil {
 		c.cfg.onStreamDone()
 	}
+	c.releaseIdle(reader)
 	c.maybeCloseIdle()
 }
 
@@ -283,7 +286,7 @@ func (c *conn) remoteEnd(s *Stream) {
 	}
 	c.mu.Unlock()
 	if gone {
-		c.streamLeft()
+		c.streamLeft(true)
 	}
 }
 
@@ -300,7 +303,7 @@ func (c *conn) resetStream(id uint32, code http2.ErrCode) error {
 	c.kick()
 	if s != nil {
 		s.fail(&ResetError{Code: code})
-		c.streamLeft()
+		c.streamLeft(true)
 	}
 	return c.countLocalReset()
 }
@@ -365,7 +368,7 @@ func (c *conn) openStream(ctx context.Context, fields []hpack.HeaderField) (*Str
 			// Unpool it now: readLoop may not have told the pool yet, and a retry must not find it again.
 			c.cfg.onGoAway()
 		}
-		c.streamLeft()
+		c.streamLeft(false)
 		return nil, errRefused
 	}
 	s := newStream(c, c.nextID)
@@ -375,6 +378,7 @@ func (c *conn) openStream(ctx context.Context, fields []hpack.HeaderField) (*Str
 	c.streams[s.id] = s
 	c.streamCount.Add(1)
 	c.opened.Add(1)
+	c.busyLocked()
 	c.mu.Unlock()
 	s.startIdle(c.cfg.streamIdleTimeout)
 	err := c.writeHeadersLocked(s.id, fields, false)
@@ -384,7 +388,7 @@ func (c *conn) openStream(ctx context.Context, fields []hpack.HeaderField) (*Str
 		c.removeLocked(s)
 		c.mu.Unlock()
 		s.fail(err)
-		c.streamLeft()
+		c.streamLeft(false)
 		return nil, err
 	}
 	if err := s.waitResponse(ctx); err != nil {

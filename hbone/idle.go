@@ -161,5 +161,5 @@ func (c *conn) expireStream(s *Stream) {
 	c.settle()
 	c.cfg.stats.streamIdleTimeout()
 	s.fail(ErrStreamIdleTimeout)
-	c.streamLeft()
+	c.streamLeft(false)
 }

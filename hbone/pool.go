@@ -12,8 +12,10 @@ package hbone
 //   - At most one dial per key is in flight; callers that find no free connection wait for it and then
 //     look again (x/net/http2's dialCall pattern). The dial runs under the pool's context, not a
 //     caller's, so one caller giving up does not fail the others.
-//   - A connection leaves the pool (and is never handed out again) when it closes, receives GOAWAY or has
-//     had no reserved slot for IdleTimeout; in the last case it is closed with GOAWAY.
+//   - A connection leaves the pool (and is never handed out again) when it closes, receives GOAWAY, has
+//     had no reserved slot for IdleTimeout, or for IdleGrace while its key has more than
+//     MaxIdleConnsPerKey such connections (idleVerdict); in the last two cases it is closed with GOAWAY.
+//     A connection without streams holds no write buffer and no spare receive chunk (wbuf.go).
 //   - Every goroutine (dials and connection readers) is owned by the pool; Close waits for them.
 
 import (
@@ -77,6 +79,11 @@ type PoolOptions struct {
 	KeepaliveInterval, KeepaliveTimeout time.Duration
 	// IdleTimeout closes connections without streams for this long (5 min).
 	IdleTimeout time.Duration
+	// IdleGrace (15 s) and MaxIdleConnsPerKey (2): a connection without streams for longer than
+	// IdleGrace is closed with GOAWAY when its key has more than MaxIdleConnsPerKey such connections
+	// (DefaultIdleGrace). A negative IdleGrace keeps every idle connection until IdleTimeout.
+	IdleGrace          time.Duration
+	MaxIdleConnsPerKey int
 	// ConnectTimeout bounds TCP connect, TLS handshake and the server's first SETTINGS (10 s).
 	ConnectTimeout time.Duration
 }
@@ -122,6 +129,7 @@ type pconn struct {
 	reserved  int
 	pooled    bool // in Pool.conns
 	idleTimer *time.Timer
+	idleSince time.Time // when reserved last dropped to zero
 }
 
 // dialCall is an in-flight dial for a key; err is valid after done is closed.
@@ -147,6 +155,12 @@ func NewPool(opts PoolOptions) (*Pool, error) {
 	}
 	if opts.ConnectTimeout <= 0 {
 		opts.ConnectTimeout = DefaultConnectTimeout
+	}
+	if opts.IdleGrace == 0 {
+		opts.IdleGrace = DefaultIdleGrace
+	}
+	if opts.MaxIdleConnsPerKey <= 0 {
+		opts.MaxIdleConnsPerKey = DefaultMaxIdleConnsPerKey
 	}
 	logger := opts.Logger
 	if logger == nil {
@@ -436,16 +450,51 @@ func (p *Pool) armIdleLocked(pc *pconn) {
 	if p.opts.IdleTimeout <= 0 || !pc.pooled || pc.reserved > 0 {
 		return
 	}
+	pc.idleSince = time.Now()
+	_, next := idleVerdict(0, p.opts.IdleGrace, p.opts.IdleTimeout, 1, p.opts.MaxIdleConnsPerKey)
 	if pc.idleTimer == nil {
-		pc.idleTimer = time.AfterFunc(p.opts.IdleTimeout, func() { p.idleExpired(pc) })
+		pc.idleTimer = time.AfterFunc(next, func() { p.idleExpired(pc) })
 		return
 	}
-	pc.idleTimer.Reset(p.opts.IdleTimeout)
+	pc.idleTimer.Reset(next)
+}
+
+// idleVerdict decides what the idle timer of a connection without streams for idleFor does: close it
+// (with GOAWAY), or look again after next. idleInKey counts the pooled connections without streams of
+// its key, itself included. Past IdleTimeout it closes; past the grace (when the grace is positive and
+// shorter than the timeout) it closes if the key has more than maxIdle idle connections, the oldest
+// idle going first since their timers fire first.
+func idleVerdict(idleFor, grace, timeout time.Duration, idleInKey, maxIdle int) (closeIt bool, next time.Duration) {
+	if idleFor >= timeout {
+		return true, 0
+	}
+	if grace <= 0 || grace >= timeout {
+		return false, timeout - idleFor
+	}
+	if idleFor < grace {
+		return false, grace - idleFor
+	}
+	if idleInKey > maxIdle {
+		return true, 0
+	}
+	return false, timeout - idleFor
 }
 
 func (p *Pool) idleExpired(pc *pconn) {
 	p.mu.Lock()
 	if pc.reserved > 0 || !pc.pooled {
+		p.mu.Unlock()
+		return
+	}
+	idle := 0
+	for _, o := range p.conns[pc.key] {
+		if o.reserved == 0 {
+			idle++
+		}
+	}
+	closeIt, next := idleVerdict(time.Since(pc.idleSince), p.opts.IdleGrace, p.opts.IdleTimeout, idle, p.opts.MaxIdleConnsPerKey)
+	if !closeIt {
+		pc.idleTimer.Reset(next)
 		p.mu.Unlock()
 		return
 	}

@@ -402,3 +402,125 @@ func TestPoolValidatesTarget(t *testing.T) {
 		t.Fatal("NewPool without Credentials accepted")
 	}
 }
+
+func TestIdleVerdict(t *testing.T) {
+	const grace, timeout = 20 * time.Second, 5 * time.Minute
+	tests := []struct {
+		name       string
+		idleFor    time.Duration
+		grace      time.Duration
+		idleInKey  int
+		wantClose  bool
+		wantNextAt time.Duration // idleFor + next, when not closing
+	}{
+		{"just idle: wait for the grace", 0, grace, 5, false, grace},
+		{"early stale timer: rest of the grace", 5 * time.Second, grace, 5, false, grace},
+		{"past the grace, too many idle", grace, grace, 3, true, 0},
+		{"past the grace, within the limit", grace, grace, 2, false, timeout},
+		{"alone", time.Minute, grace, 1, false, timeout},
+		{"past the timeout", timeout, grace, 1, true, 0},
+		{"no grace: timeout only", grace, -1, 50, false, timeout},
+		{"grace beyond the timeout: timeout only", grace, 2 * timeout, 50, false, timeout},
+		{"no grace, past the timeout", timeout + time.Second, -1, 50, true, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			closeIt, next := idleVerdict(tt.idleFor, tt.grace, timeout, tt.idleInKey, 2)
+			if closeIt != tt.wantClose {
+				t.Fatalf("close = %v, want %v", closeIt, tt.wantClose)
+			}
+			if !closeIt && tt.idleFor+next != tt.wantNextAt {
+				t.Fatalf("next look at %v idle, want %v", tt.idleFor+next, tt.wantNextAt)
+			}
+		})
+	}
+}
+
+// TestPoolTrimsIdleConns: N connections to one destination left without streams shrink to
+// MaxIdleConnsPerKey after the grace; the others go away with GOAWAY, and streams opened meanwhile work.
+func TestPoolTrimsIdleConns(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	testutil.CheckFDs(t)
+	base := LiveConns()
+	pki := newPKI(t)
+	ts := startServer(t, pki, echoHandler(), nil)
+	const n, keep = 6, 2
+	dials := &dialCounter{}
+	p := newTestPool(t, pki, func(o *PoolOptions) {
+		o.MaxStreamsPerConn = 1 // one connection per concurrent stream
+		o.IdleGrace = 300 * time.Millisecond
+		o.MaxIdleConnsPerKey = keep
+		o.DialTCP = dials.dial
+	})
+	tg := ts.target(pki)
+	open := make([]*Stream, n)
+	for i := range open {
+		open[i] = dialT(t, p, tg)
+	}
+	if st := p.Stats(); st.Conns != n {
+		t.Fatalf("%d connections for %d concurrent streams, want %d", st.Conns, n, n)
+	}
+	testutil.WaitFor(t, 5*time.Second, "server connections", func() bool { return len(serverConns(ts.Server)) == n })
+	srvConns := serverConns(ts.Server)
+	for _, s := range open {
+		if err := echoRoundTrip(s, 64<<10); err != nil {
+			t.Fatal(err)
+		}
+		_ = s.Close()
+	}
+	// Streams opened while the pool trims: each takes a connection (reserving it stops its trim) or
+	// dials; none is lost.
+	g := &group{}
+	for range 2 * n {
+		g.Go(func() error {
+			time.Sleep(250 * time.Millisecond)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			c, err := p.Dial(ctx, tg)
+			if err != nil {
+				return err
+			}
+			defer func() { _ = c.Close() }()
+			return echoRoundTrip(c.(*Stream), 1<<10)
+		})
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatalf("stream during trimming: %v", err)
+	}
+	testutil.WaitFor(t, 10*time.Second, "idle connections trimmed", func() bool {
+		st := p.Stats()
+		return st.Conns == keep && st.Pooled == keep && st.Streams == 0
+	})
+	// LiveConns, which the memory releaser weighs, sees both sides of the trimmed connections go.
+	testutil.WaitFor(t, 10*time.Second, "LiveConns to count the kept connections only", func() bool {
+		return LiveConns() == base+2*keep
+	})
+	// The trimmed connections ended with our GOAWAY(NO_ERROR), cleanly: the server's side read it.
+	gone := 0
+	for _, c := range srvConns {
+		c.mu.Lock()
+		closed, goAway, err := c.closed, c.goAwayRecv, c.closeErr
+		c.mu.Unlock()
+		if !closed {
+			continue
+		}
+		gone++
+		if !goAway || err != nil {
+			t.Errorf("trimmed connection closed without GOAWAY (GOAWAY received %v, close error %v)", goAway, err)
+		}
+	}
+	if gone == 0 {
+		t.Fatal("no connection of the first set was trimmed")
+	}
+	// The survivors serve without a new dial.
+	before := dials.n.Load()
+	for range keep {
+		s := dialT(t, p, tg)
+		if err := echoRoundTrip(s, 1<<10); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if d := dials.n.Load() - before; d != 0 {
+		t.Fatalf("%d dials for %d streams over %d kept connections", d, keep, keep)
+	}
+}

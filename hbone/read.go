@@ -15,15 +15,29 @@ import (
 	"fmt"
 	"io"
 	"net/textproto"
+	"slices"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 )
 
+// liveConns counts the connections whose readLoop runs, in the process (LiveConns).
+var liveConns atomic.Int64
+
+// LiveConns returns the number of HBONE connections open in the process, both roles (pooled, draining,
+// inner double-HBONE and server connections, from their first frame read to their close). Each holds
+// far more memory than a relayed connection (its TLS state, HPACK tables, reader and its goroutine):
+// the memory releaser weighs them (memory.ConnWeight) so that a pool trimming its idle connections
+// ends a burst.
+func LiveConns() int { return int(liveConns.Load()) }
+
 // readLoop reads frames until the connection fails, closes or has finished going away, then closes it.
 func (c *conn) readLoop() {
+	liveConns.Add(1)
+	defer liveConns.Add(-1)
 	defer close(c.readerDone)
 	defer c.flushers.Wait()
 	err := c.readFrames()
@@ -288,7 +302,7 @@ func (c *conn) onRST(f *http2.RSTStreamFrame) error {
 	c.mu.Unlock()
 	early := c.cfg.server && !s.responded()
 	s.peerReset(f.ErrCode)
-	c.streamLeft()
+	c.streamLeft(true)
 	if early {
 		return c.countEarlyReset()
 	}
@@ -314,7 +328,7 @@ func (c *conn) onGoAway(f *http2.GoAwayFrame) {
 	}
 	for _, s := range refused {
 		s.fail(errRefused)
-		c.streamLeft()
+		c.streamLeft(true)
 	}
 	c.maybeCloseIdle()
 }
@@ -362,7 +376,11 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 		}
 		return nil // informational
 	}
-	s.setResponse(status, headerOf(f.RegularFields()))
+	var fields []hpack.HeaderField
+	if reg := f.RegularFields(); len(reg) > 0 {
+		fields = slices.Clone(reg) // not a map: most streams never look (ResponseHeader builds one)
+	}
+	s.setResponse(status, fields)
 	if f.StreamEnded() {
 		c.remoteEnd(s)
 	}
@@ -402,6 +420,7 @@ func (c *conn) newPeerStreamLocked(f *http2.MetaHeadersFrame) error {
 	c.streams[id] = s
 	c.streamCount.Add(1)
 	c.opened.Add(1)
+	c.busyLocked()
 	c.mu.Unlock()
 	s.startIdle(c.cfg.streamIdleTimeout)
 	if f.StreamEnded() {

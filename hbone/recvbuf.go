@@ -3,7 +3,7 @@ package hbone
 // recvbuf.go: the per-stream receive queue.
 //
 // Invariants: chunks come from size-class pools and go back when fully read or on reset, so an idle
-// stream holds no buffer; a chunk is at most twice the payload it was allocated for, and small frames
+// stream holds no buffer (and a connection without streams none either: its spares are parked); a chunk is at most twice the payload it was allocated for, and small frames
 // are packed into the tail chunk, so a peer cannot make memory grow faster than 2x the flow-control
 // window. recvBuffer has no lock: Stream.rmu guards it.
 
@@ -57,9 +57,40 @@ type recvBuffer struct {
 // spareChunks keeps a few piece-sized chunks per connection, so that the pieces readLoop fills and
 // Read empties rotate through memory that is still in cache instead of going through sync.Pool (whose
 // per-P caches empty on the reading P and fill on the consuming one).
+// While the connection has no stream it is parked: it holds nothing and sends what it is given back to
+// the pools (wbuf.go).
 type spareChunks struct {
-	mu   sync.Mutex
-	free [][]byte
+	mu     sync.Mutex
+	free   [][]byte
+	parked bool
+}
+
+// park gives the spare chunks back to the pools and keeps none until unpark.
+func (sc *spareChunks) park() {
+	sc.mu.Lock()
+	free := sc.free
+	sc.free, sc.parked = nil, true
+	sc.mu.Unlock()
+	for _, b := range free {
+		putChunk(b)
+	}
+}
+
+func (sc *spareChunks) unpark() {
+	sc.mu.Lock()
+	sc.parked = false
+	sc.mu.Unlock()
+}
+
+// held returns the bytes held.
+func (sc *spareChunks) held() int {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	n := 0
+	for _, b := range sc.free {
+		n += cap(b)
+	}
+	return n
 }
 
 const maxSpare = 4
@@ -83,7 +114,7 @@ func (sc *spareChunks) put(b []byte) {
 		return
 	}
 	sc.mu.Lock()
-	if len(sc.free) < maxSpare {
+	if len(sc.free) < maxSpare && !sc.parked {
 		sc.free = append(sc.free, b[:cap(b)])
 		b = nil
 	}

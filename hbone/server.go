@@ -109,11 +109,8 @@ func (r *Request) Accept(respHeader http.Header) (net.Conn, error) {
 // ended) the stream and removes it.
 func (s *Stream) writeResponse(fields []hpack.HeaderField, endStream bool) error {
 	c := s.c
-	// The write deadline's channel (which Close expires) is only needed to wait for the lock.
-	if !c.tryLockWrite() {
-		if err := c.lockWrite(s.writeDL.waitAlloc(), nil); err != nil {
-			return err
-		}
+	if err := s.lockWrite(); err != nil {
+		return err
 	}
 	c.mu.Lock()
 	err := s.werr
@@ -143,7 +140,7 @@ func (s *Stream) writeResponse(fields []hpack.HeaderField, endStream bool) error
 	c.mu.Unlock()
 	c.settle()
 	if open {
-		c.streamLeft()
+		c.streamLeft(false)
 	}
 	return nil
 }

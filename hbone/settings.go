@@ -18,6 +18,17 @@ const (
 	DefaultKeepaliveTimeout     = 20 * time.Second
 	DefaultIdleTimeout          = 5 * time.Minute // client pool (ztunnel POOL_UNUSED_RELEASE_TIMEOUT)
 	DefaultConnectTimeout       = 10 * time.Second
+	// DefaultIdleGrace and DefaultMaxIdleConnsPerKey (client pool): a connection without streams is
+	// kept for DefaultIdleGrace whatever its key has, so that a burst that paused finds its connections;
+	// beyond that a key keeps at most DefaultMaxIdleConnsPerKey of them (until DefaultIdleTimeout) and
+	// the others go away with GOAWAY. A burst of 10,000 streams leaves 100 connections behind, each
+	// with its reader, TLS state and HPACK tables; two serve the next 200 streams without a dial, and a
+	// dial beyond them costs one handshake. The grace is long enough for bursts seconds apart, and
+	// short enough that the memory releaser (proxy/memory, which counts LiveConns) returns the trimmed
+	// connections' memory within the 30 s after a burst that issue 15 allows (trim at 15 s, release
+	// one or two 2 s samples later).
+	DefaultIdleGrace          = 15 * time.Second
+	DefaultMaxIdleConnsPerKey = 2
 
 	// Server bounds (Server fields; README "Limits" has the table with Envoy's and ztunnel's values).
 

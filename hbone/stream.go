@@ -51,7 +51,7 @@ type Stream struct {
 	// client response; set once, with respDone, under rmu
 	client     bool
 	status     int
-	respHeader http.Header
+	respFields []hpack.HeaderField // the response's regular fields
 	respErr    error
 
 	wmu sync.Mutex
@@ -327,9 +327,16 @@ func (s *Stream) receive(fh http2.FrameHeader) error {
 	return nil
 }
 
-// receiveData moves n payload bytes from the connection to s (see receive).
+// receiveData moves n payload bytes from the connection to s (see receive). The connection's piece is
+// given back to the spares when the frame is done, so that an idle connection holds none.
 func (s *Stream) receiveData(n int) error {
 	c := s.c
+	defer func() {
+		if c.piece != nil {
+			c.spare.put(c.piece)
+			c.piece = nil
+		}
+	}()
 	for n > 0 {
 		s.rmu.Lock()
 		if s.rclosed {
@@ -433,7 +440,7 @@ func (s *Stream) Write(p []byte) (int, error) {
 	defer s.wmu.Unlock()
 	total := 0
 	for len(p) > 0 {
-		dl := s.writeDL.waitAlloc()
+		dl := s.writeDL.wait() // nil unless a deadline was set: Close interrupts reserveSend through werr
 		if isClosed(dl) {
 			return total, s.writeErr(os.ErrDeadlineExceeded)
 		}
@@ -441,7 +448,7 @@ func (s *Stream) Write(p []byte) (int, error) {
 		if err != nil {
 			return total, s.writeErr(err)
 		}
-		if err := s.c.writeData(s.id, p[:n], dl, nil); err != nil {
+		if err := s.c.writeData(s, p[:n]); err != nil {
 			s.c.unreserve(s, n)
 			return total, s.writeErr(err)
 		}
@@ -450,6 +457,21 @@ func (s *Stream) Write(p []byte) (int, error) {
 		p = p[n:]
 	}
 	return total, nil
+}
+
+// lockWrite takes the connection's write lock for s: at once when it is free, else waiting on the write
+// deadline, whose channel (which Close expires) is created only then, so that a stream that never waits
+// for the lock carries none.
+func (s *Stream) lockWrite() error {
+	if s.c.tryLockWrite() {
+		return nil
+	}
+	dl := s.writeDL.waitAlloc()
+	if s.closed.Load() {
+		// Close may have expired the deadline before its channel existed: it set closed first.
+		return net.ErrClosed
+	}
+	return s.c.lockWrite(dl, nil)
 }
 
 // writeErr maps a wait interrupted by Close to net.ErrClosed.
@@ -493,7 +515,7 @@ func (s *Stream) CloseWrite() error {
 	c.mu.Unlock()
 	c.settle()
 	if gone {
-		c.streamLeft()
+		c.streamLeft(false)
 	}
 	return nil
 }
@@ -538,7 +560,7 @@ func (s *Stream) Close() error {
 	c.settle()
 	c.consumed(int64(dropped))
 	if open {
-		c.streamLeft()
+		c.streamLeft(false)
 	}
 	s.readDL.stop()
 	s.writeDL.stop()
@@ -592,18 +614,18 @@ func (s *Stream) failWith(readErr, writeErr, respErr error) {
 }
 
 // setResponse records the response headers (client).
-func (s *Stream) setResponse(status int, h http.Header) {
+func (s *Stream) setResponse(status int, h []hpack.HeaderField) {
 	s.rmu.Lock()
 	s.setResponseLocked(status, h, nil)
 	s.rmu.Unlock()
 }
 
-func (s *Stream) setResponseLocked(status int, h http.Header, err error) {
+func (s *Stream) setResponseLocked(status int, h []hpack.HeaderField, err error) {
 	if s.respDone || !s.client {
 		return
 	}
 	s.respDone = true
-	s.status, s.respHeader, s.respErr = status, h, err
+	s.status, s.respFields, s.respErr = status, h, err
 	s.readable()
 }
 
@@ -675,5 +697,6 @@ func (s *Stream) SetWriteDeadline(t time.Time) error {
 // PeerID returns the SPIFFE ID the peer's certificate was verified for.
 func (s *Stream) PeerID() spiffeid.ID { return s.c.peerID }
 
-// ResponseHeader returns the headers of the peer's 200 response (client streams; nil on the server).
-func (s *Stream) ResponseHeader() http.Header { return s.respHeader }
+// ResponseHeader returns the headers of the peer's 200 response (client streams; nil on the server), in
+// a new map at each call.
+func (s *Stream) ResponseHeader() http.Header { return headerOf(s.respFields) }

@@ -134,15 +134,23 @@ func (c *conn) finishWriteLocked() {
 			c.writeFailed(err)
 		}
 		c.dirty.Store(false)
+		if err == nil && c.streamCount.Load() == 0 {
+			c.releaseIdleLocked()
+			return
+		}
 	} else if c.bw.Buffered() > 0 {
 		c.dirty.Store(true)
 	}
+	if !c.idleHeld.Load() {
+		c.idleHeld.Store(true)
+	}
 }
 
-// settle writes what is queued or buffered if nobody else will: it runs after every release of the write
-// lock and after queueing, and takes the lock only when it is free.
+// settle writes what is queued or buffered if nobody else will, and gives back the buffers of a
+// connection left without streams: it runs after every release of the write lock and after queueing, and
+// takes the lock only when it is free.
 func (c *conn) settle() {
-	for c.ctrlNew.Load() || (c.dirty.Load() && c.wwait.Load() == 0) {
+	for c.ctrlNew.Load() || (c.wwait.Load() == 0 && (c.dirty.Load() || c.idleHeld.Load() && c.streamCount.Load() == 0)) {
 		select {
 		case c.wsem <- struct{}{}:
 		default:
@@ -218,10 +226,11 @@ func (c *conn) writeFailed(err error) {
 // rest when the section ends (finishWriteLocked, by the last writer out). A large Write thus costs the
 // records plain TLS would use (plus a 9-byte one when len(p) is a multiple of 16 KiB) but about one
 // syscall per 256 KiB instead of one per record.
-func (c *conn) writeData(id uint32, p []byte, cancel, cancel2 <-chan struct{}) error {
-	if err := c.lockWrite(cancel, cancel2); err != nil {
+func (c *conn) writeData(s *Stream, p []byte) error {
+	if err := s.lockWrite(); err != nil {
 		return err
 	}
+	id := s.id
 	n := len(p)
 	c.dataUnits.Add(uint64((n + dataUnit - 1) / dataUnit))
 	c.hdr = [9]byte{byte(n >> 16), byte(n >> 8), byte(n), byte(http2.FrameData), 0,

@@ -110,7 +110,7 @@ func (m *memFlags) run(ctx context.Context, log *slog.Logger, fn func(context.Co
 	defer wg.Wait()
 	defer cancel()
 	r := &memory.Releaser{Policy: memory.Policy{Interval: interval}, Logger: log.With("component", "memory"),
-		Extra: relay.Live}
+		Extra: func() int { return relay.Live() + memory.ConnWeight*hbone.LiveConns() }}
 	wg.Go(func() { r.Run(ctx) })
 	return fn(ctx)
 }

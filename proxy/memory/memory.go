@@ -2,7 +2,8 @@
 // heap and the goroutine stacks of a burst (10,000 connections: ~400 MB) mapped after the connections close:
 // an idle process runs no garbage collection for up to two minutes, and the background scavenger then
 // releases what it keeps above the heap goal at a low pace. Releaser samples the number of goroutines (plus, through
-// Releaser.Extra, the relayed connections, which hold none while idle) and, when it has fallen well below its recent peak, runs
+// Releaser.Extra, the relayed connections, which hold none while idle, and the HBONE connections, weighted
+// by ConnWeight) and, when it has fallen well below its recent peak, runs
 // runtime/debug.FreeOSMemory (a garbage collection that returns every free page to the OS), at most once per
 // interval. The decision is Decide, a pure function.
 //
@@ -32,6 +33,12 @@ type Policy struct {
 	// a few hundred connections leave too little behind to be worth a collection).
 	MinDrop int
 }
+
+// ConnWeight is what one HBONE connection (hbone.LiveConns) counts for in the sampled count, against
+// one for a goroutine or an idle relayed connection: measured, an idle HBONE connection held ~130 KB of
+// RSS once the pool trimmed it (its TLS state, HPACK tables, reader, goroutine), a relayed connection
+// ~6 KB; 16 makes the trimming of a burst's 100 pooled connections (1,600) count as the end of a burst.
+const ConnWeight = 16
 
 // Defaults of Policy.
 const (

@@ -31,15 +31,19 @@ const (
 	ended
 )
 
-// relay is one connection relayed by Start.
-type relay struct {
+// Relay is one connection relayed by Start (or New and Run).
+type Relay struct {
 	ctx    context.Context
 	a, b   net.Conn
 	ab, ba half
-	left   atomic.Int32 // halves not ended yet
-	stop   func() bool  // stops the cancellation hook
+	left   atomic.Int32          // halves not ended yet
+	stop   func() bool           // stops the cancellation hook
+	cause  atomic.Pointer[error] // Cancel's cause, the relay's result
 	done   func(error)
 }
+
+// relay is the package's name for Relay.
+type relay = Relay
 
 // half is one direction of a relay: src to dst.
 type half struct {
@@ -84,17 +88,40 @@ func Live() int { return int(live.Load()) }
 // from whichever goroutine ends the relay (it must not block for long). While a direction has nothing to
 // read it holds no goroutine (see the package doc); the caller need not keep one either.
 func Start(ctx context.Context, a, b net.Conn, c *Counters, done func(error)) {
+	New(ctx, a, b, c, done).Run()
+}
+
+// New prepares Start's relay without starting it, so that the caller can hand r.Cancel to whoever may
+// end the connection (a connection tracker) before Run starts it: one cancellation hook per connection,
+// with no context of its own. Run must be called exactly once.
+func New(ctx context.Context, a, b net.Conn, c *Counters, done func(error)) *Relay {
 	if c == nil {
 		c = &Counters{}
 	}
-	live.Add(1)
 	r := &relay{ctx: ctx, a: a, b: b, done: done}
 	r.left.Store(2)
 	r.ab.init(r, a, b, &c.AToB)
 	r.ba.init(r, b, a, &c.BToA)
-	r.stop = context.AfterFunc(ctx, r.cancel)
+	return r
+}
+
+// Run starts the relay New prepared.
+func (r *Relay) Run() {
+	live.Add(1)
+	r.stop = context.AfterFunc(r.ctx, r.cancel)
 	r.ab.start()
 	r.ba.start()
+}
+
+// Cancel ends the relay (before or after Run) with cause as done's result, unless it has ended already
+// or was cancelled before; a nil cause is context.Canceled.
+func (r *Relay) Cancel(cause error) {
+	if cause == nil {
+		cause = context.Canceled
+	}
+	if r.cause.CompareAndSwap(nil, &cause) {
+		r.cancel()
+	}
 }
 
 // cancel closes both connections and wakes both halves, which then end.
@@ -113,7 +140,9 @@ func (r *relay) halfEnded() {
 	r.stop()
 	// Before the closes: closing an HBONE stream cancels its handler's context, which may be ctx's parent.
 	err := r.ctx.Err()
-	if err == nil {
+	if cause := r.cause.Load(); cause != nil {
+		err = *cause
+	} else if err == nil {
 		err = errors.Join(r.ba.err, r.ab.err)
 	}
 	r.a.Close()

@@ -336,3 +336,62 @@ func TestIdleBidiHoldsOneGoroutine(t *testing.T) {
 		<-done
 	}
 }
+
+// TestRelayCancel: Cancel ends a relay, parked or not yet running, with its cause as the result, once;
+// the relay's context ending still reports the context's error.
+func TestRelayCancel(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	errPolicy := errors.New("policy changed")
+	sp := newStreamPair(t)
+	for _, kind := range kinds {
+		t.Run(kind+"/parked", func(t *testing.T) {
+			client, a := pair(t)
+			var b, server net.Conn
+			if kind == "tcp-stream" {
+				b, server = sp.dial(t)
+			} else {
+				b, server = pair(t)
+			}
+			r := &relayed{client: client, server: server, done: make(chan error, 2)}
+			rl := New(context.Background(), a, b, &r.c, func(err error) { r.calls.Add(1); r.done <- err })
+			rl.Run()
+			roundTrip(t, r.client, r.server, "x")
+			rl.Cancel(errPolicy)
+			rl.Cancel(errors.New("second cause"))
+			if err := r.wait(t); !errors.Is(err, errPolicy) {
+				t.Fatalf("result %v, want the cause %v", err, errPolicy)
+			}
+			if _, err := client.Read(make([]byte, 1)); err == nil {
+				t.Fatal("client still open after Cancel")
+			}
+			client.Close()
+			server.Close()
+		})
+	}
+	t.Run("before Run", func(t *testing.T) {
+		client, a := pair(t)
+		b, server := pair(t)
+		defer client.Close()
+		defer server.Close()
+		done := make(chan error, 1)
+		rl := New(context.Background(), a, b, nil, func(err error) { done <- err })
+		rl.Cancel(nil)
+		rl.Run()
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Fatalf("result %v, want context.Canceled", err)
+		}
+	})
+	t.Run("context", func(t *testing.T) {
+		client, a := pair(t)
+		b, server := pair(t)
+		defer client.Close()
+		defer server.Close()
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		New(ctx, a, b, nil, func(err error) { done <- err }).Run()
+		cancel()
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Fatalf("result %v, want context.Canceled", err)
+		}
+	})
+}
