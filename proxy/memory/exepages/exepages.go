@@ -1,4 +1,4 @@
-// Package exepages returns the executable's start-up pages to the page cache once a process is ready.
+// Package exepages drops the executable's start-up pages from the resident set once a process is ready.
 //
 // A Go binary's code and read-only data are file-backed pages of the executable, counted in the process's
 // resident set once touched. Start-up touches far more of them than the running process uses: package
@@ -6,7 +6,8 @@
 // flag parsing, configuration and the first certificate, and the kernel maps up to 64 KiB around each
 // faulted page (fault-around). Measured on `ambit waypoint`, idle: 23.7 MiB of text and read-only data
 // resident after start-up, 10 MiB once the pages only start-up needed are dropped and the process has
-// run a while (see README.md "Memory").
+// run a while (waypoint/README.md "Memory"). The pages mapped back cost a minor fault each, once: CPU
+// per request at the maximum rate of bench-waypoint's engine 46.8 µs with the trim, 46.1 µs without.
 //
 // Trim drops every resident page of the executable's read-only mappings (madvise MADV_DONTNEED): the
 // process keeps running, and each page it touches again is mapped back from the page cache (a minor
