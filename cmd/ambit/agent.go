@@ -64,7 +64,7 @@ readiness (:15021).`,
 			if err != nil {
 				return err
 			}
-			return mf.run(cmd.Context(), log, func(ctx context.Context) error {
+			return mf.run(cmd.Context(), log, a.Ready, func(ctx context.Context) error {
 				if err := a.Run(ctx); err != nil {
 					return err
 				}

@@ -36,7 +36,7 @@ decrypts it.`,
 			if err != nil {
 				return err
 			}
-			return mf.run(cmd.Context(), log, g.Run)
+			return mf.run(cmd.Context(), log, g.Ready, g.Run)
 		},
 	}
 	fs := cmd.Flags()

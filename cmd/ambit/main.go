@@ -24,6 +24,7 @@ import (
 	"github.com/ambit-mesh/ambit/admin"
 	"github.com/ambit-mesh/ambit/hbone"
 	"github.com/ambit-mesh/ambit/proxy/memory"
+	"github.com/ambit-mesh/ambit/proxy/memory/exepages"
 	"github.com/ambit-mesh/ambit/proxy/relay"
 )
 
@@ -89,9 +90,11 @@ func (l *logFlags) logger(w io.Writer) (*slog.Logger, *slog.LevelVar, error) {
 	return nil, nil, fmt.Errorf("--log-format %q: use text or json", l.format)
 }
 
-// memFlags configure the return of memory to the OS after connection bursts (package proxy/memory).
+// memFlags configure the return of memory to the OS after connection bursts (package proxy/memory) and of
+// the executable's start-up pages once the process is ready (package proxy/memory/exepages).
 type memFlags struct {
 	releaseInterval time.Duration
+	trimStartup     bool
 }
 
 func (m *memFlags) register(fs *pflag.FlagSet, envs map[string]string) {
@@ -99,10 +102,15 @@ func (m *memFlags) register(fs *pflag.FlagSet, envs map[string]string) {
 		"when the goroutine count falls well below its recent peak (a connection burst ended), return free memory "+
 			"to the OS, at most once per this interval (0: never; GOGC and GOMEMLIMIT apply as usual)")
 	envs["memory-release-interval"] = "AMBIT_MEMORY_RELEASE_INTERVAL"
+	fs.BoolVar(&m.trimStartup, "trim-startup-pages", true,
+		"once ready, drop the executable's resident code and read-only data pages (those still in use are mapped back from the page cache): "+
+			"the resident memory start-up and package initialisation touched")
+	envs["trim-startup-pages"] = "AMBIT_TRIM_STARTUP_PAGES"
 }
 
-// run runs fn with a memory.Releaser beside it, stopped when fn returns.
-func (m *memFlags) run(ctx context.Context, log *slog.Logger, fn func(context.Context) error) error {
+// run runs fn with a memory.Releaser beside it, stopped when fn returns, and (--trim-startup-pages) drops
+// the executable's start-up pages once ready reports true.
+func (m *memFlags) run(ctx context.Context, log *slog.Logger, ready func() (bool, []string), fn func(context.Context) error) error {
 	interval := m.releaseInterval
 	disableZero(&interval)
 	ctx, cancel := context.WithCancel(ctx)
@@ -112,6 +120,10 @@ func (m *memFlags) run(ctx context.Context, log *slog.Logger, fn func(context.Co
 	r := &memory.Releaser{Policy: memory.Policy{Interval: interval}, Logger: log.With("component", "memory"),
 		Extra: func() int { return relay.Live() + memory.ConnWeight*hbone.LiveConns() }}
 	wg.Go(func() { r.Run(ctx) })
+	if m.trimStartup {
+		isReady := func() bool { ok, _ := ready(); return ok }
+		wg.Go(func() { exepages.RunOnReady(ctx, isReady, log.With("component", "memory")) })
+	}
 	return fn(ctx)
 }
 

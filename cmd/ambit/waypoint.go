@@ -60,7 +60,7 @@ Istio's HTTP metrics, access logs and OTLP tracing.`,
 			if err != nil {
 				return err
 			}
-			return mf.run(cmd.Context(), log, w.Run)
+			return mf.run(cmd.Context(), log, w.Ready, w.Run)
 		},
 	}
 	fs := cmd.Flags()

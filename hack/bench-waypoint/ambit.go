@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ambit-mesh/ambit/mesh/state"
+	"github.com/ambit-mesh/ambit/proxy/memory/exepages"
 	"github.com/ambit-mesh/ambit/waypoint/engine"
 )
 
@@ -94,6 +95,10 @@ func serveAmbit(ctx context.Context, listen, backend, grpcListen, grpcBackend st
 	serve(listen, svc, 80, state.AppProtocolHTTP11)
 	if gsvc != nil {
 		serve(grpcListen, gsvc, 9000, state.AppProtocolGRPC)
+	}
+	// Serving: drop the executable's start-up pages, as `ambit waypoint` does once ready.
+	if _, err := exepages.Trim(); err != nil {
+		return err
 	}
 	select {
 	case err := <-errs:

@@ -214,3 +214,40 @@ func TestPackageDocs(t *testing.T) {
 		}
 	}
 }
+
+// TestBinaryDependencies keeps heavy packages out of the ambit binary (agent, waypoint and east-west gateway:
+// every process runs it). Each linked package costs disk, and its init and package data cost resident
+// memory in every agent and every waypoint pod (README.md "Memory"); these are packages the processes once
+// pulled in, or could through a careless import, without needing them.
+func TestBinaryDependencies(t *testing.T) {
+	// A pattern ending in /... bans the package and every package under it.
+	banned := []struct{ pkg, why string }{
+		{"database/sql", "a database driver registry (database/sql/driver, interfaces only, comes with github.com/google/uuid); came only with prometheus's collectors package (proxy/metrics uses the same collectors from package prometheus)"},
+		{"k8s.io/client-go/kubernetes/...", "the clientset registers every API group's scheme at start (package kubeapi has the few calls the processes make)"},
+		{"k8s.io/client-go/informers/...", "the generated informers bring the clientset"},
+		{"k8s.io/client-go/tools/record", "the event recorder brings the OpenAPI models and the clientset"},
+		{"github.com/google/gnostic-models/...", "OpenAPI models, with their protobuf descriptors"},
+		{"github.com/emicklei/go-restful/v3/...", "an API server framework"},
+		{"github.com/gogo/protobuf/...", "a second protobuf runtime with its own registry"},
+		{"google.golang.org/grpc/xds/...", "registers gRPC's xDS resolvers and balancers, with all of go-control-plane's types"},
+		{"github.com/google/cel-go/...", "an expression language runtime the processes do not evaluate"},
+	}
+	cmd := exec.Command("go", "list", "-deps", module+"/cmd/ambit")
+	cmd.Dir = "../.."
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list -deps: %v", err)
+	}
+	deps := strings.Fields(string(out))
+	if len(deps) < 100 {
+		t.Fatalf("only %d dependencies listed", len(deps))
+	}
+	for _, b := range banned {
+		for _, d := range deps {
+			if prefix, ok := strings.CutSuffix(b.pkg, "/..."); ok && (d == prefix || strings.HasPrefix(d, prefix+"/")) || d == b.pkg {
+				t.Errorf("cmd/ambit depends on %s (%s): %s", d, b.pkg, b.why)
+				break
+			}
+		}
+	}
+}
