@@ -27,6 +27,8 @@ const (
 	mCPS             = "conn_per_s"
 	mCPUPer10kCon    = "cpu_s_per_10k_conn"
 	mRSSIdle         = "rss_idle_mb"
+	mRSSWarm         = "rss_warm_mb"
+	mRSSAfter30Warm  = "rss_after30_warm_ratio"
 	mRSSConns        = "rss_conns_mb"
 	mRSSAfter        = "rss_after_mb"
 	mRSSAfter30      = "rss_after30_mb"
@@ -167,14 +169,20 @@ func (b *bench) connRate(ctx context.Context, t topology) (sample, error) {
 	}, nil
 }
 
+// warmConns is how many connections the memory phase opens and closes before its baseline.
+const warmConns = 200
+
 // afterCloseWait is how long after closing the idle connections the memory phase reads RSS the last time.
 const afterCloseWait = 30 * time.Second
 
-// memory restarts both agents, reads their RSS once idle, opens idle connections from the mesh client to
-// the holder in the server pod (each exchanges one byte first, so both agents have carried data on it),
-// reads RSS again, closes them and reads it 3 s and 30 s later. RSS is read as it is (what an operator sees);
-// then a forced GC (pprof's heap?gc=1 on the admin API) gives the live heap and the goroutine stacks.
-// Both agents are restarted again at the end, so the next phases do not inherit a grown heap.
+// memory restarts both agents, reads their RSS once idle, opens and closes warmConns connections (a warm-up:
+// the agents drop their start-up pages once ready, and the code and data that carrying connections needs
+// come back with the first ones, which is not memory per connection), reads RSS again ("warm"), opens idle
+// connections from the mesh client to the holder in the server pod (each exchanges one byte first, so both
+// agents have carried data on it), reads RSS again, closes them and reads it 3 s and 30 s later. RSS is read
+// as it is (what an operator sees); then a forced GC (pprof's heap?gc=1 on the admin API) gives the live heap
+// and the goroutine stacks. Per connection is measured from the warm baseline. Both agents are restarted
+// again at the end, so the next phases do not inherit a grown heap.
 func (b *bench) memory(ctx context.Context, t topology) (sample, error) {
 	if err := b.restartAgents(ctx); err != nil {
 		return sample{}, err
@@ -182,6 +190,18 @@ func (b *bench) memory(ctx context.Context, t topology) (sample, error) {
 	settle := func() { sleep(ctx, 3*time.Second) }
 	settle()
 	idle, err := b.agentRSS()
+	if err != nil {
+		return sample{}, err
+	}
+	wop, err := b.openIdle(ctx, t, warmConns)
+	if err != nil {
+		return sample{}, err
+	}
+	if err := wop.close(); err != nil {
+		return sample{}, err
+	}
+	settle()
+	warm, err := b.agentRSS()
 	if err != nil {
 		return sample{}, err
 	}
@@ -233,9 +253,11 @@ func (b *bench) memory(ctx context.Context, t topology) (sample, error) {
 		mRSSAfter:        float64(sum(after)) / 1024,
 		mRSSAfter30:      float64(sum(after30)) / 1024,
 		mRSSAfter30Ratio: float64(sum(after30)) / float64(sum(idle)),
-		mKBPerConn:       perConn(sum(idle), sum(held)),
-		mKBSrc:           perConn(idle[0], held[0]),
-		mKBDst:           perConn(idle[1], held[1]),
+		mRSSWarm:         float64(sum(warm)) / 1024,
+		mRSSAfter30Warm:  float64(sum(after30)) / float64(sum(warm)),
+		mKBPerConn:       perConn(sum(warm), sum(held)),
+		mKBSrc:           perConn(warm[0], held[0]),
+		mKBDst:           perConn(warm[1], held[1]),
 		mKBStack:         perConn(idleMem.stack, heldMem.stack) / 1024,
 		mKBHeap:          perConn(idleMem.heapLive, heldMem.heapLive) / 1024,
 		mGoroutinesConn:  perConn(idleMem.goroutines, heldMem.goroutines),
