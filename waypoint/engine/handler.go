@@ -136,6 +136,9 @@ func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rw := &rs.rw
 	rs.cbody.ReadCloser = r.Body
 	body := &rs.cbody
+	// The server reads r.Body after the handler (the unread rest of the body, a 100-continue never
+	// sent): it gets its own body back, not the counting wrapper.
+	defer func(r *http.Request, orig io.ReadCloser) { r.Body = orig }(r, r.Body)
 	r.Body = body
 
 	ctx := r.Context()
