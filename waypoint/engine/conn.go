@@ -35,6 +35,7 @@ type streamConn struct {
 	rpos, rend int
 	rerr       error // error that came with buffered bytes, returned once they are read
 	first      bool  // the first read happened
+	one        [1]byte
 	h2         atomic.Bool
 
 	rdl readDeadline
@@ -180,6 +181,28 @@ func (s *streamConn) read(p []byte) (int, error) {
 	}
 	s.rbuf, s.rpos, s.rend, s.rerr = buf, c, n, err
 	return c, nil
+}
+
+// readByte reads one byte: from the read-ahead when it holds bytes, else straight from the stream
+// without borrowing a buffer (the idle wait between HTTP/1.1 requests).
+func (s *streamConn) readByte() (byte, error) {
+	if s.rbuf != nil || s.rerr != nil {
+		n, err := s.read(s.one[:])
+		if n == 1 {
+			return s.one[0], nil
+		}
+		return 0, err
+	}
+	for {
+		n, err := s.Conn.Read(s.one[:])
+		if n == 1 {
+			s.rerr = err
+			return s.one[0], nil
+		}
+		if err != nil {
+			return 0, err
+		}
+	}
 }
 
 // detectPreface reads the start of the stream and reports whether it is the HTTP/2 client preface

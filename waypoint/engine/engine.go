@@ -78,6 +78,8 @@ type Options struct {
 
 	// netHTTP2 serves downstream HTTP/2 with net/http's server instead of the engine's own (h2server.go).
 	netHTTP2 bool
+	// netHTTP1 serves downstream HTTP/1.1 with net/http's server instead of the engine's own (h1server.go).
+	netHTTP1 bool
 	// readHeaderTimeout bounds reading a request's header block (default srvReadHeaderTimeout);
 	// idleTimeout a downstream HTTP/1.1 connection between requests (default srvIdleTimeout).
 	readHeaderTimeout, idleTimeout time.Duration
@@ -339,6 +341,11 @@ func (e *Engine) ServeConn(ctx context.Context, c net.Conn, info *ConnInfo) erro
 			err := e.serveH2(ctx, sc, info)
 			sc.Close()
 			return err
+		}
+		if !e.opts.netHTTP1 {
+			e.serveH1(ctx, sc, info)
+			sc.Close()
+			return nil
 		}
 	}
 	if err := e.ln.push(ctx, sc); err != nil {

@@ -430,4 +430,4 @@ func TestH1ServerNotReading(t *testing.T) {
 var h1Servers = []struct {
 	name   string
 	mutate func(*Options)
-}{{"nethttp", func(*Options) {}}}
+}{{"own", func(*Options) {}}, {"nethttp", func(o *Options) { o.netHTTP1 = true }}}
