@@ -35,7 +35,6 @@ type streamConn struct {
 	rpos, rend int
 	rerr       error // error that came with buffered bytes, returned once they are read
 	first      bool  // the first read happened
-	one        [1]byte
 	h2         atomic.Bool
 
 	rdl readDeadline
@@ -183,21 +182,18 @@ func (s *streamConn) read(p []byte) (int, error) {
 	return c, nil
 }
 
-// readByte reads one byte: from the read-ahead when it holds bytes, else straight from the stream
-// without borrowing a buffer (the idle wait between HTTP/1.1 requests).
-func (s *streamConn) readByte() (byte, error) {
+// readIdle reads into p: from the read-ahead when it holds bytes, else straight from the stream
+// without borrowing a buffer (the idle wait between HTTP/1.1 requests, into the connection's own
+// small buffer).
+func (s *streamConn) readIdle(p []byte) (int, error) {
 	if s.rbuf != nil || s.rerr != nil {
-		n, err := s.read(s.one[:])
-		if n == 1 {
-			return s.one[0], nil
-		}
-		return 0, err
+		return s.read(p)
 	}
 	for {
-		n, err := s.Conn.Read(s.one[:])
-		if n == 1 {
+		n, err := s.Conn.Read(p)
+		if n > 0 {
 			s.rerr = err
-			return s.one[0], nil
+			return n, nil
 		}
 		if err != nil {
 			return 0, err

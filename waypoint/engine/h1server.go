@@ -28,11 +28,13 @@ import (
 // header map and a bufio.Writer per request, and buffering the first 2 KiB of a body to add a
 // Content-Length or sniff a Content-Type (a response without Content-Length is chunked, or
 // close-delimited for HTTP/1.0). Between requests the connection holds no buffers: the 4 KiB reader
-// and writer go back to their pools, and an idle connection waits on a one-byte read.
+// and writer go back to their pools, and an idle connection waits on a read into its own 1 KiB.
 
 const (
 	h1ReadBufferSize  = 4 << 10
 	h1WriteBufferSize = 4 << 10
+	// h1IdleReadSize is what an idle connection keeps to read the start of its next request.
+	h1IdleReadSize = 1 << 10
 	// maxPostHandlerReadBytes is how much unread request body is discarded after the response starts
 	// to keep the connection; more closes it (net/http's limit).
 	maxPostHandlerReadBytes = 256 << 10
@@ -60,20 +62,22 @@ type h1SrvConn struct {
 	resp   h1Resp
 	post   bool // the last request was a POST (leading CRLFs are skipped, as net/http does)
 
-	wmu      sync.Mutex // guards writing 1xx responses and the start of the response head
-	canWrite100 bool    // guarded by wmu; an automatic 100 Continue may still be written
+	wmu         sync.Mutex // guards writing 1xx responses and the start of the response head
+	canWrite100 bool       // guarded by wmu; an automatic 100 Continue may still be written
 
 	dateSec int64
 	date    []byte
 }
 
-// h1Source is what the connection's reader reads: the stream, with the byte an idle wait read put
-// back in front, and net/http's read limit while a request head is read.
+// h1Source is what the connection's reader reads: the stream, with the bytes an idle wait read put
+// in front, and net/http's read limit while a request head is read.
 type h1Source struct {
-	sc         *streamConn
-	pending    byte
-	hasPending bool
-	limit      int64 // bytes the head may still take; negative: unlimited
+	sc      *streamConn
+	pending []byte // unread bytes of idle
+	limit   int64  // bytes the head may still take; negative: unlimited
+	// idle receives the first bytes of each request while the connection waits without a buffer:
+	// a small request arrives in one read.
+	idle [h1IdleReadSize]byte
 }
 
 func (s *h1Source) Read(p []byte) (int, error) {
@@ -90,8 +94,9 @@ func (s *h1Source) Read(p []byte) (int, error) {
 	}
 	var n int
 	var err error
-	if s.hasPending {
-		p[0], s.hasPending, n = s.pending, false, 1
+	if len(s.pending) > 0 {
+		n = copy(p, s.pending)
+		s.pending = s.pending[n:]
 	} else {
 		n, err = s.sc.Read(p)
 	}
@@ -161,11 +166,11 @@ func (c *h1SrvConn) waitRequest(first bool) bool {
 	} else {
 		_ = c.sc.SetReadDeadline(time.Now().Add(c.e.opts.idleTimeout))
 	}
-	b, err := c.sc.readByte()
+	n, err := c.sc.readIdle(c.src.idle[:])
 	if err != nil {
 		return false
 	}
-	c.src.pending, c.src.hasPending = b, true
+	c.src.pending = c.src.idle[:n]
 	c.br = h1Readers.Get().(*bufio.Reader)
 	c.br.Reset(&c.src)
 	if !first {
@@ -198,7 +203,7 @@ func (c *h1SrvConn) serveRequest() bool {
 	if expect := req.Header.Get("Expect"); expect != "" {
 		if httpguts.HeaderValuesContainsToken(req.Header["Expect"], "100-continue") {
 			if req.ProtoAtLeast(1, 1) && body != nil {
-				body.expect = c
+				body.expect, body.expectReq = c, true
 				c.wmu.Lock()
 				c.canWrite100 = true
 				c.wmu.Unlock()
@@ -220,6 +225,9 @@ func (c *h1SrvConn) serveRequest() bool {
 	if body != nil {
 		body.close()
 	}
+	// Nothing of the request stays with the idle connection.
+	clear(w.header)
+	w.req, w.body = nil, nil
 	if !ok {
 		if w.unreadInput {
 			c.closeWriteAndWait()
@@ -436,9 +444,7 @@ func (c *h1SrvConn) writeContinue() {
 		return
 	}
 	c.canWrite100 = false
-	if _, err := io.WriteString(c.sc, "HTTP/1.1 100 Continue\r\n\r\n"); err != nil {
-		c.resp.werr = err
-	}
+	_, _ = io.WriteString(c.sc, "HTTP/1.1 100 Continue\r\n\r\n") // a failure shows in the response's writes
 }
 
 // h1ReqBody is a request's body: the 100 Continue on the first read, and net/http's server's
@@ -447,9 +453,12 @@ type h1ReqBody struct {
 	mu     sync.Mutex
 	rc     io.ReadCloser
 	expect *h1SrvConn // writes 100 Continue on the first read
-	sawEOF bool
-	err    error // the first read error other than io.EOF
-	closed bool
+	// expectReq: the request asked for 100-continue; unless read to its end, the connection closes
+	// after the response (the next bytes may or may not be the body).
+	expectReq bool
+	sawEOF    bool
+	err       error // the first read error other than io.EOF
+	closed    bool
 }
 
 func (b *h1ReqBody) Read(p []byte) (int, error) {
@@ -486,15 +495,15 @@ func (b *h1ReqBody) Close() error {
 func (b *h1ReqBody) close() { b.Close() }
 
 // prepareReuse decides, before the response head goes out, whether the rest of the body can be
-// discarded to keep the connection (net/http's rules): an unsent 100 Continue, a body the handler
+// discarded to keep the connection (net/http's rules): a 100-continue body not read to its end, a body the handler
 // closed early or that failed, or more than maxPostHandlerReadBytes left end the connection.
-func (b *h1ReqBody) prepareReuse(expectPending bool) (keep, tooBig bool) {
+func (b *h1ReqBody) prepareReuse() (keep, tooBig bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	switch {
 	case b.sawEOF:
 		return true, false
-	case expectPending || b.err != nil:
+	case b.expectReq || b.err != nil:
 		return false, false
 	case b.closed && !b.sawEOF:
 		return false, false
@@ -605,7 +614,6 @@ func (w *h1Resp) writeStatusLine(bw *bufio.Writer, code int) {
 func (w *h1Resp) writeHead(finishing bool) {
 	c, h, code := w.c, w.header, w.status
 	c.wmu.Lock()
-	expectPending := c.canWrite100
 	c.canWrite100 = false
 	c.wmu.Unlock()
 	w.headWritten = true
@@ -635,7 +643,7 @@ func (w *h1Resp) writeHead(finishing bool) {
 	// Keep-alive: net/http's rules.
 	w.closeAfter = w.req.Close || httpguts.HeaderValuesContainsToken(h["Connection"], "close")
 	if b := w.body; b != nil && !w.closeAfter && code != http.StatusSwitchingProtocols {
-		keep, tooBig := b.prepareReuse(expectPending)
+		keep, tooBig := b.prepareReuse()
 		if !keep {
 			w.closeAfter, w.unreadInput = true, tooBig
 		}
