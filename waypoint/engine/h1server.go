@@ -580,7 +580,7 @@ func (w *h1Resp) WriteHeader(code int) {
 		}
 		bw := w.writer()
 		w.writeStatusLine(bw, code)
-		writeHeaderFields(bw, w.header, true)
+		writeHeaderFields(bw, w.header, true, false)
 		bw.WriteString("\r\n")
 		if err := bw.Flush(); err != nil && w.werr == nil {
 			w.werr = err
@@ -671,7 +671,7 @@ func (w *h1Resp) writeHead(finishing bool) {
 	case !w.closeAfter && !w.req.ProtoAtLeast(1, 1):
 		conn = "Connection: keep-alive\r\n"
 	}
-	writeHeaderFields(bw, h, conn == "")
+	writeHeaderFields(bw, h, conn == "", true)
 	if _, ok := h["Date"]; !ok {
 		bw.WriteString("Date: ")
 		bw.Write(c.httpDate())
@@ -695,13 +695,17 @@ func (c *h1SrvConn) httpDate() []byte {
 // headerNewlineToSpace turns CR and LF in header values into spaces, as net/http's Header.Write does.
 var headerNewlineToSpace = strings.NewReplacer("\n", " ", "\r", " ")
 
-// writeHeaderFields writes h (with Connection when withConn) to bw, dropping invalid names, framing
-// headers and trailer-only keys, as net/http's Header.Write does.
-func writeHeaderFields(bw *bufio.Writer, h http.Header, withConn bool) {
+// writeHeaderFields writes h (with Connection when withConn, Content-Length when withLength) to bw,
+// dropping invalid names, Transfer-Encoding and trailer-only keys, as net/http's Header.Write does.
+func writeHeaderFields(bw *bufio.Writer, h http.Header, withConn, withLength bool) {
 	for k, vv := range h {
 		switch k {
 		case "Transfer-Encoding":
 			continue
+		case "Content-Length":
+			if !withLength {
+				continue
+			}
 		case "Connection":
 			if !withConn {
 				continue
@@ -782,6 +786,9 @@ func (w *h1Resp) startBody(n int) error {
 	if !w.bodyAllowed {
 		return http.ErrBodyNotAllowed
 	}
+	if w.c.bw == nil {
+		return http.ErrHijacked // the response ended: its handler returned
+	}
 	if w.contentLength >= 0 && w.written+int64(n) > w.contentLength {
 		return http.ErrContentLength
 	}
@@ -799,6 +806,9 @@ func (w *h1Resp) FlushError() error {
 	}
 	if !w.wroteHeader {
 		w.WriteHeader(http.StatusOK)
+	}
+	if w.c.bw == nil {
+		return http.ErrHijacked
 	}
 	if err := w.c.bw.Flush(); err != nil {
 		w.werr = err
