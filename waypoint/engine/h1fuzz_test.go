@@ -24,9 +24,14 @@ type h1Recorder struct {
 
 func (rec *h1Recorder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	b, err := io.ReadAll(r.Body)
+	if err != nil {
+		// A body cut by a client error: the backend may see it after the client got its answer, so
+		// it is not compared (both servers forward the same bytes up to the error).
+		return
+	}
 	rec.mu.Lock()
 	run := r.Header.Get("X-Fuzz-Run")
-	rec.seen[run] = append(rec.seen[run], fmt.Sprintf("%s %s %q err=%v", r.Method, r.URL.RequestURI(), b, err != nil))
+	rec.seen[run] = append(rec.seen[run], fmt.Sprintf("%s %s %q", r.Method, r.URL.RequestURI(), b))
 	rec.mu.Unlock()
 	io.WriteString(w, "ok")
 }
@@ -47,7 +52,9 @@ func fuzzExchange(t *testing.T, h *harness, in []byte, run string) []int {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	// 2 s: a request whose body fails mid-chunk can leave the upstream exchange waiting (both servers
+	// alike); the fuzzer must not take it for a hang.
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
 	end := "GET /end HTTP/1.1\r\nHost: web.app.svc.cluster.local\r\nConnection: close\r\n\r\n"
 	go func() {
 		c.Write(in)
@@ -66,20 +73,22 @@ func fuzzExchange(t *testing.T, h *harness, in []byte, run string) []int {
 		io.Copy(io.Discard, req.Body)
 	}
 	var codes []int
-	br := bufio.NewReader(bytes.NewReader(out))
-	for i := 0; ; {
-		if _, err := br.Peek(1); err != nil {
-			return codes
-		}
+	rem := out
+	for i := 0; len(rem) > 0; {
 		m := "GET"
-		if i < len(methods) {
+		// A request the server rejects is answered with the server's own error (a body, whatever the
+		// method): only an answer from the handler follows the request's method.
+		if i < len(methods) && !ownError(rem) {
 			m = methods[i]
 		}
+		rd := bytes.NewReader(rem)
+		br := bufio.NewReader(rd)
 		resp, err := http.ReadResponse(br, &http.Request{Method: m})
 		if err != nil {
 			t.Fatalf("response %d to %q does not parse: %v (%q)", i+1, in, err, out)
 		}
 		_, err = io.Copy(io.Discard, resp.Body)
+		rem = rem[len(rem)-rd.Len()-br.Buffered():]
 		if resp.StatusCode < 200 {
 			continue
 		}
@@ -89,6 +98,13 @@ func fuzzExchange(t *testing.T, h *harness, in []byte, run string) []int {
 		codes = append(codes, resp.StatusCode)
 		i++
 	}
+	return codes
+}
+
+// ownError reports whether b starts with an error the server answers on its own (errorHeaders).
+func ownError(b []byte) bool {
+	i := bytes.IndexByte(b, '\n')
+	return i > 0 && bytes.HasPrefix(b[i-1:], []byte(errorHeaders))
 }
 
 // FuzzH1ServerRequests feeds arbitrary client bytes to the engine's HTTP/1.1 server and to net/http's
@@ -152,4 +168,23 @@ func FuzzH1ServerRequests(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestHeadEnd(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want int
+	}{
+		{"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody", 25},
+		{"GET / HTTP/1.1\nHost: a\n\nbody", 23},
+		{"GET / HTTP/1.1\r\n\r\n", 16},
+		{"GET / HTTP/1.1\r\nHost: a\r\n", -1},
+		{"GET / HTTP/1.1\r\nHost: a\r\n\r", -1},
+		{"", -1},
+		{"\n\n", 1},
+	} {
+		if got := headEnd([]byte(tc.in)); got != tc.want {
+			t.Errorf("headEnd(%q) = %d, want %d", tc.in, got, tc.want)
+		}
+	}
 }

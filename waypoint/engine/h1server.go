@@ -292,6 +292,9 @@ func (c *h1SrvConn) readRequest() (*http.Request, error) {
 	if req.ProtoAtLeast(1, 1) && hosts == 0 && req.Method != "PRI" && req.Method != "CONNECT" {
 		return nil, statusError{http.StatusBadRequest, "missing required Host header"}
 	}
+	if req.URL.Host == "" {
+		hostValue = req.Host // the Host header as the parser read it (an obs-fold joined)
+	}
 	if hosts == 1 && !httpguts.ValidHostHeader(hostValue) {
 		return nil, statusError{http.StatusBadRequest, "malformed Host header"}
 	}
@@ -315,8 +318,9 @@ func (c *h1SrvConn) readRequest() (*http.Request, error) {
 // server needs to know whether there was one). known is false when the head does not fit.
 func (c *h1SrvConn) scanHosts() (hosts int, value string, known bool) {
 	br := c.br
+	var buf []byte
 	for {
-		buf, _ := br.Peek(br.Buffered())
+		buf, _ = br.Peek(br.Buffered())
 		if end := headEnd(buf); end >= 0 {
 			buf = buf[:end]
 			break
@@ -328,8 +332,6 @@ func (c *h1SrvConn) scanHosts() (hosts int, value string, known bool) {
 			return 0, "", false // ReadRequest reports it
 		}
 	}
-	buf, _ := br.Peek(br.Buffered())
-	buf = buf[:headEnd(buf)]
 	if i := bytes.IndexByte(buf, '\n'); i >= 0 {
 		buf = buf[i+1:] // the request line
 	} else {
@@ -345,6 +347,18 @@ func (c *h1SrvConn) scanHosts() (hosts int, value string, known bool) {
 		if len(line) >= 5 && line[4] == ':' && (line[0]|0x20) == 'h' && (line[1]|0x20) == 'o' && (line[2]|0x20) == 's' && (line[3]|0x20) == 't' {
 			if hosts++; hosts == 1 {
 				value = textproto.TrimString(strings.TrimSuffix(string(line[5:]), "\r"))
+				// An obs-fold continues the value (textproto joins it with a space).
+				for len(buf) > 0 && (buf[0] == ' ' || buf[0] == '\t') {
+					next := buf
+					if i := bytes.IndexByte(buf, '\n'); i >= 0 {
+						next, buf = buf[:i], buf[i+1:]
+					} else {
+						buf = nil
+					}
+					if v := textproto.TrimString(strings.TrimSuffix(string(next), "\r")); v != "" {
+						value += " " + v
+					}
+				}
 			}
 		}
 	}
