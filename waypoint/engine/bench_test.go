@@ -11,26 +11,56 @@ import (
 )
 
 // BenchmarkEngineHTTP1 measures one keep-alive HTTP/1.1 request through the engine to a loopback
-// backend (no HBONE), 1 KB responses.
+// backend (no HBONE), 1 KB responses, with the engine's own downstream server and net/http's side by side.
 func BenchmarkEngineHTTP1(b *testing.B) {
-	body := make([]byte, 1024)
-	h := newHarness(b, 1, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write(body) }))
-	tr := &http.Transport{MaxIdleConnsPerHost: 64}
-	defer tr.CloseIdleConnections()
-	c := &http.Client{Transport: tr}
-	url := "http://" + h.addr + "/"
-	b.ReportAllocs()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			resp, err := c.Get(url)
-			if err != nil {
-				b.Error(err)
-				return
-			}
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-		}
-	})
+	for _, srv := range h1Servers {
+		b.Run(srv.name, func(b *testing.B) {
+			body := make([]byte, 1024)
+			h := newHarness(b, 1, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write(body) }), srv.mutate)
+			tr := &http.Transport{MaxIdleConnsPerHost: 64}
+			defer tr.CloseIdleConnections()
+			c := &http.Client{Transport: tr}
+			url := "http://" + h.addr + "/"
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					resp, err := c.Get(url)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+			})
+		})
+	}
+}
+
+// BenchmarkEngineHTTP1Close is BenchmarkEngineHTTP1 with a new connection per request.
+func BenchmarkEngineHTTP1Close(b *testing.B) {
+	for _, srv := range h1Servers {
+		b.Run(srv.name, func(b *testing.B) {
+			body := make([]byte, 1024)
+			h := newHarness(b, 1, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write(body) }), srv.mutate)
+			tr := &http.Transport{DisableKeepAlives: true}
+			defer tr.CloseIdleConnections()
+			c := &http.Client{Transport: tr}
+			url := "http://" + h.addr + "/"
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					resp, err := c.Get(url)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+			})
+		})
+	}
 }
 
 func BenchmarkEngineDials(b *testing.B) {

@@ -182,6 +182,25 @@ func (s *streamConn) read(p []byte) (int, error) {
 	return c, nil
 }
 
+// readIdle reads into p: from the read-ahead when it holds bytes, else straight from the stream
+// without borrowing a buffer (the idle wait between HTTP/1.1 requests, into the connection's own
+// small buffer).
+func (s *streamConn) readIdle(p []byte) (int, error) {
+	if s.rbuf != nil || s.rerr != nil {
+		return s.read(p)
+	}
+	for {
+		n, err := s.Conn.Read(p)
+		if n > 0 {
+			s.rerr = err
+			return n, nil
+		}
+		if err != nil {
+			return 0, err
+		}
+	}
+}
+
 // detectPreface reads the start of the stream and reports whether it is the HTTP/2 client preface
 // (consumed then); otherwise the bytes read are replayed to the next reads (HTTP/1.1). A client that
 // sends nothing within timeout gets its stream closed.

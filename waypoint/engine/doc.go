@@ -12,8 +12,15 @@
 // UT). Every request is counted in Istio's HTTP metrics, written as one access-log line, and traced
 // (W3C traceparent and B3 in, W3C and B3 out, spans over OTLP).
 //
-// Serving: HTTP/1.1 goes through net/http's server; HTTP/2 with prior knowledge (h2c, gRPC), told
-// apart by the client preface, through the engine's own server on x/net/http2's Framer and hpack
+// Serving: HTTP/1.1 goes through the engine's own server loop (h1server.go) on the goroutine
+// ServeConn runs on: requests parsed by http.ReadRequest with net/http's server checks on top (so the
+// same requests are rejected with the same status codes: 400, 417, 431 over MaxHeaderBytes, 501, 505),
+// net/http's keep-alive rules (HTTP/1.0 keep-alive, Connection: close, an unsent 100 Continue or more
+// than 256 KiB of unread body closes the connection), pipelined requests answered in order, a 30 s
+// header read timeout and an hour's idle timeout, and the 4 KiB reader and writer back in their pools
+// while the connection is idle. It has no background read per request: a client that goes away is
+// seen at the next write (or when ServeConn's context ends). HTTP/2 with prior knowledge (h2c, gRPC),
+// told apart by the client preface, goes through the engine's own server on x/net/http2's Framer and hpack
 // (h2server.go): one read loop per connection, one goroutine per stream only while its handler runs,
 // frames of concurrent streams coalesced into shared socket writes, a small response sent as HEADERS
 // plus one DATA with END_STREAM. Its bounds: 1000 concurrent streams (REFUSED_STREAM beyond), at most

@@ -31,6 +31,10 @@ const (
 	h2StreamUploadLimit = 256 << 10
 	h2ConnUploadLimit   = 1 << 20
 	maxMirrorsInFlight  = 64
+	// srvReadHeaderTimeout bounds reading a downstream request's header block (slowloris).
+	srvReadHeaderTimeout = 30 * time.Second
+	// srvIdleTimeout closes a downstream HTTP/1.1 connection idle that long between requests.
+	srvIdleTimeout = time.Hour
 	// DefaultConnectTimeout bounds connecting to an endpoint without a DestinationRule connectTimeout.
 	DefaultConnectTimeout = 10 * time.Second
 )
@@ -74,6 +78,11 @@ type Options struct {
 
 	// netHTTP2 serves downstream HTTP/2 with net/http's server instead of the engine's own (h2server.go).
 	netHTTP2 bool
+	// netHTTP1 serves downstream HTTP/1.1 with net/http's server instead of the engine's own (h1server.go).
+	netHTTP1 bool
+	// readHeaderTimeout bounds reading a request's header block (default srvReadHeaderTimeout);
+	// idleTimeout a downstream HTTP/1.1 connection between requests (default srvIdleTimeout).
+	readHeaderTimeout, idleTimeout time.Duration
 }
 
 // ConnInfo describes the HBONE stream a connection arrived on.
@@ -149,6 +158,12 @@ func New(opts Options) (*Engine, error) {
 	if opts.RootNamespace == "" {
 		opts.RootNamespace = "istio-system"
 	}
+	if opts.readHeaderTimeout <= 0 {
+		opts.readHeaderTimeout = srvReadHeaderTimeout
+	}
+	if opts.idleTimeout <= 0 {
+		opts.idleTimeout = srvIdleTimeout
+	}
 	m, err := telemetry.NewMetrics(opts.Registerer)
 	if err != nil {
 		return nil, err
@@ -218,8 +233,8 @@ func New(opts Options) (*Engine, error) {
 		HTTP2: &http.HTTP2Config{MaxConcurrentStreams: 1000, MaxReceiveBufferPerStream: h2StreamUploadLimit,
 			MaxReceiveBufferPerConnection: h2ConnUploadLimit, MaxReadFrameSize: 1 << 20},
 		MaxHeaderBytes:    MaxHeaderBytes,
-		ReadHeaderTimeout: 30 * time.Second,
-		IdleTimeout:       time.Hour,
+		ReadHeaderTimeout: opts.readHeaderTimeout,
+		IdleTimeout:       opts.idleTimeout,
 		ErrorLog:          slog.NewLogLogger(e.log.Handler(), slog.LevelDebug),
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if sc, ok := c.(*streamConn); ok {
@@ -326,6 +341,11 @@ func (e *Engine) ServeConn(ctx context.Context, c net.Conn, info *ConnInfo) erro
 			err := e.serveH2(ctx, sc, info)
 			sc.Close()
 			return err
+		}
+		if !e.opts.netHTTP1 {
+			e.serveH1(ctx, sc, info)
+			sc.Close()
+			return nil
 		}
 	}
 	if err := e.ln.push(ctx, sc); err != nil {

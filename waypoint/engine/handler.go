@@ -129,6 +129,11 @@ func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "no HBONE context", http.StatusInternalServerError)
 		return
 	}
+	e.serveHTTP(w, r, r.Context(), info)
+}
+
+// serveHTTP is ServeHTTP for a request arriving on info, whose context is base.
+func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request, base context.Context, info *ConnInfo) {
 	start := e.now()
 	rs := e.newReqState(info, e.snap.Load())
 	rs.start = start
@@ -136,9 +141,12 @@ func (e *Engine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rw := &rs.rw
 	rs.cbody.ReadCloser = r.Body
 	body := &rs.cbody
+	// The server reads r.Body after the handler (the unread rest of the body, a 100-continue never
+	// sent): it gets its own body back, not the counting wrapper.
+	defer func(r *http.Request, orig io.ReadCloser) { r.Body = orig }(r, r.Body)
 	r.Body = body
 
-	ctx := r.Context()
+	ctx := base
 	if d := e.opts.StreamIdleTimeout; d > 0 {
 		var cancel context.CancelCauseFunc
 		ctx, cancel = context.WithCancelCause(ctx)
