@@ -431,3 +431,85 @@ var h1Servers = []struct {
 	name   string
 	mutate func(*Options)
 }{{"own", func(*Options) {}}, {"nethttp", func(o *Options) { o.netHTTP1 = true }}}
+
+// TestH1ServerClientGone: a client that closes its connection while its request waits for the upstream
+// cancels that upstream request (Envoy resets it, flag DC), rather than leaving it to run until a timeout;
+// the connection's goroutines end.
+func TestH1ServerClientGone(t *testing.T) {
+	for _, srv := range h1Servers {
+		t.Run(srv.name, func(t *testing.T) {
+			tu.CheckGoroutines(t)
+			started, cancelled := make(chan struct{}, 1), make(chan struct{}, 1)
+			h := newHarness(t, 1, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				started <- struct{}{}
+				select {
+				case <-r.Context().Done():
+					cancelled <- struct{}{}
+				case <-time.After(20 * time.Second):
+				}
+			}), srv.mutate)
+			h.eng.Update(&model.Config{Routes: []*model.Route{{Kind: model.KindHTTPRoute, Namespace: "app", Name: "r",
+				Parents: []model.Parent{{Kind: model.KindService, Hostname: h.svc.Hostname}},
+				Rules:   []*model.Rule{{Name: "all", Backends: []model.Backend{{Host: h.svc.Hostname, Port: 80, Weight: 1}}}}}}})
+			for _, close := range []struct {
+				name string
+				do   func(*net.TCPConn)
+			}{{"close", func(c *net.TCPConn) { c.Close() }}, {"reset", func(c *net.TCPConn) { c.SetLinger(0); c.Close() }}} {
+				c, err := net.Dial("tcp", h.addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := io.WriteString(c, "GET /hang HTTP/1.1\r\n"+hostWeb+"\r\n"); err != nil {
+					t.Fatal(err)
+				}
+				select {
+				case <-started:
+				case <-time.After(20 * time.Second):
+					t.Fatalf("%s: the request did not reach the backend", close.name)
+				}
+				close.do(c.(*net.TCPConn))
+				select {
+				case <-cancelled:
+				case <-time.After(15 * time.Second):
+					t.Fatalf("%s: the client went away and the upstream request was not cancelled", close.name)
+				}
+			}
+		})
+	}
+}
+
+// TestH1ServerWatchKeepsPipelined: a request sent while a slow one is served (so read by the watch for
+// the client leaving) is served next, whole and in order.
+func TestH1ServerWatchKeepsPipelined(t *testing.T) {
+	for _, srv := range h1Servers {
+		t.Run(srv.name, func(t *testing.T) {
+			tu.CheckGoroutines(t)
+			started := make(chan struct{}, 4)
+			h := newHarness(t, 1, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/slow" {
+					started <- struct{}{}
+					time.Sleep(300 * time.Millisecond) // longer than the watch delay
+				}
+				io.WriteString(w, r.Method+" "+r.URL.Path)
+			}), srv.mutate)
+			h.eng.Update(&model.Config{Routes: []*model.Route{{Kind: model.KindHTTPRoute, Namespace: "app", Name: "r",
+				Parents: []model.Parent{{Kind: model.KindService, Hostname: h.svc.Hostname}},
+				Rules:   []*model.Rule{{Name: "all", Backends: []model.Backend{{Host: h.svc.Hostname, Port: 80, Weight: 1}}}}}}})
+			c, err := net.Dial("tcp", h.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+			io.WriteString(c, "GET /slow HTTP/1.1\r\n"+hostWeb+"\r\n")
+			<-started
+			time.Sleep(100 * time.Millisecond) // past the watch delay: the watch is reading
+			io.WriteString(c, "GET /next HTTP/1.1\r\n"+hostWeb+"\r\n")
+			br := bufio.NewReader(c)
+			got := readResponses(t, br, 2)
+			if want := "200 GET /slow\n200 GET /next"; strings.Join(got, "\n") != want {
+				t.Fatalf("responses\n%s\nwant\n%s", strings.Join(got, "\n"), want)
+			}
+		})
+	}
+}

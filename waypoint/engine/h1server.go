@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/textproto"
+	"os"
 	"runtime"
 	"strconv"
 	"strings"
@@ -53,7 +54,8 @@ type h1SrvConn struct {
 	e      *Engine
 	sc     *streamConn
 	info   *ConnInfo
-	ctx    context.Context
+	ctx    context.Context // the connection's: cancelled (errClientGone) when the watch sees the client leave
+	cancel context.CancelCauseFunc
 	remote string
 	src    h1Source
 	br     *bufio.Reader // nil while idle
@@ -67,6 +69,100 @@ type h1SrvConn struct {
 
 	dateSec int64
 	date    []byte
+
+	watch h1Watch
+}
+
+// errClientGone cancels a connection's requests when its client closed or reset the connection.
+var errClientGone = errors.New("client closed the connection")
+
+// h1WatchDelay is how long a request without a body runs before the connection is watched for the
+// client leaving.
+const h1WatchDelay = 50 * time.Millisecond
+
+// h1Watch notices a client that goes away while its request is served (net/http's server keeps a
+// background read for that on every request; here only a request that runs longer than h1WatchDelay pays
+// for one): one read of the connection, off the handler's goroutine, which cancels the connection's
+// context when the client closes or resets, so that the upstream request is abandoned (499, flag DC). A
+// byte that arrives instead (the next request, pipelined) is kept for the next request. Only requests
+// without a body, with nothing more buffered, and that cannot take the connection over (no Upgrade, no
+// CONNECT) are watched: for the others the handler owns the connection's reads.
+type h1Watch struct {
+	mu      sync.Mutex
+	armed   bool          // a watched request is being served
+	reading bool          // the background read is in flight
+	done    chan struct{} // closed when the background read returns
+	got     int           // bytes the background read got (0 or 1)
+	b       [1]byte
+	t       *time.Timer // runs fire; made at the first watched request
+}
+
+// watchable reports whether req may be watched (see h1Watch).
+func (c *h1SrvConn) watchable(req *http.Request, body *h1ReqBody) bool {
+	return body == nil && c.br.Buffered() == 0 && len(c.src.pending) == 0 && req.Method != http.MethodConnect &&
+		req.Header.Get("Upgrade") == ""
+}
+
+// watchStart arms the watch for the request about to be served.
+func (c *h1SrvConn) watchStart() {
+	w := &c.watch
+	w.mu.Lock()
+	w.armed = true
+	w.mu.Unlock()
+	if w.t == nil {
+		w.t = time.AfterFunc(h1WatchDelay, c.watchFire)
+	} else {
+		w.t.Reset(h1WatchDelay)
+	}
+}
+
+// watchFire is the background read (on the timer's goroutine).
+func (c *h1SrvConn) watchFire() {
+	w := &c.watch
+	w.mu.Lock()
+	if !w.armed || w.reading || w.got > 0 {
+		w.mu.Unlock()
+		return
+	}
+	w.reading, w.done = true, make(chan struct{})
+	w.mu.Unlock()
+	n, err := c.sc.Read(w.b[:])
+	w.mu.Lock()
+	w.reading, w.got = false, n
+	close(w.done)
+	w.mu.Unlock()
+	if n == 0 && err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		c.cancel(errClientGone)
+	}
+}
+
+// watchEnd disarms the watch once the handler returned (or takes the connection over): it interrupts
+// a background read in flight and puts what it read in front of the next request. Idempotent.
+func (c *h1SrvConn) watchEnd() {
+	w := &c.watch
+	if w.t == nil {
+		return
+	}
+	w.t.Stop()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.armed {
+		return
+	}
+	w.armed = false
+	if w.reading {
+		done := w.done
+		w.mu.Unlock()
+		_ = c.sc.SetReadDeadline(time.Unix(1, 0))
+		<-done
+		_ = c.sc.SetReadDeadline(time.Time{})
+		w.mu.Lock()
+	}
+	if w.got > 0 {
+		c.src.idle[0] = w.b[0]
+		c.src.pending = c.src.idle[:1]
+		w.got = 0
+	}
 }
 
 // h1Source is what the connection's reader reads: the stream, with the bytes an idle wait read put
@@ -110,7 +206,9 @@ func (s *h1Source) Read(p []byte) (int, error) {
 func (e *Engine) serveH1(ctx context.Context, sc *streamConn, info *ConnInfo) {
 	stop := context.AfterFunc(ctx, func() { sc.Conn.Close() })
 	defer stop()
-	c := &h1SrvConn{e: e, sc: sc, info: info, ctx: ctx, src: h1Source{sc: sc, limit: -1}, hdr: http.Header{}}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	c := &h1SrvConn{e: e, sc: sc, info: info, ctx: ctx, cancel: cancel, src: h1Source{sc: sc, limit: -1}, hdr: http.Header{}}
 	c.resp.c = c
 	if info != nil && info.Remote.IsValid() {
 		c.remote = info.Remote.String()
@@ -161,16 +259,18 @@ func (c *h1SrvConn) waitRequest(first bool) bool {
 		h1Readers.Put(c.br)
 		c.br = nil
 	}
-	if first {
-		_ = c.sc.SetReadDeadline(time.Now().Add(c.e.opts.readHeaderTimeout))
-	} else {
-		_ = c.sc.SetReadDeadline(time.Now().Add(c.e.opts.idleTimeout))
+	if len(c.src.pending) == 0 { // else: what the watch read (h1Watch)
+		if first {
+			_ = c.sc.SetReadDeadline(time.Now().Add(c.e.opts.readHeaderTimeout))
+		} else {
+			_ = c.sc.SetReadDeadline(time.Now().Add(c.e.opts.idleTimeout))
+		}
+		n, err := c.sc.readIdle(c.src.idle[:])
+		if err != nil {
+			return false
+		}
+		c.src.pending = c.src.idle[:n]
 	}
-	n, err := c.sc.readIdle(c.src.idle[:])
-	if err != nil {
-		return false
-	}
-	c.src.pending = c.src.idle[:n]
 	c.br = h1Readers.Get().(*bufio.Reader)
 	c.br.Reset(&c.src)
 	if !first {
@@ -215,7 +315,15 @@ func (c *h1SrvConn) serveRequest() bool {
 			return false
 		}
 	}
-	if !c.runHandler(w, req) {
+	watch := c.watchable(req, body)
+	if watch {
+		c.watchStart()
+	}
+	ran := c.runHandler(w, req)
+	if watch {
+		c.watchEnd()
+	}
+	if !ran || c.ctx.Err() != nil {
 		return false
 	}
 	if w.hijacked {
@@ -838,6 +946,7 @@ func (w *h1Resp) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	}
 	w.hijacked = true
 	c := w.c
+	c.watchEnd() // the connection's reads are the caller's from here
 	bw := w.writer()
 	if err := bw.Flush(); err != nil {
 		return nil, nil, err
