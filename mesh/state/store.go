@@ -549,8 +549,8 @@ func (s *Store) WorkloadsOnNode(node string) []*Workload {
 	if !ok {
 		s.mu.RUnlock()
 		s.mu.Lock()
-		if m, ok = s.idx.byNode[node]; !ok {
-			m = map[string]*Workload{}
+		if _, ok := s.idx.byNode[node]; !ok {
+			m := map[string]*Workload{}
 			if node != "" {
 				for uid, w := range s.idx.workloads {
 					if w.Node == node {
