@@ -40,6 +40,8 @@ type Relay struct {
 	stop   func() bool           // stops the cancellation hook; nil when ctx cannot be cancelled
 	cause  atomic.Pointer[error] // Cancel's cause, the relay's result
 	done   func(error)
+
+	counters Counters // when the caller passes none (one allocation fewer)
 }
 
 // relay is the package's name for Relay.
@@ -95,10 +97,10 @@ func Start(ctx context.Context, a, b net.Conn, c *Counters, done func(error)) {
 // end the connection (a connection tracker) before Run starts it: one cancellation hook per connection,
 // with no context of its own. Run must be called exactly once.
 func New(ctx context.Context, a, b net.Conn, c *Counters, done func(error)) *Relay {
-	if c == nil {
-		c = &Counters{}
-	}
 	r := &relay{ctx: ctx, a: a, b: b, done: done}
+	if c == nil {
+		c = &r.counters
+	}
 	r.left.Store(2)
 	r.ab.init(r, a, b, &c.AToB)
 	r.ba.init(r, b, a, &c.BToA)
