@@ -6,7 +6,9 @@ package relay
 //   - Each direction (a half) is running, parked or done (state). Only the goroutine that moved it to
 //     running drains it; a wake-up (readiness event, stream notification, cancellation) takes it from
 //     parked to running with a compare-and-swap and starts that goroutine, so a half is drained by at most
-//     one goroutine at a time and a wake-up for a half that is not parked is dropped.
+//     one goroutine at a time and a wake-up for a half that is not parked is dropped. A half is running
+//     from New on, owned by the goroutine that calls Run until it parks (a TCP source's first read is
+//     that goroutine's).
 //   - A half parks by storing parked and then arming its watch: a readiness that comes before the arm is
 //     reported by the arm itself (level-triggered epoll, NotifyReadable's ready), so no wake-up is lost.
 //   - Cancellation closes both connections, then wakes both halves: a parked half's next read fails and
