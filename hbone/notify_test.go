@@ -232,3 +232,32 @@ func TestHandOffShutdown(t *testing.T) {
 		t.Fatalf("Shutdown: %v", err)
 	}
 }
+
+// TestNotifyReadableAllocatesNothing: the relay arms a parked stream with one callback it keeps, once per
+// drain, so arming must not allocate, whether the stream is readable already or not.
+func TestNotifyReadableAllocatesNothing(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	pki := newPKI(t)
+	ts, got, _ := handOffServer(t, pki)
+	p := newTestPool(t, pki, nil)
+	cs := dialT(t, p, ts.target(pki))
+	defer cs.Close()
+	ho := <-got
+	defer ho.s.Close()
+	f := func() {}
+	if n := testing.AllocsPerRun(100, func() { ho.s.NotifyReadable(f) }); n != 0 {
+		t.Errorf("NotifyReadable on an empty stream: %v allocations, want 0", n)
+	}
+	ch := notified(ho.s)
+	if _, err := cs.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	waitNotified(t, ch, "data")
+	if n := testing.AllocsPerRun(100, func() {
+		if !ho.s.NotifyReadable(f) {
+			t.Error("NotifyReadable on a readable stream reported false")
+		}
+	}); n != 0 {
+		t.Errorf("NotifyReadable on a readable stream: %v allocations, want 0", n)
+	}
+}

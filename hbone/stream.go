@@ -44,9 +44,13 @@ type Stream struct {
 	closed   atomic.Bool
 	activity atomic.Uint32 // DATA frames received and sent, for the idle timeout
 	idle     atomic.Pointer[streamIdle]
-	notify   atomic.Pointer[func()] // NotifyReadable's one-shot callback
-	readDL   deadline
-	writeDL  deadline
+	// NotifyReadable's one-shot callback, stored without an allocation: notifyFn under notifyMu, and
+	// notifying (notifyFn != nil) for readable's check without the lock.
+	notifyMu  sync.Mutex
+	notifyFn  func()
+	notifying atomic.Bool
+	readDL    deadline
+	writeDL   deadline
 
 	// client response; set once, with respDone, under rmu
 	client     bool
@@ -224,25 +228,38 @@ func (s *Stream) WriteAvailable(w io.Writer) (int64, error) {
 // goroutine that closed the stream), possibly with the stream's locks held: it must only schedule work
 // and return, never block or call into the stream. A later call replaces an f not yet called.
 func (s *Stream) NotifyReadable(f func()) (ready bool) {
-	p := &f
-	s.notify.Store(p)
+	s.notifyMu.Lock()
+	s.notifyFn = f
+	s.notifying.Store(true)
+	s.notifyMu.Unlock()
 	s.rmu.Lock()
 	ready = s.rbuf.len() > 0 || s.rerr != nil || s.rclosed
 	s.rmu.Unlock()
-	if ready && s.notify.CompareAndSwap(p, nil) {
-		return true
+	if !ready {
+		return false
 	}
-	return false // f was or will be called by whoever made the stream readable
+	s.notifyMu.Lock()
+	ours := s.notifyFn != nil // else readable took f: it was or will be called
+	s.notifyFn = nil
+	s.notifying.Store(false)
+	s.notifyMu.Unlock()
+	return ours
 }
 
 // readable wakes a waiting Read or WriteTo, and calls the NotifyReadable callback. Call it after the
 // change that made the stream readable.
 func (s *Stream) readable() {
 	signal(s.rready)
-	if s.notify.Load() != nil {
-		if p := s.notify.Swap(nil); p != nil {
-			(*p)()
-		}
+	if !s.notifying.Load() {
+		return
+	}
+	s.notifyMu.Lock()
+	f := s.notifyFn
+	s.notifyFn = nil
+	s.notifying.Store(false)
+	s.notifyMu.Unlock()
+	if f != nil {
+		f()
 	}
 }
 

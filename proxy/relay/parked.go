@@ -6,7 +6,9 @@ package relay
 //   - Each direction (a half) is running, parked or done (state). Only the goroutine that moved it to
 //     running drains it; a wake-up (readiness event, stream notification, cancellation) takes it from
 //     parked to running with a compare-and-swap and starts that goroutine, so a half is drained by at most
-//     one goroutine at a time and a wake-up for a half that is not parked is dropped.
+//     one goroutine at a time and a wake-up for a half that is not parked is dropped. A half is running
+//     from New on, owned by the goroutine that calls Run until it parks (a TCP source's first read is
+//     that goroutine's).
 //   - A half parks by storing parked and then arming its watch: a readiness that comes before the arm is
 //     reported by the arm itself (level-triggered epoll, NotifyReadable's ready), so no wake-up is lost.
 //   - Cancellation closes both connections, then wakes both halves: a parked half's next read fails and
@@ -37,9 +39,11 @@ type Relay struct {
 	a, b   net.Conn
 	ab, ba half
 	left   atomic.Int32          // halves not ended yet
-	stop   func() bool           // stops the cancellation hook
+	stop   func() bool           // stops the cancellation hook; nil when ctx cannot be cancelled
 	cause  atomic.Pointer[error] // Cancel's cause, the relay's result
 	done   func(error)
+
+	counters Counters // when the caller passes none (one allocation fewer)
 }
 
 // relay is the package's name for Relay.
@@ -54,27 +58,27 @@ type half struct {
 	rc     syscall.RawConn // a TCP source: parked by the poller
 	dstRC  syscall.RawConn // a TCP destination of a TCP source: drained by splice(2)
 	stream *hbone.Stream   // a stream source: parked by its notification
-	wakeFn func()          // h.wake, allocated once
+	wakeFn func()          // h.wake for a stream's notification, allocated once
 	runFn  func()          // h.run, allocated once (go h.run() would allocate a closure each time)
 
 	state  atomic.Int32
 	pollID uint64 // registration in the poller, guarded by its mu
 	err    error  // the half's result, written before it counts itself out of left
 
-	// A TCP source's raw-connection callbacks, allocated once rather than per call, with their
-	// arguments and results: io for readNow (the draining goroutine's), ctl for the poller's epoll_ctl
-	// (under its mu).
-	io struct {
-		p    []byte
-		n    int
-		err  error
-		read func(fd uintptr) bool
+	// A TCP source's one raw-connection callback (syscallCallback, through RawConn.Read), allocated once
+	// rather than per call, with its arguments and results: a read for readNow (by the draining
+	// goroutine) when ctl.op is 0, else the poller's epoll_ctl (by the same goroutine, under the
+	// poller's mu).
+	sys func(fd uintptr) bool
+	io  struct {
+		p   []byte
+		n   int
+		err error
 	}
 	ctl struct {
 		op, epfd int
 		ev       syscall.EpollEvent
 		err      error
-		fn       func(fd uintptr)
 	}
 }
 
@@ -95,22 +99,32 @@ func Start(ctx context.Context, a, b net.Conn, c *Counters, done func(error)) {
 // end the connection (a connection tracker) before Run starts it: one cancellation hook per connection,
 // with no context of its own. Run must be called exactly once.
 func New(ctx context.Context, a, b net.Conn, c *Counters, done func(error)) *Relay {
-	if c == nil {
-		c = &Counters{}
-	}
 	r := &relay{ctx: ctx, a: a, b: b, done: done}
+	if c == nil {
+		c = &r.counters
+	}
 	r.left.Store(2)
 	r.ab.init(r, a, b, &c.AToB)
 	r.ba.init(r, b, a, &c.BToA)
 	return r
 }
 
-// Run starts the relay New prepared.
+// Run starts the relay New prepared. What a TCP source has already received (up to 1 KiB) is relayed on
+// the calling goroutine before Run returns, with no poller round trip and no goroutine of its own; a
+// write of it that blocks keeps the caller until it completes (or the relay is cancelled).
 func (r *Relay) Run() {
 	live.Add(1)
-	r.stop = context.AfterFunc(r.ctx, r.cancel)
-	r.ab.start()
-	r.ba.start()
+	if r.ctx.Done() != nil {
+		r.stop = context.AfterFunc(r.ctx, r.cancel)
+	}
+	// The half whose start reads inline (a TCP source) goes last, so that the other direction is
+	// already live should that write block.
+	first, second := &r.ab, &r.ba
+	if first.rc != nil && second.rc == nil {
+		first, second = second, first
+	}
+	first.start()
+	second.start()
 }
 
 // Cancel ends the relay (before or after Run) with cause as done's result, unless it has ended already
@@ -137,7 +151,9 @@ func (r *relay) halfEnded() {
 	if r.left.Add(-1) != 0 {
 		return
 	}
-	r.stop()
+	if r.stop != nil {
+		r.stop()
+	}
 	// Before the closes: closing an HBONE stream cancels its handler's context, which may be ctx's parent.
 	err := r.ctx.Err()
 	if cause := r.cause.Load(); cause != nil {
@@ -157,8 +173,7 @@ func (h *half) init(r *relay, src, dst net.Conn, n *atomic.Int64) {
 	case *net.TCPConn:
 		if rc, err := s.SyscallConn(); err == nil {
 			h.rc = rc
-			h.io.read = h.readCallback
-			h.ctl.fn = h.ctlCallback
+			h.sys = h.syscallCallback
 		}
 		if d, ok := dst.(*net.TCPConn); ok && h.rc != nil {
 			if rc, err := d.SyscallConn(); err == nil {
@@ -167,16 +182,56 @@ func (h *half) init(r *relay, src, dst net.Conn, n *atomic.Int64) {
 		}
 	case *hbone.Stream:
 		h.stream = s
+		h.wakeFn = h.wake
 	}
-	h.wakeFn, h.runFn = h.wake, h.run
+	if h.rc != nil || h.stream != nil {
+		h.runFn = h.run
+	}
 }
 
-// start begins the half: parked when its source can wait for readiness, else on a goroutine of its own.
+// start begins the half: a TCP source is read once on the calling goroutine (first), a stream parked
+// until it is readable, any other source copied on a goroutine of its own.
 func (h *half) start() {
-	if h.rc == nil && h.stream == nil {
+	switch {
+	case h.rc != nil:
+		h.first()
+	case h.stream != nil:
+		h.park()
+	default:
 		go func() { h.end(copyData(h.dst, h.src, h.n)) }() // owned: ends with src (Close interrupts it)
-		return
 	}
+}
+
+// first relays what the TCP source has received already with one read of up to smallSize (the half is
+// running, owned by the caller), then parks the half, continues on a goroutine when the read filled the
+// buffer (more may be waiting), or ends it.
+func (h *half) first() {
+	bp := smallPool.Get().(*[]byte)
+	buf := *bp
+	nr, again, rerr := h.readNow(buf)
+	var werr error
+	if nr > 0 {
+		var nw int
+		nw, werr = h.dst.Write(buf[:nr])
+		h.n.Add(int64(nw))
+	}
+	smallPool.Put(bp)
+	switch {
+	case werr != nil:
+		h.end(cleanEnd(werr))
+	case rerr != nil:
+		h.end(cleanEnd(rerr))
+	case nr == 0 && !again:
+		h.end(nil) // end of stream
+	case nr == len(buf):
+		go h.runFn() // owned: drains, then parks or ends the half
+	default:
+		h.park()
+	}
+}
+
+// park parks the running half, or has a goroutine drain it when it must not wait.
+func (h *half) park() {
 	h.state.Store(parked)
 	if h.arm() && h.state.CompareAndSwap(parked, running) {
 		go h.runFn() // owned: drains, then parks or ends the half
@@ -327,7 +382,7 @@ func (h *half) drainTCP() (done bool, err error) {
 // readNow reads from the non-blocking TCP source without waiting: again when it has nothing to read.
 func (h *half) readNow(p []byte) (n int, again bool, err error) {
 	h.io.p = p
-	cerr := h.rc.Read(h.io.read)
+	cerr := h.rc.Read(h.sys)
 	n, serr := h.io.n, h.io.err
 	h.io.p, h.io.err = nil, nil
 	if cerr != nil {
@@ -342,17 +397,20 @@ func (h *half) readNow(p []byte) (n int, again bool, err error) {
 	return n, false, nil
 }
 
-func (h *half) readCallback(fd uintptr) bool {
+// syscallCallback is h.sys: epoll_ctl when ctl.op is set (then cleared), else a read into io.p. It never
+// asks the runtime to wait (an EAGAIN read is reported to readNow).
+func (h *half) syscallCallback(fd uintptr) bool {
+	if h.ctl.op != 0 {
+		h.ctl.err = syscall.EpollCtl(h.ctl.epfd, h.ctl.op, int(fd), &h.ctl.ev)
+		h.ctl.op = 0
+		return true
+	}
 	for {
 		h.io.n, h.io.err = syscall.Read(int(fd), h.io.p)
 		if h.io.err != syscall.EINTR {
 			return true
 		}
 	}
-}
-
-func (h *half) ctlCallback(fd uintptr) {
-	h.ctl.err = syscall.EpollCtl(h.ctl.epfd, h.ctl.op, int(fd), &h.ctl.ev)
 }
 
 // pipeSize is the kernel pipe a splice drain moves data through (asked for; the kernel may round it).

@@ -1,13 +1,16 @@
 package relay
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"runtime"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -394,4 +397,91 @@ func TestRelayCancel(t *testing.T) {
 			t.Fatalf("result %v, want context.Canceled", err)
 		}
 	})
+}
+
+// TestStartRelaysWaitingDataInline: what a TCP source received before Run (less than a read, more than
+// one, or only its end) is relayed in order, a first read of it before Run returns (on the caller's
+// goroutine, no poller round trip), and the relay then works both ways and ends cleanly.
+func TestStartRelaysWaitingDataInline(t *testing.T) {
+	testutil.CheckGoroutines(t)
+	sp := newStreamPair(t)
+	for _, kind := range kinds {
+		for _, size := range []int{0, 5, smallSize, 3*smallSize + 7} {
+			t.Run(fmt.Sprintf("%s/%d", kind, size), func(t *testing.T) {
+				client, a := pair(t)
+				var b, server net.Conn
+				if kind == "tcp-stream" {
+					b, server = sp.dial(t)
+				} else {
+					b, server = pair(t)
+				}
+				defer client.Close()
+				defer server.Close()
+				msg := make([]byte, size)
+				for i := range msg {
+					msg[i] = byte(i)
+				}
+				if _, err := client.Write(msg); err != nil {
+					t.Fatal(err)
+				}
+				if size == 0 {
+					if err := client.CloseWrite(); err != nil {
+						t.Fatal(err)
+					}
+				}
+				// Everything written has reached a's receive queue once a has it to read.
+				testutil.WaitFor(t, 5*time.Second, "data at the relay's source", func() bool {
+					return waitReadableFD(t, a)
+				})
+				var c Counters
+				done := make(chan error, 1)
+				New(context.Background(), a, b, &c, func(err error) { done <- err }).Run()
+				// At least the first read's bytes (a goroutine may be relaying the rest by now).
+				if got, want := c.AToB.Load(), int64(min(size, smallSize)); got < want {
+					t.Errorf("after Run: %d bytes relayed, want at least the first read's %d", got, want)
+				}
+				got := make([]byte, size)
+				if _, err := io.ReadFull(server, got); err != nil || !bytes.Equal(got, msg) {
+					t.Fatalf("server read %d bytes, %v; want the %d written", len(got), err, size)
+				}
+				if size == 0 {
+					if _, err := server.Read(make([]byte, 1)); err != io.EOF {
+						t.Fatalf("server read after the client's end: %v, want io.EOF", err)
+					}
+					server.(interface{ CloseWrite() error }).CloseWrite()
+				} else {
+					roundTrip(t, server, client, "back")
+					roundTrip(t, client, server, "again")
+					client.Close()
+					server.Close()
+				}
+				select {
+				case err := <-done:
+					if err != nil {
+						t.Fatalf("relay ended with %v", err)
+					}
+				case <-time.After(10 * time.Second):
+					t.Fatal("relay did not end")
+				}
+			})
+		}
+	}
+}
+
+// waitReadableFD reports whether c has something to read (bytes or its end) without taking it.
+func waitReadableFD(t *testing.T, c *net.TCPConn) bool {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ready bool
+	if err := rc.Control(func(fd uintptr) {
+		var b [1]byte
+		_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		ready = err != syscall.EAGAIN
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return ready
 }

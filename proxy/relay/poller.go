@@ -9,9 +9,10 @@ package relay
 //   - A source is watched with EPOLLONESHOT: one event per arm, so a parked half is woken once, and
 //     re-armed (EPOLL_CTL_MOD) only by the goroutine that drained it. Events carry a registration id, never
 //     a descriptor number: ids are not reused, descriptors are.
-//   - epoll_ctl runs inside syscall.RawConn.Control, which holds a reference on the descriptor: a socket
-//     closed meanwhile fails the call (and the kernel dropped its registration with it); a descriptor
-//     number reused by another socket is never touched.
+//   - epoll_ctl runs inside syscall.RawConn.Read (the half's one callback; only the goroutine draining
+//     the half reads, arms and removes it), which holds a reference on the descriptor: a socket closed
+//     meanwhile fails the call (and the kernel dropped its registration with it); a descriptor number
+//     reused by another socket is never touched.
 
 import (
 	"fmt"
@@ -97,7 +98,8 @@ func (p *poller) arm(h *half) error {
 	}
 	h.ctl.op, h.ctl.epfd = op, p.epfd
 	h.ctl.ev = syscall.EpollEvent{Events: watchEvents, Fd: int32(uint32(h.pollID)), Pad: int32(uint32(h.pollID >> 32))}
-	if err := h.rc.Control(h.ctl.fn); err != nil {
+	if err := h.rc.Read(h.sys); err != nil {
+		h.ctl.op = 0
 		return err
 	}
 	if err := h.ctl.err; err != nil {
@@ -117,8 +119,8 @@ func (p *poller) remove(h *half) {
 	delete(p.regs, h.pollID)
 	h.pollID = 0
 	h.ctl.op, h.ctl.epfd = syscall.EPOLL_CTL_DEL, p.epfd
-	_ = h.rc.Control(h.ctl.fn)
-	h.ctl.err = nil
+	_ = h.rc.Read(h.sys)
+	h.ctl.op, h.ctl.err = 0, nil
 	if len(p.regs) == 0 {
 		_ = p.ep.Close() // interrupts loop's wait: it returns
 		p.ep, p.epfd = nil, -1

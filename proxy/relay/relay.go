@@ -7,8 +7,10 @@
 // pooled while relays are registered, closed once every relay has ended), TCP to anything else with
 // pooled buffers (1 KiB, then 64 KiB while reads keep filling it) given back before it parks, a
 // stream's received chunks as they are (hbone.Stream.WriteAvailable, no buffer of ours). A write that
-// blocks keeps its goroutine only while blocked. Start relays this way and returns at once; Bidi waits
-// for the end. Other sources (TLS, anything wrapped) keep a goroutine that reads into a 1 KiB buffer of
+// blocks keeps its goroutine only while blocked. Start relays this way and returns at once, after one
+// read of what a TCP source has received already (relayed on the caller's goroutine: no poller round
+// trip nor goroutine for a client's first bytes); Bidi waits for the end. A context that cannot be
+// cancelled costs no cancellation hook. Other sources (TLS, anything wrapped) keep a goroutine that reads into a 1 KiB buffer of
 // its own, as before.
 //
 // It imports only hbone (for its streams); never agent/ or waypoint/.
