@@ -280,7 +280,9 @@ func (c *conn) remoteEnd(s *Stream) {
 	s.rmu.Unlock()
 	c.mu.Lock()
 	s.remoteEnded = true
-	gone := s.localEnded
+	// Gone when both sides ended, unless Close or a reset removed it meanwhile (readLoop held s since
+	// before): its departure was reported then, and a second report would free its pool slot twice.
+	gone := s.localEnded && c.streams[s.id] == s
 	if gone {
 		c.removeLocked(s)
 	}

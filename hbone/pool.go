@@ -463,7 +463,7 @@ func (p *Pool) armIdleLocked(pc *pconn) {
 // (with GOAWAY), or look again after next. idleInKey counts the pooled connections without streams of
 // its key, itself included. Past IdleTimeout it closes; past the grace (when the grace is positive and
 // shorter than the timeout) it closes if the key has more than maxIdle idle connections, the oldest
-// idle going first since their timers fire first.
+// idle going first since their timers fire first, and a connection kept looks again every grace.
 func idleVerdict(idleFor, grace, timeout time.Duration, idleInKey, maxIdle int) (closeIt bool, next time.Duration) {
 	if idleFor >= timeout {
 		return true, 0
@@ -477,7 +477,9 @@ func idleVerdict(idleFor, grace, timeout time.Duration, idleInKey, maxIdle int) 
 	if idleInKey > maxIdle {
 		return true, 0
 	}
-	return false, timeout - idleFor
+	// Kept for now: look again after another grace, so that a count taken while other connections
+	// of the key were briefly busy does not keep one more connection than maxIdle until the timeout.
+	return false, min(grace, timeout-idleFor)
 }
 
 func (p *Pool) idleExpired(pc *pconn) {

@@ -416,8 +416,9 @@ func TestIdleVerdict(t *testing.T) {
 		{"just idle: wait for the grace", 0, grace, 5, false, grace},
 		{"early stale timer: rest of the grace", 5 * time.Second, grace, 5, false, grace},
 		{"past the grace, too many idle", grace, grace, 3, true, 0},
-		{"past the grace, within the limit", grace, grace, 2, false, timeout},
-		{"alone", time.Minute, grace, 1, false, timeout},
+		{"past the grace, within the limit: look again after a grace", grace, grace, 2, false, 2 * grace},
+		{"alone", time.Minute, grace, 1, false, time.Minute + grace},
+		{"kept near the timeout: the timeout", timeout - 5*time.Second, grace, 1, false, timeout},
 		{"past the timeout", timeout, grace, 1, true, 0},
 		{"no grace: timeout only", grace, -1, 50, false, timeout},
 		{"grace beyond the timeout: timeout only", grace, 2 * timeout, 50, false, timeout},
@@ -487,8 +488,20 @@ func TestPoolTrimsIdleConns(t *testing.T) {
 	if err := g.Wait(); err != nil {
 		t.Fatalf("stream during trimming: %v", err)
 	}
+	var last PoolStats
+	defer func() {
+		t.Logf("last stats %+v", last)
+		p.mu.Lock()
+		for _, pc := range p.conns[makeKey(tg)] {
+			pc.c.mu.Lock()
+			t.Logf("conn reserved=%d pooled=%v streams=%d idleFor=%v timer=%v sent=%v recv=%v", pc.reserved, pc.pooled, len(pc.c.streams), time.Since(pc.idleSince), pc.idleTimer != nil, pc.c.goAwaySent, pc.c.goAwayRecv)
+			pc.c.mu.Unlock()
+		}
+		p.mu.Unlock()
+	}()
 	testutil.WaitFor(t, 10*time.Second, "idle connections trimmed", func() bool {
 		st := p.Stats()
+		last = st
 		return st.Conns == keep && st.Pooled == keep && st.Streams == 0
 	})
 	// LiveConns, which the memory releaser weighs, sees both sides of the trimmed connections go.
@@ -522,5 +535,27 @@ func TestPoolTrimsIdleConns(t *testing.T) {
 	}
 	if d := dials.n.Load() - before; d != 0 {
 		t.Fatalf("%d dials for %d streams over %d kept connections", d, keep, keep)
+	}
+}
+
+// TestStreamEndAfterCloseReleasesOnce: END_STREAM that the read loop processes for a stream that Close
+// removed meanwhile (readLoop looked it up before) does not report the stream's departure a second time:
+// the pool slot was freed twice (reserved -1), and the connection then counted as busy forever, never
+// trimmed (TestPoolTrimsIdleConns failed about 1 in 24 runs under load).
+func TestStreamEndAfterCloseReleasesOnce(t *testing.T) {
+	pki := newPKI(t)
+	ts := startServer(t, pki, echoHandler(), nil)
+	p := newTestPool(t, pki, nil)
+	s := dialT(t, p, ts.target(pki))
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s.c.remoteEnd(s) // what readLoop does with the peer's END_STREAM for s, looked up before Close
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for pc := range p.all {
+		if pc.reserved != 0 {
+			t.Fatalf("connection has %d reserved slots after its only stream ended, want 0", pc.reserved)
+		}
 	}
 }

@@ -524,7 +524,7 @@ func (s *Stream) CloseWrite() error {
 		return err
 	}
 	s.localEnded = true
-	gone := s.remoteEnded
+	gone := s.remoteEnded && c.streams[s.id] == s // see remoteEnd
 	if gone {
 		c.removeLocked(s)
 	}
